@@ -1,0 +1,3 @@
+from coup.cli import main
+
+raise SystemExit(main())

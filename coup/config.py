@@ -1,0 +1,174 @@
+"""Settings from environment variables (12-factor), validated once at start.
+
+`Settings.from_env(environ)` takes the mapping to read, so tests pass their own. A bad
+value raises `ConfigError` naming the variable; secrets hide themselves in `repr`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or invalid; the message names it."""
+
+
+class Secret:
+    """A string that does not show itself in logs or reprs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+MIN_SECRET_BYTES = 32
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def _int(name: str, raw: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: demo mode: embedded defaults, a made-up JWT secret, demo data, /api/dev/token
+    demo: bool = False
+    database_url: str = "sqlite:///coup.db"
+    redis_url: str | None = None
+    jwt_secret: Secret | None = None
+    jwt_algorithm: str = "HS256"
+    service_token: Secret | None = None
+    #: browser origins allowed besides the server's own (CORS and WebSocket Origin)
+    allowed_origins: tuple[str, ...] = ()
+    node_id: str | None = None
+    #: address other nodes use to reach this one (cluster); defaults to host:port
+    public_address: str | None = None
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    #: connection state recovery window in seconds; 0 turns recovery off
+    recovery_window: float = 120.0
+    log_level: str = "INFO"
+    static_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            raw = env.get(name)
+            return raw if raw is not None and raw.strip() != "" else None
+
+        if (raw := get("HOST")) is not None:
+            values["host"] = raw.strip()
+        if (raw := get("PORT")) is not None:
+            values["port"] = _int("PORT", raw, minimum=0, maximum=65535)
+        if (raw := get("COUP_DEMO")) is not None:
+            values["demo"] = _bool("COUP_DEMO", raw)
+        if (raw := get("DATABASE_URL")) is not None:
+            values["database_url"] = raw.strip()
+        if (raw := get("REDIS_URL")) is not None:
+            url = raw.strip()
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url!r}")
+            values["redis_url"] = url
+        if (raw := get("JWT_SECRET")) is not None:
+            values["jwt_secret"] = Secret(raw)
+        if (raw := get("JWT_ALGORITHM")) is not None:
+            if raw.strip() not in ("HS256", "HS384", "HS512"):
+                raise ConfigError(f"JWT_ALGORITHM must be one of HS256, HS384, HS512, got {raw!r}")
+            values["jwt_algorithm"] = raw.strip()
+        if (raw := get("COUP_SERVICE_TOKEN")) is not None:
+            if len(raw.encode()) < 16:
+                raise ConfigError("COUP_SERVICE_TOKEN must be at least 16 bytes")
+            values["service_token"] = Secret(raw)
+        if (raw := get("COUP_ALLOWED_ORIGINS")) is not None:
+            values["allowed_origins"] = _list(raw)
+        if (raw := get("COUP_NODE_ID")) is not None:
+            values["node_id"] = raw.strip()
+        if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:
+            values["public_address"] = raw.strip()
+        if (raw := get("COUP_PING_INTERVAL")) is not None:
+            values["ping_interval"] = _float("COUP_PING_INTERVAL", raw, minimum=0.05)
+        if (raw := get("COUP_PING_TIMEOUT")) is not None:
+            values["ping_timeout"] = _float("COUP_PING_TIMEOUT", raw, minimum=0.05)
+        if (raw := get("COUP_MAX_PAYLOAD")) is not None:
+            values["max_payload"] = _int("COUP_MAX_PAYLOAD", raw, minimum=1024)
+        if (raw := get("COUP_RECOVERY_WINDOW")) is not None:
+            values["recovery_window"] = _float("COUP_RECOVERY_WINDOW", raw)
+        if (raw := get("COUP_LOG_LEVEL")) is not None:
+            level = raw.strip().upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ConfigError(f"COUP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+            values["log_level"] = level
+        if (raw := get("COUP_STATIC_DIR")) is not None:
+            values["static_dir"] = raw.strip()
+        values.update(overrides)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Check cross-field rules; in demo mode, make up what a demo may lack."""
+        settings = self
+        if settings.jwt_secret is None:
+            if not settings.demo:
+                raise ConfigError(
+                    f"JWT_SECRET is required (at least {MIN_SECRET_BYTES} bytes) unless COUP_DEMO=1 / --demo")
+            settings = replace(settings, jwt_secret=Secret(secrets.token_urlsafe(48)))
+        assert settings.jwt_secret is not None
+        if len(settings.jwt_secret.reveal().encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return settings

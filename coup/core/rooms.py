@@ -1,0 +1,70 @@
+"""Room-scoped commands, run by the room's owner: the single writer of that room.
+
+A command ("message", "read", ...) for room R runs where R is owned, one at a time per
+room, so per-room order (and a per-room sequence) has one author. In one process the owner
+is always us; a cluster routes the call to the owner node of its consistent-hash ring
+(`coup.cluster`). Payloads and results must be JSON-able: they may cross nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+RoomCommand = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class UnknownCommand(LookupError):
+    pass
+
+
+class RoomRouter:
+    def __init__(self) -> None:
+        self.commands: dict[str, RoomCommand] = {}
+
+    def register(self, name: str, command: RoomCommand) -> None:
+        self.commands[name] = command
+
+    def owner(self, room: str) -> str:
+        """The node that owns `room`."""
+        raise NotImplementedError
+
+    async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        """Run command `name` for `room` on its owner and return its result."""
+        raise NotImplementedError
+
+
+class LocalRoomRouter(RoomRouter):
+    """Single process: run here, serialised per room."""
+
+    def __init__(self, node_id: str = "local") -> None:
+        super().__init__()
+        self.node_id = node_id
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+
+    def owner(self, room: str) -> str:
+        return self.node_id
+
+    async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        command = self.commands.get(name)
+        if command is None:
+            raise UnknownCommand(name)
+        lock = self._locks.get(room)
+        if lock is None:
+            lock = self._locks[room] = asyncio.Lock()
+        self._waiting[room] = self._waiting.get(room, 0) + 1
+        try:
+            async with lock:
+                return await command(room, payload)
+        finally:
+            left = self._waiting[room] - 1
+            if left:
+                self._waiting[room] = left
+            else:  # nobody else queued for this room: drop its lock
+                del self._waiting[room]
+                del self._locks[room]
+
+    async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        return await self.run_locally(room, name, payload)

@@ -1,0 +1,153 @@
+"""The Socket.IO server: namespaces on top of an Engine.IO server, and the connect flow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from coup.core.adapter import Adapter, MemoryAdapter
+from coup.core.client import Client
+from coup.core.errors import ConnectRefused
+from coup.core.namespace import Namespace
+from coup.core.options import ServerOptions
+from coup.core.presence import MemoryPresence, Presence
+from coup.core.rooms import LocalRoomRouter, RoomRouter
+from coup.core.socket import Socket
+from coup.engine.server import EngineServer
+from coup.engine.session import Session
+from coup.protocol.socketio import SocketPacket, SocketPacketType
+from coup.protocol.wire import Outbound
+
+log = logging.getLogger(__name__)
+
+AdapterFactory = Callable[[Namespace], Adapter]
+
+
+class SocketServer:
+    def __init__(self, engine: EngineServer, options: ServerOptions | None = None, *,
+                 adapter_factory: AdapterFactory = MemoryAdapter,
+                 presence: Presence | None = None,
+                 rooms: RoomRouter | None = None,
+                 node_id: str | None = None,
+                 default_ack_timeout: float = 10.0) -> None:
+        self.engine = engine
+        self.options = options or ServerOptions()
+        self.adapter_factory = adapter_factory
+        self.node_id = node_id or secrets.token_hex(4)
+        #: who is online, by application key (a user id), across every node
+        self.presence: Presence = presence or MemoryPresence()
+        #: room-scoped commands, executed by the room's owner node
+        self.rooms: RoomRouter = rooms or LocalRoomRouter()
+        self.default_ack_timeout = default_ack_timeout
+        self.namespaces: dict[str, Namespace] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        engine.on_connection = self._on_engine_connection
+        self.of("/")
+
+    def of(self, name: str) -> Namespace:
+        """The namespace `name`, created on first use."""
+        if not name.startswith("/"):
+            name = "/" + name
+        nsp = self.namespaces.get(name)
+        if nsp is None:
+            nsp = self.namespaces[name] = Namespace(self, name)
+        return nsp
+
+    @property
+    def main(self) -> Namespace:
+        return self.namespaces["/"]
+
+    async def start(self) -> None:
+        """Initialise every namespace's adapter (a cluster adapter subscribes here)."""
+        for nsp in list(self.namespaces.values()):
+            await nsp.adapter.init()
+
+    async def close(self) -> None:
+        for nsp in list(self.namespaces.values()):
+            for socket in list(nsp.sockets.values()):
+                socket.client.close("server shutting down")
+        self.engine.close_all()
+        for nsp in list(self.namespaces.values()):
+            await nsp.adapter.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ connection flow
+
+    def _on_engine_connection(self, session: Session) -> None:
+        client = Client(self, session)
+        session.handler = client
+        self.engine.wheel.schedule(self.engine.now() + self.options.connect_timeout, client)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task that is not lost to garbage collection and is cancelled on close."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def start_connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
+        self.spawn(self._connect(client, name, auth))
+
+    async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
+        try:
+            nsp = self.namespaces.get(name)
+            if nsp is None:
+                client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
+                                                {"message": "Invalid namespace"}))
+                return
+            made = await self._make_socket(nsp, client, auth)
+            if made is None or client.closed:
+                return
+            socket, missed = made
+            nsp.add(socket)
+            client.add(socket)
+            socket.connected = True
+            rooms = {socket.id} | set(socket._last_rooms)
+            await nsp.adapter.add_all(socket.id, rooms)
+            reply: dict[str, Any] = {"sid": socket.id}
+            if socket.pid is not None:
+                reply["pid"] = socket.pid
+            client.send_packet(SocketPacket(SocketPacketType.CONNECT, name, reply))
+            for out in missed:  # what a recovered client missed, right after the CONNECT reply
+                socket.session.send(out)
+            await nsp.run_connect_handlers(socket)
+        except Exception:
+            log.exception("connecting session %s to %s failed", client.session.sid, name)
+            if not client.closed:
+                client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
+                                                {"message": "Internal server error"}))
+        finally:
+            client.connecting.discard(name)
+
+    async def _make_socket(self, nsp: Namespace, client: Client,
+                           auth: dict[str, Any]) -> tuple[Socket, tuple[Outbound, ...]] | None:
+        """Restore a recoverable session or build a new socket, then run the middleware."""
+        recovery = self.options.recovery
+        socket: Socket | None = None
+        missed: tuple[Outbound, ...] = ()
+        pid, offset = auth.get("pid"), auth.get("offset")
+        if recovery is not None and isinstance(pid, str) and isinstance(offset, str):
+            restored = await nsp.adapter.restore_session(pid, offset)
+            if restored is not None:
+                socket = Socket(nsp, client, auth, sid=restored.sid, pid=restored.pid)
+                socket.data = dict(restored.data)
+                socket.recovered = True
+                socket._last_rooms = restored.rooms
+                missed = restored.missed
+        if socket is None:
+            socket = Socket(nsp, client, auth)
+        if not (socket.recovered and recovery is not None and recovery.skip_middlewares):
+            try:
+                for middleware in nsp.middlewares:
+                    await middleware(socket, auth)
+                    if client.closed:
+                        return None
+            except ConnectRefused as exc:
+                if not client.closed:
+                    client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, nsp.name, exc.payload()))
+                return None
+        return socket, missed

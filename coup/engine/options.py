@@ -1,0 +1,36 @@
+"""Engine.IO server settings (defaults are the reference server's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    #: largest message or polling body a client may send, in bytes
+    max_payload: int = 1_000_000
+    #: seconds a WebSocket may take between the probe and the UPGRADE packet
+    upgrade_timeout: float = 10.0
+    transports: tuple[str, ...] = ("polling", "websocket")
+    allow_upgrades: bool = True
+    #: outbound bytes a session may have queued before it counts as a slow consumer
+    max_buffered_bytes: int = 8 * 1024 * 1024
+    #: packets one polling POST may carry
+    max_packets_per_post: int = 256
+    #: prepended to every session id; a cluster uses it to route a sid to its node
+    sid_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.ping_interval <= 0 or self.ping_timeout <= 0:
+            raise ValueError("ping_interval and ping_timeout must be positive")
+        if self.max_payload < 1024:
+            raise ValueError("max_payload must be at least 1024 bytes")
+        unknown = set(self.transports) - {"polling", "websocket"}
+        if unknown or not self.transports:
+            raise ValueError(f"unknown transports: {sorted(unknown)}")
+
+    @property
+    def timer_resolution(self) -> float:
+        return min(1.0, max(0.01, min(self.ping_interval, self.ping_timeout) / 10))

@@ -1,0 +1,147 @@
+"""The Engine.IO server: validates requests, opens sessions and keeps the sid table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+
+from coup.engine.errors import EngineErrorCode, EngineRequestError
+from coup.engine.handshake import HandshakeInfo
+from coup.engine.options import EngineOptions
+from coup.engine.polling import PollingTransport
+from coup.engine.session import Session
+from coup.engine.timers import TimerWheel
+from coup.engine.websocket import WebSocketTransport, WriteCoalescer
+from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo
+from coup.protocol.wire import Outbound
+
+log = logging.getLogger(__name__)
+
+ConnectionCallback = Callable[[Session], None]
+
+
+class EngineServer:
+    """Owns every session of this process; the transports ask it for them by sid."""
+
+    def __init__(self, options: EngineOptions | None = None,
+                 on_connection: ConnectionCallback | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.on_connection = on_connection
+        self.sessions: dict[str, Session] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wheel: TimerWheel | None = None
+        self._coalescer: WriteCoalescer | None = None
+
+    # ------------------------------------------------------------------ loop-bound helpers
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def wheel(self) -> TimerWheel:
+        if self._wheel is None:
+            self._wheel = TimerWheel(self.loop, self.options.timer_resolution)
+        return self._wheel
+
+    @property
+    def coalescer(self) -> WriteCoalescer:
+        if self._coalescer is None:
+            self._coalescer = WriteCoalescer(self.loop)
+        return self._coalescer
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ------------------------------------------------------------------ request checks
+
+    def check_request(self, query: Mapping[str, str], *, sid_required: bool | None = None) -> str:
+        """Validate the query of an Engine.IO request and return its transport name."""
+        eio = query.get("EIO")
+        if eio is None or not eio.isdigit():
+            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, f"invalid EIO {eio!r}")
+        if int(eio) != PROTOCOL_VERSION:
+            raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio}")
+        transport = query.get("transport")
+        if transport not in self.options.transports:
+            raise EngineRequestError(EngineErrorCode.UNKNOWN_TRANSPORT, f"transport {transport!r}")
+        return transport
+
+    def get(self, sid: str) -> Session:
+        session = self.sessions.get(sid)
+        if session is None or not session.open:
+            raise EngineRequestError(EngineErrorCode.UNKNOWN_SID, f"sid {sid[:40]!r}")
+        return session
+
+    def new_sid(self) -> str:
+        return self.options.sid_prefix + secrets.token_urlsafe(15)
+
+    # ------------------------------------------------------------------ opening sessions
+
+    def _open_info(self, sid: str, transport: str) -> Outbound:
+        opts = self.options
+        upgrades = ("websocket",) if (transport == "polling" and opts.allow_upgrades
+                                      and "websocket" in opts.transports) else ()
+        info = OpenInfo(sid, upgrades, int(opts.ping_interval * 1000), int(opts.ping_timeout * 1000),
+                        opts.max_payload)
+        return Outbound.packet(info.to_packet())
+
+    def _register(self, session: Session, first: Outbound) -> None:
+        self.sessions[session.sid] = session
+        session.send(first)
+        self.wheel.schedule(session.heartbeat.deadline, session)
+        if self.on_connection is not None:
+            self.on_connection(session)
+
+    def open_polling(self, handshake: HandshakeInfo) -> Session:
+        """A handshake over polling: the caller answers the GET with `transport.poll()`."""
+        transport = PollingTransport(self.loop)
+        session = Session(self.new_sid(), self, handshake, transport, self.now())
+        transport.session = session
+        self._register(session, self._open_info(session.sid, "polling"))
+        return session
+
+    def open_websocket(self, handshake: HandshakeInfo) -> tuple[Session, WebSocketTransport]:
+        """A handshake directly over WebSocket: the OPEN packet is queued on the new transport."""
+        session = Session(self.new_sid(), self, handshake, _Unattached(), self.now())
+        transport = WebSocketTransport(session, self.coalescer, probing=False)
+        session.transport = transport
+        self._register(session, self._open_info(session.sid, "websocket"))
+        return session, transport
+
+    def probe_websocket(self, sid: str) -> WebSocketTransport:
+        """A WebSocket that wants to take over a polling session (the upgrade)."""
+        session = self.get(sid)
+        if not self.options.allow_upgrades:
+            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "upgrades are disabled")
+        if session.upgraded or session.upgrading is not None or session.transport.name != "polling":
+            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "session already upgraded")
+        return WebSocketTransport(session, self.coalescer, probing=True)
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.get(session.sid) is session:
+            del self.sessions[session.sid]
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close_all(self, reason: str = "server shutting down") -> None:
+        for session in list(self.sessions.values()):
+            session.close(reason, graceful=False)
+        if self._wheel is not None:
+            self._wheel.close()
+
+
+class _Unattached:
+    """Placeholder transport for the instant between creating a session and its transport."""
+
+    name = "none"
+
+    def send(self, out: Outbound) -> None:  # pragma: no cover - replaced before use
+        raise RuntimeError("session has no transport yet")
+
+    def close(self, reason: str, *, graceful: bool) -> None:  # pragma: no cover
+        pass

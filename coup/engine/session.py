@@ -1,0 +1,228 @@
+"""One Engine.IO session: the client's identity across transports, heartbeat and queues.
+
+A session outlives its transports: it starts on polling or WebSocket and may move from
+polling to WebSocket mid-flight (the upgrade). Everything above sees only `send()`,
+`close()` and the `SessionHandler` callbacks, whatever carries the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from coup.engine.handshake import HandshakeInfo
+from coup.protocol import wire
+from coup.protocol.engineio import EnginePacket, EnginePacketType, decode_text
+from coup.protocol.errors import DecodeError
+from coup.protocol.heartbeat import Heartbeat, HeartbeatAction
+from coup.protocol.wire import Outbound
+
+if TYPE_CHECKING:
+    from coup.engine.server import EngineServer
+
+log = logging.getLogger(__name__)
+
+
+class SessionHandler(Protocol):
+    """The layer above (Socket.IO, or an Engine.IO-only app) as a session sees it."""
+
+    def on_message(self, session: Session, data: str | bytes) -> None: ...
+
+    def on_close(self, session: Session, reason: str) -> None: ...
+
+
+class Transport(Protocol):
+    """What carries a session's bytes: a polling buffer or a WebSocket connection."""
+
+    name: str
+
+    def send(self, out: Outbound) -> None: ...
+
+    def close(self, reason: str, *, graceful: bool) -> None:
+        """Graceful: deliver what is queued first. `reason` is the session's close reason."""
+
+
+class SessionState(Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # waiting for a polling client to fetch its last packets
+    CLOSED = "closed"
+
+
+class Session:
+    """An Engine.IO session (the reference calls it a Socket)."""
+
+    __slots__ = (
+        "__weakref__",
+        "close_reason",
+        "handler",
+        "handshake",
+        "heartbeat",
+        "server",
+        "sid",
+        "state",
+        "transport",
+        "upgraded",
+        "upgrading",
+    )
+
+    def __init__(self, sid: str, server: EngineServer, handshake: HandshakeInfo, transport: Transport,
+                 now: float) -> None:
+        self.sid = sid
+        self.server = server
+        self.handshake = handshake
+        self.transport: Transport = transport
+        self.handler: SessionHandler | None = None
+        opts = server.options
+        self.heartbeat = Heartbeat(now, opts.ping_interval, opts.ping_timeout)
+        self.state = SessionState.OPEN
+        self.upgrading: Transport | None = None
+        self.upgraded = False
+        self.close_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.sid} {self.transport.name} {self.state.value}>"
+
+    @property
+    def open(self) -> bool:
+        return self.state is SessionState.OPEN
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, out: Outbound) -> None:
+        """Queue packets for the client (hot path: no allocation beyond the queue entry)."""
+        if self.state is SessionState.OPEN:
+            self.transport.send(out)
+
+    # ------------------------------------------------------------------ inbound
+
+    def receive_text(self, text: str) -> None:
+        """A text packet from the client (a WebSocket text frame or a polling record)."""
+        if self.state is not SessionState.OPEN:
+            return
+        if text and text[0] == "4":  # MESSAGE: the common case, skip building a packet object
+            handler = self.handler
+            if handler is not None:
+                handler.on_message(self, text[1:])
+            return
+        self.receive(decode_text(text))
+
+    def receive(self, packet: EnginePacket) -> None:
+        """One decoded packet from the client."""
+        if self.state is not SessionState.OPEN:
+            return
+        ptype = packet.type
+        if ptype is EnginePacketType.MESSAGE:
+            if self.handler is not None:
+                self.handler.on_message(self, packet.data)
+        elif ptype is EnginePacketType.PONG:
+            self.heartbeat.on_pong(self.server.now())
+        elif ptype is EnginePacketType.CLOSE:
+            self.close("transport close", graceful=False)
+        elif ptype is EnginePacketType.PING:
+            # Engine.IO v4 clients never ping; the reference answers anyway, and the
+            # official test suites rely on it.
+            self.send(wire.PONG)
+        elif ptype is EnginePacketType.NOOP:
+            pass
+        else:  # OPEN or UPGRADE on an established transport
+            raise DecodeError(f"unexpected {ptype.name} packet")
+
+    def protocol_error(self, exc: DecodeError) -> None:
+        """The client sent something malformed: log why and end only this session."""
+        log.info("closing session %s: parse error: %s", self.sid, exc.reason)
+        self.close("parse error", graceful=False)
+
+    # ------------------------------------------------------------------ timers
+
+    def on_timer(self, now: float) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        if self.state is SessionState.CLOSING:
+            self._finish_close()
+            return
+        action = self.heartbeat.on_timer(now)
+        if action is HeartbeatAction.TIMED_OUT:
+            log.debug("session %s: ping timeout", self.sid)
+            self.close("ping timeout", graceful=False)
+            return
+        if action is HeartbeatAction.SEND_PING:
+            self.send(wire.PING)
+        self.server.wheel.schedule(self.heartbeat.deadline, self)
+
+    # ------------------------------------------------------------------ upgrade
+
+    def begin_upgrade(self, transport: Transport) -> None:
+        """The WebSocket answered the probe: stop holding polling requests open."""
+        self.upgrading = transport
+        begin = getattr(self.transport, "begin_upgrade", None)
+        if begin is not None:
+            begin()
+
+    def complete_upgrade(self, transport: Transport) -> None:
+        """The client sent UPGRADE on the probe WebSocket: move everything to it."""
+        old = self.transport
+        self.upgrading = None
+        self.upgraded = True
+        self.transport = transport
+        pending = getattr(old, "discard", None)
+        if pending is not None:
+            for out in pending():
+                transport.send(out)
+
+    def abort_upgrade(self, transport: Transport) -> None:
+        if self.upgrading is transport:
+            self.upgrading = None
+            end = getattr(self.transport, "end_upgrade", None)
+            if end is not None:
+                end()
+
+    # ------------------------------------------------------------------ close
+
+    def close(self, reason: str, *, graceful: bool = True) -> None:
+        """End the session. Graceful: queued packets still reach a polling client first."""
+        if self.state is SessionState.CLOSED:
+            return
+        if self.state is SessionState.OPEN:
+            self.close_reason = reason
+        if graceful and self.state is SessionState.OPEN:
+            self.state = SessionState.CLOSING
+            self.transport.close(reason, graceful=True)
+            if self.state is SessionState.CLOSING:  # the transport could not finish at once
+                self.server.wheel.schedule(self.server.now() + self.server.options.ping_timeout, self)
+            return
+        self._finish_close()
+
+    def transport_closed(self, transport: Transport, reason: str) -> None:
+        """The transport went away under us (socket closed, write failed)."""
+        if transport is self.upgrading:
+            self.abort_upgrade(transport)
+            return
+        if transport is not self.transport:
+            return
+        if self.state is SessionState.OPEN:
+            self.close_reason = reason
+        self._finish_close()
+
+    def finish_graceful_close(self) -> None:
+        """Called by a transport once a graceful close has delivered everything."""
+        if self.state is SessionState.CLOSING:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        reason = self.close_reason or "forced close"
+        if self.upgrading is not None:
+            self.upgrading.close(reason, graceful=False)
+            self.upgrading = None
+        self.transport.close(reason, graceful=False)
+        self.server.forget(self)
+        handler = self.handler
+        self.handler = None
+        if handler is not None:
+            try:
+                handler.on_close(self, reason)
+            except Exception:
+                log.exception("session %s: close handler failed", self.sid)

@@ -1,0 +1,236 @@
+"""The WebSocket side of a session: an asyncio protocol on the raw socket.
+
+After the HTTP upgrade (done by the Tornado handler in `coup.transports.websocket`) the
+socket is handed to this protocol, so the per-message path is ours: one `transport.write`
+per socket per loop turn, whatever number of packets were queued in that turn
+(`WriteCoalescer`), with frames that were encoded once for every receiver
+(`coup.protocol.wire.Outbound`). Figures behind this choice: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from coup.protocol import wire
+from coup.protocol.engineio import decode_ws_binary
+from coup.protocol.errors import DecodeError
+from coup.protocol.websocket import (
+    BinaryMessage,
+    CloseCode,
+    CloseReceived,
+    FrameReader,
+    Ping,
+    TextMessage,
+    encode_close_frame,
+)
+from coup.protocol.wire import Outbound
+
+if TYPE_CHECKING:
+    from coup.engine.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class WriteCoalescer:
+    """Collects the connections written to during one loop turn and flushes each once."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[WebSocketTransport] = []
+        self._scheduled = False
+
+    def mark(self, conn: WebSocketTransport) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            conn.flush()
+
+
+class WebSocketTransport(asyncio.Protocol):
+    """One WebSocket connection carrying one Engine.IO session (or probing to carry one)."""
+
+    name = "websocket"
+
+    __slots__ = (
+        "_closed",
+        "_coalescer",
+        "_max_buffer",
+        "_pending",
+        "_probing",
+        "_reader",
+        "_transport",
+        "_upgrade_timer",
+        "preamble",
+        "session",
+    )
+
+    def __init__(self, session: Session, coalescer: WriteCoalescer, *, probing: bool) -> None:
+        self.session = session
+        self._transport: asyncio.Transport | None = None
+        options = session.server.options
+        self._reader = FrameReader(max_message=options.max_payload)
+        self._pending: list[bytes] = []
+        self._coalescer = coalescer
+        self._max_buffer = options.max_buffered_bytes
+        #: True until the client completes an upgrade from polling with UPGRADE
+        self._probing = probing
+        self._closed = False
+        self._upgrade_timer: asyncio.TimerHandle | None = None
+        #: bytes written before any frame once the socket is attached (the HTTP 101 answer)
+        self.preamble = b""
+
+    def __repr__(self) -> str:
+        return f"<WebSocketTransport {self.session.sid}{' probing' if self._probing else ''}>"
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        # the 101 answer and whatever was queued meanwhile (the OPEN packet) in one write
+        first = self.preamble + b"".join(self._pending)
+        self.preamble = b""
+        self._pending.clear()
+        if first:
+            transport.write(first)
+        if self._probing:
+            loop = asyncio.get_running_loop()
+            self._upgrade_timer = loop.call_later(self.session.server.options.upgrade_timeout,
+                                                  self._upgrade_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._reader.feed(data)
+        except DecodeError as exc:
+            log.info("session %s: invalid WebSocket frame: %s", self.session.sid, exc.reason)
+            self._fail(exc.close_code)
+            return
+        session = self.session
+        for event in events:
+            if self._closed:
+                return
+            try:
+                if type(event) is TextMessage:
+                    if self._probing:
+                        self._probe_text(event.text)
+                    else:
+                        session.receive_text(event.text)
+                elif type(event) is BinaryMessage:
+                    if self._probing:
+                        raise DecodeError("binary message before the upgrade completed")
+                    session.receive(decode_ws_binary(event.data))
+                elif type(event) is Ping:
+                    self._write(event.response())
+                elif type(event) is CloseReceived:
+                    self._write(event.response())
+                    self._shutdown("transport close")
+                # Pong frames need no answer
+            except DecodeError as exc:
+                if self._probing:
+                    log.info("session %s: bad packet on upgrade probe: %s", session.sid, exc.reason)
+                    self._fail(CloseCode.PROTOCOL_ERROR)
+                else:
+                    session.protocol_error(exc)
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._pending.clear()
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+            self._upgrade_timer = None
+        self.session.transport_closed(self, "transport close" if exc is None else "transport error")
+
+    def pause_writing(self) -> None:
+        """The kernel buffer is full; we keep queueing in the transport up to `_max_buffer`."""
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ upgrade probe
+
+    def _probe_text(self, text: str) -> None:
+        session = self.session
+        if text == "2probe" and session.upgrading is None:
+            self._write(wire.PROBE_PONG.ws_bytes())
+            session.begin_upgrade(self)
+        elif text == "5" and session.upgrading is self:
+            self._probing = False
+            if self._upgrade_timer is not None:
+                self._upgrade_timer.cancel()
+                self._upgrade_timer = None
+            session.complete_upgrade(self)
+        else:
+            raise DecodeError("unexpected packet during the upgrade")
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_timer = None
+        if self._probing:
+            log.info("session %s: upgrade did not complete in time", self.session.sid)
+            self._fail(CloseCode.NORMAL)
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, out: Outbound) -> None:
+        if self._closed:
+            return
+        pending = self._pending
+        pending.append(out.ws_bytes())
+        if len(pending) == 1:
+            self._coalescer.mark(self)
+
+    def flush(self) -> None:
+        pending = self._pending
+        transport = self._transport
+        if not pending or self._closed or transport is None:
+            return  # not attached yet: connection_made() writes what is pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._max_buffer:
+            log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
+                        self.session.sid, transport.get_write_buffer_size())
+            self._closed = True
+            transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        """Write now, after anything pending (control frames and handshake replies)."""
+        if self._pending:
+            self.flush()
+        if self._transport is not None and not self._closed:
+            self._transport.write(data)
+
+    # ------------------------------------------------------------------ close
+
+    def close(self, reason: str, *, graceful: bool) -> None:
+        """Send a close frame after anything queued, then close the socket."""
+        if self._closed:
+            return
+        self._write(encode_close_frame(CloseCode.NORMAL))
+        self._shutdown(reason)
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()  # flushes the buffer, then connection_lost()
+
+    def _fail(self, code: int) -> None:
+        if self._closed:
+            return
+        self._write(encode_close_frame(code))
+        self._shutdown("transport error")
+        if not self._probing:
+            self.session.transport_closed(self, "parse error")

@@ -1,0 +1,39 @@
+"""JSON exactly as JavaScript's JSON.stringify / JSON.parse see it.
+
+Compact separators and raw UTF-8 (like JSON.stringify); NaN and Infinity are refused in
+both directions (JSON.parse rejects them, Python's json would accept them); deep nesting
+and huge integers become a `DecodeError` instead of a RecursionError or ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from coup.protocol.errors import DecodeError, EncodeError
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encode = _encoder.encode
+_decode = _decoder.decode
+
+
+def dumps(value: Any) -> str:
+    """Serialise `value` as JSON.stringify would; raise `EncodeError` for what it cannot carry."""
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EncodeError(f"value cannot be sent as JSON: {type(exc).__name__}") from None
+
+
+def loads(text: str) -> Any:
+    """Parse JSON text from a peer; any failure is a `DecodeError`."""
+    try:
+        return _decode(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise DecodeError(f"invalid JSON: {type(exc).__name__}") from None

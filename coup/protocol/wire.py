@@ -1,0 +1,68 @@
+"""Outbound Engine.IO packets encoded once, in the form each transport needs.
+
+A broadcast to a room of a thousand sockets builds one `Outbound`; WebSocket receivers
+share its framed bytes (server frames are unmasked, so the bytes are identical for every
+receiver) and polling receivers share its payload text. Both forms are computed on first
+use and cached; an `Outbound` is immutable once built.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from coup.protocol.engineio import SEPARATOR, EnginePacket, EnginePacketType, encode_text
+from coup.protocol.socketio import EncodedPacket
+from coup.protocol.websocket import Opcode, encode_frame
+
+
+class Outbound:
+    """One or more Engine.IO packets: an optional text packet, then binary MESSAGE packets."""
+
+    __slots__ = ("_poll", "_ws", "binaries", "size", "text")
+
+    def __init__(self, text: str | None, binaries: tuple[bytes, ...] = ()) -> None:
+        self.text = text
+        self.binaries = binaries
+        self._ws: bytes | None = None
+        self._poll: str | None = None
+        #: approximate size in bytes, used to bound per-session queues
+        self.size = (len(text) if text is not None else 0) + sum(len(b) for b in binaries)
+
+    @classmethod
+    def message(cls, packet: EncodedPacket) -> Outbound:
+        """A Socket.IO packet wrapped in Engine.IO MESSAGE packets (``4`` + text, then attachments)."""
+        return cls("4" + packet.text, packet.attachments)
+
+    @classmethod
+    def packet(cls, packet: EnginePacket) -> Outbound:
+        if isinstance(packet.data, bytes):
+            return cls(None, (packet.data,))
+        return cls(encode_text(packet))
+
+    def ws_bytes(self) -> bytes:
+        """All packets as WebSocket frames, ready to write."""
+        ws = self._ws
+        if ws is None:
+            frames = [encode_frame(Opcode.TEXT, self.text.encode("utf-8"))] if self.text is not None else []
+            frames.extend(encode_frame(Opcode.BINARY, b) for b in self.binaries)
+            ws = self._ws = b"".join(frames)
+        return ws
+
+    def poll_text(self) -> str:
+        """All packets as records of a polling payload (joined by the record separator)."""
+        poll = self._poll
+        if poll is None:
+            records = [self.text] if self.text is not None else []
+            records.extend("b" + base64.b64encode(b).decode("ascii") for b in self.binaries)
+            poll = self._poll = SEPARATOR.join(records)
+        return poll
+
+    def __repr__(self) -> str:
+        return f"Outbound(text={self.text!r}, binaries={len(self.binaries)})"
+
+
+PING = Outbound(str(int(EnginePacketType.PING)))
+PONG = Outbound(str(int(EnginePacketType.PONG)))
+NOOP = Outbound(str(int(EnginePacketType.NOOP)))
+CLOSE = Outbound(str(int(EnginePacketType.CLOSE)))
+PROBE_PONG = Outbound("3probe")

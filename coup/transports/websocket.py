@@ -1,0 +1,89 @@
+"""WebSocket: Tornado validates and answers the HTTP upgrade, then hands the raw socket over.
+
+After the 101 answer the connection is served by `coup.engine.websocket.WebSocketTransport`,
+an asyncio protocol, instead of Tornado's IOStream: a write there is one C call, where
+IOStream allocates a Future per write. docs/architecture.md gives the measurements.
+TLS must be terminated in front of us (a PaaS router or proxy): an SSL stream is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from tornado.iostream import IOStream, SSLIOStream
+
+from coup.engine.errors import EngineErrorCode, EngineRequestError
+from coup.protocol.websocket import accept_key, valid_client_key
+from coup.transports.base import EngineRequestHandler
+
+log = logging.getLogger(__name__)
+
+
+def _switching_protocols(client_key: str) -> bytes:
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(client_key)}\r\n\r\n"
+    ).encode("ascii")
+
+
+def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
+    """Take the socket away from a detached Tornado stream, with any bytes it had read ahead."""
+    read_ahead = b""
+    buffer = getattr(stream, "_read_buffer", None)
+    size = getattr(stream, "_read_buffer_size", 0)
+    if buffer is not None and size:
+        read_ahead = bytes(buffer[-size:]) if len(buffer) >= size else bytes(buffer)
+    fd = os.dup(stream.socket.fileno())
+    stream.close()  # closes Tornado's descriptor and its loop registration; ours stays open
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock, read_ahead
+
+
+class WebSocketHandler(EngineRequestHandler):
+    async def get(self) -> None:
+        headers = self.request.headers
+        try:
+            self.engine.check_request(self.query())
+            if headers.get("Upgrade", "").lower() != "websocket" or \
+                    "upgrade" not in headers.get("Connection", "").lower():
+                raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "not a WebSocket upgrade")
+            key = headers.get("Sec-WebSocket-Key", "")
+            if not valid_client_key(key):
+                raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "invalid Sec-WebSocket-Key")
+            if headers.get("Sec-WebSocket-Version") != "13":
+                self.set_header("Sec-WebSocket-Version", "13")
+                self.set_status(426)
+                self.finish("Upgrade Required")
+                return
+            if not self.origin_allowed():
+                raise EngineRequestError(EngineErrorCode.FORBIDDEN, f"origin {headers.get('Origin')!r}")
+            if isinstance(getattr(self.request.connection, "stream", None), SSLIOStream):
+                raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "TLS must end before coup")
+            sid = self.get_query_argument("sid", None)
+            probe = self.engine.probe_websocket(sid) if sid is not None else None
+        except EngineRequestError as exc:
+            self.refuse(exc)
+            return
+
+        sock, read_ahead = take_socket(self.detach())
+        if probe is not None:
+            transport = probe
+        else:
+            _, transport = self.engine.open_websocket(self.handshake_info())
+        transport.preamble = _switching_protocols(key)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: transport, sock=sock)
+        except OSError as exc:
+            log.info("WebSocket hand-off failed: %s", exc)
+            sock.close()
+            transport.connection_lost(exc)
+            return
+        if read_ahead:
+            transport.data_received(read_ahead)
