@@ -7,6 +7,7 @@ value raises `ConfigError` naming the variable; secrets hide themselves in `repr
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ class Secret:
 
 
 MIN_SECRET_BYTES = 32
+#: node ids and key prefixes appear in session ids and Redis channel names
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -102,6 +105,10 @@ class Settings:
     recovery_window: float = 120.0
     log_level: str = "INFO"
     static_dir: str | None = None
+    #: cluster: every Redis key and channel starts with this (several apps may share a Redis)
+    redis_prefix: str = "coup"
+    #: modules whose ``setup(node)`` runs when a node is built (extra handlers, test apps)
+    plugins: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -139,7 +146,15 @@ class Settings:
         if (raw := get("COUP_ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = _list(raw)
         if (raw := get("COUP_NODE_ID")) is not None:
+            if not _NAME.fullmatch(raw.strip()):
+                raise ConfigError(f"COUP_NODE_ID may hold only letters, digits, '_' and '-' (1-64), got {raw!r}")
             values["node_id"] = raw.strip()
+        if (raw := get("COUP_REDIS_PREFIX")) is not None:
+            if not _NAME.fullmatch(raw.strip()):
+                raise ConfigError(f"COUP_REDIS_PREFIX may hold only letters, digits, '_' and '-', got {raw!r}")
+            values["redis_prefix"] = raw.strip()
+        if (raw := get("COUP_PLUGINS")) is not None:
+            values["plugins"] = _list(raw)
         if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:
             values["public_address"] = raw.strip()
         if (raw := get("COUP_PING_INTERVAL")) is not None:

@@ -1,0 +1,360 @@
+"""One node's pub/sub link to Redis: ordered publishing, counted subscriptions, self-repair.
+
+Guarantees and non-guarantees:
+
+- Messages published by one node reach each subscriber in the order they were published
+  (one publishing connection, pipelined, never retried: a publish whose reply is lost may or
+  may not have happened, and doing it twice would deliver twice).
+- While Redis is unreachable, `publish` fails at once (nothing is queued: a node must keep
+  serving its local sockets, not build an unbounded backlog). Messages are lost; the layer
+  above designs for it.
+- `acquire(channels)` returns once Redis confirmed the subscriptions, so a broadcast
+  published after that reaches us. While disconnected it returns at once; the supervisor
+  subscribes everything wanted when it reconnects, and `ready` stays False until it has.
+- A subscription that is connected but hears nothing ("deaf": a half-open TCP connection, a
+  proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from coup.cluster.options import ClusterOptions
+from coup.cluster.resp import RedisUnavailable, RespConnection
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[bytes, bytes], None]
+ReconnectHook = Callable[[], Awaitable[None]]
+
+#: first byte of a self-probe (other kinds are the cluster's, see `coup.cluster.envelope`)
+PROBE = b"P"
+_SUBSCRIBE_CHUNK = 500
+
+
+def channel_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogatepass")
+
+
+class Bus:
+    def __init__(self, url: str, node_id: str, options: ClusterOptions, on_message: MessageHandler) -> None:
+        self.url = url
+        self.node_id = node_id
+        self.options = options
+        self.on_message = on_message
+        #: this node's inbox: requests and replies addressed to it, and its own probes
+        self.inbox = channel_bytes(options.key("n", node_id))
+        self._refs: dict[bytes, int] = {self.inbox: 1}
+        self._confirming: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        self._pub: RespConnection | None = None
+        self._sub: RespConnection | None = None
+        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox_futures: list[asyncio.Future[Any] | None] = []
+        self._flush_scheduled = False
+        self._broken = asyncio.Event()
+        self._running = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._probes: dict[bytes, asyncio.Future[None]] = {}
+        self._reconnect_hooks: list[ReconnectHook] = []
+        self._down_callbacks: list[Callable[[], None]] = []
+        self._first_ready = asyncio.Event()
+        #: connected, subscribed to everything wanted, re-sync hooks done
+        self.ready = False
+        self.connections = 0
+        self.stats = {"published": 0, "publish_failed": 0, "received": 0, "deaf_repairs": 0}
+        self._last_drop_log = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def fixed(self, channel: bytes) -> None:
+        """Hear `channel` for the node's whole life (call before `start`)."""
+        self._refs[channel] = self._refs.get(channel, 0) + 1
+
+    def on_down(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs whenever the link breaks."""
+        self._down_callbacks.append(callback)
+
+    def on_reconnect(self, hook: ReconnectHook) -> None:
+        """`hook()` runs after every (re)connection, once subscribed, before `ready` is True."""
+        self._reconnect_hooks.append(hook)
+
+    async def start(self, wait: float) -> None:
+        """Start connecting; return once ready or after `wait` seconds (Redis may be down)."""
+        self._running = True
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+        try:
+            await asyncio.wait_for(self._first_ready.wait(), wait)
+        except TimeoutError:
+            log.warning("redis not reachable at start; serving local sockets and retrying")
+
+    async def stop(self) -> None:
+        self._running = False
+        self._flush()
+        pub = self._pub
+        if pub is not None and not pub.closed:
+            try:  # let queued publishes (a leaving node's last words) reach Redis
+                await asyncio.wait_for(pub.call("PING"), 1.0)
+            except (RedisUnavailable, TimeoutError):
+                pass
+        for task in (self._prober, self._supervisor):
+            if task is not None:
+                task.cancel()
+        for task in (self._prober, self._supervisor):
+            if task is not None:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        self.ready = False
+        for conn in (self._pub, self._sub):
+            if conn is not None:
+                conn.close()
+        self._pub = self._sub = None
+        for waiters in self._confirming.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(False)
+        self._confirming.clear()
+
+    def _mark_broken(self) -> None:
+        self.ready = False
+        if not self._broken.is_set():
+            self._broken.set()
+            for callback in self._down_callbacks:
+                callback()
+
+    async def _supervise(self) -> None:
+        delay = self.options.reconnect_min
+        while self._running:
+            try:
+                await self._connect()
+                delay = self.options.reconnect_min
+                await self._broken.wait()
+                log.warning("redis link lost; serving local sockets and reconnecting")
+            except RedisUnavailable as exc:
+                log.debug("redis connect failed: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("redis link supervisor failed; reconnecting")
+            self._drop_connections()
+            if not self._running:
+                return
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.options.reconnect_max)
+
+    async def _connect(self) -> None:
+        self._broken.clear()
+        opts = self.options
+        name = f"{opts.prefix}:{self.node_id}"
+        self._pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=opts.connect_timeout,
+                                              on_lost=self._mark_broken)
+        self._sub = await RespConnection.open(self.url, name=f"{name}:sub", timeout=opts.connect_timeout,
+                                              on_push=self._on_push, on_lost=self._mark_broken)
+        self.connections += 1
+        wanted = list(self._refs)
+        futures = []
+        for i in range(0, len(wanted), _SUBSCRIBE_CHUNK):
+            futures.extend(self._send_subscribe(wanted[i:i + _SUBSCRIBE_CHUNK]))
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=opts.connect_timeout)
+            if pending or self._broken.is_set():
+                raise RedisUnavailable("redis did not confirm our subscriptions")
+        for hook in self._reconnect_hooks:
+            await hook()
+        if self._broken.is_set():
+            raise RedisUnavailable("redis link lost while re-syncing")
+        self.ready = True
+        self._first_ready.set()
+        log.info("redis link up (connection #%d, %d channels)", self.connections, len(wanted))
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_push(self, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            self.stats["received"] += 1
+            data = reply[2]
+            if data[:1] == PROBE:
+                heard = self._probes.pop(data[1:], None)
+                if heard is not None and not heard.done():
+                    heard.set_result(None)
+                return
+            try:
+                self.on_message(reply[1], data)
+            except Exception:
+                log.exception("handling a cluster message failed")
+        elif kind == b"subscribe":
+            waiters = self._confirming.get(reply[1])
+            if waiters:
+                future = waiters.popleft()
+                if not waiters:
+                    del self._confirming[reply[1]]
+                if not future.done():
+                    future.set_result(True)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def _send_subscribe(self, channels: list[bytes]) -> list[asyncio.Future[bool]]:
+        sub = self._sub
+        if sub is None or sub.closed:
+            return []
+        loop = asyncio.get_running_loop()
+        futures = []
+        for channel in channels:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._confirming.setdefault(channel, deque()).append(future)
+            futures.append(future)
+        sub.send(("SUBSCRIBE", *channels))
+        return futures
+
+    async def acquire(self, channels: Iterable[bytes]) -> None:
+        """Count one more reason to hear `channels`; return once Redis confirmed them."""
+        new: list[bytes] = []
+        waits: list[asyncio.Future[bool]] = []
+        refs = self._refs
+        for channel in channels:
+            count = refs.get(channel, 0)
+            refs[channel] = count + 1
+            if count == 0:
+                new.append(channel)
+            else:
+                waiters = self._confirming.get(channel)
+                if waiters:
+                    waits.append(waiters[-1])
+        if new:
+            try:
+                waits.extend(self._send_subscribe(new))
+            except RedisUnavailable:
+                pass  # the supervisor subscribes everything wanted once it reconnects
+        if waits:
+            await asyncio.wait(waits, timeout=self.options.connect_timeout)
+
+    async def settled(self, channels: Iterable[bytes]) -> None:
+        """Wait for subscriptions of `channels` still in flight (somebody else asked for them)."""
+        confirming = self._confirming
+        if not confirming:
+            return
+        waits = [waiters[-1] for channel in channels if (waiters := confirming.get(channel))]
+        if waits:
+            await asyncio.wait(waits, timeout=self.options.connect_timeout)
+
+    def release(self, channels: Iterable[bytes]) -> None:
+        """Drop one reason to hear `channels`; unsubscribe those nobody needs any more."""
+        gone: list[bytes] = []
+        refs = self._refs
+        for channel in channels:
+            count = refs.get(channel, 0)
+            if count <= 1:
+                if count == 1:
+                    del refs[channel]
+                    gone.append(channel)
+            else:
+                refs[channel] = count - 1
+        sub = self._sub
+        if gone and sub is not None and not sub.closed:
+            try:
+                sub.send(("UNSUBSCRIBE", *gone))
+            except RedisUnavailable:
+                pass
+
+    def subscribed(self, channel: bytes) -> bool:
+        return channel in self._refs
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, channel: bytes, data: bytes) -> asyncio.Future[Any]:
+        """Queue a PUBLISH for this loop turn; the future gives the number of receivers.
+
+        Fails at once with `RedisUnavailable` while disconnected; never retried.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._queue(channel, data, future):
+            future.set_exception(RedisUnavailable("redis is not connected"))
+        return future
+
+    def publish_nowait(self, channel: bytes, data: bytes) -> None:
+        """Publish without waiting for the reply (the hot path of a broadcast)."""
+        self._queue(channel, data, None)
+
+    def _queue(self, channel: bytes, data: bytes, future: asyncio.Future[Any] | None) -> bool:
+        """Add a PUBLISH to this turn's pipeline; True when it cannot be sent (disconnected)."""
+        pub = self._pub
+        if pub is None or pub.closed:
+            self._dropped()
+            return True
+        self._outbox.append(("PUBLISH", channel, data))
+        self._outbox_futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return False
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        commands, futures = self._outbox, self._outbox_futures
+        if not commands:
+            return
+        self._outbox, self._outbox_futures = [], []
+        pub = self._pub
+        try:
+            if pub is None:
+                raise RedisUnavailable("redis is not connected")
+            pub.write(commands, futures)
+        except RedisUnavailable as exc:
+            for future in futures:
+                self._dropped()
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+            return
+        self.stats["published"] += len(commands)
+
+    def _dropped(self) -> None:
+        self.stats["publish_failed"] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 5.0:
+            self._last_drop_log = now
+            log.warning("redis unavailable: cross-node messages are being dropped (%d so far)",
+                        self.stats["publish_failed"])
+
+    # ------------------------------------------------------------------ self-probe
+
+    async def _probe_loop(self) -> None:
+        opts = self.options
+        while True:
+            await asyncio.sleep(opts.probe_interval)
+            if not self.ready:
+                continue
+            nonce = secrets.token_bytes(8)
+            heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._probes[nonce] = heard
+            try:
+                receivers = await asyncio.wait_for(self.publish(self.inbox, PROBE + nonce), opts.probe_timeout)
+                if receivers == 0:
+                    raise _Deaf("redis has no subscription of ours")
+                await asyncio.wait_for(heard, opts.probe_timeout)
+            except (TimeoutError, _Deaf, RedisUnavailable) as exc:
+                if self.ready:  # a failure during a reconnect is not news
+                    self.stats["deaf_repairs"] += 1
+                    log.warning("redis subscription deaf (%s); rebuilding the link", exc or "probe not heard")
+                    self._mark_broken()
+            finally:
+                self._probes.pop(nonce, None)
+
+
+class _Deaf(Exception):
+    pass
+
+

@@ -1,0 +1,251 @@
+"""One node's membership of the cluster: the Redis links and everything built on them.
+
+`Cluster` owns the two redis-py clients (one that may retry idempotent commands, one that
+never retries), the pub/sub `Bus`, the `Registry` and ring, and hands the core its
+`RedisAdapter` factory, `RedisPresence` and `RedisRoomRouter`. It also routes what arrives
+on the bus: broadcasts to the namespace's adapter, requests to whoever serves them, replies
+to whoever waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from coup.cluster.adapter import ClusterTimeout, RedisAdapter
+from coup.cluster.bus import Bus, channel_bytes
+from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
+from coup.cluster.options import ClusterOptions
+from coup.cluster.presence import RedisPresence
+from coup.cluster.registry import Registry
+from coup.cluster.resp import RedisUnavailable
+from coup.cluster.rooms import RedisRoomRouter
+from coup.cluster.sequence import RedisSequence
+from coup.protocol.errors import EncodeError
+
+if TYPE_CHECKING:
+    from coup.core.namespace import Namespace
+    from coup.core.server import SocketServer
+
+log = logging.getLogger(__name__)
+
+#: separates the node id from the rest of an Engine.IO session id
+SID_SEPARATOR = "."
+
+
+class _Pending:
+    """Replies to one request; done when as many came as nodes heard the request."""
+
+    __slots__ = ("done", "expected", "first_only", "responses")
+
+    def __init__(self, first_only: bool) -> None:
+        self.responses: list[Any] = []
+        self.expected: int | None = None
+        self.first_only = first_only
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def expect(self, count: int) -> None:
+        self.expected = min(count, 1) if self.first_only else count
+        self._check()
+
+    def add(self, data: Any) -> None:
+        self.responses.append(data)
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected is not None and len(self.responses) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Redis:
+    """A redis-py client; `retries=0` for writes that must not run twice."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
+    client: redis.Redis = redis.Redis.from_url(
+        url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout,
+        retry=retry, client_name=f"{options.prefix}:ctl")
+    return client
+
+
+class Cluster:
+    def __init__(self, url: str, node_id: str, options: ClusterOptions | None = None) -> None:
+        if SID_SEPARATOR in node_id or ":" in node_id:
+            raise ValueError(f"node id may not contain {SID_SEPARATOR!r} or ':': {node_id!r}")
+        self.url = url
+        self.node_id = node_id
+        self.options = opts = options or ClusterOptions()
+        #: retries idempotent commands (reads, heartbeats, SET of a session record)
+        self.redis = make_client(url, opts, retries=2)
+        #: never retries: presence transitions, GETDEL
+        self.redis_once = make_client(url, opts, retries=0)
+        self.bus = Bus(url, node_id, opts, self._dispatch)
+        self.registry = Registry(self.redis, node_id, opts)
+        self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
+        self.rooms = RedisRoomRouter(self)
+        self.sequence = RedisSequence(self.redis, opts)
+        self.adapters: dict[str, RedisAdapter] = {}
+        self.sio: SocketServer | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._own_broadcasts = origin_prefix(node_id)
+        self._maintenance: asyncio.Task[None] | None = None
+        self.bus.fixed(channel_bytes(self.registry.announce_channel))
+        self.bus.on_reconnect(self._link_up)
+        self.bus.on_down(self.registry.on_link_down)
+        self.registry.on_lost = self.presence.report_lost
+        self.registry.on_zombie = self._drop_local_sockets
+
+    # ------------------------------------------------------------------ wiring into the core
+
+    def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
+        return RedisAdapter(nsp, self)
+
+    def bind(self, sio: SocketServer) -> None:
+        self.sio = sio
+
+    @property
+    def sid_prefix(self) -> str:
+        """Engine.IO session ids start with the node id, so any node can route a request for one."""
+        return self.node_id + SID_SEPARATOR
+
+    @staticmethod
+    def node_of_sid(sid: str) -> str | None:
+        node, sep, _ = sid.partition(SID_SEPARATOR)
+        return node if sep else None
+
+    def inbox(self, node: str) -> bytes:
+        return channel_bytes(self.options.key("n", node))
+
+    @property
+    def ready(self) -> bool:
+        return self.bus.ready and self.registry.registered
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, address: str) -> None:
+        self.registry.start(address)
+        await self.bus.start(wait=self.options.connect_timeout * 2)
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def stop(self) -> None:
+        """Leave the cluster: our sockets are closed, so their users may have gone offline."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        await self.registry.stop()
+        self.presence.forget_local()
+        lost = await self.registry.leave()
+        await self.presence.report_lost(lost)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.bus.stop()
+        await self.redis.aclose()
+        await self.redis_once.aclose()
+
+    async def _link_up(self) -> None:
+        await self.registry.on_link_up()
+        await self.presence.resync()
+
+    async def _drop_local_sockets(self) -> None:
+        """We were declared dead: our users were reported offline; let our sockets reconnect."""
+        self.presence.forget_local()
+        if self.sio is None:
+            return
+        for nsp in list(self.sio.namespaces.values()):
+            for socket in list(nsp.sockets.values()):
+                socket.client.close("forced close")
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for adapter in list(self.adapters.values()):
+                adapter.expire_holds()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ requests and replies
+
+    async def request(self, channel: bytes, message: dict[str, Any], timeout: float, *,
+                      first_only: bool = False) -> list[Any]:
+        """Publish a request and gather one reply from every node that heard it.
+
+        Raises `RedisUnavailable` when it could not be published, `ClusterTimeout` (with the
+        replies that came) when not every node answered within `timeout`.
+        """
+        q = f"{self.node_id}:{next(self._ids)}"
+        pending = self._pending[q] = _Pending(first_only)
+        try:
+            async with asyncio.timeout(timeout):
+                count = await self.bus.publish(channel, encode_json({**message, "o": self.node_id, "q": q}))
+                if isinstance(count, hiredis.ReplyError):
+                    raise RedisUnavailable(str(count))
+                pending.expect(int(count))
+                await pending.done
+            return pending.responses
+        except TimeoutError:
+            raise ClusterTimeout(pending.responses) from None
+        finally:
+            del self._pending[q]
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        try:
+            if message["t"] == "call":
+                data: Any = await self.rooms.serve(message)
+            else:
+                adapter = self.adapters.get(message.get("n", "/"))
+                data = await adapter.serve(message) if adapter is not None else {}
+        except Exception:
+            log.exception("cluster request %s failed", message.get("op") or message.get("name"))
+            data = {"error": "failed"}
+        q, origin = message.get("q"), message.get("o")
+        if not q or not isinstance(origin, str):
+            return  # fire and forget (an emitter's command)
+        try:
+            reply = encode_json({"t": "res", "q": q, "d": data})
+        except EncodeError:
+            log.error("reply to cluster request %s is not JSON", message.get("op") or message.get("name"))
+            reply = encode_json({"t": "res", "q": q, "d": {"error": "failed"}})
+        self.bus.publish_nowait(self.inbox(origin), reply)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        kind = data[:1]
+        if kind == BROADCAST:
+            if data.startswith(self._own_broadcasts):
+                return  # delivered locally when it was sent
+            broadcast = decode_broadcast(data)
+            adapter = self.adapters.get(broadcast.nsp)
+            if adapter is not None:
+                adapter.on_broadcast(broadcast)
+        elif kind == JSON:
+            message = decode_json(data)
+            t = message.get("t")
+            if t == "res":
+                pending = self._pending.get(message.get("q", ""))
+                if pending is not None:
+                    pending.add(message.get("d"))
+            elif t in ("req", "call"):
+                self.spawn(self._serve(message))
+            elif t == "node":
+                self.registry.announce_received(message)
+        else:
+            log.warning("unknown cluster message on %r", channel[:80])
+
+    # ------------------------------------------------------------------ visibility
+
+    def describe(self) -> dict[str, Any]:
+        info = self.registry.describe()
+        info["ready"] = self.ready
+        info["redis"] = {"connected": self.bus.ready, "connections": self.bus.connections, **self.bus.stats}
+        info["rooms"] = dict(self.rooms.stats)
+        return info

@@ -1,0 +1,129 @@
+"""Cluster-wide presence: a key (a user) is online while any of its sockets on any node is.
+
+Redis holds, per key, the sockets that hold it (`P:presence:KEY`, sid → node) and, per node,
+an index of its entries, so the survivor that reaps a dead node can remove them. Every
+transition is decided inside one atomic script, so each is reported exactly once,
+cluster-wide. This node also keeps its own sockets in memory: that is the truth it re-syncs
+into Redis after an outage or a Redis restart (reporting keys that went offline meanwhile
+through `on_lost`).
+
+While Redis is unreachable: `attach` answers from this node's view (a key with no local
+socket counts as coming online: a repeated user-online is harmless, a missing one leaves a
+user shown offline), and `detach` answers False; the re-sync after the outage reports the
+keys that really went offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from coup.cluster.options import ClusterOptions
+from coup.cluster.scripts import ATTACH, DETACH, RESYNC
+from coup.core.presence import LostCallback, Presence
+
+log = logging.getLogger(__name__)
+
+
+class RedisPresence(Presence):
+    def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions) -> None:
+        """`client` may retry (reads); `once` never retries (the transition scripts)."""
+        self.client = client
+        self.node_id = node_id
+        self.options = options
+        self._attach = once.register_script(ATTACH)
+        self._detach = once.register_script(DETACH)
+        self._resync = once.register_script(RESYNC)
+        self._index = options.key("node", node_id, "presence")
+        #: this node's sockets per key: what re-syncs Redis after an outage
+        self.local: dict[str, set[str]] = {}
+        self._lost_callbacks: list[LostCallback] = []
+        self._dirty = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _key(self, key: str) -> str:
+        return self.options.key("presence", key)
+
+    async def attach(self, key: str, sid: str) -> bool:
+        sids = self.local.get(key)
+        first_here = not sids
+        if sids is None:
+            sids = self.local[key] = set()
+        sids.add(sid)
+        try:
+            return bool(await self._attach(keys=[self._key(key), self._index],
+                                           args=[sid, self.node_id, f"{key}\0{sid}"]))
+        except RedisError as exc:
+            self._dirty = True
+            log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
+            return first_here
+
+    async def detach(self, key: str, sid: str) -> bool:
+        sids = self.local.get(key)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self.local[key]
+        try:
+            return bool(await self._detach(keys=[self._key(key), self._index], args=[sid, f"{key}\0{sid}"]))
+        except RedisError as exc:
+            self._dirty = True
+            log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
+            return False
+
+    async def online(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        if not keys:
+            return set()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(self._key(key))
+                found = await pipe.execute()
+        except RedisError:
+            log.warning("presence lookup while redis is unreachable: answering from this node only")
+            return {k for k in keys if k in self.local}
+        return {k for k, n in zip(keys, found, strict=True) if n}
+
+    def on_lost(self, callback: LostCallback) -> None:
+        self._lost_callbacks.append(callback)
+
+    async def report_lost(self, keys: Iterable[str]) -> None:
+        """Keys that went offline without a detach here (a dead node, an outage)."""
+        for key in keys:
+            if key in self.local:
+                continue  # one of our sockets holds it: it is not offline
+            for callback in self._lost_callbacks:
+                try:
+                    await callback(key)
+                except Exception:
+                    log.exception("presence lost-callback failed for %s", key)
+
+    async def resync(self) -> None:
+        """Make Redis hold exactly this node's sockets (after a (re)connection)."""
+        args: list[str] = [self.options.prefix, self.node_id]
+        for key, sids in self.local.items():
+            for sid in sids:
+                args += (key, sid)
+        lost, found = await self._resync(keys=[self._index], args=args)
+        if found and self._dirty:
+            log.info("presence re-sync: %d keys came online while redis was unreachable", len(found))
+        self._dirty = False
+        lost_keys = [k.decode() for k in lost]
+        if lost_keys:
+            log.info("presence re-sync: %d keys went offline without a detach", len(lost_keys))
+            self._spawn(self.report_lost(lost_keys))
+
+    def forget_local(self) -> None:
+        """A zombie node's sockets were already reported offline by the cluster."""
+        self.local.clear()

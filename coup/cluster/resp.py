@@ -1,0 +1,158 @@
+"""A lean Redis connection for the hot path: pipelined PUBLISH and a SUBSCRIBE reader.
+
+Why not redis-py's `PubSub` here: it retries and re-subscribes behind our back (we must
+know when a subscription was lost, to re-sync and to report not-ready), and it builds a
+dict per received message. This connection never retries and never reconnects by itself:
+when it breaks, every pending reply fails and `on_lost` runs once; `coup.cluster.bus`
+decides what to do. Replies are parsed by hiredis (a dependency of ``redis[hiredis]``).
+Control-plane commands (scripts, heartbeats) still go through redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+
+Push = Callable[[list[Any]], None]
+
+
+class RedisUnavailable(ConnectionError):
+    """The connection to Redis is gone (or never came up); the command may or may not have run."""
+
+
+def connection_params(url: str) -> dict[str, Any]:
+    """Host/port/path/credentials/TLS of a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    params = dict(parse_url(url))
+    params["tls"] = url.startswith("rediss://")
+    return params
+
+
+class RespConnection(asyncio.Protocol):
+    """One RESP2 connection. In push mode every reply goes to `on_push` (a subscriber);
+    otherwise replies resolve the futures of the commands, in order (a pipeline)."""
+
+    def __init__(self, on_push: Push | None, on_lost: Callable[[], None] | None) -> None:
+        self._reader = hiredis.Reader()
+        #: one entry per command in flight; None for a reply nobody waits for
+        self._waiters: deque[asyncio.Future[Any] | None] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._on_push = on_push
+        self._on_lost = on_lost
+        self._closed = False
+        self.name = ""
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    async def open(cls, url: str, *, name: str, timeout: float, on_push: Push | None = None,
+                   on_lost: Callable[[], None] | None = None) -> RespConnection:
+        """Connect, authenticate and name the connection (``CLIENT SETNAME`` helps operators)."""
+        params = connection_params(url)
+        loop = asyncio.get_running_loop()
+        conn = cls(None, None)  # no push handling until the handshake replies are read
+        try:
+            async with asyncio.timeout(timeout):
+                if "path" in params:
+                    await loop.create_unix_connection(lambda: conn, params["path"])
+                else:
+                    context = ssl.create_default_context() if params["tls"] else None
+                    await loop.create_connection(lambda: conn, params.get("host", "localhost"),
+                                                 int(params.get("port", 6379)), ssl=context)
+                setup: list[tuple[Any, ...]] = []
+                if params.get("password"):
+                    if params.get("username"):
+                        setup.append(("AUTH", params["username"], params["password"]))
+                    else:
+                        setup.append(("AUTH", params["password"]))
+                setup.append(("CLIENT", "SETNAME", name))
+                for reply in await asyncio.gather(*conn.send(*setup)):
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise RedisUnavailable(f"redis refused the connection setup: {reply}")
+        except (OSError, TimeoutError) as exc:
+            conn.close()
+            raise RedisUnavailable(f"cannot connect to redis: {exc!r}") from None
+        except BaseException:
+            conn.close()
+            raise
+        conn.name = name
+        conn._on_push = on_push
+        conn._on_lost = on_lost
+        return conn
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                push = self._on_push
+                if push is not None:
+                    push(reply)
+                elif self._waiters:
+                    waiter = self._waiters.popleft()
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(reply)
+        except hiredis.ProtocolError:
+            self._lost()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+
+    def _lost(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        error = RedisUnavailable(f"redis connection {self.name or '(opening)'} lost")
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # a pipeline may drop futures nobody awaits: mark them retrieved
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()
+
+    # ------------------------------------------------------------------ commands
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, commands: list[tuple[Any, ...]], waiters: list[asyncio.Future[Any] | None]) -> None:
+        """Pipeline `commands`; each reply resolves the waiter at the same index (None: ignored)."""
+        if self._closed or self._transport is None:
+            raise RedisUnavailable("redis connection is closed")
+        if self._on_push is None:
+            self._waiters.extend(waiters)
+        self._transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+
+    def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Any]]:
+        """Write commands in one go; one future per reply (none in push mode)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [] if self._on_push is not None else \
+            [loop.create_future() for _ in commands]
+        self.write(list(commands), list(futures))
+        return futures
+
+    async def call(self, *args: Any) -> Any:
+        """One command, its reply (a Redis error reply is returned, not raised)."""
+        (future,) = self.send(args)
+        return await future
+
+    def close(self) -> None:
+        """Drop the connection; pending replies fail and `on_lost` is not called."""
+        self._on_lost = None
+        self._lost()

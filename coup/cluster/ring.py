@@ -1,0 +1,42 @@
+"""The consistent-hash ring that gives every room an owner node.
+
+Every node builds the same ring from the same live-node set (uhashring, ketama, virtual
+nodes), so owners agree whenever membership views agree. They may briefly disagree during
+a change; correctness never depends on agreement (see `coup.cluster.rooms`). The epoch is
+the registry's membership version: it tells which view a ring was built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from uhashring import HashRing
+
+
+class Ring:
+    __slots__ = ("_ring", "epoch", "nodes", "vnodes")
+
+    def __init__(self, nodes: Iterable[str], epoch: int, vnodes: int = 160) -> None:
+        self.nodes: tuple[str, ...] = tuple(sorted(set(nodes)))
+        self.epoch = epoch
+        self.vnodes = vnodes
+        self._ring = HashRing(nodes={n: {"vnodes": vnodes} for n in self.nodes}, hash_fn="ketama") \
+            if self.nodes else None
+
+    def owner(self, key: str) -> str | None:
+        """The node that owns `key`; None when no node is alive (the caller decides)."""
+        ring = self._ring
+        if ring is None:
+            return None
+        node: str = ring.get_node(key)
+        return node
+
+    def moved(self, other: Ring, keys: Iterable[str]) -> float:
+        """The share of `keys` whose owner differs between this ring and `other`."""
+        keys = list(keys)
+        if not keys:
+            return 0.0
+        return sum(1 for k in keys if self.owner(k) != other.owner(k)) / len(keys)
+
+    def __repr__(self) -> str:
+        return f"<Ring epoch={self.epoch} nodes={list(self.nodes)}>"

@@ -1,0 +1,137 @@
+"""Lua scripts: every cluster state change that must happen exactly once is one atomic script.
+
+Atomicity is what makes "exactly once" hold without locks: a presence transition is the
+script call whose HDEL/HSET changed the count across zero, and a dead node is cleaned up by
+the one reaper whose ZREM removed it. Times come from Redis (`TIME`), never from node
+clocks, so skewed clocks cannot kill a live node.
+
+Keys used (``P`` is the prefix): ``P:nodes`` (zset node → last heartbeat ms),
+``P:node:ID`` (hash: address, started), ``P:node:ID:presence`` (set of ``key NUL sid``),
+``P:presence:KEY`` (hash sid → node), ``P:reaped:ID`` (marker: ID was declared dead),
+``P:epoch`` (membership version). Announcements are published on ``P:cluster``.
+"""
+
+from __future__ import annotations
+
+# KEYS: nodes, node info, epoch, reaped marker
+# ARGV: node id, address, started, announce channel, announcement prefix byte
+# -> {state, epoch, redis_ms}: state 0 = known, 1 = newly registered, 2 = we had been reaped
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], 'address', ARGV[2], 'started', ARGV[3])
+if known then
+  return {0, tonumber(redis.call('GET', KEYS[3]) or '0'), now}
+end
+local state = 1
+if redis.call('DEL', KEYS[4]) == 1 then state = 2 end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. cjson.encode({t = 'node', ev = 'join', node = ARGV[1], epoch = epoch}))
+return {state, epoch, now}
+"""
+
+# Remove dead nodes (or, with ARGV[5] set, this leaving node) and their presence entries.
+# KEYS: nodes, epoch
+# ARGV: prefix, dead_after_ms, announce channel, announcement prefix byte, leaving node id, reaper id
+# -> flat list {node, {lost keys...}, node, {...}, ...}
+REAP = """
+local prefix = ARGV[1]
+local dead
+local event = 'dead'
+if ARGV[5] ~= '' then
+  dead = {}
+  if redis.call('ZSCORE', KEYS[1], ARGV[5]) then dead = {ARGV[5]} end
+  event = 'leave'
+else
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+end
+local out = {}
+for _, node in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], node)
+  local index = prefix .. ':node:' .. node .. ':presence'
+  local lost = {}
+  for _, member in ipairs(redis.call('SMEMBERS', index)) do
+    local cut = string.find(member, '\\0', 1, true)
+    local key = string.sub(member, 1, cut - 1)
+    local sid = string.sub(member, cut + 1)
+    local pkey = prefix .. ':presence:' .. key
+    if redis.call('HDEL', pkey, sid) == 1 and redis.call('HLEN', pkey) == 0 then
+      table.insert(lost, key)
+    end
+  end
+  redis.call('DEL', index, prefix .. ':node:' .. node)
+  if event == 'dead' then
+    redis.call('SET', prefix .. ':reaped:' .. node, ARGV[6], 'EX', 3600)
+  end
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. cjson.encode({t = 'node', ev = event, node = node, epoch = epoch}))
+  table.insert(out, node)
+  table.insert(out, lost)
+end
+return out
+"""
+
+# KEYS: presence:KEY, node presence index     ARGV: sid, node, index member
+# -> 1 when KEY just came online (its first socket anywhere)
+ATTACH = """
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then return 1 end
+return 0
+"""
+
+# KEYS: presence:KEY, node presence index     ARGV: sid, index member
+# -> 1 when KEY just went offline (its last socket anywhere is gone)
+DETACH = """
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and redis.call('HLEN', KEYS[1]) == 0 then return 1 end
+return 0
+"""
+
+# Make this node's presence entries exactly the given (key, sid) pairs (after a Redis outage
+# or restart). KEYS: node presence index   ARGV: prefix, node, key1, sid1, key2, sid2, ...
+# -> {lost keys (no socket left anywhere), found keys (online again only through us)}
+RESYNC = """
+local prefix = ARGV[1]
+local want = {}
+for i = 3, #ARGV, 2 do want[ARGV[i] .. '\\0' .. ARGV[i + 1]] = {ARGV[i], ARGV[i + 1]} end
+local lost = {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not want[member] then
+    local cut = string.find(member, '\\0', 1, true)
+    local key = string.sub(member, 1, cut - 1)
+    local pkey = prefix .. ':presence:' .. key
+    redis.call('SREM', KEYS[1], member)
+    if redis.call('HDEL', pkey, string.sub(member, cut + 1)) == 1 and redis.call('HLEN', pkey) == 0 then
+      table.insert(lost, key)
+    end
+  end
+end
+local found = {}
+for member, pair in pairs(want) do
+  redis.call('SADD', KEYS[1], member)
+  local pkey = prefix .. ':presence:' .. pair[1]
+  if redis.call('HSET', pkey, pair[2], ARGV[2]) == 1 and redis.call('HLEN', pkey) == 1 then
+    table.insert(found, pair[1])
+  end
+end
+return {lost, found}
+"""
+
+# The next sequence number of a room, idempotent per key (a retried write gets the same
+# number). KEYS: seq:ROOM, seqkey:ROOM:KEY (or the empty string)   ARGV: key ttl seconds
+# -> the number, or -1 when the counter does not exist (the caller seeds it from storage)
+NEXT_SEQ = """
+if KEYS[2] ~= '' then
+  local given = redis.call('GET', KEYS[2])
+  if given then return tonumber(given) end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('INCR', KEYS[1])
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[1])) end
+return n
+"""

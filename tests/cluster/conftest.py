@@ -1,0 +1,278 @@
+"""Cluster fixtures: a real redis-server per test module on a free port, nodes, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import socketio
+from tornado.testing import bind_unused_port
+
+from coup.app import CoupNode
+from tests.cluster import cluster_testapp
+from tests.conftest import require, test_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_TOKEN = "service-token-for-tests-0123456789"
+
+
+def free_port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
+
+
+class RedisServer:
+    """A redis-server on a free loopback port that a test may kill and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--loglevel", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                                timeout=5)
+        return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    require(shutil.which("redis-server") is not None, "redis-server")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test (it may be killed)."""
+    require(shutil.which("redis-server") is not None, "redis-server")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# ---------------------------------------------------------------------------- in-process nodes
+
+
+class Node:
+    def __init__(self, node: CoupNode, port: int) -> None:
+        self.node = node
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+async def start_node(redis_url: str | None, prefix: str, node_id: str, **settings: Any) -> Node:
+    sock, port = bind_unused_port()
+    coup_node = CoupNode(test_settings(redis_url=redis_url, redis_prefix=prefix, node_id=node_id,
+                                       service_token=None, **settings))
+    cluster_testapp.setup(coup_node)
+    await coup_node.start([sock])
+    return Node(coup_node, port)
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
+    """Three handles to 'the cluster': one in-memory node three times, or three Redis-linked nodes.
+
+    The contract tests run unchanged against both: what holds for one process must hold
+    across nodes.
+    """
+    if request.param == "memory":
+        single = await start_node(None, "", "solo")
+        try:
+            yield [single, single, single]
+        finally:
+            await single.node.stop()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = "t" + secrets.token_hex(4)
+    started = [await start_node(server.url, prefix, f"n{i}") for i in range(3)]
+    try:
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3 for n in started  # type: ignore[union-attr]
+                                     ), what="three nodes on every ring")
+        yield started
+    finally:
+        for n in started:
+            await n.node.stop()
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+class Peer:
+    """A python-socketio client that records every event it gets (recovery offsets stripped)."""
+
+    def __init__(self, user: str | None = None) -> None:
+        self.user = user
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self.acks_given: list[Any] = []
+        self.answer: Any = "yes"
+        self.sio.on("*", self._record)
+        self.sio.on("question", self._question)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        if args and isinstance(args[-1], str) and args[-1].isdigit():
+            args = args[:-1]  # the connection-state-recovery offset
+        self.events[event].append(args[0] if len(args) == 1 else list(args))
+
+    async def _question(self, *args: Any) -> Any:
+        if self.answer is None:
+            await asyncio.sleep(3600)  # never acknowledges
+        self.acks_given.append(args[0] if args else None)
+        return self.answer
+
+    async def connect(self, url: str, transport: str = "websocket") -> Peer:
+        auth = {"user": self.user} if self.user else {}
+        await self.sio.connect(url, transports=[transport], auth=auth, wait_timeout=5)
+        return self
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def wait_for(self, event: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
+        await wait_until(lambda: len(self.events[event]) >= count, timeout=timeout,
+                         what=f"{count} {event!r} events (got {len(self.events[event])})")
+        return self.events[event]
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+@pytest_asyncio.fixture
+async def peers() -> AsyncIterator[Callable[..., Peer]]:
+    made: list[Peer] = []
+
+    def make(user: str | None = None) -> Peer:
+        peer = Peer(user)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        try:
+            await peer.close()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------- node subprocesses
+
+
+class NodeProcess:
+    """`python -m coup serve` with this worktree on PYTHONPATH, as a real deployment runs it."""
+
+    def __init__(self, redis_url: str, prefix: str, node_id: str, log_dir: Path, **env: str) -> None:
+        self.node_id = node_id
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{node_id}.log"
+        self.env = {
+            **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "COUP_REDIS_PREFIX": prefix,
+            "COUP_NODE_ID": node_id, "PORT": str(self.port), "HOST": "127.0.0.1", "COUP_DEMO": "1",
+            "COUP_SERVICE_TOKEN": SERVICE_TOKEN, "COUP_PLUGINS": "tests.cluster.cluster_testapp",
+            "COUP_LOG_LEVEL": "INFO", **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "coup", "serve"], env=self.env, cwd=str(ROOT),
+                                        stdout=log, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        import aiohttp
+
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.process is not None and self.process.poll() is None, \
+                    f"node {self.node_id} exited: {self.log_path.read_text()[-2000:]}"
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"node {self.node_id} not ready: {self.log_path.read_text()[-2000:]}")
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def api(node: NodeProcess | Node, path: str, token: str | None = SERVICE_TOKEN) -> tuple[int, Any]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}{path}", headers=headers) as response:
+        return response.status, await response.json(content_type=None)
