@@ -276,3 +276,48 @@ async def api(node: NodeProcess | Node, path: str, token: str | None = SERVICE_T
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as session, session.get(f"{node.url}{path}", headers=headers) as response:
         return response.status, await response.json(content_type=None)
+
+
+class TcpProxy:
+    """A loopback TCP proxy to Redis that can make its current connections silently deaf."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter, list[bool]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        alive = [True]
+        self.links.append((writer, up_writer, alive))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if alive[0]:  # a deaf link swallows everything but stays open
+                        dst.write(data)
+            except (OSError, asyncio.CancelledError):
+                pass
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def deafen(self) -> None:
+        """Every connection open now stops carrying data, without closing (a half-dead TCP link)."""
+        for _, _, alive in self.links:
+            alive[0] = False
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for down, up, _ in self.links:
+            down.close()
+            up.close()

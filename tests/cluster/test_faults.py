@@ -1,0 +1,146 @@
+"""Redis faults: outage and restart, a deaf subscription, a killed link, a stalled (zombie) node."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.cluster.conftest import Node, RedisServer, TcpProxy, start_node, wait_until
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+
+@pytest_asyncio.fixture
+async def pair(own_redis: RedisServer) -> AsyncIterator[list[Node]]:
+    prefix = "f" + secrets.token_hex(3)
+    made = [await start_node(own_redis.url, prefix, f"n{i}") for i in range(2)]
+    try:
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 2 for n in made),  # type: ignore[union-attr]
+                         what="both nodes on both rings")
+        yield made
+    finally:
+        for n in made:
+            await n.node.stop()
+
+
+async def readyz(node: Node) -> int:
+    async with aiohttp.ClientSession() as session, session.get(node.url + "/readyz") as response:
+        return response.status
+
+
+async def delivered_within(sender, receiver, seconds: float, tag: str) -> float:
+    """Emit every 50 ms until `receiver` hears one; return how long that took."""
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < seconds:
+        n += 1
+        await sender.call("emit", {"rooms": ["r"], "event": tag, "data": n})
+        await asyncio.sleep(0.05)
+        if receiver.events[tag]:
+            return time.monotonic() - start
+    raise AssertionError(f"no cross-node delivery within {seconds} s")
+
+
+async def test_redis_down_then_back(pair, peers, own_redis):
+    a = await peers("ua").connect(pair[0].url)
+    c = await peers("uc").connect(pair[0].url)
+    b = await peers("ub").connect(pair[1].url)
+    for peer in (a, b, c):
+        await peer.call("join", {"room": "r"})
+    assert [await readyz(n) for n in pair] == [200, 200]
+
+    own_redis.kill()
+    await wait_until(lambda: not pair[0].node.cluster.ready and not pair[1].node.cluster.ready,  # type: ignore[union-attr]
+                     what="both nodes noticing the outage")
+    assert [await readyz(n) for n in pair] == [503, 503]
+    await a.call("emit", {"rooms": ["r"], "event": "local"})
+    assert await c.wait_for("local") == [None]  # local sockets are still served
+    assert (await b.call("whoami"))["node"] == "n1"
+    late = await peers("late").connect(pair[1].url)  # connecting during the outage works too
+    await late.call("join", {"room": "r"})
+
+    await asyncio.sleep(2.5)  # long enough for every backoff to reach its cap
+    own_redis.start()
+    assert await delivered_within(a, b, 3.0, "back") < 3.0
+    await wait_until(lambda: all(n.node.cluster.ready for n in pair), what="ready again")  # type: ignore[union-attr]
+    assert [await readyz(n) for n in pair] == [200, 200]
+    await late.wait_for("back")
+    # presence was re-synced into the new (empty) Redis
+    assert await b.call("online", {"users": ["ua", "ub", "uc", "late", "nobody"]}) == ["late", "ua", "ub", "uc"]
+    reply = await b.call("say", {"room": "r", "text": "after"})
+    assert reply["seq"] >= 1
+
+
+async def test_a_deaf_subscription_is_found_by_the_probe_and_rebuilt(own_redis, peers):
+    proxy = TcpProxy(own_redis.port)
+    await proxy.start()
+    prefix = "d" + secrets.token_hex(3)
+    made = [await start_node(proxy.url, prefix, f"n{i}") for i in range(2)]
+    try:
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 2 for n in made),  # type: ignore[union-attr]
+                         what="ring")
+        a = await peers("a").connect(made[0].url)
+        b = await peers("b").connect(made[1].url)
+        for peer in (a, b):
+            await peer.call("join", {"room": "r"})
+        proxy.deafen()  # connections stay open but carry nothing: no error is ever raised
+        await wait_until(lambda: all(n.node.cluster.bus.stats["deaf_repairs"] >= 1 for n in made),  # type: ignore[union-attr]
+                         timeout=10, what="both nodes detecting the deaf link")
+        await wait_until(lambda: all(n.node.cluster.ready for n in made), timeout=10,  # type: ignore[union-attr]
+                         what="links rebuilt")
+        assert await delivered_within(a, b, 5.0, "heard") < 5.0
+    finally:
+        for n in made:
+            await n.node.stop()
+        await proxy.stop()
+
+
+async def test_a_killed_subscriber_connection_is_replaced(pair, peers, own_redis):
+    a = await peers("a").connect(pair[0].url)
+    b = await peers("b").connect(pair[1].url)
+    for peer in (a, b):
+        await peer.call("join", {"room": "r"})
+    before = pair[1].node.cluster.bus.connections  # type: ignore[union-attr]
+    assert own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub") != "0"
+    await wait_until(lambda: pair[1].node.cluster.bus.connections > before and pair[1].node.cluster.ready,  # type: ignore[union-attr]
+                     what="a new link")
+    assert await delivered_within(a, b, 3.0, "again") < 3.0
+
+
+async def test_a_stalled_node_declared_dead_drops_its_sockets_and_rejoins(pair, peers, own_redis):
+    watcher = await peers("watcher").connect(pair[0].url)
+    victim = await peers("stalled-user").connect(pair[1].url)
+    await wait_until(lambda: any(e["user"] == "stalled-user" for e in watcher.events["user-online"]),
+                     what="online")
+    registry = pair[1].node.cluster.registry  # type: ignore[union-attr]
+    heartbeats = registry._tasks[0]
+    heartbeats.cancel()  # the node stalls: no heartbeat
+    prefix = pair[1].node.settings.redis_prefix
+    own_redis.cli("ZADD", f"{prefix}:nodes", "0", "n1")  # ...for longer than dead_after
+    offline = await watcher.wait_for("user-offline")
+    assert offline[0]["user"] == "stalled-user" and offline[0]["lost"] is True and offline[0]["node"] == "n0"
+    await wait_until(lambda: pair[0].node.cluster.registry.ring.nodes == ("n0",), what="n1 off the ring")  # type: ignore[union-attr]
+    await registry.heartbeat()  # the node wakes up and learns it was declared dead
+    await wait_until(lambda: not victim.sio.connected, what="the zombie's sockets dropped")
+    await wait_until(lambda: pair[0].node.cluster.registry.ring.nodes == ("n0", "n1"), what="n1 back")  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    assert len(watcher.events["user-offline"]) == 1  # the dropped socket's own detach reported nothing twice
+
+
+async def test_sequence_numbers_are_idempotent_per_key_and_seeded_from_storage(pair):
+    sequence = pair[0].node.cluster.sequence  # type: ignore[union-attr]
+
+    async def persisted(room: str) -> int:
+        return 41
+
+    sequence.floor = persisted
+    assert await sequence.next("study:9", "client-1") == 42
+    assert await sequence.next("study:9", "client-1") == 42  # a retry gets its first number
+    assert await sequence.next("study:9", "client-2") == 43
+    assert await pair[1].node.cluster.sequence.next("study:9") == 44  # type: ignore[union-attr]
