@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable, RespConnection
 
@@ -143,8 +145,8 @@ class Bus:
                 delay = self.options.reconnect_min
                 await self._broken.wait()
                 log.warning("redis link lost; serving local sockets and reconnecting")
-            except RedisUnavailable as exc:
-                log.debug("redis connect failed: %s", exc)
+            except (RedisUnavailable, RedisError) as exc:
+                log.info("redis link not (re)established: %s", exc)
             except asyncio.CancelledError:
                 raise
             except Exception:

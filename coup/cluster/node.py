@@ -27,6 +27,7 @@ from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
 from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
+from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
 from coup.cluster.sequence import RedisSequence
 from coup.protocol.errors import EncodeError
@@ -44,13 +45,22 @@ SID_SEPARATOR = "."
 class _Pending:
     """Replies to one request; done when as many came as nodes heard the request."""
 
-    __slots__ = ("done", "expected", "first_only", "responses")
+    __slots__ = ("abandoned", "done", "expected", "first_only", "responses", "target")
 
-    def __init__(self, first_only: bool) -> None:
+    def __init__(self, first_only: bool, target: str | None) -> None:
         self.responses: list[Any] = []
         self.expected: int | None = None
         self.first_only = first_only
+        #: the one node asked (a room command), if any
+        self.target = target
+        self.abandoned = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def abandon(self) -> None:
+        """The node asked left the ring: stop waiting for its answer."""
+        self.abandoned = True
+        if not self.done.done():
+            self.done.set_result(None)
 
     def expect(self, count: int) -> None:
         self.expected = min(count, 1) if self.first_only else count
@@ -102,6 +112,7 @@ class Cluster:
         self.bus.on_down(self.registry.on_link_down)
         self.registry.on_lost = self.presence.report_lost
         self.registry.on_zombie = self._drop_local_sockets
+        self.registry.on_ring_change.append(self._ring_changed)
 
     # ------------------------------------------------------------------ wiring into the core
 
@@ -150,8 +161,18 @@ class Cluster:
         await self.redis_once.aclose()
 
     async def _link_up(self) -> None:
+        # pooled command connections from before the break may be dead without knowing it;
+        # the non-retrying client would fail its next write on one
+        for client in (self.redis, self.redis_once):
+            await client.connection_pool.disconnect()
         await self.registry.on_link_up()
         await self.presence.resync()
+
+    def _ring_changed(self, old: Ring, new: Ring) -> None:
+        gone = set(old.nodes) - set(new.nodes)
+        for pending in list(self._pending.values()):
+            if pending.target in gone:
+                pending.abandon()
 
     async def _drop_local_sockets(self) -> None:
         """We were declared dead: our users were reported offline; let our sockets reconnect."""
@@ -177,14 +198,15 @@ class Cluster:
     # ------------------------------------------------------------------ requests and replies
 
     async def request(self, channel: bytes, message: dict[str, Any], timeout: float, *,
-                      first_only: bool = False) -> list[Any]:
+                      first_only: bool = False, target: str | None = None) -> list[Any]:
         """Publish a request and gather one reply from every node that heard it.
 
         Raises `RedisUnavailable` when it could not be published, `ClusterTimeout` (with the
-        replies that came) when not every node answered within `timeout`.
+        replies that came) when not every node answered within `timeout`, or at once when
+        `target`, the node asked, is declared dead meanwhile.
         """
         q = f"{self.node_id}:{next(self._ids)}"
-        pending = self._pending[q] = _Pending(first_only)
+        pending = self._pending[q] = _Pending(first_only, target)
         try:
             async with asyncio.timeout(timeout):
                 count = await self.bus.publish(channel, encode_json({**message, "o": self.node_id, "q": q}))
@@ -192,6 +214,8 @@ class Cluster:
                     raise RedisUnavailable(str(count))
                 pending.expect(int(count))
                 await pending.done
+            if pending.abandoned:
+                raise TimeoutError
             return pending.responses
         except TimeoutError:
             raise ClusterTimeout(pending.responses) from None

@@ -54,7 +54,8 @@ class RedisRoomRouter(LocalRoomRouter):
         message = {"t": "call", "room": room, "name": name, "p": payload}
         try:
             responses = await self.cluster.request(self.cluster.inbox(owner), message,
-                                                   self.cluster.options.call_timeout, first_only=True)
+                                                   self.cluster.options.call_timeout, first_only=True,
+                                                   target=owner)
         except ClusterTimeout:
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
             raise UNAVAILABLE from None

@@ -123,7 +123,8 @@ async def test_a_stalled_node_declared_dead_drops_its_sockets_and_rejoins(pair, 
     heartbeats.cancel()  # the node stalls: no heartbeat
     prefix = pair[1].node.settings.redis_prefix
     own_redis.cli("ZADD", f"{prefix}:nodes", "0", "n1")  # ...for longer than dead_after
-    offline = await watcher.wait_for("user-offline")
+    # reaping starts once a node has been linked for dead_after (the grace after an outage)
+    offline = await watcher.wait_for("user-offline", timeout=10)
     assert offline[0]["user"] == "stalled-user" and offline[0]["lost"] is True and offline[0]["node"] == "n0"
     await wait_until(lambda: pair[0].node.cluster.registry.ring.nodes == ("n0",), what="n1 off the ring")  # type: ignore[union-attr]
     await registry.heartbeat()  # the node wakes up and learns it was declared dead
