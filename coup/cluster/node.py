@@ -152,8 +152,12 @@ class Cluster:
             self._maintenance.cancel()
         await self.registry.stop()
         self.presence.forget_local()
-        lost = await self.registry.leave()
-        await self.presence.report_lost(lost)
+        try:
+            async with asyncio.timeout(5.0):  # a leaving node must not hang on a sick Redis
+                lost = await self.registry.leave()
+                await self.presence.report_lost(lost)
+        except TimeoutError:
+            log.warning("leaving the cluster took too long; the others will time us out")
         for task in list(self._tasks):
             task.cancel()
         await self.bus.stop()

@@ -47,7 +47,11 @@ if ARGV[5] ~= '' then
 else
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+  dead = {}
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))) do
+    -- a node never declares itself dead: if it can run this, it will heartbeat again
+    if node ~= ARGV[6] then table.insert(dead, node) end
+  end
 end
 local out = {}
 for _, node in ipairs(dead) do
