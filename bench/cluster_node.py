@@ -1,0 +1,108 @@
+"""One CoUp node for the cluster benchmark: the shared harness's chat behaviour on our core.
+
+`join-study {studyId}` joins `study:<id>`; `message {studyId, content}` is a room command
+(run by the room's owner node, as the domain's `message` is) that broadcasts
+`message {id, content, user, createdAt}` to the room. It listens on a private port at once
+(stats, readiness) and on the shared port (SO_REUSEPORT, as several PaaS processes would)
+only once the file named by --go exists, so the harness sees the port open when every node
+is in the cluster.
+
+    python bench/cluster_node.py --port P --private-port Q --node-id n0 --redis-url URL --go FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import itertools
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tornado.netutil import bind_sockets  # noqa: E402
+from tornado.web import RequestHandler  # noqa: E402
+
+from coup.app import CoupNode  # noqa: E402
+from coup.config import Secret, Settings  # noqa: E402
+from coup.core import Socket  # noqa: E402
+
+TOKEN = "bench-service-token-0123456789"
+
+
+class StatsHandler(RequestHandler):
+    def initialize(self, node: CoupNode, counts: dict[str, int]) -> None:
+        self.node = node
+        self.counts = counts
+
+    def get(self) -> None:
+        cluster = self.node.cluster
+        self.finish({"messages": self.counts["messages"], "ready": cluster.ready if cluster else True,
+                     "redis": cluster.describe()["redis"] if cluster else {},
+                     "rooms": cluster.describe()["rooms"] if cluster else {}})
+
+
+def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
+    counts = {"messages": 0}
+    settings = Settings(demo=True, host="127.0.0.1", port=args.port, redis_url=args.redis_url or None,
+                        node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING").validated()
+    node = CoupNode(settings)
+    node.extra_rules.append((r"/bench/stats", StatsHandler, {"node": node, "counts": counts}))
+    sio, nsp = node.sio, node.sio.main
+    ids = itertools.count(1)
+
+    async def message(room: str, payload: dict[str, Any]) -> Any:
+        nsp.to(room).emit("message", {
+            "id": next(ids), "content": payload.get("content"), "user": {"id": payload.get("sid")},
+            "createdAt": datetime.datetime.now(datetime.UTC).isoformat()})
+        return True
+
+    sio.rooms.register("message", message)
+
+    async def on_join(socket: Socket, args_: list[Any]) -> None:
+        data = args_[0] if args_ else None
+        if isinstance(data, dict) and data.get("studyId") is not None:
+            await socket.join(f"study:{data['studyId']}")
+
+    async def on_message(socket: Socket, args_: list[Any]) -> None:
+        data = args_[0] if args_ else None
+        if not isinstance(data, dict) or data.get("studyId") is None:
+            return
+        counts["messages"] += 1
+        await sio.rooms.call(f"study:{data['studyId']}", "message", {"content": data.get("content"), "sid": socket.id})
+
+    nsp.on("join-study", on_join)
+    nsp.on("message", on_message)
+    return node, counts
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--private-port", type=int, required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--redis-url", default="")
+    parser.add_argument("--go", required=True)
+    args = parser.parse_args()
+    node, _ = build(args)
+    await node.start(bind_sockets(args.private_port, "127.0.0.1"))
+    while not os.path.exists(args.go):
+        await asyncio.sleep(0.05)
+    assert node.http_server is not None
+    node.http_server.add_sockets(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
