@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coup.cluster.resp import RespConnection  # noqa: E402
+from coup.cluster.resp import RespConnection
 
 
 def free_port() -> int:
@@ -131,8 +131,9 @@ async def main() -> None:
     if not shutil.which("redis-server"):
         sys.exit("redis-server not found")
     port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        stdout=subprocess.DEVNULL)
     try:
         await asyncio.sleep(0.3)
         url = f"redis://127.0.0.1:{port}"
@@ -160,7 +161,7 @@ async def main() -> None:
               f"(node, room) pair")
     finally:
         server.terminate()
-        server.wait()
+        await server.wait()
 
 
 if __name__ == "__main__":
