@@ -34,6 +34,7 @@ function toMember(raw) {
     role: raw.role ?? null,
     status: raw.status ?? "ACTIVE",
     online: Boolean(raw.online),
+    here: Boolean(raw.inRoom), // has a socket in the study room right now
   };
 }
 
@@ -110,7 +111,11 @@ export function createApi({ base = "", getToken = () => null, onUnauthorized = (
     /** Demo mode only: a token for one of the demo users. */
     async devToken(userId) {
       const data = await call("POST", "/api/dev/token", { userId });
-      return { token: data.token ?? data.accessToken, user: toUser(data.user ?? { id: userId, name: data.name }) };
+      return { token: data.token, user: toUser({ id: data.userId ?? userId, name: data.userName }) };
+    },
+    /** Demo mode only: who one can sign in as. */
+    async devUsers() {
+      return itemsOf(await call("GET", "/api/dev/users")).map(toUser);
     },
     async me() {
       const data = await call("GET", "/api/me");

@@ -7,6 +7,7 @@ const PAGE_SIZE = 30;
 const ACK_TIMEOUT_MS = 10_000;
 const TYPING_SEND_EVERY_MS = 2_000;
 const TYPING_SHOW_MS = 3_500;
+const TYPING_RETRY_MS = 1_100;
 const GROUP_WINDOW_MS = 5 * 60_000;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 120;
@@ -385,7 +386,19 @@ export class Chat {
     const now = Date.now();
     if (now - this.lastTypingSent < TYPING_SEND_EVERY_MS) return;
     this.lastTypingSent = now;
-    this.socket().emit("typing", { studyId: this.study.id, userId: this.me().id });
+    const studyId = this.study.id;
+    this.socket().emit("typing", { studyId, userId: this.me().id }, (ack) => {
+      // the server throttles typing per user; one dropped because our last message's typing
+      // was too recent is sent again shortly, if we are still typing in the same study
+      if (!ack || !ack.throttled) return;
+      clearTimeout(this.typingRetry);
+      this.typingRetry = setTimeout(() => {
+        if (this.study && this.study.id === studyId && this.els.input.value.trim()) {
+          this.lastTypingSent = 0;
+          this._sendTyping();
+        }
+      }, TYPING_RETRY_MS);
+    });
   }
 
   // ---- composer --------------------------------------------------------------------------

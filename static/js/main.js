@@ -9,14 +9,14 @@ import { Members } from "./members.js";
 import { Notifications } from "./notifications.js";
 import { Tasks } from "./tasks.js";
 
-/** The demo data's users (coup seed-demo); the sign-in screen offers them. */
-const DEMO_USERS = [
-  { id: 1, name: "Alice", note: "Graph Theory · Dynamic Programming" },
-  { id: 2, name: "Bob", note: "Graph Theory" },
-  { id: 3, name: "Chloe", note: "Graph Theory" },
-  { id: 4, name: "Dan", note: "Dynamic Programming" },
-  { id: 5, name: "Eve", note: "No studies yet" },
-];
+/** What the demo data (coup seed-demo) has each user in, shown under their name. */
+const DEMO_NOTES = {
+  1: "Graph Theory · Dynamic Programming",
+  2: "Graph Theory",
+  3: "Graph Theory",
+  4: "Dynamic Programming",
+  5: "No studies yet",
+};
 const SESSION_KEY = "coup-demo-session"; // per tab: two tabs can be two people
 const JOIN_ACK_TIMEOUT_MS = 10_000;
 const QUIET_ERROR_EVENTS = new Set(["message", "typing", "notification-read", "read"]);
@@ -96,6 +96,7 @@ notifications.addEventListener("change", () => renderStudies());
 // ---- ConnectionBanner and transport indicator ---------------------------------------------
 
 function renderBanner(connectionState) {
+  document.body.dataset.connection = connectionState; // for styling, and for tests to wait on
   const banner = $("#banner");
   banner.dataset.state = connectionState;
   banner.hidden = connectionState === "connected";
@@ -115,8 +116,17 @@ $("#banner-retry").addEventListener("click", () => state.connection && state.con
 
 // ---- sign-in -----------------------------------------------------------------------------
 
-function renderUserPicker() {
-  setChildren($("#demo-users"), DEMO_USERS.map((user) => h("li", null,
+/** The users one can sign in as, from the server (GET /api/dev/users, demo mode only). */
+async function renderUserPicker() {
+  let users;
+  try {
+    users = await api.devUsers();
+  } catch (err) {
+    const notDemo = err instanceof ApiError && err.status === 404;
+    showSignIn(notDemo ? "Demo sign-in is off on this server: start it with `coup serve --demo`." : err.message);
+    return;
+  }
+  setChildren($("#demo-users"), users.map((user) => ({ ...user, note: DEMO_NOTES[user.id] || "" })).map((user) => h("li", null,
     h("button", {
       type: "button", class: "user-choice", dataset: { userId: user.id },
       onclick: () => signIn(user.id),
@@ -134,7 +144,8 @@ function showSignIn(message = "") {
   const error = $("#signin-error");
   error.hidden = !message;
   error.textContent = message;
-  renderBanner("connected"); // no connection, no banner
+  renderBanner("signed-out"); // no connection, no banner
+  $("#banner").hidden = true;
 }
 
 async function signIn(userId) {
@@ -145,8 +156,7 @@ async function signIn(userId) {
     sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
     await startApp(session);
   } catch (err) {
-    const notDemo = err instanceof ApiError && (err.status === 404 || err.status === 403);
-    showSignIn(notDemo ? "Demo sign-in is off on this server: start it with `coup serve --demo`." : err.message);
+    showSignIn(err.message);
   } finally {
     for (const button of document.querySelectorAll(".user-choice")) button.disabled = false;
   }
@@ -160,6 +170,7 @@ function signOut(message = "") {
   notifications.clear();
   history.replaceState(null, "", location.pathname + location.search);
   showSignIn(message);
+  if (!$("#demo-users").children.length) renderUserPicker();
 }
 
 for (const id of ["#signout", "#signout-2"]) $(id).addEventListener("click", () => signOut());
@@ -183,7 +194,10 @@ async function startApp(session) {
     transports: transportsFromQuery(),
   });
   state.connection = connection;
-  connection.addEventListener("state", (e) => renderBanner(e.detail));
+  connection.addEventListener("state", (e) => {
+    if (connection.socketState !== "connected") setNotJoined(); // the server forgot our rooms (or will)
+    renderBanner(e.detail);
+  });
   connection.addEventListener("transport", (e) => renderTransport(e.detail));
   connection.addEventListener("connect", (e) => onConnect(e.detail));
   connection.addEventListener("auth-failed", () => signOut("인증 실패 — sign in again."));
@@ -223,8 +237,13 @@ function wireEvents(io) {
 }
 
 /** Every (re)connection: re-join the open study; after a gap nothing replayed, refresh. */
-function onConnect({ recovered, reconnect }) {
+function setNotJoined() {
   state.joined = null;
+  delete $("#chat").dataset.joined;
+}
+
+function onConnect({ recovered, reconnect }) {
+  setNotJoined();
   if (reconnect && !recovered) {
     notifications.load();
     if (state.current) {
@@ -244,6 +263,7 @@ function joinStudy(studyId, { resync = false } = {}) {
     }
     if (!ack || ack.ok === false) return; // the server's `error` event already said why
     state.joined = studyId;
+    $("#chat").dataset.joined = String(studyId);
     members.markHere(ack.online);
     if (resync) chat.resync();
     else chat.flush(studyId);
@@ -265,7 +285,7 @@ function openStudy(studyId) {
   setView("chat");
   if (state.current && state.current.id === studyId) return;
   if (state.joined != null && isConnected()) socket().emit("leave-study", { studyId: state.joined });
-  state.joined = null;
+  setNotJoined();
   state.current = study;
   history.replaceState(null, "", `${location.pathname}${location.search}#study-${study.id}`);
   $("#chat-empty").hidden = true;
@@ -332,7 +352,6 @@ for (const button of document.querySelectorAll(".tabbar button")) {
 // ---- boot --------------------------------------------------------------------------------
 
 async function boot() {
-  renderUserPicker();
   setView("chat");
   let saved = null;
   try {
@@ -342,12 +361,14 @@ async function boot() {
   }
   if (!saved || !saved.token) {
     showSignIn();
+    await renderUserPicker();
     return;
   }
   try {
     await startApp(saved);
   } catch (err) {
     if (state.session) signOut(err instanceof ApiError && err.status === 401 ? "" : err.message);
+    else if (!$("#demo-users").children.length) renderUserPicker();
   }
 }
 

@@ -20,7 +20,7 @@ export class Members extends EventTarget {
   }
 
   reset(members) {
-    this.members = new Map(members.map((m) => [m.id, { ...m, here: false }]));
+    this.members = new Map(members.map((m) => [m.id, { ...m }]));
     this.markHere(this.hereIds);
   }
 

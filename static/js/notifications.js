@@ -107,6 +107,7 @@ export class Notifications extends EventTarget {
 
   toggle(open = this.els.panel.hidden) {
     this.els.panel.hidden = !open;
+    if (open) for (const toast of this.els.toasts.querySelectorAll(".toast[data-notification-id]")) toast.remove();
     this.els.bell.setAttribute("aria-expanded", String(open));
   }
 

@@ -97,9 +97,9 @@ export class Tasks {
         h("option", { value, selected: value === task.status }, label)));
       const assigneeSelect = h("select", {
         class: "task-assignee", "aria-label": `Assignee of ${task.title}`,
-        onchange: (e) => this._assign(task, e.target.value === "" ? null : Number(e.target.value)),
+        onchange: (e) => this._assign(task, Number(e.target.value)),
       },
-      h("option", { value: "", selected: task.assigneeId == null }, "Unassigned"),
+      task.assigneeId == null ? h("option", { value: "", selected: true, disabled: true }, "Unassigned") : null,
       people.map((m) => h("option", { value: m.id, selected: m.id === task.assigneeId }, m.name)),
       task.assigneeId != null && !people.some((m) => m.id === task.assigneeId)
         ? h("option", { value: task.assigneeId, selected: true }, this.members.nameOf(task.assigneeId)) : null);
