@@ -303,3 +303,23 @@ def test_banner_says_failed_when_reconnection_gives_up_and_try_again_reconnects(
     alice.wait_ready()
     alice.send("still here")
     expect(alice.message("still here")).to_have_attribute("data-state", "sent")
+
+
+def test_a_message_in_another_study_shows_as_unread_until_opened(open_page: Any, server: DemoServer) -> None:
+    alice = open_page(1)  # in Graph Theory; Dan writes in Dynamic Programming
+    server.call("POST", "/api/studies/2/messages", {"content": "Anyone up for knapsack tonight?"}, user=4)
+    expect(alice.page.locator(".toast[data-notification-id]")).to_contain_text("Anyone up for knapsack tonight?")
+    expect(alice.page.locator("#unread-count")).to_have_text("1")
+    expect(alice.page.locator(".study[data-study-id='2'] .badge")).to_have_text("1")
+    alice.shot("19-unread-in-other-study")
+
+    alice.page.locator(".study[data-study-id='2']").click()
+    alice.wait_ready(2)
+    expect(alice.message("Anyone up for knapsack tonight?")).to_be_visible()
+    expect(alice.page.locator("#unread-count")).to_be_hidden()  # opening the study read it
+    expect(alice.page.locator(".study[data-study-id='2'] .badge")).to_have_count(0)
+    expect(alice.member(4)).to_be_visible()
+    # she left Graph Theory's room: a message there is a notification now, not a live line
+    server.call("POST", "/api/studies/1/messages", {"content": "Graph people, meet at 7"}, user=2)
+    expect(alice.page.locator(".study[data-study-id='1'] .badge")).to_have_text("1")
+    expect(alice.message("Graph people, meet at 7")).to_have_count(0)
