@@ -22,8 +22,10 @@ export class Chat {
    * @param {(studyId:number) => boolean} o.isReady  connected and joined to that study
    * @param {(msg:string) => void} o.onError
    */
-  constructor({ els, api, socket, me, isReady, onError }) {
-    Object.assign(this, { els, api, socket, me, isReady, onError });
+  constructor({ els, api, socket, me, isReady, onError, nameOf }) {
+    Object.assign(this, { els, api, socket, me, isReady, onError, nameOf });
+    this.readers = new Map(); // userId -> newest message id they read (this study, this session)
+    this.lastReadSent = 0;
     this.study = null;
     this.generation = 0;
     this.rendered = new Map(); // message id -> li
@@ -36,6 +38,7 @@ export class Chat {
     this._bindComposer();
     els.log.addEventListener("scroll", () => this._onScroll(), { passive: true });
     els.jump.addEventListener("click", () => this.scrollToBottom(true));
+    document.addEventListener("visibilitychange", () => this._sendRead());
   }
 
   // ---- opening a study -------------------------------------------------------------------
@@ -47,6 +50,8 @@ export class Chat {
     this.pendingEls.clear();
     this._clearTypers();
     this.hasMore = false;
+    this.readers.clear();
+    this.lastReadSent = 0;
     setChildren(this.els.list);
     this._setHistoryStatus("Loading messages…");
     this.els.input.placeholder = `Message ${study.name}`;
@@ -60,6 +65,7 @@ export class Chat {
       this._updateHistoryStatus();
       this.scrollToBottom(true);
       this._fillViewport(generation);
+      this._sendRead();
     } catch (err) {
       if (generation !== this.generation) return;
       this._setHistoryStatus("Could not load the history.");
@@ -95,6 +101,7 @@ export class Chat {
     for (const pending of this._outboxOf(studyId).values()) {
       if (pending.state === "queued") this._transmit(pending);
     }
+    this._sendRead();
   }
 
   // ---- live events -----------------------------------------------------------------------
@@ -114,6 +121,40 @@ export class Chat {
     this._updateHistoryStatus();
     if (nearBottom) this.scrollToBottom();
     else this.els.jump.hidden = false;
+    this._sendRead();
+  }
+
+  // ---- read receipts ---------------------------------------------------------------------
+
+  /** `read {messageId, userId}`: someone in the room has read up to that message. */
+  noteRead({ messageId, userId }) {
+    const id = Number(userId);
+    if (!this.study || id === this.me().id) return;
+    this.readers.set(id, Math.max(this.readers.get(id) || 0, Number(messageId)));
+    this._renderSeen();
+  }
+
+  /** Tell the room we read the newest message from someone else, once it is on a visible page. */
+  _sendRead() {
+    if (!this.study || document.visibilityState !== "visible" || !this.isReady(this.study.id)) return;
+    const meId = String(this.me().id);
+    let newest = 0;
+    for (const [id, li] of this.rendered) if (li.dataset.userId !== meId && id > newest) newest = id;
+    if (newest <= this.lastReadSent) return;
+    this.lastReadSent = newest;
+    this.socket().emit("read", { messageId: newest });
+  }
+
+  /** "Seen by Bob" under my newest message that others have read. */
+  _renderSeen() {
+    for (const old of this.els.list.querySelectorAll(".msg-seen")) old.remove();
+    const meId = String(this.me().id);
+    let mine = null;
+    for (const [id, li] of this.rendered) if (li.dataset.userId === meId && (!mine || id > mine.id)) mine = { id, li };
+    if (!mine) return;
+    const names = [...this.readers].filter(([, upTo]) => upTo >= mine.id).map(([userId]) => this.nameOf(userId));
+    if (names.length === 0) return;
+    mine.li.querySelector(".msg-body").append(h("div", { class: "msg-seen" }, `Seen by ${names.join(", ")}`));
   }
 
   typing({ userId, userName, studyId }) {
@@ -195,6 +236,7 @@ export class Chat {
     }
     setChildren(li.querySelector(".msg-status"));
     this.rendered.set(id, li);
+    this._renderSeen();
     // confirmed messages sit above the ones still on their way
     const firstPending = this.els.list.querySelector("li.msg:not([data-state='sent'])");
     if (firstPending && (li.compareDocumentPosition(firstPending) & Node.DOCUMENT_POSITION_PRECEDING)) {

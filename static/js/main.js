@@ -73,6 +73,7 @@ const chat = new Chat({
   me: () => state.me,
   isReady: (studyId) => isConnected() && state.joined === studyId,
   onError: (message) => toast(message),
+  nameOf: (userId) => members.nameOf(userId),
 });
 
 const tasks = new Tasks({ list: $("#task-list"), api, members, onError: (m) => toast(m) });
@@ -217,6 +218,7 @@ async function startApp(session) {
 function wireEvents(io) {
   io.on("message", (payload) => chat.receive(toMessage(payload)));
   io.on("typing", (payload) => chat.typing(payload));
+  io.on("read", (payload) => chat.noteRead(payload));
   io.on("user-online", ({ userId }) => members.setOnline(userId, true));
   io.on("user-offline", ({ userId }) => members.setOnline(userId, false));
   io.on("member-joined", (payload) => members.joined(payload));

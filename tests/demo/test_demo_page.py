@@ -45,6 +45,9 @@ def test_alice_and_bob_chat_both_ways(open_page: Any, server: DemoServer) -> Non
     for tab in (alice, bob):  # each message once on each side, in order
         expect(tab.page.locator("#messages .msg-text")).to_have_text([
             "Hi Bob! Ready for chapter 3?", "Almost. Give me five minutes", "Sure, and bring the notes\non Dijkstra"])
+    # Bob's page told the room it read Alice's newest message (`read`): a receipt under it
+    expect(alice.message("Sure, and bring the notes\non Dijkstra").locator(".msg-seen")).to_have_text("Seen by Bob")
+    expect(alice.page.locator(".msg-seen")).to_have_count(1)
     alice.shot("02-chat-desktop")
     bob.shot("03-chat-phone")
 
