@@ -55,29 +55,25 @@ export class Tasks {
     this.render(task.id);
   }
 
-  async _changeStatus(task, status) {
-    const before = task.status;
-    task.status = status;
-    this.render();
-    try {
-      await this.api.updateTask(task.id, status);
-    } catch (err) {
-      task.status = before;
-      this.render();
-      this.onError(`Could not change “${task.title}”: ${err.message}`);
-    }
+  _changeStatus(task, status) {
+    return this._optimistic(task, "status", status, "change", () => this.api.updateTask(task.id, status));
   }
 
-  async _assign(task, assigneeId) {
-    const before = task.assigneeId;
-    task.assigneeId = assigneeId;
+  _assign(task, assigneeId) {
+    return this._optimistic(task, "assigneeId", assigneeId, "assign", () => this.api.assignTask(task.id, assigneeId));
+  }
+
+  /** Show the change at once; put it back (and say why) if the server refuses it. */
+  async _optimistic(task, field, value, verb, request) {
+    const before = task[field];
+    task[field] = value;
     this.render();
     try {
-      await this.api.assignTask(task.id, assigneeId);
+      await request();
     } catch (err) {
-      task.assigneeId = before;
+      task[field] = before;
       this.render();
-      this.onError(`Could not assign “${task.title}”: ${err.message}`);
+      this.onError(`Could not ${verb} “${task.title}”: ${err.message}`);
     }
   }
 
