@@ -181,8 +181,9 @@ class DemoPage:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium for the module; closed before other modules' asyncio tests run."""
     path = chromium_path()
     require(path is not None, "Debian chromium (/usr/bin/chromium; apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
