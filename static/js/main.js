@@ -290,6 +290,7 @@ function openStudy(studyId) {
   setNotJoined();
   state.current = study;
   history.replaceState(null, "", `${location.pathname}${location.search}#study-${study.id}`);
+  $("#app").classList.remove("no-study");
   $("#chat-empty").hidden = true;
   $("#chat").hidden = false;
   $("#chat-title").textContent = study.name;
@@ -305,8 +306,11 @@ function openStudy(studyId) {
 }
 
 function showNoStudies() {
+  $("#app").classList.add("no-study");
   $("#chat-empty").hidden = false;
-  $("#chat-empty").textContent = "You are not in any study yet.";
+  setChildren($("#chat-empty"),
+    h("strong", null, "You are not in any study yet."),
+    h("span", null, "When a study leader lets you in, its chat, members and tasks show up here."));
   $("#chat").hidden = true;
   setChildren($("#task-list"));
   members.clear();

@@ -326,3 +326,16 @@ def test_a_message_in_another_study_shows_as_unread_until_opened(open_page: Any,
     server.call("POST", "/api/studies/1/messages", {"content": "Graph people, meet at 7"}, user=2)
     expect(alice.page.locator(".study[data-study-id='1'] .badge")).to_have_text("1")
     expect(alice.message("Graph people, meet at 7")).to_have_count(0)
+
+
+def test_a_user_without_studies_gets_an_empty_state_and_can_sign_out(open_page: Any) -> None:
+    eve = open_page()
+    eve.page.locator(".user-choice[data-user-id='5']").click()
+    eve.page.wait_for_selector("body[data-connection='connected']", state="attached")
+    expect(eve.page.locator("#chat-empty")).to_contain_text("You are not in any study yet.")
+    expect(eve.page.locator("#task-list")).to_be_hidden()
+    expect(eve.page.locator("#study-list")).to_have_text("No studies yet.")
+    eve.shot("20-no-studies")
+    eve.page.locator("#signout").click()
+    expect(eve.page.locator(".user-choice")).to_have_count(5)
+    expect(eve.page.locator("#banner")).to_be_hidden()
