@@ -125,7 +125,8 @@ class StudyRooms:
 
     async def _typing(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         study_id = int(p["studyId"])
-        self.nsp.to(room).except_(str(p["sid"])).emit(
+        # to the other users: the typist's own tabs do not show "Alice is typing"
+        self.nsp.to(room).except_(user_room(int(p["userId"]))).emit(
             "typing", {"userId": p["userId"], "userName": p["userName"], "studyId": study_id})
         return {"ok": True}
 

@@ -7,6 +7,7 @@ of their own (created for the session, dropped at its end), so parallel runs nev
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,19 @@ from tests.conftest import require
 from tests.domain.support import Client, ClientFactory, DomainNode, NodeFactory, domain_settings
 
 POSTGRES_ENV = "COUP_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Bad input must never show up as a crash: fail any test that logged an ERROR.
+
+    A test that provokes a real failure on purpose marks itself `errors_logged`.
+    """
+    caplog.set_level(logging.INFO)
+    yield
+    if request.node.get_closest_marker("errors_logged") is None:
+        errors = [r for r in caplog.get_records("call") + caplog.get_records("teardown") if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
 
 
 # ---------------------------------------------------------------------- databases
@@ -130,3 +144,7 @@ async def connect(domain_node: DomainNode, transport: str) -> AsyncIterator[Clie
     finally:
         for client in clients:
             await client.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "errors_logged: the test provokes a logged ERROR on purpose")

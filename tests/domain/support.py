@@ -94,10 +94,11 @@ class Client:
         await self.sio.connect(self.node.url, auth=auth, transports=[self.transport], wait_timeout=DEFAULT_TIMEOUT)
 
     async def call(self, event: str, *args: Any) -> Any:
-        return await self.sio.call(event, *args, timeout=DEFAULT_TIMEOUT)
+        """Send `event` with `args` and return the acknowledgement's first argument."""
+        return await self.sio.call(event, _data(args), timeout=DEFAULT_TIMEOUT)
 
     async def emit(self, event: str, *args: Any) -> None:
-        await self.sio.emit(event, *args)
+        await self.sio.emit(event, _data(args))
 
     def got(self, event: str) -> list[Any]:
         return [payload for name, payload in self.received if name == event]
@@ -127,6 +128,13 @@ class Client:
         await self.sio.shutdown()
 
 
+def _data(args: tuple[Any, ...]) -> Any:
+    """python-socketio's `data`: one argument as itself, several as a tuple, none as None."""
+    if len(args) == 1 and not isinstance(args[0], tuple):
+        return args[0]
+    return args if args else None
+
+
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
@@ -137,3 +145,18 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEFA
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def refused(client: Client, event: str, *args: Any, code: str) -> dict[str, Any]:
+    """Send `event` asking for an ack; check the failed ack and the `error` event; return the error."""
+    before = len(client.got("error"))
+    ack = await client.call(event, *args)
+    assert isinstance(ack, dict) and ack.get("ok") is False, ack
+    assert ack["error"]["code"] == code, ack
+    await client.wait("error", lambda _: len(client.got("error")) > before)
+    errors = client.got("error")
+    assert len(errors) == before + 1, errors
+    error: dict[str, Any] = errors[before]
+    assert error["code"] == code and error["event"] == event, error
+    assert error["message"] == ack["error"]["message"] and error["message"]
+    return error
