@@ -22,6 +22,7 @@ from coup.transports.routing import engine_rules
 
 if TYPE_CHECKING:
     from coup.domain import CoupDomain
+    from coup.domain.sequence import SequenceSource
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,15 @@ class CoupNode:
             await service.stop()
 
 
-def coup_node(settings: Settings, **kwargs: Any) -> CoupNode:
-    """The CoUp server: a node with the CoUp domain (auth, events, models, HTTP API) installed."""
+def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **kwargs: Any) -> CoupNode:
+    """The CoUp server: a node with the CoUp domain (auth, events, models, HTTP API) installed.
+
+    `sequence`: where per-study message numbers come from (default: the database).
+    """
     from coup.domain import CoupDomain
 
     node = CoupNode(settings, **kwargs)
-    domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows)
+    domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows, sequence=sequence)
     node.domain = domain
     node.services.append(domain)
     node.extra_rules.extend(domain.http_rules())

@@ -47,10 +47,6 @@ def open_database(url: str) -> pw.Database:
     return db
 
 
-def is_postgres(db: pw.Database) -> bool:
-    return isinstance(db, pw.PostgresqlDatabase)
-
-
 class Database:
     """One database and its worker threads. Models are bound to it on construction."""
 
@@ -59,10 +55,6 @@ class Database:
         self.db = open_database(url)
         database_proxy.initialize(self.db)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coup-db")
-
-    @property
-    def postgres(self) -> bool:
-        return is_postgres(self.db)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a synchronous query function on a database thread and return its result."""
@@ -118,4 +110,4 @@ def initdb(url: str) -> None:
         database.close()
 
 
-__all__ = ["Database", "initdb", "is_postgres", "open_database"]
+__all__ = ["Database", "initdb", "open_database"]

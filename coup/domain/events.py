@@ -108,7 +108,7 @@ class SocketEvents:
             if study_id is None:
                 continue
             try:
-                await self.rooms.join(who, study_id, socket.id)
+                await self.rooms.join(who, study_id, socket.id, recovered=True)
             except Exception as exc:  # refused (membership ended) or failed: it is not in the room
                 log.info("recovered socket %s not back in %s: %s", socket.id, room, exc)
                 await socket.leave(room)

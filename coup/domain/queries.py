@@ -145,11 +145,6 @@ def study_members(study_id: int) -> list[dict[str, Any]]:
     return [{"userId": m.user.id, "name": m.user.name, "role": m.role, "status": m.status} for m in query]
 
 
-def study_info(study_id: int) -> dict[str, Any] | None:
-    row = Study.get_or_none(Study.id == study_id)
-    return None if row is None else {"id": row.id, "name": row.name, "groupId": row.group_id}
-
-
 # ---------------------------------------------------------------------- messages
 
 

@@ -14,11 +14,12 @@ before they get here; the command re-checks ACTIVE membership against the databa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import peewee as pw
 
-from coup.core import SocketServer
+from coup.core import ClientError, SocketServer
 from coup.domain import queries
 from coup.domain.access import membership_error
 from coup.domain.auth import Actor
@@ -39,6 +40,14 @@ READ = "study.read"
 #: attempts at storing one message when its seq clashes with another writer's
 SEQ_ATTEMPTS = 3
 
+#: query outcomes that refuse, and what the client is told
+REFUSALS: dict[str, Callable[[], ClientError]] = {
+    "no_study": lambda: not_found("스터디"),
+    "no_message": lambda: not_found("메시지"),
+    "not_member": lambda: client_error("NOT_MEMBER"),
+    "reused": lambda: client_error("CONFLICT"),
+}
+
 
 class StudyRooms:
     def __init__(self, server: SocketServer, db: Database, sequence: SequenceSource) -> None:
@@ -58,10 +67,14 @@ class StudyRooms:
 
     # ------------------------------------------------------------------ callers
 
-    async def join(self, actor: Actor, study_id: int, sid: str) -> dict[str, Any]:
-        """Put socket `sid` in the study room; ``{ok, studyId, online}``."""
+    async def join(self, actor: Actor, study_id: int, sid: str, *, recovered: bool = False) -> dict[str, Any]:
+        """Put socket `sid` in the study room; ``{ok, studyId, online}``.
+
+        `recovered`: the socket is back in the room through connection state recovery, and
+        is counted in again (its disconnect announced member-left).
+        """
         return await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id, "userName": actor.name,
-                                                 "sid": sid})
+                                                 "sid": sid, "recovered": recovered})
 
     async def leave(self, actor: Actor, study_id: int, sid: str, *, gone: bool = False) -> dict[str, Any]:
         """Take socket `sid` out of the room (`gone`: it disconnected and is out already)."""
@@ -110,7 +123,7 @@ class StudyRooms:
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
-        if not already_in and user_id not in present:
+        if (p.get("recovered") or not already_in) and user_id not in present:
             self.nsp.to(room).except_(sid).emit(
                 "member-joined", {"studyId": study_id, "userId": user_id, "userName": p["userName"]})
         return {"ok": True, "studyId": study_id, "online": sorted(present | {user_id})}
@@ -134,10 +147,8 @@ class StudyRooms:
         message_id, user_id, sid = int(p["messageId"]), int(p["userId"]), p.get("sid")
         result = await self.db.run(queries.mark_message_read, message_id, user_id)
         outcome = result["outcome"]
-        if outcome == "no_message":
-            return refusal(not_found("메시지"))
-        if outcome == "not_member":
-            return refusal(client_error("NOT_MEMBER"))
+        if outcome in REFUSALS:
+            return refusal(REFUSALS[outcome]())
         study_id = result["studyId"]
         if outcome == "read":
             target = self.nsp.to(study_room(study_id))
@@ -172,12 +183,8 @@ class StudyRooms:
         return refusal(client_error("RETRY"))
 
     def _message_outcome(self, outcome: str, result: dict[str, Any]) -> dict[str, Any]:
-        if outcome == "no_study":
-            return refusal(not_found("스터디"))
-        if outcome == "not_member":
-            return refusal(client_error("NOT_MEMBER"))
-        if outcome == "reused":
-            return refusal(client_error("CONFLICT"))
+        if outcome in REFUSALS:
+            return refusal(REFUSALS[outcome]())
         message = result["message"]
         if outcome == "stored":
             self.nsp.to(study_room(message["studyId"])).emit("message", message)
