@@ -9,6 +9,7 @@ answered from the row that won.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from coup.domain.models import (
     iso,
     utcnow,
 )
+from coup.domain.prepared import Prepared
 
 ACTIVE = "ACTIVE"
 NEW_MESSAGE = "NEW_MESSAGE"
@@ -41,15 +43,21 @@ PREVIEW_CHARS = 100
 
 def message_payload(message: Message, user_name: str) -> dict[str, Any]:
     """The `message` event (and HTTP item): ids are row numbers, content exactly as stored."""
+    return _message_body(message.id, message.study_id, message.seq, message.content, message.file_id,
+                         message.user_id, user_name, message.created_at, message.client_message_id)
+
+
+def _message_body(message_id: int, study_id: int, seq: int, content: str, file_id: int | None, user_id: int,
+                  user_name: str, created_at: dt.datetime, client_message_id: str | None) -> dict[str, Any]:
     return {
-        "id": message.id,
-        "studyId": message.study_id,
-        "seq": message.seq,
-        "content": message.content,
-        "fileId": message.file_id,
-        "user": {"id": message.user_id, "name": user_name},
-        "createdAt": iso(message.created_at),
-        "clientMessageId": message.client_message_id,
+        "id": message_id,
+        "studyId": study_id,
+        "seq": seq,
+        "content": content,
+        "fileId": file_id,
+        "user": {"id": user_id, "name": user_name},
+        "createdAt": iso(created_at),
+        "clientMessageId": client_message_id,
     }
 
 
@@ -118,12 +126,17 @@ def active_study_ids(user_id: int) -> list[int]:
     return [m.study_id for m in query]
 
 
+_MEMBER_STATUS = Prepared(lambda: StudyMember.select(StudyMember.status).where(
+    (StudyMember.study == 0) & (StudyMember.user == 0)))
+_STUDY_EXISTS = Prepared(lambda: Study.select(Study.id).where(Study.id == 0))
+
+
 def membership(study_id: int, user_id: int) -> str | None:
     """The user's status in the study; raises `LookupError` when the study does not exist."""
-    member = StudyMember.get_or_none((StudyMember.study == study_id) & (StudyMember.user == user_id))
-    if member is not None:
-        return str(member.status)
-    if not Study.select().where(Study.id == study_id).exists():
+    row = _MEMBER_STATUS.first(study_id, user_id)
+    if row is not None:
+        return str(row[0])
+    if _STUDY_EXISTS.first(study_id) is None:
         raise LookupError(study_id)
     return None
 
@@ -163,10 +176,32 @@ def max_seq(study_id: int) -> int:
     return int(value or 0)
 
 
-def _by_client_id(user_id: int, client_message_id: str | None) -> Message | None:
-    if client_message_id is None:
+_CLIENT_MESSAGE = Prepared(lambda: Message.select(
+    Message.id, Message.study, Message.seq, Message.content, Message.file_id, Message.created_at,
+).where((Message.user == 0) & (Message.client_message_id == "")))
+_INSERT_MESSAGE = Prepared(lambda: Message.insert_many(
+    [(0, 0, 0, "", None, "", utcnow())],
+    fields=[Message.study, Message.user, Message.seq, Message.content, Message.file_id, Message.client_message_id,
+            Message.created_at]))
+_ACTIVE_MEMBERS = Prepared(lambda: StudyMember.select(StudyMember.user).where(
+    (StudyMember.study == 0) & (StudyMember.status == "")))
+_INSERT_NOTIFICATION = Prepared(lambda: Notification.insert_many(
+    [(0, "", "", 0, "", utcnow())],
+    fields=[Notification.user, Notification.type, Notification.message, Notification.study, Notification.data,
+            Notification.created_at]))
+
+
+def _by_client_id(new: NewMessage) -> dict[str, Any] | None:
+    """The message this user already stored under `new`'s clientMessageId, as a payload."""
+    if new.client_message_id is None:
         return None
-    return Message.get_or_none((Message.user == user_id) & (Message.client_message_id == client_message_id))
+    row = _CLIENT_MESSAGE.first(new.user_id, new.client_message_id)
+    if row is None:
+        return None
+    message_id, study_id, seq, content, file_id, created_at = row
+    return _message_body(message_id, study_id, seq, content, file_id, new.user_id, new.user_name,
+                         Message.created_at.python_value(created_at),  # type: ignore[no-untyped-call]
+                         new.client_message_id)
 
 
 def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) -> dict[str, Any]:
@@ -176,11 +211,11 @@ def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) ->
     Returns ``{"outcome": ...}``: ``stored`` (with `message` and `notifications`),
     ``duplicate`` (this user already stored that clientMessageId: `message` is the first one),
     ``reused`` (that clientMessageId belongs to another study), ``no_study``, ``not_member``,
-    or ``seq_clash`` (another writer took `seq`).
+    or ``seq_clash`` (another writer took `seq`). The hot path: prepared statements only.
     """
     db = database_proxy
     with db.atomic():
-        existing = _by_client_id(new.user_id, new.client_message_id)
+        existing = _by_client_id(new)
         if existing is not None:
             return _duplicate(existing, new)
         try:
@@ -189,35 +224,38 @@ def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) ->
             return {"outcome": "no_study"}
         if status != ACTIVE:
             return {"outcome": "not_member"}
+        created_at = utcnow()
         try:
             with db.atomic():  # a savepoint: a clash leaves the outer transaction usable
-                message = Message.create(
-                    study=new.study_id, user=new.user_id, seq=seq, content=new.content, file_id=new.file_id,
-                    client_message_id=new.client_message_id, created_at=utcnow())
+                message_id = _INSERT_MESSAGE.insert(new.study_id, new.user_id, seq, new.content, new.file_id,
+                                                    new.client_message_id, created_at)
         except pw.IntegrityError:
-            existing = _by_client_id(new.user_id, new.client_message_id)
+            existing = _by_client_id(new)
             if existing is not None:  # a concurrent duplicate won the race
                 return _duplicate(existing, new)
             return {"outcome": "seq_clash"}
         present = set(present_user_ids)
         present.add(new.user_id)
-        recipients = [m.user_id for m in StudyMember.select(StudyMember.user).where(
-            (StudyMember.study == new.study_id) & (StudyMember.status == ACTIVE)) if m.user_id not in present]
+        recipients = sorted(uid for (uid,) in _ACTIVE_MEMBERS.all(new.study_id, ACTIVE) if uid not in present)
         preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
+        text = f"{new.user_name}: {preview}"
+        data = {"messageId": message_id}
+        stored_data = Notification.data.db_value(data)
         notifications = []
-        for uid in sorted(recipients):
-            row = Notification.create(
-                user=uid, type=NEW_MESSAGE, message=f"{new.user_name}: {preview}", study=new.study_id,
-                data={"messageId": message.id}, created_at=message.created_at)
-            notifications.append({"userId": uid, "notification": notification_payload(row)})
-        return {"outcome": "stored", "message": message_payload(message, new.user_name),
-                "notifications": notifications}
+        for uid in recipients:
+            nid = _INSERT_NOTIFICATION.insert(uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at)
+            notifications.append({"userId": uid, "notification": {
+                "id": nid, "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at), "readAt": None,
+                "studyId": new.study_id, "data": data}})
+        message = _message_body(message_id, new.study_id, seq, new.content, new.file_id, new.user_id,
+                                new.user_name, created_at, new.client_message_id)
+        return {"outcome": "stored", "message": message, "notifications": notifications}
 
 
-def _duplicate(existing: Message, new: NewMessage) -> dict[str, Any]:
-    if existing.study_id != new.study_id:
+def _duplicate(existing: dict[str, Any], new: NewMessage) -> dict[str, Any]:
+    if existing["studyId"] != new.study_id:
         return {"outcome": "reused"}
-    return {"outcome": "duplicate", "message": message_payload(existing, new.user_name)}
+    return {"outcome": "duplicate", "message": existing}
 
 
 def message_page(study_id: int, before: int | None, limit: int) -> dict[str, Any]:
