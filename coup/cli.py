@@ -51,13 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from coup.domain.service import SchemaMissing
-
-    try:
-        _run(_serve(settings))
-    except SchemaMissing as exc:
-        print(f"coup: {exc}", file=sys.stderr)
-        return 2
+    _run(_serve(settings))
     return 0
 
 
@@ -111,7 +105,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         database = Database(settings.database_url, workers=1)
         try:
             with database.db.connection_context():
-                secret = setting(DEMO_SECRET_KEY) if not database.missing_tables() else None
+                secret = setting(DEMO_SECRET_KEY) if database.db.table_exists("server_settings") else None
         finally:
             database.close()
         if secret is None:

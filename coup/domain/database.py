@@ -90,10 +90,6 @@ class Database:
         with self.db.connection_context():
             self.db.create_tables(MODELS, safe=True)
 
-    def missing_tables(self) -> list[str]:
-        """Tables of the schema that do not exist (empty when `coup initdb` has run)."""
-        return [m._meta.table_name for m in MODELS if not self.db.table_exists(m._meta.table_name)]
-
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""
         self._executor.shutdown(wait=True, cancel_futures=False)

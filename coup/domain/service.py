@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import peewee as pw
@@ -24,10 +25,6 @@ from coup.domain.study_rooms import StudyRooms
 from coup.domain.tasks import TaskService
 
 log = logging.getLogger(__name__)
-
-
-class SchemaMissing(RuntimeError):
-    """The database has no CoUp tables: `coup initdb` has not run."""
 
 
 def allow_any_origin(origin: str | None, host: str | None) -> bool:
@@ -72,14 +69,10 @@ class CoupDomain:
         return api_rules(self, self.origin_allowed)
 
     async def start(self) -> None:
-        """Prepare the database (demo: create and seed it), then settle the JWT secret."""
+        """Create missing tables (demo: and seed an empty database), then settle the JWT secret."""
+        await self.db.run(ensure_schema, self.db)
         if self.settings.demo:
-            await self.db.run(self.db.create_schema)
             await self.db.run(seed_if_empty)
-        else:
-            missing = await self.db.run(self.db.missing_tables)
-            if missing:
-                raise SchemaMissing(f"the database has no table {', '.join(missing)}: run `coup initdb` first")
         secret = await self.db.run(jwt_secret, self.settings)
         self._tokens = TokenService(secret, self.settings.jwt_algorithm, self.settings.jwt_leeway)
         self.events.tokens = self._tokens
@@ -99,6 +92,17 @@ def jwt_secret(settings: Settings) -> str:
     if not settings.jwt_secret_generated:
         return secret
     return queries.setting_or_store(DEMO_SECRET_KEY, secret)
+
+
+def ensure_schema(db: Database) -> None:
+    """Create what is missing, so a fresh deploy needs nothing but `DATABASE_URL` (`coup initdb`
+    does the same, for a release phase). Nodes starting together on PostgreSQL can collide in
+    the catalogue on CREATE TABLE IF NOT EXISTS; the loser tries once more."""
+    try:
+        db.create_schema()
+    except (pw.IntegrityError, pw.ProgrammingError):
+        time.sleep(0.5)
+        db.create_schema()
 
 
 def seed_if_empty() -> bool:

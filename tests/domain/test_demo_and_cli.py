@@ -103,11 +103,6 @@ def test_token_without_secret_or_demo_database_explains(tmp_path: Path) -> None:
     assert coup("token", "0", JWT_SECRET="s" * 40).returncode == 2
 
 
-def test_serve_refuses_a_database_without_schema(tmp_path: Path) -> None:
-    result = coup("serve", "--port", "0", JWT_SECRET="s" * 40, DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}")
-    assert result.returncode == 2 and "coup initdb" in result.stderr
-
-
 def test_serve_refuses_to_start_without_a_secret_outside_demo_mode(tmp_path: Path) -> None:
     result = coup("serve", "--port", "0", DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}")
     assert result.returncode == 2 and "JWT_SECRET" in result.stderr
@@ -163,6 +158,19 @@ async def test_demo_mode_seeds_a_fresh_database_and_keeps_one_secret_for_every_p
         assert await second.db(lambda: [m.content for m in Message.select()]) == ["kept across restarts"]
     finally:
         await second.node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_node_creates_the_schema_of_an_empty_database_and_seeds_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    node = await start(Settings(host="127.0.0.1", port=0, database_url=url,
+                                jwt_secret=Secret("k" * 40)).validated())
+    try:
+        assert await node.http("GET", "/readyz") == (200, {"status": "ready", "checks": {"database": True}})
+        assert (await node.http("GET", "/api/me", user=1))[0] == 401  # no users: nothing was seeded
+        assert await node.db(lambda: User.select().count()) == 0
+    finally:
+        await node.node.stop()
 
 
 @pytest.mark.asyncio
