@@ -239,3 +239,14 @@ async def test_serve_demo_then_coup_token_as_a_new_user_would(demo_server: tuple
     finally:
         await sio.disconnect()
         await sio.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_readiness_is_false_when_the_database_is_unreachable() -> None:
+    sock, port = bind_unused_port()
+    sock.close()  # nothing listens there
+    database = Database(f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2", workers=1)
+    try:
+        assert await database.ping() is False
+    finally:
+        database.close()

@@ -204,3 +204,26 @@ async def test_message_flood_is_rate_limited_with_a_clear_error(
         assert alice.sio.connected
     finally:
         await alice.close()
+
+
+@pytest.mark.errors_logged
+async def test_a_database_failure_is_a_retryable_refusal_and_the_seq_is_given_back(
+        domain_node: DomainNode, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import peewee as pw
+
+    from coup.domain import queries
+
+    alice = await connect(1, join=(1,))
+    bob = await connect(2, join=(1,))
+    real = queries.store_message
+
+    def failing(*args: Any) -> Any:
+        raise pw.OperationalError("database is locked")
+
+    monkeypatch.setattr(queries, "store_message", failing)
+    await refused(alice, "message", {"studyId": 1, "content": "lost?", "clientMessageId": "r-1"}, code="RETRY")
+    monkeypatch.setattr(queries, "store_message", real)
+    ack = await alice.call("message", {"studyId": 1, "content": "lost?", "clientMessageId": "r-1"})
+    assert ack["ok"] is True and ack["seq"] == 1 and ack["duplicate"] is False
+    await bob.wait("message")
+    assert [m["content"] for m in bob.got("message")] == ["lost?"]
