@@ -96,8 +96,7 @@ class WebSocketTransport(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # a stream transport; not isinstance-checked: uvloop's (what `coup serve` runs on) is
-        # not an asyncio.Transport subclass, and the assert refused every WebSocket there
+        # uvloop's TCPTransport is not a subclass of asyncio.Transport, so no isinstance check
         self._transport = stream = cast(asyncio.Transport, transport)
         # the 101 answer and whatever was queued meanwhile (the OPEN packet) in one write
         first = self.preamble + b"".join(self._pending)
