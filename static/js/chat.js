@@ -119,6 +119,7 @@ export class Chat {
     const nearBottom = this._nearBottom();
     this._insertConfirmed(msg);
     this._updateHistoryStatus();
+    this._renderSeen();
     if (nearBottom) this.scrollToBottom();
     else this.els.jump.hidden = false;
     this._sendRead();
@@ -152,6 +153,7 @@ export class Chat {
     let mine = null;
     for (const [id, li] of this.rendered) if (li.dataset.userId === meId && (!mine || id > mine.id)) mine = { id, li };
     if (!mine) return;
+    for (const [id, li] of this.rendered) if (id > mine.id && li.dataset.userId !== meId) return; // answered since
     const names = [...this.readers].filter(([, upTo]) => upTo >= mine.id).map(([userId]) => this.nameOf(userId));
     if (names.length === 0) return;
     mine.li.querySelector(".msg-body").append(h("div", { class: "msg-seen" }, `Seen by ${names.join(", ")}`));

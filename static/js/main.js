@@ -223,12 +223,7 @@ function wireEvents(io) {
   io.on("user-offline", ({ userId }) => members.setOnline(userId, false));
   io.on("member-joined", (payload) => members.joined(payload));
   io.on("member-left", (payload) => members.left(payload));
-  io.on("notification", (payload) => {
-    notifications.add(payload);
-    if (payload.type === "TASK_ASSIGNED" && state.current && Number(payload.studyId) === state.current.id) {
-      tasks.load(state.current.id);
-    }
-  });
+  io.on("notification", (payload) => notifications.add(payload));
   io.on("notification-read", (payload) => notifications.remoteRead(payload));
   io.on("task-updated", (payload) => tasks.updated(payload));
   io.on("task-assigned", (payload) => tasks.assigned(payload));

@@ -60,7 +60,9 @@ export class Members extends EventTarget {
     this.render();
   }
 
+  /** A name for notes ("by Bob", "assigned to you"). */
   nameOf(userId) {
+    if (this.me() && Number(userId) === this.me().id) return "you";
     const member = this.members.get(Number(userId));
     return member ? member.name : `User ${userId}`;
   }

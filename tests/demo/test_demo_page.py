@@ -50,14 +50,18 @@ def test_alice_and_bob_chat_both_ways(open_page: Any, server: DemoServer) -> Non
     expect(alice.page.locator(".msg-seen")).to_have_count(1)
     alice.shot("02-chat-desktop")
     bob.shot("03-chat-phone")
+    bob.send("Will do")  # an answer makes the receipt above it redundant
+    expect(alice.message("Will do")).to_be_visible()
+    expect(alice.page.locator(".msg-seen")).to_have_count(0)
 
     # persisted: the history API has them, and a reloaded page draws them from it
     history = server.call("GET", "/api/studies/1/messages", user=1)["items"]
-    assert [m["content"] for m in history][:3] == [
-        "Sure, and bring the notes\non Dijkstra", "Almost. Give me five minutes", "Hi Bob! Ready for chapter 3?"]
+    assert [m["content"] for m in history] == [
+        "Will do", "Sure, and bring the notes\non Dijkstra", "Almost. Give me five minutes",
+        "Hi Bob! Ready for chapter 3?"]
     bob.page.reload()
     bob.wait_ready()
-    expect(bob.messages()).to_have_count(3)
+    expect(bob.messages()).to_have_count(4)
     bob.view("studies")
     expect(bob.page.locator("#study-list .study")).to_have_count(1)  # Bob is in Graph Theory only
     bob.shot("04-studies-phone")
@@ -106,6 +110,7 @@ def test_assigning_a_task_to_bob_notifies_him_and_read_syncs_across_tabs(open_pa
     expect(alice.page.locator(".task[data-task-id='1']")).to_have_attribute("data-assignee-id", "2")
     bob.view("tasks")
     expect(bob.page.locator(".task[data-task-id='1'] .task-assignee")).to_have_value("2")
+    expect(bob.page.locator(".task[data-task-id='1'] .task-note")).to_have_text("Assigned to you")
     bob.shot("08-task-assigned-phone")
 
     bob.page.locator("#bell").click()
