@@ -18,11 +18,14 @@ from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
+from coup.transports.sockjs import SockJSEndpoint
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SOCKET_IO_PATH = "/socket.io/"
+#: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
+SOCKJS_PATH = "/sockjs"
 
 
 class HealthHandler(RequestHandler):
@@ -49,12 +52,18 @@ class CoupNode:
         self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=settings.node_id)
         self.extra_rules: list[Any] = list(extra_rules)
         self.http_server: HTTPServer | None = None
+        #: built by `application()`, inside the running loop (sockjs-tornado needs that)
+        self.sockjs: SockJSEndpoint | None = None
 
     def application(self) -> Application:
         static = Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR
+        if self.sockjs is None:
+            self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
+                                         max_message_size=self.settings.max_payload)
         rules: list[Any] = [
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
             (r"/healthz", HealthHandler),
+            *self.sockjs.rules,
             *self.extra_rules,
             (r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
@@ -76,6 +85,8 @@ class CoupNode:
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()
+        if self.sockjs is not None:
+            self.sockjs.close()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None

@@ -1,0 +1,100 @@
+"""The stock npm sockjs-client (through static/sockjs-coup.js) and a Socket.IO client share rooms.
+
+Once per SockJS transport: authenticate, join a study room, exchange messages with a
+python-socketio client in the same room (both directions, acks included), receive a
+server-pushed notification in the personal room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import socketio
+
+from tests.conftest import RunningNode
+from tests.sockjs.conftest import AUTH_FAILED
+
+pytestmark = pytest.mark.asyncio
+
+TRANSPORTS = ["websocket", "xhr-streaming", "xhr-polling", "eventsource"]
+# the transport name sockjs-client reports once connected
+REPORTED = {"websocket": "websocket", "xhr-streaming": "xhr-streaming", "xhr-polling": "xhr-polling",
+            "eventsource": "eventsource"}
+
+
+async def socketio_client(url: str, user: int) -> tuple[socketio.AsyncClient, asyncio.Queue[Any]]:
+    client = socketio.AsyncClient(reconnection=False)
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    @client.on("message")  # type: ignore[misc]
+    async def on_message(*args: Any) -> None:
+        await inbox.put(args[0])
+
+    await client.connect(url, auth={"userId": user, "token": f"token-{user}"}, transports=["websocket"])
+    return client, inbox
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sockjs_client_joins_the_same_rooms_as_socketio(
+        sockjs_node: RunningNode, node_client: Any, transport: str) -> None:
+    sockjs = await node_client(sockjs_node.url + "/sockjs", transport)
+    sockjs.send(cmd="connect", auth={"userId": 1, "token": "token-1"})
+    connected = await sockjs.expect(lambda m: m["ev"] in ("connect", "connect_error", "disconnect"))
+    assert connected["ev"] == "connect", connected
+    assert connected["transport"] == REPORTED[transport]
+    assert connected["id"] in sockjs_node.node.sio.main.sockets
+
+    sockjs.send(cmd="emit", event="join-study", args=[{"studyId": 7}], ack=1)
+    joined = await sockjs.expect(lambda m: m["ev"] == "ack" and m["id"] == 1)
+    assert joined["args"] == [{"ok": True, "studyId": 7}]
+
+    sio, sio_inbox = await socketio_client(sockjs_node.url, 2)
+    try:
+        assert await sio.call("join-study", {"studyId": 7}, timeout=5) == {"ok": True, "studyId": 7}
+
+        # SockJS -> room: the Socket.IO member and the sender both get it
+        sockjs.send(cmd="emit", event="message", args=[{"studyId": 7, "content": "from sockjs"}], ack=2)
+        assert (await sockjs.expect(lambda m: m["ev"] == "ack" and m["id"] == 2))["args"] == [{"ok": True}]
+        got = await asyncio.wait_for(sio_inbox.get(), 10)
+        assert got == {"content": "from sockjs", "user": 1}
+        echo = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "message")
+        assert echo["args"][0] == {"content": "from sockjs", "user": 1}
+
+        # Socket.IO -> room: the SockJS member gets it
+        assert await sio.call("message", {"studyId": 7, "content": "from socket.io"}, timeout=5) == {"ok": True}
+        got = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "message")
+        assert got["args"][0] == {"content": "from socket.io", "user": 2}
+        assert isinstance(got["args"][-1], str)  # the recovery offset, as Socket.IO clients get it
+        assert await asyncio.wait_for(sio_inbox.get(), 10) == {"content": "from socket.io", "user": 2}
+
+        # a server-pushed notification to the user's personal room
+        sockjs_node.node.sio.main.to("user:1").emit("notification", {"id": 5, "type": "TASK", "message": "hi"})
+        note = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "notification")
+        assert note["args"][0] == {"id": 5, "type": "TASK", "message": "hi"}
+    finally:
+        await sio.disconnect()
+
+    sockjs.send(cmd="close")
+    await sockjs.expect(lambda m: m["ev"] == "disconnect")
+
+
+@pytest.mark.timeout(60)
+async def test_sockjs_client_with_a_bad_token_gets_connect_error(sockjs_node: RunningNode, node_client: Any) -> None:
+    sockjs = await node_client(sockjs_node.url + "/sockjs", "xhr-streaming")
+    sockjs.send(cmd="connect", auth={"userId": 1, "token": "stolen"})
+    refused = await sockjs.expect(lambda m: m["ev"] in ("connect", "connect_error"))
+    assert refused == {"ev": "connect_error", "message": AUTH_FAILED}
+    assert not sockjs_node.node.sio.main.sockets
+
+
+@pytest.mark.timeout(60)
+async def test_server_event_with_ack_reaches_sockjs_and_comes_back(
+        sockjs_node: RunningNode, node_client: Any) -> None:
+    sockjs = await node_client(sockjs_node.url + "/sockjs", "websocket")
+    sockjs.send(cmd="connect", auth={"userId": 3, "token": "token-3"})
+    connected = await sockjs.expect(lambda m: m["ev"] == "connect")
+    socket = sockjs_node.node.sio.main.sockets[connected["id"]]
+    assert await socket.emit_with_ack("ping-me", {"n": 1}, timeout=10) == [{"received": "ping-me"}]
