@@ -287,45 +287,39 @@ async def test_hybi_08_handshake_is_accepted(services: Services) -> None:
     assert b"Sec-Websocket-Accept: HSmrc0sMlYUkAGmm5OPpG2HaGWk=" in head
 
 
-async def test_streaming_to_http_1_0_ends_with_the_connection(services: Services) -> None:
-    class Closer(SockJSConnection):  # type: ignore[misc]
-        def on_open(self, info: Any) -> None:
-            self.close()
+class Closer(SockJSConnection):  # type: ignore[misc]
+    def on_open(self, info: Any) -> None:
+        self.close()
 
+
+@pytest_asyncio.fixture
+async def close_service() -> AsyncIterator[int]:
+    """The protocol's /close service: every session is closed as soon as it opens."""
     router = SockJSRouter(Closer, "/close", FAST)
     sock, port = bind_unused_port()
     server = HTTPServer(Application(router.urls))
     server.add_sockets([sock])
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /close/000/h10/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n"
-                     b"Content-Length: 0\r\n\r\n")
-        body = await asyncio.wait_for(reader.read(), 3)  # returns only when the server closes
-        writer.close()
-        assert body.endswith(b'o\nc[3000,"Go away!"]\n')
-        assert b"Transfer-Encoding" not in body
+        yield port
     finally:
         server.stop()
         router.close()
         await server.close_all_connections()
 
 
-async def test_close_frame_waits_for_the_next_poll(services: Services, http: aiohttp.ClientSession) -> None:
+async def test_streaming_to_http_1_0_ends_with_the_connection(close_service: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", close_service)
+    writer.write(b"POST /close/000/h10/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n"
+                 b"Content-Length: 0\r\n\r\n")
+    body = await asyncio.wait_for(reader.read(), 3)  # returns only when the server closes
+    writer.close()
+    assert body.endswith(b'o\nc[3000,"Go away!"]\n')
+    assert b"Transfer-Encoding" not in body
+
+
+async def test_close_frame_waits_for_the_next_poll(close_service: int, http: aiohttp.ClientSession) -> None:
     """Closing while the open frame is on its way must not glue a close frame onto that answer."""
-    class Closer(SockJSConnection):  # type: ignore[misc]
-        def on_open(self, info: Any) -> None:
-            self.close()
-
-    router = SockJSRouter(Closer, "/close", FAST)
-    sock, port = bind_unused_port()
-    server = HTTPServer(Application(router.urls))
-    server.add_sockets([sock])
-    try:
-        base = f"http://127.0.0.1:{port}/close/000/poll-close"
-        for expected in ("o\n", 'c[3000,"Go away!"]\n', 'c[3000,"Go away!"]\n'):
-            async with http.post(base + "/xhr") as r:
-                assert await r.text() == expected
-    finally:
-        server.stop()
-        router.close()
-        await server.close_all_connections()
+    base = f"http://127.0.0.1:{close_service}/close/000/poll-close"
+    for expected in ("o\n", 'c[3000,"Go away!"]\n', 'c[3000,"Go away!"]\n'):
+        async with http.post(base + "/xhr") as r:
+            assert await r.text() == expected

@@ -125,6 +125,18 @@ class _ProtocolMixin:
         self.set_status(204)
         self.finish()
 
+    def take_callback(self) -> bool:
+        """Read and check the ``c`` (callback) argument of JSONP/htmlfile; False: refused (500)."""
+        callback = self.get_argument("c", None)  # type: ignore[attr-defined]
+        if not callback:
+            self.refuse(500, '"callback" parameter required')
+            return False
+        if CALLBACK.fullmatch(callback) is None:
+            self.refuse(500, 'invalid "callback" parameter')
+            return False
+        self.callback = callback
+        return True
+
     def open_request(self) -> bool:
         """Common start of a session request; False (and a 403 sent) for a foreign origin."""
         self.preflight()
@@ -244,47 +256,42 @@ class _PollingMixin(_TransportMixin):
         # otherwise find the session busy and get "Another connection still open".
         self._detach()
 
-    def attach_and_wait(self, session_id: str) -> None:
-        if not self._attach_session(session_id, False) or self.session is None:
-            return  # answered already (close frame), or closed inside on_open
-        if self.session.send_queue:
-            self.session.flush()
-        else:
-            self.session.start_heartbeat()
+    async def poll(self, session_id: str) -> None:
+        if not self.open_request():
+            return
+        if self._attach_session(session_id, False) and self.session is not None:
+            # (not attached: answered already with a close frame, or closed inside on_open)
+            if self.session.send_queue:
+                self.session.flush()
+            else:
+                self.session.start_heartbeat()
+        await self.wait_finished()
+
+    def frame(self, message: str) -> str:
+        raise NotImplementedError
+
+    def send_pack(self, message: str, binary: bool = False) -> None:
+        self.set_header("Content-Type", JAVASCRIPT)
+        self.write_frame(self.frame(message))
 
 
 class XhrPollingHandler(_PollingMixin, sockjs_transports.XhrPollingTransport):  # type: ignore[misc]
     async def post(self, session_id: str) -> None:
-        if not self.open_request():
-            return
-        self.attach_and_wait(session_id)
-        await self.wait_finished()
+        await self.poll(session_id)
 
-    def send_pack(self, message: str, binary: bool = False) -> None:
-        self.set_header("Content-Type", JAVASCRIPT)
-        self.write_frame(message + "\n")
+    def frame(self, message: str) -> str:
+        return message + "\n"
 
 
 class JsonpPollingHandler(_PollingMixin, sockjs_transports.JSONPTransport):  # type: ignore[misc]
     access_methods = "OPTIONS, GET"
 
     async def get(self, session_id: str) -> None:
-        callback = self.get_argument("c", None)
-        if not callback:
-            self.refuse(500, '"callback" parameter required')
-            return
-        if CALLBACK.fullmatch(callback) is None:
-            self.refuse(500, 'invalid "callback" parameter')
-            return
-        self.callback = callback
-        if not self.open_request():
-            return
-        self.attach_and_wait(session_id)
-        await self.wait_finished()
+        if self.take_callback():
+            await self.poll(session_id)
 
-    def send_pack(self, message: str, binary: bool = False) -> None:
-        self.set_header("Content-Type", JAVASCRIPT)
-        self.write_frame(f"{self.callback}({_json(message)});\r\n")
+    def frame(self, message: str) -> str:
+        return f"{self.callback}({_json(message)});\r\n"
 
 
 def parse_messages(body: str) -> list[Any] | str:
@@ -423,14 +430,8 @@ class HtmlFileHandler(_StreamingMixin, sockjs_transports.HtmlFileTransport):  # 
     access_methods = "OPTIONS, GET"
 
     async def get(self, session_id: str) -> None:
-        callback = self.get_argument("c", None)
-        if not callback:
-            self.refuse(500, '"callback" parameter required')
+        if not self.take_callback():
             return
-        if CALLBACK.fullmatch(callback) is None:
-            self.refuse(500, 'invalid "callback" parameter')
-            return
-        self.callback = callback
         await self.stream(session_id)
 
     def prelude(self) -> str:
