@@ -14,13 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from tornado.testing import bind_unused_port
 
-from coup.app import CoupNode
 from coup.core.errors import ClientError, ConnectRefused
 from coup.core.server import SocketServer
 from coup.core.socket import Socket
-from tests.conftest import RunningNode, require, test_settings
+from tests.conftest import NodeStarter, RunningNode, require
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 DRIVER = JS_DIR / "driver.js"
@@ -84,16 +82,9 @@ def install_test_handlers(sio: SocketServer) -> None:
 
 
 @pytest_asyncio.fixture
-async def sockjs_node() -> AsyncIterator[RunningNode]:
+async def sockjs_node(node_factory: NodeStarter) -> RunningNode:
     """A node whose core has the stand-in handlers, serving /socket.io and /sockjs."""
-    sock, port = bind_unused_port()
-    coup_node = CoupNode(test_settings())
-    install_test_handlers(coup_node.sio)
-    await coup_node.start([sock])
-    try:
-        yield RunningNode(coup_node, port)
-    finally:
-        await coup_node.stop()
+    return await node_factory(setup=lambda coup_node: install_test_handlers(coup_node.sio))
 
 
 class NodeClient:

@@ -8,12 +8,13 @@ server-pushed notification in the personal room.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 import socketio
 
-from tests.conftest import RunningNode
+from tests.conftest import RunningNode, require
 from tests.sockjs.conftest import AUTH_FAILED
 
 pytestmark = pytest.mark.asyncio
@@ -98,3 +99,46 @@ async def test_server_event_with_ack_reaches_sockjs_and_comes_back(
     connected = await sockjs.expect(lambda m: m["ev"] == "connect")
     socket = sockjs_node.node.sio.main.sockets[connected["id"]]
     assert await socket.emit_with_ack("ping-me", {"n": 1}, timeout=10) == [{"received": "ping-me"}]
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+BROWSER_ROUND_TRIP = """(transport) => new Promise((resolve, reject) => {
+  const socket = new CoupSockJS("/sockjs", {auth: {userId: 21, token: "token-21"}, transports: [transport]});
+  socket.on("connect_error", (err) => reject("connect_error: " + err.message));
+  socket.on("connect", () => {
+    socket.emit("join-study", {studyId: 9}, () => {
+      socket.emit("message", {studyId: 9, content: "from the browser"});
+    });
+  });
+  socket.on("message", (message) => resolve({message, transport: socket.transport}));
+  setTimeout(() => reject("no message within 10 s"), 10000);
+})"""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    require(os.path.exists(CHROMIUM), "Debian chromium (/usr/bin/chromium)")
+    return CHROMIUM
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_browser_page_uses_the_vendored_bundle_and_helper(
+        sockjs_node: RunningNode, chromium: str, transport: str) -> None:
+    """A real Chromium loads /vendor/sockjs.min.js and /sockjs-coup.js from the node and talks to it."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(sockjs_node.url + "/healthz")
+            await page.add_script_tag(url="/vendor/sockjs.min.js")
+            await page.add_script_tag(url="/sockjs-coup.js")
+            result = await page.evaluate(BROWSER_ROUND_TRIP, transport)
+        finally:
+            await browser.close()
+    assert result == {"message": {"content": "from the browser", "user": 21}, "transport": REPORTED[transport]}
