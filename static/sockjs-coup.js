@@ -24,8 +24,14 @@
  *     {"type":"error","code":"...","message":"..."}  protocol error; the connection closes
  * With connection-state recovery on, the server's offset is the last string of "args" (as
  * for Socket.IO clients); reconnecting sends it back with the pid to get missed events.
- * Binary values arrive as {"_binary":"<base64>"}. SockJS close codes: 4000 server close,
- * 4400 protocol error, 4413 message too large.
+ * Binary values arrive as {"_binary":"<base64>"}. SockJS close codes: 4000 server close
+ * (reason says why), 4400 protocol error, 4413 message too large.
+ *
+ * Options: auth (object or function), nsp, transports (sockjs-client names), sockjs (more
+ * sockjs-client options), reconnection (true), reconnectionAttempts (Infinity),
+ * reconnectionDelay (1000 ms, doubling), reconnectionDelayMax (5000 ms), ackTimeout
+ * (10000 ms, emitWithAck). Events: connect, connect_error, disconnect(reason),
+ * reconnect_attempt(n), reconnect, reconnect_failed, error, and the server's events.
  */
 (function (root, factory) {
   if (typeof module === "object" && module.exports) {
@@ -57,6 +63,8 @@
     this._offset = null;
     this._attempts = 0;
     this._closedByUser = false;
+    this._refused = false;
+    this._serverClosed = false;
     this._sock = null;
     if (options.autoConnect !== false) this.connect();
   }
@@ -67,6 +75,7 @@
     var sockOptions = Object.assign({}, this.options.sockjs || {});
     if (this.options.transports) sockOptions.transports = this.options.transports;
     this._closedByUser = false;
+    this._refused = false;
     var sock = this._sock = new SockJS(this.url, null, sockOptions);
     sock.onopen = function () {
       self.transport = sock.transport || null;
@@ -178,8 +187,11 @@
         break;
       }
       case "connect_error": {
+        // as socket.io-client: no automatic retry; set options.auth and call connect() again
         var err = new Error(msg.message || "connection refused");
         err.data = msg.data;
+        this._refused = true;
+        this._sock.close(1000, "refused");
         this._fire("connect_error", [err]);
         break;
       }
@@ -226,14 +238,17 @@
     var wasConnected = this.connected;
     this.connected = false;
     this._acks = {};
-    var byServer = this._serverClosed || code === 4000 || code === 4400 || code === 4413;
+    // the server ended the session on purpose ({"type":"disconnect"}) or refused our
+    // messages (4400, 4413): reconnecting would not help. Anything else (network, server
+    // restart: 4000 "server shutting down") is retried, as socket.io-client does.
+    var byServer = this._serverClosed || code === 4400 || code === 4413;
     this._serverClosed = false;
-    if (wasConnected || byServer || this._closedByUser) {
+    if (wasConnected) {
       this._fire("disconnect", [this._closedByUser ? "io client disconnect"
         : byServer ? "io server disconnect" : "transport close", { code: code, reason: reason }]);
     }
     var opts = this.options;
-    if (this._closedByUser || byServer || opts.reconnection === false) return;
+    if (this._closedByUser || this._refused || byServer || opts.reconnection === false) return;
     var max = opts.reconnectionAttempts === undefined ? Infinity : opts.reconnectionAttempts;
     if (this._attempts >= max) {
       this._fire("reconnect_failed", []);

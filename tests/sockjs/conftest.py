@@ -18,6 +18,7 @@ import pytest_asyncio
 from coup.core.errors import ClientError, ConnectRefused
 from coup.core.server import SocketServer
 from coup.core.socket import Socket
+from tests.clients.records import Record, RecordLog
 from tests.conftest import NodeStarter, RunningNode, require
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -88,12 +89,15 @@ async def sockjs_node(node_factory: NodeStarter) -> RunningNode:
 
 
 class NodeClient:
-    """One `node driver.js` process: sockjs-client + static/sockjs-coup.js over one transport."""
+    """One `node driver.js` process: sockjs-client + static/sockjs-coup.js over one transport.
+
+    What it prints lands in a `RecordLog` (tests/clients/records.py): ``expect("event",
+    event="message")`` returns successive matching records.
+    """
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        self.seen: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
+        self.log = RecordLog()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -106,23 +110,15 @@ class NodeClient:
     async def _read(self) -> None:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
-            self.seen.append(json.loads(line))
-            self._changed.set()
+            self.log.add(json.loads(line))
+        self.log.close()
 
     def send(self, **command: Any) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write((json.dumps(command) + "\n").encode())
 
-    async def expect(self, match: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
-        """The first line (seen so far or coming) that `match` accepts."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for item in self.seen:
-                    if match(item):
-                        self.seen.remove(item)
-                        return item
-                self._changed.clear()
-                await self._changed.wait()
+    async def expect(self, type_: str, **match: Any) -> Record:
+        return await self.log.expect(type_, timeout=15.0, **match)
 
     async def close(self) -> None:
         if self.process.returncode is None:
@@ -137,15 +133,10 @@ class NodeClient:
 @pytest_asyncio.fixture
 async def node_client(node_js: str) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await node_client(url, transport)``; every process is killed at teardown."""
-    clients: list[NodeClient] = []
+    async with contextlib.AsyncExitStack() as stack:
+        async def make(url: str, transport: str) -> NodeClient:
+            client = await NodeClient.start(node_js, url, transport)
+            stack.push_async_callback(client.close)
+            return client
 
-    async def make(url: str, transport: str) -> NodeClient:
-        client = await NodeClient.start(node_js, url, transport)
-        clients.append(client)
-        return client
-
-    try:
         yield make
-    finally:
-        for client in clients:
-            await client.close()

@@ -301,3 +301,21 @@ async def test_one_broadcast_is_translated_once_for_all_receivers(sockjs_node: R
     assert first is not None and context.frame(out) is first
     assert json.loads(first.text) == {"type": "event", "event": "message", "args": [{"a": 1}, "17"]}
     assert json.loads(first.quoted) == first.text
+
+
+async def test_node_shutdown_closes_sockjs_sessions_promptly(node_factory: Any) -> None:
+    from tests.sockjs.conftest import install_test_handlers
+
+    node = await node_factory(setup=lambda n: install_test_handlers(n.sio))
+    authed = await SockJSWebSocket.open(node, "authed")
+    authed.send(auth(40))
+    assert (await authed.next())["type"] == "connect"
+    anonymous = await SockJSWebSocket.open(node, "anonymous")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(node.url + "/sockjs/000/streaming/xhr_streaming") as stream:
+            assert (await stream.content.readline()).startswith(b"hhhh")
+            assert await stream.content.readline() == b"o\n"
+            await asyncio.wait_for(node.stop(), 5)
+            assert await stream.content.readline() == b'c[4000,"server shutting down"]\n'
+    assert await authed.closed() == [4000, "server shutting down"]
+    assert await anonymous.closed() == [4000, "server shutting down"]

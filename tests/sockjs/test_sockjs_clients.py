@@ -43,13 +43,12 @@ async def test_sockjs_client_joins_the_same_rooms_as_socketio(
         sockjs_node: RunningNode, node_client: Any, transport: str) -> None:
     sockjs = await node_client(sockjs_node.url + "/sockjs", transport)
     sockjs.send(cmd="connect", auth={"userId": 1, "token": "token-1"})
-    connected = await sockjs.expect(lambda m: m["ev"] in ("connect", "connect_error", "disconnect"))
-    assert connected["ev"] == "connect", connected
+    connected = await sockjs.expect("connect")
     assert connected["transport"] == REPORTED[transport]
     assert connected["id"] in sockjs_node.node.sio.main.sockets
 
     sockjs.send(cmd="emit", event="join-study", args=[{"studyId": 7}], ack=1)
-    joined = await sockjs.expect(lambda m: m["ev"] == "ack" and m["id"] == 1)
+    joined = await sockjs.expect("ack", id=1)
     assert joined["args"] == [{"ok": True, "studyId": 7}]
 
     sio, sio_inbox = await socketio_client(sockjs_node.url, 2)
@@ -58,36 +57,37 @@ async def test_sockjs_client_joins_the_same_rooms_as_socketio(
 
         # SockJS -> room: the Socket.IO member and the sender both get it
         sockjs.send(cmd="emit", event="message", args=[{"studyId": 7, "content": "from sockjs"}], ack=2)
-        assert (await sockjs.expect(lambda m: m["ev"] == "ack" and m["id"] == 2))["args"] == [{"ok": True}]
+        assert (await sockjs.expect("ack", id=2))["args"] == [{"ok": True}]
         got = await asyncio.wait_for(sio_inbox.get(), 10)
         assert got == {"content": "from sockjs", "user": 1}
-        echo = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "message")
+        echo = await sockjs.expect("event", event="message")
         assert echo["args"][0] == {"content": "from sockjs", "user": 1}
 
         # Socket.IO -> room: the SockJS member gets it
         assert await sio.call("message", {"studyId": 7, "content": "from socket.io"}, timeout=5) == {"ok": True}
-        got = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "message")
+        got = await sockjs.expect("event", event="message")
         assert got["args"][0] == {"content": "from socket.io", "user": 2}
         assert isinstance(got["args"][-1], str)  # the recovery offset, as Socket.IO clients get it
         assert await asyncio.wait_for(sio_inbox.get(), 10) == {"content": "from socket.io", "user": 2}
 
         # a server-pushed notification to the user's personal room
         sockjs_node.node.sio.main.to("user:1").emit("notification", {"id": 5, "type": "TASK", "message": "hi"})
-        note = await sockjs.expect(lambda m: m["ev"] == "event" and m["event"] == "notification")
+        note = await sockjs.expect("event", event="notification")
         assert note["args"][0] == {"id": 5, "type": "TASK", "message": "hi"}
     finally:
         await sio.disconnect()
 
     sockjs.send(cmd="close")
-    await sockjs.expect(lambda m: m["ev"] == "disconnect")
+    assert (await sockjs.expect("disconnect"))["reason"] == "io client disconnect"
 
 
 @pytest.mark.timeout(60)
 async def test_sockjs_client_with_a_bad_token_gets_connect_error(sockjs_node: RunningNode, node_client: Any) -> None:
     sockjs = await node_client(sockjs_node.url + "/sockjs", "xhr-streaming")
     sockjs.send(cmd="connect", auth={"userId": 1, "token": "stolen"})
-    refused = await sockjs.expect(lambda m: m["ev"] in ("connect", "connect_error"))
-    assert refused == {"ev": "connect_error", "message": AUTH_FAILED}
+    refused = await sockjs.expect("connect_error")
+    assert refused == {"type": "connect_error", "message": AUTH_FAILED}
+    assert not sockjs.log.seen("connect")
     assert not sockjs_node.node.sio.main.sockets
 
 
@@ -96,7 +96,7 @@ async def test_server_event_with_ack_reaches_sockjs_and_comes_back(
         sockjs_node: RunningNode, node_client: Any) -> None:
     sockjs = await node_client(sockjs_node.url + "/sockjs", "websocket")
     sockjs.send(cmd="connect", auth={"userId": 3, "token": "token-3"})
-    connected = await sockjs.expect(lambda m: m["ev"] == "connect")
+    connected = await sockjs.expect("connect")
     socket = sockjs_node.node.sio.main.sockets[connected["id"]]
     assert await socket.emit_with_ack("ping-me", {"n": 1}, timeout=10) == [{"received": "ping-me"}]
 
@@ -142,3 +142,33 @@ async def test_browser_page_uses_the_vendored_bundle_and_helper(
         finally:
             await browser.close()
     assert result == {"message": {"content": "from the browser", "user": 21}, "transport": REPORTED[transport]}
+
+
+@pytest.mark.timeout(60)
+async def test_sockjs_client_reconnects_and_gets_what_it_missed(sockjs_node: RunningNode, node_client: Any) -> None:
+    """A lost connection is retried by static/sockjs-coup.js with {pid, offset}: same socket id,
+    same rooms, and the broadcast sent while it was away (connection state recovery)."""
+    nsp = sockjs_node.node.sio.main
+    gone = asyncio.Event()
+
+    async def on_disconnect(socket: Any, reason: str) -> None:
+        gone.set()
+
+    nsp.on_disconnect(on_disconnect)
+    sockjs = await node_client(sockjs_node.url + "/sockjs", "websocket")
+    sockjs.send(cmd="connect", auth={"userId": 31, "token": "token-31"}, reconnection=True)
+    sid = (await sockjs.expect("connect"))["id"]
+    sockjs.send(cmd="emit", event="join-study", args=[{"studyId": 12}], ack=1)
+    await sockjs.expect("ack", id=1)
+    nsp.to("study:12").emit("message", {"n": 1})
+    assert (await sockjs.expect("event", event="message"))["args"][0] == {"n": 1}
+
+    nsp.sockets[sid].session.transport.bridge.session.handler.close()  # the network drops
+    await asyncio.wait_for(gone.wait(), 10)
+    nsp.to("study:12").emit("message", {"n": 2})  # sent while the client is away
+
+    assert (await sockjs.expect("reconnect"))["id"] == sid
+    missed = await sockjs.expect("event", event="message")
+    assert missed["args"][0] == {"n": 2}
+    assert nsp.sockets[sid].recovered
+    assert "study:12" in nsp.sockets[sid].rooms

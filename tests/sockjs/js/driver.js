@@ -3,13 +3,14 @@
 //   node driver.js URL TRANSPORT
 //
 // stdin, one JSON command per line:
-//   {"cmd":"connect","auth":{...}}            open the SockJS connection and authenticate
+//   {"cmd":"connect","auth":{...},"reconnection":false}   open the connection and authenticate
 //   {"cmd":"emit","event":"x","args":[...],"ack":7}   ack: ask for an acknowledgement (id 7)
 //   {"cmd":"close"}                           leave and exit
 // stdout, one JSON line per thing that happened:
-//   {"ev":"connect","id":...,"transport":...} {"ev":"connect_error","message":...,"data":...}
-//   {"ev":"event","event":...,"args":[...]}   {"ev":"ack","id":7,"args":[...]}
-//   {"ev":"error",...} {"ev":"disconnect","reason":...,"code":...}
+//   {"type":"connect","id":...,"transport":...} {"type":"reconnect","id":...}
+//   {"type":"connect_error","message":...,"data":...}
+//   {"type":"event","event":...,"args":[...]}   {"type":"ack","id":7,"args":[...]}
+//   {"type":"error",...} {"type":"disconnect","reason":...,"code":...}
 // A server event that asks for an ack is answered with {"received": <event>}.
 "use strict";
 
@@ -25,18 +26,21 @@ function out(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
-function connect(auth) {
-  socket = new CoupSockJS(url, { SockJS, auth, transports: [transport], reconnection: false });
-  socket.on("connect", () => out({ ev: "connect", id: socket.id, transport: socket.transport }));
-  socket.on("connect_error", (err) => out({ ev: "connect_error", message: err.message, data: err.data }));
-  socket.on("disconnect", (reason, detail) => out({ ev: "disconnect", reason, code: detail && detail.code }));
+function connect(auth, reconnection) {
+  socket = new CoupSockJS(url, {
+    SockJS, auth, transports: [transport], reconnection: !!reconnection, reconnectionDelay: 300,
+  });
+  socket.on("connect", () => out({ type: "connect", id: socket.id, transport: socket.transport }));
+  socket.on("reconnect", () => out({ type: "reconnect", id: socket.id }));
+  socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message, data: err.data }));
+  socket.on("disconnect", (reason, detail) => out({ type: "disconnect", reason, code: detail && detail.code }));
   socket.onAny((event, ...args) => {
     const last = args[args.length - 1];
     if (typeof last === "function") {
       args.pop();
       last({ received: event });
     }
-    out({ ev: event === "error" ? "error" : "event", event, args });
+    out({ type: event === "error" ? "error" : "event", event, args });
   });
 }
 
@@ -44,11 +48,11 @@ const rl = readline.createInterface({ input: process.stdin });
 rl.on("line", (line) => {
   const cmd = JSON.parse(line);
   if (cmd.cmd === "connect") {
-    connect(cmd.auth || {});
+    connect(cmd.auth || {}, cmd.reconnection);
   } else if (cmd.cmd === "emit") {
     const args = cmd.args || [];
     if (cmd.ack !== undefined) {
-      socket.emit(cmd.event, ...args, (...reply) => out({ ev: "ack", id: cmd.ack, args: reply }));
+      socket.emit(cmd.event, ...args, (...reply) => out({ type: "ack", id: cmd.ack, args: reply }));
     } else {
       socket.emit(cmd.event, ...args);
     }
