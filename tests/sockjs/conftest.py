@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,20 @@ def node_modules_ready() -> bool:
     subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     return (JS_DIR / "node_modules" / "sockjs-client").is_dir()
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Bad input and lost clients must never show up as a crash (an ERROR in the log).
+
+    Tornado's access log is not a crash: it logs the 500s the SockJS protocol prescribes
+    (a missing callback, broken JSON) at ERROR level.
+    """
+    caplog.set_level(logging.INFO)
+    yield
+    errors = [r for r in caplog.get_records("call") + caplog.get_records("teardown")
+              if r.levelno >= logging.ERROR and r.name != "tornado.access"]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 @pytest.fixture(scope="session")
