@@ -19,6 +19,7 @@ from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
+from coup.transports.sockjs import SockJSEndpoint
 
 if TYPE_CHECKING:
     from coup.domain import CoupDomain
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SOCKET_IO_PATH = "/socket.io/"
+#: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
+SOCKJS_PATH = "/sockjs"
 
 
 class HealthHandler(RequestHandler):
@@ -82,6 +85,8 @@ class CoupNode:
         self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=settings.node_id)
         self.extra_rules: list[Any] = list(extra_rules)
         self.http_server: HTTPServer | None = None
+        #: built by `application()`, inside the running loop (sockjs-tornado needs that)
+        self.sockjs: SockJSEndpoint | None = None
         #: started (in order) before the Socket.IO server, stopped after it
         self.services: list[NodeService] = []
         #: the CoUp domain, when installed (`coup_node`)
@@ -90,10 +95,14 @@ class CoupNode:
 
     def application(self) -> Application:
         static = Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR
+        if self.sockjs is None:
+            self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
+                                         max_message_size=self.settings.max_payload)
         rules: list[Any] = [
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"checks": self.readiness}),
+            *self.sockjs.rules,
             *self.extra_rules,
             (r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
@@ -117,6 +126,8 @@ class CoupNode:
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()
+        if self.sockjs is not None:
+            self.sockjs.close()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None
