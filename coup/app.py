@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-import inspect
 import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -22,17 +22,19 @@ from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
+from coup.transports.sockjs import SockJSEndpoint
 
 if TYPE_CHECKING:
     from coup.cluster import Cluster
+    from coup.domain import CoupDomain
+    from coup.domain.sequence import SequenceSource
 
 log = logging.getLogger(__name__)
 
-#: a readiness check: True when that part of the node can serve (sync or async)
-ReadyCheck = Callable[[], bool | Awaitable[bool]]
-
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SOCKET_IO_PATH = "/socket.io/"
+#: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
+SOCKJS_PATH = "/sockjs"
 
 
 class HealthHandler(RequestHandler):
@@ -43,26 +45,32 @@ class HealthHandler(RequestHandler):
         self.finish({"status": "ok"})
 
 
-class ReadyHandler(RequestHandler):
-    """``GET /readyz``: 200 when every readiness check passes, else 503 naming the failing ones."""
+#: a readiness check for ``GET /readyz``: True when the part it checks can serve
+ReadinessCheck = Callable[[], Awaitable[bool]]
 
-    def initialize(self, checks: dict[str, ReadyCheck]) -> None:
+
+class NodeService(Protocol):
+    """A part of the node with its own lifecycle (the CoUp domain, a cluster)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ReadyHandler(RequestHandler):
+    """``GET /readyz``: 200 when every readiness check passes (database reachable, ...), else 503."""
+
+    def initialize(self, checks: dict[str, ReadinessCheck]) -> None:
         self.checks = checks
 
     async def get(self) -> None:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self.checks[n]() for n in names), return_exceptions=True)
+        checks = {name: result is True for name, result in zip(names, results, strict=True)}
+        ready = all(checks.values())
         self.set_header("Cache-Control", "no-store")
-        failing = []
-        for name, check in self.checks.items():
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if not result:
-                failing.append(name)
-        if failing:
-            self.set_status(503)
-            self.finish({"status": "not ready", "failing": failing})
-        else:
-            self.finish({"status": "ready"})
+        self.set_status(200 if ready else 503)
+        self.finish({"status": "ready" if ready else "not ready", "checks": checks})
 
 
 def _public_address(settings: Settings, sock: socket.socket) -> str:
@@ -102,29 +110,45 @@ class CoupNode:
                              "rooms": self.cluster.rooms}
         self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=node_id, **cluster_parts)
         self.extra_rules: list[Any] = list(extra_rules)
-        #: what ``/readyz`` checks; parts add theirs (the cluster: its Redis link)
-        self.ready_checks: dict[str, ReadyCheck] = {}
+        #: routes matched before the Engine.IO ones (the cluster forwards other nodes' sessions)
         self._front_rules: list[Any] = []
-        if self.cluster is not None:
-            from coup.cluster.http import cluster_rules
-
-            self.cluster.bind(self.sio)
-            cluster = self.cluster
-            self.ready_checks["redis"] = lambda: cluster.ready
-            front, api = cluster_rules(cluster, SOCKET_IO_PATH, settings.service_token)
-            self._front_rules += front
-            self.extra_rules += api
         self.http_server: HTTPServer | None = None
+        #: built by `application()`, inside the running loop (sockjs-tornado needs that)
+        self.sockjs: SockJSEndpoint | None = None
+        #: started (in order) before the Socket.IO server, stopped after it
+        self.services: list[NodeService] = []
+        #: the CoUp domain, when installed (`coup_node`)
+        self.domain: CoupDomain | None = None
+        self.readiness: dict[str, ReadinessCheck] = {}
+        if self.cluster is not None:
+            self._install_cluster(self.cluster)
         for name in settings.plugins:
             importlib.import_module(name).setup(self)
 
+    def _install_cluster(self, cluster: Cluster) -> None:
+        from coup.cluster.http import cluster_rules
+
+        cluster.bind(self.sio)
+
+        async def linked() -> bool:
+            return cluster.ready
+
+        self.readiness["redis"] = linked
+        front, api = cluster_rules(cluster, SOCKET_IO_PATH, self.settings.service_token)
+        self._front_rules += front
+        self.extra_rules += api
+
     def application(self) -> Application:
         static = Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR
+        if self.sockjs is None:
+            self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
+                                         max_message_size=self.settings.max_payload)
         rules: list[Any] = [
             *self._front_rules,
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
             (r"/healthz", HealthHandler),
-            (r"/readyz", ReadyHandler, {"checks": self.ready_checks}),
+            (r"/readyz", ReadyHandler, {"checks": self.readiness}),
+            *self.sockjs.rules,
             *self.extra_rules,
             (r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
@@ -136,6 +160,8 @@ class CoupNode:
             sockets = bind_sockets(self.settings.port, self.settings.host)
         if self.cluster is not None:
             await self.cluster.start(_public_address(self.settings, sockets[0]))
+        for service in self.services:
+            await service.start()
         await self.sio.start()
         server = HTTPServer(self.application(), xheaders=True,
                             max_body_size=self.settings.max_payload + 64 * 1024)
@@ -147,8 +173,36 @@ class CoupNode:
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()
-        if self.cluster is not None:
+        if self.sockjs is not None:
+            self.sockjs.close()
+        if self.cluster is not None:  # before the services: its leave may announce users offline
             await self.cluster.stop()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None
+        for service in reversed(self.services):
+            await service.stop()
+
+
+def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **kwargs: Any) -> CoupNode:
+    """The CoUp server: a node with the CoUp domain (auth, events, models, HTTP API) installed.
+
+    `sequence`: where per-study message numbers come from (default: the database).
+    """
+    from coup.domain import CoupDomain
+
+    node = CoupNode(settings, **kwargs)
+    if sequence is None and node.cluster is not None:
+        from coup.domain import queries
+
+        async def stored_max(study_id: int) -> int:
+            return await domain.db.run(queries.max_seq, study_id)
+
+        # numbers live in Redis, so a study's numbering survives a change of owner node
+        sequence = node.cluster.study_sequence(stored_max)
+    domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows, sequence=sequence)
+    node.domain = domain
+    node.services.append(domain)
+    node.extra_rules.extend(domain.http_rules())
+    node.readiness["database"] = domain.ready
+    return node

@@ -76,6 +76,10 @@ class Bus:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def fixed(self, channel: bytes) -> None:
         """Hear `channel` for the node's whole life (call before `start`)."""
         self._refs[channel] = self._refs.get(channel, 0) + 1
@@ -94,7 +98,8 @@ class Bus:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
         try:
-            await asyncio.wait_for(self._first_ready.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._first_ready.wait()
         except TimeoutError:
             log.warning("redis not reachable at start; serving local sockets and retrying")
 
@@ -104,18 +109,11 @@ class Bus:
         pub = self._pub
         if pub is not None and not pub.closed:
             try:  # let queued publishes (a leaving node's last words) reach Redis
-                await asyncio.wait_for(pub.call("PING"), 1.0)
+                async with asyncio.timeout(1.0):
+                    await pub.call("PING")
             except (RedisUnavailable, TimeoutError):
                 pass
-        for task in (self._prober, self._supervisor):
-            if task is not None:
-                task.cancel()
-        for task in (self._prober, self._supervisor):
-            if task is not None:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await stop_tasks(self._prober, self._supervisor)
         self._drop_connections()
 
     def _drop_connections(self) -> None:
@@ -335,7 +333,7 @@ class Bus:
 
     async def _probe_loop(self) -> None:
         opts = self.options
-        while True:
+        while self._running:
             await asyncio.sleep(opts.probe_interval)
             if not self.ready:
                 continue
@@ -343,10 +341,12 @@ class Bus:
             heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._probes[nonce] = heard
             try:
-                receivers = await asyncio.wait_for(self.publish(self.inbox, PROBE + nonce), opts.probe_timeout)
+                async with asyncio.timeout(opts.probe_timeout):
+                    receivers = await self.publish(self.inbox, PROBE + nonce)
                 if receivers == 0:
                     raise _Deaf("redis has no subscription of ours")
-                await asyncio.wait_for(heard, opts.probe_timeout)
+                async with asyncio.timeout(opts.probe_timeout):
+                    await heard
             except (TimeoutError, _Deaf, RedisUnavailable) as exc:
                 if self.ready:  # a failure during a reconnect is not news
                     self.stats["deaf_repairs"] += 1
@@ -358,5 +358,19 @@ class Bus:
 
 class _Deaf(Exception):
     pass
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel background loops and wait until they are gone.
+
+    `asyncio.gather` rather than awaiting each in ``try/except CancelledError``: that would
+    also swallow a cancellation of the caller itself. The loops also check a running flag:
+    on Python 3.11 a cancellation that lands while a timeout around an await expires can be
+    lost (seen in our tests: a loop kept waiting, "cancelling", forever).
+    """
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 

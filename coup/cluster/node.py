@@ -21,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from coup.cluster.adapter import ClusterTimeout, RedisAdapter
-from coup.cluster.bus import Bus, channel_bytes
+from coup.cluster.bus import Bus, channel_bytes, stop_tasks
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
@@ -29,7 +29,7 @@ from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
-from coup.cluster.sequence import RedisSequence
+from coup.cluster.sequence import MaxReader, RedisSequence
 from coup.protocol.errors import EncodeError
 
 if TYPE_CHECKING:
@@ -99,7 +99,6 @@ class Cluster:
         self.registry = Registry(self.redis, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
         self.rooms = RedisRoomRouter(self)
-        self.sequence = RedisSequence(self.redis, opts)
         self.adapters: dict[str, RedisAdapter] = {}
         self.sio: SocketServer | None = None
         self._pending: dict[str, _Pending] = {}
@@ -118,6 +117,10 @@ class Cluster:
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, self)
+
+    def study_sequence(self, read_max: MaxReader) -> RedisSequence:
+        """Message numbers per study in Redis, seeded from the database by `read_max`."""
+        return RedisSequence(self.redis, self.redis_once, self.options, read_max)
 
     def bind(self, sio: SocketServer) -> None:
         self.sio = sio
@@ -148,8 +151,7 @@ class Cluster:
 
     async def stop(self) -> None:
         """Leave the cluster: our sockets are closed, so their users may have gone offline."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        await stop_tasks(self._maintenance)
         await self.registry.stop()
         self.presence.forget_local()
         try:
@@ -158,8 +160,7 @@ class Cluster:
                 await self.presence.report_lost(lost)
         except TimeoutError:
             log.warning("leaving the cluster took too long; the others will time us out")
-        for task in list(self._tasks):
-            task.cancel()
+        await stop_tasks(*self._tasks)
         await self.bus.stop()
         await self.redis.aclose()
         await self.redis_once.aclose()
@@ -188,7 +189,7 @@ class Cluster:
                 socket.client.close("forced close")
 
     async def _maintain(self) -> None:
-        while True:
+        while self.bus.running:
             await asyncio.sleep(5.0)
             for adapter in list(self.adapters.values()):
                 adapter.expire_holds()

@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from coup.cluster.bus import stop_tasks
 from coup.cluster.options import ClusterOptions
 from coup.cluster.ring import Ring
 from coup.cluster.scripts import HEARTBEAT, REAP
@@ -56,6 +57,7 @@ class Registry:
         self.announce_channel = options.key("cluster")
         self._linked_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
         self._refresh_soon: asyncio.Event = asyncio.Event()
         #: called with the presence keys a dead (or leaving) node took offline
         self.on_lost: LostKeys | None = None
@@ -68,17 +70,13 @@ class Registry:
 
     def start(self, address: str) -> None:
         self.address = address
+        self._running = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._check_loop())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        self._running = False
+        await stop_tasks(*self._tasks)
         self._tasks = []
 
     async def on_link_up(self) -> None:
@@ -124,7 +122,7 @@ class Registry:
         self._registered_once = True
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while self._running:
             await asyncio.sleep(self.options.heartbeat_interval)
             if self._linked_at is None:
                 continue
@@ -188,13 +186,14 @@ class Registry:
         self._refresh_soon.set()
 
     async def _check_loop(self) -> None:
-        while True:
+        while self._running:
             try:
-                await asyncio.wait_for(self._refresh_soon.wait(), self.options.check_interval)
+                async with asyncio.timeout(self.options.check_interval):
+                    await self._refresh_soon.wait()
             except TimeoutError:
                 pass
             self._refresh_soon.clear()
-            if self._linked_at is None:
+            if self._linked_at is None or not self._running:
                 continue
             try:
                 await self.refresh()

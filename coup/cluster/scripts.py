@@ -125,17 +125,3 @@ for member, pair in pairs(want) do
 end
 return {lost, found}
 """
-
-# The next sequence number of a room, idempotent per key (a retried write gets the same
-# number). KEYS: seq:ROOM, seqkey:ROOM:KEY (or the empty string)   ARGV: key ttl seconds
-# -> the number, or -1 when the counter does not exist (the caller seeds it from storage)
-NEXT_SEQ = """
-if KEYS[2] ~= '' then
-  local given = redis.call('GET', KEYS[2])
-  if given then return tonumber(given) end
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local n = redis.call('INCR', KEYS[1])
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[1])) end
-return n
-"""

@@ -96,13 +96,14 @@ class WebSocketTransport(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transport is not a subclass
+        # uvloop's TCPTransport is not a subclass of asyncio.Transport, so no isinstance check
+        self._transport = stream = cast(asyncio.Transport, transport)
         # the 101 answer and whatever was queued meanwhile (the OPEN packet) in one write
         first = self.preamble + b"".join(self._pending)
         self.preamble = b""
         self._pending.clear()
         if first:
-            self._transport.write(first)
+            stream.write(first)
         if self._probing:
             loop = asyncio.get_running_loop()
             self._upgrade_timer = loop.call_later(self.session.server.options.upgrade_timeout,

@@ -3,16 +3,22 @@
 It exercises exactly what the CoUp domain uses: rooms, `to(room).emit`, acks, cluster-wide
 socket queries, presence transitions, and a room command ("say") that runs on the room's
 owner, takes a per-room sequence number and broadcasts — like the domain's `message`.
+It lives in its own namespace, so the CoUp domain (installed by `coup serve`) and its
+authentication stay out of its way; presence keys carry a ``t:`` prefix for the same reason.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import zlib
 from typing import Any
 
 from coup.app import CoupNode
 from coup.core import AckTimeout, ClientError, Socket
+
+NAMESPACE = "/cluster-test"
+PRESENCE = "t:"
 
 
 def _room(args: list[Any]) -> str:
@@ -23,30 +29,42 @@ def _room(args: list[Any]) -> str:
 
 def setup(node: CoupNode) -> None:
     sio = node.sio
-    nsp = sio.main
+    nsp = sio.of(NAMESPACE)
     cluster = node.cluster
-    local_counter = itertools.count(1)
     node_id = sio.node_id
+    counters: dict[str, itertools.count[int]] = {}
+    replies: dict[str, Any] = {}  # idempotency: a retried key gets its first reply
 
-    async def next_seq(room: str, key: str | None) -> int:
-        if cluster is not None:
-            return await cluster.sequence.next(room, key)
-        return next(local_counter)
+    async def nothing_stored(number: int) -> int:
+        return 0
+
+    numbers = cluster.study_sequence(nothing_stored) if cluster is not None else None
+
+    async def next_seq(room: str) -> int:
+        if numbers is not None:
+            return await numbers.next(zlib.crc32(room.encode()))
+        return next(counters.setdefault(room, itertools.count(1)))
 
     async def say(room: str, payload: dict[str, Any]) -> Any:
-        seq = await next_seq(room, payload.get("key"))
+        key = payload.get("key")
+        if key and key in replies:
+            return replies[key]
+        seq = await next_seq(room)
         message = {"room": room, "text": payload.get("text"), "seq": seq, "by": payload.get("by"),
                    "owner": node_id}
         nsp.to(room).emit("said", message)
-        return {"seq": seq, "owner": node_id}
+        reply = {"seq": seq, "owner": node_id}
+        if key:
+            replies[key] = reply
+        return reply
 
-    sio.rooms.register("say", say)
+    sio.rooms.register("test.say", say)
 
     async def on_say(socket: Socket, args: list[Any]) -> Any:
         room = _room(args)
         if room not in socket.rooms:
             raise ClientError("NOT_IN_ROOM", "join first")
-        return await sio.rooms.call(room, "say", {"text": args[0].get("text"), "key": args[0].get("key"),
+        return await sio.rooms.call(room, "test.say", {"text": args[0].get("text"), "key": args[0].get("key"),
                                                   "by": socket.data.get("user")})
 
     async def on_join(socket: Socket, args: list[Any]) -> Any:
@@ -95,7 +113,8 @@ def setup(node: CoupNode) -> None:
         return True
 
     async def on_online(socket: Socket, args: list[Any]) -> Any:
-        return sorted(await sio.presence.online(args[0]["users"]))
+        keys = [PRESENCE + u for u in args[0]["users"]]
+        return sorted(k[len(PRESENCE):] for k in await sio.presence.online(keys))
 
     def on_whoami(socket: Socket, args: list[Any]) -> Any:
         return {"node": node_id, "sid": socket.id, "pid": os.getpid()}
@@ -113,16 +132,17 @@ def setup(node: CoupNode) -> None:
         user = socket.data.get("user")
         if user is not None:
             await socket.join(f"user:{user}")
-            if await sio.presence.attach(user, socket.id):
+            if await sio.presence.attach(PRESENCE + user, socket.id):
                 nsp.emit("user-online", {"user": user, "node": node_id})
 
     async def disconnected(socket: Socket, reason: str) -> None:
         user = socket.data.get("user")
-        if user is not None and await sio.presence.detach(user, socket.id):
+        if user is not None and await sio.presence.detach(PRESENCE + user, socket.id):
             nsp.emit("user-offline", {"user": user, "node": node_id})
 
-    async def lost(user: str) -> None:
-        nsp.emit("user-offline", {"user": user, "node": node_id, "lost": True})
+    async def lost(key: str) -> None:
+        if key.startswith(PRESENCE):
+            nsp.emit("user-offline", {"user": key[len(PRESENCE):], "node": node_id, "lost": True})
 
     nsp.use(authenticate)
     nsp.on_connect(connected)

@@ -22,10 +22,12 @@ from tornado.testing import bind_unused_port
 
 from coup.app import CoupNode
 from tests.cluster import cluster_testapp
+from tests.cluster.cluster_testapp import NAMESPACE
 from tests.conftest import require, test_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
+JWT_SECRET = "jwt-secret-for-cluster-tests-0123456789-abcdefgh"
 
 
 def free_port() -> int:
@@ -156,8 +158,8 @@ class Peer:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.acks_given: list[Any] = []
         self.answer: Any = "yes"
-        self.sio.on("*", self._record)
-        self.sio.on("question", self._question)
+        self.sio.on("*", self._record, namespace=NAMESPACE)
+        self.sio.on("question", self._question, namespace=NAMESPACE)
 
     async def _record(self, event: str, *args: Any) -> None:
         if args and isinstance(args[-1], str) and args[-1].isdigit():
@@ -172,11 +174,11 @@ class Peer:
 
     async def connect(self, url: str, transport: str = "websocket") -> Peer:
         auth = {"user": self.user} if self.user else {}
-        await self.sio.connect(url, transports=[transport], auth=auth, wait_timeout=5)
+        await self.sio.connect(url, transports=[transport], auth=auth, wait_timeout=5, namespaces=[NAMESPACE])
         return self
 
     async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
-        return await self.sio.call(event, data, timeout=timeout)
+        return await self.sio.call(event, data, timeout=timeout, namespace=NAMESPACE)
 
     async def wait_for(self, event: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
         await wait_until(lambda: len(self.events[event]) >= count, timeout=timeout,
@@ -219,6 +221,9 @@ class NodeProcess:
         self.env = {
             **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "COUP_REDIS_PREFIX": prefix,
             "COUP_NODE_ID": node_id, "PORT": str(self.port), "HOST": "127.0.0.1", "COUP_DEMO": "1",
+            # the nodes of one cluster share their database and secret, as a deployment does
+            "DATABASE_URL": f"sqlite:///{log_dir / 'coup.db'}", "JWT_SECRET": JWT_SECRET,
+            "COUP_MESSAGE_RATE": "1000", "COUP_MESSAGE_BURST": "1000",
             "COUP_SERVICE_TOKEN": SERVICE_TOKEN, "COUP_PLUGINS": "tests.cluster.cluster_testapp",
             "COUP_LOG_LEVEL": "INFO", **env,
         }

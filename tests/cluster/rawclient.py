@@ -13,6 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from tests.cluster.cluster_testapp import NAMESPACE
+
+_PREFIX = NAMESPACE + ","
+
 
 class RawClient:
     def __init__(self) -> None:
@@ -34,7 +38,7 @@ class RawClient:
         assert opening.startswith("0"), opening
         self._connected = asyncio.get_running_loop().create_future()
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await self.ws.send_str("40" + json.dumps(auth))
+        await self.ws.send_str("40" + _PREFIX + json.dumps(auth))
         reply = await asyncio.wait_for(self._connected, 5)
         self.sid, self.pid = reply.get("sid", ""), reply.get("pid", "")
         return reply
@@ -47,18 +51,22 @@ class RawClient:
             text: str = msg.data
             if text == "2":
                 await self.ws.send_str("3")
-            elif text.startswith("40") and self._connected is not None and not self._connected.done():
-                self._connected.set_result(json.loads(text[2:]))
-            elif text.startswith("44") and self._connected is not None and not self._connected.done():
+                continue
+            kind, body = text[:2], text[2:]
+            if not body.startswith(_PREFIX):
+                continue
+            body = body[len(_PREFIX):]
+            if kind == "40" and self._connected is not None and not self._connected.done():
+                self._connected.set_result(json.loads(body))
+            elif kind == "44" and self._connected is not None and not self._connected.done():
                 self._connected.set_exception(AssertionError(text))
-            elif text.startswith("42"):
-                args = json.loads(text[2:])
+            elif kind == "42":
+                args = json.loads(body)
                 if args and isinstance(args[-1], str) and args[-1].isdigit():
                     self.offset = args[-1]
                     args = args[:-1]
                 self.events.append((args[0], args[1:]))
-            elif text.startswith("43"):
-                body = text[2:]
+            elif kind == "43":
                 cut = body.index("[")
                 future = self._acks.pop(int(body[:cut]), None)
                 if future is not None:
@@ -68,7 +76,7 @@ class RawClient:
         assert self.ws is not None
         self._ack_ids += 1
         future = self._acks[self._ack_ids] = asyncio.get_running_loop().create_future()
-        await self.ws.send_str(f"42{self._ack_ids}" + json.dumps([event, data]))
+        await self.ws.send_str(f"42{_PREFIX}{self._ack_ids}" + json.dumps([event, data]))
         return (await asyncio.wait_for(future, 5))[0]
 
     def received(self, event: str) -> list[Any]:

@@ -134,14 +134,23 @@ async def test_a_stalled_node_declared_dead_drops_its_sockets_and_rejoins(pair, 
     assert len(watcher.events["user-offline"]) == 1  # the dropped socket's own detach reported nothing twice
 
 
-async def test_sequence_numbers_are_idempotent_per_key_and_seeded_from_storage(pair):
-    sequence = pair[0].node.cluster.sequence  # type: ignore[union-attr]
+async def test_study_numbers_survive_a_change_of_writer_and_never_go_back(pair):
+    stored = {"max": 41}
 
-    async def persisted(room: str) -> int:
-        return 41
+    async def stored_max(study_id: int) -> int:
+        return stored["max"]
 
-    sequence.floor = persisted
-    assert await sequence.next("study:9", "client-1") == 42
-    assert await sequence.next("study:9", "client-1") == 42  # a retry gets its first number
-    assert await sequence.next("study:9", "client-2") == 43
-    assert await pair[1].node.cluster.sequence.next("study:9") == 44  # type: ignore[union-attr]
+    first = pair[0].node.cluster.study_sequence(stored_max)  # type: ignore[union-attr]
+    second = pair[1].node.cluster.study_sequence(stored_max)  # type: ignore[union-attr]
+    assert await first.next(9) == 42  # seeded from the database
+    assert await second.next(9) == 43  # another node continues the same numbering
+    await second.give_back(9, 43)  # not stored: handed out again, no gap
+    assert await first.next(9) == 43
+    await first.give_back(9, 40)  # not the last one given: changes nothing
+    assert await first.current(9) == 43
+    stored["max"] = 50  # the database has more than the counter (a clash was caught)
+    await second.resync(9)
+    assert await first.next(9) == 51
+    stored["max"] = 10
+    await first.resync(9)  # never lowered
+    assert await second.next(9) == 52

@@ -66,12 +66,12 @@ async def test_polling_requests_spread_over_nodes_reach_the_session(nodes, peers
         info = await poller.open()
         if nodes[0] is not nodes[1]:
             assert info["sid"].startswith("n0.")  # the session id names its node
-        await poller.post('40{"user":"poller"}')
-        await poller.until(lambda p: p.startswith("40{"), "CONNECT")
-        await poller.post('421["join",{"room":"r"}]')
-        await poller.until(lambda p: p.startswith("431["), "the join ack")
+        await poller.post('40/cluster-test,{"user":"poller"}')
+        await poller.until(lambda p: p.startswith("40/cluster-test,{"), "CONNECT")
+        await poller.post('42/cluster-test,1["join",{"room":"r"}]')
+        await poller.until(lambda p: p.startswith("43/cluster-test,1["), "the join ack")
         await sender.call("emit", {"rooms": ["r"], "event": "hello", "data": "there"})
-        await poller.until(lambda p: p.startswith('42["hello","there"'), "the broadcast")
+        await poller.until(lambda p: p.startswith('42/cluster-test,["hello","there"'), "the broadcast")
     finally:
         await poller.session.close()
 
@@ -82,10 +82,10 @@ async def test_websocket_upgrade_through_another_node(nodes, peers):
     poller = RoundRobinPoller([nodes[0].url])
     try:
         await poller.open()
-        await poller.post('40{"user":"up"}')
-        await poller.until(lambda p: p.startswith("40{"), "CONNECT")
-        await poller.post('421["join",{"room":"r"}]')
-        await poller.until(lambda p: p.startswith("431["), "the join ack")
+        await poller.post('40/cluster-test,{"user":"up"}')
+        await poller.until(lambda p: p.startswith("40/cluster-test,{"), "CONNECT")
+        await poller.post('42/cluster-test,1["join",{"room":"r"}]')
+        await poller.until(lambda p: p.startswith("43/cluster-test,1["), "the join ack")
         url = nodes[1].url.replace("http", "ws") + f"/socket.io/?EIO=4&transport=websocket&sid={poller.sid}"
         async with poller.session.ws_connect(url) as ws:
             await ws.send_str("2probe")
@@ -100,7 +100,8 @@ async def test_websocket_upgrade_through_another_node(nodes, peers):
 
             reader = asyncio.create_task(read())
             try:
-                await wait_until(lambda: any(p.startswith('42["via","ws"') for p in seen), what="event over ws")
+                await wait_until(lambda: any(p.startswith('42/cluster-test,["via","ws"') for p in seen),
+                                 what="event over ws")
             finally:
                 reader.cancel()
     finally:
