@@ -1,0 +1,190 @@
+"""The CoUp domain on three node processes (`coup serve`, demo data, one shared database).
+
+Message numbers (`seq`), presence events and the members API, as users see them when their
+sockets land on different nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+import signal
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import pytest_asyncio
+import socketio
+
+from tests.cluster.conftest import JWT_SECRET, NodeProcess, RedisServer, wait_until
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+ALICE, BOB, CHLOE, DAN = 1, 2, 3, 4
+STUDY = 1  # "Graph Theory": Alice, Bob, Chloe ACTIVE; Dan PENDING
+
+
+def token(user_id: int) -> str:
+    now = dt.datetime.now(dt.UTC)
+    return jwt.encode({"sub": str(user_id), "iat": now, "exp": now + dt.timedelta(hours=1)}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+class User:
+    """A CoUp client: python-socketio with `{userId, token}`, recording every event."""
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self.sio.on("*", self._record)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        if args and isinstance(args[-1], str) and args[-1].isdigit():
+            args = args[:-1]  # recovery offset
+        self.events[event].append(args[0] if args else None)
+
+    async def connect(self, node: NodeProcess) -> User:
+        await self.sio.connect(node.url, transports=["websocket"], auth={"userId": self.user_id,
+                                                                        "token": token(self.user_id)},
+                               wait_timeout=10)
+        return self
+
+    async def call(self, event: str, data: Any) -> Any:
+        return await self.sio.call(event, data, timeout=15)
+
+    def count(self, event: str, user_id: int) -> int:
+        return sum(1 for e in self.events[event] if isinstance(e, dict) and e.get("userId") == user_id)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+@pytest.fixture(scope="module")
+def domain_cluster(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    logs = tmp_path_factory.mktemp("domain-nodes")
+    prefix = "dm" + secrets.token_hex(3)
+    nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", logs) for i in range(3)]
+    try:
+        nodes[0].start()  # the first one creates and seeds the shared database
+        asyncio.run(nodes[0].wait_ready())
+        for node in nodes[1:]:
+            node.start()
+        asyncio.run(_all_ready(nodes))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def _all_ready(nodes: list[NodeProcess]) -> None:
+    await asyncio.gather(*[n.wait_ready() for n in nodes])
+
+
+@pytest_asyncio.fixture
+async def users() -> AsyncIterator[list[User]]:
+    made: list[User] = []
+    yield made
+    for user in made:
+        try:
+            await user.close()
+        except Exception:
+            pass
+
+
+async def connect(users: list[User], user_id: int, node: NodeProcess) -> User:
+    user = User(user_id)
+    users.append(user)
+    return await user.connect(node)
+
+
+async def test_messages_carry_consecutive_seq_in_one_order_on_every_node(domain_cluster, users):
+    alice = await connect(users, ALICE, domain_cluster[0])
+    bob = await connect(users, BOB, domain_cluster[1])
+    chloe = await connect(users, CHLOE, domain_cluster[2])
+    for user in (alice, bob, chloe):
+        reply = await user.call("join-study", {"studyId": STUDY})
+        assert reply["ok"] is True
+    senders = [alice, bob, chloe]
+    acks = await asyncio.gather(*[senders[i % 3].call("message", {"studyId": STUDY, "content": f"m{i}",
+                                                                  "clientMessageId": f"c{i}"})
+                                  for i in range(30)])
+    assert all(a["ok"] for a in acks)
+    numbers = sorted(a["seq"] for a in acks)
+    assert numbers == list(range(numbers[0], numbers[0] + 30))
+    for user in senders:
+        await wait_until(lambda u=user: len(u.events["message"]) >= 30, timeout=10, what="30 messages")
+    orders = [[m["seq"] for m in user.events["message"]] for user in senders]
+    assert orders[0] == orders[1] == orders[2] == numbers
+    # a retry with the same clientMessageId is acknowledged with the first id, not stored again
+    again = await bob.call("message", {"studyId": STUDY, "content": "m1", "clientMessageId": "c1"})
+    assert again["id"] == acks[1]["id"] and again["seq"] == acks[1]["seq"]
+    await asyncio.sleep(0.5)
+    assert len(alice.events["message"]) == 30
+
+
+async def test_presence_of_a_user_with_tabs_on_two_nodes(domain_cluster, users):
+    alice = await connect(users, ALICE, domain_cluster[2])
+    await alice.call("join-study", {"studyId": STUDY})
+    tab1 = await connect(users, CHLOE, domain_cluster[0])
+    tab2 = await connect(users, CHLOE, domain_cluster[1])
+    await wait_until(lambda: alice.count("user-online", CHLOE) == 1, what="user-online")
+    await tab1.close()
+    await asyncio.sleep(0.5)
+    assert alice.count("user-offline", CHLOE) == 0  # the other tab still holds her online
+    await tab2.close()
+    await wait_until(lambda: alice.count("user-offline", CHLOE) == 1, what="user-offline")
+    await asyncio.sleep(0.5)
+    assert alice.count("user-online", CHLOE) == 1
+    assert alice.count("user-offline", CHLOE) == 1
+
+
+async def test_members_api_shows_who_is_online_anywhere(domain_cluster, users):
+    await connect(users, BOB, domain_cluster[0])
+    async with aiohttp.ClientSession() as session:
+        for node in domain_cluster:
+            async with session.get(f"{node.url}/api/studies/{STUDY}/members",
+                                   headers={"Authorization": f"Bearer {token(ALICE)}"}) as response:
+                assert response.status == 200
+                members = {m["userId"]: m["online"] for m in (await response.json())["items"]}
+            assert members[BOB] is True, node.node_id
+            assert members[DAN] is False
+
+
+async def test_join_ack_lists_members_online_on_other_nodes(domain_cluster, users):
+    alice = await connect(users, ALICE, domain_cluster[0])
+    bob = await connect(users, BOB, domain_cluster[1])
+    await alice.call("join-study", {"studyId": STUDY})
+    reply = await bob.call("join-study", {"studyId": STUDY})
+    assert set(reply["online"]) >= {ALICE, BOB}
+    await wait_until(lambda: alice.count("member-joined", BOB) == 1, what="member-joined")
+
+
+async def test_sigkill_takes_its_users_offline_within_five_seconds(redis_server, tmp_path: Path, users):
+    prefix = "dk" + secrets.token_hex(3)
+    nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path) for i in range(2)]
+    try:
+        nodes[0].start()
+        await nodes[0].wait_ready()
+        nodes[1].start()
+        await nodes[1].wait_ready()
+        alice = await connect(users, ALICE, nodes[0])
+        await alice.call("join-study", {"studyId": STUDY})
+        await connect(users, BOB, nodes[1])
+        await wait_until(lambda: alice.count("user-online", BOB) == 1, what="user-online")
+        nodes[1].signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await wait_until(lambda: alice.count("user-offline", BOB) == 1, timeout=5, what="user-offline")
+        print(f"domain SIGKILL: user-offline after {time.monotonic() - killed:.2f} s")
+        reply = await alice.call("message", {"studyId": STUDY, "content": "still here"})
+        assert reply["ok"] is True
+    finally:
+        for node in nodes:
+            node.stop()
