@@ -126,16 +126,27 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
         finally:
             await single.node.stop()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    async for started in _redis_nodes(request.getfixturevalue("redis_server"), 3):
+        yield started
+
+
+async def _redis_nodes(server: RedisServer, count: int) -> AsyncIterator[list[Node]]:
     prefix = "t" + secrets.token_hex(4)
-    started = [await start_node(server.url, prefix, f"n{i}") for i in range(3)]
+    started = [await start_node(server.url, prefix, f"n{i}") for i in range(count)]
     try:
-        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3 for n in started  # type: ignore[union-attr]
-                                     ), what="three nodes on every ring")
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == count for n in started  # type: ignore[union-attr]
+                                     ), what="every node on every ring")
         yield started
     finally:
         for n in started:
             await n.node.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[list[Node]]:
+    """Three in-process nodes linked by the module's redis-server."""
+    async for started in _redis_nodes(redis_server, 3):
+        yield started
 
 
 async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
