@@ -80,10 +80,12 @@ def setup(node: CoupNode) -> None:
         target = nsp.to(*data["rooms"]) if data.get("rooms") else nsp.except_()
         if data.get("except"):
             target = target.except_(*data["except"])
-        if data.get("from_socket"):
-            socket.to(*data["rooms"]).emit(data["event"], data.get("data"))
-        else:
-            target.emit(data["event"], data.get("data"))
+        for i in range(int(data.get("times", 1))):  # several in one loop turn: a batch in a cluster
+            payload = data.get("data") if "times" not in data else i
+            if data.get("from_socket"):
+                socket.to(*data["rooms"]).emit(data["event"], payload)
+            else:
+                target.emit(data["event"], payload)
         return True
 
     async def on_ask(socket: Socket, args: list[Any]) -> Any:
