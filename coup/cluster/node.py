@@ -245,7 +245,11 @@ class Cluster:
         except EncodeError:
             log.error("reply to cluster request %s is not JSON", message.get("op") or message.get("name"))
             reply = encode_json({"t": "res", "q": q, "d": {"error": "failed"}})
-        self.bus.publish_nowait(self.inbox(origin), reply)
+        via = self.adapters.get(message["via"]) if message["t"] == "call" and "via" in message else None
+        if via is not None:  # the caller hears the room: answer in the same PUBLISH as its broadcast
+            self.bus.publish_nowait(via.channel(str(message["room"])), reply)
+        else:
+            self.bus.publish_nowait(self.inbox(origin), reply)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         kind = data[:1]

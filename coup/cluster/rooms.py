@@ -51,7 +51,16 @@ class RedisRoomRouter(LocalRoomRouter):
         if owner == self.node_id:
             self.stats["local"] += 1
             return await self.run_locally(room, name, payload)
-        message = {"t": "call", "room": room, "name": name, "p": payload}
+        message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
+        # When we hear the room (a member of it is here: the usual caller), the owner answers
+        # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
+        adapter = self.cluster.adapters.get("/")
+        room_channel = adapter.channel(room) if adapter is not None else None
+        if room_channel is not None and self.cluster.bus.subscribed(room_channel):
+            message["via"] = "/"
+            await self.cluster.bus.acquire([room_channel])  # keep hearing it until the answer came
+        else:
+            room_channel = None
         try:
             responses = await self.cluster.request(self.cluster.inbox(owner), message,
                                                    self.cluster.options.call_timeout, first_only=True,
@@ -61,6 +70,9 @@ class RedisRoomRouter(LocalRoomRouter):
             raise UNAVAILABLE from None
         except RedisUnavailable:
             responses = []
+        finally:
+            if room_channel is not None:
+                self.cluster.bus.release([room_channel])
         if not responses:  # nobody listens on the owner's inbox: do it ourselves
             self.stats["fallback"] += 1
             return await self.run_locally(room, name, payload)
