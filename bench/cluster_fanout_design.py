@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,13 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster_common import redis_server
+
 from coup.cluster.resp import RespConnection
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Subscriber:
@@ -130,13 +124,7 @@ async def main() -> None:
     args = parser.parse_args()
     if not shutil.which("redis-server"):
         sys.exit("redis-server not found")
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        stdout=subprocess.DEVNULL)
-    try:
-        await asyncio.sleep(0.3)
-        url = f"redis://127.0.0.1:{port}"
+    async with redis_server() as (url, _):
         rng = random.Random(7)
         # each room has members on 2 of the nodes (a study group spread over a small cluster)
         membership = [rng.sample(range(args.nodes), min(2, args.nodes)) for _ in range(args.rooms)]
@@ -159,9 +147,6 @@ async def main() -> None:
         pairs = sum(len(m) for m in membership)
         print(f"memory of A's room subscriptions over B's interest sets: {sub_mem / pairs:.0f} bytes per "
               f"(node, room) pair")
-    finally:
-        server.terminate()
-        await server.wait()
 
 
 if __name__ == "__main__":

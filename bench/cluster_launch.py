@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from cluster_common import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = os.environ.get("COUP_BENCH_PYTHON", "/work/main/.venv/bin/python")
 TOKEN = "bench-service-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str, token: str | None = None) -> Any:

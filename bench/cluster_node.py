@@ -13,17 +13,15 @@ is in the cluster.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import itertools
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster_common import serve_until_stopped
 from tornado.netutil import bind_sockets
 from tornado.web import RequestHandler
 
@@ -80,10 +78,6 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     return node, counts
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -94,15 +88,12 @@ async def main() -> None:
     args = parser.parse_args()
     node, _ = build(args)
     await node.start(bind_sockets(args.private_port, "127.0.0.1"))
-    while not _exists(args.go):  # noqa: ASYNC110 - the launcher's signal is a file
-        await asyncio.sleep(0.05)
-    assert node.http_server is not None
-    node.http_server.add_sockets(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+
+    async def open_shared_port() -> None:
+        assert node.http_server is not None
+        node.http_server.add_sockets(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
+
+    await serve_until_stopped(args.go, open_shared_port)
     await node.stop()
 
 

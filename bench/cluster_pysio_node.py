@@ -9,17 +9,11 @@ stats, shared SO_REUSEPORT port once the --go file exists.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
-import os
-import signal
 
 import socketio
 from aiohttp import web
-
-
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
+from cluster_common import serve_until_stopped
 
 
 async def main() -> None:
@@ -58,14 +52,11 @@ async def main() -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.private_port).start()
-    while not _exists(args.go):  # noqa: ASYNC110 - the launcher's signal is a file
-        await asyncio.sleep(0.05)
-    await web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=True).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+
+    async def open_shared_port() -> None:
+        await web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=True).start()
+
+    await serve_until_stopped(args.go, open_shared_port)
     await runner.cleanup()
 
 

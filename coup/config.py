@@ -78,6 +78,13 @@ def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
     return value
 
 
+def _name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not _NAME.fullmatch(value):
+        raise ConfigError(f"{name} may hold only letters, digits, '_' and '-' (1 to 64), got {raw!r}")
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -158,13 +165,9 @@ class Settings:
         if (raw := get("COUP_ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = _list(raw)
         if (raw := get("COUP_NODE_ID")) is not None:
-            if not _NAME.fullmatch(raw.strip()):
-                raise ConfigError(f"COUP_NODE_ID may hold only letters, digits, '_' and '-' (1-64), got {raw!r}")
-            values["node_id"] = raw.strip()
+            values["node_id"] = _name("COUP_NODE_ID", raw)
         if (raw := get("COUP_REDIS_PREFIX")) is not None:
-            if not _NAME.fullmatch(raw.strip()):
-                raise ConfigError(f"COUP_REDIS_PREFIX may hold only letters, digits, '_' and '-', got {raw!r}")
-            values["redis_prefix"] = raw.strip()
+            values["redis_prefix"] = _name("COUP_REDIS_PREFIX", raw)
         if (raw := get("COUP_PLUGINS")) is not None:
             values["plugins"] = _list(raw)
         if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:

@@ -70,8 +70,7 @@ class RedisServer:
         return result.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
+def _running_redis() -> Iterator[RedisServer]:
     require(shutil.which("redis-server") is not None, "redis-server")
     server = RedisServer()
     server.start()
@@ -79,18 +78,18 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by one test module (tests keep apart by key prefix)."""
+    yield from _running_redis()
 
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for one test (it may be killed)."""
-    require(shutil.which("redis-server") is not None, "redis-server")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from _running_redis()
 
 
 # ---------------------------------------------------------------------------- in-process nodes
