@@ -74,13 +74,32 @@ class ReadyHandler(RequestHandler):
 
 
 def _public_address(settings: Settings, sock: socket.socket) -> str:
-    """How other nodes reach this one: COUP_PUBLIC_ADDRESS, else the bound address."""
+    """How other nodes reach this one: COUP_PUBLIC_ADDRESS, else the bound address.
+
+    Bound to every interface, the node takes the address of the interface that leads to
+    Redis: the other nodes reach Redis, so they are most likely on that network too.
+    """
     if settings.public_address:
         return settings.public_address
     host, port = sock.getsockname()[:2]
     if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostbyname(socket.gethostname())
+        host = _interface_towards(settings.redis_url) or socket.gethostbyname(socket.gethostname())
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _interface_towards(url: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    target = urlsplit(url).hostname if url else None
+    if not target:
+        return None
+    try:
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # a UDP connect only picks a route; nothing is sent
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
 
 
 class CoupNode:

@@ -96,7 +96,7 @@ class Cluster:
         #: never retries: presence transitions, GETDEL
         self.redis_once = make_client(url, opts, retries=0)
         self.bus = Bus(url, node_id, opts, self._dispatch)
-        self.registry = Registry(self.redis, node_id, opts)
+        self.registry = Registry(self.redis, self.redis_once, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
         self.rooms = RedisRoomRouter(self)
         self.adapters: dict[str, RedisAdapter] = {}

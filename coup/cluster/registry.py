@@ -39,7 +39,9 @@ LostKeys = Callable[[list[str]], Awaitable[None]]
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, node_id: str, options: ClusterOptions) -> None:
+    def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions) -> None:
+        """`client` may retry (reads, heartbeats); `once` never does (the reap: its answer is
+        the one report of who went offline)."""
         self.client = client
         self.node_id = node_id
         self.options = options
@@ -51,7 +53,7 @@ class Registry:
         self.registered = False
         self._registered_once = False
         self._heartbeat = client.register_script(HEARTBEAT)
-        self._reap = client.register_script(REAP)
+        self._reap = once.register_script(REAP)
         self._nodes_key = options.key("nodes")
         self._epoch_key = options.key("epoch")
         self.announce_channel = options.key("cluster")
