@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler, StaticFileHandler
 
 from coup.config import Settings
@@ -16,6 +18,7 @@ from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
+from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
 
@@ -36,8 +39,11 @@ class HealthHandler(RequestHandler):
 class CoupNode:
     """Everything one process serves. Build it inside the running event loop."""
 
-    def __init__(self, settings: Settings, *, extra_rules: Sequence[Any] = ()) -> None:
+    def __init__(self, settings: Settings, *, extra_rules: Sequence[Any] = (), front_door: bool = True) -> None:
         self.settings = settings
+        #: accept connections through `FrontDoor` (fast WebSocket upgrades); False: Tornado only
+        self.front_door = front_door
+        self._listeners: list[asyncio.base_events.Server] = []
         self.origins = OriginPolicy(settings.allowed_origins)
         self.engine = EngineServer(EngineOptions(
             ping_interval=settings.ping_interval,
@@ -66,13 +72,19 @@ class CoupNode:
         server = HTTPServer(self.application(), xheaders=True,
                             max_body_size=self.settings.max_payload + 64 * 1024)
         if sockets is None:
-            server.listen(self.settings.port, self.settings.host)
+            sockets = bind_sockets(self.settings.port, self.settings.host)
+        if self.front_door:
+            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True)
+            self._listeners = await door.serve(sockets)
         else:
             server.add_sockets(sockets)
         self.http_server = server
         return server
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()
