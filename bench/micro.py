@@ -3,6 +3,7 @@
     /work/main/.venv/bin/python bench/micro.py            # everything (about 40 s)
     /work/main/.venv/bin/python bench/micro.py codec      # only the codec table
     /work/main/.venv/bin/python bench/micro.py fanout polling
+    /work/main/.venv/bin/python bench/micro.py message    # one chat message through the core
 
 Sections:
 
@@ -171,6 +172,11 @@ DRAIN = textwrap.dedent(r"""
 """)
 
 
+def _start_drain(fds: list[int]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", DRAIN, ",".join(map(str, fds)), '42["bench"'],
+                            pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def _handshake() -> HandshakeInfo:
     return HandshakeInfo(headers={}, query={"EIO": "4", "transport": "websocket"}, address="127.0.0.1",
                          url="/socket.io/?EIO=4&transport=websocket", secure=False, issued=time.time())
@@ -203,14 +209,11 @@ class FanoutRig:
             session.receive_text("40")
             self.client_socks.append(client)
         listener.close()
-        while len(self.nsp.sockets) < self.n:
+        while len(self.nsp.sockets) < self.n:  # noqa: ASYNC110 - the connect tasks have no event to wait on
             await asyncio.sleep(0.01)
         for sock in list(self.nsp.sockets.values()):
             await sock.join("room")
-        fds = [s.fileno() for s in self.client_socks]
-        self.drain = subprocess.Popen(
-            [sys.executable, "-c", DRAIN, ",".join(map(str, fds)), '42["bench"'],
-            pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.drain = _start_drain([s.fileno() for s in self.client_socks])
         for s in self.client_socks:
             s.close()  # the drain owns them now
         await self.wait_delivered(0)
@@ -274,6 +277,48 @@ async def bench_fanout(sizes: tuple[int, ...] = (10, 100, 1000)) -> list[tuple[i
     return rows
 
 
+# ---------------------------------------------------------------------------- one message through the core
+
+async def bench_message_path(room_size: int = 2, number: int = 20_000) -> float:
+    """µs of Python per incoming chat message: frame in -> handler -> broadcast queued to a room.
+
+    The bench server's own handlers (bench/server.py) on real sessions whose transports are
+    not attached to sockets, so the writes (measured in `fanout`) are left out.
+    """
+    from bench.server import install_chat
+
+    class _Node:  # what install_chat needs of a CoupNode
+        def __init__(self, sio: SocketServer) -> None:
+            self.sio = sio
+
+    engine = EngineServer(EngineOptions())
+    sio = SocketServer(engine, ServerOptions(recovery=None))
+    install_chat(_Node(sio))  # type: ignore[arg-type]
+    transports = []
+    for _ in range(room_size):
+        session, transport = engine.open_websocket(_handshake())
+        session.receive_text("40")
+        transports.append(transport)
+    await asyncio.sleep(0.01)
+    for t in transports:
+        t.data_received(_masked('42["join-study",{"studyId":1}]'))
+    await asyncio.sleep(0.01)
+    frame = _masked('42["message",{"studyId":1,"content":"1732761234567890 ' + "x" * 47 + '"}]')
+    sender = transports[0]
+    pendings = [t._pending for t in transports]
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sender.data_received(frame)
+            for p in pendings:
+                p.clear()
+        best = min(best, time.perf_counter() - t0)
+        await asyncio.sleep(0)
+    engine.close_all()
+    return best / number * 1e6
+
+
 # ---------------------------------------------------------------------------- polling fan-out
 
 async def bench_polling(sizes: tuple[int, ...] = (10, 100, 1000)) -> list[tuple[int, float, bool]]:
@@ -287,7 +332,7 @@ async def bench_polling(sizes: tuple[int, ...] = (10, 100, 1000)) -> list[tuple[
             assert isinstance(t, PollingTransport)
             await t.poll()  # the OPEN packet
             s.receive_text("40")
-        while len(sio.main.sockets) < n:
+        while len(sio.main.sockets) < n:  # noqa: ASYNC110 - the connect tasks have no event to wait on
             await asyncio.sleep(0.01)
         for sock in list(sio.main.sockets.values()):
             await sock.join("room")
@@ -320,6 +365,9 @@ def main() -> None:
             print(f"| {name} | {us:.2f} |")
     import uvloop
 
+    if "codec" in wanted or "message" in wanted:
+        us = uvloop.run(bench_message_path())
+        print(f"| one chat message through the core: frame in -> handler -> queued to a room of 2 | {us:.2f} |")
     if "fanout" in wanted:
         rows = uvloop.run(bench_fanout())
         print("\n## broadcast to a room of N WebSocket sessions over loopback TCP (CPU µs per receiver)\n")

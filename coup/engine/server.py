@@ -14,7 +14,8 @@ from coup.engine.polling import PollingTransport
 from coup.engine.session import Session
 from coup.engine.timers import TimerWheel
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
-from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo
+from coup.protocol import jsonutil
+from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo, encode_text
 from coup.protocol.wire import Outbound
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class EngineServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wheel: TimerWheel | None = None
         self._coalescer: WriteCoalescer | None = None
+        self._open_templates: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ loop-bound helpers
 
@@ -83,12 +85,19 @@ class EngineServer:
     # ------------------------------------------------------------------ opening sessions
 
     def _open_info(self, sid: str, transport: str) -> Outbound:
-        opts = self.options
-        upgrades = ("websocket",) if (transport == "polling" and opts.allow_upgrades
-                                      and "websocket" in opts.transports) else ()
-        info = OpenInfo(sid, upgrades, int(opts.ping_interval * 1000), int(opts.ping_timeout * 1000),
-                        opts.max_payload)
-        return Outbound.packet(info.to_packet())
+        """The OPEN packet: the JSON of `OpenInfo`, its constant part encoded once per transport."""
+        template = self._open_templates.get(transport)
+        if template is None:
+            opts = self.options
+            upgrades = ("websocket",) if (transport == "polling" and opts.allow_upgrades
+                                          and "websocket" in opts.transports) else ()
+            info = OpenInfo("", upgrades, int(opts.ping_interval * 1000), int(opts.ping_timeout * 1000),
+                            opts.max_payload)
+            text = encode_text(info.to_packet())
+            head = '0{"sid":""'
+            assert text.startswith(head)
+            template = self._open_templates[transport] = ('0{"sid":', text[len(head):])
+        return Outbound(template[0] + jsonutil.dumps(sid) + template[1])
 
     def _register(self, session: Session, first: Outbound) -> None:
         self.sessions[session.sid] = session

@@ -53,8 +53,19 @@ class WriteCoalescer:
         self._scheduled = False
         dirty = self._dirty
         self._dirty = []
+        # `WebSocketTransport.flush` inlined: this loop runs once per receiver per loop turn
         for conn in dirty:
-            conn.flush()
+            pending = conn._pending
+            transport = conn._transport
+            if not pending or conn._closed or transport is None:
+                continue  # not attached yet: connection_made() writes what is pending
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.write(b"".join(pending))
+            pending.clear()
+            if transport.get_write_buffer_size() > conn._max_buffer:
+                conn._slow_consumer()
 
 
 class WebSocketTransport(asyncio.Protocol):
@@ -186,9 +197,9 @@ class WebSocketTransport(asyncio.Protocol):
         if self._closed:
             return
         pending = self._pending
-        pending.append(out.ws_bytes())
-        if len(pending) == 1:
+        if not pending:
             self._coalescer.mark(self)
+        pending.append(out.ws_bytes())
 
     def flush(self) -> None:
         pending = self._pending
@@ -199,10 +210,15 @@ class WebSocketTransport(asyncio.Protocol):
         pending.clear()
         transport.write(data)
         if transport.get_write_buffer_size() > self._max_buffer:
-            log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
-                        self.session.sid, transport.get_write_buffer_size())
-            self._closed = True
-            transport.abort()
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
+                    self.session.sid, transport.get_write_buffer_size())
+        self._closed = True
+        transport.abort()
 
     def _write(self, data: bytes) -> None:
         """Write now, after anything pending (control frames and handshake replies)."""
