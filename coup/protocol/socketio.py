@@ -168,6 +168,13 @@ def _parse_header(text: str) -> tuple[SocketPacket, int]:
     if not text:
         raise DecodeError("empty Socket.IO packet")
     head = text[0]
+    if head == "2" and text[1:2] == "[":
+        # the usual packet, an EVENT to "/" without ack id: what the general path below does
+        # for it, without scanning for a namespace and an id
+        data = jsonutil.loads(text[1:])
+        if not _valid_payload(SocketPacketType.EVENT, data):
+            raise DecodeError("invalid payload for EVENT")
+        return SocketPacket(SocketPacketType.EVENT, "/", data), 0
     if not ("0" <= head <= "6"):
         raise DecodeError("unknown Socket.IO packet type")
     ptype = _TYPES_BY_DIGIT[ord(head) - 48]

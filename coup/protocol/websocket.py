@@ -71,7 +71,12 @@ def encode_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
 
 
 def encode_text_frame(text: str) -> bytes:
-    return encode_frame(Opcode.TEXT, text.encode("utf-8"))
+    """A final text frame (what nearly every server frame is), built without `struct` for short ones."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    return encode_frame(Opcode.TEXT, payload)
 
 
 def encode_close_frame(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:

@@ -131,3 +131,21 @@ def test_open_packet_template_equals_open_info() -> None:
     for transport, upgrades in (("polling", ("websocket",)), ("websocket", ())):
         expected = encode_text(OpenInfo('n"1.abc', upgrades, 5000, 3000, 2048).to_packet())
         assert engine._open_info('n"1.abc', transport).text == expected
+
+
+@pytest.mark.parametrize("text", [
+    '2["message",{"a":1}]', '2[1]', '2["connect"]', '2[]', '2[true]', '2["x"', '2["x"]junk', '2[null]',
+    '2[{"a":1}]', '2["x",1e999]', '2["' + "\\ud800" + '"]',
+])
+def test_event_fast_path_equals_general_path(text: str) -> None:
+    """`2[...]` takes a shortcut in the decoder; ``2/,[...]`` (the same packet with the default
+    namespace spelled out) takes the general path: both must give the same answer."""
+    from coup.protocol.socketio import _parse_header
+
+    def outcome(t: str) -> Any:
+        try:
+            return _parse_header(t)
+        except DecodeError as exc:
+            return type(exc)
+
+    assert outcome(text) == outcome("2/," + text[1:])
