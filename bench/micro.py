@@ -4,6 +4,7 @@
     /work/main/.venv/bin/python bench/micro.py codec      # only the codec table
     /work/main/.venv/bin/python bench/micro.py fanout polling
     /work/main/.venv/bin/python bench/micro.py message    # one chat message through the core
+    MICRO_SIZES=10,100,1000,3000 /work/main/.venv/bin/python bench/micro.py fanout   # other room sizes
 
 Sections:
 
@@ -368,8 +369,9 @@ def main() -> None:
     if "codec" in wanted or "message" in wanted:
         us = uvloop.run(bench_message_path())
         print(f"| one chat message through the core: frame in -> handler -> queued to a room of 2 | {us:.2f} |")
+    sizes = tuple(int(n) for n in os.environ.get("MICRO_SIZES", "10,100,1000").split(","))
     if "fanout" in wanted:
-        rows = uvloop.run(bench_fanout())
+        rows = uvloop.run(bench_fanout(sizes))
         print("\n## broadcast to a room of N WebSocket sessions over loopback TCP (CPU µs per receiver)\n")
         print("| N | deliver (Python loop) | total, 1 broadcast per loop turn | "
               "deliver, 10 per turn | total, 10 per turn (coalesced writes) |")
@@ -377,7 +379,7 @@ def main() -> None:
         for n, d1, t1, d10, t10 in rows:
             print(f"| {n} | {d1:.2f} | {t1:.2f} | {d10:.2f} | {t10:.2f} |")
     if "polling" in wanted:
-        prows = uvloop.run(bench_polling())
+        prows = uvloop.run(bench_polling(sizes))
         print("\n## broadcast to a room of N long-polling sessions, a GET waiting on each\n")
         print("| N | CPU µs per receiver (deliver + release + payload) | one payload object for all |")
         print("|---|---|---|")
