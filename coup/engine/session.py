@@ -49,6 +49,10 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
+#: read on every packet sent or received: a module constant is ~60 ns cheaper than the enum attribute
+_OPEN = SessionState.OPEN
+
+
 class Session:
     """An Engine.IO session (the reference calls it a Socket)."""
 
@@ -91,14 +95,14 @@ class Session:
 
     def send(self, out: Outbound) -> None:
         """Queue packets for the client (hot path: no allocation beyond the queue entry)."""
-        if self.state is SessionState.OPEN:
+        if self.state is _OPEN:
             self.transport.send(out)
 
     # ------------------------------------------------------------------ inbound
 
     def receive_text(self, text: str) -> None:
         """A text packet from the client (a WebSocket text frame or a polling record)."""
-        if self.state is not SessionState.OPEN:
+        if self.state is not _OPEN:
             return
         if text and text[0] == "4":  # MESSAGE: the common case, skip building a packet object
             handler = self.handler
@@ -109,7 +113,7 @@ class Session:
 
     def receive(self, packet: EnginePacket) -> None:
         """One decoded packet from the client."""
-        if self.state is not SessionState.OPEN:
+        if self.state is not _OPEN:
             return
         ptype = packet.type
         if ptype is EnginePacketType.MESSAGE:

@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class WriteCoalescer:
-    """Collects the connections written to during one loop turn and flushes each once."""
+    """Collects the connections written to during one loop turn and flushes each once.
+
+    `WebSocketTransport.send` adds a connection to `_dirty` (and schedules `flush`) when its
+    first packet of the turn arrives; both sides are inlined because they run per receiver.
+    """
 
     __slots__ = ("_dirty", "_loop", "_scheduled")
 
@@ -42,12 +46,6 @@ class WriteCoalescer:
         self._loop = loop
         self._dirty: list[WebSocketTransport] = []
         self._scheduled = False
-
-    def mark(self, conn: WebSocketTransport) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
@@ -197,9 +195,13 @@ class WebSocketTransport(asyncio.Protocol):
         if self._closed:
             return
         pending = self._pending
-        if not pending:
-            self._coalescer.mark(self)
-        pending.append(out.ws_bytes())
+        if not pending:  # first packet this turn: join the coalescer's dirty list
+            coalescer = self._coalescer
+            coalescer._dirty.append(self)
+            if not coalescer._scheduled:
+                coalescer._scheduled = True
+                coalescer._loop.call_soon(coalescer.flush)
+        pending.append(out._ws or out.ws_bytes())  # the cached frame without a call, per receiver
 
     def flush(self) -> None:
         pending = self._pending
