@@ -80,7 +80,7 @@ class SocketServer:
     def _on_engine_connection(self, session: Session) -> None:
         client = Client(self, session)
         session.handler = client
-        self.engine.wheel.schedule(self.engine.now() + self.options.connect_timeout, client)
+        self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""

@@ -30,7 +30,3 @@ class EngineOptions:
         unknown = set(self.transports) - {"polling", "websocket"}
         if unknown or not self.transports:
             raise ValueError(f"unknown transports: {sorted(unknown)}")
-
-    @property
-    def timer_resolution(self) -> float:
-        return min(1.0, max(0.01, min(self.ping_interval, self.ping_timeout) / 10))

@@ -7,12 +7,12 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 
-from coup.engine.errors import EngineErrorCode, EngineRequestError
+from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.options import EngineOptions
 from coup.engine.polling import PollingTransport
 from coup.engine.session import Session
-from coup.engine.timers import TimerWheel
+from coup.engine.timers import TimerQueue
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
 from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo
 from coup.protocol.wire import Outbound
@@ -31,7 +31,7 @@ class EngineServer:
         self.on_connection = on_connection
         self.sessions: dict[str, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wheel: TimerWheel | None = None
+        self._timers: TimerQueue | None = None
         self._coalescer: WriteCoalescer | None = None
 
     # ------------------------------------------------------------------ loop-bound helpers
@@ -43,10 +43,10 @@ class EngineServer:
         return self._loop
 
     @property
-    def wheel(self) -> TimerWheel:
-        if self._wheel is None:
-            self._wheel = TimerWheel(self.loop, self.options.timer_resolution)
-        return self._wheel
+    def timers(self) -> TimerQueue:
+        if self._timers is None:
+            self._timers = TimerQueue(self.loop)
+        return self._timers
 
     @property
     def coalescer(self) -> WriteCoalescer:
@@ -93,7 +93,7 @@ class EngineServer:
     def _register(self, session: Session, first: Outbound) -> None:
         self.sessions[session.sid] = session
         session.send(first)
-        self.wheel.schedule(session.heartbeat.deadline, session)
+        session.set_timer(session.heartbeat.deadline)
         if self.on_connection is not None:
             self.on_connection(session)
 
@@ -119,7 +119,7 @@ class EngineServer:
         if not self.options.allow_upgrades:
             raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "upgrades are disabled")
         if session.upgraded or session.upgrading is not None or session.transport.name != "polling":
-            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "session already upgraded")
+            raise UpgradeRefused("session already upgraded or upgrading")
         return WebSocketTransport(session, self.coalescer, probing=True)
 
     def forget(self, session: Session) -> None:
@@ -131,8 +131,8 @@ class EngineServer:
     def close_all(self, reason: str = "server shutting down") -> None:
         for session in list(self.sessions.values()):
             session.close(reason, graceful=False)
-        if self._wheel is not None:
-            self._wheel.close()
+        if self._timers is not None:
+            self._timers.close()
 
 
 class _Unattached:

@@ -54,6 +54,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_due",
         "close_reason",
         "handler",
         "handshake",
@@ -79,6 +80,8 @@ class Session:
         self.upgrading: Transport | None = None
         self.upgraded = False
         self.close_reason: str | None = None
+        #: deadline of this session's live timer entry (older entries are ignored)
+        self._due: float | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.sid} {self.transport.name} {self.state.value}>"
@@ -116,7 +119,12 @@ class Session:
             if self.handler is not None:
                 self.handler.on_message(self, packet.data)
         elif ptype is EnginePacketType.PONG:
-            self.heartbeat.on_pong(self.server.now())
+            heartbeat = self.heartbeat
+            heartbeat.on_pong(self.server.now())
+            if self._due is not None and heartbeat.deadline < self._due:
+                # pingInterval shorter than pingTimeout: the next ping is due before the
+                # entry we filed for the timeout
+                self.set_timer(heartbeat.deadline)
         elif ptype is EnginePacketType.CLOSE:
             self.close("transport close", graceful=False)
         elif ptype is EnginePacketType.PING:
@@ -135,20 +143,31 @@ class Session:
 
     # ------------------------------------------------------------------ timers
 
+    def set_timer(self, deadline: float) -> None:
+        """Make `deadline` the session's one live timer entry; entries filed before it are ignored."""
+        if deadline != self._due:
+            self._due = deadline
+            self.server.timers.schedule(deadline, self)
+
     def on_timer(self, now: float) -> None:
+        due = self._due
+        if due is None or now < due:
+            return  # an entry superseded by a later `set_timer`
+        self._due = None
         if self.state is SessionState.CLOSED:
             return
         if self.state is SessionState.CLOSING:
+            log.info("session %s: client did not fetch its last packets in time", self.sid)
             self._finish_close()
             return
         action = self.heartbeat.on_timer(now)
         if action is HeartbeatAction.TIMED_OUT:
-            log.debug("session %s: ping timeout", self.sid)
+            log.info("session %s: ping timeout", self.sid)
             self.close("ping timeout", graceful=False)
             return
         if action is HeartbeatAction.SEND_PING:
             self.send(wire.PING)
-        self.server.wheel.schedule(self.heartbeat.deadline, self)
+        self.set_timer(self.heartbeat.deadline)
 
     # ------------------------------------------------------------------ upgrade
 
@@ -189,7 +208,7 @@ class Session:
             self.state = SessionState.CLOSING
             self.transport.close(reason, graceful=True)
             if self.state is SessionState.CLOSING:  # the transport could not finish at once
-                self.server.wheel.schedule(self.server.now() + self.server.options.ping_timeout, self)
+                self.set_timer(self.server.now() + self.server.options.ping_timeout)
             return
         self._finish_close()
 

@@ -6,7 +6,7 @@ The I/O layer asks `deadline` when to call back and calls `on_timer(now)` then; 
 it with a fake clock.
 
 Invariant: outside `on_timer`, the deadline only ever moves later (a pong pushes it to
-``now + interval``). A timer wheel can therefore keep exactly one entry per session and
+``now + interval``). A timer queue can therefore keep exactly one entry per session and
 re-file it from `on_timer`.
 """
 
