@@ -15,8 +15,8 @@ import socket
 
 from tornado.iostream import IOStream, SSLIOStream
 
-from coup.engine.errors import EngineErrorCode, EngineRequestError
-from coup.protocol.websocket import accept_key, valid_client_key
+from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
+from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
 from coup.transports.base import EngineRequestHandler
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,12 @@ class WebSocketHandler(EngineRequestHandler):
                 raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "TLS must end before coup")
             sid = self.get_query_argument("sid", None)
             probe = self.engine.probe_websocket(sid) if sid is not None else None
+        except UpgradeRefused as exc:
+            log.info("WebSocket for %s refused after the handshake: %s", self.request.uri, exc.detail)
+            stream = self.detach()
+            await stream.write(_switching_protocols(key) + encode_close_frame(CloseCode.POLICY_VIOLATION))
+            stream.close()
+            return
         except EngineRequestError as exc:
             self.refuse(exc)
             return
