@@ -11,7 +11,7 @@ from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefus
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.options import EngineOptions
 from coup.engine.polling import PollingTransport
-from coup.engine.session import Session
+from coup.engine.session import Session, SessionState
 from coup.engine.timers import TimerQueue
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
 from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo
@@ -71,9 +71,10 @@ class EngineServer:
             raise EngineRequestError(EngineErrorCode.UNKNOWN_TRANSPORT, f"transport {transport!r}")
         return transport
 
-    def get(self, sid: str) -> Session:
+    def get(self, sid: str, *, closing: bool = False) -> Session:
+        """The open session `sid`; with `closing`, also one still delivering its last packets."""
         session = self.sessions.get(sid)
-        if session is None or not session.open:
+        if session is None or not (session.open or (closing and session.state is SessionState.CLOSING)):
             raise EngineRequestError(EngineErrorCode.UNKNOWN_SID, f"sid {sid[:40]!r}")
         return session
 
