@@ -8,7 +8,8 @@ serves, on 127.0.0.1:PORT,
 - ``/socket.io/``: Socket.IO on namespaces ``/`` and ``/custom``.
 
 Both use pingInterval 300 ms, pingTimeout 200 ms and maxPayload 1,000,000, the values the
-suites assert. The Socket.IO handlers are the ones the suites expect: on connect, emit
+suites assert, connectTimeout 1 s and any origin, as the socket.io-protocol README configures
+the reference server. The Socket.IO handlers are the ones the suites expect: on connect, emit
 ``auth`` with the handshake auth; ``message`` is answered with ``message-back`` and the same
 arguments; ``message-with-ack`` is acknowledged with the same arguments. Connection state
 recovery is off: the suites compare packets byte for byte, and recovery would append an
@@ -48,6 +49,8 @@ from coup.transports.routing import engine_rules
 PING_INTERVAL = 0.3
 PING_TIMEOUT = 0.2
 MAX_PAYLOAD = 1_000_000
+#: what the suite's README asks of the reference server (connectTimeout: 1000)
+CONNECT_TIMEOUT = 1.0
 
 
 def engine_options() -> EngineOptions:
@@ -91,9 +94,10 @@ class ConformanceServer:
     """Both endpoints on one Tornado HTTP server. Build and start it inside the running loop."""
 
     def __init__(self, origins: OriginPolicy | None = None) -> None:
-        self.origins = origins or OriginPolicy()
+        self.origins = origins or OriginPolicy(["*"])
         self.echo = EngineServer(engine_options(), on_connection=attach_echo)
-        self.sio = SocketServer(EngineServer(engine_options()), ServerOptions(recovery=None))
+        self.sio = SocketServer(EngineServer(engine_options()),
+                                ServerOptions(connect_timeout=CONNECT_TIMEOUT, recovery=None))
         install_handlers(self.sio)
         self.http_server: HTTPServer | None = None
 
