@@ -1,13 +1,15 @@
 """JSON exactly as JavaScript's JSON.stringify / JSON.parse see it.
 
 Compact separators and raw UTF-8 (like JSON.stringify); NaN and Infinity are refused in
-both directions (JSON.parse rejects them, Python's json would accept them); deep nesting
-and huge integers become a `DecodeError` instead of a RecursionError or ValueError.
+both directions (JSON.parse rejects them, Python's json would accept them), and so are
+numbers that overflow to infinity; deep nesting and huge integers become a `DecodeError`
+instead of a RecursionError or ValueError.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from coup.protocol.errors import DecodeError, EncodeError
@@ -17,8 +19,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """``1e999`` is valid JSON but overflows to infinity, which we could never send back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _encode = _encoder.encode
 _decode = _decoder.decode
 
