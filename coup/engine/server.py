@@ -26,11 +26,13 @@ class EngineServer:
     """Owns every session of this process; the transports ask it for them by sid."""
 
     def __init__(self, options: EngineOptions | None = None,
-                 on_connection: ConnectionCallback | None = None) -> None:
+                 on_connection: ConnectionCallback | None = None, *,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop` defaults to the running loop at first use; tests pass one with a fake clock."""
         self.options = options or EngineOptions()
         self.on_connection = on_connection
         self.sessions: dict[str, Session] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
         self._timers: TimerQueue | None = None
         self._coalescer: WriteCoalescer | None = None
 

@@ -5,9 +5,11 @@ up when no pong arrives within `timeout` seconds of a ping, as the reference ser
 The I/O layer asks `deadline` when to call back and calls `on_timer(now)` then; tests drive
 it with a fake clock.
 
-Invariant: outside `on_timer`, the deadline only ever moves later (a pong pushes it to
-``now + interval``). A timer queue can therefore keep exactly one entry per session and
-re-file it from `on_timer`.
+Invariant: when ``interval >= timeout`` (the usual 25 s / 20 s), the deadline only moves
+later outside `on_timer` (a pong pushes it from ``ping + timeout`` to ``now + interval``), so
+a timer queue can keep exactly one entry per session and re-file it from `on_timer`. With a
+shorter interval a pong can move the deadline earlier; the caller then files a new entry
+(`coup.engine.session.Session` does).
 """
 
 from __future__ import annotations
