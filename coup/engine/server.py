@@ -61,16 +61,18 @@ class EngineServer:
 
     # ------------------------------------------------------------------ request checks
 
-    def check_request(self, query: Mapping[str, str], *, sid_required: bool | None = None) -> str:
-        """Validate the query of an Engine.IO request and return its transport name."""
-        eio = query.get("EIO")
-        if eio is None or not eio.isdigit():
-            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, f"invalid EIO {eio!r}")
-        if int(eio) != PROTOCOL_VERSION:
-            raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio}")
+    def check_request(self, query: Mapping[str, str]) -> str:
+        """Validate the query of an Engine.IO request and return its transport name.
+
+        Checked in the reference's order, with its codes: the transport first (0), then
+        the protocol version (5: anything but ``EIO=4``, including a missing or garbled one).
+        """
         transport = query.get("transport")
         if transport not in self.options.transports:
             raise EngineRequestError(EngineErrorCode.UNKNOWN_TRANSPORT, f"transport {transport!r}")
+        eio = query.get("EIO")
+        if eio != str(PROTOCOL_VERSION):
+            raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio!r}")
         return transport
 
     def get(self, sid: str, *, closing: bool = False) -> Session:

@@ -32,7 +32,9 @@ class PollingHandler(EngineRequestHandler):
 
     def request_error(self) -> EngineRequestError | None:
         if self.request.method not in ("GET", "POST", "OPTIONS"):
-            return EngineRequestError(EngineErrorCode.BAD_REQUEST, f"method {self.request.method}")
+            code = EngineErrorCode.BAD_REQUEST if "sid" in self.request.query_arguments \
+                else EngineErrorCode.BAD_HANDSHAKE_METHOD
+            return EngineRequestError(code, f"method {self.request.method}")
         try:
             self.engine.check_request(self.query())
         except EngineRequestError as exc:
