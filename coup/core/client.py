@@ -77,9 +77,7 @@ class Client:
             return  # the client gave up before we answered; the connect task sees it
         # an event for a namespace the client has not joined, a second CONNECT, or a
         # CONNECT_ERROR from a client: the reference closes the whole connection
-        log.info("session %s: %s for namespace %s in an invalid state; closing",
-                 self.session.sid, packet.type.name, name)
-        self.session.close("parse error", graceful=False)
+        self.session.protocol_error(DecodeError(f"{packet.type.name} for namespace {name[:60]} in an invalid state"))
 
     # ------------------------------------------------------------------ helpers
 
