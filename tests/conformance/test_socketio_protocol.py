@@ -167,17 +167,6 @@ async def test_plain_text_event(conformance: Running) -> None:
     await ws.close()
 
 
-async def test_event_with_binary_attachments(conformance: Running) -> None:
-    ws = await open_socketio(conformance.socketio())
-    await ws.send_str(f'452-["message",{PH0},{PH1}]')
-    await ws.send_bytes(b"\x01\x02\x03")
-    await ws.send_bytes(b"\x04\x05\x06")
-    assert await recv_text(ws) == f'452-["message-back",{PH0},{PH1}]'
-    assert await recv_binary(ws) == b"\x01\x02\x03"
-    assert await recv_binary(ws) == b"\x04\x05\x06"
-    await ws.close()
-
-
 async def test_event_with_ack(conformance: Running) -> None:
     ws = await open_socketio(conformance.socketio())
     await ws.send_str('42456["message-with-ack",1,"2",{"3":[false]}]')
@@ -185,12 +174,16 @@ async def test_event_with_ack(conformance: Running) -> None:
     await ws.close()
 
 
-async def test_binary_event_with_ack_gets_binary_ack(conformance: Running) -> None:
+@pytest.mark.parametrize(("sent", "answer"), [
+    (f'452-["message",{PH0},{PH1}]', f'452-["message-back",{PH0},{PH1}]'),
+    (f'452-789["message-with-ack",{PH0},{PH1}]', f"462-789[{PH0},{PH1}]"),
+], ids=["binary event", "binary event with ack gets a binary ack"])
+async def test_binary_attachments_round_trip(conformance: Running, sent: str, answer: str) -> None:
     ws = await open_socketio(conformance.socketio())
-    await ws.send_str(f'452-789["message-with-ack",{PH0},{PH1}]')
+    await ws.send_str(sent)
     await ws.send_bytes(b"\x01\x02\x03")
     await ws.send_bytes(b"\x04\x05\x06")
-    assert await recv_text(ws) == f"462-789[{PH0},{PH1}]"
+    assert await recv_text(ws) == answer
     assert await recv_binary(ws) == b"\x01\x02\x03"
     assert await recv_binary(ws) == b"\x04\x05\x06"
     await ws.close()

@@ -194,6 +194,14 @@ async def reconnect(server: RunningServer, auth: dict[str, Any]) -> tuple[SioCli
     return client, await client.connect("/", auth)
 
 
+async def assert_fresh_start(client: SioClient) -> None:
+    """Not recovered, and nothing replayed: the first packet is the answer to our question."""
+    client.emit("status", ack=1)
+    packet = await client.packet()
+    assert packet.type is T.ACK and packet.data[0]["recovered"] is False
+    await client.close()
+
+
 async def drop(server: RunningServer, client: SioClient) -> None:
     """The transport goes away under the client (a recoverable 'transport close')."""
     socket_id = client.connected["/"]["sid"]
@@ -272,35 +280,24 @@ async def test_no_restore_for_bad_credentials(recovery_server: RunningServer, au
     back, new_reply = await reconnect(recovery_server, auth)
     assert new_reply["sid"] != reply["sid"]
     assert new_reply["pid"] != reply["pid"]
-    back.emit("status", ack=1)
-    packet = await back.packet()  # nothing replayed before the ack
-    assert packet.type is T.ACK and packet.data[0]["recovered"] is False
-    await back.close()
+    await assert_fresh_start(back)
 
 
-async def test_no_partial_replay_when_the_offset_has_left_the_buffer() -> None:
+@pytest.mark.parametrize("missed", [2, 5], ids=["offset-in-buffer", "offset-left-buffer"])
+async def test_replay_is_complete_or_nothing(missed: int) -> None:
+    """The buffer keeps 3 packets: after 2 missed ones the client's offset is still there and
+    everything is replayed; after 5 it is gone, and the client starts afresh (never partial)."""
     async with serve(server_options=recovering(max_packets=3)) as server:
         await_join(server)
         client, reply, offset = await joined_client(server)
         await drop(server, client)
-        for i in range(5):  # more than the buffer keeps: the client's offset is gone
+        for i in range(missed):
             server.sio.main.emit("missed", i)
         back, new_reply = await reconnect(server, {"pid": reply["pid"], "offset": offset})
-        assert new_reply["sid"] != reply["sid"]
-        back.emit("status", ack=1)
-        packet = await back.packet()
-        assert packet.type is T.ACK and packet.data[0]["recovered"] is False
-        await back.close()
-
-
-async def test_offset_still_in_the_buffer_is_restored_with_a_full_replay() -> None:
-    async with serve(server_options=recovering(max_packets=3)) as server:
-        await_join(server)
-        client, reply, offset = await joined_client(server)
-        await drop(server, client)
-        server.sio.main.emit("missed", 0)
-        server.sio.main.emit("missed", 1)  # buffer: hello, missed 0, missed 1
-        back, new_reply = await reconnect(server, {"pid": reply["pid"], "offset": offset})
+        if missed == 5:
+            assert new_reply["sid"] != reply["sid"]
+            await assert_fresh_start(back)
+            return
         assert new_reply["sid"] == reply["sid"]
         assert [(await back.event())[:2] for _ in range(2)] == [["missed", 0], ["missed", 1]]
         await back.close()
