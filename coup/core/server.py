@@ -88,7 +88,8 @@ class SocketServer:
     def _on_engine_connection(self, session: Session) -> None:
         client = Client(self, session)
         session.handler = client
-        self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client)
+        self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client,
+                                    slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""

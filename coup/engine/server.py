@@ -78,6 +78,8 @@ class EngineServer:
     def get(self, sid: str, *, closing: bool = False) -> Session:
         """The open session `sid`; with `closing`, also one still delivering its last packets."""
         session = self.sessions.get(sid)
+        if session is not None:
+            session.run_overdue_timer()
         if session is None or not (session.open or (closing and session.state is SessionState.CLOSING)):
             raise EngineRequestError(EngineErrorCode.UNKNOWN_SID, f"sid {sid[:40]!r}")
         return session
@@ -98,7 +100,7 @@ class EngineServer:
     def _register(self, session: Session, first: Outbound) -> None:
         self.sessions[session.sid] = session
         session.send(first)
-        session.set_timer(session.heartbeat.deadline)
+        session.set_timer(session.heartbeat.deadline, slack=self.options.timer_slack)
         if self.on_connection is not None:
             self.on_connection(session)
 

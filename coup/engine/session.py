@@ -20,6 +20,7 @@ from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
     from coup.engine.server import EngineServer
+    from coup.engine.timers import TimerEntry
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
-        "_due",
+        "_timer",
         "close_reason",
         "handler",
         "handshake",
@@ -75,13 +76,13 @@ class Session:
         self.transport: Transport = transport
         self.handler: SessionHandler | None = None
         opts = server.options
-        self.heartbeat = Heartbeat(now, opts.ping_interval, opts.ping_timeout)
+        self.heartbeat = Heartbeat(now, opts.ping_interval, opts.ping_timeout, lateness=opts.timer_slack)
         self.state = SessionState.OPEN
         self.upgrading: Transport | None = None
         self.upgraded = False
         self.close_reason: str | None = None
-        #: deadline of this session's live timer entry (older entries are ignored)
-        self._due: float | None = None
+        #: this session's one pending timer entry (next ping, ping timeout or closing grace)
+        self._timer: TimerEntry | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.sid} {self.transport.name} {self.state.value}>"
@@ -120,11 +121,9 @@ class Session:
                 self.handler.on_message(self, packet.data)
         elif ptype is EnginePacketType.PONG:
             heartbeat = self.heartbeat
-            heartbeat.on_pong(self.server.now())
-            if self._due is not None and heartbeat.deadline < self._due:
-                # pingInterval shorter than pingTimeout: the next ping is due before the
-                # entry we filed for the timeout
-                self.set_timer(heartbeat.deadline)
+            if heartbeat.awaiting_pong and self.run_overdue_timer():  # an unsolicited pong changes nothing
+                heartbeat.on_pong(self.server.now())
+                self.set_timer(heartbeat.deadline, slack=self.server.options.timer_slack)
         elif ptype is EnginePacketType.CLOSE:
             self.close("transport close", graceful=False)
         elif ptype is EnginePacketType.PING:
@@ -143,17 +142,27 @@ class Session:
 
     # ------------------------------------------------------------------ timers
 
-    def set_timer(self, deadline: float) -> None:
-        """Make `deadline` the session's one live timer entry; entries filed before it are ignored."""
-        if deadline != self._due:
-            self._due = deadline
-            self.server.timers.schedule(deadline, self)
+    def run_overdue_timer(self) -> bool:
+        """Run the session's timer now if its deadline has passed; return whether it is open.
+
+        The loop runs ready I/O before due timers, so a request can reach us after the ping
+        timeout but before its timer callback: the deadline decides, not the callback's turn
+        (the reference's loop runs timers first, and a client expects the same answer).
+        """
+        timer = self._timer
+        if timer is not None and timer.deadline <= self.server.now():
+            timer.cancel()
+            self.on_timer(self.server.now())
+        return self.open
+
+    def set_timer(self, deadline: float, *, slack: float = 0.0) -> None:
+        """Replace the session's pending timer entry (see `coup.engine.timers` for `slack`)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.server.timers.schedule(deadline, self, slack=slack)
 
     def on_timer(self, now: float) -> None:
-        due = self._due
-        if due is None or now < due:
-            return  # an entry superseded by a later `set_timer`
-        self._due = None
+        self._timer = None
         if self.state is SessionState.CLOSED:
             return
         if self.state is SessionState.CLOSING:
@@ -167,7 +176,9 @@ class Session:
             return
         if action is HeartbeatAction.SEND_PING:
             self.send(wire.PING)
-        self.set_timer(self.heartbeat.deadline)
+            self.set_timer(self.heartbeat.deadline)  # the timeout: on time, the client gets all of it
+        else:
+            self.set_timer(self.heartbeat.deadline, slack=self.server.options.timer_slack)
 
     # ------------------------------------------------------------------ upgrade
 
@@ -208,7 +219,8 @@ class Session:
             self.state = SessionState.CLOSING
             self.transport.close(reason, graceful=True)
             if self.state is SessionState.CLOSING:  # the transport could not finish at once
-                self.set_timer(self.server.now() + self.server.options.ping_timeout)
+                opts = self.server.options
+                self.set_timer(self.server.now() + opts.ping_timeout, slack=opts.timer_slack)
             return
         self._finish_close()
 
@@ -232,6 +244,9 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         reason = self.close_reason or "forced close"
         if self.upgrading is not None:
             self.upgrading.close(reason, graceful=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -186,6 +187,45 @@ def test_close_drops_everything(loop: FakeLoop) -> None:
     assert r.calls == [] and len(q) == 0
 
 
+def test_cancelled_entries_neither_run_nor_wake_the_loop(loop: FakeLoop) -> None:
+    q = queue_for(loop)
+    early, late = Recorder(loop.time), Recorder(loop.time)
+    q.schedule(1001.0, early).cancel()
+    q.schedule(1002.0, late)
+    loop.advance(1.5)
+    assert early.calls == [] and loop.wakeups <= 1
+    loop.advance(1.0)
+    assert late.calls == [1002.0]
+    assert len(q) == 0
+
+
+def test_entries_with_slack_share_wake_ups_and_never_run_early(loop: FakeLoop) -> None:
+    q = queue_for(loop)
+    rng = random.Random(3)
+    targets = []
+    for _ in range(1000):
+        r = Recorder(loop.time)
+        deadline = 1000.0 + rng.uniform(0.0, 1.0)
+        q.schedule(deadline, r, slack=0.1)
+        targets.append((deadline, r))
+    loop.advance(2.0)
+    for deadline, r in targets:
+        assert len(r.calls) == 1
+        assert deadline <= r.calls[0] <= deadline + 0.1
+    assert loop.wakeups <= 11  # a thousand deadlines, about one wake-up per 0.1 s
+
+
+def test_an_exact_entry_is_not_held_back_by_slack_ones(loop: FakeLoop) -> None:
+    q = queue_for(loop)
+    lazy, exact = Recorder(loop.time), Recorder(loop.time)
+    q.schedule(1000.5, lazy, slack=1.0)
+    q.schedule(1000.75, exact)
+    loop.advance(0.75)
+    assert exact.calls == [1000.75]
+    assert lazy.calls == [1000.75]  # due already: it rides along
+    assert loop.wakeups == 1
+
+
 # ---------------------------------------------------------------------------- session heartbeat
 
 
@@ -231,24 +271,38 @@ def open_session(loop: FakeLoop, interval: float = 25.0, timeout: float = 20.0) 
 PONG = EnginePacket(EnginePacketType.PONG)
 
 
+def advance_until_ping(loop: FakeLoop, transport: FakeTransport, limit: float = 60.0) -> float:
+    """Advance the fake clock from one armed loop timer to the next until the session sends
+    its next ping; return when it did."""
+    before = transport.sent.count("2")
+    start = loop.now
+    while transport.sent.count("2") == before:
+        assert loop.armed and loop.armed[0] - start < limit, "no ping"
+        loop.advance(loop.armed[0] - loop.now)
+    return loop.now
+
+
 def test_session_pings_every_interval_while_pongs_come_back(loop: FakeLoop) -> None:
     session, transport, handler = open_session(loop)
+    last = loop.now
     for _ in range(100):
-        loop.advance(25.0)
-        assert transport.sent[-1] == "2"
+        sent = advance_until_ping(loop, transport)
+        # due 25 s after the last pong (or the handshake), at most timer_slack (0.2 s) later
+        assert 25.0 - 1e-9 <= sent - last <= 25.0 + 0.2 + 1e-9
         loop.advance(1.5)
         session.receive(PONG)
+        last = loop.now
+        assert len(session.server.timers) == 1  # one pending entry per session, never more
     assert transport.sent.count("2") == 100
     assert session.open and handler.closed == []
-    # one live entry at a time, plus at most one superseded entry waiting to be ignored
-    assert len(session.server.timers) <= 2
 
 
-def test_session_closes_right_at_ping_timeout(loop: FakeLoop) -> None:
+def test_session_closes_at_exactly_interval_plus_timeout(loop: FakeLoop) -> None:
     session, transport, handler = open_session(loop, 0.3, 0.2)
-    loop.advance(0.3)
-    assert transport.sent == ["2"]
-    loop.advance(0.199999)
+    start = loop.now
+    sent = advance_until_ping(loop, transport)
+    assert 0.3 - 1e-9 <= sent - start <= 0.3 + 0.002 + 1e-9  # timer_slack of a 300/200 ms heartbeat
+    loop.advance(start + 0.5 - loop.now - 0.000001)
     assert session.open
     loop.advance(0.000001)
     assert session.state is SessionState.CLOSED
@@ -258,39 +312,40 @@ def test_session_closes_right_at_ping_timeout(loop: FakeLoop) -> None:
 
 
 def test_pong_just_in_time_keeps_the_session(loop: FakeLoop) -> None:
-    session, transport, _ = open_session(loop, 0.3, 0.2)
-    loop.advance(0.3)
-    loop.advance(0.1999)
+    session, transport, handler = open_session(loop, 0.3, 0.2)
+    start = loop.now
+    advance_until_ping(loop, transport)
+    loop.advance(start + 0.4999 - loop.now)
     session.receive(PONG)
+    pong_at = loop.now
     loop.advance(0.2)
     assert session.open
-    loop.advance(0.1001)  # next ping 0.3 s after the pong
-    assert transport.sent == ["2", "2"]
+    sent = advance_until_ping(loop, transport)
+    assert 0.3 - 1e-9 <= sent - pong_at <= 0.302 + 1e-9  # the next ping counts from the pong
+    assert handler.closed == []
 
 
 def test_short_interval_pings_on_time_after_a_pong(loop: FakeLoop) -> None:
-    """pingInterval < pingTimeout: the pong moves the deadline earlier than the filed entry."""
+    """pingInterval < pingTimeout: the pong moves the deadline before the pending timeout."""
     session, transport, _ = open_session(loop, 1.0, 20.0)
-    sent_at: list[float] = []
+    advance_until_ping(loop, transport)
     for _ in range(5):
-        while transport.sent.count("2") == len(sent_at):
-            loop.advance(0.01)
-        sent_at.append(loop.now)
         loop.advance(0.1)
         session.receive(PONG)
-    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
-    assert all(g == pytest.approx(1.1, abs=0.011) for g in gaps), gaps
+        pong_at = loop.now
+        sent = advance_until_ping(loop, transport, limit=5)
+        assert 1.0 - 1e-9 <= sent - pong_at <= 1.0 + 0.01 + 1e-9  # not 20 s later
     assert session.open
 
 
-def test_superseded_entries_never_send_extra_pings(loop: FakeLoop) -> None:
+def test_exactly_one_ping_per_pong(loop: FakeLoop) -> None:
     session, transport, _ = open_session(loop, 1.0, 20.0)
-    for _ in range(50):
-        loop.advance(1.0)
+    for i in range(50):
+        advance_until_ping(loop, transport)
+        assert transport.sent.count("2") == i + 1
         session.receive(PONG)
-    loop.advance(0.5)
-    # one ping per interval (each answered at once), never two for one deadline
-    assert 49 <= transport.sent.count("2") <= 50
+        session.receive(PONG)  # an unsolicited extra pong changes nothing
+    assert len(session.server.timers) == 1
 
 
 def test_closing_session_gets_a_grace_period_then_ends(loop: FakeLoop) -> None:

@@ -69,7 +69,24 @@ def test_shorter_interval_lets_a_pong_move_the_deadline_earlier() -> None:
     assert hb.deadline == 2.5  # earlier: the caller must file a new timer entry
 
 
-@pytest.mark.parametrize(("interval", "timeout"), [(0, 1), (1, 0), (-1, 1), (1, -5)])
-def test_invalid_settings(interval: float, timeout: float) -> None:
+def test_a_ping_run_within_its_lateness_does_not_move_the_timeout() -> None:
+    """Pings share loop wake-ups, so they may go out a little late; the session still ends at
+    exactly interval + timeout without a pong, as the reference does."""
+    hb = Heartbeat(0.0, 0.3, 0.2, lateness=0.02)
+    assert hb.on_timer(0.315) is PING
+    assert hb.deadline == pytest.approx(0.5)
+    assert hb.on_timer(0.5) is TIMED_OUT
+
+
+def test_a_ping_later_than_its_lateness_still_leaves_most_of_the_timeout() -> None:
+    hb = Heartbeat(0.0, 25.0, 20.0, lateness=1.0)
+    assert hb.on_timer(30.0) is PING  # a loop stalled for five seconds
+    assert hb.deadline == 49.0  # 19 s for the client: the timeout minus the lateness
+
+
+@pytest.mark.parametrize(("interval", "timeout", "lateness"), [
+    (0, 1, 0), (1, 0, 0), (-1, 1, 0), (1, -5, 0), (1, 1, -0.1), (25, 20, 20), (25, 20, 30),
+])
+def test_invalid_settings(interval: float, timeout: float, lateness: float) -> None:
     with pytest.raises(ValueError):
-        Heartbeat(0.0, interval, timeout)
+        Heartbeat(0.0, interval, timeout, lateness)
