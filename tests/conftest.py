@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from tornado.netutil import bind_sockets
 from tornado.testing import bind_unused_port
 
 from coup.app import CoupNode
@@ -37,6 +39,13 @@ class RunningNode:
         self.node = node
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.stopped = False
+
+    async def stop(self) -> None:
+        """Stop serving (every client is disconnected); safe to call twice."""
+        if not self.stopped:
+            self.stopped = True
+            await self.node.stop()
 
 
 @pytest_asyncio.fixture
@@ -49,3 +58,64 @@ async def node() -> AsyncIterator[RunningNode]:
         yield RunningNode(coup_node, port)
     finally:
         await coup_node.stop()
+
+
+#: ``await start_node(port=None, setup=None, **settings)``: see `node_factory`
+NodeStarter = Callable[..., Awaitable[RunningNode]]
+
+
+@pytest_asyncio.fixture
+async def node_factory() -> AsyncIterator[NodeStarter]:
+    """Start nodes on demand; every one still running is stopped at teardown.
+
+    ``port=None`` takes a free port; a port given again starts a new node where a stopped
+    one served (a server restart, as clients see it). `setup(node)` runs before the node
+    starts (register handlers there); other keywords override `test_settings`.
+    """
+    started: list[RunningNode] = []
+
+    async def start(port: int | None = None, setup: Callable[[CoupNode], Any] | None = None,
+                    **overrides: object) -> RunningNode:
+        if port is None:
+            sock, port = bind_unused_port()
+            sockets = [sock]
+        else:
+            sockets = bind_sockets(port, "127.0.0.1")
+        coup_node = CoupNode(test_settings(**overrides))
+        if setup is not None:
+            setup(coup_node)
+        await coup_node.start(sockets)
+        running = RunningNode(coup_node, port)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in reversed(started):
+            await running.stop()
+
+
+@pytest_asyncio.fixture
+async def js_client() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """``js = await js_client()``: a Node process running npm socket.io-client.
+
+    See tests/clients/jsclient.py (`JsClient`) and the protocol at the top of
+    tests/js/client.mjs. Requires node and ``npm ci`` in tests/js. Each process is ended by
+    its PID at teardown.
+    """
+    from tests.clients.jsclient import JsClient, node_available
+
+    require(node_available(), "node with tests/js/node_modules (npm ci in tests/js)")
+    clients: list[JsClient] = []
+
+    async def make() -> JsClient:
+        client = await JsClient.start()
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.close()

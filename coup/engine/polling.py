@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: session close reasons after which a waiting GET gets NOOP instead of CLOSE
+_NOOP_CLOSE_REASONS = frozenset({"transport close", "server shutting down"})
+
 
 class PollingTransport:
     name = "polling"
@@ -173,8 +176,11 @@ class PollingTransport:
         if self._closed:
             return
         self._closed = True
-        # a client that asked to close gets NOOP on its pending GET, as the reference answers
-        self._final = wire.NOOP if reason == "transport close" else wire.CLOSE
+        # NOOP where the client should not take the close as final: a client that asked to
+        # close gets NOOP on its pending GET, as the reference answers; on shutdown (a
+        # restart) CLOSE would make python-engineio give up for good, while after NOOP its
+        # next poll fails and it reconnects, as socket.io-client does either way
+        self._final = wire.NOOP if reason in _NOOP_CLOSE_REASONS else wire.CLOSE
         if not graceful:
             self._queue.clear()
             self._queued_bytes = 0

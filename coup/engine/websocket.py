@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from coup.protocol import wire
 from coup.protocol.engineio import decode_ws_binary
@@ -96,14 +96,14 @@ class WebSocketTransport(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCPTransport is not a subclass of asyncio.Transport, so no isinstance check
+        self._transport = stream = cast(asyncio.Transport, transport)
         # the 101 answer and whatever was queued meanwhile (the OPEN packet) in one write
         first = self.preamble + b"".join(self._pending)
         self.preamble = b""
         self._pending.clear()
         if first:
-            transport.write(first)
+            stream.write(first)
         if self._probing:
             loop = asyncio.get_running_loop()
             self._upgrade_timer = loop.call_later(self.session.server.options.upgrade_timeout,

@@ -1,0 +1,115 @@
+"""Our server under the shared benchmark harness (`../shared/bench`), with the peers' behaviour.
+
+- ``join-study {studyId}`` joins room ``study:<id>``;
+- ``message {studyId, content}`` broadcasts ``message {id, content, user: {id: sid}, createdAt}``
+  to that room, sender included.
+
+It runs the real node (`coup.app.CoupNode`: Tornado HTTP, Engine.IO, Socket.IO core, memory
+adapter) on uvloop, with no authentication and no persistence, so the figures are the core's.
+Connection state recovery is OFF, as in the Node peer (socket.io's default is off; with it on,
+every event would carry an offset argument and be kept for replay).
+
+    EXTRA_PEERS='ours|sio|27105|/work/main/.venv/bin/python /work/wt/perf/bench/server.py --port {PORT}' ./peers.sh
+
+The coup package is found from this file's location (the repository root goes first on
+``sys.path``), so no ``pip install`` is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from coup.app import CoupNode  # noqa: E402
+from coup.config import Settings  # noqa: E402
+from coup.core.socket import Socket  # noqa: E402
+
+
+class IsoClock:
+    """``new Date().toISOString()`` (millisecond precision, ``Z``), formatting the date once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def install_chat(node: CoupNode) -> None:
+    """The benchmark's chat behaviour on the main namespace."""
+    nsp = node.sio.main
+    iso_now = IsoClock()
+    seq = 0
+
+    async def join_study(socket: Socket, args: list[Any]) -> None:
+        data = args[0] if args else None
+        if isinstance(data, dict) and data.get("studyId") is not None:
+            await socket.join(f"study:{data['studyId']}")
+
+    def message(socket: Socket, args: list[Any]) -> None:
+        nonlocal seq
+        data = args[0] if args else None
+        if not isinstance(data, dict) or data.get("studyId") is None:
+            return
+        seq += 1
+        nsp.to(f"study:{data['studyId']}").emit("message", {
+            "id": seq,
+            "content": data.get("content"),
+            "user": {"id": socket.id},
+            "createdAt": iso_now(),
+        })
+
+    nsp.on("join-study", join_study)
+    nsp.on("message", message)
+
+
+async def serve(host: str, port: int) -> None:
+    settings = Settings(demo=True, host=host, port=port, recovery_window=0.0).validated()
+    node = CoupNode(settings)
+    install_chat(node)
+    await node.start()
+    print(f"coup bench server (pid {os.getpid()}) listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    parser.add_argument("--asyncio", action="store_true", help="plain asyncio loop instead of uvloop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.asyncio:
+        asyncio.run(serve(args.host, args.port))
+    else:
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
