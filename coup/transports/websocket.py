@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
@@ -70,7 +70,10 @@ class WebSocketHandler(EngineRequestHandler):
         except UpgradeRefused as exc:
             log.info("WebSocket for %s refused after the handshake: %s", self.request.uri, exc.detail)
             stream = self.detach()
-            await stream.write(_switching_protocols(key) + encode_close_frame(CloseCode.POLICY_VIOLATION))
+            try:
+                await stream.write(_switching_protocols(key) + encode_close_frame(CloseCode.POLICY_VIOLATION))
+            except StreamClosedError:
+                pass  # the client went away first: nothing left to refuse
             stream.close()
             return
         except EngineRequestError as exc:
