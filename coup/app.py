@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -21,11 +21,18 @@ from coup.engine.server import EngineServer
 from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
+from coup.transports.sockjs import SockJSEndpoint
+
+if TYPE_CHECKING:
+    from coup.domain import CoupDomain
+    from coup.domain.sequence import SequenceSource
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SOCKET_IO_PATH = "/socket.io/"
+#: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
+SOCKJS_PATH = "/sockjs"
 
 
 class HealthHandler(RequestHandler):
@@ -34,6 +41,34 @@ class HealthHandler(RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.finish({"status": "ok"})
+
+
+#: a readiness check for ``GET /readyz``: True when the part it checks can serve
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class NodeService(Protocol):
+    """A part of the node with its own lifecycle (the CoUp domain, a cluster)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ReadyHandler(RequestHandler):
+    """``GET /readyz``: 200 when every readiness check passes (database reachable, ...), else 503."""
+
+    def initialize(self, checks: dict[str, ReadinessCheck]) -> None:
+        self.checks = checks
+
+    async def get(self) -> None:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self.checks[n]() for n in names), return_exceptions=True)
+        checks = {name: result is True for name, result in zip(names, results, strict=True)}
+        ready = all(checks.values())
+        self.set_header("Cache-Control", "no-store")
+        self.set_status(200 if ready else 503)
+        self.finish({"status": "ready" if ready else "not ready", "checks": checks})
 
 
 class CoupNode:
@@ -55,12 +90,24 @@ class CoupNode:
         self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=settings.node_id)
         self.extra_rules: list[Any] = list(extra_rules)
         self.http_server: HTTPServer | None = None
+        #: built by `application()`, inside the running loop (sockjs-tornado needs that)
+        self.sockjs: SockJSEndpoint | None = None
+        #: started (in order) before the Socket.IO server, stopped after it
+        self.services: list[NodeService] = []
+        #: the CoUp domain, when installed (`coup_node`)
+        self.domain: CoupDomain | None = None
+        self.readiness: dict[str, ReadinessCheck] = {}
 
     def application(self) -> Application:
         static = Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR
+        if self.sockjs is None:
+            self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
+                                         max_message_size=self.settings.max_payload)
         rules: list[Any] = [
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
             (r"/healthz", HealthHandler),
+            (r"/readyz", ReadyHandler, {"checks": self.readiness}),
+            *self.sockjs.rules,
             *self.extra_rules,
             (r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
@@ -68,6 +115,8 @@ class CoupNode:
 
     async def start(self, sockets: list[socket.socket] | None = None) -> HTTPServer:
         """Start serving on `sockets`, or on the configured host and port."""
+        for service in self.services:
+            await service.start()
         await self.sio.start()
         server = HTTPServer(self.application(), xheaders=True,
                             max_body_size=self.settings.max_payload + 64 * 1024)
@@ -88,6 +137,26 @@ class CoupNode:
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()
+        if self.sockjs is not None:
+            self.sockjs.close()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None
+        for service in reversed(self.services):
+            await service.stop()
+
+
+def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **kwargs: Any) -> CoupNode:
+    """The CoUp server: a node with the CoUp domain (auth, events, models, HTTP API) installed.
+
+    `sequence`: where per-study message numbers come from (default: the database).
+    """
+    from coup.domain import CoupDomain
+
+    node = CoupNode(settings, **kwargs)
+    domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows, sequence=sequence)
+    node.domain = domain
+    node.services.append(domain)
+    node.extra_rules.extend(domain.http_rules())
+    node.readiness["database"] = domain.ready
+    return node

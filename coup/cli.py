@@ -24,11 +24,14 @@ def _run(coro: object) -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    from coup.app import CoupNode
+    from coup.app import coup_node
 
-    node = CoupNode(settings)
+    node = coup_node(settings)
     await node.start()
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
+    if settings.demo:
+        log.info("demo mode: database %s; sign in with `coup token 1` (Alice) or POST /api/dev/token",
+                 settings.database_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,6 +55,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_settings() -> Settings:
+    """Settings for commands that only need the database (no JWT secret required)."""
+    return Settings.from_env(None, demo=True)
+
+
+def cmd_initdb(args: argparse.Namespace) -> int:
+    from coup.domain.database import initdb
+
+    url = _database_settings().database_url
+    initdb(url)
+    print(f"coup: schema ready in {url}")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from coup.domain.database import Database
+    from coup.domain.demo import NotEmpty, seed_demo
+
+    url = _database_settings().database_url
+    database = Database(url, workers=1)
+    try:
+        database.create_schema()
+        with database.db.connection_context():
+            seed_demo(reset=args.reset)
+    except NotEmpty as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+    print(f"coup: demo data loaded into {url} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a JWT for a user: signed with JWT_SECRET, or with the demo database's secret."""
+    from coup.domain.auth import TokenService
+    from coup.domain.database import Database
+    from coup.domain.demo import DEMO_SECRET_KEY
+    from coup.domain.queries import setting
+
+    if args.user_id <= 0:
+        print("coup: USER_ID must be a positive integer", file=sys.stderr)
+        return 2
+    settings = Settings.from_env(None, demo=True)
+    assert settings.jwt_secret is not None
+    secret: str | None = settings.jwt_secret.reveal()
+    if settings.jwt_secret_generated:  # no JWT_SECRET: use the one a demo server stored
+        database = Database(settings.database_url, workers=1)
+        try:
+            with database.db.connection_context():
+                secret = setting(DEMO_SECRET_KEY) if database.db.table_exists("server_settings") else None
+        finally:
+            database.close()
+        if secret is None:
+            print(f"coup: JWT_SECRET is not set and {settings.database_url} holds no demo secret; "
+                  "set JWT_SECRET, or start `coup serve --demo` once with this DATABASE_URL", file=sys.stderr)
+            return 2
+    assert secret is not None
+    tokens = TokenService(secret, settings.jwt_algorithm, settings.jwt_leeway)
+    print(tokens.issue(args.user_id, ttl=args.ttl))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coup", description="CoUp Realtime: Socket.IO server for CoUp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default $PORT or 8000)")
     serve.add_argument("--demo", action="store_true", help="demo mode: embedded defaults and demo data")
     serve.set_defaults(func=cmd_serve)
+    initdb = sub.add_parser("initdb", help="create the database schema ($DATABASE_URL); safe to run again")
+    initdb.set_defaults(func=cmd_initdb)
+    seed = sub.add_parser("seed-demo", help="load the demo data (users 1-5, group 1, studies 1-2, tasks 1-2)")
+    seed.add_argument("--reset", action="store_true", help="empty the tables first (else refuses a non-empty db)")
+    seed.set_defaults(func=cmd_seed_demo)
+    token = sub.add_parser("token", help="print a JWT for USER_ID (JWT_SECRET, or the demo database's secret)")
+    token.add_argument("user_id", type=int, metavar="USER_ID")
+    token.add_argument("--ttl", type=float, default=24 * 3600.0, help="lifetime in seconds (default one day)")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

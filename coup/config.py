@@ -102,6 +102,18 @@ class Settings:
     recovery_window: float = 120.0
     log_level: str = "INFO"
     static_dir: str | None = None
+    #: True when demo mode made the JWT secret up; the domain then keeps one secret stable
+    #: in the demo database, so a separate `coup token` process signs tokens it accepts
+    jwt_secret_generated: bool = False
+    #: seconds of clock skew tolerated on a token's `exp`
+    jwt_leeway: float = 10.0
+    #: threads running database queries (queries never run on the IOLoop)
+    db_workers: int = 4
+    #: chat messages one user may send: sustained per second, and in a burst
+    message_rate: float = 5.0
+    message_burst: int = 20
+    #: at most one `typing` broadcast per user and study in this many seconds
+    typing_interval: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -157,6 +169,14 @@ class Settings:
             values["log_level"] = level
         if (raw := get("COUP_STATIC_DIR")) is not None:
             values["static_dir"] = raw.strip()
+        if (raw := get("COUP_DB_WORKERS")) is not None:
+            values["db_workers"] = _int("COUP_DB_WORKERS", raw, minimum=1, maximum=64)
+        if (raw := get("COUP_MESSAGE_RATE")) is not None:
+            values["message_rate"] = _float("COUP_MESSAGE_RATE", raw, minimum=0.01)
+        if (raw := get("COUP_MESSAGE_BURST")) is not None:
+            values["message_burst"] = _int("COUP_MESSAGE_BURST", raw, minimum=1)
+        if (raw := get("COUP_TYPING_INTERVAL")) is not None:
+            values["typing_interval"] = _float("COUP_TYPING_INTERVAL", raw)
         values.update(overrides)
         return cls(**values).validated()
 
@@ -167,7 +187,7 @@ class Settings:
             if not settings.demo:
                 raise ConfigError(
                     f"JWT_SECRET is required (at least {MIN_SECRET_BYTES} bytes) unless COUP_DEMO=1 / --demo")
-            settings = replace(settings, jwt_secret=Secret(secrets.token_urlsafe(48)))
+            settings = replace(settings, jwt_secret=Secret(secrets.token_urlsafe(48)), jwt_secret_generated=True)
         assert settings.jwt_secret is not None
         if len(settings.jwt_secret.reveal().encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")

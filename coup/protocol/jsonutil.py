@@ -1,14 +1,16 @@
 """JSON exactly as JavaScript's JSON.stringify / JSON.parse see it.
 
 Compact separators and raw UTF-8 (like JSON.stringify); NaN and Infinity are refused in
-both directions (JSON.parse rejects them, Python's json would accept them); deep nesting
-and huge integers become a `DecodeError` instead of a RecursionError or ValueError.
+both directions (JSON.parse rejects them, Python's json would accept them), and so are
+numbers that overflow to infinity; deep nesting and huge integers become a `DecodeError`
+instead of a RecursionError or ValueError.
 """
 
 from __future__ import annotations
 
 import json
 import json.encoder
+import math
 from typing import Any
 
 from coup.protocol.errors import DecodeError, EncodeError
@@ -22,8 +24,16 @@ def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _finite_float(text: str) -> float:
+    """``1e999`` is valid JSON but overflows to infinity, which we could never send back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _decoder.decode
 
 # The C encoder built once (JSONEncoder.encode builds one per call: 2.2 -> 1.2 µs for a chat

@@ -130,7 +130,8 @@ class CloseReceived:
 
 WebSocketEvent = TextMessage | BinaryMessage | Ping | Pong | CloseReceived
 
-_VALID_CLOSE_CODES = frozenset(range(1000, 1012)) - {1004, 1005, 1006}
+#: codes a peer may send (RFC 6455 §7.4 and the IANA registry); 1004-1006 and 1015 are reserved
+_VALID_CLOSE_CODES = frozenset(range(1000, 1015)) - {1004, 1005, 1006}
 
 
 class FrameReader:

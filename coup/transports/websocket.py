@@ -14,13 +14,13 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
-from coup.engine.errors import EngineErrorCode, EngineRequestError
+from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.engine.websocket import WebSocketTransport
-from coup.protocol.websocket import accept_key, valid_client_key
+from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
 from coup.transports.base import EngineRequestHandler
 from coup.transports.origins import OriginPolicy
 
@@ -100,6 +100,17 @@ class WebSocketHandler(EngineRequestHandler):
             self.set_header("Sec-WebSocket-Version", "13")
             self.set_status(426)
             self.finish("Upgrade Required")
+            return
+        except UpgradeRefused as exc:
+            # raised by the probe, after check_upgrade validated the key
+            log.info("WebSocket for %s refused after the handshake: %s", self.request.uri, exc.detail)
+            stream = self.detach()
+            try:
+                await stream.write(_switching_protocols(headers.get("Sec-WebSocket-Key", ""))
+                                   + encode_close_frame(CloseCode.POLICY_VIOLATION))
+            except StreamClosedError:
+                pass  # the client went away first: nothing left to refuse
+            stream.close()
             return
         except EngineRequestError as exc:
             self.refuse(exc)

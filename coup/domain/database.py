@@ -1,0 +1,109 @@
+"""The database connection and the threads its queries run on.
+
+peewee is synchronous, so no query may run on the IOLoop thread: `Database.run(fn, ...)`
+runs `fn` in a bounded thread pool (`COUP_DB_WORKERS` threads, one connection each, kept
+open). SQLite runs in WAL mode, so readers never wait for the writer; write transactions
+begin IMMEDIATE so two writers queue on the lock instead of failing a read-to-write upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from coup.domain.models import MODELS, database_proxy
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SQLITE_PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "normal"),
+    ("foreign_keys", 1),
+    ("busy_timeout", 10_000),
+)
+
+
+def open_database(url: str) -> pw.Database:
+    """A peewee database for `url` (sqlite:///file.db, postgresql://user@host/db)."""
+    scheme = urlsplit(url).scheme
+    db: pw.Database
+    if scheme.startswith("sqlite"):
+        db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=10)
+    elif scheme.startswith(("postgres", "postgresql")):
+        db = connect(url)
+    else:
+        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {scheme!r}")
+    return db
+
+
+class Database:
+    """One database and its worker threads. Models are bound to it on construction."""
+
+    def __init__(self, url: str, *, workers: int = 4) -> None:
+        self.url = url
+        self.db = open_database(url)
+        database_proxy.initialize(self.db)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coup-db")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a synchronous query function on a database thread and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args, **kwargs))
+
+    def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (pw.OperationalError, pw.InterfaceError):
+            # the connection may be broken (server restarted): drop it so the next call reconnects
+            if not self.db.is_closed() and not self.db.in_transaction():
+                try:
+                    self.db.close()
+                except pw.PeeweeException:
+                    log.debug("closing a broken connection failed", exc_info=True)
+            raise
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            await self.run(self._ping)
+        except Exception as exc:  # any driver error means "not ready"
+            log.warning("database not reachable: %s", exc)
+            return False
+        return True
+
+    def _ping(self) -> None:
+        self.db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
+
+    def create_schema(self) -> None:
+        """Create every table and index that is missing (idempotent). Synchronous: CLI and start-up."""
+        with self.db.connection_context():
+            self.db.create_tables(MODELS, safe=True)
+
+    def close(self) -> None:
+        """Stop the worker threads (their connections close with them)."""
+        self._executor.shutdown(wait=True, cancel_futures=False)
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def initdb(url: str) -> None:
+    """`coup initdb`: create the schema of `url`; running it again changes nothing."""
+    database = Database(url, workers=1)
+    try:
+        database.create_schema()
+    finally:
+        database.close()
+
+
+__all__ = ["Database", "initdb", "open_database"]

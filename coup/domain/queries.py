@@ -1,0 +1,407 @@
+"""Every query the domain runs. Synchronous: call them through `Database.run`, never on the
+IOLoop. They return plain JSON-able dicts (payload shapes of the events and the HTTP API),
+so no peewee row, with its lazy foreign keys, ever reaches the loop thread.
+
+Writes that belong together run in one transaction (a message, and the notifications it
+causes). Unique constraints are the last word on "stored once": a write that breaks one is
+answered from the row that won.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from coup.domain.models import (
+    Group,
+    GroupMember,
+    Message,
+    MessageRead,
+    Notification,
+    ServerSetting,
+    Study,
+    StudyMember,
+    Task,
+    User,
+    database_proxy,
+    iso,
+    utcnow,
+)
+from coup.domain.prepared import Prepared
+
+ACTIVE = "ACTIVE"
+NEW_MESSAGE = "NEW_MESSAGE"
+TASK_ASSIGNED = "TASK_ASSIGNED"
+PREVIEW_CHARS = 100
+
+# ---------------------------------------------------------------------- payload shapes
+
+
+def message_payload(message: Message, user_name: str) -> dict[str, Any]:
+    """The `message` event (and HTTP item): ids are row numbers, content exactly as stored."""
+    return _message_body(message.id, message.study_id, message.seq, message.content, message.file_id,
+                         message.user_id, user_name, message.created_at, message.client_message_id)
+
+
+def _message_body(message_id: int, study_id: int, seq: int, content: str, file_id: int | None, user_id: int,
+                  user_name: str, created_at: dt.datetime, client_message_id: str | None) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "studyId": study_id,
+        "seq": seq,
+        "content": content,
+        "fileId": file_id,
+        "user": {"id": user_id, "name": user_name},
+        "createdAt": iso(created_at),
+        "clientMessageId": client_message_id,
+    }
+
+
+def notification_payload(notification: Notification) -> dict[str, Any]:
+    """The `notification` event: {id, type, message, studyId?, data?} plus its times."""
+    body: dict[str, Any] = {
+        "id": notification.id,
+        "type": notification.type,
+        "message": notification.message,
+        "createdAt": iso(notification.created_at),
+        "readAt": iso(notification.read_at),
+    }
+    if notification.study_id is not None:
+        body["studyId"] = notification.study_id
+    if notification.data is not None:
+        body["data"] = notification.data
+    return body
+
+
+def task_payload(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "studyId": task.study_id,
+        "title": task.title,
+        "status": task.status,
+        "assigneeId": task.assignee_id,
+        "updatedBy": task.updated_by_id,
+        "updatedAt": iso(task.updated_at),
+    }
+
+
+# ---------------------------------------------------------------------- users and memberships
+
+
+def user(user_id: int) -> dict[str, Any] | None:
+    row = User.get_or_none(User.id == user_id)
+    return None if row is None else {"id": row.id, "name": row.name}
+
+
+def all_users() -> list[dict[str, Any]]:
+    return [{"id": u.id, "name": u.name} for u in User.select().order_by(User.id)]
+
+
+@dataclass(frozen=True)
+class ConnectContext:
+    """What a socket needs at connect: who it is, its group rooms, its studies for presence."""
+
+    user_id: int
+    name: str
+    group_ids: tuple[int, ...]
+    active_study_ids: tuple[int, ...]
+
+
+def connect_context(user_id: int) -> ConnectContext | None:
+    row = User.get_or_none(User.id == user_id)
+    if row is None:
+        return None
+    groups = [gm.group_id for gm in GroupMember.select(GroupMember.group).where(GroupMember.user == user_id)]
+    return ConnectContext(row.id, row.name, tuple(sorted(groups)), tuple(active_study_ids(user_id)))
+
+
+def active_study_ids(user_id: int) -> list[int]:
+    query = (StudyMember.select(StudyMember.study)
+             .where((StudyMember.user == user_id) & (StudyMember.status == ACTIVE))
+             .order_by(StudyMember.study))
+    return [m.study_id for m in query]
+
+
+_MEMBER_STATUS = Prepared(lambda: StudyMember.select(StudyMember.status).where(
+    (StudyMember.study == 0) & (StudyMember.user == 0)))
+_STUDY_EXISTS = Prepared(lambda: Study.select(Study.id).where(Study.id == 0))
+
+
+def membership(study_id: int, user_id: int) -> str | None:
+    """The user's status in the study; raises `LookupError` when the study does not exist."""
+    row = _MEMBER_STATUS.first(study_id, user_id)
+    if row is not None:
+        return str(row[0])
+    if _STUDY_EXISTS.first(study_id) is None:
+        raise LookupError(study_id)
+    return None
+
+
+def my_studies(user_id: int) -> list[dict[str, Any]]:
+    query = (StudyMember.select(StudyMember, Study, Group)
+             .join(Study).join(Group)
+             .where(StudyMember.user == user_id)
+             .order_by(Study.id))
+    return [{
+        "id": m.study.id, "name": m.study.name, "groupId": m.study.group.id, "groupName": m.study.group.name,
+        "role": m.role, "status": m.status,
+    } for m in query]
+
+
+def study_members(study_id: int) -> list[dict[str, Any]]:
+    query = (StudyMember.select(StudyMember, User).join(User)
+             .where(StudyMember.study == study_id).order_by(User.id))
+    return [{"userId": m.user.id, "name": m.user.name, "role": m.role, "status": m.status} for m in query]
+
+
+# ---------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    study_id: int
+    user_id: int
+    user_name: str
+    content: str
+    file_id: int | None
+    client_message_id: str | None
+
+
+def max_seq(study_id: int) -> int:
+    value = Message.select(pw.fn.MAX(Message.seq)).where(Message.study == study_id).scalar()
+    return int(value or 0)
+
+
+_CLIENT_MESSAGE = Prepared(lambda: Message.select(
+    Message.id, Message.study, Message.seq, Message.content, Message.file_id, Message.created_at,
+).where((Message.user == 0) & (Message.client_message_id == "")))
+_INSERT_MESSAGE = Prepared(lambda: Message.insert_many(
+    [(0, 0, 0, "", None, "", utcnow())],
+    fields=[Message.study, Message.user, Message.seq, Message.content, Message.file_id, Message.client_message_id,
+            Message.created_at]))
+_ACTIVE_MEMBERS = Prepared(lambda: StudyMember.select(StudyMember.user).where(
+    (StudyMember.study == 0) & (StudyMember.status == "")))
+_INSERT_NOTIFICATION = Prepared(lambda: Notification.insert_many(
+    [(0, "", "", 0, "", utcnow())],
+    fields=[Notification.user, Notification.type, Notification.message, Notification.study, Notification.data,
+            Notification.created_at]))
+
+
+def _by_client_id(new: NewMessage) -> dict[str, Any] | None:
+    """The message this user already stored under `new`'s clientMessageId, as a payload."""
+    if new.client_message_id is None:
+        return None
+    row = _CLIENT_MESSAGE.first(new.user_id, new.client_message_id)
+    if row is None:
+        return None
+    message_id, study_id, seq, content, file_id, created_at = row
+    return _message_body(message_id, study_id, seq, content, file_id, new.user_id, new.user_name,
+                         Message.created_at.python_value(created_at),  # type: ignore[no-untyped-call]
+                         new.client_message_id)
+
+
+def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) -> dict[str, Any]:
+    """Store a message with `seq`, and a NEW_MESSAGE notification for every ACTIVE member not
+    in `present_user_ids` (those in the study room) nor the author, in one transaction.
+
+    Returns ``{"outcome": ...}``: ``stored`` (with `message` and `notifications`),
+    ``duplicate`` (this user already stored that clientMessageId: `message` is the first one),
+    ``reused`` (that clientMessageId belongs to another study), ``no_study``, ``not_member``,
+    or ``seq_clash`` (another writer took `seq`). The hot path: prepared statements only.
+    """
+    db = database_proxy
+    with db.atomic():
+        existing = _by_client_id(new)
+        if existing is not None:
+            return _duplicate(existing, new)
+        try:
+            status = membership(new.study_id, new.user_id)
+        except LookupError:
+            return {"outcome": "no_study"}
+        if status != ACTIVE:
+            return {"outcome": "not_member"}
+        created_at = utcnow()
+        try:
+            with db.atomic():  # a savepoint: a clash leaves the outer transaction usable
+                message_id = _INSERT_MESSAGE.insert(new.study_id, new.user_id, seq, new.content, new.file_id,
+                                                    new.client_message_id, created_at)
+        except pw.IntegrityError:
+            existing = _by_client_id(new)
+            if existing is not None:  # a concurrent duplicate won the race
+                return _duplicate(existing, new)
+            return {"outcome": "seq_clash"}
+        present = set(present_user_ids)
+        present.add(new.user_id)
+        recipients = sorted(uid for (uid,) in _ACTIVE_MEMBERS.all(new.study_id, ACTIVE) if uid not in present)
+        preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
+        text = f"{new.user_name}: {preview}"
+        data = {"messageId": message_id}
+        stored_data = Notification.data.db_value(data)
+        notifications = []
+        for uid in recipients:
+            nid = _INSERT_NOTIFICATION.insert(uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at)
+            notifications.append({"userId": uid, "notification": {
+                "id": nid, "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at), "readAt": None,
+                "studyId": new.study_id, "data": data}})
+        message = _message_body(message_id, new.study_id, seq, new.content, new.file_id, new.user_id,
+                                new.user_name, created_at, new.client_message_id)
+        return {"outcome": "stored", "message": message, "notifications": notifications}
+
+
+def _duplicate(existing: dict[str, Any], new: NewMessage) -> dict[str, Any]:
+    if existing["studyId"] != new.study_id:
+        return {"outcome": "reused"}
+    return {"outcome": "duplicate", "message": existing}
+
+
+def message_page(study_id: int, before: int | None, limit: int) -> dict[str, Any]:
+    """Newest first; `before` is a message id; one extra row tells whether more exist."""
+    query = Message.select(Message, User).join(User).where(Message.study == study_id)
+    if before is not None:
+        query = query.where(Message.id < before)
+    rows = list(query.order_by(Message.id.desc()).limit(limit + 1))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [message_payload(m, m.user.name) for m in rows],
+        "hasMore": has_more,
+        "nextBefore": rows[-1].id if has_more and rows else None,
+    }
+
+
+def message_study(message_id: int) -> int | None:
+    row = Message.select(Message.study).where(Message.id == message_id).first()
+    return None if row is None else int(row.study_id)
+
+
+def mark_message_read(message_id: int, user_id: int) -> dict[str, Any]:
+    """Store a read receipt once. Outcome ``read`` (new), ``already``, ``no_message`` or ``not_member``."""
+    db = database_proxy
+    with db.atomic():
+        message = Message.select(Message.id, Message.study).where(Message.id == message_id).first()
+        if message is None:
+            return {"outcome": "no_message"}
+        study_id = int(message.study_id)
+        member = StudyMember.get_or_none((StudyMember.study == study_id) & (StudyMember.user == user_id))
+        if member is None or member.status != ACTIVE:
+            return {"outcome": "not_member", "studyId": study_id}
+        try:
+            with db.atomic():
+                MessageRead.create(message=message_id, user=user_id, read_at=utcnow())
+        except pw.IntegrityError:
+            return {"outcome": "already", "studyId": study_id}
+        return {"outcome": "read", "studyId": study_id}
+
+
+# ---------------------------------------------------------------------- notifications
+
+
+def create_notification(user_id: int, type_: str, message: str, study_id: int | None,
+                        data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Store one notification; None when the user (or the given study) does not exist."""
+    with database_proxy.atomic():
+        if not User.select().where(User.id == user_id).exists():
+            return None
+        if study_id is not None and not Study.select().where(Study.id == study_id).exists():
+            return None
+        row = Notification.create(user=user_id, type=type_, message=message, study=study_id, data=data,
+                                  created_at=utcnow())
+        return notification_payload(row)
+
+
+def notification_page(user_id: int, unread_only: bool, before: int | None, limit: int) -> dict[str, Any]:
+    query = Notification.select().where(Notification.user == user_id)
+    if unread_only:
+        query = query.where(Notification.read_at.is_null())
+    if before is not None:
+        query = query.where(Notification.id < before)
+    rows = list(query.order_by(Notification.id.desc()).limit(limit + 1))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    unread = Notification.select().where((Notification.user == user_id) & Notification.read_at.is_null()).count()
+    return {
+        "items": [notification_payload(n) for n in rows],
+        "hasMore": has_more,
+        "nextBefore": rows[-1].id if has_more and rows else None,
+        "unreadCount": unread,
+    }
+
+
+def mark_notification_read(notification_id: int, user_id: int) -> str:
+    """``read`` (now marked), ``already`` (was read), or ``not_found`` (absent or someone else's)."""
+    with database_proxy.atomic():
+        row = Notification.get_or_none((Notification.id == notification_id) & (Notification.user == user_id))
+        if row is None:
+            return "not_found"
+        if row.read_at is not None:
+            return "already"
+        updated = (Notification.update(read_at=utcnow())
+                   .where((Notification.id == notification_id) & Notification.read_at.is_null()).execute())
+        return "read" if updated else "already"
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+def study_tasks(study_id: int) -> list[dict[str, Any]]:
+    return [task_payload(t) for t in Task.select().where(Task.study == study_id).order_by(Task.id)]
+
+
+def task_study(task_id: int) -> int | None:
+    row = Task.select(Task.study).where(Task.id == task_id).first()
+    return None if row is None else int(row.study_id)
+
+
+def update_task_status(task_id: int, user_id: int, status: str) -> dict[str, Any] | None:
+    with database_proxy.atomic():
+        updated = (Task.update(status=status, updated_by=user_id, updated_at=utcnow())
+                   .where(Task.id == task_id).execute())
+        if not updated:
+            return None
+        return task_payload(Task.get_by_id(task_id))
+
+
+def assign_task(task_id: int, user_id: int, assignee_id: int) -> dict[str, Any]:
+    """Outcome ``assigned`` (with `task` and the assignee's `notification`), ``no_task`` or ``not_member``."""
+    with database_proxy.atomic():
+        task = Task.get_or_none(Task.id == task_id)
+        if task is None:
+            return {"outcome": "no_task"}
+        member = StudyMember.get_or_none((StudyMember.study == task.study_id) & (StudyMember.user == assignee_id))
+        if member is None or member.status != ACTIVE:
+            return {"outcome": "not_member"}
+        now = utcnow()
+        Task.update(assignee=assignee_id, updated_by=user_id, updated_at=now).where(Task.id == task_id).execute()
+        task = Task.get_by_id(task_id)
+        note = Notification.create(
+            user=assignee_id, type=TASK_ASSIGNED, message=f"할 일이 배정되었습니다: {task.title}",
+            study=task.study_id, data={"taskId": task_id}, created_at=now)
+        return {"outcome": "assigned", "task": task_payload(task), "notification": notification_payload(note)}
+
+
+# ---------------------------------------------------------------------- server settings
+
+
+def setting(key: str) -> str | None:
+    row = ServerSetting.get_or_none(ServerSetting.key == key)
+    return None if row is None else str(row.value)
+
+
+def setting_or_store(key: str, value: str) -> str:
+    """The stored value of `key`, or `value` after storing it (the first writer wins)."""
+    with database_proxy.atomic():
+        try:
+            with database_proxy.atomic():
+                ServerSetting.insert(key=key, value=value).execute()
+        except pw.IntegrityError:
+            pass
+        row = ServerSetting.get(ServerSetting.key == key)
+        return str(row.value)
+
+
+def has_users() -> bool:
+    return bool(User.select().exists())

@@ -1,0 +1,53 @@
+"""Per-study message sequence numbers (`seq`): monotonic and gap-free within a study.
+
+The room's single writer (the `study.message` room command) asks for a number, stores the
+message with it, and reports back: `give_back` when the message was not stored, `resync`
+when the database's unique (study, seq) constraint says another writer already took it
+(two owners during a ring change, a counter that lost its state). The writer then asks again.
+
+`DatabaseSequence` (the default) remembers the last number per study in memory and reads
+`MAX(seq)` from the database the first time and after a `resync`; a cluster can plug in a
+Redis counter (INCR) behind the same three methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+#: reads the highest stored seq of a study (0 when it has no message)
+MaxSeqReader = Callable[[int], Awaitable[int]]
+
+
+class SequenceSource:
+    async def next(self, study_id: int) -> int:
+        """The number the next message of `study_id` should carry."""
+        raise NotImplementedError
+
+    async def give_back(self, study_id: int, seq: int) -> None:
+        """`seq` was not used; hand it out again if no later number was given."""
+
+    async def resync(self, study_id: int) -> None:
+        """`seq` clashed with a stored message: forget what you know about `study_id`."""
+
+
+class DatabaseSequence(SequenceSource):
+    """`MAX(seq) + 1`, cached per study. Correct with one writer per room (the room command);
+    with two (a handoff), the unique constraint catches the clash and `resync` repairs it."""
+
+    def __init__(self, read_max: MaxSeqReader) -> None:
+        self._read_max = read_max
+        self._last: dict[int, int] = {}
+
+    async def next(self, study_id: int) -> int:
+        last = self._last.get(study_id)
+        if last is None:
+            last = await self._read_max(study_id)
+        value = self._last[study_id] = last + 1
+        return value
+
+    async def give_back(self, study_id: int, seq: int) -> None:
+        if self._last.get(study_id) == seq:
+            self._last[study_id] = seq - 1
+
+    async def resync(self, study_id: int) -> None:
+        self._last.pop(study_id, None)

@@ -1,0 +1,194 @@
+"""Study rooms: every write scoped to one study runs as a room command on the room's owner.
+
+`server.rooms.call("study:{id}", name, payload)` runs the command where the room is owned,
+one at a time per room. That single writer is what makes `seq` gap-free, member-joined /
+member-left exactly once per user, and a retried `clientMessageId` stored once. In one
+process the owner is us; a cluster routes the call without this module changing, which is
+why payloads and results are plain JSON and refusals come back as ``{"ok": false, ...}``.
+
+The caller half (methods without a leading underscore) validates nothing: the socket
+event handlers and the HTTP API have checked the payload and the caller's right to act
+before they get here; the command re-checks ACTIVE membership against the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import peewee as pw
+
+from coup.core import ClientError, SocketServer
+from coup.domain import queries
+from coup.domain.access import membership_error
+from coup.domain.auth import Actor
+from coup.domain.database import Database
+from coup.domain.errors import client_error, not_found, raise_refusal, refusal
+from coup.domain.queries import NewMessage
+from coup.domain.roomnames import study_of, study_room, user_room
+from coup.domain.sequence import SequenceSource
+
+log = logging.getLogger(__name__)
+
+JOIN = "study.join"
+LEAVE = "study.leave"
+MESSAGE = "study.message"
+TYPING = "study.typing"
+READ = "study.read"
+
+#: attempts at storing one message when its seq clashes with another writer's
+SEQ_ATTEMPTS = 3
+
+#: query outcomes that refuse, and what the client is told
+REFUSALS: dict[str, Callable[[], ClientError]] = {
+    "no_study": lambda: not_found("스터디"),
+    "no_message": lambda: not_found("메시지"),
+    "not_member": lambda: client_error("NOT_MEMBER"),
+    "reused": lambda: client_error("CONFLICT"),
+}
+
+
+class StudyRooms:
+    def __init__(self, server: SocketServer, db: Database, sequence: SequenceSource) -> None:
+        self.server = server
+        self.nsp = server.main
+        self.db = db
+        self.sequence = sequence
+        router = server.rooms
+        router.register(JOIN, self._join)
+        router.register(LEAVE, self._leave)
+        router.register(MESSAGE, self._message)
+        router.register(TYPING, self._typing)
+        router.register(READ, self._read)
+
+    async def _call(self, study_id: int, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return raise_refusal(await self.server.rooms.call(study_room(study_id), name, payload))
+
+    # ------------------------------------------------------------------ callers
+
+    async def join(self, actor: Actor, study_id: int, sid: str, *, recovered: bool = False) -> dict[str, Any]:
+        """Put socket `sid` in the study room; ``{ok, studyId, online}``.
+
+        `recovered`: the socket is back in the room through connection state recovery, and
+        is counted in again (its disconnect announced member-left).
+        """
+        return await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id, "userName": actor.name,
+                                                 "sid": sid, "recovered": recovered})
+
+    async def leave(self, actor: Actor, study_id: int, sid: str, *, gone: bool = False) -> dict[str, Any]:
+        """Take socket `sid` out of the room (`gone`: it disconnected and is out already)."""
+        return await self._call(study_id, LEAVE, {"studyId": study_id, "userId": actor.id, "sid": sid,
+                                                  "gone": gone})
+
+    async def post_message(self, actor: Actor, study_id: int, content: str, file_id: int | None,
+                           client_message_id: str | None) -> dict[str, Any]:
+        """Store and broadcast a message; ``{ok, id, studyId, seq, createdAt, duplicate}``."""
+        return await self._call(study_id, MESSAGE, {
+            "studyId": study_id, "userId": actor.id, "userName": actor.name, "content": content,
+            "fileId": file_id, "clientMessageId": client_message_id,
+        })
+
+    async def typing(self, actor: Actor, study_id: int, sid: str) -> dict[str, Any]:
+        return await self._call(study_id, TYPING, {"studyId": study_id, "userId": actor.id, "userName": actor.name,
+                                                   "sid": sid})
+
+    async def read(self, actor: Actor, message_id: int, sid: str | None) -> dict[str, Any]:
+        """Store a read receipt once; ``{ok, messageId, studyId, new}``."""
+        study_id = await self.db.run(queries.message_study, message_id)
+        if study_id is None:
+            raise not_found("메시지")
+        return await self._call(study_id, READ, {"messageId": message_id, "userId": actor.id, "sid": sid})
+
+    async def users_in(self, study_id: int, *, without_sid: str | None = None) -> set[int]:
+        """Ids of the users with a socket in the study room (cluster-wide)."""
+        return {uid for sid, uid in await self._room_sockets(study_id) if sid != without_sid}
+
+    async def _room_sockets(self, study_id: int) -> list[tuple[str, int]]:
+        sockets = await self.nsp.in_(study_room(study_id)).fetch_sockets()
+        return [(s.id, s.data["userId"]) for s in sockets if isinstance(s.data.get("userId"), int)]
+
+    # ------------------------------------------------------------------ commands (on the owner)
+
+    async def _join(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+        study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
+        if study_of(room) != study_id:
+            return refusal(client_error("BAD_REQUEST"))
+        refused = await membership_error(self.db, study_id, user_id)
+        if refused is not None:
+            # a socket whose membership ended must not stay in the room
+            await self.nsp.in_(sid).sockets_leave(room)
+            return refusal(refused)
+        sockets = await self._room_sockets(study_id)
+        present = {uid for other, uid in sockets if other != sid}
+        already_in = any(other == sid for other, _ in sockets)
+        await self.nsp.in_(sid).sockets_join(room)
+        if (p.get("recovered") or not already_in) and user_id not in present:
+            self.nsp.to(room).except_(sid).emit(
+                "member-joined", {"studyId": study_id, "userId": user_id, "userName": p["userName"]})
+        return {"ok": True, "studyId": study_id, "online": sorted(present | {user_id})}
+
+    async def _leave(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+        study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
+        if not p.get("gone"):
+            await self.nsp.in_(sid).sockets_leave(room)
+        if user_id not in await self.users_in(study_id, without_sid=sid):
+            self.nsp.to(room).emit("member-left", {"studyId": study_id, "userId": user_id})
+        return {"ok": True, "studyId": study_id}
+
+    async def _typing(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+        study_id = int(p["studyId"])
+        # to the other users: the typist's own tabs do not show "Alice is typing"
+        self.nsp.to(room).except_(user_room(int(p["userId"]))).emit(
+            "typing", {"userId": p["userId"], "userName": p["userName"], "studyId": study_id})
+        return {"ok": True}
+
+    async def _read(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+        message_id, user_id, sid = int(p["messageId"]), int(p["userId"]), p.get("sid")
+        result = await self.db.run(queries.mark_message_read, message_id, user_id)
+        outcome = result["outcome"]
+        if outcome in REFUSALS:
+            return refusal(REFUSALS[outcome]())
+        study_id = result["studyId"]
+        if outcome == "read":
+            target = self.nsp.to(study_room(study_id))
+            if sid is not None:
+                target = target.except_(str(sid))
+            target.emit("read", {"messageId": message_id, "userId": user_id, "studyId": study_id})
+        return {"ok": True, "messageId": message_id, "studyId": study_id, "new": outcome == "read"}
+
+    async def _message(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+        new = NewMessage(study_id=int(p["studyId"]), user_id=int(p["userId"]), user_name=str(p["userName"]),
+                         content=str(p["content"]), file_id=p.get("fileId"),
+                         client_message_id=p.get("clientMessageId"))
+        if study_of(room) != new.study_id:
+            return refusal(client_error("BAD_REQUEST"))
+        present = await self.users_in(new.study_id)
+        for _ in range(SEQ_ATTEMPTS):
+            seq = await self.sequence.next(new.study_id)
+            try:
+                result = await self.db.run(queries.store_message, new, seq, present)
+            except pw.PeeweeException:
+                await self.sequence.give_back(new.study_id, seq)
+                log.exception("storing a message in study %d failed", new.study_id)
+                return refusal(client_error("RETRY"))
+            outcome = result["outcome"]
+            if outcome == "seq_clash":
+                log.warning("study %d: seq %d was taken by another writer; resyncing", new.study_id, seq)
+                await self.sequence.resync(new.study_id)
+                continue
+            if outcome != "stored":
+                await self.sequence.give_back(new.study_id, seq)
+            return self._message_outcome(outcome, result)
+        return refusal(client_error("RETRY"))
+
+    def _message_outcome(self, outcome: str, result: dict[str, Any]) -> dict[str, Any]:
+        if outcome in REFUSALS:
+            return refusal(REFUSALS[outcome]())
+        message = result["message"]
+        if outcome == "stored":
+            self.nsp.to(study_room(message["studyId"])).emit("message", message)
+            for item in result["notifications"]:
+                self.nsp.to(user_room(item["userId"])).emit("notification", item["notification"])
+        return {"ok": True, "id": message["id"], "studyId": message["studyId"], "seq": message["seq"],
+                "createdAt": message["createdAt"], "duplicate": outcome == "duplicate"}

@@ -1,0 +1,89 @@
+"""sockjs-tornado's session with the defects that break it on Tornado 6 fixed.
+
+* Heartbeats: the library's timer passes ``time.time() + delay`` to ``IOLoop.add_timeout``,
+  whose clock on Tornado 6 is the asyncio loop's monotonic clock, so the first ``h`` frame
+  would come decades late. We run the heartbeat on ``loop.call_later``.
+* Closing while a polling response is being written (``close()`` from ``on_open``, or a
+  server close right after a poll answered) appended the close frame to a response whose
+  Content-Length was already sent. The close frame now waits for the next request, as the
+  protocol says ("the server must constantly serve the close message").
+* Messages still queued for the next flush go out before the close frame.
+* The close frame's reason is JSON-encoded (the library pasted it between quotes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from sockjs.tornado import session as sockjs_session
+
+
+def close_frame(code: int, reason: str) -> str:
+    return "c" + json.dumps([code, reason], separators=(",", ":"))
+
+
+class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
+    """A SockJS session of any HTTP or WebSocket transport."""
+
+    _heartbeat_handle: asyncio.TimerHandle | None = None
+    #: the HTTP request that opened the session (its transport handler may be gone by on_open)
+    request: Any = None
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def start_heartbeat(self) -> None:
+        self.stop_heartbeat()
+        loop = asyncio.get_running_loop()
+        self._heartbeat_handle = loop.call_later(self._heartbeat_interval / 1000.0, self._heartbeat)
+
+    def stop_heartbeat(self) -> None:
+        handle = self._heartbeat_handle
+        if handle is not None:
+            handle.cancel()
+            self._heartbeat_handle = None
+
+    def delay_heartbeat(self) -> None:
+        if self._heartbeat_handle is not None:
+            self.start_heartbeat()
+
+    def _heartbeat(self) -> None:
+        self._heartbeat_handle = None
+        handler = self.handler
+        if handler is None:
+            return  # the next request restarts the timer
+        if handler.active:  # a streaming response busy flushing just sent data: skip this beat
+            handler.send_pack("h")
+        if self.handler is handler:
+            self.start_heartbeat()
+
+    # ------------------------------------------------------------------ close
+
+    def close(self, code: int = 3000, message: str = "Go away!") -> None:
+        if self.state != sockjs_session.CLOSED:
+            self.flush()  # queued messages go out before the close frame
+            handler = self.handler
+            if handler is not None and handler.can_send_close():
+                handler.send_pack(close_frame(code, message))
+        sockjs_session.BaseSession.close(self, code, message)
+        self.stop_heartbeat()
+
+    def set_handler(self, handler: Any, start_heartbeat: bool = True) -> bool:
+        """Attach a request to the session; a closed session answers it with its close frame."""
+        if self.handler is not None:
+            handler.send_pack(close_frame(2010, "Another connection still open"))
+            return False
+        if self._verify_ip and self.conn_info is not None and handler.request.remote_ip != self.conn_info.ip:
+            handler.send_pack(close_frame(2010, "Attempted to connect to session from different IP"))
+            return False
+        if self.state in (sockjs_session.CLOSING, sockjs_session.CLOSED) and not self.send_queue:
+            handler.send_pack(close_frame(*self.get_close_reason()))
+            return False
+        sockjs_session.BaseSession.set_handler(self, handler)
+        if self.request is None:
+            self.request = handler.request
+        self.promote()
+        if start_heartbeat:
+            self.start_heartbeat()
+        return True

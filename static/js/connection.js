@@ -1,0 +1,152 @@
+// The Socket.IO connection and its state, as the original SocketContext tracks it:
+// disconnected | connecting | connected | reconnecting | failed | offline.
+// The state comes from the stock client's own events, never from a guess or a timer.
+
+/** ConnectionBanner text per state (the product's Korean UI strings); connected shows none. */
+export const BANNER_TEXT = Object.freeze({
+  connecting: "연결 중...",
+  reconnecting: "재연결 시도 중...",
+  disconnected: "연결이 끊어졌습니다",
+  failed: "연결에 실패했습니다",
+  offline: "오프라인 상태입니다",
+});
+
+/** Client options as the original app sets them. */
+export const CLIENT_OPTIONS = Object.freeze({
+  reconnection: true,
+  reconnectionAttempts: 5,
+  reconnectionDelay: 1000,
+  reconnectionDelayMax: 5000,
+  timeout: 30000,
+});
+
+export const AUTH_FAILED = "AUTH_FAILED";
+
+/**
+ * new Connection({userId, token, transports}) — call start().
+ * Events (EventTarget): "state" {detail: state}, "transport" {detail: name},
+ * "connect" {detail: {recovered, reconnect}}, "auth-failed".
+ * `socket` is the stock socket.io-client Socket for emitting and listening.
+ */
+export class Connection extends EventTarget {
+  constructor({ url = undefined, userId, token, transports = ["polling", "websocket"] }) {
+    super();
+    if (typeof window.io !== "function") throw new Error("socket.io-client did not load");
+    this.socketState = "connecting";
+    this.browserOnline = navigator.onLine;
+    this.transport = null;
+    this.everConnected = false;
+    this.socket = window.io(url, {
+      ...CLIENT_OPTIONS,
+      transports,
+      autoConnect: false,
+      // a function, so every (re)connection sends the current credentials
+      auth: (send) => send({ userId, token }),
+    });
+    this._wire();
+  }
+
+  /** What the banner shows: the browser being offline wins over the socket's state. */
+  get state() {
+    return this.browserOnline ? this.socketState : "offline";
+  }
+
+  get connected() {
+    return this.socket.connected;
+  }
+
+  start() {
+    this._setSocketState("connecting");
+    this.socket.connect();
+  }
+
+  /** The banner's "try again" after the reconnection attempts ran out (or a server kick). */
+  retry() {
+    if (this.socket.connected) return;
+    this._setSocketState("connecting");
+    this.socket.connect();
+  }
+
+  close() {
+    window.removeEventListener("online", this._onOnline);
+    window.removeEventListener("offline", this._onOffline);
+    this.socket.off();
+    this.socket.io.off();
+    this.socket.disconnect();
+  }
+
+  _wire() {
+    const socket = this.socket;
+    const manager = socket.io;
+
+    socket.on("connect", () => {
+      const reconnect = this.everConnected;
+      this.everConnected = true;
+      this._setSocketState("connected");
+      this._watchTransport();
+      this.dispatchEvent(new CustomEvent("connect", { detail: { recovered: socket.recovered, reconnect } }));
+    });
+    socket.on("disconnect", (reason) => {
+      // the client reconnects by itself unless the server or we closed the socket on purpose
+      this._setSocketState(socket.active ? "reconnecting" : "disconnected");
+    });
+    socket.on("connect_error", (err) => {
+      if (socket.active) return; // a transport failure: the manager is retrying
+      // refused by the server's middleware: the client will not retry by itself
+      if (err && (err.message === "인증 실패" || (err.data && err.data.code === AUTH_FAILED))) {
+        this._setSocketState("failed");
+        this.dispatchEvent(new CustomEvent("auth-failed", { detail: err }));
+      } else {
+        this._setSocketState("failed");
+      }
+    });
+    manager.on("reconnect_attempt", () => this._setSocketState("reconnecting"));
+    manager.on("reconnect_failed", () => this._setSocketState("failed"));
+
+    this._onOnline = () => {
+      this.browserOnline = true;
+      this._emitState();
+      // a connection that gave up while the network was gone gets a fresh start
+      if (!socket.connected && (this.socketState === "failed" || !socket.active)) this.retry();
+    };
+    this._onOffline = () => {
+      this.browserOnline = false;
+      this._emitState();
+    };
+    window.addEventListener("online", this._onOnline);
+    window.addEventListener("offline", this._onOffline);
+  }
+
+  _watchTransport() {
+    const engine = this.socket.io.engine;
+    if (!engine) return;
+    this._setTransport(engine.transport && engine.transport.name);
+    if (engine.__coupWatched) return;
+    engine.__coupWatched = true;
+    engine.on("upgrade", (transport) => this._setTransport(transport.name));
+  }
+
+  _setTransport(name) {
+    if (!name || name === this.transport) return;
+    this.transport = name;
+    this.dispatchEvent(new CustomEvent("transport", { detail: name }));
+  }
+
+  _setSocketState(state) {
+    if (this.socketState === state) return;
+    this.socketState = state;
+    this._emitState();
+  }
+
+  _emitState() {
+    this.dispatchEvent(new CustomEvent("state", { detail: this.state }));
+  }
+}
+
+/** ?transport=polling forces long-polling (a client behind a proxy that strips WebSocket). */
+export function transportsFromQuery(search = location.search) {
+  const wanted = new URLSearchParams(search).get("transport");
+  if (wanted === "polling") return ["polling"];
+  if (wanted === "websocket") return ["websocket"];
+  return ["polling", "websocket"];
+}
