@@ -25,9 +25,10 @@ from cluster_common import serve_until_stopped
 from tornado.netutil import bind_sockets
 from tornado.web import RequestHandler
 
-from coup.app import CoupNode
+from coup.app import SOCKET_IO_PATH, CoupNode
 from coup.config import Secret, Settings
 from coup.core import Socket
+from coup.transports.front_door import FrontDoor
 
 TOKEN = "bench-service-token-0123456789"
 
@@ -89,9 +90,10 @@ async def main() -> None:
     node, _ = build(args)
     await node.start(bind_sockets(args.private_port, "127.0.0.1"))
 
-    async def open_shared_port() -> None:
+    async def open_shared_port() -> None:  # through the front door, as CoupNode.start does
         assert node.http_server is not None
-        node.http_server.add_sockets(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
+        door = FrontDoor(node.engine, node.origins, node.http_server, SOCKET_IO_PATH, xheaders=True)
+        await door.serve(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
 
     await serve_until_stopped(args.go, open_shared_port)
     await node.stop()

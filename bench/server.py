@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -94,6 +96,15 @@ async def serve(host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await node.stop()
+    print(f"exit: {process_stats()}", flush=True)
+
+
+def process_stats() -> str:
+    """CPU split and collector activity, printed at exit (the harness keeps the server's log)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    collections = [g["collections"] for g in gc.get_stats()]
+    return (f"user {usage.ru_utime:.2f}s sys {usage.ru_stime:.2f}s maxrss {usage.ru_maxrss} KB "
+            f"gc collections per generation {collections}")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
+from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
@@ -105,8 +106,11 @@ def _interface_towards(url: str | None) -> str | None:
 class CoupNode:
     """Everything one process serves. Build it inside the running event loop."""
 
-    def __init__(self, settings: Settings, *, extra_rules: Sequence[Any] = ()) -> None:
+    def __init__(self, settings: Settings, *, extra_rules: Sequence[Any] = (), front_door: bool = True) -> None:
         self.settings = settings
+        #: accept connections through `FrontDoor` (fast WebSocket upgrades); False: Tornado only
+        self.front_door = front_door
+        self._listeners: list[asyncio.base_events.Server] = []
         self.origins = OriginPolicy(settings.allowed_origins)
         node_id = settings.node_id or secrets.token_hex(4)
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
@@ -184,11 +188,18 @@ class CoupNode:
         await self.sio.start()
         server = HTTPServer(self.application(), xheaders=True,
                             max_body_size=self.settings.max_payload + 64 * 1024)
-        server.add_sockets(sockets)
+        if self.front_door:
+            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True)
+            self._listeners = await door.serve(sockets)
+        else:
+            server.add_sockets(sockets)
         self.http_server = server
         return server
 
     async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         if self.http_server is not None:
             self.http_server.stop()
         await self.sio.close()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class Client:
     """The `SessionHandler` of a Socket.IO connection; owns one socket per namespace."""
 
-    __slots__ = ("closed", "connecting", "decoder", "server", "session", "sockets")
+    __slots__ = ("closed", "connecting", "decoder", "joined", "server", "session", "sockets")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -29,6 +29,8 @@ class Client:
         self.sockets: dict[str, Socket] = {}
         #: namespaces whose CONNECT is being processed (middleware may be slow)
         self.connecting: set[str] = set()
+        #: a namespace was joined at least once: the connect timeout no longer applies
+        self.joined = False
         self.closed = False
 
     def __repr__(self) -> str:
@@ -75,9 +77,7 @@ class Client:
             return  # the client gave up before we answered; the connect task sees it
         # an event for a namespace the client has not joined, a second CONNECT, or a
         # CONNECT_ERROR from a client: the reference closes the whole connection
-        log.info("session %s: %s for namespace %s in an invalid state; closing",
-                 self.session.sid, packet.type.name, name)
-        self.session.close("parse error", graceful=False)
+        self.session.protocol_error(DecodeError(f"{packet.type.name} for namespace {name[:60]} in an invalid state"))
 
     # ------------------------------------------------------------------ helpers
 
@@ -86,6 +86,7 @@ class Client:
 
     def add(self, socket: Socket) -> None:
         self.sockets[socket.nsp.name] = socket
+        self.joined = True
 
     def remove(self, socket: Socket) -> None:
         if self.sockets.get(socket.nsp.name) is socket:
@@ -98,9 +99,18 @@ class Client:
             # the sockets learn of it now, not when a polling client fetches its last packet
             self.on_close(self.session, reason)
 
+    def disconnect(self) -> None:
+        """Server-side `disconnect(close=True)`: every namespace gets DISCONNECT, then the
+        connection closes. The sockets end with "server namespace disconnect", as in the
+        reference, so a kicked client cannot restore its session through recovery."""
+        for socket in list(self.sockets.values()):
+            socket.disconnect()
+        self.close("forced server close")
+
     def on_timer(self, now: float) -> None:
-        """Connect timeout: a client that joined no namespace in time is dropped."""
-        if not self.closed and not self.sockets and not self.connecting:
+        """Connect timeout: a client that joined no namespace in time is dropped (once it
+        has joined one, leaving them all keeps the connection, as the reference does)."""
+        if not self.closed and not self.joined and not self.connecting:
             log.info("session %s: no namespace connected within %.0f s; closing",
                      self.session.sid, self.server.options.connect_timeout)
             self.session.close("forced close", graceful=False)

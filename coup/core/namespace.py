@@ -113,7 +113,8 @@ class Namespace:
     # ------------------------------------------------------------------ broadcasting
 
     def to(self, *rooms: str) -> BroadcastOperator:
-        return BroadcastOperator(self).to(*rooms)
+        # the same operator as ``BroadcastOperator(self).to(*rooms)``, built in one step (hot path)
+        return BroadcastOperator(self, BroadcastOptions(rooms=frozenset(rooms)))
 
     in_ = to
 

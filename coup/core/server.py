@@ -65,11 +65,19 @@ class SocketServer:
         for nsp in list(self.namespaces.values()):
             await nsp.adapter.init()
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Disconnect every client ("server shutting down"), give the disconnect handlers and
+        the events queued before them up to `grace` seconds, then close the adapters (the
+        handlers may still need them, e.g. to update presence)."""
         for nsp in list(self.namespaces.values()):
             for socket in list(nsp.sockets.values()):
                 socket.client.close("server shutting down")
         self.engine.close_all()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in pending:
+                log.warning("shutdown: cancelling %r after %.1f s", task, grace)
+                task.cancel()
         for nsp in list(self.namespaces.values()):
             await nsp.adapter.close()
         for task in list(self._tasks):
@@ -80,7 +88,8 @@ class SocketServer:
     def _on_engine_connection(self, session: Session) -> None:
         client = Client(self, session)
         session.handler = client
-        self.engine.wheel.schedule(self.engine.now() + self.options.connect_timeout, client)
+        self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client,
+                                    slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""

@@ -254,11 +254,11 @@ class Socket:
         """Server-side disconnect: tell the client, then (if `close`) end its whole connection."""
         if not self.connected:
             return
-        self._send_packet(SocketPacket(SocketPacketType.DISCONNECT, self.nsp.name))
         if close:
-            self.client.close("forced server close")
-        else:
-            self.on_close("server namespace disconnect")
+            self.client.disconnect()
+            return
+        self._send_packet(SocketPacket(SocketPacketType.DISCONNECT, self.nsp.name))
+        self.on_close("server namespace disconnect")
 
     def on_close(self, reason: str) -> None:
         """The socket is gone (client, server or transport); runs once."""

@@ -43,3 +43,14 @@ class EngineRequestError(Exception):
 
     def body(self) -> dict[str, object]:
         return {"code": int(self.code), "message": ERROR_TABLE[self.code][1]}
+
+
+class UpgradeRefused(EngineRequestError):
+    """A WebSocket for a session that already has one or is being upgraded.
+
+    The reference completes such a WebSocket handshake and closes the socket at once, so the
+    client sees a close (its upgrade simply failed) instead of an HTTP error it cannot read.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(EngineErrorCode.BAD_REQUEST, detail)

@@ -7,14 +7,15 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 
-from coup.engine.errors import EngineErrorCode, EngineRequestError
+from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.options import EngineOptions
 from coup.engine.polling import PollingTransport
-from coup.engine.session import Session
-from coup.engine.timers import TimerWheel
+from coup.engine.session import Session, SessionState
+from coup.engine.timers import TimerQueue
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
-from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo
+from coup.protocol import jsonutil
+from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo, encode_text
 from coup.protocol.wire import Outbound
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,16 @@ class EngineServer:
     """Owns every session of this process; the transports ask it for them by sid."""
 
     def __init__(self, options: EngineOptions | None = None,
-                 on_connection: ConnectionCallback | None = None) -> None:
+                 on_connection: ConnectionCallback | None = None, *,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop` defaults to the running loop at first use; tests pass one with a fake clock."""
         self.options = options or EngineOptions()
         self.on_connection = on_connection
         self.sessions: dict[str, Session] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wheel: TimerWheel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._timers: TimerQueue | None = None
         self._coalescer: WriteCoalescer | None = None
+        self._open_templates: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ loop-bound helpers
 
@@ -43,10 +47,10 @@ class EngineServer:
         return self._loop
 
     @property
-    def wheel(self) -> TimerWheel:
-        if self._wheel is None:
-            self._wheel = TimerWheel(self.loop, self.options.timer_resolution)
-        return self._wheel
+    def timers(self) -> TimerQueue:
+        if self._timers is None:
+            self._timers = TimerQueue(self.loop)
+        return self._timers
 
     @property
     def coalescer(self) -> WriteCoalescer:
@@ -59,21 +63,26 @@ class EngineServer:
 
     # ------------------------------------------------------------------ request checks
 
-    def check_request(self, query: Mapping[str, str], *, sid_required: bool | None = None) -> str:
-        """Validate the query of an Engine.IO request and return its transport name."""
-        eio = query.get("EIO")
-        if eio is None or not eio.isdigit():
-            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, f"invalid EIO {eio!r}")
-        if int(eio) != PROTOCOL_VERSION:
-            raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio}")
+    def check_request(self, query: Mapping[str, str]) -> str:
+        """Validate the query of an Engine.IO request and return its transport name.
+
+        Checked in the reference's order, with its codes: the transport first (0), then
+        the protocol version (5: anything but ``EIO=4``, including a missing or garbled one).
+        """
         transport = query.get("transport")
         if transport not in self.options.transports:
             raise EngineRequestError(EngineErrorCode.UNKNOWN_TRANSPORT, f"transport {transport!r}")
+        eio = query.get("EIO")
+        if eio != str(PROTOCOL_VERSION):
+            raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio!r}")
         return transport
 
-    def get(self, sid: str) -> Session:
+    def get(self, sid: str, *, closing: bool = False) -> Session:
+        """The open session `sid`; with `closing`, also one still delivering its last packets."""
         session = self.sessions.get(sid)
-        if session is None or not session.open:
+        if session is not None:
+            session.run_overdue_timer()
+        if session is None or not (session.open or (closing and session.state is SessionState.CLOSING)):
             raise EngineRequestError(EngineErrorCode.UNKNOWN_SID, f"sid {sid[:40]!r}")
         return session
 
@@ -83,17 +92,24 @@ class EngineServer:
     # ------------------------------------------------------------------ opening sessions
 
     def _open_info(self, sid: str, transport: str) -> Outbound:
-        opts = self.options
-        upgrades = ("websocket",) if (transport == "polling" and opts.allow_upgrades
-                                      and "websocket" in opts.transports) else ()
-        info = OpenInfo(sid, upgrades, int(opts.ping_interval * 1000), int(opts.ping_timeout * 1000),
-                        opts.max_payload)
-        return Outbound.packet(info.to_packet())
+        """The OPEN packet: the JSON of `OpenInfo`, its constant part encoded once per transport."""
+        template = self._open_templates.get(transport)
+        if template is None:
+            opts = self.options
+            upgrades = ("websocket",) if (transport == "polling" and opts.allow_upgrades
+                                          and "websocket" in opts.transports) else ()
+            info = OpenInfo("", upgrades, int(opts.ping_interval * 1000), int(opts.ping_timeout * 1000),
+                            opts.max_payload)
+            text = encode_text(info.to_packet())
+            head = '0{"sid":""'
+            assert text.startswith(head)
+            template = self._open_templates[transport] = ('0{"sid":', text[len(head):])
+        return Outbound(template[0] + jsonutil.dumps(sid) + template[1])
 
     def _register(self, session: Session, first: Outbound) -> None:
         self.sessions[session.sid] = session
         session.send(first)
-        self.wheel.schedule(session.heartbeat.deadline, session)
+        session.set_timer(session.heartbeat.deadline, slack=self.options.timer_slack)
         if self.on_connection is not None:
             self.on_connection(session)
 
@@ -119,7 +135,7 @@ class EngineServer:
         if not self.options.allow_upgrades:
             raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "upgrades are disabled")
         if session.upgraded or session.upgrading is not None or session.transport.name != "polling":
-            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "session already upgraded")
+            raise UpgradeRefused("session already upgraded or upgrading")
         return WebSocketTransport(session, self.coalescer, probing=True)
 
     def forget(self, session: Session) -> None:
@@ -131,8 +147,8 @@ class EngineServer:
     def close_all(self, reason: str = "server shutting down") -> None:
         for session in list(self.sessions.values()):
             session.close(reason, graceful=False)
-        if self._wheel is not None:
-            self._wheel.close()
+        if self._timers is not None:
+            self._timers.close()
 
 
 class _Unattached:

@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class WriteCoalescer:
-    """Collects the connections written to during one loop turn and flushes each once."""
+    """Collects the connections written to during one loop turn and flushes each once.
+
+    `WebSocketTransport.send` adds a connection to `_dirty` (and schedules `flush`) when its
+    first packet of the turn arrives; both sides are inlined because they run per receiver.
+    """
 
     __slots__ = ("_dirty", "_loop", "_scheduled")
 
@@ -43,18 +47,23 @@ class WriteCoalescer:
         self._dirty: list[WebSocketTransport] = []
         self._scheduled = False
 
-    def mark(self, conn: WebSocketTransport) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
     def flush(self) -> None:
         self._scheduled = False
         dirty = self._dirty
         self._dirty = []
+        # `WebSocketTransport.flush` inlined: this loop runs once per receiver per loop turn
         for conn in dirty:
-            conn.flush()
+            pending = conn._pending
+            transport = conn._transport
+            if not pending or conn._closed or transport is None:
+                continue  # not attached yet: connection_made() writes what is pending
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.write(b"".join(pending))
+            pending.clear()
+            if transport.get_write_buffer_size() > conn._max_buffer:
+                conn._slow_consumer()
 
 
 class WebSocketTransport(asyncio.Protocol):
@@ -186,9 +195,13 @@ class WebSocketTransport(asyncio.Protocol):
         if self._closed:
             return
         pending = self._pending
-        pending.append(out.ws_bytes())
-        if len(pending) == 1:
-            self._coalescer.mark(self)
+        if not pending:  # first packet this turn: join the coalescer's dirty list
+            coalescer = self._coalescer
+            coalescer._dirty.append(self)
+            if not coalescer._scheduled:
+                coalescer._scheduled = True
+                coalescer._loop.call_soon(coalescer.flush)
+        pending.append(out._ws or out.ws_bytes())  # the cached frame without a call, per receiver
 
     def flush(self) -> None:
         pending = self._pending
@@ -199,10 +212,15 @@ class WebSocketTransport(asyncio.Protocol):
         pending.clear()
         transport.write(data)
         if transport.get_write_buffer_size() > self._max_buffer:
-            log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
-                        self.session.sid, transport.get_write_buffer_size())
-            self._closed = True
-            transport.abort()
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
+                    self.session.sid, transport.get_write_buffer_size())
+        self._closed = True
+        transport.abort()
 
     def _write(self, data: bytes) -> None:
         """Write now, after anything pending (control frames and handshake replies)."""

@@ -5,9 +5,15 @@ up when no pong arrives within `timeout` seconds of a ping, as the reference ser
 The I/O layer asks `deadline` when to call back and calls `on_timer(now)` then; tests drive
 it with a fake clock.
 
-Invariant: outside `on_timer`, the deadline only ever moves later (a pong pushes it to
-``now + interval``). A timer wheel can therefore keep exactly one entry per session and
-re-file it from `on_timer`.
+A pong moves the deadline to ``now + interval`` (earlier than the pending timeout when the
+interval is the shorter of the two), so the caller replaces its timer then
+(`coup.engine.session.Session` does); a timer that runs for a deadline that has moved just
+gets WAIT.
+
+The caller may run a ping up to `lateness` seconds after it is due (to share loop wake-ups).
+The timeout still counts from when the ping was due, so the session ends at exactly
+interval + timeout without a pong, as the reference does; a ping later than that (a stalled
+loop) leaves the client ``timeout - lateness`` at least.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ class HeartbeatAction(Enum):
 
 
 class Heartbeat:
-    __slots__ = ("awaiting_pong", "deadline", "interval", "timeout")
+    __slots__ = ("awaiting_pong", "deadline", "interval", "lateness", "timeout")
 
-    def __init__(self, now: float, interval: float, timeout: float) -> None:
+    def __init__(self, now: float, interval: float, timeout: float, lateness: float = 0.0) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("heartbeat interval and timeout must be positive")
+        if not 0 <= lateness < timeout:
+            raise ValueError("heartbeat lateness must be under the timeout")
         self.interval = interval
         self.timeout = timeout
+        self.lateness = lateness
         self.deadline = now + interval
         self.awaiting_pong = False
 
@@ -44,5 +53,5 @@ class Heartbeat:
         if self.awaiting_pong:
             return HeartbeatAction.TIMED_OUT
         self.awaiting_pong = True
-        self.deadline = now + self.timeout
+        self.deadline = max(self.deadline, now - self.lateness) + self.timeout
         return HeartbeatAction.SEND_PING

@@ -39,6 +39,9 @@ class SocketPacketType(IntEnum):
 
 
 _BINARY_TYPES = (SocketPacketType.BINARY_EVENT, SocketPacketType.BINARY_ACK)
+_TYPE_DIGITS = {t: str(int(t)) for t in SocketPacketType}
+#: packet type by its digit's code point minus ord("0")
+_TYPES_BY_DIGIT = tuple(SocketPacketType(i) for i in range(7))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,20 @@ def encode(packet: SocketPacket) -> EncodedPacket:
     """Encode a packet; binary values inside EVENT / ACK data become attachments."""
     ptype = packet.type
     data = packet.data
+    if (ptype is SocketPacketType.EVENT or ptype is SocketPacketType.ACK) and data is not None:
+        # Fast path: JSON first. Data holding bytes cannot be JSON-encoded (TypeError), so only
+        # then do we walk it for binary values; that walk cost more than the encode itself.
+        try:
+            text = jsonutil.encode_plain(data)
+        except TypeError:
+            pass
+        else:
+            head = _TYPE_DIGITS[ptype]
+            if packet.namespace != "/":
+                head += packet.namespace + ","
+            if packet.id is not None:
+                head += str(packet.id)
+            return EncodedPacket(head + text)
     attachments: list[bytes] = []
     if data is not None and ptype in (SocketPacketType.EVENT, SocketPacketType.ACK, *_BINARY_TYPES):
         if _has_binary(data):
@@ -151,9 +168,16 @@ def _parse_header(text: str) -> tuple[SocketPacket, int]:
     if not text:
         raise DecodeError("empty Socket.IO packet")
     head = text[0]
+    if head == "2" and text[1:2] == "[":
+        # the usual packet, an EVENT to "/" without ack id: what the general path below does
+        # for it, without scanning for a namespace and an id
+        data = jsonutil.loads(text[1:])
+        if not _valid_payload(SocketPacketType.EVENT, data):
+            raise DecodeError("invalid payload for EVENT")
+        return SocketPacket(SocketPacketType.EVENT, "/", data), 0
     if not ("0" <= head <= "6"):
         raise DecodeError("unknown Socket.IO packet type")
-    ptype = SocketPacketType(int(head))
+    ptype = _TYPES_BY_DIGIT[ord(head) - 48]
     i = 1
     n = len(text)
     attachments = 0

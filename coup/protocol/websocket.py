@@ -71,7 +71,12 @@ def encode_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
 
 
 def encode_text_frame(text: str) -> bytes:
-    return encode_frame(Opcode.TEXT, text.encode("utf-8"))
+    """A final text frame (what nearly every server frame is), built without `struct` for short ones."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    return encode_frame(Opcode.TEXT, payload)
 
 
 def encode_close_frame(code: int = CloseCode.NORMAL, reason: str = "") -> bytes:
@@ -125,7 +130,8 @@ class CloseReceived:
 
 WebSocketEvent = TextMessage | BinaryMessage | Ping | Pong | CloseReceived
 
-_VALID_CLOSE_CODES = frozenset(range(1000, 1012)) - {1004, 1005, 1006}
+#: codes a peer may send (RFC 6455 §7.4 and the IANA registry); 1004-1006 and 1015 are reserved
+_VALID_CLOSE_CODES = frozenset(range(1000, 1015)) - {1004, 1005, 1006}
 
 
 class FrameReader:
@@ -149,6 +155,10 @@ class FrameReader:
     def feed(self, data: bytes) -> list[WebSocketEvent]:
         if self._closed:
             return []
+        if not self._buf and self._fragment_opcode is None:
+            fast = self._single_text_frame(data)
+            if fast is not None:
+                return [fast]
         buf = self._buf
         buf += data
         events: list[WebSocketEvent] = []
@@ -196,6 +206,29 @@ class FrameReader:
                     break
         del buf[:pos]
         return events
+
+    def _single_text_frame(self, data: bytes) -> TextMessage | None:
+        """The common case in one step: `data` is exactly one complete, masked, final text frame
+        of less than 64 KiB. Anything else (None) takes the general path, which also reports
+        every protocol error."""
+        n = len(data)
+        if n < 6 or data[0] != 0x81:
+            return None
+        length = data[1] ^ 0x80  # the mask bit must be set: then this is the 7-bit length
+        if length < 126:
+            offset = 6
+        elif length == 126 and n >= 8:
+            length = (data[2] << 8) | data[3]
+            offset = 8
+        else:
+            return None  # unmasked (length > 127 after the xor), 64-bit length, or truncated
+        if n != offset + length or length > self.max_message:
+            return None
+        payload = unmask(data[offset:], data[offset - 4:offset])
+        try:
+            return TextMessage(payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DecodeError("text message is not valid UTF-8", close_code=CloseCode.INVALID_DATA) from None
 
     def _frame(self, opcode_value: int, fin: bool, payload: bytes) -> WebSocketEvent | None:
         try:

@@ -12,7 +12,7 @@ import base64
 
 from coup.protocol.engineio import SEPARATOR, EnginePacket, EnginePacketType, encode_text
 from coup.protocol.socketio import EncodedPacket
-from coup.protocol.websocket import Opcode, encode_frame
+from coup.protocol.websocket import Opcode, encode_frame, encode_text_frame
 
 
 class Outbound:
@@ -26,7 +26,10 @@ class Outbound:
         self._ws: bytes | None = None
         self._poll: str | None = None
         #: approximate size in bytes, used to bound per-session queues
-        self.size = (len(text) if text is not None else 0) + sum(len(b) for b in binaries)
+        size = len(text) if text is not None else 0
+        if binaries:
+            size += sum(len(b) for b in binaries)
+        self.size = size
 
     @classmethod
     def message(cls, packet: EncodedPacket) -> Outbound:
@@ -43,7 +46,11 @@ class Outbound:
         """All packets as WebSocket frames, ready to write."""
         ws = self._ws
         if ws is None:
-            frames = [encode_frame(Opcode.TEXT, self.text.encode("utf-8"))] if self.text is not None else []
+            text = self.text
+            if not self.binaries and text is not None:  # the usual packet: one text frame
+                ws = self._ws = encode_text_frame(text)
+                return ws
+            frames = [encode_text_frame(text)] if text is not None else []
             frames.extend(encode_frame(Opcode.BINARY, b) for b in self.binaries)
             ws = self._ws = b"".join(frames)
         return ws

@@ -12,12 +12,17 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable, Mapping
 
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
-from coup.engine.errors import EngineErrorCode, EngineRequestError
-from coup.protocol.websocket import accept_key, valid_client_key
+from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
+from coup.engine.handshake import HandshakeInfo
+from coup.engine.server import EngineServer
+from coup.engine.websocket import WebSocketTransport
+from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
 from coup.transports.base import EngineRequestHandler
+from coup.transports.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,38 +50,74 @@ def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
     return sock, read_ahead
 
 
+class UpgradeRequired(Exception):
+    """The client asked for a WebSocket version we do not speak: answer 426 with ours."""
+
+
+def check_upgrade(engine: EngineServer, origins: OriginPolicy, query: Mapping[str, str],
+                  header: Callable[[str], str | None]) -> tuple[str, WebSocketTransport | None]:
+    """Validate an upgrade request; return the client key and, for a probe, its transport.
+
+    Shared by the Tornado handler and the front door (`coup.transports.front_door`) so both
+    accept exactly the same requests. `header(name)` looks a request header up.
+    Raises `EngineRequestError` (answered with the reference's error body) or `UpgradeRequired`.
+    """
+    engine.check_request(query)
+    if (header("Upgrade") or "").lower() != "websocket" or \
+            "upgrade" not in (header("Connection") or "").lower():
+        raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "not a WebSocket upgrade")
+    key = header("Sec-WebSocket-Key") or ""
+    if not valid_client_key(key):
+        raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "invalid Sec-WebSocket-Key")
+    if header("Sec-WebSocket-Version") != "13":
+        raise UpgradeRequired()
+    if not origins.allows(header("Origin"), header("Host")):
+        raise EngineRequestError(EngineErrorCode.FORBIDDEN, f"origin {header('Origin')!r}")
+    sid = query.get("sid")
+    probe = engine.probe_websocket(sid) if sid is not None else None
+    return key, probe
+
+
+def start_websocket(engine: EngineServer, key: str, probe: WebSocketTransport | None,
+                    handshake: Callable[[], HandshakeInfo]) -> WebSocketTransport:
+    """The transport that will serve an accepted upgrade, its 101 answer queued first."""
+    if probe is not None:
+        transport = probe
+    else:
+        _, transport = engine.open_websocket(handshake())
+    transport.preamble = _switching_protocols(key)
+    return transport
+
+
 class WebSocketHandler(EngineRequestHandler):
     async def get(self) -> None:
         headers = self.request.headers
         try:
-            self.engine.check_request(self.query())
-            if headers.get("Upgrade", "").lower() != "websocket" or \
-                    "upgrade" not in headers.get("Connection", "").lower():
-                raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "not a WebSocket upgrade")
-            key = headers.get("Sec-WebSocket-Key", "")
-            if not valid_client_key(key):
-                raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "invalid Sec-WebSocket-Key")
-            if headers.get("Sec-WebSocket-Version") != "13":
-                self.set_header("Sec-WebSocket-Version", "13")
-                self.set_status(426)
-                self.finish("Upgrade Required")
-                return
-            if not self.origin_allowed():
-                raise EngineRequestError(EngineErrorCode.FORBIDDEN, f"origin {headers.get('Origin')!r}")
+            key, probe = check_upgrade(self.engine, self.origins, self.query(), headers.get)
             if isinstance(getattr(self.request.connection, "stream", None), SSLIOStream):
                 raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "TLS must end before coup")
-            sid = self.get_query_argument("sid", None)
-            probe = self.engine.probe_websocket(sid) if sid is not None else None
+        except UpgradeRequired:
+            self.set_header("Sec-WebSocket-Version", "13")
+            self.set_status(426)
+            self.finish("Upgrade Required")
+            return
+        except UpgradeRefused as exc:
+            # raised by the probe, after check_upgrade validated the key
+            log.info("WebSocket for %s refused after the handshake: %s", self.request.uri, exc.detail)
+            stream = self.detach()
+            try:
+                await stream.write(_switching_protocols(headers.get("Sec-WebSocket-Key", ""))
+                                   + encode_close_frame(CloseCode.POLICY_VIOLATION))
+            except StreamClosedError:
+                pass  # the client went away first: nothing left to refuse
+            stream.close()
+            return
         except EngineRequestError as exc:
             self.refuse(exc)
             return
 
         sock, read_ahead = take_socket(self.detach())
-        if probe is not None:
-            transport = probe
-        else:
-            _, transport = self.engine.open_websocket(self.handshake_info())
-        transport.preamble = _switching_protocols(key)
+        transport = start_websocket(self.engine, key, probe, self.handshake_info)
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(lambda: transport, sock=sock)

@@ -1,0 +1,151 @@
+"""The front door serves WebSocket upgrades itself and hands everything else to Tornado unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import socketio
+from tornado.testing import bind_unused_port
+
+from coup.app import CoupNode
+from tests.conftest import RunningNode
+from tests.conftest import test_settings as settings_for_tests
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest_asyncio.fixture(params=[True, False], ids=["front-door", "tornado-only"])
+async def echo_node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
+    """A node whose "echo" event broadcasts to a room the socket joined, over either accept path."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0), front_door=request.param)
+
+    async def join(socket: Any, args: list[Any]) -> None:
+        await socket.join(args[0])
+
+    def echo(socket: Any, args: list[Any]) -> str:
+        node.sio.main.to(args[0]).emit("echo", args[1], socket.handshake.address)
+        return "ok"
+
+    node.sio.main.on("join", join)
+    node.sio.main.on("echo", echo)
+    await node.start([sock])
+    try:
+        yield RunningNode(node, port)
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"], ["polling", "websocket"]])
+async def test_clients_on_every_transport(echo_node: RunningNode, transports: list[str]) -> None:
+    received: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("echo", lambda *args: received.put_nowait(args))
+    await client.connect(echo_node.url, transports=transports, wait_timeout=5)
+    try:
+        await client.call("join", "r1", timeout=5)
+        for i in range(20):
+            assert await client.call("echo", ("r1", i), timeout=5) == "ok"
+        got = [await asyncio.wait_for(received.get(), 5) for _ in range(20)]
+        assert [args[0] for args in got] == list(range(20))  # per-socket order holds
+        assert got[0][1] == "127.0.0.1"
+        if transports[-1] == "websocket":
+            assert client.transport() == "websocket"
+    finally:
+        await client.disconnect()
+
+
+async def _raw_request(port: int, head: str, read: int = 4096) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.encode("latin-1"))
+    await writer.drain()
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = await asyncio.wait_for(reader.read(read), 5)
+            if not chunk:
+                break
+            data += chunk
+        if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 101"):
+            head_part, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head_part.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += await asyncio.wait_for(reader.read(read), 5)
+            data = head_part + b"\r\n\r\n" + body
+        elif data.startswith(b"HTTP/1.1 101") and not data.split(b"\r\n\r\n", 1)[1]:
+            data += await asyncio.wait_for(reader.read(read), 5)  # the OPEN frame
+    finally:
+        writer.close()
+    return data
+
+
+def _upgrade(path: str, *, version: str = "13", origin: str | None = None, extra: str = "") -> str:
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}"]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    return "\r\n".join(lines) + "\r\n" + extra + "\r\n"
+
+
+@pytest.mark.asyncio
+async def test_refusals_are_tornados_answers(echo_node: RunningNode) -> None:
+    port = echo_node.port
+    bad_eio = await _raw_request(port, _upgrade("/socket.io/?EIO=3&transport=websocket"))
+    assert bad_eio.startswith(b"HTTP/1.1 400")
+    assert json.loads(bad_eio.split(b"\r\n\r\n", 1)[1]) == {"code": 5, "message": "Unsupported protocol version"}
+    foreign = await _raw_request(port, _upgrade("/socket.io/?EIO=4&transport=websocket", origin="http://evil.test"))
+    assert foreign.startswith(b"HTTP/1.1 403")
+    old_version = await _raw_request(port, _upgrade("/socket.io/?EIO=4&transport=websocket", version="8"))
+    assert old_version.startswith(b"HTTP/1.1 426")
+    unknown_sid = await _raw_request(port, _upgrade("/socket.io/?EIO=4&transport=websocket&sid=nope"))
+    assert json.loads(unknown_sid.split(b"\r\n\r\n", 1)[1]) == {"code": 1, "message": "Session ID unknown"}
+    health = await _raw_request(port, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200") and b'"ok"' in health
+
+
+@pytest.mark.asyncio
+async def test_upgrade_answer_and_proxy_headers(echo_node: RunningNode) -> None:
+    answer = await _raw_request(echo_node.port, _upgrade(
+        "/socket.io/?EIO=4&transport=websocket", extra="X-Forwarded-For: 203.0.113.7\r\n"))
+    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    frame = answer.split(b"\r\n\r\n", 1)[1]
+    assert frame[0] == 0x81 and frame[2:3] == b"0"  # unmasked text frame carrying OPEN
+    open_info = json.loads(frame[3:2 + frame[1]].decode())
+    session = echo_node.node.engine.sessions.get(open_info["sid"])
+    if session is not None:  # the test client hung up; the session may be gone already
+        assert session.handshake.address == "203.0.113.7"
+
+
+@pytest.mark.asyncio
+async def test_request_split_across_packets_and_pipelined_frame() -> None:
+    """A head that arrives in pieces still upgrades; bytes after it reach the WebSocket."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0))
+    await node.start([sock])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = _upgrade("/socket.io/?EIO=4&transport=websocket").encode()
+        ping = bytes([0x81, 0x81, 1, 2, 3, 4, ord("2") ^ 1])  # masked text frame "2" (a client ping)
+        writer.write(head[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(head[20:] + ping)
+        await writer.drain()
+        data = b""
+        while data.count(b"\x81") < 2 or not data.endswith(b"3"):
+            data += await asyncio.wait_for(reader.read(4096), 5)
+        assert data.startswith(b"HTTP/1.1 101")
+        assert data.endswith(b"\x81\x013")  # PONG to the pipelined PING
+        writer.close()
+    finally:
+        await node.stop()
