@@ -59,6 +59,15 @@ def main(paths: list[str]) -> None:
                   f"{num(r.get('server_cpu_pct')):>8} {num(r.get('p50_ms'), 2):>7} {num(r.get('p99_ms'), 2):>7} "
                   f"{num(r.get('foreign_cpu_pct')):>8} | {pub:>7} {deliv:>14} {cmds:>8} {per_delivery:>16}"
                   + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
+    connect = [r for r in lines if r.get("scenario") == "connect"]
+    if connect:
+        print()
+        print("Connect (2000 idle clients; in a cluster each socket's own room is a Redis subscription)")
+        print(f"{'config':8} {'connects/s':>10} {'p99 ms':>7} {'RSS KB/conn':>11} {'foreign%':>8}")
+        for r in connect:
+            print(f"{r.get('label', '?'):8} {num(r.get('connects_per_s')):>10} {num(r.get('connect_p99_ms')):>7} "
+                  f"{num(r.get('rss_kb_per_conn')):>11} {num(r.get('foreign_cpu_pct')):>8}"
+                  + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
     calls = [(r.get("label"), r.get("scenario"), r["cluster"].get("room_calls")) for r in lines
              if r.get("cluster", {}).get("room_calls")]
     if calls:
