@@ -154,3 +154,22 @@ async def test_study_numbers_survive_a_change_of_writer_and_never_go_back(pair):
     stored["max"] = 10
     await first.resync(9)  # never lowered
     assert await second.next(9) == 52
+
+
+async def test_a_node_started_while_redis_is_down_serves_and_joins_later(own_redis, peers):
+    own_redis.kill()
+    node = await start_node(own_redis.url, "s" + secrets.token_hex(3), "late")
+    try:
+        assert await readyz(node) == 503
+        a = await peers("a").connect(node.url)
+        b = await peers("b").connect(node.url)
+        for peer in (a, b):
+            await peer.call("join", {"room": "r"})
+        await a.call("emit", {"rooms": ["r"], "event": "local"})
+        await b.wait_for("local")  # local sockets are served without Redis
+        own_redis.start()
+        await wait_until(lambda: node.node.cluster.ready, timeout=3, what="ready once Redis is up")  # type: ignore[union-attr]
+        assert await readyz(node) == 200
+        assert node.node.cluster.registry.ring.nodes == ("late",)  # type: ignore[union-attr]
+    finally:
+        await node.node.stop()
