@@ -31,8 +31,12 @@ class PresenceEvents:
             self._announce("user-online", user_id, active_study_ids)
 
     async def detach(self, user_id: int, sid: str) -> None:
+        # The study list is read before the transition, not after: nothing may be awaited
+        # between learning "last socket gone" and announcing it, or a newer user-online from
+        # another node could be delivered before this older user-offline.
+        study_ids = await self.db.run(queries.active_study_ids, user_id)
         if await self.server.presence.detach(str(user_id), sid):
-            self._announce("user-offline", user_id, await self.db.run(queries.active_study_ids, user_id))
+            self._announce("user-offline", user_id, study_ids)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         return {int(key) for key in await self.server.presence.online(str(uid) for uid in user_ids)}
@@ -41,7 +45,10 @@ class PresenceEvents:
         """A node died with this user's last socket: announce the user offline from here."""
         if key.isdigit():
             user_id = int(key)
-            self._announce("user-offline", user_id, await self.db.run(queries.active_study_ids, user_id))
+            study_ids = await self.db.run(queries.active_study_ids, user_id)
+            if await self.server.presence.online((key,)):
+                return  # the user came back on another node while we looked the studies up
+            self._announce("user-offline", user_id, study_ids)
 
     def _announce(self, event: str, user_id: int, study_ids: Iterable[int]) -> None:
         rooms = [study_room(s) for s in study_ids]
