@@ -15,8 +15,9 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
+from coup.core.adapter import MemoryAdapter
 from coup.core.options import ServerOptions
-from coup.core.server import SocketServer
+from coup.core.server import AdapterFactory, SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.transports.origins import OriginPolicy
@@ -44,10 +45,11 @@ class RunningServer:
 
 @asynccontextmanager
 async def serve(engine_options: EngineOptions | None = None, server_options: ServerOptions | None = None, *,
-                origins: Sequence[str] = ()) -> AsyncIterator[RunningServer]:
+                origins: Sequence[str] = (), adapter_factory: AdapterFactory = MemoryAdapter,
+                ) -> AsyncIterator[RunningServer]:
     """Start a server (recovery off unless `server_options` turns it on); stop it afterwards."""
     engine = EngineServer(engine_options or EngineOptions())
-    sio = SocketServer(engine, server_options or ServerOptions())
+    sio = SocketServer(engine, server_options or ServerOptions(), adapter_factory=adapter_factory)
     sock, port = bind_unused_port()
     http = HTTPServer(Application(engine_rules("/socket.io/", engine, OriginPolicy(origins))))
     http.add_sockets([sock])

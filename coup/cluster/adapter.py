@@ -37,7 +37,15 @@ from redis.exceptions import RedisError
 from coup.cluster.bus import channel_bytes
 from coup.cluster.envelope import Broadcast, decode_packet, encode_broadcast, stamp_offset
 from coup.cluster.resp import RedisUnavailable
-from coup.core.adapter import BroadcastOptions, MemoryAdapter, RestoredSession, SessionRecord, SocketInfo, gather_acks
+from coup.core.adapter import (
+    BroadcastOptions,
+    MemoryAdapter,
+    RestoredSession,
+    SessionRecord,
+    SocketInfo,
+    gather_acks,
+    stored_after,
+)
 from coup.core.errors import AckTimeout
 from coup.protocol import jsonutil
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
@@ -85,6 +93,16 @@ class _Hold:
     channels: list[bytes]
     expires: float
     released: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Handover(RestoredSession):
+    """A session restored from another node: `offset` is our mark when we asked it."""
+
+    #: what the other node replayed (stamped with our mark), before our own packets after it
+    earlier: tuple[Outbound, ...] = ()
+    #: their message ids: we may have heard some of them ourselves after the mark
+    replayed: frozenset[str] = frozenset()
 
 
 def _attachments(packet: EncodedPacket) -> list[str]:
@@ -333,15 +351,11 @@ class RedisAdapter(MemoryAdapter):
             self._release_hold(pid)
 
     def _entries_after(self, offset: str, rooms: frozenset[str]) -> list[_Entry] | None:
-        """What a client at `offset` missed in `rooms`; None when the buffer no longer has it."""
-        entries = self._log
-        if not offset.isdigit() or not entries:
-            return None
-        wanted = int(offset)
-        if not entries[0].offset <= wanted <= entries[-1].offset:
+        """What a client at `offset` missed in `rooms`; None when the buffer no longer has it all."""
+        entries = stored_after(self._log, self._offset, offset)
+        if entries is None:
             return None  # never a partial replay
-        start = wanted - entries[0].offset + 1
-        return [e for e in itertools.islice(entries, start, None) if e.opts.includes(rooms)]
+        return [e for e in entries if e.opts.includes(rooms)]
 
     def _serve_replay(self, pid: str, offset: str) -> dict[str, Any]:
         """Another node restores a session that disconnected from us: hand it what it missed."""
@@ -363,14 +377,21 @@ class RedisAdapter(MemoryAdapter):
         if hold is not None:  # back on the node it left
             self.cluster.spawn(self._forget_stored(pid))
             record = hold.record
-            entries = self._entries_after(offset, record.rooms)
-            if entries is None:
+            if stored_after(self._log, self._offset, offset) is None:
                 self._release_hold(pid)
                 return None
             hold.expires = time.monotonic() + _RESTORE_GRACE
             self._restoring[record.sid] = pid
-            return RestoredSession(record.sid, pid, record.rooms, record.data, tuple(e.outbound() for e in entries))
+            return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
         return await self._restore_elsewhere(pid, offset)
+
+    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+        entries = self._entries_after(restored.offset, restored.rooms)
+        if entries is None:
+            return None
+        if isinstance(restored, _Handover):  # from another node: its replay, then what we heard since
+            return (*restored.earlier, *(e.outbound() for e in entries if e.mid not in restored.replayed))
+        return tuple(e.outbound() for e in entries)
 
     async def _forget_stored(self, pid: str) -> None:
         try:
@@ -404,14 +425,13 @@ class RedisAdapter(MemoryAdapter):
         if not responses or "packets" not in responses[0]:
             self._release_hold(pid)
             return None
-        missed: list[Outbound] = []
+        earlier: list[Outbound] = []
         replayed: set[str] = set()
         for mid, text, attachments in responses[0]["packets"]:
-            replayed.add(mid)
+            if mid:  # local emits of the old node have no id (and cannot reach us twice)
+                replayed.add(mid)
             # the old node's offsets mean nothing here: position the client at our mark
-            missed.append(Outbound("4" + stamp_offset(text, mark), tuple(base64.b64decode(a) for a in attachments)))
-        for entry in self._log:
-            if entry.offset > mark and entry.mid not in replayed and entry.opts.includes(record.rooms):
-                missed.append(entry.outbound())
+            earlier.append(Outbound("4" + stamp_offset(text, mark), tuple(base64.b64decode(a) for a in attachments)))
         self._restoring[record.sid] = pid
-        return RestoredSession(record.sid, pid, record.rooms, record.data, tuple(missed))
+        # `replay` adds what we heard after the mark, once the socket has joined its rooms
+        return _Handover(record.sid, pid, record.rooms, record.data, str(mark), tuple(earlier), frozenset(replayed))

@@ -11,11 +11,12 @@ local receiver, in call order; per socket, packets arrive in the order they were
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coup.core.errors import AckTimeout
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
@@ -66,11 +67,14 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True)
 class RestoredSession:
+    """A session claimed for a reconnecting client; `Adapter.replay` gives what it missed."""
+
     sid: str
     pid: str
     rooms: frozenset[str]
     data: dict[str, Any]
-    missed: tuple[Outbound, ...]
+    #: the last offset the client received (in this adapter's numbering)
+    offset: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,13 @@ class Adapter:
         raise NotImplementedError
 
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
+        """Claim the session `pid` if everything after `offset` can still be replayed."""
+        raise NotImplementedError
+
+    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+        """What the restored client missed: every stored packet after its offset in its rooms,
+        up to now. Called once the socket has joined its rooms (so what comes later reaches
+        it), just before the CONNECT reply; None when some of it is gone by then."""
         raise NotImplementedError
 
 
@@ -255,7 +266,7 @@ class MemoryAdapter(Adapter):
         for sid in self.local_targets(opts):
             socket = sockets.get(sid)
             if socket is not None:
-                socket.session.send(out)
+                socket.sink.send(out)
 
     async def broadcast_with_ack(self, packet: SocketPacket, opts: BroadcastOptions,
                                  timeout: float) -> list[Any]:
@@ -272,7 +283,7 @@ class MemoryAdapter(Adapter):
             socket = sockets.get(sid)
             if socket is not None and socket.connected:
                 futures.append(socket.expect_ack(ack_id))
-                socket.session.send(out)
+                socket.sink.send(out)
         return futures
 
     # ------------------------------------------------------------------ cluster-wide (local only here)
@@ -328,15 +339,36 @@ class MemoryAdapter(Adapter):
             return None
         self._expire_sessions()
         record = self._sessions.pop(pid, None)
-        if record is None or not offset.isdigit():
+        if record is None or stored_after(self._packets, self._next_offset - 1, offset) is None:
             return None
-        wanted = int(offset)
-        packets = self._packets
-        if not packets or not packets[0].offset <= wanted <= packets[-1].offset:
-            return None  # the packet is gone from the buffer: never a partial replay
-        start = wanted - packets[0].offset + 1
-        missed = tuple(p.out for p in list(packets)[start:] if p.opts.includes(record.rooms))
-        return RestoredSession(record.sid, record.pid, record.rooms, record.data, missed)
+        return RestoredSession(record.sid, record.pid, record.rooms, record.data, offset)
+
+    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+        packets = stored_after(self._packets, self._next_offset - 1, restored.offset)
+        if packets is None:
+            return None
+        return tuple(p.out for p in packets if p.opts.includes(restored.rooms))
+
+
+class _Stored(Protocol):
+    @property
+    def offset(self) -> int: ...
+
+
+_S = TypeVar("_S", bound=_Stored)
+
+
+def stored_after(stored: deque[_S], last: int, offset: str) -> list[_S] | None:
+    """The stored packets after `offset`, from a buffer in offset order whose newest offset
+    ever given is `last`. None when one of them has left the buffer, or for an offset never
+    given: a client gets everything it missed or a fresh session, never a partial replay."""
+    if not offset.isdigit():
+        return None
+    wanted = int(offset)
+    first = stored[0].offset if stored else last + 1
+    if not first - 1 <= wanted <= last:
+        return None
+    return list(itertools.islice(stored, wanted - first + 1, None))
 
 
 async def gather_acks(futures: list[asyncio.Future[Any]], timeout: float) -> list[Any]:

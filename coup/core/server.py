@@ -8,9 +8,10 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from coup.core.adapter import Adapter, MemoryAdapter
+from coup.core.adapter import Adapter, MemoryAdapter, RestoredSession
 from coup.core.client import Client
 from coup.core.errors import ConnectRefused
+from coup.core.hold import HeldPackets
 from coup.core.namespace import Namespace
 from coup.core.options import ServerOptions
 from coup.core.presence import MemoryPresence, Presence
@@ -102,6 +103,7 @@ class SocketServer:
         self.spawn(self._connect(client, name, auth))
 
     async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
+        socket: Socket | None = None
         try:
             nsp = self.namespaces.get(name)
             if nsp is None:
@@ -111,21 +113,40 @@ class SocketServer:
             made = await self._make_socket(nsp, client, auth)
             if made is None or client.closed:
                 return
-            socket, missed = made
+            socket, restored = made
+            # from here on the socket receives, but into its hold (`coup.core.hold`) until
+            # the CONNECT reply is out; joining may await (a cluster subscribes)
+            held = socket.sink
+            assert isinstance(held, HeldPackets)
             nsp.add(socket)
             client.add(socket)
             socket.connected = True
             rooms = {socket.id} | set(socket._last_rooms)
             await nsp.adapter.add_all(socket.id, rooms)
+            if client.closed or held.overflowed:
+                return  # the connection is gone or going; the socket's on_close cleans up
+            missed: tuple[Outbound, ...] = ()
+            if restored is not None:
+                # computed after the join: what was stored before it is here, what came
+                # after it is held too (`release` sends each packet once)
+                replay = nsp.adapter.replay(restored)
+                if replay is None:
+                    log.warning("session %s: the recovery buffer moved past socket %s's offset while it "
+                                "connected; closing, its next attempt starts afresh", client.session.sid, socket.id)
+                    client.session.close("transport error", graceful=False)
+                    return
+                missed = replay
             reply: dict[str, Any] = {"sid": socket.id}
             if socket.pid is not None:
                 reply["pid"] = socket.pid
             client.send_packet(SocketPacket(SocketPacketType.CONNECT, name, reply))
-            for out in missed:  # what a recovered client missed, right after the CONNECT reply
-                socket.session.send(out)
+            socket.sink = client.session
+            held.release(missed)
             await nsp.run_connect_handlers(socket)
         except Exception:
             log.exception("connecting session %s to %s failed", client.session.sid, name)
+            if socket is not None:
+                socket.on_close("server namespace disconnect")
             if not client.closed:
                 client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
                                                 {"message": "Internal server error"}))
@@ -133,11 +154,11 @@ class SocketServer:
             client.connecting.discard(name)
 
     async def _make_socket(self, nsp: Namespace, client: Client,
-                           auth: dict[str, Any]) -> tuple[Socket, tuple[Outbound, ...]] | None:
+                           auth: dict[str, Any]) -> tuple[Socket, RestoredSession | None] | None:
         """Restore a recoverable session or build a new socket, then run the middleware."""
         recovery = self.options.recovery
         socket: Socket | None = None
-        missed: tuple[Outbound, ...] = ()
+        restored: RestoredSession | None = None
         pid, offset = auth.get("pid"), auth.get("offset")
         if recovery is not None and isinstance(pid, str) and isinstance(offset, str):
             restored = await nsp.adapter.restore_session(pid, offset)
@@ -146,7 +167,6 @@ class SocketServer:
                 socket.data = dict(restored.data)
                 socket.recovered = True
                 socket._last_rooms = restored.rooms
-                missed = restored.missed
         if socket is None:
             socket = Socket(nsp, client, auth)
         if not (socket.recovered and recovery is not None and recovery.skip_middlewares):
@@ -159,4 +179,4 @@ class SocketServer:
                 if not client.closed:
                     client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, nsp.name, exc.payload()))
                 return None
-        return socket, missed
+        return socket, restored

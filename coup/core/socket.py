@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from coup.core.adapter import BroadcastOptions, SessionRecord
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
+from coup.core.hold import HeldPackets, PacketSink
 from coup.engine.handshake import HandshakeInfo
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
@@ -58,6 +59,7 @@ class Socket:
         "pid",
         "recovered",
         "session",
+        "sink",
     )
 
     def __init__(self, nsp: Namespace, client: Client, auth: dict[str, Any], *,
@@ -68,6 +70,8 @@ class Socket:
         self.nsp = nsp
         self.client = client
         self.session: Session = client.session
+        #: where this socket's packets go: held until the CONNECT reply is out, then the session
+        self.sink: PacketSink = HeldPackets(client.session, nsp.server.engine.options.max_buffered_bytes)
         self.handshake: HandshakeInfo = client.session.handshake
         self.auth = auth
         #: application data (e.g. the authenticated user); JSON-able, a cluster ships it
@@ -110,7 +114,7 @@ class Socket:
             # through the adapter, so the packet gets an offset and can be replayed
             self.nsp.adapter.broadcast(packet, BroadcastOptions(rooms=frozenset((self.id,)), local=True))
         else:
-            self.session.send(Outbound.message(encode(packet)))
+            self.sink.send(Outbound.message(encode(packet)))
 
     async def emit_with_ack(self, event: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Send an event and wait for the client's acknowledgement; return its arguments."""
@@ -118,7 +122,7 @@ class Socket:
             raise SocketDisconnected(self.id)
         ack_id = self.nsp.next_ack_id()
         future = self.expect_ack(ack_id)
-        self.session.send(Outbound.message(encode(
+        self.sink.send(Outbound.message(encode(
             SocketPacket(SocketPacketType.EVENT, self.nsp.name, [event, *args], ack_id))))
         wait = timeout if timeout is not None else self.nsp.server.default_ack_timeout
         try:
@@ -143,7 +147,7 @@ class Socket:
         return BroadcastOperator(self.nsp, BroadcastOptions(exclude=frozenset((self.id,))))
 
     def _send_packet(self, packet: SocketPacket) -> None:
-        self.session.send(Outbound.message(encode(packet)))
+        self.sink.send(Outbound.message(encode(packet)))
 
     def send_error(self, error: ClientError, event: str | None) -> None:
         """Tell this client its request was refused (the ``error`` event)."""

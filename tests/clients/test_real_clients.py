@@ -19,6 +19,7 @@ from coup.engine.polling import PollingTransport
 from tests.clients.conftest import App, AppStarter, MakeClient, check_transport, eventually
 from tests.clients.realclients import TRANSPORTS, NodeClient, RealClient
 from tests.clients.records import TIMEOUT
+from tests.gate import Gate
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -171,6 +172,41 @@ async def test_recovery_restores_missed_events(app: App, make_client: MakeClient
 
     ticks = client.events("tick")
     assert [args[0] for args in ticks] == [1, 2, 3, 4, 5, 6], "missed events in order, none twice"
+    offsets = [int(args[-1]) for args in ticks]
+    assert offsets == sorted(set(offsets))
+
+
+@pytest.mark.parametrize("client_kind", ["node"])
+async def test_recovery_with_a_slow_middleware_loses_nothing(app: App, make_client: MakeClient,
+                                                             transport_mode: str) -> None:
+    """Events sent to the room while the reconnecting client's middleware waits (a token
+    check, a database read) reach it once, in order, after socket.io-client says connected."""
+    gate = Gate()
+    app.main.use(gate.middleware)
+    client, sids = await _open(make_client, app, transport_mode, reconnect_delay=1.0)
+    assert isinstance(client, NodeClient)
+    sid = sids["/"]
+    assert await client.call("join", "study:1") == [["study:1"]]
+    app.main.to("study:1").emit("tick", 1)
+    await client.expect_event("tick")
+
+    gate.close()
+    await client.drop()
+    await app.log.expect("disconnect", socket="/", sid=sid)
+    app.main.to("study:1").emit("tick", 2)    # missed while away
+    await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+    app.main.to("study:1").emit("tick", 3)    # while the middleware waits
+    app.main.emit("tick", 4)
+    gate.open()
+
+    await client.expect_connect()
+    record = await client.expect_connect()
+    assert record["sid"] == sid and record["recovered"] is True
+    app.main.to("study:1").emit("tick", 5)
+    while (await client.expect_event("tick"))[0] != 5:
+        pass
+    ticks = client.events("tick")
+    assert [args[0] for args in ticks] == [1, 2, 3, 4, 5], "missed events in order, none twice"
     offsets = [int(args[-1]) for args in ticks]
     assert offsets == sorted(set(offsets))
 

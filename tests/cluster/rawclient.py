@@ -25,6 +25,8 @@ class RawClient:
         self.sid = ""
         self.pid = ""
         self.events: list[tuple[str, list[Any]]] = []
+        #: "connect" and the events' names, in the order they arrived (nothing may precede "connect")
+        self.transcript: list[str] = []
         self.offset: str | None = None
         self._acks: dict[int, asyncio.Future[list[Any]]] = {}
         self._ack_ids = 0
@@ -57,6 +59,7 @@ class RawClient:
                 continue
             body = body[len(_PREFIX):]
             if kind == "40" and self._connected is not None and not self._connected.done():
+                self.transcript.append("connect")
                 self._connected.set_result(json.loads(body))
             elif kind == "44" and self._connected is not None and not self._connected.done():
                 self._connected.set_exception(AssertionError(text))
@@ -66,6 +69,7 @@ class RawClient:
                     self.offset = args[-1]
                     args = args[:-1]
                 self.events.append((args[0], args[1:]))
+                self.transcript.append(args[0])
             elif kind == "43":
                 cut = body.index("[")
                 future = self._acks.pop(int(body[:cut]), None)

@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
+from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.conftest import wait_until
 from tests.cluster.rawclient import RawClient
+from tests.gate import Gate
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -66,3 +68,78 @@ async def test_an_unknown_offset_gives_a_fresh_session(nodes, peers):
 
 def client_node(nodes, index: int) -> str:
     return nodes[index].node.sio.node_id
+
+
+@pytest.mark.parametrize("back_to", [0, 2], ids=["same-node", "other-node"])
+async def test_broadcasts_during_the_middleware_reach_a_recovering_client(nodes, peers, back_to):
+    """The middleware of the node it comes back to is slow (a token check, a database read);
+    what the room gets meanwhile reaches the client once, in order, after its CONNECT reply."""
+    gate = Gate()
+    for node in {id(n.node): n.node for n in nodes}.values():
+        node.sio.of(NAMESPACE).use(gate.middleware)
+    sender = await peers("sender").connect(nodes[1].url)
+    await sender.call("join", {"room": "r"})
+    watcher = await peers("watcher").connect(nodes[back_to].url)  # tells when that node heard a broadcast
+    await watcher.call("join", {"room": "r"})
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "rc"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        pid, offset = client.pid, client.offset
+        await client.drop()
+        await asyncio.sleep(0.3)
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+
+        gate.close()
+        connecting = asyncio.create_task(back.connect(nodes[back_to].url, {"user": "rc", "pid": pid, "offset": offset}))
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})  # while the middleware waits
+        await watcher.wait_for("m", 3)
+        gate.open()
+        reply = await connecting
+        assert reply["sid"] == client.sid
+        await wait_until(lambda: back.received("m") == [2, 3], what="the missed messages")
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
+        await wait_until(lambda: back.received("m") == [2, 3, 4], what="live traffic after recovery")
+        await asyncio.sleep(0.2)  # nothing comes twice
+        assert back.transcript[0] == "connect"
+        assert back.received("m") == [2, 3, 4]
+    finally:
+        gate.open()
+        await back.close()
+        await client.close()
+
+
+async def test_a_remote_broadcast_during_the_subscription_waits_for_the_connect_reply(redis_nodes, peers,
+                                                                                       monkeypatch):
+    """A connecting socket is a local member of its rooms while the node subscribes to them in
+    Redis; a broadcast heard meanwhile reaches the client after its CONNECT reply, not before."""
+    nodes = redis_nodes
+    gate = Gate()
+    bus = nodes[2].node.cluster.bus
+    subscribe = bus.acquire
+
+    async def slow_acquire(channels):
+        await subscribe(channels)
+        await gate.wait()
+
+    monkeypatch.setattr(bus, "acquire", slow_acquire)
+    sender = await peers("sender").connect(nodes[1].url)
+    watcher = await peers("watcher").connect(nodes[2].url)
+    client = RawClient()
+    try:
+        gate.close()
+        connecting = asyncio.create_task(client.connect(nodes[2].url, {"user": "early"}))
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        await sender.call("emit", {"event": "everyone", "data": 1})  # namespace-wide, from node 1
+        await watcher.wait_for("everyone")
+        gate.open()
+        await connecting
+        await wait_until(lambda: client.received("everyone") == [1], what="the broadcast")
+        assert client.transcript[:2] == ["connect", "everyone"]
+    finally:
+        gate.open()
+        await client.close()
