@@ -21,13 +21,18 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, RESYNC
 from coup.core.presence import LostCallback, Presence
 
 log = logging.getLogger(__name__)
+
+#: a transition script is asked at most this often when Redis does not answer in time
+TRANSITION_ATTEMPTS = 3
 
 
 class RedisPresence(Presence):
@@ -61,12 +66,28 @@ class RedisPresence(Presence):
             sids = self.local[key] = set()
         sids.add(sid)
         try:
-            return bool(await self._attach(keys=[self._key(key), self._index],
-                                           args=[sid, self.node_id, f"{key}\0{sid}"]))
+            return await self._transition(self._attach, key, [sid, self.node_id, f"{key}\0{sid}"])
         except RedisError as exc:
             self._dirty = True
             log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
             return first_here
+
+    async def _transition(self, script: AsyncScript, key: str, args: list[str]) -> bool:
+        """Run a transition script; after a timeout, run it again.
+
+        A timed-out call may or may not have run in Redis. The scripts remember their answer
+        per socket, so the retry returns what the first run decided and a transition is
+        announced exactly once, never twice (the old fallback guessed) and never lost.
+        """
+        keys = [self._key(key), self._index, self.options.key("presence-done", key)]
+        for attempt in range(TRANSITION_ATTEMPTS):
+            try:
+                return bool(await script(keys=keys, args=args))
+            except RedisTimeoutError:
+                if attempt == TRANSITION_ATTEMPTS - 1:
+                    raise
+                log.info("presence transition of %s timed out; asking again", key)
+        raise AssertionError("unreachable")
 
     async def detach(self, key: str, sid: str) -> bool:
         sids = self.local.get(key)
@@ -75,7 +96,7 @@ class RedisPresence(Presence):
             if not sids:
                 del self.local[key]
         try:
-            return bool(await self._detach(keys=[self._key(key), self._index], args=[sid, f"{key}\0{sid}"]))
+            return await self._transition(self._detach, key, [sid, f"{key}\0{sid}"])
         except RedisError as exc:
             self._dirty = True
             log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)

@@ -1,0 +1,63 @@
+"""A presence transition whose Redis call timed out is asked again and announced exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from coup.cluster.presence import RedisPresence
+
+pytestmark = pytest.mark.asyncio
+
+
+Script = Callable[..., Awaitable[Any]]
+
+
+def _times_out_once_after_running(script: Script) -> tuple[Script, list[int]]:
+    """The script runs in Redis, but its answer is lost the first time (a socket timeout)."""
+    calls: list[int] = []
+
+    async def flaky(**kwargs: Any) -> Any:
+        calls.append(1)
+        result = await script(**kwargs)
+        if len(calls) == 1:
+            raise RedisTimeoutError("simulated: the answer did not arrive in time")
+        return result
+
+    return flaky, calls
+
+
+async def test_timed_out_attach_does_not_announce_a_second_online(redis_nodes):
+    first: RedisPresence = redis_nodes[0].node.sio.presence
+    second: RedisPresence = redis_nodes[1].node.sio.presence
+    assert await first.attach("retry-a", "s1") is True
+    second._attach, calls = _times_out_once_after_running(second._attach)
+    # the old fallback answered "first socket on this node" (True): a second user-online
+    assert await second.attach("retry-a", "s2") is False
+    assert len(calls) == 2
+
+
+async def test_timed_out_detach_still_announces_the_offline(redis_nodes):
+    first: RedisPresence = redis_nodes[0].node.sio.presence
+    second: RedisPresence = redis_nodes[1].node.sio.presence
+    assert await first.attach("retry-d", "s1") is True
+    assert await second.attach("retry-d", "s2") is False
+    assert await first.detach("retry-d", "s1") is False
+    second._detach, calls = _times_out_once_after_running(second._detach)
+    # the old fallback answered False: the user-offline was never announced
+    assert await second.detach("retry-d", "s2") is True
+    assert len(calls) == 2
+    assert await first.online(["retry-d"]) == set()
+
+
+async def test_asking_the_same_transition_twice_gives_the_same_answer(redis_nodes):
+    presence: RedisPresence = redis_nodes[0].node.sio.presence
+    assert await presence.attach("retry-same", "s1") is True
+    assert await presence.attach("retry-same", "s1") is True  # a repeat, not a new transition
+    assert await presence.attach("retry-same", "s2") is False
+    assert await presence.detach("retry-same", "s2") is False
+    assert await presence.detach("retry-same", "s1") is True
+    assert await presence.detach("retry-same", "s1") is True
