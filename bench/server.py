@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 from coup.app import CoupNode  # noqa: E402
 from coup.config import Settings  # noqa: E402
 from coup.core.socket import Socket  # noqa: E402
+from coup.heap import freeze_startup_heap  # noqa: E402
 
 
 class IsoClock:
@@ -89,6 +90,8 @@ async def serve(host: str, port: int) -> None:
     node = CoupNode(settings)
     install_chat(node)
     await node.start()
+    if os.environ.get("COUP_BENCH_NO_FREEZE") != "1":
+        freeze_startup_heap()
     print(f"coup bench server (pid {os.getpid()}) listening on {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,12 +102,39 @@ async def serve(host: str, port: int) -> None:
     print(f"exit: {process_stats()}", flush=True)
 
 
+class CollectorPauses:
+    """How long the cyclic garbage collector stopped the loop, per generation (a p99 suspect)."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        pause = time.perf_counter() - self._started
+        self.count[generation] += 1
+        self.total[generation] += pause
+        self.longest[generation] = max(self.longest[generation], pause)
+
+    def __str__(self) -> str:
+        return " ".join(f"gen{g} {self.count[g]}x total {self.total[g] * 1000:.1f} ms longest "
+                        f"{self.longest[g] * 1000:.2f} ms" for g in range(3))
+
+
+PAUSES = CollectorPauses()
+
+
 def process_stats() -> str:
     """CPU split and collector activity, printed at exit (the harness keeps the server's log)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    collections = [g["collections"] for g in gc.get_stats()]
     return (f"user {usage.ru_utime:.2f}s sys {usage.ru_stime:.2f}s maxrss {usage.ru_maxrss} KB "
-            f"gc collections per generation {collections}")
+            f"gc pauses: {PAUSES}")
 
 
 def main() -> None:

@@ -25,9 +25,11 @@ def _run(coro: object) -> None:
 
 async def _serve(settings: Settings) -> None:
     from coup.app import coup_node
+    from coup.heap import freeze_startup_heap
 
     node = coup_node(settings)
     await node.start()
+    log.debug("%d start-up objects frozen out of the collector", freeze_startup_heap())
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
     if settings.demo:
         log.info("demo mode: database %s; sign in with `coup token 1` (Alice) or POST /api/dev/token",
