@@ -186,10 +186,13 @@ class CoupNode:
         for service in self.services:
             await service.start()
         await self.sio.start()
+        # idle_connection_timeout is also Tornado's limit for reading a request head
         server = HTTPServer(self.application(), xheaders=True,
-                            max_body_size=self.settings.max_payload + 64 * 1024)
+                            max_body_size=self.settings.max_payload + 64 * 1024,
+                            idle_connection_timeout=self.settings.head_timeout)
         if self.front_door:
-            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True)
+            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True,
+                             head_timeout=self.settings.head_timeout)
             self._listeners = await door.serve(sockets)
         else:
             server.add_sockets(sockets)

@@ -108,6 +108,8 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     max_payload: int = 1_000_000
+    #: seconds a connection may take to send a request head (and may stay idle between requests)
+    head_timeout: float = 10.0
     #: connection state recovery window in seconds; 0 turns recovery off
     recovery_window: float = 120.0
     log_level: str = "INFO"
@@ -178,6 +180,8 @@ class Settings:
             values["ping_timeout"] = _float("COUP_PING_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_MAX_PAYLOAD")) is not None:
             values["max_payload"] = _int("COUP_MAX_PAYLOAD", raw, minimum=1024)
+        if (raw := get("COUP_HEAD_TIMEOUT")) is not None:
+            values["head_timeout"] = _float("COUP_HEAD_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_RECOVERY_WINDOW")) is not None:
             values["recovery_window"] = _float("COUP_RECOVERY_WINDOW", raw)
         if (raw := get("COUP_LOG_LEVEL")) is not None:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: a request head larger than this is not a plain upgrade: Tornado answers it
 MAX_HEAD = 16 * 1024
+#: the answer to a connection that did not finish its request head in time (as Node's headersTimeout)
+_HEAD_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 #: headers that change the client's address or scheme behind a proxy (Tornado's ``xheaders``)
 _PROXY_HEADERS = ("x-forwarded-for", "x-real-ip", "x-scheme", "x-forwarded-proto")
 
@@ -46,15 +48,17 @@ class _NotFast(Exception):
 class FrontDoor:
     """What the front-door protocols of one node share."""
 
-    __slots__ = ("engine", "http_server", "origins", "path", "xheaders")
+    __slots__ = ("engine", "head_timeout", "http_server", "origins", "path", "xheaders")
 
     def __init__(self, engine: EngineServer, origins: OriginPolicy, http_server: HTTPServer,
-                 path: str, *, xheaders: bool = True) -> None:
+                 path: str, *, xheaders: bool = True, head_timeout: float = 10.0) -> None:
         self.engine = engine
         self.origins = origins
         self.http_server = http_server
         self.path = path.rstrip("/") + "/"
         self.xheaders = xheaders
+        #: seconds a new connection has to send its first request head; then 408 and close
+        self.head_timeout = head_timeout
 
     def protocol(self) -> FrontDoorProtocol:
         return FrontDoorProtocol(self)
@@ -153,15 +157,18 @@ class FrontDoor:
 class FrontDoorProtocol(asyncio.Protocol):
     """Reads a connection's first request head, then becomes a WebSocket or hands over."""
 
-    __slots__ = ("_buffer", "_door", "_transport")
+    __slots__ = ("_buffer", "_deadline", "_door", "_transport")
 
     def __init__(self, door: FrontDoor) -> None:
         self._door = door
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # a connection that never finishes its head would otherwise be held open for ever
+        self._deadline = asyncio.get_running_loop().call_later(self._door.head_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -171,26 +178,40 @@ class FrontDoorProtocol(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(buffer) > MAX_HEAD:
-                self._hand_over(transport, buffer)
+                self._release()
+                self._door.to_tornado(transport, buffer)
             else:
                 self._buffer = buffer
             return
-        self._buffer = b""
-        self._transport = None
+        self._release()
         if not self._door.try_upgrade(buffer[:end], transport, buffer[end + 4:]):
             self._door.to_tornado(transport, buffer)
 
-    def _hand_over(self, transport: asyncio.Transport, buffer: bytes) -> None:
+    def _release(self) -> None:
+        """The head is read (or handed on): this protocol is done with the connection."""
         self._buffer = b""
         self._transport = None
-        self._door.to_tornado(transport, buffer)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        transport = self._transport
+        if transport is None:
+            return
+        log.info("front door: no complete request head from %s within %.1f s; closing",
+                 transport.get_extra_info("peername"), self._door.head_timeout)
+        self._release()
+        transport.write(_HEAD_TIMED_OUT)
+        transport.close()
 
     def eof_received(self) -> bool | None:
         transport = self._transport
         if transport is not None:
+            self._release()
             transport.close()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        self._buffer = b""
+        self._release()

@@ -149,3 +149,44 @@ async def test_request_split_across_packets_and_pipelined_frame() -> None:
         writer.close()
     finally:
         await node.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("front_door", [True, False], ids=["front-door", "tornado-only"])
+async def test_unfinished_head_is_timed_out_and_others_are_served(front_door: bool) -> None:
+    """A connection that never finishes its request head is closed; the node serves everyone else."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3), front_door=front_door)
+    await node.start([sock])
+    try:
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
+        await slow_writer.drain()
+        client = socketio.AsyncClient(reconnection=False)
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
+        answer = await asyncio.wait_for(slow_reader.read(), 5)  # read() returns at EOF: closed by us
+        if front_door:
+            assert answer.startswith(b"HTTP/1.1 408 ")
+        assert client.connected  # the WebSocket client outlives the timeout
+        await client.disconnect()
+        slow_writer.close()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_idle_keep_alive_connection_is_closed() -> None:
+    """After a complete request, a connection idle past the head timeout is closed by Tornado."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3))
+    await node.start([sock])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)  # the handshake, then EOF when idle
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b'"sid"' in answer
+        writer.close()
+    finally:
+        await node.stop()
