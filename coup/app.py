@@ -20,6 +20,7 @@ from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
+from coup.transports.arrival import ArrivalHTTPServer
 from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
@@ -186,8 +187,8 @@ class CoupNode:
         for service in self.services:
             await service.start()
         await self.sio.start()
-        server = HTTPServer(self.application(), xheaders=True,
-                            max_body_size=self.settings.max_payload + 64 * 1024)
+        server = ArrivalHTTPServer(self.application(), xheaders=True,
+                                   max_body_size=self.settings.max_payload + 64 * 1024)
         if self.front_door:
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True)
             self._listeners = await door.serve(sockets)

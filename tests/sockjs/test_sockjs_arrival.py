@@ -9,7 +9,8 @@ there when its connection is first read, so the second poll attached first whene
 first connection had been accepted before its bytes arrived (about 1 suite run in 4).
 Each test sends both polls while the event loop cannot run, so the server reads them in
 one batch, in order: before `coup.transports.arrival`, the second poll was attached every
-time.
+time on the test services, and behind the front door whenever its connection was
+already open.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import pytest_asyncio
 from tornado.testing import bind_unused_port
 
+from tests.conftest import RunningNode
 from tests.sockjs.conformance_server import build_routers, build_server
 
 ANOTHER = b'c[2010,"Another connection still open"]\n'
@@ -123,4 +125,13 @@ async def services_port() -> AsyncIterator[int]:
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connection", "keep-alive"])
 async def test_the_poll_read_first_waits(services_port: int, keep_alive: bool) -> None:
     answers = [await race(services_port, "/echo", keep_alive=keep_alive, echo=True) for _ in range(ATTEMPTS)]
+    assert_second_polls_refused(answers)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["new-connection", "keep-alive", "preconnected"])
+async def test_the_poll_read_first_waits_behind_the_front_door(node: RunningNode, mode: str) -> None:
+    """The same on a node (`coup serve`): connections come in through the front door."""
+    answers = [await race(node.port, "/sockjs", keep_alive=mode != "new-connection",
+                          preconnect=mode == "preconnected") for _ in range(ATTEMPTS)]
     assert_second_polls_refused(answers)
