@@ -20,6 +20,7 @@ from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
+from coup.transports.arrival import ArrivalHTTPServer
 from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
 from coup.transports.routing import engine_rules
@@ -187,9 +188,9 @@ class CoupNode:
             await service.start()
         await self.sio.start()
         # idle_connection_timeout is also Tornado's limit for reading a request head
-        server = HTTPServer(self.application(), xheaders=True,
-                            max_body_size=self.settings.max_payload + 64 * 1024,
-                            idle_connection_timeout=self.settings.head_timeout)
+        server = ArrivalHTTPServer(self.application(), xheaders=True,
+                                   max_body_size=self.settings.max_payload + 64 * 1024,
+                                   idle_connection_timeout=self.settings.head_timeout)
         if self.front_door:
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True,
                              head_timeout=self.settings.head_timeout)

@@ -22,12 +22,12 @@ from typing import cast
 
 from tornado.escape import parse_qs_bytes
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
 from tornado.netutil import is_valid_ip
 
 from coup.engine.errors import EngineRequestError
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
+from coup.transports.arrival import ArrivalIOStream
 from coup.transports.origins import OriginPolicy
 from coup.transports.websocket import UpgradeRequired, check_upgrade, start_websocket
 
@@ -147,10 +147,12 @@ class FrontDoor:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         server = self.http_server
-        stream = IOStream(sock, max_buffer_size=server.max_buffer_size, read_chunk_size=server.read_chunk_size)
+        stream = ArrivalIOStream(sock, max_buffer_size=server.max_buffer_size,
+                                 read_chunk_size=server.read_chunk_size)
         if data:
             stream._read_buffer += data  # what we read already comes first
             stream._read_buffer_size += len(data)
+            stream.mark_arrival()  # read just now, by data_received: this is its place in line
         server.handle_stream(stream, peer)
 
 

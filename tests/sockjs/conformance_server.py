@@ -24,6 +24,7 @@ from sockjs.tornado import SockJSConnection  # noqa: E402
 from tornado.httpserver import HTTPServer  # noqa: E402
 from tornado.web import Application  # noqa: E402
 
+from coup.transports.arrival import ArrivalHTTPServer  # noqa: E402
 from coup.transports.sockjs.router import SockJSRouter  # noqa: E402
 
 TEST_SETTINGS = {"response_limit": 4096}
@@ -53,10 +54,15 @@ def build_routers() -> list[SockJSRouter]:
     ]
 
 
+def build_server(routers: list[SockJSRouter]) -> HTTPServer:
+    """The HTTP server of `routers`, built as the node builds its own (arrival order kept)."""
+    rules: list[Any] = [rule for router in routers for rule in router.urls]
+    return ArrivalHTTPServer(Application(rules))
+
+
 async def serve(host: str, port: int) -> None:
     routers = build_routers()
-    rules: list[Any] = [rule for router in routers for rule in router.urls]
-    server = HTTPServer(Application(rules))
+    server = build_server(routers)
     server.listen(port, host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

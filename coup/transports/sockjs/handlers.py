@@ -38,6 +38,8 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol
 
+from coup.transports.arrival import arrival_of
+
 if TYPE_CHECKING:
     from coup.transports.sockjs.router import SockJSRouter
 
@@ -69,6 +71,8 @@ class _ProtocolMixin:
     request: httputil.HTTPServerRequest
     #: methods announced to a CORS preflight
     access_methods = "OPTIONS, POST"
+    #: when the server read this request (`coup.transports.arrival`); None: not known
+    arrival: int | None = None
 
     if TYPE_CHECKING:
         def set_header(self, name: str, value: Any) -> None: ...
@@ -139,6 +143,7 @@ class _ProtocolMixin:
 
     def open_request(self) -> bool:
         """Common start of a session request; False (and a 403 sent) for a foreign origin."""
+        self.arrival = arrival_of(self.request)  # before anything else is read on this connection
         self.preflight()
         self.handle_session_cookie()
         self.disable_cache()
@@ -255,6 +260,22 @@ class _PollingMixin(_TransportMixin):
         # client may already have read this answer and sent its next poll, which would
         # otherwise find the session busy and get "Another connection still open".
         self._detach()
+
+    def overtook(self, other: Any) -> bool:
+        """Is this poll still waiting on its session although the server read `other` first?
+
+        Tornado can bring a request to its handler before one it read earlier (see
+        `coup.transports.arrival`); the earlier one is owed the session.
+        """
+        theirs = getattr(other, "arrival", None)
+        return (self.session is not None and self.active and not self._finished
+                and self.arrival is not None and theirs is not None and theirs < self.arrival)
+
+    def give_way(self, frame: str) -> None:
+        """Answer this waiting poll with `frame` and free its session, as if it had come second."""
+        # detach first: if this client is gone, write_frame must not close the session
+        self._detach()
+        self.send_pack(frame)
 
     async def poll(self, session_id: str) -> None:
         if not self.open_request():

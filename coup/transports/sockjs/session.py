@@ -19,6 +19,8 @@ from typing import Any
 
 from sockjs.tornado import session as sockjs_session
 
+ANOTHER_CONNECTION = "Another connection still open"
+
 
 def close_frame(code: int, reason: str) -> str:
     return "c" + json.dumps([code, reason], separators=(",", ":"))
@@ -70,9 +72,16 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
         self.stop_heartbeat()
 
     def set_handler(self, handler: Any, start_heartbeat: bool = True) -> bool:
-        """Attach a request to the session; a closed session answers it with its close frame."""
-        if self.handler is not None:
-            handler.send_pack(close_frame(2010, "Another connection still open"))
+        """Attach a request to the session; a closed session answers it with its close frame.
+
+        A session takes one receiving request at a time, the first the server read: a poll
+        that got here first although read later gives way (see `coup.transports.arrival`).
+        """
+        current = self.handler
+        overtook = getattr(current, "overtook", None)
+        gives_way = overtook is not None and bool(overtook(handler))
+        if current is not None and not gives_way:
+            handler.send_pack(close_frame(2010, ANOTHER_CONNECTION))
             return False
         if self._verify_ip and self.conn_info is not None and handler.request.remote_ip != self.conn_info.ip:
             handler.send_pack(close_frame(2010, "Attempted to connect to session from different IP"))
@@ -80,6 +89,8 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
         if self.state in (sockjs_session.CLOSING, sockjs_session.CLOSED) and not self.send_queue:
             handler.send_pack(close_frame(*self.get_close_reason()))
             return False
+        if current is not None:
+            current.give_way(close_frame(2010, ANOTHER_CONNECTION))
         sockjs_session.BaseSession.set_handler(self, handler)
         if self.request is None:
             self.request = handler.request

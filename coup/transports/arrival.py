@@ -1,0 +1,57 @@
+"""The order in which the server read requests off their sockets.
+
+Tornado does not hand requests to their handlers in the order it read them: a request
+whose bytes come in on a readable event reaches its handler one loop turn later (the
+header read is wrapped in a timeout, which resolves through a chained future) than one
+whose bytes were already there when its connection was first read, and the front door
+hands a connection over with its first request already read. Two SockJS polls for one
+session, sent one right after the other on two connections, could so attach in the
+wrong order. Streams built here number every read with a process-wide counter, so a
+handler can tell which of two requests the server had first.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
+from tornado.iostream import IOStream
+
+_reads = itertools.count(1)
+
+
+class ArrivalIOStream(IOStream):
+    """An `IOStream` that remembers when (in the order of all reads) it last read bytes."""
+
+    #: the counter's value at the last read that returned bytes; 0: nothing read yet
+    arrival = 0
+
+    def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
+        count = super().read_from_fd(buf)
+        if count:
+            self.arrival = next(_reads)
+        return count
+
+    def mark_arrival(self) -> None:
+        """Bytes handed over with the stream (the front door's) were read just now."""
+        self.arrival = next(_reads)
+
+
+class ArrivalHTTPServer(HTTPServer):
+    """Tornado's `HTTPServer` with `ArrivalIOStream` connections."""
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        if type(stream) is IOStream:  # Tornado's own accept path: nothing read from it yet
+            stream = ArrivalIOStream(stream.socket, max_buffer_size=stream.max_buffer_size,
+                                     read_chunk_size=stream.read_chunk_size,
+                                     max_write_buffer_size=stream.max_write_buffer_size)
+        super().handle_stream(stream, address)
+
+
+def arrival_of(request: HTTPServerRequest) -> int | None:
+    """When the server last read from `request`'s connection; None: not known."""
+    stream = getattr(request.connection, "stream", None)
+    arrival = getattr(stream, "arrival", 0)
+    return arrival if isinstance(arrival, int) and arrival > 0 else None
