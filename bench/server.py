@@ -130,11 +130,51 @@ class CollectorPauses:
 PAUSES = CollectorPauses()
 
 
+class FlushSizes:
+    """With COUP_BENCH_FLUSH_STATS=1: sockets written and time taken per `WriteCoalescer.flush`.
+
+    The flush writes every socket a loop turn dirtied; how big and long it gets is where the
+    fan-out tail at moderate load comes from (bench/README.md).
+    """
+
+    def __init__(self) -> None:
+        from coup.engine import websocket
+
+        self.sizes: list[int] = []
+        self.seconds: list[float] = []
+        flush = websocket.WriteCoalescer.flush
+
+        def timed(coalescer: websocket.WriteCoalescer) -> None:
+            size = len(coalescer._dirty)
+            started = time.perf_counter()
+            flush(coalescer)
+            if size:
+                self.sizes.append(size)
+                self.seconds.append(time.perf_counter() - started)
+
+        websocket.WriteCoalescer.flush = timed  # type: ignore[method-assign]
+
+    def __str__(self) -> str:
+        if not self.sizes:
+            return "no flushes"
+        sizes, ms = sorted(self.sizes), sorted(s * 1000 for s in self.seconds)
+
+        def at(values: list[Any], q: float) -> Any:
+            return values[min(len(values) - 1, int(q * len(values)))]
+
+        return (f"{len(sizes)} flushes; sockets per flush p50 {at(sizes, .5)} p90 {at(sizes, .9)} "
+                f"p99 {at(sizes, .99)} max {sizes[-1]}; ms per flush p50 {at(ms, .5):.2f} p90 {at(ms, .9):.2f} "
+                f"p99 {at(ms, .99):.2f} max {ms[-1]:.2f}")
+
+
+FLUSHES = FlushSizes() if os.environ.get("COUP_BENCH_FLUSH_STATS") == "1" else None
+
+
 def process_stats() -> str:
     """CPU split and collector activity, printed at exit (the harness keeps the server's log)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return (f"user {usage.ru_utime:.2f}s sys {usage.ru_stime:.2f}s maxrss {usage.ru_maxrss} KB "
-            f"gc pauses: {PAUSES}")
+            f"gc pauses: {PAUSES}" + (f"; flushes: {FLUSHES}" if FLUSHES is not None else ""))
 
 
 def main() -> None:
