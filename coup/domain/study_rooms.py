@@ -26,7 +26,7 @@ from coup.domain.auth import Actor
 from coup.domain.database import Database
 from coup.domain.errors import client_error, not_found, raise_refusal, refusal
 from coup.domain.queries import NewMessage
-from coup.domain.roomnames import study_of, study_room, user_room
+from coup.domain.roomnames import member_key, member_of, study_of, study_room, user_room
 from coup.domain.sequence import SequenceSource
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class StudyRooms:
         router.register(MESSAGE, self._message)
         router.register(TYPING, self._typing)
         router.register(READ, self._read)
+        server.presence.on_lost(self._member_lost)
 
     async def _call(self, study_id: int, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         return raise_refusal(await self.server.rooms.call(study_room(study_id), name, payload))
@@ -68,18 +69,40 @@ class StudyRooms:
     # ------------------------------------------------------------------ callers
 
     async def join(self, actor: Actor, study_id: int, sid: str, *, recovered: bool = False) -> dict[str, Any]:
-        """Put socket `sid` in the study room; ``{ok, studyId, online}``.
+        """Put socket `sid` (held by this node) in the study room; ``{ok, studyId, online}``.
 
         `recovered`: the socket is back in the room through connection state recovery, and
         is counted in again (its disconnect announced member-left).
         """
-        return await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id, "userName": actor.name,
-                                                 "sid": sid, "recovered": recovered})
+        key = member_key(study_id, actor.id)
+        try:
+            result = await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id,
+                                                       "userName": actor.name, "sid": sid, "recovered": recovered})
+        except Exception:
+            await self.server.presence.detach(key, sid)  # a refused join leaves the socket out of the room
+            raise
+        # counted where the socket lives: if this node dies, the survivors get the key back
+        # through on_lost and announce member-left (`_member_lost`)
+        await self.server.presence.attach(key, sid)
+        return result
 
     async def leave(self, actor: Actor, study_id: int, sid: str, *, gone: bool = False) -> dict[str, Any]:
-        """Take socket `sid` out of the room (`gone`: it disconnected and is out already)."""
+        """Take socket `sid` (held by this node) out of the room (`gone`: it disconnected and is out already)."""
+        await self.server.presence.detach(member_key(study_id, actor.id), sid)
         return await self._call(study_id, LEAVE, {"studyId": study_id, "userId": actor.id, "sid": sid,
                                                   "gone": gone})
+
+    async def _member_lost(self, key: str) -> None:
+        """A node died holding a user's last socket in a study room: the room's owner decides
+        whether that user left (no socket of theirs in the room now) and announces it."""
+        member = member_of(key)
+        if member is None:
+            return
+        study_id, user_id = member
+        try:
+            await self._call(study_id, LEAVE, {"studyId": study_id, "userId": user_id, "sid": "", "gone": True})
+        except Exception:
+            log.exception("member-left for user %d in study %d after a node loss failed", user_id, study_id)
 
     async def post_message(self, actor: Actor, study_id: int, content: str, file_id: int | None,
                            client_message_id: str | None) -> dict[str, Any]:

@@ -191,3 +191,41 @@ async def test_sigkill_takes_its_users_offline_within_five_seconds(redis_server,
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redis_server, tmp_path: Path, users):
+    """Bob's only socket in the study was on the killed node: member-left, once. Chloe still has
+    a socket in the room on a survivor: no member-left for her."""
+    prefix = "dl" + secrets.token_hex(3)
+    nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path) for i in range(3)]
+    try:
+        nodes[0].start()
+        await nodes[0].wait_ready()
+        for node in nodes[1:]:
+            node.start()
+        await _all_ready(nodes)
+        alice = await connect(users, ALICE, nodes[0])
+        await alice.call("join-study", {"studyId": STUDY})
+        bob = await connect(users, BOB, nodes[1])
+        await bob.call("join-study", {"studyId": STUDY})
+        chloe_doomed = await connect(users, CHLOE, nodes[1])
+        await chloe_doomed.call("join-study", {"studyId": STUDY})
+        chloe = await connect(users, CHLOE, nodes[2])
+        await chloe.call("join-study", {"studyId": STUDY})
+        await wait_until(lambda: alice.count("member-joined", BOB) == 1 and alice.count("member-joined", CHLOE) == 1,
+                         what="member-joined")
+        nodes[1].signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await wait_until(lambda: alice.count("member-left", BOB) == 1, timeout=5, what="member-left")
+        print(f"domain SIGKILL: member-left after {time.monotonic() - killed:.2f} s")
+        assert chloe.count("member-left", BOB) == 1
+        await asyncio.sleep(1.5)  # nothing more comes
+        assert alice.count("member-left", BOB) == 1
+        assert alice.count("member-left", CHLOE) == 0
+        assert alice.count("user-offline", BOB) == 1
+        assert alice.count("user-offline", CHLOE) == 0
+        reply = await alice.call("join-study", {"studyId": STUDY})
+        assert CHLOE in reply["online"] and BOB not in reply["online"]
+    finally:
+        for node in nodes:
+            node.stop()

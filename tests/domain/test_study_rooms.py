@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -120,3 +121,36 @@ async def test_membership_ended_means_no_rejoin(domain_node: DomainNode, connect
     await domain_node.db(deactivate)
     await refused(bob, "join-study", {"studyId": 1}, code="NOT_MEMBER")
     assert await room_users(domain_node, 1) == []
+
+
+def member_keys(node: DomainNode) -> dict[str, set[str]]:
+    """The "user in study room" presence keys and their sockets (what a crashed node reports back)."""
+    presence = node.node.sio.presence
+    return {key: set(sids) for key, sids in presence._sockets.items() if key.startswith("study:")}  # type: ignore[attr-defined]
+
+
+async def test_room_member_presence_follows_join_leave_refusal_and_disconnect(
+        domain_node: DomainNode, connect: ClientFactory) -> None:
+    alice = await connect(1, join=(1,))
+    bob = await connect(2, join=(1,))
+    assert set(member_keys(domain_node)) == {"study:1/1", "study:1/2"}
+    await bob.call("join-study", {"studyId": 1})  # again: still one socket
+    assert len(member_keys(domain_node)["study:1/2"]) == 1
+    await bob.call("leave-study", {"studyId": 1})
+    assert set(member_keys(domain_node)) == {"study:1/1"}
+    await bob.call("join-study", {"studyId": 1})
+
+    def deactivate() -> None:
+        StudyMember.update(status="INACTIVE").where((StudyMember.study == 1) & (StudyMember.user == 2)).execute()
+
+    await domain_node.db(deactivate)
+    await refused(bob, "join-study", {"studyId": 1}, code="NOT_MEMBER")  # taken out of the room
+    assert set(member_keys(domain_node)) == {"study:1/1"}
+    await alice.close()
+    await bob.close()
+    for _ in range(50):
+        if not member_keys(domain_node):
+            break
+        await asyncio.sleep(0.02)
+    assert member_keys(domain_node) == {}
+
