@@ -208,13 +208,20 @@ class NotificationsHandler(ApiHandler):
         if not self.domain.service_token.matches(bearer(self.request.headers.get("Authorization"))):
             raise client_error("AUTH_FAILED", "서비스 토큰이 필요합니다 (service token required)")
         data = self.body()
-        user_id = validation.required_id(data, "userId")
+        to_group = data.get("groupId") is not None
+        if to_group == (data.get("userId") is not None):
+            raise bad_request("userId 또는 groupId 중 하나가 필요합니다 (exactly one of userId, groupId)")
+        target = validation.required_id(data, "groupId" if to_group else "userId")
         type_ = validation.required_text(data, "type", max_length=64)
         message = validation.required_text(data, "message", max_length=2000)
         study_id = validation.optional_id(data, "studyId")
         extra = validation.json_object(data, "data")
-        notification = await self.domain.notifier.create(user_id, type_, message, study_id, extra)
-        self.send_json(notification, 201)
+        notifier = self.domain.notifier
+        if to_group:
+            created = await notifier.create_for_group(target, type_, message, study_id, extra)
+            self.send_json({"groupId": target, "items": [{"userId": uid, **n} for uid, n in created]}, 201)
+        else:
+            self.send_json(await notifier.create(target, type_, message, study_id, extra), 201)
 
 
 class NotificationReadHandler(ApiHandler):

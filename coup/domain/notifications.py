@@ -29,6 +29,17 @@ class Notifier:
         self.push(user_id, notification)
         return notification
 
+    async def create_for_group(self, group_id: int, type_: str, message: str, study_id: int | None = None,
+                               data: dict[str, Any] | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Store one notification per group member and push each to its user; NOT_FOUND when
+        the group or the study does not exist."""
+        created = await self.db.run(queries.create_group_notifications, group_id, type_, message, study_id, data)
+        if created is None:
+            raise not_found("그룹 또는 스터디")
+        for user_id, notification in created:
+            self.push(user_id, notification)
+        return created
+
     async def mark_read(self, user_id: int, notification_id: int, *, except_sid: str | None = None) -> bool:
         """Mark the user's own notification read; the user's other sockets learn of it.
 

@@ -313,6 +313,23 @@ def create_notification(user_id: int, type_: str, message: str, study_id: int | 
         return notification_payload(row)
 
 
+def create_group_notifications(group_id: int, type_: str, message: str, study_id: int | None,
+                               data: dict[str, Any] | None) -> list[tuple[int, dict[str, Any]]] | None:
+    """Store one notification per member of the group (each has its own read state), in one
+    transaction; ``[(user id, notification)]``, or None when the group (or the study) does not exist."""
+    with database_proxy.atomic():
+        if not Group.select().where(Group.id == group_id).exists():
+            return None
+        if study_id is not None and not Study.select().where(Study.id == study_id).exists():
+            return None
+        members = [gm.user_id for gm in GroupMember.select(GroupMember.user)
+                   .where(GroupMember.group == group_id).order_by(GroupMember.user)]
+        now = utcnow()
+        return [(user_id, notification_payload(Notification.create(
+            user=user_id, type=type_, message=message, study=study_id, data=data, created_at=now)))
+            for user_id in members]
+
+
 def notification_page(user_id: int, unread_only: bool, before: int | None, limit: int) -> dict[str, Any]:
     query = Notification.select().where(Notification.user == user_id)
     if unread_only:

@@ -229,6 +229,45 @@ async def test_service_creates_notifications_and_pushes_them(domain_node: Domain
         {"type": "HELLO", "study": None, "data": None, "read": False}]
 
 
+async def test_service_notifies_a_whole_group_one_stored_notification_per_member(
+        domain_node: DomainNode, connect: ClientFactory) -> None:
+    alice1, alice2, bob, dan, eve = (await connect(1), await connect(1), await connect(2), await connect(4),
+                                     await connect(5))  # Eve is in no group
+    status, body = await domain_node.http("POST", "/api/notifications", headers=SERVICE, body={
+        "groupId": 1, "type": "GROUP_EVENT", "message": "Contest on Friday", "data": {"room": "B2"}})
+    assert status == 201 and body["groupId"] == 1
+    items = {item.pop("userId"): item for item in body["items"]}
+    assert sorted(items) == [1, 2, 3, 4]  # every member of "Algorithms Club", Chloe offline included
+    assert len({n["id"] for n in items.values()}) == 4  # each member's own row
+    assert all(n["message"] == "Contest on Friday" and n["data"] == {"room": "B2"} and n["readAt"] is None
+               for n in items.values())
+    assert await alice1.wait("notification") == items[1]
+    assert await alice2.wait("notification") == items[1]
+    assert await bob.wait("notification") == items[2]
+    assert await dan.wait("notification") == items[4]
+    for user_id in (1, 2, 3, 4):
+        assert await domain_node.db(notifications_of, user_id) == [
+            {"type": "GROUP_EVENT", "study": None, "data": {"room": "B2"}, "read": False}]
+    # read state is per member: Bob reading his leaves Alice's unread
+    assert await bob.call("notification-read", {"notificationId": items[2]["id"]}) == {
+        "ok": True, "notificationId": items[2]["id"], "changed": True}
+    assert [n["read"] for n in await domain_node.db(notifications_of, 1)] == [False]
+    assert eve.got("notification") == []
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"groupId": 1, "userId": 1, "type": "T", "message": "m"}, 400, "BAD_REQUEST"),  # both targets
+    ({"groupId": "1", "type": "T", "message": "m"}, 400, "BAD_REQUEST"),
+    ({"groupId": 0, "type": "T", "message": "m"}, 400, "BAD_REQUEST"),
+    ({"groupId": 99, "type": "T", "message": "m"}, 404, "NOT_FOUND"),
+    ({"groupId": 1, "type": "T", "message": "m", "studyId": 99}, 404, "NOT_FOUND"),
+])
+async def test_group_notification_refused(domain_node: DomainNode, body: Any, status: int, code: str) -> None:
+    got, answer = await domain_node.http("POST", "/api/notifications", headers=SERVICE, body=body)
+    assert got == status and error(code)(answer), answer
+    assert await domain_node.db(lambda: Notification.select().count()) == 0
+
+
 @pytest.mark.parametrize(("headers", "body", "status", "code"), [
     ({}, {"userId": 1, "type": "T", "message": "m"}, 401, "AUTH_FAILED"),
     ("user", {"userId": 1, "type": "T", "message": "m"}, 401, "AUTH_FAILED"),
