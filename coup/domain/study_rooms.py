@@ -40,6 +40,9 @@ READ = "study.read"
 #: attempts at storing one message when its seq clashes with another writer's
 SEQ_ATTEMPTS = 3
 
+#: refusals of a join after which the owner has taken the socket out of the room
+MEMBERSHIP_REFUSALS = ("NOT_MEMBER", "NOT_FOUND")
+
 #: query outcomes that refuse, and what the client is told
 REFUSALS: dict[str, Callable[[], ClientError]] = {
     "no_study": lambda: not_found("스터디"),
@@ -78,8 +81,9 @@ class StudyRooms:
         try:
             result = await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id,
                                                        "userName": actor.name, "sid": sid, "recovered": recovered})
-        except Exception:
-            await self.server.presence.detach(key, sid)  # a refused join leaves the socket out of the room
+        except ClientError as refused:
+            if refused.code in MEMBERSHIP_REFUSALS:  # the owner took the socket out of the room
+                await self.server.presence.detach(key, sid)
             raise
         # counted where the socket lives: if this node dies, the survivors get the key back
         # through on_lost and announce member-left (`_member_lost`)
