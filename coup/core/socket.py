@@ -12,6 +12,7 @@ from coup.core.adapter import BroadcastOptions, SessionRecord
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
+from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
@@ -150,8 +151,12 @@ class Socket:
         self.sink.send(Outbound.message(encode(packet)))
 
     def send_error(self, error: ClientError, event: str | None) -> None:
-        """Tell this client its request was refused (the ``error`` event)."""
-        self.emit(self.nsp.server.options.error_event, error_event(error, event))
+        """Tell this client its request was refused (the ``error`` event).
+
+        A reply to this socket alone, sent straight to it: never kept for connection state
+        recovery (a flood of refused requests must not fill the replay store)."""
+        self._send_packet(SocketPacket(SocketPacketType.EVENT, self.nsp.name,
+                                       [self.nsp.server.options.error_event, error_event(error, event)]))
 
     # ------------------------------------------------------------------ incoming packets
 
@@ -191,6 +196,7 @@ class Socket:
         self.nsp.server.spawn(self._drain(packet))
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
+        origin = current_origin.set(self.id)
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -200,8 +206,11 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        finally:
+            current_origin.reset(origin)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
+        current_origin.set(self.id)  # this task's context: what its handlers broadcast is this socket's
         try:
             while True:
                 if isinstance(item, _Disconnected):

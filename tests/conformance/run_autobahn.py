@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_WSTEST = os.environ.get("AUTOBAHN_WSTEST", "/work/autobahn/venv/bin/wstest")
 CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
 MAX_PAYLOAD = 16 * 1024 * 1024 + 1024
-MAX_FRAGMENTS = 65_536
+MAX_FRAGMENTS = 100_000
 BAD = ("FAILED", "NON-STRICT", "UNIMPLEMENTED", "WRONG CODE")
 
 
