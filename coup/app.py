@@ -23,6 +23,7 @@ from coup.engine.server import EngineServer
 from coup.transports.arrival import ArrivalHTTPServer
 from coup.transports.front_door import FrontDoor
 from coup.transports.origins import OriginPolicy
+from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
 
@@ -113,6 +114,7 @@ class CoupNode:
         self.front_door = front_door
         self._listeners: list[asyncio.base_events.Server] = []
         self.origins = OriginPolicy(settings.allowed_origins)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         node_id = settings.node_id or secrets.token_hex(4)
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
         self.cluster: Cluster | None = None
@@ -126,8 +128,8 @@ class CoupNode:
             max_payload=settings.max_payload,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
         ))
-        recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window) \
-            if settings.recovery_window > 0 else None
+        recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,
+                                   max_bytes=settings.recovery_max_bytes) if settings.recovery_window > 0 else None
         cluster_parts: dict[str, Any] = {}
         if self.cluster is not None:
             cluster_parts = {"adapter_factory": self.cluster.adapter_factory, "presence": self.cluster.presence,
@@ -187,12 +189,15 @@ class CoupNode:
         for service in self.services:
             await service.start()
         await self.sio.start()
-        # idle_connection_timeout is also Tornado's limit for reading a request head
-        server = ArrivalHTTPServer(self.application(), xheaders=True,
+        # idle_connection_timeout is also Tornado's limit for reading a request head; a body
+        # must be in within body_timeout of its head, or the connection is closed
+        server = ArrivalHTTPServer(self.application(), xheaders=False,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
-                                   idle_connection_timeout=self.settings.head_timeout)
+                                   idle_connection_timeout=self.settings.head_timeout,
+                                   body_timeout=self.settings.body_timeout)
+        server.proxies = self.proxies
         if self.front_door:
-            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True,
+            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout)
             self._listeners = await door.serve(sockets)
         else:

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings
+from coup.config import ConfigError, Settings, redact_url
 
 log = logging.getLogger("coup")
 
@@ -33,7 +33,7 @@ async def _serve(settings: Settings) -> None:
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
     if settings.demo:
         log.info("demo mode: database %s; sign in with `coup token 1` (Alice) or POST /api/dev/token",
-                 settings.database_url)
+                 redact_url(settings.database_url))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,7 +67,7 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
     url = _database_settings().database_url
     initdb(url)
-    print(f"coup: schema ready in {url}")
+    print(f"coup: schema ready in {redact_url(url)}")
     return 0
 
 
@@ -86,7 +86,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         database.close()
-    print(f"coup: demo data loaded into {url} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
+    print(f"coup: demo data loaded into {redact_url(url)} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
     return 0
 
 
@@ -111,7 +111,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         finally:
             database.close()
         if secret is None:
-            print(f"coup: JWT_SECRET is not set and {settings.database_url} holds no demo secret; "
+            print(f"coup: JWT_SECRET is not set and {redact_url(settings.database_url)} holds no demo secret; "
                   "set JWT_SECRET, or start `coup serve --demo` once with this DATABASE_URL", file=sys.stderr)
             return 2
     assert secret is not None
