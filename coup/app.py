@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, RequestHandler
 
 from coup.config import Settings
 from coup.core.options import RecoveryOptions, ServerOptions
@@ -26,6 +26,7 @@ from coup.transports.origins import OriginPolicy
 from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
+from coup.transports.static import PageFileHandler, SecurityHeaders
 
 if TYPE_CHECKING:
     from coup.cluster import Cluster
@@ -176,9 +177,11 @@ class CoupNode:
             (r"/readyz", ReadyHandler, {"checks": self.readiness}),
             *self.sockjs.rules,
             *self.extra_rules,
-            (r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}),
+            (r"/(.*)", PageFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
-        return Application(rules)
+        app = Application(rules)
+        app.add_transform(SecurityHeaders)
+        return app
 
     async def start(self, sockets: list[socket.socket] | None = None) -> HTTPServer:
         """Start serving on `sockets`, or on the configured host and port."""
