@@ -135,7 +135,9 @@ class CoupNode:
         if self.cluster is not None:
             cluster_parts = {"adapter_factory": self.cluster.adapter_factory, "presence": self.cluster.presence,
                              "rooms": self.cluster.rooms}
-        self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=node_id, **cluster_parts)
+        self.sio = SocketServer(self.engine, ServerOptions(
+            recovery=recovery, max_connections_per_address=settings.max_connections_per_address),
+            node_id=node_id, **cluster_parts)
         self.extra_rules: list[Any] = list(extra_rules)
         #: routes matched before the Engine.IO ones (the cluster forwards other nodes' sessions)
         self._front_rules: list[Any] = []

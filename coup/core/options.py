@@ -35,4 +35,7 @@ class ServerOptions:
     max_attachments: int = 10
     #: name of the event that carries `ClientError`s to the client
     error_event: str = "error"
+    #: Engine.IO connections one client address may hold; beyond, a namespace CONNECT gets
+    #: CONNECT_ERROR ``{code: "TOO_MANY_CONNECTIONS"}`` and the connection closes (None: no cap)
+    max_connections_per_address: int | None = None
     recovery: RecoveryOptions | None = None

@@ -45,6 +45,8 @@ class SocketServer:
         self.default_ack_timeout = default_ack_timeout
         self.namespaces: dict[str, Namespace] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: client address -> its open connections (the per-address cap)
+        self.connections_by_address: dict[str, int] = {}
         engine.on_connection = self._on_engine_connection
         self.of("/")
 
@@ -89,6 +91,8 @@ class SocketServer:
     def _on_engine_connection(self, session: Session) -> None:
         client = Client(self, session)
         session.handler = client
+        address = session.handshake.address
+        self.connections_by_address[address] = self.connections_by_address.get(address, 0) + 1
         self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client,
                                     slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
 
@@ -102,6 +106,27 @@ class SocketServer:
     def start_connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         self.spawn(self._connect(client, name, auth))
 
+    def client_closed(self, client: Client) -> None:
+        address = client.session.handshake.address
+        left = self.connections_by_address.get(address, 1) - 1
+        if left > 0:
+            self.connections_by_address[address] = left
+        else:
+            self.connections_by_address.pop(address, None)
+
+    def _over_address_cap(self, client: Client, name: str) -> bool:
+        """Refuse (CONNECT_ERROR with a code, then close) a connection from an address that holds too many."""
+        limit = self.options.max_connections_per_address
+        address = client.session.handshake.address
+        if limit is None or self.connections_by_address.get(address, 0) <= limit:
+            return False
+        log.info("session %s refused: %s holds more than %d connections", client.session.sid, address, limit)
+        client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name, {
+            "message": "Too many connections from this address",
+            "data": {"code": "TOO_MANY_CONNECTIONS", "limit": limit}}))
+        client.close("forced close")
+        return True
+
     async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         socket: Socket | None = None
         try:
@@ -109,6 +134,8 @@ class SocketServer:
             if nsp is None:
                 client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
                                                 {"message": "Invalid namespace"}))
+                return
+            if self._over_address_cap(client, name):
                 return
             made = await self._make_socket(nsp, client, auth)
             if made is None or client.closed:
