@@ -45,7 +45,7 @@ class SocketEvents:
         self.presence = presence
         self.message_limit = messages
         self.typing_throttle = typing
-        self.join_limit = joins or TokenBucket(2.0, 20)
+        self.join_limit = joins if joins is not None else TokenBucket(2.0, 20)
         self.max_sockets_per_user = max_sockets_per_user
         self.tokens: TokenService | None = None  # set when the domain starts (the secret may live in the db)
         nsp = server.main
