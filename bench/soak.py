@@ -1,7 +1,7 @@
 """Soak: thousands of honest clients with churn and chat, hostile clients running the
 adversarial corpus in a loop, against one real `coup serve` process on loopback.
 
-    python bench/soak.py [--duration 600] [--clients 2000] [--warmup 60] [--hostile 3]
+    python bench/soak.py [--duration 600] [--clients 2000] [--warmup 180] [--hostile 3]
 
 What it does: seeds a SQLite database with the demo data plus `--clients` users in
 studies of 20 (all ACTIVE), starts `python -m coup serve --demo` with that database, and
@@ -11,6 +11,10 @@ run); the others *churn*: connect, join their study, stay 20-90 s, leave, come b
 later. Every client posts a chat message every 20-40 s and answers Engine.IO pings.
 `--hostile` tasks run every attack of `tests/adversarial/attacks.CORPUS` in turn, again
 and again, next to them.
+
+The warm-up (default 180 s) outlasts the recovery window (120 s), so the recovery store is
+full and every churning client has come and gone at least once before the first figure;
+`--duration` (default 600 s) is the measured run after it.
 
 What it prints (one command gives every figure, for bench/README.md):
 - server RSS after the warm-up and at the end of the run (same load), and the change;
@@ -149,8 +153,14 @@ class Tally:
     connects: int = 0
     connect_failures: int = 0
     steady_drops: int = 0
-    #: steady client -> study -> seqs seen
+    #: steady client -> seqs of its study it saw
     seen: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    #: contents steady clients saw, per study (to tell a late ack from a lost message)
+    contents: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    #: (study, content) of sends whose ack did not come in time
+    unacked: list[tuple[int, str]] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class SoakClient:
@@ -172,6 +182,7 @@ class SoakClient:
             except (OSError, asyncio.IncompleteReadError, AssertionError, TimeoutError) as exc:
                 if self.soak.stopping.is_set():
                     return
+                tally.failures[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
                 if self.steady:
                     tally.steady_drops += 1
                     print(f"steady client {self.user_id} lost its connection: {exc!r}", flush=True)
@@ -212,11 +223,17 @@ class SoakClient:
     async def chat(self) -> None:
         tally = self.soak.tally
         tally.sent += 1
+        content = f"soak {secrets.token_hex(6)}"
+        started = time.monotonic()
         try:
-            ack = await self.call("message", {"studyId": self.study_id, "content": f"soak {secrets.token_hex(6)}"})
+            ack = await self.call("message", {"studyId": self.study_id, "content": content})
         except TimeoutError:
             tally.timed_out += 1
+            tally.unacked.append((self.study_id, content))
+            print(f"t={time.monotonic() - self.soak.started:.0f}s: no ack in 15 s for user {self.user_id}",
+                  flush=True)
             return
+        tally.latencies.append(time.monotonic() - started)
         if ack.get("ok"):
             tally.acked += 1
         else:
@@ -244,6 +261,7 @@ class SoakClient:
                 args = json.loads(message[2:])
                 if seen is not None and args[0] == "message" and args[1].get("studyId") == self.study_id:
                     seen.add(int(args[1]["seq"]))
+                    self.soak.tally.contents[self.study_id].add(args[1]["content"])
             elif message.startswith("43"):
                 digits = ""
                 for ch in message[2:]:
@@ -266,6 +284,7 @@ class Soak:
         self.attack_rounds: dict[str, int] = defaultdict(int)
         self.attack_errors: dict[str, int] = defaultdict(int)
         self._tokens: dict[int, str] = {}
+        self.started = time.monotonic()
 
     def token(self, user_id: int) -> str:
         token = self._tokens.get(user_id)
@@ -323,7 +342,7 @@ class Soak:
             steady = per_study[study] < 2
             per_study[study] += 1
             clients.append(SoakClient(self, uid, study, ADDRESSES[i % len(ADDRESSES)], steady))
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         tasks = []
         for i, client in enumerate(clients):  # ramp up over a third of the warm-up
             tasks.append(asyncio.create_task(client.run()))
@@ -333,8 +352,9 @@ class Soak:
         await asyncio.sleep(max(0.0, args.warmup - (time.monotonic() - started)))
         rss_warm = server.rss_mb()
         print(f"warm-up done: {self.tally.connects} connects, RSS {rss_warm:.1f} MB, fds {server.fds()}", flush=True)
-        while time.monotonic() - started < args.duration:
-            await asyncio.sleep(min(30.0, args.duration - (time.monotonic() - started)))
+        end = time.monotonic() + args.duration
+        while time.monotonic() < end:
+            await asyncio.sleep(min(30.0, end - time.monotonic()))
             print(f"t={time.monotonic() - started:.0f}s RSS {server.rss_mb():.1f} MB fds {server.fds()} "
                   f"sent {self.tally.sent} acked {self.tally.acked} attacks {sum(self.attack_rounds.values())}",
                   flush=True)
@@ -368,13 +388,20 @@ async def main_async(args: argparse.Namespace) -> int:
     change = (result["rss_end"] - result["rss_warm"]) / result["rss_warm"] * 100
     print()
     print(f"soak: {args.clients} clients ({len(set(users.values())) * 2} steady), {args.hostile} hostile, "
-          f"{args.duration:.0f} s (warm-up {args.warmup:.0f} s); server log {server.log_path}")
+          f"{args.duration:.0f} s after a {args.warmup:.0f} s warm-up; server log {server.log_path}")
     print(f"RSS after warm-up {result['rss_warm']:.1f} MB, at the end {result['rss_end']:.1f} MB ({change:+.1f} %)")
     print(f"open fds before the run (after a priming burst) {result['fds_start']}, after every client left "
           f"{result['fds_end']}")
     print(f"honest messages: sent {t.sent}, acked ok {t.acked}, refused {t.refused}, ack timed out {t.timed_out}; "
           f"lost (seq gaps seen by steady clients) {result['lost']}")
-    print(f"connects {t.connects}, failed sessions {t.connect_failures}, steady clients dropped {t.steady_drops}")
+    late = sum(1 for study, content in t.unacked if content in t.contents[study])
+    latencies = sorted(t.latencies) or [0.0]
+    print(f"of the {len(t.unacked)} sends not acknowledged in 15 s, {late} reached the steady clients of their study "
+          f"(acknowledged late), {len(t.unacked) - late} did not; ack latency p50 "
+          f"{latencies[len(latencies) // 2] * 1000:.0f} ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms, "
+          f"max {latencies[-1] * 1000:.0f} ms")
+    print(f"connects {t.connects}, failed sessions {t.connect_failures} {dict(t.failures)}, "
+          f"steady clients dropped {t.steady_drops}")
     print(f"attack rounds {dict(soak.attack_rounds)}")
     if soak.attack_errors:
         print(f"attacks cut off by the server {dict(soak.attack_errors)}")
@@ -388,9 +415,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds, warm-up included (default 600)")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds measured after the warm-up")
     parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--warmup", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=180.0, help="seconds before the first figure")
     parser.add_argument("--hostile", type=int, default=3)
     args = parser.parse_args()
     try:
