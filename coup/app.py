@@ -153,6 +153,7 @@ class CoupNode:
         from coup.cluster.http import cluster_rules
 
         cluster.bind(self.sio)
+        self.engine.adopter = cluster.moves  # an upgrade that lands here takes its session over
 
         async def linked() -> bool:
             return cluster.ready

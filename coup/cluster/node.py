@@ -25,6 +25,7 @@ from coup.cluster.alarms import Alarms
 from coup.cluster.bus import Bus, channel_bytes, stop_tasks
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
 from coup.cluster.homes import SessionHomes
+from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
 from coup.cluster.registry import Registry
@@ -106,6 +107,8 @@ class Cluster:
         self.alarms = Alarms()
         #: requests for sessions held by other nodes, carried through Redis
         self.tunnel = Tunnel(node_id, self.bus, self.inbox, self.alarms)
+        #: polling sessions moving to the node their WebSocket upgrade reached
+        self.moves = SessionMoves(self)
         #: which node holds each SockJS session
         self.sockjs_homes = SessionHomes(self.redis, node_id, opts)
         self.adapters: dict[str, RedisAdapter] = {}
@@ -250,6 +253,8 @@ class Cluster:
         try:
             if message["t"] == "call":
                 data: Any = await self.rooms.serve(message)
+            elif str(message.get("op", "")).startswith("move-"):
+                data = await self.moves.serve(message)
             else:
                 adapter = self.adapters.get(message.get("n", "/"))
                 data = await adapter.serve(message) if adapter is not None else {}
@@ -292,6 +297,10 @@ class Cluster:
                 self.spawn(self._serve(message))
             elif t == "node":
                 self.registry.announce_received(message)
+            elif t == "fwd":
+                adapter = self.adapters.get(message.get("n", "/"))
+                if adapter is not None:
+                    adapter.on_forwarded(str(message.get("sid")), message.get("p", []))
         else:
             log.warning("unknown cluster message on %r", channel[:80])
 
@@ -303,6 +312,7 @@ class Cluster:
         info["redis"] = {"connected": self.bus.ready, "connections": self.bus.connections, **self.bus.stats}
         info["rooms"] = dict(self.rooms.stats)
         info["relay"] = self.tunnel.describe()
+        info["moves"] = dict(self.moves.stats)
         #: failures to serve a session, by reason (each also logged once as a WARNING)
         info["failures"] = self.alarms.snapshot()
         return info
