@@ -112,14 +112,17 @@ class TunnelConnection(HTTPConnection):
         self.closed = False
 
     def _send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        """Publish one piece of the answer; dropped once the client is gone (as a closed socket drops it)."""
         if self.closed:
-            raise StreamClosedError()
+            return
         self._sent += len(body)
         if self._sent > self.tunnel.max_response_bytes:
             self.tunnel.alarms.raise_("relay_response_too_large",
                                       f"a relayed response outgrew {self.tunnel.max_response_bytes} bytes; cut off")
+            self.tunnel.reply(self.origin, {"k": "fail", "id": self.rid, "n": next(self._seq),
+                                            "reason": "relay_response_too_large", "detail": "response too large"})
             self.close()
-            raise StreamClosedError()
+            return
         header["id"] = self.rid
         header["n"] = next(self._seq)
         self.tunnel.reply(self.origin, header, body)
