@@ -199,7 +199,7 @@ async def fanout(urls: dict[str, str], clients: int, senders: int, seconds: floa
                     client.send(f'42["message",{{"studyId":1,"content":{n}}}]')
                     n += 1
                 await client.flushed()
-                while client.received < heard + 5 and time.perf_counter() < stop + 5:
+                while client.received < heard + 5 and time.perf_counter() < stop + 5:  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
 
         await asyncio.gather(*(talk(t) for t in talkers))

@@ -42,7 +42,7 @@ class DeadEnd:
 
     def __init__(self, *, answer: bool) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.refuse = not answer
         self.connections = 0
         self._held: list[socket.socket] = []
@@ -322,7 +322,7 @@ async def test_a_home_killed_during_a_relayed_poll_gives_the_client_its_error_at
         for _ in range(20):  # until a poll finds nothing queued and is held at n0
             held = asyncio.create_task(poll_elsewhere())
             with contextlib.suppress(AssertionError):
-                await wait_until(lambda: held.done() or _serving(doomed[0]) == 1, what="a held poll")
+                await wait_until(lambda held=held: held.done() or _serving(doomed[0]) == 1, what="a held poll")
             if not held.done():
                 break
             assert (await held)[0] == 200
