@@ -163,6 +163,8 @@ class RedisAdapter(MemoryAdapter):
         self._seen: OrderedDict[str, float] = OrderedDict()
         #: sockets that moved to another node, by sid (see `_Stub`)
         self._stubs: dict[str, _Stub] = {}
+        #: those of them whose new node has not subscribed yet: the only ones a broadcast must visit
+        self._unsettled: dict[str, _Stub] = {}
         #: sockets moving here: the message ids delivered to each while it joins its rooms
         self._adopting: dict[str, set[str]] = {}
         self._mids = itertools.count(1)
@@ -238,7 +240,7 @@ class RedisAdapter(MemoryAdapter):
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.cluster.node_id}:{next(self._mids)}"
         self.deliver(self._record(encoded, opts, mid, stamp), opts)
-        if self._stubs or self._adopting:
+        if self._unsettled or self._adopting:
             self._moving_sockets_heard(mid, encoded, stamp, opts)
         data = encode_broadcast(Broadcast(self.cluster.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
@@ -254,7 +256,7 @@ class RedisAdapter(MemoryAdapter):
             return
         opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
         self.deliver(self._record(message.packet, opts, message.mid, message.stamp), opts)
-        if self._stubs or self._adopting:
+        if self._unsettled or self._adopting:
             self._moving_sockets_heard(message.mid, message.packet, message.stamp, opts)
 
     def _duplicate(self, mid: str) -> bool:
@@ -274,22 +276,30 @@ class RedisAdapter(MemoryAdapter):
 
     def _moving_sockets_heard(self, mid: str, packet: EncodedPacket, stamp: bool, opts: BroadcastOptions) -> None:
         """A broadcast while sockets move: keep it for those that left, note it for those arriving."""
-        if self._stubs:
+        if self._unsettled:
             self._keep_for_stubs(mid, packet, stamp, opts)
         for sid, heard in self._adopting.items():
             if opts.includes(self.socket_rooms(sid)):
                 heard.add(mid)
 
     def _keep_for_stubs(self, mid: str, packet: EncodedPacket, stamp: bool, opts: BroadcastOptions) -> None:
-        for sid, stub in self._stubs.items():
-            if (not stub.settled or not mid) and opts.includes(stub.rooms):
+        """Broadcasts are kept for unsettled stubs only (a settled one's new node hears its rooms);
+        a local one (`mid` empty: an emit from a handler still running here) for any stub it names,
+        so a broadcast never walks the stubs that stay settled for the grace period."""
+        for sid, stub in self._unsettled.items():
+            if opts.includes(stub.rooms):
                 self.keep_for_moved(sid, mid, packet, stamp)
+        if not mid:
+            for room in opts.rooms:
+                left = self._stubs.get(room)
+                if left is not None and left.settled and opts.includes(left.rooms):
+                    self.keep_for_moved(room, mid, packet, stamp)
 
     async def hand_over(self, sid: str, rooms: Iterable[str], to: str) -> _StubSink:
         """Socket `sid` moves to node `to`: keep its rooms heard and its packets kept until `settle`."""
         rooms = frozenset(rooms)
         channels = [self.channel(r) for r in rooms]
-        self._stubs[sid] = _Stub(to, rooms, channels, time.monotonic() + _RESTORE_GRACE)
+        self._stubs[sid] = self._unsettled[sid] = _Stub(to, rooms, channels, time.monotonic() + _RESTORE_GRACE)
         await self.bus.acquire(channels)  # already ours (the socket is in them): counts, waits for nothing
         return _StubSink(self, sid)
 
@@ -317,6 +327,7 @@ class RedisAdapter(MemoryAdapter):
         if stub is None or stub.settled:
             return None
         stub.settled = True
+        self._unsettled.pop(sid, None)
         self.bus.release(stub.channels)
         stub.channels = []
         packets, stub.packets = stub.packets, []
@@ -344,6 +355,7 @@ class RedisAdapter(MemoryAdapter):
     def _expire_stubs(self, now: float) -> None:
         for sid in [sid for sid, stub in self._stubs.items() if stub.expires < now]:
             stub = self._stubs.pop(sid)
+            self._unsettled.pop(sid, None)
             if not stub.settled:
                 log.warning("socket %s moved to %s, which never took what was kept for it", sid, stub.to)
                 self.bus.release(stub.channels)
