@@ -29,9 +29,9 @@ from coup.transports.sockjs import SockJSEndpoint
 from coup.transports.static import PageFileHandler, SecurityHeaders
 
 if TYPE_CHECKING:
-    from coup.cluster import Cluster
-    from coup.domain import CoupDomain
+    from coup.cluster.node import Cluster
     from coup.domain.sequence import SequenceSource
+    from coup.domain.service import CoupDomain
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class CoupNode:
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
         self.cluster: Cluster | None = None
         if settings.redis_url:
-            from coup.cluster import Cluster, ClusterOptions
+            from coup.cluster.node import Cluster
+            from coup.cluster.options import ClusterOptions
 
             self.cluster = Cluster(settings.redis_url, node_id, ClusterOptions(prefix=settings.redis_prefix))
         self.engine = EngineServer(EngineOptions(
@@ -158,12 +159,13 @@ class CoupNode:
         from coup.cluster.http import cluster_rules
 
         cluster.bind(self.sio)
+        self.engine.adopter = cluster.moves  # an upgrade that lands here takes its session over
 
         async def linked() -> bool:
             return cluster.ready
 
         self.readiness["redis"] = linked
-        front, api = cluster_rules(cluster, SOCKET_IO_PATH, self.settings.service_token)
+        front, api = cluster_rules(cluster, self.engine, SOCKET_IO_PATH, SOCKJS_PATH, self.settings.service_token)
         self._front_rules += front
         self.extra_rules += api
 
@@ -172,6 +174,9 @@ class CoupNode:
         if self.sockjs is None:
             self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
                                          max_message_size=self.settings.max_payload)
+            if self.cluster is not None:
+                router = self.sockjs.router
+                self.cluster.sockjs_homes.is_local = lambda session: router.get_session(session) is not None
         rules: list[Any] = [
             *self._front_rules,
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
@@ -196,7 +201,10 @@ class CoupNode:
         await self.sio.start()
         # idle_connection_timeout is also Tornado's limit for reading a request head; a body
         # must be in within body_timeout of its head, or the connection is closed
-        server = ArrivalHTTPServer(self.application(), xheaders=False,
+        application = self.application()
+        if self.cluster is not None:  # relayed requests run through the same routes
+            self.cluster.tunnel.bind(application, self.origins)
+        server = ArrivalHTTPServer(application, xheaders=False,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
                                    idle_connection_timeout=self.settings.head_timeout,
                                    body_timeout=self.settings.body_timeout)
@@ -233,7 +241,7 @@ def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **k
 
     `sequence`: where per-study message numbers come from (default: the database).
     """
-    from coup.domain import CoupDomain
+    from coup.domain.service import CoupDomain
 
     node = CoupNode(settings, **kwargs)
     if sequence is None and node.cluster is not None:
@@ -243,7 +251,7 @@ def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **k
             return await domain.db.run(queries.max_seq, study_id)
 
         # numbers live in Redis, so a study's numbering survives a change of owner node
-        sequence = node.cluster.study_sequence(stored_max)
+        sequence = node.cluster.counter("study", stored_max)
     domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows, sequence=sequence)
     node.domain = domain
     node.services.append(domain)
