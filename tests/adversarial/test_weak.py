@@ -151,7 +151,6 @@ async def test_a_socket_is_disconnected_when_its_token_expires(arena: ArenaFacto
     disconnect, at expiry plus the 10 s leeway."""
     a = await arena()
     short = Honest(a.target, 3)
-    short.client.connection_auth = None
     await short.client.connect(a.target.url, transports=["websocket"], wait_timeout=10,
                                auth={"userId": 3, "token": a.target.token(3, ttl=3)})
     started = time.monotonic()
