@@ -9,8 +9,9 @@ connects the clients over WebSocket from ten loopback addresses (127.0.0.2-11, 2
 address at the default size). Two clients per study are *steady* (connected the whole
 run); the others *churn*: connect, join their study, stay 20-90 s, leave, come back 1-5 s
 later. Every client posts a chat message every 20-40 s and answers Engine.IO pings.
-`--hostile` tasks run every attack of `tests/adversarial/attacks.CORPUS` in turn, again
-and again, next to them.
+`--hostile` attackers run every attack of `tests/adversarial/attacks.CORPUS` in turn, again
+and again, next to them, in a process of their own (so the attacks' own work does not
+delay the honest clients' loop and pollute their latencies).
 
 The warm-up (default 180 s) outlasts the recovery window (120 s), so the recovery store is
 full and every churning client has come and gone at least once before the first figure;
@@ -294,18 +295,24 @@ class Soak:
                 {"sub": str(user_id), "iat": now, "exp": now + 24 * 3600}, self.server.secret, algorithm="HS256")
         return token
 
-    async def hostile(self, index: int) -> None:
-        await asyncio.sleep(index * 3)
-        while not self.stopping.is_set():
-            for name, attack in attacks.CORPUS:
-                if self.stopping.is_set():
-                    return
-                try:
-                    await asyncio.wait_for(attack(self.attacker), 120)
-                    self.attack_rounds[name] += 1
-                except Exception as exc:  # an attack may be cut off by the server: that is its answer
-                    self.attack_errors[f"{name}: {type(exc).__name__}"] += 1
-                await asyncio.sleep(1)
+    def start_hostile(self) -> subprocess.Popen[str]:
+        """The attackers, in a process of their own, until told to stop (SIGTERM)."""
+        return subprocess.Popen([sys.executable, __file__, "--attack", str(self.server.port), "--secret",
+                                 self.server.secret, "--hostile", str(self.args.hostile)],
+                                stdout=subprocess.PIPE, text=True)
+
+    def stop_hostile(self, proc: subprocess.Popen[str]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if lines:
+            report = json.loads(lines[-1])
+            self.attack_rounds.update(report["rounds"])
+            self.attack_errors.update(report["errors"])
 
     async def prime(self) -> None:
         """A short burst of use (connections, joins, messages on every database thread), then
@@ -348,7 +355,7 @@ class Soak:
             tasks.append(asyncio.create_task(client.run()))
             if i % 50 == 49:
                 await asyncio.sleep(args.warmup / 3 / (len(clients) / 50))
-        hostile = [asyncio.create_task(self.hostile(i)) for i in range(args.hostile)]
+        hostile = self.start_hostile()
         await asyncio.sleep(max(0.0, args.warmup - (time.monotonic() - started)))
         rss_warm = server.rss_mb()
         print(f"warm-up done: {self.tally.connects} connects, RSS {rss_warm:.1f} MB, fds {server.fds()}", flush=True)
@@ -356,12 +363,12 @@ class Soak:
         while time.monotonic() < end:
             await asyncio.sleep(min(30.0, end - time.monotonic()))
             print(f"t={time.monotonic() - started:.0f}s RSS {server.rss_mb():.1f} MB fds {server.fds()} "
-                  f"sent {self.tally.sent} acked {self.tally.acked} attacks {sum(self.attack_rounds.values())}",
-                  flush=True)
+                  f"sent {self.tally.sent} acked {self.tally.acked}", flush=True)
         rss_end = server.rss_mb()
         self.stopping.set()
-        await asyncio.wait(tasks + hostile, timeout=60)
-        for task in tasks + hostile:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_hostile, hostile)
+        await asyncio.wait(tasks, timeout=60)
+        for task in tasks:
             task.cancel()
         await asyncio.sleep(8)  # lingering closes (5 s), timers
         fds_end = server.fds()
@@ -413,13 +420,47 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def attack_loop(port: int, secret: str, count: int) -> None:
+    """The hostile process: `count` attackers looping the corpus until SIGTERM; prints a JSON report."""
+    def token(user_id: int) -> str:
+        now = int(time.time())
+        return jwt.encode({"sub": str(user_id), "iat": now, "exp": now + 24 * 3600}, secret, algorithm="HS256")
+
+    attacker = attacks.Attacker(port, token)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    rounds: dict[str, int] = defaultdict(int)
+    errors: dict[str, int] = defaultdict(int)
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(index * 3)
+        while not stopping.is_set():
+            for name, attack in attacks.CORPUS:
+                if stopping.is_set():
+                    return
+                try:
+                    await asyncio.wait_for(attack(attacker), 120)
+                    rounds[name] += 1
+                except Exception as exc:  # an attack may be cut off by the server: that is its answer
+                    errors[f"{name}: {type(exc).__name__}"] += 1
+                await asyncio.sleep(1)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    print(json.dumps({"rounds": rounds, "errors": errors}), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds measured after the warm-up")
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--warmup", type=float, default=180.0, help="seconds before the first figure")
     parser.add_argument("--hostile", type=int, default=3)
+    parser.add_argument("--attack", type=int, default=0, help=argparse.SUPPRESS)  # the hostile process: port
+    parser.add_argument("--secret", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attack:
+        asyncio.run(attack_loop(args.attack, args.secret, args.hostile))
+        return 0
     try:
         import uvloop
     except ImportError:  # pragma: no cover

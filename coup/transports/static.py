@@ -13,9 +13,11 @@ from __future__ import annotations
 from tornado import httputil
 from tornado.web import HTTPError, OutputTransform, StaticFileHandler
 
-#: what the demo page needs: its own scripts, styles and images, and its own server over HTTP and WebSocket
+#: what the demo page needs: its own scripts, styles and images, its own server over HTTP and
+#: WebSocket, and form posts to itself (SockJS's jsonp transport sends through a hidden form);
+#: the same as the page's ``<meta>`` policy, plus what a meta tag cannot say (frame-ancestors)
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-               "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+               "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; "
                "frame-ancestors 'none'")
 
 
@@ -36,7 +38,7 @@ class PageFileHandler(StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", PAGE_POLICY)
         self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Referrer-Policy", "same-origin")  # no-referrer would make form posts Origin: null
 
     def parse_url_path(self, url_path: str) -> str:
         if "\x00" in url_path:
