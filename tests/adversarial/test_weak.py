@@ -227,9 +227,22 @@ async def test_database_password_is_not_logged(tmp_path: Path) -> None:
     base = os.environ.get("COUP_TEST_POSTGRES_URL")
     require(base is not None, "PostgreSQL (COUP_TEST_POSTGRES_URL)")
     assert base is not None
-    url = base.replace("://postgres@", "://postgres:hunter2pw@")
-    assert "hunter2pw" in url
-    output = _serve({"COUP_DEMO": "1", "DATABASE_URL": url, "COUP_LOG_LEVEL": "DEBUG"}, tmp_path, wait=8)
-    text = output if isinstance(output, str) else output.stdout
-    assert "demo mode: database postgresql://postgres:***@" in text, text
-    assert "hunter2pw" not in text
+    import psycopg2
+
+    schema = f"coup_adversarial_{os.getpid()}"  # a schema of its own: the demo seeds what it finds empty
+    admin = psycopg2.connect(base)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = base.replace("://postgres@", "://postgres:hunter2pw@")
+        url += ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
+        assert "hunter2pw" in url
+        output = _serve({"COUP_DEMO": "1", "DATABASE_URL": url, "COUP_LOG_LEVEL": "DEBUG"}, tmp_path, wait=8)
+        text = output if isinstance(output, str) else output.stdout
+        assert "demo mode: database postgresql://postgres:***@" in text, text
+        assert "hunter2pw" not in text
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
