@@ -19,6 +19,7 @@ from coup.core.rooms import LocalRoomRouter, RoomRouter
 from coup.core.socket import Socket
 from coup.engine.server import EngineServer
 from coup.engine.session import Session
+from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from coup.protocol.wire import Outbound
 
@@ -56,6 +57,11 @@ class SocketServer:
         if nsp is None:
             nsp = self.namespaces[name] = Namespace(self, name)
         return nsp
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """Where this node counts (the engine's; None when it counts nothing)."""
+        return self.engine.metrics
 
     @property
     def main(self) -> Namespace:
@@ -107,6 +113,8 @@ class SocketServer:
         try:
             nsp = self.namespaces.get(name)
             if nsp is None:
+                if self.engine.metrics is not None:  # the client's name is no label: it is unbounded
+                    self.engine.metrics.connect_refusals["", "invalid namespace"] += 1
                 client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
                                                 {"message": "Invalid namespace"}))
                 return
@@ -142,9 +150,13 @@ class SocketServer:
             client.send_packet(SocketPacket(SocketPacketType.CONNECT, name, reply))
             socket.sink = client.session
             held.release(missed)
+            if self.engine.metrics is not None:
+                self.engine.metrics.connects[(name,)] += 1
             await nsp.run_connect_handlers(socket)
         except Exception:
             log.exception("connecting session %s to %s failed", client.session.sid, name)
+            if self.engine.metrics is not None:
+                self.engine.metrics.connect_refusals[name, "error"] += 1
             if socket is not None:
                 socket.on_close("server namespace disconnect")
             if not client.closed:
@@ -162,6 +174,8 @@ class SocketServer:
         pid, offset = auth.get("pid"), auth.get("offset")
         if recovery is not None and isinstance(pid, str) and isinstance(offset, str):
             restored = await nsp.adapter.restore_session(pid, offset)
+            if self.engine.metrics is not None:
+                self.engine.metrics.recoveries["hit" if restored is not None else "miss"] += 1
             if restored is not None:
                 socket = Socket(nsp, client, auth, sid=restored.sid, pid=restored.pid)
                 socket.data = dict(restored.data)
@@ -176,6 +190,8 @@ class SocketServer:
                     if client.closed:
                         return None
             except ConnectRefused as exc:
+                if self.engine.metrics is not None:
+                    self.engine.metrics.connect_refusals[nsp.name, "middleware"] += 1
                 if not client.closed:
                     client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, nsp.name, exc.payload()))
                 return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from coup.engine.session import Session
 
 log = logging.getLogger(__name__)
+
+#: the event label of events no handler was registered for (client-chosen names are unbounded)
+UNHANDLED = "(unhandled)"
 
 #: disconnect reasons after which the reference server keeps the session for recovery
 RECOVERABLE_REASONS = frozenset({
@@ -176,6 +180,9 @@ class Socket:
             if len(inbox) >= self.nsp.server.options.max_pending_events:
                 log.warning("socket %s: %d events waiting for handlers; disconnecting (flood)",
                             self.id, len(inbox))
+                metrics = self.nsp.server.metrics
+                if metrics is not None:
+                    metrics.dropped("inbox", len(inbox) + 1)
                 self.send_error(ClientError("FLOOD", "Too many events; slow down"), None)
                 self.disconnect(close=True)
                 return
@@ -191,6 +198,8 @@ class Socket:
         self.nsp.server.spawn(self._drain(packet))
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -200,6 +209,8 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        if metrics is not None:
+            metrics.event_handled(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
         try:
@@ -220,6 +231,8 @@ class Socket:
         handler = self.nsp.handler_for(event)
         if handler is None:
             return
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             args = packet.data[1:] if handler.event is not None else packet.data
             result = handler.fn(self, args)
@@ -232,6 +245,8 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        if metrics is not None:
+            metrics.event_handled(handler.event or UNHANDLED, time.perf_counter() - started)
 
     def _ack(self, packet: SocketPacket, result: Any) -> None:
         if packet.id is None or not self.connected:
@@ -272,6 +287,9 @@ class Socket:
         self._last_rooms = adapter.socket_rooms(self.id)
         self.connected = False
         self.disconnect_reason = reason
+        metrics = self.nsp.server.metrics
+        if metrics is not None:
+            metrics.disconnected(self.nsp.name, reason)
         for future in self._acks.values():
             if not future.done():
                 future.set_exception(SocketDisconnected(self.id))

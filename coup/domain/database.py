@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import peewee as pw
 from playhouse.db_url import connect
 
 from coup.domain.models import MODELS, database_proxy
+
+if TYPE_CHECKING:
+    from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,10 @@ def open_database(url: str) -> pw.Database:
 class Database:
     """One database and its worker threads. Models are bound to it on construction."""
 
-    def __init__(self, url: str, *, workers: int = 4) -> None:
+    def __init__(self, url: str, *, workers: int = 4, metrics: Metrics | None = None) -> None:
         self.url = url
+        #: query times by query function name (measured on the database thread)
+        self.metrics = metrics
         self.db = open_database(url)
         database_proxy.initialize(self.db)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coup-db")
@@ -59,7 +65,14 @@ class Database:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a synchronous query function on a database thread and return its result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args, **kwargs))
+        call = functools.partial(self._call, fn, *args, **kwargs)
+        if self.metrics is None:
+            return await loop.run_in_executor(self._executor, call)
+        timed = _Timed(call)
+        try:
+            return await loop.run_in_executor(self._executor, timed)
+        finally:  # observed here, on the loop thread: the histograms take no lock
+            self.metrics.db_query(getattr(fn, "__name__", "query"), timed.seconds, failed=timed.failed)
 
     def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -95,6 +108,26 @@ class Database:
         self._executor.shutdown(wait=True, cancel_futures=False)
         if not self.db.is_closed():
             self.db.close()
+
+
+class _Timed(Generic[T]):
+    """Runs a call on a database thread and keeps how long it took there (not the queueing)."""
+
+    __slots__ = ("call", "failed", "seconds")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self.call = call
+        self.seconds = 0.0
+        self.failed = True
+
+    def __call__(self) -> T:
+        started = time.perf_counter()
+        try:
+            result = self.call()
+            self.failed = False
+            return result
+        finally:
+            self.seconds = time.perf_counter() - started
 
 
 def initdb(url: str) -> None:

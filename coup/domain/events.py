@@ -37,6 +37,7 @@ class SocketEvents:
     def __init__(self, server: SocketServer, db: Database, rooms: StudyRooms, notifier: Notifier,
                  presence: PresenceEvents, messages: TokenBucket, typing: Throttle) -> None:
         self.db = db
+        self.metrics = server.metrics
         self.rooms = rooms
         self.notifier = notifier
         self.presence = presence
@@ -156,6 +157,8 @@ class SocketEvents:
     def check_message_rate(self, user_id: int) -> None:
         wait = self.message_limit.take(user_id)
         if wait > 0:
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("message")
             raise client_error("RATE_LIMITED", "메시지를 너무 빨리 보내고 있습니다. 잠시 후 다시 시도하세요",
                                retryAfter=round(wait, 3))
 
@@ -164,6 +167,8 @@ class SocketEvents:
         self._in_room(socket, study_id)
         who = actor(socket)
         if not self.typing_throttle.allow((who.id, study_id)):
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("typing")
             return {"ok": True, "throttled": True}
         return await self.rooms.typing(who, study_id, socket.id)
 
