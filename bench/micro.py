@@ -45,6 +45,7 @@ from coup.engine.handshake import HandshakeInfo  # noqa: E402
 from coup.engine.options import EngineOptions  # noqa: E402
 from coup.engine.polling import PollingTransport  # noqa: E402
 from coup.engine.server import EngineServer  # noqa: E402
+from coup.metrics import Metrics  # noqa: E402
 from coup.protocol.socketio import SocketDecoder, SocketPacket, SocketPacketType, encode  # noqa: E402
 from coup.protocol.websocket import FrameReader  # noqa: E402
 from coup.protocol.wire import Outbound  # noqa: E402
@@ -186,9 +187,9 @@ def _handshake() -> HandshakeInfo:
 class FanoutRig:
     """N real WebSocket sessions on loopback TCP, joined to one room, read by a drain process."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, metrics: Metrics | None = None) -> None:
         self.n = n
-        self.engine = EngineServer(EngineOptions())
+        self.engine = EngineServer(EngineOptions(), metrics=metrics)
         self.sio = SocketServer(self.engine, ServerOptions(recovery=None))
         self.nsp = self.sio.main
         self.client_socks: list[socket.socket] = []
