@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from coup.config import ConfigError, Settings
+from coup.logs import configure_logging, set_node
 
 log = logging.getLogger("coup")
 
@@ -28,6 +29,7 @@ async def _serve(settings: Settings) -> None:
     from coup.heap import freeze_startup_heap
 
     node = coup_node(settings)
+    set_node(node.sio.node_id)  # a random one when COUP_NODE_ID is not set
     await node.start()
     log.debug("%d start-up objects frozen out of the collector", freeze_startup_heap())
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
@@ -52,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format, settings.node_id)
     _run(_serve(settings))
     return 0
 

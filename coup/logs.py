@@ -31,9 +31,10 @@ _CONTEXT: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.Co
 FIELDS = ("method", "path", "status", "duration_ms", "remote_ip", "transport", "event", "reason")
 
 
-def log_context(sid: str | None) -> contextvars.Token[tuple[str | None, str | None]]:
-    """Say that what follows in this context handles client `sid`; `reset_context(token)` ends it."""
-    return _CONTEXT.set((sid, None))
+def log_context(sid: str | None, user: str | None = None) -> contextvars.Token[tuple[str | None, str | None]]:
+    """Say that what follows in this context handles client `sid` (of `user`, when known);
+    `reset_context(token)` ends it."""
+    return _CONTEXT.set((sid, user))
 
 
 def reset_context(token: contextvars.Token[tuple[str | None, str | None]]) -> None:
@@ -111,6 +112,14 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def set_node(node: str) -> None:
+    """Name the node on every line from now on (its id is known once it is built)."""
+    for handler in logging.getLogger().handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, ContextFilter):
+                log_filter.node = node
+
+
 def configure_logging(level: str, fmt: str, node: str | None, *, stream: TextIO | None = None) -> logging.Handler:
     """Replace the root logger's handlers with one in the chosen format; return it."""
     if stream is None:
@@ -158,4 +167,4 @@ class AccessLog:
 
 
 __all__ = ["AccessLog", "ContextFilter", "JsonFormatter", "TextFormatter", "bind_user", "configure_logging",
-           "log_context", "reset_context"]
+           "log_context", "reset_context", "set_node"]

@@ -19,6 +19,7 @@ from coup.core.rooms import LocalRoomRouter, RoomRouter
 from coup.core.socket import Socket
 from coup.engine.server import EngineServer
 from coup.engine.session import Session
+from coup.logs import log_context
 from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from coup.protocol.wire import Outbound
@@ -45,6 +46,8 @@ class SocketServer:
         self.rooms: RoomRouter = rooms or LocalRoomRouter()
         self.default_ack_timeout = default_ack_timeout
         self.namespaces: dict[str, Namespace] = {}
+        #: who a socket's user is, for log lines about it (the application knows; None: nobody)
+        self.describe_user: Callable[[Socket], object] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         engine.on_connection = self._on_engine_connection
         self.of("/")
@@ -57,6 +60,13 @@ class SocketServer:
         if nsp is None:
             nsp = self.namespaces[name] = Namespace(self, name)
         return nsp
+
+    def log_user(self, socket: Socket) -> str | None:
+        describe = self.describe_user
+        if describe is None:
+            return None
+        user = describe(socket)
+        return None if user is None else str(user)
 
     @property
     def metrics(self) -> Metrics | None:
@@ -109,6 +119,7 @@ class SocketServer:
         self.spawn(self._connect(client, name, auth))
 
     async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
+        log_context(client.session.sid)  # this task's log lines are about this client
         socket: Socket | None = None
         try:
             nsp = self.namespaces.get(name)

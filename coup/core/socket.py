@@ -14,6 +14,7 @@ from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
 from coup.engine.handshake import HandshakeInfo
+from coup.logs import log_context, reset_context
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
@@ -200,6 +201,7 @@ class Socket:
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
         metrics = self.nsp.server.metrics
         started = time.perf_counter() if metrics is not None else 0.0
+        context = log_context(self.session.sid, self.nsp.server.log_user(self))
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -209,10 +211,14 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        finally:
+            reset_context(context)
         if metrics is not None:
             metrics.event_handled(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
+        # a task of its own: what it logs is about this client, to its end
+        log_context(self.session.sid, self.nsp.server.log_user(self))
         try:
             while True:
                 if isinstance(item, _Disconnected):

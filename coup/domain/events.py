@@ -25,6 +25,7 @@ from coup.domain.presence_events import PresenceEvents
 from coup.domain.ratelimit import Throttle, TokenBucket
 from coup.domain.roomnames import group_room, study_of, study_room, user_room
 from coup.domain.study_rooms import StudyRooms
+from coup.logs import bind_user
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class SocketEvents:
         self._contexts: weakref.WeakKeyDictionary[Socket, queries.ConnectContext] = weakref.WeakKeyDictionary()
         #: set once a socket's connect handler finished: its disconnect handler waits for it
         self._connected: weakref.WeakKeyDictionary[Socket, asyncio.Event] = weakref.WeakKeyDictionary()
+        server.describe_user = lambda socket: socket.data.get("userId")
         nsp = server.main
         nsp.use(self.authenticate)
         nsp.on_connect(self.on_connect)
@@ -77,6 +79,7 @@ class SocketEvents:
             raise ConnectRefused(AUTH_FAILED_MESSAGE, {"code": "AUTH_FAILED"})
         socket.data["userId"] = context.user_id
         socket.data["userName"] = context.name
+        bind_user(context.user_id)
         self._contexts[socket] = context
 
     async def on_connect(self, socket: Socket) -> None:
