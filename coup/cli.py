@@ -64,13 +64,45 @@ def _database_settings() -> Settings:
     return Settings.from_env(None, demo=True)
 
 
-def cmd_initdb(args: argparse.Namespace) -> int:
-    from coup.domain.database import initdb
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """`coup migrate` (and `coup initdb`, the same from an empty database)."""
+    from coup.domain.database import open_database
+    from coup.domain.migrations import MigrationError, current_version, head, migrate
 
     url = _database_settings().database_url
-    initdb(url)
-    print(f"coup: schema ready in {url}")
+    db = open_database(url)
+    try:
+        if args.check:
+            with db.connection_context():
+                version = current_version(db)
+            print(f"coup: schema version {version if version is not None else 'none (empty)'}, "
+                  f"this release's is {head()}")
+            return 0 if version == head() else 1
+        report = migrate(db, on_wait=lambda message: print(f"coup: {message}", file=sys.stderr, flush=True))
+    except MigrationError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    if report.before is None:
+        print(f"coup: empty database {_shown(url)}: schema created at version {report.after}")
+    elif report.applied:
+        print(f"coup: {_shown(url)} migrated from version {report.before} to {report.after} "
+              f"(applied {', '.join(map(str, report.applied))})")
+    else:
+        print(f"coup: {_shown(url)} is at version {report.after}; nothing to do")
     return 0
+
+
+def _shown(url: str) -> str:
+    """A database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
@@ -130,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default $PORT or 8000)")
     serve.add_argument("--demo", action="store_true", help="demo mode: embedded defaults and demo data")
     serve.set_defaults(func=cmd_serve)
-    initdb = sub.add_parser("initdb", help="create the database schema ($DATABASE_URL); safe to run again")
-    initdb.set_defaults(func=cmd_initdb)
+    migrate = sub.add_parser("migrate", help="bring the schema of $DATABASE_URL to this release's (creates an "
+                                             "empty one); safe to run again, and from several nodes at once")
+    migrate.add_argument("--check", action="store_true", help="only say the version; exit 1 when not current")
+    migrate.set_defaults(func=cmd_migrate)
+    initdb = sub.add_parser("initdb", help="the same as `migrate` (kept for older release scripts)")
+    initdb.set_defaults(func=cmd_migrate, check=False)
     seed = sub.add_parser("seed-demo", help="load the demo data (users 1-5, group 1, studies 1-2, tasks 1-2)")
     seed.add_argument("--reset", action="store_true", help="empty the tables first (else refuses a non-empty db)")
     seed.set_defaults(func=cmd_seed_demo)

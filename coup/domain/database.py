@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse.db_url import connect
 
-from coup.domain.models import MODELS, database_proxy
+from coup.domain.migrations import MigrationReport, migrate
+from coup.domain.models import database_proxy
 
 if TYPE_CHECKING:
     from coup.metrics import Metrics
@@ -98,10 +99,10 @@ class Database:
     def _ping(self) -> None:
         self.db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
 
-    def create_schema(self) -> None:
-        """Create every table and index that is missing (idempotent). Synchronous: CLI and start-up."""
-        with self.db.connection_context():
-            self.db.create_tables(MODELS, safe=True)
+    def create_schema(self, *, allow_newer: bool = False) -> MigrationReport:
+        """Bring the schema to this release's (`coup.domain.migrations`; idempotent, and safe
+        from several processes at once). Synchronous: CLI and start-up."""
+        return migrate(self.db, allow_newer=allow_newer)
 
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""
@@ -130,11 +131,12 @@ class _Timed(Generic[T]):
             self.seconds = time.perf_counter() - started
 
 
-def initdb(url: str) -> None:
-    """`coup initdb`: create the schema of `url`; running it again changes nothing."""
+def initdb(url: str) -> MigrationReport:
+    """`coup initdb` / `coup migrate`: bring the schema of `url` to this release's; running it
+    again changes nothing."""
     database = Database(url, workers=1)
     try:
-        database.create_schema()
+        return database.create_schema()
     finally:
         database.close()
 

@@ -28,8 +28,13 @@ SECRET = "a-jwt-secret-for-the-log-tests-0123456789"
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
+    """A `coup serve` whose stdout and stderr go to files (a full pipe would stall it)."""
+
+    def __init__(self, directory: Path, port: int, env: dict[str, str]) -> None:
+        self.out, self.err = directory / "stdout.log", directory / "stderr.log"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--demo", "--port", str(port)],
+                                         env=env, cwd=directory, stdout=out, stderr=err)
         self.url = f"http://127.0.0.1:{port}"
 
     def stop(self) -> tuple[str, str]:
@@ -37,11 +42,11 @@ class Served:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return out, err
+            self.proc.wait()
+        return self.out.read_text(), self.err.read_text()
 
 
 @pytest_asyncio.fixture
@@ -54,10 +59,11 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         sock.close()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "JWT_", "DATABASE_"))}
         full_env.update(PYTHONPATH=str(ROOT), JWT_SECRET=SECRET, COUP_NODE_ID="logs1",
-                        DATABASE_URL=f"sqlite:///{tmp_path / 'coup.db'}", COUP_PLUGINS="tests.ops.log_plugin", **env)
-        proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--demo", "--port", str(port)],
-                                env=full_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        served = Served(proc, port)
+                        DATABASE_URL=f"sqlite:///{tmp_path / f'coup{len(started)}.db'}",
+                        COUP_PLUGINS="tests.ops.log_plugin", **env)
+        directory = tmp_path / f"node{len(started)}"
+        directory.mkdir()
+        served = Served(directory, port, full_env)
         started.append(served)
         http = AsyncHTTPClient()
         for _ in range(200):
@@ -66,7 +72,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                     return served
             except OSError:
                 pass
-            assert proc.poll() is None, served.stop()
+            assert served.proc.poll() is None, served.stop()
             await asyncio.sleep(0.05)
         raise AssertionError("coup serve did not become ready")
 
