@@ -32,6 +32,7 @@ from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
 
 if TYPE_CHECKING:
+    from coup.admin import AdminView
     from coup.cluster import Cluster
     from coup.domain import CoupDomain
     from coup.domain.sequence import SequenceSource
@@ -155,10 +156,18 @@ class CoupNode:
         #: the CoUp domain, when installed (`coup_node`)
         self.domain: CoupDomain | None = None
         self.readiness: dict[str, ReadinessCheck] = {}
+        #: the Socket.IO Admin UI's `/admin` namespace, when COUP_ADMIN_USER is set
+        self.admin: AdminView | None = None
         if self.cluster is not None:
             self._install_cluster(self.cluster)
         if self.metrics is not None:
             self._export_metrics(self.metrics)
+        if settings.admin_user is not None and settings.admin_password_hash is not None:
+            from coup.admin import AdminView
+
+            self.admin = AdminView(self.sio, settings.admin_user, settings.admin_password_hash.reveal(),
+                                   readonly=settings.admin_readonly, metrics=self.metrics)
+            self.services.append(self.admin)
         for name in settings.plugins:
             importlib.import_module(name).setup(self)
 

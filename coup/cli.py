@@ -154,6 +154,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the bcrypt hash of a password read from stdin (for COUP_ADMIN_PASSWORD)."""
+    import getpass
+
+    import bcrypt
+
+    password = getpass.getpass("admin password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("coup: the password must be at least 8 characters", file=sys.stderr)
+        return 2
+    print(bcrypt.hashpw(password.encode(), bcrypt.gensalt(args.rounds)).decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coup", description="CoUp Realtime: Socket.IO server for CoUp")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user_id", type=int, metavar="USER_ID")
     token.add_argument("--ttl", type=float, default=24 * 3600.0, help="lifetime in seconds (default one day)")
     token.set_defaults(func=cmd_token)
+    hashpw = sub.add_parser("hash-password", help="print the bcrypt hash of a password read from stdin "
+                                                  "(for COUP_ADMIN_PASSWORD)")
+    hashpw.add_argument("--rounds", type=int, default=12, choices=range(4, 17), metavar="4..16",
+                        help="bcrypt cost (default 12)")
+    hashpw.set_defaults(func=cmd_hash_password)
     return parser
 
 
