@@ -125,6 +125,7 @@ class CoupNode:
         self.metrics_port: int | None = None
         self._metrics_server: HTTPServer | None = None
         self._export: MetricsExport | None = None
+        self._stats_reporter: NodeService | None = None
         node_id = settings.node_id or secrets.token_hex(4)
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
         self.cluster: Cluster | None = None
@@ -180,6 +181,11 @@ class CoupNode:
             return cluster.ready
 
         self.readiness["redis"] = linked
+        from coup.cluster.status import StatsReporter
+
+        #: this node's connection counts in Redis, for `coup status`
+        self._stats_reporter = StatsReporter(cluster.redis, cluster.node_id, cluster.options,
+                                             self.connection_report)
         if self.metrics is not None:
             from coup.cluster.metrics import export_cluster_metrics
 
@@ -187,6 +193,14 @@ class CoupNode:
         front, api = cluster_rules(cluster, SOCKET_IO_PATH, self.settings.service_token)
         self._front_rules += front
         self.extra_rules += api
+
+    def connection_report(self) -> dict[str, Any]:
+        """Connections by transport and sockets by namespace, now."""
+        connections: dict[str, int] = {}
+        for session in self.engine.sessions.values():
+            connections[session.transport.name] = connections.get(session.transport.name, 0) + 1
+        return {"connections": connections,
+                "sockets": {nsp.name: len(nsp.sockets) for nsp in self.sio.namespaces.values()}}
 
     def _export_metrics(self, metrics: Metrics) -> None:
         """Values the node keeps anyway, read when scraped: nothing is counted twice."""
@@ -260,6 +274,8 @@ class CoupNode:
             sockets = bind_sockets(self.settings.port, self.settings.host)
         if self.cluster is not None:
             await self.cluster.start(_public_address(self.settings, sockets[0]))
+            if self._stats_reporter is not None:
+                await self._stats_reporter.start()
         for service in self.services:
             await service.start()
         await self.sio.start()
@@ -296,6 +312,8 @@ class CoupNode:
         if self.sockjs is not None:
             self.sockjs.close()
         if self.cluster is not None:  # before the services: its leave may announce users offline
+            if self._stats_reporter is not None:
+                await self._stats_reporter.stop()
             await self.cluster.stop()
         if self.http_server is not None:
             await self.http_server.close_all_connections()

@@ -154,6 +154,30 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The cluster's nodes, ring epoch, room owners and connection counts, read from Redis."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from coup.cluster.options import ClusterOptions
+    from coup.cluster.status import format_status, read_status
+
+    settings = Settings.from_env(None, demo=True)
+    if settings.redis_url is None:
+        print("coup: REDIS_URL is not set: without it there is no cluster (one process serves everything)",
+              file=sys.stderr)
+        return 2
+    options = ClusterOptions(prefix=settings.redis_prefix)
+    try:
+        status = asyncio.run(read_status(settings.redis_url, options, room_limit=None if args.json else args.rooms))
+    except (RedisError, OSError) as exc:
+        print(f"coup: cannot read the cluster from Redis: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status, prefix=settings.redis_prefix))
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print the bcrypt hash of a password read from stdin (for COUP_ADMIN_PASSWORD)."""
     import getpass
@@ -189,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user_id", type=int, metavar="USER_ID")
     token.add_argument("--ttl", type=float, default=24 * 3600.0, help="lifetime in seconds (default one day)")
     token.set_defaults(func=cmd_token)
+    status = sub.add_parser("status", help="the cluster ($REDIS_URL): nodes, ring epoch, room owners, connections")
+    status.add_argument("--json", action="store_true", help="everything as JSON (every room), for scripts")
+    status.add_argument("--rooms", type=int, default=50, help="rooms listed in the table (default 50)")
+    status.set_defaults(func=cmd_status)
     hashpw = sub.add_parser("hash-password", help="print the bcrypt hash of a password read from stdin "
                                                   "(for COUP_ADMIN_PASSWORD)")
     hashpw.add_argument("--rounds", type=int, default=12, choices=range(4, 17), metavar="4..16",
