@@ -8,6 +8,12 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from coup.config import Secret
+from coup.engine.handshake import HandshakeInfo
+from coup.engine.options import EngineOptions
+from coup.engine.server import EngineServer
+from coup.metrics import Metrics
+from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
+from coup.protocol.wire import Outbound
 from tests.domain.support import Client, DomainNode, NodeFactory, eventually
 from tests.ops.scrape import Scrape, scrape
 
@@ -23,7 +29,8 @@ async def test_a_node_counts_what_its_clients_do(make_node: NodeFactory) -> None
     alice, bob = Client(node, "websocket"), Client(node, "polling")
     try:
         await alice.connect(1)
-        await bob.connect(2)
+        # a recovery that cannot be had (unknown session): counted as a miss, connected afresh
+        await bob.connect(2, auth={"userId": 2, "token": node.token(2), "pid": "gone", "offset": "1"})
         for client in (alice, bob):
             assert (await client.call("join-study", {"studyId": 1}))["ok"] is True
         for i in range(3):  # a burst of 2: the third is refused
@@ -41,6 +48,7 @@ async def test_a_node_counts_what_its_clients_do(make_node: NodeFactory) -> None
                          "coup_bytes_received_total", "coup_bytes_sent_total"):
                 assert got[name, {"transport": transport}] > 0, (name, transport)
         assert got["coup_rate_limited_total", {"limit": "message"}] == 1
+        assert got["coup_recoveries_total", {"result": "miss"}] == 1
         assert got["coup_event_handler_seconds_count", {"event": "message"}] == 3
         assert got["coup_event_handler_seconds_count", {"event": "join-study"}] == 2
         assert got["coup_db_query_seconds_count", {"query": "connect_context"}] == 2
@@ -98,3 +106,18 @@ async def test_scrapes_while_clients_come_and_go_parse(make_node: NodeFactory) -
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_slow_polling_consumer_is_cut_off_and_its_queue_counted() -> None:
+    metrics = Metrics()
+    engine = EngineServer(EngineOptions(max_buffered_bytes=10_000), metrics=metrics)
+    handshake = HandshakeInfo(headers={}, query={"EIO": "4", "transport": "polling"}, address="127.0.0.1",
+                              url="/socket.io/?EIO=4&transport=polling", secure=False, issued=0.0)
+    session = engine.open_polling(handshake)
+    for _ in range(30):  # never fetched: the queue outgrows its bound
+        session.send(Outbound.message(encode(SocketPacket(SocketPacketType.EVENT, "/", ["big", "x" * 1000]))))
+    await asyncio.sleep(0.01)  # the close runs on the next loop turn
+    assert not session.open
+    assert metrics.slow_consumers == {"polling": 1}
+    assert metrics.queue_drops["polling"] >= 9
+    assert metrics.closed == {"transport error": 1} and metrics.opened == {"polling": 1}
