@@ -101,14 +101,15 @@ class Scraper(threading.Thread):
                 pass  # the server is not up yet, or already gone
 
 
-def harness_run(scenario: str, metrics: bool, extra: list[str]) -> dict[str, Any]:
+def harness_run(scenario: str, metrics: bool, extra: list[str], scrape_every: float = 1.0) -> dict[str, Any]:
     command = f"{sys.executable} {ROOT / 'bench' / 'server.py'} --port {{PORT}}"
     scraper = None
     if metrics:
         metrics_port = _free_port()
         command += f" --metrics-port {metrics_port}"
-        scraper = Scraper(metrics_port, 1.0)
-        scraper.start()
+        if scrape_every > 0:
+            scraper = Scraper(metrics_port, scrape_every)
+            scraper.start()
     try:
         out = subprocess.run([str(HARNESS / "run.sh"), command, str(_free_port()), scenario, *extra],
                              capture_output=True, text=True, timeout=120, check=False,
@@ -127,18 +128,23 @@ def harness_run(scenario: str, metrics: bool, extra: list[str]) -> dict[str, Any
     return result
 
 
-def harness(repeats: int, fixed_rate: int) -> None:
+def harness(repeats: int, fixed_rate: int, scrape_every: float, scenarios: tuple[str, ...]) -> None:
     fanout: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     fixed: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for rep in range(repeats):
         for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
-            fanout[mode].append(harness_run("fanout", mode == "on", []))
-            fixed[mode].append(harness_run("fixed", mode == "on", ["--rate", str(fixed_rate)]))
-            print(f"  rep {rep + 1} {mode:3}: fanout max {fanout[mode][-1]['max_deliveries_per_s']:,.0f} deliv/s "
-                  f"(gen {fanout[mode][-1].get('gen_cpu_pct_at_max')}% at max), fixed "
-                  f"{fixed[mode][-1]['deliveries_per_s']:,.0f} deliv/s at server CPU "
-                  f"{fixed[mode][-1]['server_cpu_pct']}% (foreign {fixed[mode][-1].get('foreign_cpu_pct')}%)",
-                  flush=True)
+            said = f"  rep {rep + 1} {mode:3}:"
+            if "fanout" in scenarios:
+                r = harness_run("fanout", mode == "on", [], scrape_every)
+                fanout[mode].append(r)
+                said += (f" fanout max {r['max_deliveries_per_s']:,.0f} deliv/s (server {r['server_cpu_pct_at_max']}%, "
+                         f"gen {r['gen_cpu_pct_at_max']}%, foreign {r['foreign_cpu_pct_at_max']}% at the max)")
+            if "fixed" in scenarios:
+                r = harness_run("fixed", mode == "on", ["--rate", str(fixed_rate)], scrape_every)
+                fixed[mode].append(r)
+                said += (f" fixed {r['deliveries_per_s']:,.0f} deliv/s at server CPU {r['server_cpu_pct']}% "
+                         f"(foreign {r['foreign_cpu_pct']}%)")
+            print(said, flush=True)
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(float(r[key]) for r in rows if r.get(key) is not None))
@@ -146,21 +152,26 @@ def harness(repeats: int, fixed_rate: int) -> None:
     def cpu_us(rows: list[dict[str, Any]]) -> float:
         return float(statistics.median(r["server_cpu_pct"] / 100 * 1e6 / r["deliveries_per_s"] for r in rows))
 
+    scraping = f"scrape every {scrape_every:g} s" if scrape_every > 0 else "no scrape"
     print(f"\nshared harness, {repeats} pairs, medians (server on core 0, generator on core 1):")
-    print("| measure | metrics off | metrics on (+ scrape every 1 s) | on / off |")
+    print(f"| measure | metrics off | metrics on ({scraping}) | on / off |")
     print("|---|---|---|---|")
-    off, on = med(fanout["off"], "max_deliveries_per_s"), med(fanout["on"], "max_deliveries_per_s")
-    print(f"| fan-out max deliveries/s | {off:,.0f} | {on:,.0f} | {on / off:.3f} |")
-    off_cpu, on_cpu = med(fanout["off"], "server_cpu_pct_at_max"), med(fanout["on"], "server_cpu_pct_at_max")
-    print(f"| server CPU % at the max | {off_cpu:.1f} | {on_cpu:.1f} | |")
-    off_us, on_us = cpu_us(fixed["off"]), cpu_us(fixed["on"])
-    print(f"| fixed {fixed_rate} msg/s: server CPU µs per delivery | {off_us:.3f} | {on_us:.3f} | "
-          f"{off_us / on_us:.3f} (throughput at equal CPU) |")
-    print(f"| fixed: p99 ms | {med(fixed['off'], 'p99_ms'):.2f} | {med(fixed['on'], 'p99_ms'):.2f} | |")
+    foreign = []
+    if fanout["off"]:
+        off, on = med(fanout["off"], "max_deliveries_per_s"), med(fanout["on"], "max_deliveries_per_s")
+        print(f"| fan-out max deliveries/s | {off:,.0f} | {on:,.0f} | {on / off:.3f} |")
+        print(f"| server CPU % at the max | {med(fanout['off'], 'server_cpu_pct_at_max'):.1f} | "
+              f"{med(fanout['on'], 'server_cpu_pct_at_max'):.1f} | |")
+        foreign += [float(r.get("foreign_cpu_pct_at_max") or 0) for rows in fanout.values() for r in rows]
+    if fixed["off"]:
+        off_us, on_us = cpu_us(fixed["off"]), cpu_us(fixed["on"])
+        print(f"| fixed {fixed_rate} msg/s x 100: server CPU µs per delivery | {off_us:.3f} | {on_us:.3f} | "
+              f"{off_us / on_us:.3f} (throughput at equal CPU) |")
+        print(f"| fixed: p99 ms | {med(fixed['off'], 'p99_ms'):.2f} | {med(fixed['on'], 'p99_ms'):.2f} | |")
+        foreign += [float(r.get("foreign_cpu_pct") or 0) for rows in fixed.values() for r in rows]
     limited = sum(1 for rows in fanout.values() for r in rows if r.get("gen_limited"))
-    foreign = max(float(r.get("foreign_cpu_pct") or 0) for rows in fixed.values() for r in rows)
-    print(f"generator-limited fan-out runs: {limited} of {2 * repeats}; foreign CPU at most {foreign:.1f}% "
-          f"of a core in the fixed runs; scrapes per 'on' run: {[r['scrapes'] for r in fanout['on']]}")
+    print(f"generator-limited fan-out runs: {limited}; foreign CPU (% of a core) per run: "
+          f"{', '.join(f'{f:.0f}' for f in foreign)}")
 
 
 def main() -> None:
@@ -168,6 +179,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="off/on pairs in the harness")
     parser.add_argument("--rounds", type=int, default=5, help="off/on rounds in process")
     parser.add_argument("--fixed-rate", type=int, default=1000, help="msgs/s of the fixed scenario (x100 deliveries)")
+    parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
+    parser.add_argument("--scenarios", default="fanout,fixed", help="harness scenarios: fanout, fixed")
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-harness", action="store_true")
     args = parser.parse_args()
@@ -183,7 +196,7 @@ def main() -> None:
     if not args.skip_harness:
         if not (HARNESS / "run.sh").exists():
             sys.exit(f"no harness at {HARNESS} (set COUP_BENCH_HARNESS)")
-        harness(args.repeats, args.fixed_rate)
+        harness(args.repeats, args.fixed_rate, args.scrape_every, tuple(args.scenarios.split(",")))
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 
