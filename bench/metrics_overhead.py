@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.micro import FanoutRig  # noqa: E402
+from bench.micro import FanoutRig, bench_message_path  # noqa: E402
 from coup.metrics import Metrics  # noqa: E402
 
 HARNESS = Path(os.environ.get("COUP_BENCH_HARNESS", "/work/shared/bench"))
@@ -70,6 +70,17 @@ async def micro(sizes: tuple[int, ...], rounds: int) -> list[tuple[int, int, flo
     metrics = rigs["on"].engine.metrics
     assert metrics is not None and metrics.packets_sent["websocket"] > 0, "the 'on' rig counted nothing"
     return rows
+
+
+async def message_path(rounds: int) -> tuple[float, float]:
+    """µs per incoming chat message (frame in -> handler -> broadcast queued to a room of 2), off / on."""
+    best = {"off": float("inf"), "on": float("inf")}
+    for _ in range(rounds):
+        best["off"] = min(best["off"], await bench_message_path(metrics=None))
+        counted = Metrics()
+        best["on"] = min(best["on"], await bench_message_path(metrics=counted))
+        assert counted.event_seconds.children["message"].counts, "the 'on' run counted no event"
+    return best["off"], best["on"]
 
 
 # ---------------------------------------------------------------------------- shared harness
@@ -192,6 +203,9 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for n, per_turn, off, on in rows:
             print(f"| {n} | {per_turn} | {off:.3f} | {on:.3f} | {off / on:.3f} |")
+        off, on = asyncio.run(message_path(args.rounds))
+        print(f"\none chat message through the core (frame in, handler, broadcast to a room of 2), µs: "
+              f"off {off:.2f}, on {on:.2f}, on / off throughput {off / on:.3f}")
         print(flush=True)
     if not args.skip_harness:
         if not (HARNESS / "run.sh").exists():

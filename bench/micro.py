@@ -281,7 +281,7 @@ async def bench_fanout(sizes: tuple[int, ...] = (10, 100, 1000)) -> list[tuple[i
 
 # ---------------------------------------------------------------------------- one message through the core
 
-async def bench_message_path(room_size: int = 2, number: int = 20_000) -> float:
+async def bench_message_path(room_size: int = 2, number: int = 20_000, metrics: Metrics | None = None) -> float:
     """µs of Python per incoming chat message: frame in -> handler -> broadcast queued to a room.
 
     The bench server's own handlers (bench/server.py) on real sessions whose transports are
@@ -293,7 +293,7 @@ async def bench_message_path(room_size: int = 2, number: int = 20_000) -> float:
         def __init__(self, sio: SocketServer) -> None:
             self.sio = sio
 
-    engine = EngineServer(EngineOptions())
+    engine = EngineServer(EngineOptions(), metrics=metrics)
     sio = SocketServer(engine, ServerOptions(recovery=None))
     install_chat(_Node(sio))  # type: ignore[arg-type]
     transports = []

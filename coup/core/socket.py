@@ -214,7 +214,7 @@ class Socket:
         finally:
             reset_context(context)
         if metrics is not None:
-            metrics.event_handled(handler.event or UNHANDLED, time.perf_counter() - started)
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
         # a task of its own: what it logs is about this client, to its end
@@ -252,7 +252,7 @@ class Socket:
         else:
             self._ack(packet, result)
         if metrics is not None:
-            metrics.event_handled(handler.event or UNHANDLED, time.perf_counter() - started)
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     def _ack(self, packet: SocketPacket, result: Any) -> None:
         if packet.id is None or not self.connected:
