@@ -90,11 +90,12 @@ def _public_address(settings: Settings, sock: socket.socket) -> str:
 
 
 def _interface_towards(url: str | None) -> str | None:
-    from urllib.parse import urlsplit
+    from coup.redis_endpoint import redis_endpoint
 
-    target = urlsplit(url).hostname if url else None
-    if not target:
+    endpoint = redis_endpoint(url) if url else None
+    if endpoint is None or endpoint.path is not None:
         return None
+    target = endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
+    settings.refuse_unsafe_demo()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _run(_serve(settings))
     return 0

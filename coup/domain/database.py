@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse.db_url import connect
 
+from coup.config import database_kind
 from coup.domain.models import MODELS, database_proxy
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ SQLITE_PRAGMAS = (
 
 def open_database(url: str) -> pw.Database:
     """A peewee database for `url` (sqlite:///file.db, postgresql://user@host/db)."""
-    scheme = urlsplit(url).scheme
+    kind = database_kind(url)
     db: pw.Database
-    if scheme.startswith("sqlite"):
+    if kind == "sqlite":
         db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=10)
-    elif scheme.startswith(("postgres", "postgresql")):
+    elif kind == "postgresql":
         db = connect(url)
     else:
-        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {scheme!r}")
+        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {urlsplit(url).scheme!r}")
     return db
 
 
