@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The demo page: shipped inside the package by a wheel (see setup.py), else the checkout's."""
+    packaged = Path(__file__).resolve().parent / "static"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 SOCKET_IO_PATH = "/socket.io/"
 #: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
 SOCKJS_PATH = "/sockjs"
