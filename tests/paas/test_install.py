@@ -27,8 +27,11 @@ from tests.paas.bed import ROOT, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
-#: ES module imports: `import x from "./a.js"`, `import "./b.js"`, `export * from "./c.js"`, `import("./d.js")`
-_IMPORTS = re.compile(r"""(?:\bimport\s*(?:[\w*{}\s,]+\s*from\s*)?|\bexport\s*[\w*{}\s,]+\s*from\s*|\bimport\s*\()\s*["']([^"']+)["']""")
+#: ES module imports: `import x from "./a.js"`, `import "./b.js"`, `export * from "./c.js"`, `import("./d.js")`;
+#: only URLs (a browser cannot load a bare name like "socket.io-client" without an import map)
+_IMPORTS = re.compile(r"""(?:\bimport\s*(?:[\w*{}\s,]+\s*from\s*)?|\bexport\s*[\w*{}\s,]+\s*from\s*"""
+                      r"""|\bimport\s*\()\s*["']((?:\.{1,2}/|/)[^"']+)["']""")
+_COMMENTS = re.compile(r"/\*.*?\*/|^\s*//.*?$", re.DOTALL | re.MULTILINE)
 _CSS_URLS = re.compile(r"""url\(\s*["']?([^"')]+)["']?\s*\)""")
 
 
@@ -65,7 +68,7 @@ def crawl(base: str) -> dict[str, int]:
         seen[parts.path] = status
         text = body.decode("utf-8", "replace")
         if kind == "module":
-            queue += [("module", urljoin(url, ref)) for ref in _IMPORTS.findall(text)]
+            queue += [("module", urljoin(url, ref)) for ref in _IMPORTS.findall(_COMMENTS.sub("", text))]
         elif kind == "stylesheet":
             queue += [("asset", urljoin(url, ref)) for ref in _CSS_URLS.findall(text) if not ref.startswith("data:")]
     return seen
