@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from coup.redis_endpoint import RedisURLError, redis_endpoint
+from coup.redis_endpoint import RedisURLError, redis_endpoint, with_options
 
 
 class ConfigError(ValueError):
@@ -203,7 +203,12 @@ class Settings:
         if (raw := get("DATABASE_URL")) is not None:
             values["database_url"] = _database_url("DATABASE_URL", raw)
         if (raw := get("REDIS_URL")) is not None:
-            values["redis_url"] = _redis_url("REDIS_URL", raw)
+            if (options := get("COUP_REDIS_OPTIONS")) is not None:
+                values["redis_url"] = _redis_url("REDIS_URL (with COUP_REDIS_OPTIONS)", with_options(raw, options))
+            else:
+                values["redis_url"] = _redis_url("REDIS_URL", raw)
+        elif get("COUP_REDIS_OPTIONS") is not None:
+            raise ConfigError("COUP_REDIS_OPTIONS is set but REDIS_URL is not: the options belong to a Redis URL")
         if (raw := get("JWT_SECRET")) is not None:
             values["jwt_secret"] = Secret(raw)
         if (raw := get("JWT_ALGORITHM")) is not None:

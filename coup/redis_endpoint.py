@@ -19,7 +19,7 @@ import functools
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _TRUE = ("1", "true", "yes", "on")
@@ -185,3 +185,14 @@ def redis_endpoint(url: str) -> RedisEndpoint:
         raise RedisURLError("has no host (redis://host:6379)")
     return RedisEndpoint(host=unquote(parts.hostname), port=port or 6379, db=db,
                          username=username, password=password, tls=_tls(options) if scheme == "rediss" else None)
+
+
+def with_options(url: str, options: str) -> str:
+    """`url` with the query options `options` (``ssl_cert_reqs=none&...``) added after its own,
+    so they win: for a platform that manages REDIS_URL itself (Heroku's add-on rotates its
+    credentials and refuses edits), where the options must come from another variable."""
+    parts = urlsplit(url.strip())
+    extra = options.strip().lstrip("?&")
+    query = "&".join(q for q in (parts.query, extra) if q)
+    return urlunsplit(parts._replace(query=query))
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from coup.config import ConfigError, Settings
+from coup.redis_endpoint import RedisTLS, redis_endpoint
 
 SECRET = "s" * 32
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,9 @@ BAD = [
     ({"COUP_PUBLIC_ADDRESS": "10.0.0.5:0"}, "COUP_PUBLIC_ADDRESS must end in a port from 1 to 65535"),
     ({"COUP_PUBLIC_ADDRESS": "fd00::5:8000"}, "COUP_PUBLIC_ADDRESS must be host:port"),
     ({"COUP_DEMO_ANYWHERE": "sure"}, "COUP_DEMO_ANYWHERE must be a boolean"),
+    ({"COUP_REDIS_OPTIONS": "ssl_cert_reqs=none"}, "COUP_REDIS_OPTIONS is set but REDIS_URL is not"),
+    ({"REDIS_URL": "rediss://h", "COUP_REDIS_OPTIONS": "ssl_cert_reqs=nope"},
+     r"REDIS_URL \(with COUP_REDIS_OPTIONS\) has ssl_cert_reqs='nope'"),
     ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM must be one of"),
     ({"JWT_ALGORITHM": "RS256"}, "JWT_ALGORITHM must be one of"),
     ({"JWT_SECRET": "short"}, "JWT_SECRET must be at least 32 bytes"),
@@ -81,6 +86,16 @@ def test_good_urls_and_addresses_are_read() -> None:
     assert settings.public_address == "[fd00::5]:8000"
     assert Settings.from_env({"JWT_SECRET": SECRET, "COUP_PUBLIC_ADDRESS": "10.0.0.5:8000"}).public_address \
         == "10.0.0.5:8000"
+
+
+def test_redis_options_come_from_their_own_variable_where_the_platform_owns_redis_url() -> None:
+    """Heroku's add-on sets REDIS_URL (and rotates its password); the TLS option comes from elsewhere."""
+    settings = Settings.from_env({"JWT_SECRET": SECRET, "REDIS_URL": "rediss://:p4ss@ec2-1-2-3-4.example:25580",
+                                  "COUP_REDIS_OPTIONS": "ssl_cert_reqs=none"})
+    assert settings.redis_url == "rediss://:p4ss@ec2-1-2-3-4.example:25580?ssl_cert_reqs=none"
+    both = Settings.from_env({"JWT_SECRET": SECRET, "REDIS_URL": "rediss://h:6380/1?ssl_cert_reqs=required",
+                              "COUP_REDIS_OPTIONS": "?ssl_cert_reqs=none"})
+    assert redis_endpoint(both.redis_url or "").tls == RedisTLS(cert_reqs=ssl.CERT_NONE)  # the variable wins
 
 
 def run_serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

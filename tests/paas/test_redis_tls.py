@@ -61,14 +61,14 @@ def sqlite_url(workdir: Path) -> str:
 
 @pytest.fixture
 def serve(workdir: Path) -> Iterator[Any]:
-    """``serve(name, redis_url, database_url)``: a started `coup serve`; all stopped at teardown."""
+    """``serve(name, redis_url, database_url, **env)``: a started `coup serve`; all stopped at teardown."""
     started: list[CoupServe] = []
 
     prefix = "tls" + secrets.token_hex(3)
 
-    def start(name: str, redis_url: str, database_url: str) -> CoupServe:
+    def start(name: str, redis_url: str, database_url: str, **env: str) -> CoupServe:
         node = CoupServe(name, {**node_env(redis_url, database_url), "COUP_NODE_ID": name,
-                                "COUP_REDIS_PREFIX": prefix}, workdir)
+                                "COUP_REDIS_PREFIX": prefix, **env}, workdir)
         started.append(node)
         return node.start()
 
@@ -127,6 +127,14 @@ def test_an_untrusted_certificate_is_refused_loudly_not_ready(
         time.sleep(0.3)
     warnings = [line for line in node.log_text().splitlines() if "we do not trust" in line and "WARNING" in line]
     assert len(warnings) <= 2  # once when it happens (and once in the start summary), not every retry
+
+
+def test_the_option_from_its_own_variable_where_the_platform_owns_redis_url(
+        tls_redis: RedisProcess, serve: Any, sqlite_url: str) -> None:
+    """Heroku's add-on sets REDIS_URL itself, without options: COUP_REDIS_OPTIONS adds them."""
+    node = serve("heroku-form", tls_redis.url(), sqlite_url, COUP_REDIS_OPTIONS="ssl_cert_reqs=none")
+    node.wait_ready()
+    assert "we do not trust" not in node.log_text()
 
 
 # ---------------------------------------------------------------------------- CA, client certificate, pub/sub
