@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings
+from coup.config import ConfigError, Settings, StartError
 
 log = logging.getLogger("coup")
 
@@ -149,3 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coup: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1

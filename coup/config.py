@@ -22,6 +22,19 @@ class ConfigError(ValueError):
     """A configuration variable is missing or invalid; the message names it."""
 
 
+class StartError(RuntimeError):
+    """A service the settings point at cannot be used at start; the message names the setting."""
+
+
+def url_for_logs(url: str) -> str:
+    """`url` without its user name, password and query (which may hold credentials too)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 class Secret:
     """A string that does not show itself in logs or reprs."""
 

@@ -153,3 +153,13 @@ def test_demo_mode_on_a_platform_only_when_asked_for_by_name() -> None:
 def test_the_procfile_never_starts_demo_mode() -> None:
     procfile = (ROOT / "Procfile").read_text()
     assert "--demo" not in procfile and "COUP_DEMO" not in procfile
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["initdb"]])
+def test_an_unreachable_database_stops_the_start_with_its_variable_not_a_traceback(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "coup", *command], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "JWT_SECRET": SECRET,
+                                 "DATABASE_URL": "postgresql://coup:secret@127.0.0.1:1/coup"})
+    assert result.returncode == 1, result.stderr
+    assert "coup: DATABASE_URL postgresql://127.0.0.1:1/coup cannot be used: " in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr

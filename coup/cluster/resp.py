@@ -77,7 +77,10 @@ class RespConnection(asyncio.Protocol):
                 setup.append(("CLIENT", "SETNAME", name))
                 for reply in await asyncio.gather(*conn.send(*setup)):
                     if isinstance(reply, hiredis.ReplyError):
-                        raise RedisUnavailable(f"redis refused the connection setup: {reply}")
+                        raise RedisUnavailable(f"redis at {endpoint} refused the connection setup: {reply}")
+        except RedisUnavailable:
+            conn.close()
+            raise
         except ssl.SSLCertVerificationError as exc:
             conn.close()
             raise _tls_failure(endpoint, exc) from None
