@@ -32,10 +32,11 @@ class RedisTLSRejected(RedisUnavailable):
 
 
 def _tls_failure(endpoint: RedisEndpoint, exc: ssl.SSLCertVerificationError) -> RedisTLSRejected:
-    hint = ("add ?ssl_cert_reqs=none to REDIS_URL for an add-on with a self-signed certificate "
-            "(Heroku Redis), or ?ssl_ca_certs=/path/ca.pem to trust its CA")
+    hint = ("for an add-on with a self-signed certificate add ?ssl_cert_reqs=none to REDIS_URL (or set "
+            "COUP_REDIS_OPTIONS=ssl_cert_reqs=none where the platform owns REDIS_URL), or trust its CA with "
+            "ssl_ca_certs=/path/ca.pem")
     if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-        hint = "add ssl_check_hostname=false to REDIS_URL if the certificate names another host"
+        hint = "add ssl_check_hostname=false to REDIS_URL (or COUP_REDIS_OPTIONS) if the certificate names another host"
     return RedisTLSRejected(f"redis at {endpoint} has a TLS certificate we do not trust "
                             f"({exc.verify_message}); {hint}")
 
