@@ -22,11 +22,11 @@ from urllib.parse import urlencode
 
 from coup.config import Secret, Settings
 from coup.core import SocketServer
-from coup.domain import CoupDomain
 from coup.domain.auth import Actor
 from coup.domain.database import Database
 from coup.domain.demo import seed_demo
 from coup.domain.models import Message, Study, StudyMember, utcnow
+from coup.domain.service import CoupDomain
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 

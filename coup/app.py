@@ -27,9 +27,9 @@ from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
 
 if TYPE_CHECKING:
-    from coup.cluster import Cluster
-    from coup.domain import CoupDomain
+    from coup.cluster.node import Cluster
     from coup.domain.sequence import SequenceSource
+    from coup.domain.service import CoupDomain
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ class CoupNode:
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
         self.cluster: Cluster | None = None
         if settings.redis_url:
-            from coup.cluster import Cluster, ClusterOptions
+            from coup.cluster.node import Cluster
+            from coup.cluster.options import ClusterOptions
 
             self.cluster = Cluster(settings.redis_url, node_id, ClusterOptions(prefix=settings.redis_prefix))
         self.engine = EngineServer(EngineOptions(
@@ -231,7 +232,7 @@ def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **k
 
     `sequence`: where per-study message numbers come from (default: the database).
     """
-    from coup.domain import CoupDomain
+    from coup.domain.service import CoupDomain
 
     node = CoupNode(settings, **kwargs)
     if sequence is None and node.cluster is not None:
@@ -241,7 +242,7 @@ def coup_node(settings: Settings, *, sequence: SequenceSource | None = None, **k
             return await domain.db.run(queries.max_seq, study_id)
 
         # numbers live in Redis, so a study's numbering survives a change of owner node
-        sequence = node.cluster.study_sequence(stored_max)
+        sequence = node.cluster.counter("study", stored_max)
     domain = CoupDomain(node.sio, settings, origin_allowed=node.origins.allows, sequence=sequence)
     node.domain = domain
     node.services.append(domain)

@@ -83,9 +83,30 @@ def test_importing_the_protocol_pulls_in_no_event_loop_or_framework() -> None:
     ("core", ("tornado", "redis", "coup.transports", "coup.domain", "coup.cluster", "peewee")),
     ("domain", ("coup.transports", "coup.protocol", "coup.cluster", "coup.engine", "redis",
                 "tornado.websocket", "tornado.iostream")),
+    # the cluster is generic: it serves any app on the core, so it never learns about studies
+    ("cluster", ("coup.domain", "coup.app", "coup.cli", "peewee", "jwt")),
 ])
 def test_layer_boundaries(package: str, forbidden: tuple[str, ...]) -> None:
     assert violations(package, forbidden) == []
+
+
+def test_importing_the_emitter_stays_light() -> None:
+    """Backends import `coup.emitter` to push events: it must not drag in the node, the domain
+    or a web framework (an eager package `__init__` once loaded peewee, PyJWT and tornado.web)."""
+    heavy = ("peewee", "jwt", "tornado", "uhashring", "coup.core", "coup.domain", "coup.engine",
+             "coup.transports", "coup.cluster.node", "coup.app")
+    code = ("import sys; import coup.emitter; "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == ""
+
+
+def test_package_inits_import_nothing_heavy() -> None:
+    """Importing one module of the cluster or the domain must not import the whole package."""
+    for package in ("cluster", "domain"):  # coup.core's __init__ is its public API, on purpose
+        init = COUP / package / "__init__.py"
+        assert not [n for n in imported_names(init) if n.startswith("coup.")], f"{init} imports modules"
 
 
 def test_the_checker_sees_imports() -> None:

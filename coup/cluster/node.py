@@ -22,6 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from coup.cluster.adapter import ClusterTimeout, RedisAdapter
 from coup.cluster.bus import Bus, channel_bytes, stop_tasks
+from coup.cluster.counter import MaxReader, RedisCounter
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
@@ -29,7 +30,6 @@ from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
-from coup.cluster.sequence import MaxReader, RedisSequence
 from coup.protocol.errors import EncodeError
 from coup.redis_endpoint import redis_endpoint
 
@@ -119,9 +119,9 @@ class Cluster:
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, self)
 
-    def study_sequence(self, read_max: MaxReader) -> RedisSequence:
-        """Message numbers per study in Redis, seeded from the database by `read_max`."""
-        return RedisSequence(self.redis, self.redis_once, self.options, read_max)
+    def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
+        """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
+        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max)
 
     def bind(self, sio: SocketServer) -> None:
         self.sio = sio

@@ -6,28 +6,32 @@ when the database's unique (study, seq) constraint says another writer already t
 (two owners during a ring change, a counter that lost its state). The writer then asks again.
 
 `DatabaseSequence` (the default) remembers the last number per study in memory and reads
-`MAX(seq)` from the database the first time and after a `resync`; a cluster can plug in a
-Redis counter (INCR) behind the same three methods.
+`MAX(seq)` from the database the first time and after a `resync`; a cluster plugs in a
+Redis counter (`coup.app` wires the cluster's generic counter in) behind the same three
+methods, which is why this is a `Protocol`: the cluster never imports the domain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 #: reads the highest stored seq of a study (0 when it has no message)
 MaxSeqReader = Callable[[int], Awaitable[int]]
 
 
-class SequenceSource:
+class SequenceSource(Protocol):
     async def next(self, study_id: int) -> int:
         """The number the next message of `study_id` should carry."""
-        raise NotImplementedError
+        ...
 
     async def give_back(self, study_id: int, seq: int) -> None:
         """`seq` was not used; hand it out again if no later number was given."""
+        ...
 
     async def resync(self, study_id: int) -> None:
         """`seq` clashed with a stored message: forget what you know about `study_id`."""
+        ...
 
 
 class DatabaseSequence(SequenceSource):

@@ -38,7 +38,7 @@ def setup(node: CoupNode) -> None:
     async def nothing_stored(number: int) -> int:
         return 0
 
-    numbers = cluster.study_sequence(nothing_stored) if cluster is not None else None
+    numbers = cluster.counter("study", nothing_stored) if cluster is not None else None
 
     async def next_seq(room: str) -> int:
         if numbers is not None:

@@ -140,8 +140,8 @@ async def test_study_numbers_survive_a_change_of_writer_and_never_go_back(pair):
     async def stored_max(study_id: int) -> int:
         return stored["max"]
 
-    first = pair[0].node.cluster.study_sequence(stored_max)  # type: ignore[union-attr]
-    second = pair[1].node.cluster.study_sequence(stored_max)  # type: ignore[union-attr]
+    first = pair[0].node.cluster.counter("study", stored_max)  # type: ignore[union-attr]
+    second = pair[1].node.cluster.counter("study", stored_max)  # type: ignore[union-attr]
     assert await first.next(9) == 42  # seeded from the database
     assert await second.next(9) == 43  # another node continues the same numbering
     await second.give_back(9, 43)  # not stored: handed out again, no gap

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from coup.app import CoupNode
 from coup.config import Secret, Settings
-from coup.domain import CoupDomain
+from coup.domain.service import CoupDomain
 
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
 DEFAULT_TIMEOUT = 5.0

@@ -1,11 +1,12 @@
-"""Per-study message numbers held in Redis, so a study's numbering survives an ownership handoff.
+"""Gap-free counters held in Redis, so a numbering survives a change of the node that writes it.
 
-The domain's `SequenceSource` contract (`coup.domain.sequence`): `next` gives the number for
-the next message, `give_back` returns one that was not used (so numbers stay gap-free), and
-`resync` repairs the counter after the database's unique (study, seq) constraint caught a
-clash. Each is one atomic script. A counter missing from Redis (first use, or Redis restarted
-without its data) is seeded from the highest number stored in the database, so numbers never
-go back.
+One `RedisCounter` is a family of counters (`P:seq:{name}:{id}`), one per integer id: `next`
+gives the next number, `give_back` returns one that was not used (so numbers stay gap-free),
+and `resync` repairs a counter after the caller's storage caught a clash (e.g. a unique
+constraint). Each is one atomic script. A counter missing from Redis (first use, or Redis
+restarted without its data) is seeded from the highest number the caller has stored
+(`read_max`), so numbers never go back. What the numbers mean is the caller's business: the
+CoUp domain numbers each study's messages with one (wired in `coup.app`).
 
 `next` is never retried (an INCR that ran but whose reply was lost would burn a number);
 `give_back` and `resync` are conditional, so running one twice changes nothing.
@@ -18,9 +19,8 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as redis
 
 from coup.cluster.options import ClusterOptions
-from coup.domain.sequence import SequenceSource
 
-#: reads the highest stored number of a study (0 when it has none)
+#: reads the highest number stored for an id (0 when it has none)
 MaxReader = Callable[[int], Awaitable[int]]
 
 # KEYS: counter -> the next number, or -1 when the counter does not exist
@@ -49,33 +49,34 @@ return current
 """
 
 
-class RedisSequence(SequenceSource):
-    def __init__(self, client: redis.Redis, once: redis.Redis, options: ClusterOptions,
+class RedisCounter:
+    def __init__(self, client: redis.Redis, once: redis.Redis, options: ClusterOptions, name: str,
                  read_max: MaxReader) -> None:
         """`client` may retry (idempotent scripts); `once` never does (INCR)."""
         self.options = options
+        self.name = name
         self.read_max = read_max
         self._next = once.register_script(NEXT)
         self._give_back = client.register_script(GIVE_BACK)
         self._raise_to = client.register_script(RAISE_TO)
 
-    def _key(self, study_id: int) -> str:
-        return self.options.key("seq", "study", str(study_id))
+    def _key(self, ident: int) -> str:
+        return self.options.key("seq", self.name, str(ident))
 
-    async def next(self, study_id: int) -> int:
-        key = self._key(study_id)
+    async def next(self, ident: int) -> int:
+        key = self._key(ident)
         n = int(await self._next(keys=[key]))
         if n < 0:  # seed from storage; when two owners seed at once, neither lowers the other
-            await self._raise_to(keys=[key], args=[await self.read_max(study_id)])
+            await self._raise_to(keys=[key], args=[await self.read_max(ident)])
             n = int(await self._next(keys=[key]))
         return n
 
-    async def give_back(self, study_id: int, seq: int) -> None:
-        await self._give_back(keys=[self._key(study_id)], args=[seq])
+    async def give_back(self, ident: int, seq: int) -> None:
+        await self._give_back(keys=[self._key(ident)], args=[seq])
 
-    async def resync(self, study_id: int) -> None:
-        await self._raise_to(keys=[self._key(study_id)], args=[await self.read_max(study_id)])
+    async def resync(self, ident: int) -> None:
+        await self._raise_to(keys=[self._key(ident)], args=[await self.read_max(ident)])
 
-    async def current(self, study_id: int) -> int:
+    async def current(self, ident: int) -> int:
         """The last number given out (for tests and operators)."""
-        return max(0, int(await self._raise_to(keys=[self._key(study_id)], args=[-1])))
+        return max(0, int(await self._raise_to(keys=[self._key(ident)], args=[-1])))
