@@ -268,12 +268,17 @@ class CoupServe:
     same port with the same environment (a dyno restart). Every signal goes to `pid`.
     """
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *,
+                 program: tuple[str, ...] = (sys.executable, "-m", "coup"), args: tuple[str, ...] = (),
+                 cwd: Path = ROOT) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log_path = log_dir / f"{name}.log"
+        #: `program serve *args --host 127.0.0.1 --port PORT`, run in `cwd`
+        self.command = [*program, "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -288,9 +293,8 @@ class CoupServe:
     def start(self) -> CoupServe:
         assert not self.alive, f"{self.name} already runs"
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "coup", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
         return self
 
     def ready(self) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.clients.records import RecordTimeout
 from tests.paas.bed import Bed
 
 STUDY = 1
@@ -176,7 +177,10 @@ async def sockjs_chat(bed: Bed, start_client: Callable[..., Any], transport: str
     try:
         for user, client in clients.items():
             client.send(cmd="connect", auth={"userId": user, "token": bed.token(user)})
-            record = await client.log.expect(opened, timeout=PATIENCE)
+            try:
+                record = await client.log.expect(opened, timeout=PATIENCE)
+            except RecordTimeout:
+                raise AssertionError(f"user {user}: SockJS neither connected nor failed in {PATIENCE:.0f} s") from None
             assert record["type"] == "connect", f"user {user} did not connect: {record}"
         for user in USERS:
             ack = await call(user, 1, "join-study", {"studyId": STUDY})

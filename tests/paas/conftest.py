@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
-import pytest_asyncio
 
 from tests.conftest import require
 from tests.paas.bed import ARTIFACTS, Bed, RedisProcess, TlsFiles, make_tls_files, tools_missing
 from tests.postgres import POSTGRES_ENV, postgres_base_url, postgres_schema
-from tests.sockjs.conftest import NodeClient, node_modules_ready
+from tests.sockjs.conftest import node_client, node_js  # noqa: F401 - fixtures for the SockJS clients
 
 
 def require_tools() -> None:
@@ -83,18 +81,3 @@ def make_bed() -> Iterator[BedFactory]:
 def paas_bed(make_redis: RedisFactory, make_bed: BedFactory) -> Bed:
     """Three nodes behind HAProxy on a plain redis-server: the bed most tests share."""
     return make_bed(make_redis().url(), "plain")
-
-
-@pytest_asyncio.fixture
-async def sockjs_client() -> AsyncIterator[Callable[..., Any]]:
-    """``await sockjs_client(url, transport)``: the npm sockjs-client with static/sockjs-coup.js."""
-    node = shutil.which("node")
-    require(node is not None and node_modules_ready(), "node and npm sockjs-client (npm ci --prefix tests/sockjs/js)")
-    assert node is not None
-    async with contextlib.AsyncExitStack() as stack:
-        async def make(url: str, transport: str) -> NodeClient:
-            client = await NodeClient.start(node, url, transport)
-            stack.push_async_callback(client.close)
-            return client
-
-        yield make

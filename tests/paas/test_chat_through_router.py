@@ -41,5 +41,6 @@ async def test_socket_io_client(paas_bed: Bed, js_client: Any, transports: list[
 
 
 @pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
-async def test_sockjs_client(paas_bed: Bed, sockjs_client: Callable[..., Any], transport: str) -> None:
-    await sockjs_chat(paas_bed, sockjs_client, transport)
+async def test_sockjs_client(paas_bed: Bed, node_client: Callable[..., Any], transport: str) -> None:
+    """`node_client` (tests/sockjs/conftest.py): the npm sockjs-client with static/sockjs-coup.js."""
+    await sockjs_chat(paas_bed, node_client, transport)

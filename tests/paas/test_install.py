@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -23,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from tests.conftest import require
-from tests.paas.bed import ROOT, free_port, http_get, wait_for
+from tests.paas.bed import ROOT, CoupServe, http_get
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -104,27 +103,17 @@ def test_a_non_editable_install_serves_the_demo_page_and_everything_it_loads(tmp
     assert refused.returncode == 2 and "DATABASE_URL is a PostgreSQL URL but its driver is not installed" \
         in refused.stderr, refused.stderr
 
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen([str(venv / "bin" / "coup"), "serve", "--demo", "--port", str(port)],
-                                  cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = CoupServe("installed", env, tmp_path, program=(str(venv / "bin" / "coup"),), args=("--demo",),
+                       cwd=elsewhere)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: (server.poll() is None and http_get(f"{base}/readyz")[0] == 200)
-                 or server.poll() is not None, timeout=60, what="coup serve --demo to be ready")
-        assert server.poll() is None, log_path.read_text()
-        seen = crawl(base)
+        server.start().wait_ready(60)
+        seen = crawl(server.url)
         print(f"\nfetched from the installed package: {seen}")
         assert all(status == 200 for status in seen.values()), seen
         expected = {"/", "/css/app.css", "/favicon.svg", "/vendor/socket.io.min.js", "/js/main.js", "/js/api.js",
                     "/js/connection.js", "/js/chat.js"}
         assert expected <= set(seen), f"the crawl missed files the page loads: {expected - set(seen)}"
-        assert http_get(f"{base}/sockjs-coup.js")[0] == 200 and http_get(f"{base}/vendor/sockjs.min.js")[0] == 200
+        assert http_get(f"{server.url}/sockjs-coup.js")[0] == 200
+        assert http_get(f"{server.url}/vendor/sockjs.min.js")[0] == 200
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        server.stop(grace=15)
