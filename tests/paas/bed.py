@@ -440,7 +440,14 @@ def procfile_command(kind: str) -> str:
 
 class Bed:
     """Three `coup serve` nodes on one Redis and one PostgreSQL, behind HAProxy, each node
-    advertising an address nobody can use. `url` is the router, as clients see the app."""
+    advertising an address nobody can use. `url` is the router, as clients see the app.
+
+    A platform's restarts, by PID: ``bed.nodes[1].stop()`` (SIGTERM, SIGKILL after 30 s),
+    ``.kill()`` (SIGKILL), ``.start()`` / ``.restart()`` (same port, same environment),
+    ``.wait_ready()``. With ``health_checks=True`` HAProxy stops sending requests to a node
+    whose ``/readyz`` fails (within 0.5 s), as a router stops routing to a stopped dyno;
+    without, requests for a stopped node get 503 from HAProxy.
+    """
 
     def __init__(self, workdir: Path, redis_url: str, database_url: str, *, nodes: int = 3,
                  health_checks: bool = False, env: dict[str, str] | None = None) -> None:
