@@ -162,12 +162,13 @@ class CoupNode:
         from coup.cluster.http import cluster_rules
 
         cluster.bind(self.sio)
+        self.engine.adopter = cluster.moves  # an upgrade that lands here takes its session over
 
         async def linked() -> bool:
             return cluster.ready
 
         self.readiness["redis"] = linked
-        front, api = cluster_rules(cluster, SOCKET_IO_PATH, self.settings.service_token)
+        front, api = cluster_rules(cluster, self.engine, SOCKET_IO_PATH, SOCKJS_PATH, self.settings.service_token)
         self._front_rules += front
         self.extra_rules += api
 
@@ -176,6 +177,9 @@ class CoupNode:
         if self.sockjs is None:
             self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
                                          max_message_size=self.settings.max_payload)
+            if self.cluster is not None:
+                router = self.sockjs.router
+                self.cluster.sockjs_homes.is_local = lambda session: router.get_session(session) is not None
         rules: list[Any] = [
             *self._front_rules,
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
@@ -197,7 +201,10 @@ class CoupNode:
             await service.start()
         await self.sio.start()
         # idle_connection_timeout is also Tornado's limit for reading a request head
-        server = ArrivalHTTPServer(self.application(), xheaders=True,
+        application = self.application()
+        if self.cluster is not None:  # relayed requests run through the same routes
+            self.cluster.tunnel.bind(application, self.origins)
+        server = ArrivalHTTPServer(application, xheaders=True,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
                                    idle_connection_timeout=self.settings.head_timeout)
         if self.front_door:

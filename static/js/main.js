@@ -1,13 +1,15 @@
 // The demo page: sign in as a demo user, then studies, chat, members, tasks and
-// notifications over one Socket.IO connection, with the ConnectionBanner on top.
+// notifications over one Socket.IO (or SockJS, see transport.js) connection, with the
+// ConnectionBanner on top.
 
 import { ApiError, createApi, toMessage } from "./api.js";
 import { Chat } from "./chat.js";
-import { BANNER_TEXT, Connection, transportsFromQuery } from "./connection.js";
+import { BANNER_TEXT } from "./connection.js";
 import { $, avatar, h, setChildren } from "./dom.js";
 import { Members } from "./members.js";
 import { Notifications } from "./notifications.js";
 import { Tasks } from "./tasks.js";
+import { openConnection, transportTitle } from "./transport.js";
 
 /** What the demo data (coup seed-demo) has each user in, shown under their name. */
 const DEMO_NOTES = {
@@ -110,7 +112,7 @@ function renderTransport(name) {
   const pill = $("#transport");
   pill.textContent = name;
   pill.dataset.transport = name;
-  pill.title = name === "polling" ? "HTTP long-polling" : "WebSocket";
+  pill.title = transportTitle(name);
 }
 
 $("#banner-retry").addEventListener("click", () => state.connection && state.connection.retry());
@@ -189,11 +191,7 @@ async function startApp(session) {
   $("#me-name-2").textContent = state.me.name;
   document.title = `CoUp — ${state.me.name}`;
 
-  const connection = new Connection({
-    userId: state.me.id,
-    token: session.token,
-    transports: transportsFromQuery(),
-  });
+  const connection = await openConnection({ userId: state.me.id, token: session.token });
   state.connection = connection;
   connection.addEventListener("state", (e) => {
     if (connection.socketState !== "connected") setNotJoined(); // the server forgot our rooms (or will)

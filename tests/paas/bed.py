@@ -44,6 +44,7 @@ from typing import Any
 from tornado.testing import bind_unused_port
 
 from coup.domain.auth import TokenService
+from tests.demo.proxy import haproxy_path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "paas"
@@ -387,9 +388,11 @@ backend nodes
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Haproxy:
-        subprocess.run(["haproxy", "-c", "-q", "-f", str(self.config_path)], check=True, timeout=30)
+        executable = haproxy_path()
+        assert executable is not None, "haproxy is not installed"
+        subprocess.run([executable, "-c", "-q", "-f", str(self.config_path)], check=True, timeout=30)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(["haproxy", "-db", "-f", str(self.config_path)], stdout=log,
+            self.process = subprocess.Popen([executable, "-db", "-f", str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT)
         wait_for(lambda: http_get(f"{self.url}/healthz")[0] == 200, timeout=15, what="haproxy to route")
         return self
@@ -549,4 +552,5 @@ class Bed:
 
 
 def tools_missing() -> list[str]:
-    return [tool for tool in ("redis-server", "redis-cli", "haproxy", "openssl") if shutil.which(tool) is None]
+    missing = [tool for tool in ("redis-server", "redis-cli", "openssl") if shutil.which(tool) is None]
+    return missing if haproxy_path() is not None else [*missing, "haproxy"]
