@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The demo page: shipped inside the package by a wheel (see setup.py), else the checkout's."""
+    packaged = Path(__file__).resolve().parent / "static"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 SOCKET_IO_PATH = "/socket.io/"
 #: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
 SOCKJS_PATH = "/sockjs"
@@ -90,11 +97,12 @@ def _public_address(settings: Settings, sock: socket.socket) -> str:
 
 
 def _interface_towards(url: str | None) -> str | None:
-    from urllib.parse import urlsplit
+    from coup.redis_endpoint import redis_endpoint
 
-    target = urlsplit(url).hostname if url else None
-    if not target:
+    endpoint = redis_endpoint(url) if url else None
+    if endpoint is None or endpoint.path is not None:
         return None
+    target = endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

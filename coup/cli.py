@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings
+from coup.config import ConfigError, Settings, StartError
 
 log = logging.getLogger("coup")
 
@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
+    settings.refuse_unsafe_demo()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _run(_serve(settings))
     return 0
@@ -148,3 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coup: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse.db_url import connect
 
+from coup.config import StartError, database_kind, url_for_logs
 from coup.domain.models import MODELS, database_proxy
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,14 @@ SQLITE_PRAGMAS = (
 
 def open_database(url: str) -> pw.Database:
     """A peewee database for `url` (sqlite:///file.db, postgresql://user@host/db)."""
-    scheme = urlsplit(url).scheme
+    kind = database_kind(url)
     db: pw.Database
-    if scheme.startswith("sqlite"):
+    if kind == "sqlite":
         db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=10)
-    elif scheme.startswith(("postgres", "postgresql")):
+    elif kind == "postgresql":
         db = connect(url)
     else:
-        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {scheme!r}")
+        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {urlsplit(url).scheme!r}")
     return db
 
 
@@ -86,9 +87,17 @@ class Database:
         self.db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
 
     def create_schema(self) -> None:
-        """Create every table and index that is missing (idempotent). Synchronous: CLI and start-up."""
-        with self.db.connection_context():
-            self.db.create_tables(MODELS, safe=True)
+        """Create every table and index that is missing (idempotent). Synchronous: CLI and start-up.
+
+        The first thing a node or `coup initdb` does with the database, so a database that
+        cannot be reached is reported here by its variable, not as a driver's traceback.
+        """
+        try:
+            with self.db.connection_context():
+                self.db.create_tables(MODELS, safe=True)
+        except pw.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise StartError(f"DATABASE_URL {url_for_logs(self.url)} cannot be used: {reason}") from exc
 
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""
