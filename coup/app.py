@@ -39,7 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The demo page: shipped inside the package by a wheel (see setup.py), else the checkout's."""
+    packaged = Path(__file__).resolve().parent / "static"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 SOCKET_IO_PATH = "/socket.io/"
 #: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
 SOCKJS_PATH = "/sockjs"
@@ -96,11 +103,12 @@ def _public_address(settings: Settings, sock: socket.socket) -> str:
 
 
 def _interface_towards(url: str | None) -> str | None:
-    from urllib.parse import urlsplit
+    from coup.redis_endpoint import redis_endpoint
 
-    target = urlsplit(url).hostname if url else None
-    if not target:
+    endpoint = redis_endpoint(url) if url else None
+    if endpoint is None or endpoint.path is not None:
         return None
+    target = endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -177,6 +185,7 @@ class CoupNode:
         from coup.cluster.http import cluster_rules
 
         cluster.bind(self.sio)
+        self.engine.adopter = cluster.moves  # an upgrade that lands here takes its session over
 
         async def linked() -> bool:
             return cluster.ready
@@ -191,7 +200,7 @@ class CoupNode:
             from coup.cluster.metrics import export_cluster_metrics
 
             export_cluster_metrics(cluster, self.metrics)
-        front, api = cluster_rules(cluster, SOCKET_IO_PATH, self.settings.service_token)
+        front, api = cluster_rules(cluster, self.engine, SOCKET_IO_PATH, SOCKJS_PATH, self.settings.service_token)
         self._front_rules += front
         self.extra_rules += api
 
@@ -246,6 +255,9 @@ class CoupNode:
         if self.sockjs is None:
             self.sockjs = SockJSEndpoint(self.engine, self.origins, SOCKJS_PATH,
                                          max_message_size=self.settings.max_payload)
+            if self.cluster is not None:
+                router = self.sockjs.router
+                self.cluster.sockjs_homes.is_local = lambda session: router.get_session(session) is not None
         rules: list[Any] = [
             *self._front_rules,
             *engine_rules(SOCKET_IO_PATH, self.engine, self.origins),
@@ -281,7 +293,10 @@ class CoupNode:
             await service.start()
         await self.sio.start()
         # idle_connection_timeout is also Tornado's limit for reading a request head
-        server = ArrivalHTTPServer(self.application(), xheaders=True,
+        application = self.application()
+        if self.cluster is not None:  # relayed requests run through the same routes
+            self.cluster.tunnel.bind(application, self.origins)
+        server = ArrivalHTTPServer(application, xheaders=True,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
                                    idle_connection_timeout=self.settings.head_timeout)
         if self.front_door:

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings
+from coup.config import ConfigError, Settings, StartError
 from coup.logs import configure_logging, set_node
 
 log = logging.getLogger("coup")
@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
+    settings.refuse_unsafe_demo()
     configure_logging(settings.log_level, settings.log_format, settings.node_id)
     _run(_serve(settings))
     return 0
@@ -66,10 +67,14 @@ def _database_settings() -> Settings:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """`coup migrate` (and `coup initdb`, the same from an empty database)."""
+    import peewee as pw
+
+    from coup.config import url_for_logs
     from coup.domain.database import open_database
     from coup.domain.migrations import MigrationError, current_version, head, migrate
 
     url = _database_settings().database_url
+    shown = url_for_logs(url)
     db = open_database(url)
     try:
         if args.check:
@@ -82,27 +87,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except MigrationError as exc:
         print(f"coup: {exc}", file=sys.stderr)
         return 1
+    except pw.OperationalError as exc:  # unreachable, refused, bad credentials: one line, no traceback
+        raise StartError(f"DATABASE_URL {shown} cannot be used: {' '.join(str(exc).split())}") from exc
     finally:
         db.close()
     if report.before is None:
-        print(f"coup: empty database {_shown(url)}: schema created at version {report.after}")
+        print(f"coup: empty database {shown}: schema created at version {report.after}")
     elif report.applied:
-        print(f"coup: {_shown(url)} migrated from version {report.before} to {report.after} "
+        print(f"coup: {shown} migrated from version {report.before} to {report.after} "
               f"(applied {', '.join(map(str, report.applied))})")
     else:
-        print(f"coup: {_shown(url)} is at version {report.after}; nothing to do")
+        print(f"coup: {shown} is at version {report.after}; nothing to do")
     return 0
-
-
-def _shown(url: str) -> str:
-    """A database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
@@ -233,3 +229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coup: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1

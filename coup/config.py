@@ -6,16 +6,33 @@ value raises `ConfigError` naming the variable; secrets hide themselves in `repr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
+
+from coup.redis_endpoint import RedisURLError, redis_endpoint, with_options
 
 
 class ConfigError(ValueError):
     """A configuration variable is missing or invalid; the message names it."""
+
+
+class StartError(RuntimeError):
+    """A service the settings point at cannot be used at start; the message names the setting."""
+
+
+def url_for_logs(url: str) -> str:
+    """`url` without its user name, password and query (which may hold credentials too)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class Secret:
@@ -96,6 +113,51 @@ def _bcrypt_hash(name: str, raw: str) -> str:
     return raw
 
 
+def _address(name: str, raw: str) -> str:
+    """``host:port`` (``[v6]:port``), as other nodes dial it."""
+    value = raw.strip()
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 10.0.0.5:8000 or [fd00::5]:8000"
+    if "/" in value or not sep or not host or host == "[]" or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"{name} must be host:port ({example}), got {raw!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must end in a port from 1 to 65535 ({example}), got {raw!r}")
+    return value
+
+
+#: variables only a hosting platform sets: Heroku, Fly.io, Render, Railway, Google Cloud Run
+PLATFORM_MARKERS = ("DYNO", "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "K_SERVICE")
+
+#: peewee URL schemes we open, and the database each one means
+DATABASE_KINDS = {"sqlite": "sqlite", "postgres": "postgresql", "postgresql": "postgresql"}
+
+
+def database_kind(url: str) -> str | None:
+    """``sqlite`` or ``postgresql`` for a DATABASE_URL we can open, else None."""
+    return DATABASE_KINDS.get(urlsplit(url.strip()).scheme.lower())
+
+
+def _database_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    kind = database_kind(value)
+    if kind is None:
+        head = value.split(":", 1)[0] + ":..."  # never the rest: it may hold a password
+        raise ConfigError(f"{name} must be sqlite:///file.db or postgresql://user:pass@host:5432/db, not {head!r}")
+    if kind == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+        raise ConfigError(f"{name} is a PostgreSQL URL but its driver is not installed: "
+                          "pip install 'coup-realtime[postgres]' (requirements.txt does)")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    try:
+        redis_endpoint(value).ssl_context  # noqa: B018 - loads the CA and client certificate files now
+    except RedisURLError as exc:
+        raise ConfigError(f"{name} {exc}") from None
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -106,6 +168,8 @@ class Settings:
     port: int = 8000
     #: demo mode: embedded defaults, a made-up JWT secret, demo data, /api/dev/token
     demo: bool = False
+    #: let demo mode start on a hosting platform or with PostgreSQL (a public demo instance)
+    demo_anywhere: bool = False
     database_url: str = "sqlite:///coup.db"
     redis_url: str | None = None
     jwt_secret: Secret | None = None
@@ -169,13 +233,17 @@ class Settings:
             values["port"] = _int("PORT", raw, minimum=0, maximum=65535)
         if (raw := get("COUP_DEMO")) is not None:
             values["demo"] = _bool("COUP_DEMO", raw)
+        if (raw := get("COUP_DEMO_ANYWHERE")) is not None:
+            values["demo_anywhere"] = _bool("COUP_DEMO_ANYWHERE", raw)
         if (raw := get("DATABASE_URL")) is not None:
-            values["database_url"] = raw.strip()
+            values["database_url"] = _database_url("DATABASE_URL", raw)
         if (raw := get("REDIS_URL")) is not None:
-            url = raw.strip()
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url!r}")
-            values["redis_url"] = url
+            if (options := get("COUP_REDIS_OPTIONS")) is not None:
+                values["redis_url"] = _redis_url("REDIS_URL (with COUP_REDIS_OPTIONS)", with_options(raw, options))
+            else:
+                values["redis_url"] = _redis_url("REDIS_URL", raw)
+        elif get("COUP_REDIS_OPTIONS") is not None:
+            raise ConfigError("COUP_REDIS_OPTIONS is set but REDIS_URL is not: the options belong to a Redis URL")
         if (raw := get("JWT_SECRET")) is not None:
             values["jwt_secret"] = Secret(raw)
         if (raw := get("JWT_ALGORITHM")) is not None:
@@ -195,7 +263,7 @@ class Settings:
         if (raw := get("COUP_PLUGINS")) is not None:
             values["plugins"] = _list(raw)
         if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:
-            values["public_address"] = raw.strip()
+            values["public_address"] = _address("COUP_PUBLIC_ADDRESS", raw)
         if (raw := get("COUP_PING_INTERVAL")) is not None:
             values["ping_interval"] = _float("COUP_PING_INTERVAL", raw, minimum=0.05)
         if (raw := get("COUP_PING_TIMEOUT")) is not None:
@@ -239,6 +307,28 @@ class Settings:
             values["typing_interval"] = _float("COUP_TYPING_INTERVAL", raw)
         values.update(overrides)
         return cls(**values).validated()
+
+    def refuse_unsafe_demo(self, environ: Mapping[str, str] | None = None) -> None:
+        """Refuse to serve in demo mode where real users may be (`coup serve` calls this).
+
+        Demo mode answers ``POST /api/dev/token`` with a token for ANY user id and seeds
+        demo data into an empty database, so it must never run on a production deploy by
+        accident (a ``COUP_DEMO=1`` copied into the platform's config, ``--demo`` left in a
+        Procfile). It is refused when the database is PostgreSQL (SQLite files are what
+        demos use) or when a variable only a hosting platform sets is present, unless
+        ``COUP_DEMO_ANYWHERE=1`` says this deploy is a public demo on purpose.
+        """
+        if not self.demo or self.demo_anywhere:
+            return
+        env = os.environ if environ is None else environ
+        fix = "unset COUP_DEMO and --demo, or set COUP_DEMO_ANYWHERE=1 if this deploy is a public demo on purpose"
+        if database_kind(self.database_url) != "sqlite":
+            raise ConfigError(f"COUP_DEMO / --demo refused: DATABASE_URL is a PostgreSQL database, where demo mode "
+                              f"would hand out tokens for its users (POST /api/dev/token); {fix}")
+        marker = next((name for name in PLATFORM_MARKERS if env.get(name)), None)
+        if marker is not None:
+            raise ConfigError(f"COUP_DEMO / --demo refused: {marker} is set, so this runs on a hosting platform, "
+                              f"where demo mode would hand out tokens for any user (POST /api/dev/token); {fix}")
 
     def validated(self) -> Settings:
         """Check cross-field rules; in demo mode, make up what a demo may lack."""

@@ -30,8 +30,11 @@
  * Options: auth (object or function), nsp, transports (sockjs-client names), sockjs (more
  * sockjs-client options), reconnection (true), reconnectionAttempts (Infinity),
  * reconnectionDelay (1000 ms, doubling), reconnectionDelayMax (5000 ms), ackTimeout
- * (10000 ms, emitWithAck). Events: connect, connect_error, disconnect(reason),
- * reconnect_attempt(n), reconnect, reconnect_failed, error, and the server's events.
+ * (10000 ms, emitWithAck), autoConnect (true). Events: connect, connect_error,
+ * disconnect(reason), reconnect_attempt(n), reconnect, reconnect_failed, error, and the
+ * server's events. As on a socket.io-client Socket: `timeout(ms).emit(..., (err, ...) => ...)`,
+ * `connected`, `active` (connected, or going to reconnect by itself), `recovered` (the last
+ * connect resumed the session), `transport` (sockjs-client's transport name).
  */
 (function (root, factory) {
   if (typeof module === "object" && module.exports) {
@@ -52,6 +55,7 @@
     this.options = options;
     this.nsp = options.nsp || "/";
     this.connected = false;
+    this.recovered = false;
     this.id = null;
     this.transport = null;
     this._listeners = {};
@@ -62,6 +66,7 @@
     this._pid = null;
     this._offset = null;
     this._attempts = 0;
+    this._reconnecting = false;
     this._closedByUser = false;
     this._refused = false;
     this._serverClosed = false;
@@ -69,7 +74,13 @@
     if (options.autoConnect !== false) this.connect();
   }
 
+  /** connected, or going to reconnect by itself (socket.io-client's `socket.active`) */
+  Object.defineProperty(CoupSockJS.prototype, "active", {
+    get: function () { return this.connected || this._reconnecting; },
+  });
+
   CoupSockJS.prototype.connect = function () {
+    if (this._sock && this._sock.readyState <= 1) return this;  // opening or open already
     var SockJS = this.options.SockJS || loadSockJS();
     var self = this;
     var sockOptions = Object.assign({}, this.options.sockjs || {});
@@ -131,20 +142,48 @@
     return this;
   };
 
+  /**
+   * timeout(ms).emit(event, ...args, callback): callback(err, ...ackArgs), with err an Error
+   * when no answer came within ms (socket.io-client's API), else null.
+   */
+  CoupSockJS.prototype.timeout = function (ms) {
+    var self = this;
+    return {
+      emit: function () {
+        var args = Array.prototype.slice.call(arguments);
+        var callback = args.length > 1 && typeof args[args.length - 1] === "function" ? args.pop() : null;
+        if (!callback) return self.emit.apply(self, args);
+        var done = false;
+        var timer = setTimeout(function () {
+          if (done) return;
+          done = true;
+          callback.call(self, new Error("operation has timed out"));
+        }, ms);
+        args.push(function () {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          callback.apply(self, [null].concat(Array.prototype.slice.call(arguments)));
+        });
+        return self.emit.apply(self, args);
+      },
+    };
+  };
+
   /** emitWithAck(event, ...args) -> Promise of the server's first ack argument. */
   CoupSockJS.prototype.emitWithAck = function () {
     var self = this;
     var args = Array.prototype.slice.call(arguments);
-    var timeout = this.options.ackTimeout || 10000;
     return new Promise(function (resolve, reject) {
-      var timer = setTimeout(function () { reject(new Error("operation has timed out")); }, timeout);
-      args.push(function (value) { clearTimeout(timer); resolve(value); });
-      self.emit.apply(self, args);
+      args.push(function (err, value) { if (err) reject(err); else resolve(value); });
+      var timed = self.timeout(self.options.ackTimeout || 10000);
+      timed.emit.apply(timed, args);
     });
   };
 
   CoupSockJS.prototype.close = function () {
     this._closedByUser = true;
+    this._reconnecting = false;
     if (this._sock) {
       if (this.connected) this._send({ type: "disconnect" });
       this._sock.close(1000, "client disconnect");
@@ -174,6 +213,8 @@
       case "connect": {
         var recovered = this._pid !== null && msg.pid === this._pid;
         this.connected = true;
+        this.recovered = recovered;
+        this._reconnecting = false;
         this.id = msg.sid;
         this._pid = msg.pid || null;
         if (!recovered) this._offset = null;
@@ -243,14 +284,18 @@
     // restart: 4000 "server shutting down") is retried, as socket.io-client does.
     var byServer = this._serverClosed || code === 4400 || code === 4413;
     this._serverClosed = false;
+    var opts = this.options;
+    var max = opts.reconnectionAttempts === undefined ? Infinity : opts.reconnectionAttempts;
+    var retry = !(this._closedByUser || this._refused || byServer || opts.reconnection === false);
+    var exhausted = retry && this._attempts >= max;
+    this._reconnecting = retry && !exhausted;  // read by `active` in the listeners below
     if (wasConnected) {
       this._fire("disconnect", [this._closedByUser ? "io client disconnect"
         : byServer ? "io server disconnect" : "transport close", { code: code, reason: reason }]);
     }
-    var opts = this.options;
-    if (this._closedByUser || this._refused || byServer || opts.reconnection === false) return;
-    var max = opts.reconnectionAttempts === undefined ? Infinity : opts.reconnectionAttempts;
-    if (this._attempts >= max) {
+    if (!retry) return;
+    if (exhausted) {
+      this._attempts = 0;  // a later connect() starts a fresh series, as socket.io-client does
       this._fire("reconnect_failed", []);
       return;
     }
@@ -259,7 +304,7 @@
     var delay = Math.min(base * Math.pow(2, this._attempts - 1), opts.reconnectionDelayMax || 5000);
     var self = this;
     setTimeout(function () {
-      if (self._closedByUser) return;
+      if (self._closedByUser || !self._reconnecting) return;
       self._fire("reconnect_attempt", [self._attempts]);
       self.connect();
     }, delay);

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from coup.cluster.bus import channel_bytes
-from coup.cluster.envelope import Broadcast, decode_packet, encode_broadcast, stamp_offset
+from coup.cluster.envelope import Broadcast, decode_packet, encode_broadcast, encode_json, stamp_offset
 from coup.cluster.resp import RedisUnavailable
 from coup.core.adapter import (
     BroadcastOptions,
@@ -105,6 +105,39 @@ class _Handover(RestoredSession):
     replayed: frozenset[str] = frozenset()
 
 
+@dataclass(slots=True)
+class _Stub:
+    """A socket that moved to node `to`: what reaches it here until that node has subscribed.
+
+    Until `settled` it keeps the socket's rooms subscribed and keeps every packet for the
+    socket (broadcasts with their message ids, and what handlers still running here send);
+    after that only the latter, forwarded at once (the new node hears the rooms itself).
+    """
+
+    to: str
+    rooms: frozenset[str]
+    channels: list[bytes]
+    expires: float
+    packets: list[list[Any]] = field(default_factory=list)
+    size: int = 0
+    settled: bool = False
+    overflowed: bool = False
+
+
+class _StubSink:
+    """The sink of a socket object left behind by a move (a handler may still use it)."""
+
+    __slots__ = ("adapter", "sid")
+
+    def __init__(self, adapter: RedisAdapter, sid: str) -> None:
+        self.adapter = adapter
+        self.sid = sid
+
+    def send(self, out: Outbound) -> None:
+        if out.text is not None and out.text.startswith("4"):
+            self.adapter.keep_for_moved(self.sid, "", EncodedPacket(out.text[1:], out.binaries), False)
+
+
 def _attachments(packet: EncodedPacket) -> list[str]:
     return [base64.b64encode(a).decode("ascii") for a in packet.attachments]
 
@@ -128,6 +161,12 @@ class RedisAdapter(MemoryAdapter):
         #: sid -> pid of a session restored here whose hold ends once the socket has joined
         self._restoring: dict[str, str] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
+        #: sockets that moved to another node, by sid (see `_Stub`)
+        self._stubs: dict[str, _Stub] = {}
+        #: those of them whose new node has not subscribed yet: the only ones a broadcast must visit
+        self._unsettled: dict[str, _Stub] = {}
+        #: sockets moving here: the message ids delivered to each while it joins its rooms
+        self._adopting: dict[str, set[str]] = {}
         self._mids = itertools.count(1)
         self._started = False
         cluster.adapters[nsp.name] = self
@@ -193,11 +232,16 @@ class RedisAdapter(MemoryAdapter):
     def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
         if opts.local:
             super().broadcast(packet, opts)
+            if self._stubs:
+                self._keep_for_stubs("", encode(packet), packet.type is SocketPacketType.EVENT and packet.id is None,
+                                     opts)
             return
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.cluster.node_id}:{next(self._mids)}"
         self.deliver(self._record(encoded, opts, mid, stamp), opts)
+        if self._unsettled or self._adopting:
+            self._moving_sockets_heard(mid, encoded, stamp, opts)
         data = encode_broadcast(Broadcast(self.cluster.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
         if opts.rooms:
@@ -212,6 +256,8 @@ class RedisAdapter(MemoryAdapter):
             return
         opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
         self.deliver(self._record(message.packet, opts, message.mid, message.stamp), opts)
+        if self._unsettled or self._adopting:
+            self._moving_sockets_heard(message.mid, message.packet, message.stamp, opts)
 
     def _duplicate(self, mid: str) -> bool:
         seen = self._seen
@@ -225,6 +271,94 @@ class RedisAdapter(MemoryAdapter):
             return True
         seen[mid] = now
         return False
+
+    # ------------------------------------------------------------------ sockets moving between nodes
+
+    def _moving_sockets_heard(self, mid: str, packet: EncodedPacket, stamp: bool, opts: BroadcastOptions) -> None:
+        """A broadcast while sockets move: keep it for those that left, note it for those arriving."""
+        if self._unsettled:
+            self._keep_for_stubs(mid, packet, stamp, opts)
+        for sid, heard in self._adopting.items():
+            if opts.includes(self.socket_rooms(sid)):
+                heard.add(mid)
+
+    def _keep_for_stubs(self, mid: str, packet: EncodedPacket, stamp: bool, opts: BroadcastOptions) -> None:
+        """Broadcasts are kept for unsettled stubs only (a settled one's new node hears its rooms);
+        a local one (`mid` empty: an emit from a handler still running here) for any stub it names,
+        so a broadcast never walks the stubs that stay settled for the grace period."""
+        for sid, stub in self._unsettled.items():
+            if opts.includes(stub.rooms):
+                self.keep_for_moved(sid, mid, packet, stamp)
+        if not mid:
+            for room in opts.rooms:
+                left = self._stubs.get(room)
+                if left is not None and left.settled and opts.includes(left.rooms):
+                    self.keep_for_moved(room, mid, packet, stamp)
+
+    async def hand_over(self, sid: str, rooms: Iterable[str], to: str) -> _StubSink:
+        """Socket `sid` moves to node `to`: keep its rooms heard and its packets kept until `settle`."""
+        rooms = frozenset(rooms)
+        channels = [self.channel(r) for r in rooms]
+        self._stubs[sid] = self._unsettled[sid] = _Stub(to, rooms, channels, time.monotonic() + _RESTORE_GRACE)
+        await self.bus.acquire(channels)  # already ours (the socket is in them): counts, waits for nothing
+        return _StubSink(self, sid)
+
+    def keep_for_moved(self, sid: str, mid: str, packet: EncodedPacket, stamp: bool) -> None:
+        stub = self._stubs.get(sid)
+        if stub is None or stub.overflowed:
+            return
+        item = [mid, packet.text, _attachments(packet), 1 if stamp else 0]
+        if stub.settled:  # the new node hears the rooms; this came from a handler still running here
+            self.bus.publish_nowait(self.cluster.inbox(stub.to), encode_json(
+                {"t": "fwd", "n": self.nsp.name, "sid": sid, "p": [item]}))
+            return
+        stub.size += len(packet.text)
+        if stub.size > self.nsp.server.engine.options.max_buffered_bytes:
+            log.warning("socket %s: more than %d bytes for it while it moved; its new node will close it",
+                        sid, self.nsp.server.engine.options.max_buffered_bytes)
+            stub.overflowed = True
+            stub.packets = []
+            return
+        stub.packets.append(item)
+
+    def settle(self, sid: str) -> list[list[Any]] | None:
+        """The new node heard the rooms: hand it what was kept; None if the socket was not ours or overflowed."""
+        stub = self._stubs.get(sid)
+        if stub is None or stub.settled:
+            return None
+        stub.settled = True
+        self._unsettled.pop(sid, None)
+        self.bus.release(stub.channels)
+        stub.channels = []
+        packets, stub.packets = stub.packets, []
+        return None if stub.overflowed else packets
+
+    def expect_moved(self, sid: str) -> None:
+        """Socket `sid` is about to join its rooms here: note what reaches it until `take_kept`."""
+        self._adopting[sid] = set()
+
+    def take_kept(self, sid: str, kept: list[list[Any]]) -> list[Outbound]:
+        """What the old node kept for `sid`, minus what we delivered ourselves, as this node delivers it."""
+        heard = self._adopting.pop(sid, set())
+        opts = BroadcastOptions(frozenset((sid,)))
+        return [self._record(_packet(text, attachments), opts, mid, bool(stamp))
+                for mid, text, attachments, stamp in kept if not (mid and mid in heard)]
+
+    def on_forwarded(self, sid: str, kept: list[list[Any]]) -> None:
+        """Packets from a handler that still ran on the node `sid` left."""
+        socket = self.nsp.sockets.get(sid)
+        if socket is None:
+            return
+        for out in self.take_kept(sid, kept):
+            socket.sink.send(out)
+
+    def _expire_stubs(self, now: float) -> None:
+        for sid in [sid for sid, stub in self._stubs.items() if stub.expires < now]:
+            stub = self._stubs.pop(sid)
+            self._unsettled.pop(sid, None)
+            if not stub.settled:
+                log.warning("socket %s moved to %s, which never took what was kept for it", sid, stub.to)
+                self.bus.release(stub.channels)
 
     # ------------------------------------------------------------------ cluster-wide requests
 
@@ -347,6 +481,8 @@ class RedisAdapter(MemoryAdapter):
 
     def expire_holds(self) -> None:
         now = time.monotonic()
+        if self._stubs:
+            self._expire_stubs(now)
         for pid in [pid for pid, hold in self._holds.items() if hold.expires < now]:
             self._release_hold(pid)
 

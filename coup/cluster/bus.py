@@ -82,6 +82,8 @@ class Bus:
         self.stats = {"published": 0, "published_messages": 0, "publish_failed": 0, "received": 0,
                       "received_messages": 0, "deaf_repairs": 0}
         self._last_drop_log = 0.0
+        #: why the last connection attempt failed ("" once connected)
+        self._last_failure = ""
         #: where the self-probe's timings go (Redis round trip, pub/sub lag), if anywhere
         self.metrics: Metrics | None = None
 
@@ -112,7 +114,8 @@ class Bus:
             async with asyncio.timeout(wait):
                 await self._first_ready.wait()
         except TimeoutError:
-            log.warning("redis not reachable at start; serving local sockets and retrying")
+            log.warning("redis not reachable at start (%s); serving local sockets and retrying",
+                        self._last_failure or "no answer")
 
     async def stop(self) -> None:
         self._running = False
@@ -155,7 +158,7 @@ class Bus:
                 await self._broken.wait()
                 log.warning("redis link lost; serving local sockets and reconnecting")
             except (RedisUnavailable, RedisError) as exc:
-                log.info("redis link not (re)established: %s", exc)
+                self._connect_failed(exc)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -165,6 +168,14 @@ class Bus:
                 return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.options.reconnect_max)
+
+    def _connect_failed(self, exc: Exception) -> None:
+        """A failed (re)connection: WARNING when the reason is new (a wrong certificate or
+        password says so once, at once), INFO while the same reason repeats every retry."""
+        reason = str(exc)
+        level = logging.INFO if reason == self._last_failure else logging.WARNING
+        self._last_failure = reason
+        log.log(level, "redis link not (re)established: %s", reason)
 
     async def _connect(self) -> None:
         self._broken.clear()
@@ -188,6 +199,7 @@ class Bus:
         if self._broken.is_set():
             raise RedisUnavailable("redis link lost while re-syncing")
         self.ready = True
+        self._last_failure = ""
         self._first_ready.set()
         log.info("redis link up (connection #%d, %d channels)", self.connections, len(wanted))
 

@@ -1,173 +1,111 @@
-"""HTTP for the cluster: routing session requests to their node, and `/api/cluster`.
+"""HTTP for the cluster: requests for sessions that live on another node, and `/api/cluster`.
 
-Without sticky sessions a PaaS router sends each long-polling request to any node, but an
-Engine.IO session lives on one. Session ids start with their node's id, so a node that gets
-a request for another node's session forwards it to that node's registered address: polling
-GET/POST as one HTTP/1.0 exchange (close-delimited, so nothing to re-chunk), a WebSocket
-upgrade as a byte splice. A request already forwarded once is never forwarded again.
+Without sticky sessions a PaaS router sends each HTTP request to any node, and on the
+strictest platforms the nodes cannot connect to each other. `RelayMatcher` comes before
+every other route and picks out requests that another node must serve:
+
+* Engine.IO polling (GET, POST, OPTIONS) with a `sid` that is not ours: its home is in the
+  sid (``node.xxxx``);
+* SockJS HTTP transports for a session that is not ours: its home is in Redis
+  (`SessionHomes`), claimed by the first node that sees the session.
+
+`relay_request` then hands them to the `Tunnel` (Redis). Requests arriving through the
+tunnel are never relayed again. WebSocket upgrades are not relayed (see `coup.cluster.moves`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPServerRequest
-from tornado.iostream import StreamClosedError
 from tornado.routing import Matcher, Rule
 from tornado.web import RequestHandler
 
+from coup.cluster.tunnel import RelayFailed, TunnelConnection
 from coup.config import Secret
-from coup.transports.websocket import take_socket
 
 if TYPE_CHECKING:
     from coup.cluster.node import Cluster
+    from coup.engine.server import EngineServer
 
-log = logging.getLogger(__name__)
-
-FORWARDED_HEADER = "X-Coup-Forwarded"
-#: headers that describe one hop, not the request (RFC 9110 section 7.6.1)
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                         "upgrade", "content-length", "host"})
-_MAX_HEAD = 64 * 1024
+#: SockJS transports that receive (and so may open) a session
+SOCKJS_RECEIVING = frozenset({"xhr", "xhr_streaming", "jsonp", "eventsource", "htmlfile"})
+#: SockJS transports that deliver to an existing session
+SOCKJS_SENDING = frozenset({"xhr_send", "jsonp_send"})
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+class RelayMatcher(Matcher):
+    """Session requests this node cannot serve itself: `{"kind", "home" | "session"}` for `relay_request`."""
 
-
-class ForwardMatcher(Matcher):
-    """Requests at the Engine.IO path for a session that lives on another live node."""
-
-    def __init__(self, path: str, cluster: Cluster) -> None:
-        self.path = path.rstrip("/") + "/"
+    def __init__(self, cluster: Cluster, engine: EngineServer, engine_path: str, sockjs_prefix: str | None) -> None:
         self.cluster = cluster
+        self.engine = engine
+        self.engine_path = engine_path.rstrip("/") + "/"
+        self.sockjs = re.compile(re.escape(sockjs_prefix.rstrip("/")) + r"/[^/.]+/([^/.]+)/([a-z_]+)$") \
+            if sockjs_prefix else None
 
     def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
-        if not (request.path == self.path or request.path == self.path[:-1]):
+        if isinstance(request.connection, TunnelConnection):
+            return None  # relayed to us: ours to answer, whatever the answer is
+        path = request.path
+        if path == self.engine_path or path == self.engine_path[:-1]:
+            return self._engine(request)
+        if self.sockjs is not None and request.method in ("GET", "POST"):
+            found = self.sockjs.match(path)
+            if found is not None:
+                session, transport = found.groups()
+                if transport in SOCKJS_RECEIVING or transport in SOCKJS_SENDING:
+                    if not self.cluster.sockjs_local(session):
+                        return {"kind": "sockjs", "session": session, "opens": transport in SOCKJS_RECEIVING}
+        return None
+
+    def _engine(self, request: HTTPServerRequest) -> dict[str, Any] | None:
+        query = request.query_arguments
+        sids = query.get("sid")
+        if not sids:
             return None
-        values = request.query_arguments.get("sid")
-        if not values or FORWARDED_HEADER in request.headers:
+        transport = query.get("transport")
+        if transport and transport[-1] == b"websocket":
+            return None  # an upgrade: served here (and the session moved here) or refused here
+        sid = sids[-1].decode("latin-1")
+        if sid in self.engine.sessions:
             return None
-        node = self.cluster.node_of_sid(values[-1].decode("latin-1"))
+        node = self.cluster.node_of_sid(sid)
         if node is None or node == self.cluster.node_id:
-            return None
-        address = self.cluster.registry.addresses.get(node)
-        if not address:
-            return None  # unknown or dead node: answered locally (unknown sid), as Engine.IO would
-        return {"path_kwargs": {"address": address.encode()}}
+            return None  # ours and gone, or not a cluster sid: "Session ID unknown", as always
+        return {"kind": "engine", "home": node}
 
 
-class ForwardHandler(RequestHandler):
-    """Relays one request to the node that holds its session."""
-
-    def initialize(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self._upstream: asyncio.StreamWriter | None = None
-
-    def _head(self, address: str, *, keep_hop_headers: bool, version: str) -> bytes:
-        request = self.request
-        lines = [f"{request.method} {request.uri} {version}", f"Host: {address}"]
-        for name, value in request.headers.get_all():
-            if keep_hop_headers and name.lower() == "host":
-                continue
-            if not keep_hop_headers and name.lower() in _HOP_BY_HOP:
-                continue
-            if name.lower() in (FORWARDED_HEADER.lower(), "x-forwarded-for"):
-                continue
-            lines.append(f"{name}: {value}")
-        previous = request.headers.get("X-Forwarded-For")
-        client = request.remote_ip or ""
-        lines.append(f"X-Forwarded-For: {previous}, {client}" if previous else f"X-Forwarded-For: {client}")
-        lines.append(f"{FORWARDED_HEADER}: {self.cluster.node_id}")
-        if not keep_hop_headers:
-            lines.append(f"Content-Length: {len(request.body)}")
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    async def _open(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port = _split_address(address)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
-        self._upstream = writer
-        return reader, writer
-
-    async def _relay(self, address: str) -> None:
-        try:
-            reader, writer = await self._open(address)
-            writer.write(self._head(address, keep_hop_headers=False, version="HTTP/1.0") + self.request.body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            body = await reader.read()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            log.info("forwarding to %s failed: %s", address, exc)
-            self.set_status(502)
-            self.finish({"code": 1, "message": "Session unreachable"})
-            return
-        finally:
-            self._close_upstream()
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        self.set_status(int(status_line.split(" ", 2)[1]))
-        self.clear_header("Content-Type")
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            if name and name.lower() not in _HOP_BY_HOP and name.lower() not in ("date", "server"):
-                self.add_header(name, value.strip())
-        self.finish(body)
-
-    async def get(self, address: str) -> None:
-        if self.get_query_argument("transport", "") == "websocket" and \
-                self.request.headers.get("Upgrade", "").lower() == "websocket":
-            await self._splice(address)
-        else:
-            await self._relay(address)
-
-    async def post(self, address: str) -> None:
-        await self._relay(address)
-
-    async def options(self, address: str) -> None:
-        await self._relay(address)
-
-    async def _splice(self, address: str) -> None:
-        """A WebSocket upgrade of a polling session held elsewhere: pipe the bytes both ways."""
-        try:
-            up_reader, up_writer = await self._open(address)
-        except (OSError, TimeoutError) as exc:
-            log.info("forwarding a WebSocket upgrade to %s failed: %s", address, exc)
-            self._upstream = None
-            self.set_status(502)
-            self.finish({"code": 1, "message": "Session unreachable"})
-            return
-        up_writer.write(self._head(address, keep_hop_headers=True, version="HTTP/1.1"))
-        sock, read_ahead = take_socket(self.detach())
-        if read_ahead:
-            up_writer.write(read_ahead)
-        down_reader, down_writer = await asyncio.open_connection(sock=sock)
-        await asyncio.gather(_pipe(up_reader, down_writer), _pipe(down_reader, up_writer))
-        self._upstream = None
-
-    def _close_upstream(self) -> None:
-        writer, self._upstream = self._upstream, None
-        if writer is not None:
-            writer.close()
-
-    def on_connection_close(self) -> None:
-        # the client hung up on a held GET: hang up upstream too, so the owner stops holding it
-        self._close_upstream()
+def relay_request(request: HTTPServerRequest, *, cluster: Cluster, kind: str, home: str | None = None,
+                  session: str | None = None, opens: bool = False) -> None:
+    """The target of `RelayMatcher`'s rule: called once the request's body is read."""
+    cluster.spawn(_relay(request, cluster, kind, home, session, opens))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay(request: HTTPServerRequest, cluster: Cluster, kind: str, home: str | None, session: str | None,
+                 opens: bool) -> None:
+    tunnel = cluster.tunnel
     try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (OSError, StreamClosedError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+        if kind == "sockjs":
+            assert session is not None
+            try:
+                async with asyncio.timeout(tunnel.take_timeout):
+                    home = await (cluster.sockjs_homes.claim(session) if opens
+                                  else cluster.sockjs_homes.lookup(session))
+            except Exception as exc:
+                raise RelayFailed("relay_redis_unavailable", f"SockJS session home not known: {exc}") from None
+            if home is None:
+                home = cluster.node_id  # no such session anywhere: ours to answer (404)
+        assert home is not None
+        if home != cluster.node_id and home not in cluster.registry.ring.nodes:
+            raise RelayFailed("relay_home_unknown", f"session of node {home}, which is not in the cluster")
+    except RelayFailed as exc:
+        tunnel.answer_error(request, kind, exc)
+        return
+    await tunnel.relay(request, home, kind)
 
 
 class ServiceHandler(RequestHandler):
@@ -216,10 +154,18 @@ class OwnerHandler(ServiceHandler):
                      "epoch": self.cluster.registry.ring.epoch})
 
 
-def cluster_rules(cluster: Cluster, engine_path: str, token: Secret | None) -> tuple[list[Rule], list[Any]]:
+def cluster_rules(cluster: Cluster, engine: EngineServer, engine_path: str, sockjs_prefix: str | None,
+                  token: Secret | None) -> tuple[list[Rule], list[Any]]:
     """(rules that must come before the Engine.IO routes, API routes)."""
     kwargs = {"cluster": cluster, "token": token}
+    relay = Rule(RelayMatcher(cluster, engine, engine_path, sockjs_prefix), _bound_relay(cluster))
     return (
-        [Rule(ForwardMatcher(engine_path, cluster), ForwardHandler, {"cluster": cluster})],
+        [relay],
         [(r"/api/cluster", ClusterInfoHandler, kwargs), (r"/api/cluster/owner", OwnerHandler, kwargs)],
     )
+
+
+def _bound_relay(cluster: Cluster) -> Any:
+    def target(request: HTTPServerRequest, **params: Any) -> None:
+        relay_request(request, cluster=cluster, **params)
+    return target

@@ -21,16 +21,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from coup.cluster.adapter import ClusterTimeout, RedisAdapter
+from coup.cluster.alarms import Alarms
 from coup.cluster.bus import Bus, channel_bytes, stop_tasks
 from coup.cluster.counter import MaxReader, RedisCounter
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
+from coup.cluster.homes import SessionHomes
+from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
 from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
+from coup.cluster.tunnel import TUNNEL, Tunnel
 from coup.protocol.errors import EncodeError
+from coup.redis_endpoint import redis_endpoint
 
 if TYPE_CHECKING:
     from coup.core.namespace import Namespace
@@ -78,9 +83,9 @@ class _Pending:
 def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Redis:
     """A redis-py client; `retries=0` for writes that must not run twice."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
-    client: redis.Redis = redis.Redis.from_url(
-        url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout,
-        retry=retry, client_name=f"{options.prefix}:ctl")
+    client: redis.Redis = redis.Redis(
+        **redis_endpoint(url).redis_kwargs(), socket_timeout=options.connect_timeout,
+        socket_connect_timeout=options.connect_timeout, retry=retry, client_name=f"{options.prefix}:ctl")
     return client
 
 
@@ -99,6 +104,14 @@ class Cluster:
         self.registry = Registry(self.redis, self.redis_once, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
         self.rooms = RedisRoomRouter(self)
+        #: every failure to serve a session, counted by reason (shown by `GET /api/cluster`)
+        self.alarms = Alarms()
+        #: requests for sessions held by other nodes, carried through Redis
+        self.tunnel = Tunnel(node_id, self.bus, self.inbox, self.alarms)
+        #: polling sessions moving to the node their WebSocket upgrade reached
+        self.moves = SessionMoves(self)
+        #: which node holds each SockJS session
+        self.sockjs_homes = SessionHomes(self.redis, node_id, opts)
         self.adapters: dict[str, RedisAdapter] = {}
         self.sio: SocketServer | None = None
         self._pending: dict[str, _Pending] = {}
@@ -109,6 +122,7 @@ class Cluster:
         self.bus.fixed(channel_bytes(self.registry.announce_channel))
         self.bus.on_reconnect(self._link_up)
         self.bus.on_down(self.registry.on_link_down)
+        self.bus.on_down(self.tunnel.link_down)
         self.registry.on_lost = self.presence.report_lost
         self.registry.on_zombie = self._drop_local_sockets
         self.registry.on_ring_change.append(self._ring_changed)
@@ -135,6 +149,10 @@ class Cluster:
         node, sep, _ = sid.partition(SID_SEPARATOR)
         return node if sep else None
 
+    def sockjs_local(self, session: str) -> bool:
+        """Does this node hold the SockJS session `session`?"""
+        return self.sockjs_homes.is_local(session)
+
     def inbox(self, node: str) -> bytes:
         return channel_bytes(self.options.key("n", node))
 
@@ -147,11 +165,14 @@ class Cluster:
     async def start(self, address: str) -> None:
         self.registry.start(address)
         await self.bus.start(wait=self.options.connect_timeout * 2)
+        self.sockjs_homes.start()
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
 
     async def stop(self) -> None:
         """Leave the cluster: our sockets are closed, so their users may have gone offline."""
         await stop_tasks(self._maintenance)
+        await self.tunnel.stop()
+        await self.sockjs_homes.stop()
         await self.registry.stop()
         self.presence.forget_local()
         try:
@@ -175,6 +196,8 @@ class Cluster:
 
     def _ring_changed(self, old: Ring, new: Ring) -> None:
         gone = set(old.nodes) - set(new.nodes)
+        for node in gone:
+            self.tunnel.node_gone(node)
         for pending in list(self._pending.values()):
             if pending.target in gone:
                 pending.abandon()
@@ -231,6 +254,8 @@ class Cluster:
         try:
             if message["t"] == "call":
                 data: Any = await self.rooms.serve(message)
+            elif str(message.get("op", "")).startswith("move-"):
+                data = await self.moves.serve(message)
             else:
                 adapter = self.adapters.get(message.get("n", "/"))
                 data = await adapter.serve(message) if adapter is not None else {}
@@ -260,6 +285,8 @@ class Cluster:
             adapter = self.adapters.get(broadcast.nsp)
             if adapter is not None:
                 adapter.on_broadcast(broadcast)
+        elif kind == TUNNEL:
+            self.tunnel.on_message(data)
         elif kind == JSON:
             message = decode_json(data)
             t = message.get("t")
@@ -271,6 +298,10 @@ class Cluster:
                 self.spawn(self._serve(message))
             elif t == "node":
                 self.registry.announce_received(message)
+            elif t == "fwd":
+                adapter = self.adapters.get(message.get("n", "/"))
+                if adapter is not None:
+                    adapter.on_forwarded(str(message.get("sid")), message.get("p", []))
         else:
             log.warning("unknown cluster message on %r", channel[:80])
 
@@ -281,4 +312,8 @@ class Cluster:
         info["ready"] = self.ready
         info["redis"] = {"connected": self.bus.ready, "connections": self.bus.connections, **self.bus.stats}
         info["rooms"] = dict(self.rooms.stats)
+        info["relay"] = self.tunnel.describe()
+        info["moves"] = dict(self.moves.stats)
+        #: failures to serve a session, by reason (each also logged once as a WARNING)
+        info["failures"] = self.alarms.snapshot()
         return info

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.options import ClusterOptions
-from coup.cluster.scripts import ATTACH, DETACH, RESYNC
+from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
 from coup.core.presence import LostCallback, Presence
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class RedisPresence(Presence):
         self._attach = once.register_script(ATTACH)
         self._detach = once.register_script(DETACH)
         self._resync = once.register_script(RESYNC)
+        self._move = once.register_script(MOVE)
         self._index = options.key("node", node_id, "presence")
         #: this node's sockets per key: what re-syncs Redis after an outage
         self.local: dict[str, set[str]] = {}
@@ -144,6 +145,34 @@ class RedisPresence(Presence):
         if lost_keys:
             log.info("presence re-sync: %d keys went offline without a detach", len(lost_keys))
             self._spawn(self.report_lost(lost_keys))
+
+    async def hand_over(self, sids: set[str], node: str) -> list[list[str]]:
+        """Sockets `sids` moved to `node`: their entries become that node's, atomically.
+
+        Returns the (key, sid) pairs, which the new node adds to its own view (`take_over`).
+        """
+        pairs: list[list[str]] = []
+        for key in list(self.local):
+            here = self.local[key]
+            for sid in here & sids:
+                pairs.append([key, sid])
+                here.discard(sid)
+            if not here:
+                del self.local[key]
+        if pairs:
+            args = [self.options.prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
+            try:
+                await self._move(keys=[self._index, self.options.key("node", node, "presence")], args=args)
+            except RedisError as exc:
+                # the new node's re-sync after the next outage repairs it; until then our death
+                # would report these keys offline (a user-offline too many, never one too few)
+                log.warning("moving presence of %d sockets to %s failed: %s", len(pairs), node, exc)
+        return pairs
+
+    def take_over(self, pairs: Iterable[list[str]]) -> None:
+        """Entries moved here by `hand_over` on the node the sockets came from."""
+        for key, sid in pairs:
+            self.local.setdefault(key, set()).add(sid)
 
     def forget_local(self) -> None:
         """A zombie node's sockets were already reported offline by the cluster."""

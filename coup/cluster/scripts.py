@@ -137,3 +137,23 @@ for member, pair in pairs(want) do
 end
 return {lost, found}
 """
+
+# Move presence entries of sockets that moved to another node (the upgrade landed there), so
+# that node's death takes them offline and ours does not.
+# KEYS: our presence index, the new node's index   ARGV: prefix, our node, new node, key1, sid1, ...
+# -> how many entries moved
+MOVE = """
+local moved = 0
+for i = 4, #ARGV, 2 do
+  local key, sid = ARGV[i], ARGV[i + 1]
+  local pkey = ARGV[1] .. ':presence:' .. key
+  local member = key .. '\\0' .. sid
+  redis.call('SREM', KEYS[1], member)
+  if redis.call('HGET', pkey, sid) == ARGV[2] then
+    redis.call('HSET', pkey, sid, ARGV[3])
+    redis.call('SADD', KEYS[2], member)
+    moved = moved + 1
+  end
+end
+return moved
+"""

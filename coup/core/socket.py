@@ -92,6 +92,11 @@ class Socket:
     def __repr__(self) -> str:
         return f"<Socket {self.id} {self.nsp.name}{'' if self.connected else ' disconnected'}>"
 
+    @property
+    def busy(self) -> bool:
+        """A handler of this socket is running (or events wait for one)."""
+        return self._busy
+
     # ------------------------------------------------------------------ rooms
 
     @property

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 from playhouse.db_url import connect
 
+from coup.config import StartError, database_kind, url_for_logs
 from coup.domain.migrations import MigrationReport, migrate
 from coup.domain.models import database_proxy
 
@@ -41,14 +42,14 @@ SQLITE_PRAGMAS = (
 
 def open_database(url: str) -> pw.Database:
     """A peewee database for `url` (sqlite:///file.db, postgresql://user@host/db)."""
-    scheme = urlsplit(url).scheme
+    kind = database_kind(url)
     db: pw.Database
-    if scheme.startswith("sqlite"):
+    if kind == "sqlite":
         db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=10)
-    elif scheme.startswith(("postgres", "postgresql")):
+    elif kind == "postgresql":
         db = connect(url)
     else:
-        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {scheme!r}")
+        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {urlsplit(url).scheme!r}")
     return db
 
 
@@ -101,8 +102,16 @@ class Database:
 
     def create_schema(self, *, allow_newer: bool = False) -> MigrationReport:
         """Bring the schema to this release's (`coup.domain.migrations`; idempotent, and safe
-        from several processes at once). Synchronous: CLI and start-up."""
-        return migrate(self.db, allow_newer=allow_newer)
+        from several processes at once). Synchronous: CLI and start-up.
+
+        The first thing a node or `coup migrate` does with the database, so a database that
+        cannot be reached is reported here by its variable, not as a driver's traceback.
+        """
+        try:
+            return migrate(self.db, allow_newer=allow_newer)
+        except pw.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise StartError(f"DATABASE_URL {url_for_logs(self.url)} cannot be used: {reason}") from exc
 
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""

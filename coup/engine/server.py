@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from coup.engine.adoption import NoAdoption, SessionAdopter
 from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.options import EngineOptions
@@ -40,6 +43,10 @@ class EngineServer:
         self._timers: TimerQueue | None = None
         self._coalescer: WriteCoalescer | None = None
         self._open_templates: dict[str, tuple[str, str]] = {}
+        #: takes over sessions held by other processes (a cluster sets it)
+        self.adopter: SessionAdopter = NoAdoption()
+        #: sessions being taken over here, by sid
+        self._adoptions: dict[str, asyncio.Task[Any]] = {}
 
     # ------------------------------------------------------------------ loop-bound helpers
 
@@ -136,12 +143,70 @@ class EngineServer:
 
     def probe_websocket(self, sid: str) -> WebSocketTransport:
         """A WebSocket that wants to take over a polling session (the upgrade)."""
+        if sid not in self.sessions and self.options.allow_upgrades and sid not in self._adoptions \
+                and self.adopter.can_adopt(sid):
+            adopting = Session(sid, self, HandshakeInfo({}, {}, "", "", False, time.time()), _Unattached(),
+                               self.now())
+            adopting.state = SessionState.ADOPTING
+            return WebSocketTransport(adopting, self.coalescer, probing=True)
         session = self.get(sid)
         if not self.options.allow_upgrades:
             raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "upgrades are disabled")
         if session.upgraded or session.upgrading is not None or session.transport.name != "polling":
             raise UpgradeRefused("session already upgraded or upgrading")
         return WebSocketTransport(session, self.coalescer, probing=True)
+
+    # ------------------------------------------------------------------ sessions moving here
+
+    def begin_adoption(self, session: Session, transport: WebSocketTransport) -> None:
+        """The probe of a session held elsewhere: answer it once its home started the upgrade."""
+        if session.sid in self._adoptions:
+            transport.refuse_probe()
+            return
+        self._track_adoption(session.sid, self._begin_adoption(session, transport))
+
+    def _track_adoption(self, sid: str, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._adoptions[sid] = task
+        task.add_done_callback(lambda _: self._adoptions.pop(sid, None) if self._adoptions.get(sid) is task else None)
+
+    async def _begin_adoption(self, session: Session, transport: WebSocketTransport) -> None:
+        try:
+            started = await self.adopter.begin(session.sid)
+        except Exception:
+            log.exception("session %s: starting its move here failed", session.sid)
+            started = False
+        if not started:
+            log.info("session %s: its home refused the upgrade here", session.sid)
+            transport.refuse_probe()
+            return
+        session.upgrading = transport
+        transport.answer_probe()
+
+    def complete_adoption(self, session: Session, transport: WebSocketTransport) -> None:
+        """UPGRADE on the WebSocket of a session held elsewhere: take it over."""
+        self._track_adoption(session.sid, self._adopt(session, transport))
+
+    async def _adopt(self, session: Session, transport: WebSocketTransport) -> None:
+        session.transport = transport
+        session.upgrading = None
+        session.upgraded = True
+        try:
+            adopted = await self.adopter.adopt(session)
+        except Exception:
+            log.exception("session %s: taking it over failed", session.sid)
+            adopted = False
+        if not adopted or session.state is not SessionState.ADOPTING:
+            transport.close("transport error", graceful=False)  # the client reconnects
+            return
+        if session.sid in self.sessions:
+            log.warning("session %s moved here while one of that id was open; keeping the first", session.sid)
+            transport.close("transport error", graceful=False)
+            return
+        self.sessions[session.sid] = session
+        session.finish_adoption()
+        if transport.closed:  # the WebSocket went away while the session moved: end it properly
+            session.transport_closed(transport, "transport close")
 
     def forget(self, session: Session) -> None:
         if self.sessions.get(session.sid) is session:

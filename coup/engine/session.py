@@ -48,10 +48,15 @@ class SessionState(Enum):
     OPEN = "open"
     CLOSING = "closing"  # waiting for a polling client to fetch its last packets
     CLOSED = "closed"
+    #: taken over from another node (`coup.engine.adoption`): sends go out, received packets wait
+    ADOPTING = "adopting"
 
 
 #: read on every packet sent or received: a module constant is ~60 ns cheaper than the enum attribute
 _OPEN = SessionState.OPEN
+_ADOPTING = SessionState.ADOPTING
+#: packets a client may send while its session is being adopted, before they are handled
+MAX_DEFERRED = 256
 
 
 class Session:
@@ -59,6 +64,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_deferred",
         "_timer",
         "close_reason",
         "handler",
@@ -87,6 +93,8 @@ class Session:
         self.close_reason: str | None = None
         #: this session's one pending timer entry (next ping, ping timeout or closing grace)
         self._timer: TimerEntry | None = None
+        #: packets received while ADOPTING, handled once adopted
+        self._deferred: list[str | EnginePacket] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.sid} {self.transport.name} {self.state.value}>"
@@ -101,12 +109,16 @@ class Session:
         """Queue packets for the client (hot path: no allocation beyond the queue entry)."""
         if self.state is _OPEN:
             self.transport.send(out)
+        elif self.state is _ADOPTING:
+            self.transport.send(out)
 
     # ------------------------------------------------------------------ inbound
 
     def receive_text(self, text: str) -> None:
         """A text packet from the client (a WebSocket text frame or a polling record)."""
         if self.state is not _OPEN:
+            if self.state is _ADOPTING:
+                self._defer(text)
             return
         if text and text[0] == "4":  # MESSAGE: the common case, skip building a packet object
             handler = self.handler
@@ -118,6 +130,8 @@ class Session:
     def receive(self, packet: EnginePacket) -> None:
         """One decoded packet from the client."""
         if self.state is not _OPEN:
+            if self.state is _ADOPTING:
+                self._defer(packet)
             return
         ptype = packet.type
         if ptype is EnginePacketType.MESSAGE:
@@ -210,6 +224,46 @@ class Session:
             end = getattr(self.transport, "end_upgrade", None)
             if end is not None:
                 end()
+
+    # ------------------------------------------------------------------ moving between nodes
+
+    def _defer(self, packet: str | EnginePacket) -> None:
+        deferred = self._deferred
+        if deferred is None:
+            deferred = self._deferred = []
+        if len(deferred) >= MAX_DEFERRED:
+            log.warning("session %s: %d packets sent while the session moved here; closing", self.sid, len(deferred))
+            self.state = _OPEN  # so the close runs its handlers
+            self.close("transport error", graceful=False)
+            return
+        deferred.append(packet)
+
+    def finish_adoption(self) -> None:
+        """The session moved here is complete: heartbeat from now, then the packets that waited."""
+        if self.state is not _ADOPTING:
+            return
+        self.state = _OPEN
+        opts = self.server.options
+        self.heartbeat = Heartbeat(self.server.now(), opts.ping_interval, opts.ping_timeout, lateness=opts.timer_slack)
+        self.set_timer(self.heartbeat.deadline, slack=opts.timer_slack)
+        deferred, self._deferred = self._deferred, None
+        for packet in deferred or ():
+            if isinstance(packet, str):
+                self.receive_text(packet)
+            else:
+                self.receive(packet)
+
+    def hand_over(self) -> list[Outbound]:
+        """This session moved to another node: end it here without telling the layer above.
+
+        Returns the packets queued for the client and not yet fetched (the new node sends them first).
+        """
+        pending_of = getattr(self.transport, "discard", None)
+        pending: list[Outbound] = pending_of() if pending_of is not None else []
+        self.handler = None  # no close handlers: the sockets live on elsewhere
+        self.close_reason = "moved"
+        self._finish_close()
+        return pending
 
     # ------------------------------------------------------------------ close
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
+from coup.engine.session import SessionState
 from coup.protocol import wire
 from coup.protocol.engineio import decode_ws_binary
 from coup.protocol.errors import DecodeError
@@ -184,17 +185,35 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _probe_text(self, text: str) -> None:
         session = self.session
+        adopting = session.state is SessionState.ADOPTING
         if text == "2probe" and session.upgrading is None:
-            self._write(wire.PROBE_PONG.ws_bytes())
+            if adopting:  # the session lives elsewhere: answered once its home agreed
+                session.server.begin_adoption(session, self)
+                return
+            self.answer_probe()
             session.begin_upgrade(self)
         elif text == "5" and session.upgrading is self:
             self._probing = False
             if self._upgrade_timer is not None:
                 self._upgrade_timer.cancel()
                 self._upgrade_timer = None
-            session.complete_upgrade(self)
+            if adopting:
+                session.server.complete_adoption(session, self)
+            else:
+                session.complete_upgrade(self)
         else:
             raise DecodeError("unexpected packet during the upgrade")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def answer_probe(self) -> None:
+        self._write(wire.PROBE_PONG.ws_bytes())
+
+    def refuse_probe(self) -> None:
+        """The session cannot be upgraded here after all: the client's upgrade fails, polling goes on."""
+        self._fail(CloseCode.NORMAL)
 
     def _upgrade_timed_out(self) -> None:
         self._upgrade_timer = None

@@ -2,6 +2,8 @@
 // disconnected | connecting | connected | reconnecting | failed | offline.
 // The state comes from the stock client's own events, never from a guess or a timer.
 
+import { ConnectionState } from "./connection-state.js";
+
 /** ConnectionBanner text per state (the product's Korean UI strings); connected shows none. */
 export const BANNER_TEXT = Object.freeze({
   connecting: "연결 중...",
@@ -20,22 +22,15 @@ export const CLIENT_OPTIONS = Object.freeze({
   timeout: 30000,
 });
 
-export const AUTH_FAILED = "AUTH_FAILED";
-
 /**
  * new Connection({userId, token, transports}) — call start().
- * Events (EventTarget): "state" {detail: state}, "transport" {detail: name},
- * "connect" {detail: {recovered, reconnect}}, "auth-failed".
- * `socket` is the stock socket.io-client Socket for emitting and listening.
+ * Events: see ConnectionState. `socket` is the stock socket.io-client Socket for emitting
+ * and listening.
  */
-export class Connection extends EventTarget {
+export class Connection extends ConnectionState {
   constructor({ url = undefined, userId, token, transports = ["polling", "websocket"] }) {
     super();
     if (typeof window.io !== "function") throw new Error("socket.io-client did not load");
-    this.socketState = "connecting";
-    this.browserOnline = navigator.onLine;
-    this.transport = null;
-    this.everConnected = false;
     this.socket = window.io(url, {
       ...CLIENT_OPTIONS,
       transports,
@@ -44,11 +39,6 @@ export class Connection extends EventTarget {
       auth: (send) => send({ userId, token }),
     });
     this._wire();
-  }
-
-  /** What the banner shows: the browser being offline wins over the socket's state. */
-  get state() {
-    return this.browserOnline ? this.socketState : "offline";
   }
 
   get connected() {
@@ -68,8 +58,7 @@ export class Connection extends EventTarget {
   }
 
   close() {
-    window.removeEventListener("online", this._onOnline);
-    window.removeEventListener("offline", this._onOffline);
+    this._unwatchNetwork();
     this.socket.off();
     this.socket.io.off();
     this.socket.disconnect();
@@ -80,41 +69,24 @@ export class Connection extends EventTarget {
     const manager = socket.io;
 
     socket.on("connect", () => {
-      const reconnect = this.everConnected;
-      this.everConnected = true;
-      this._setSocketState("connected");
+      const detail = this._connected(socket.recovered);
       this._watchTransport();
-      this.dispatchEvent(new CustomEvent("connect", { detail: { recovered: socket.recovered, reconnect } }));
+      this.dispatchEvent(new CustomEvent("connect", { detail }));
     });
-    socket.on("disconnect", (reason) => {
+    socket.on("disconnect", () => {
       // the client reconnects by itself unless the server or we closed the socket on purpose
       this._setSocketState(socket.active ? "reconnecting" : "disconnected");
     });
     socket.on("connect_error", (err) => {
       if (socket.active) return; // a transport failure: the manager is retrying
-      // refused by the server's middleware: the client will not retry by itself
-      if (err && (err.message === "인증 실패" || (err.data && err.data.code === AUTH_FAILED))) {
-        this._setSocketState("failed");
-        this.dispatchEvent(new CustomEvent("auth-failed", { detail: err }));
-      } else {
-        this._setSocketState("failed");
-      }
+      this._refused(err);
     });
     manager.on("reconnect_attempt", () => this._setSocketState("reconnecting"));
     manager.on("reconnect_failed", () => this._setSocketState("failed"));
-
-    this._onOnline = () => {
-      this.browserOnline = true;
-      this._emitState();
-      // a connection that gave up while the network was gone gets a fresh start
+    // a connection that gave up while the network was gone gets a fresh start
+    this._watchNetwork(() => {
       if (!socket.connected && (this.socketState === "failed" || !socket.active)) this.retry();
-    };
-    this._onOffline = () => {
-      this.browserOnline = false;
-      this._emitState();
-    };
-    window.addEventListener("online", this._onOnline);
-    window.addEventListener("offline", this._onOffline);
+    });
   }
 
   _watchTransport() {
@@ -126,21 +98,6 @@ export class Connection extends EventTarget {
     engine.on("upgrade", (transport) => this._setTransport(transport.name));
   }
 
-  _setTransport(name) {
-    if (!name || name === this.transport) return;
-    this.transport = name;
-    this.dispatchEvent(new CustomEvent("transport", { detail: name }));
-  }
-
-  _setSocketState(state) {
-    if (this.socketState === state) return;
-    this.socketState = state;
-    this._emitState();
-  }
-
-  _emitState() {
-    this.dispatchEvent(new CustomEvent("state", { detail: this.state }));
-  }
 }
 
 /** ?transport=polling forces long-polling (a client behind a proxy that strips WebSocket). */

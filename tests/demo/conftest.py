@@ -211,12 +211,15 @@ def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any) -> Iter
 
 @pytest.fixture
 def open_page(browser: Any, server: DemoServer) -> Iterator[Callable[..., DemoPage]]:
-    """open_page(user_id=None, layout=DESKTOP, query="", context=None) -> a signed-in DemoPage."""
+    """open_page(user_id=None, layout=DESKTOP, query="", context=None, base=None) -> a signed-in DemoPage.
+
+    `base` opens the page through another address than the server's (a proxy in front of it).
+    """
     pages: list[DemoPage] = []
     contexts: list[Any] = []
 
     def open_(user_id: int | None = None, layout: dict[str, Any] = DESKTOP, query: str = "",
-              context: Any = None) -> DemoPage:
+              context: Any = None, base: str | None = None) -> DemoPage:
         if context is None:
             context = browser.new_context(**layout)
             contexts.append(context)
@@ -224,7 +227,7 @@ def open_page(browser: Any, server: DemoServer) -> Iterator[Callable[..., DemoPa
         page.set_default_timeout(20_000)
         demo = DemoPage(context, page)
         pages.append(demo)
-        page.goto(f"{server.url}/{query}")
+        page.goto(f"{base or server.url}/{query}")
         if user_id is not None:
             demo.sign_in(user_id)
         return demo

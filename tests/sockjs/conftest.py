@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -155,3 +156,21 @@ async def node_client(node_js: str) -> AsyncIterator[Callable[..., Any]]:
             return client
 
         yield make
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+async def read_until(response: aiohttp.ClientResponse, marker: bytes, limit: float = 3.0) -> bytes:
+    """Read a streaming answer until `marker` shows up (or it ends, or `limit` seconds pass)."""
+    data = b""
+    async with asyncio.timeout(limit):
+        while marker not in data:
+            chunk = await response.content.read(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data

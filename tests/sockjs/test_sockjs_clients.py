@@ -172,3 +172,25 @@ async def test_sockjs_client_reconnects_and_gets_what_it_missed(sockjs_node: Run
     assert missed["args"][0] == {"n": 2}
     assert nsp.sockets[sid].recovered
     assert "study:12" in nsp.sockets[sid].rooms
+
+
+@pytest.mark.timeout(60)
+async def test_timeout_emit_and_active_work_as_in_socketio_client(sockjs_node: RunningNode, node_client: Any) -> None:
+    """The socket.io-client API the demo page uses over SockJS: timeout(ms).emit, `active`."""
+    sockjs = await node_client(sockjs_node.url + "/sockjs", "websocket")
+    sockjs.send(cmd="connect", auth={"userId": 41, "token": "token-41"}, reconnection=True)
+    sid = (await sockjs.expect("connect"))["id"]
+    sockjs.send(cmd="emit", event="join-study", args=[{"studyId": 5}], ack=1, timeout=5000)
+    assert await sockjs.expect("ack", id=1) == {
+        "type": "ack", "id": 1, "error": None, "args": [{"ok": True, "studyId": 5}]}
+    sockjs.send(cmd="emit", event="nobody-answers", args=[], ack=2, timeout=300)
+    assert (await sockjs.expect("ack", id=2))["error"] == "operation has timed out"
+
+    nsp = sockjs_node.node.sio.main
+    nsp.sockets[sid].session.transport.bridge.session.handler.close()  # the network drops
+    dropped = await sockjs.expect("disconnect")
+    assert (dropped["reason"], dropped["active"]) == ("transport close", True)  # it will come back
+    sid = (await sockjs.expect("reconnect"))["id"]
+    nsp.sockets[sid].disconnect()  # the server sends it away
+    kicked = await sockjs.expect("disconnect")
+    assert (kicked["reason"], kicked["active"]) == ("io server disconnect", False)

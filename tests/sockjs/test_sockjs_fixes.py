@@ -7,7 +7,6 @@ short heartbeat and expiry delays so the timers can be observed.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
@@ -25,8 +24,8 @@ from tornado.web import Application
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from coup.transports.origins import OriginPolicy
-from coup.transports.sockjs.handlers import NO_CACHE
 from coup.transports.sockjs.router import SockJSRouter
+from tests.sockjs.conftest import read_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -74,23 +73,6 @@ async def services() -> AsyncIterator[Services]:
         for router in routers:
             router.close()
         await server.close_all_connections()
-
-
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
-
-
-async def read_until(response: aiohttp.ClientResponse, marker: bytes, limit: float = 3.0) -> bytes:
-    data = b""
-    async with asyncio.timeout(limit):
-        while marker not in data:
-            chunk = await response.content.read(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data
 
 
 # ---------------------------------------------------------------------- the router and its loop
@@ -148,24 +130,7 @@ async def test_websocket_and_polling_heartbeats_use_the_loop_clock(
         assert await r.text() == "h\n"  # an idle poll is answered by a heartbeat, not held forever
 
 
-# ---------------------------------------------------------------------- JSONP / htmlfile callbacks
-
-
-@pytest.mark.parametrize("transport", ["jsonp", "htmlfile"])
-@pytest.mark.parametrize("callback", ["alert(1)//", "</script><script>x", "a b", "x" * 129, "cb;evil"])
-async def test_bad_callbacks_are_refused_before_a_session_opens(
-        services: Services, http: aiohttp.ClientSession, transport: str, callback: str) -> None:
-    async with http.get(f"{services.url}/echo/000/cb/{transport}", params={"c": callback}) as r:
-        assert r.status == 500
-        assert await r.text() == 'invalid "callback" parameter'
-        assert r.headers["Content-Type"] == "text/plain; charset=UTF-8"
-    assert not Echo.opened
-
-
-async def test_sockjs_client_callback_names_are_accepted(services: Services, http: aiohttp.ClientSession) -> None:
-    async with http.get(services.url + "/echo/000/cbok/jsonp", params={"c": "_jp.a1b2c3"}) as r:
-        assert r.status == 200
-        assert await r.text() == '_jp.a1b2c3("o");\r\n'
+# ---------------------------------------------------------------------- htmlfile
 
 
 async def test_htmlfile_frames_cannot_close_the_script_element(
@@ -182,51 +147,7 @@ async def test_htmlfile_frames_cannot_close_the_script_element(
         assert b"\\u003c/script\\u003e" in frame
 
 
-# ---------------------------------------------------------------------- exact headers
-
-
-async def test_session_answers_are_never_cached(services: Services, http: aiohttp.ClientSession) -> None:
-    base = services.url + "/echo/000/headers"
-    async with http.post(base + "/xhr") as r:
-        assert r.headers["Content-Type"] == "application/javascript; charset=UTF-8"
-        assert r.headers["Cache-Control"] == NO_CACHE
-        assert r.headers["Access-Control-Allow-Origin"] == "*"
-    async with http.post(base + "/xhr_send", data='["x"]') as r:
-        assert r.status == 204
-        # Tornado strips Content-Type from a 204; the protocol wants it (Firefox parses XML otherwise)
-        assert r.headers["Content-Type"] == "text/plain; charset=UTF-8"
-        assert r.headers["Cache-Control"] == NO_CACHE
-    async with http.get(services.url + "/echo/000/jp/jsonp", params={"c": "cb"},
-                        headers={"If-None-Match": "*"}) as r:
-        assert r.status == 200  # never a 304: no ETag on private answers
-        assert "ETag" not in r.headers
-        assert r.headers["Content-Type"] == "application/javascript; charset=UTF-8"
-        assert r.headers["Cache-Control"] == NO_CACHE
-    async with http.get(services.url + "/echo/info") as r:
-        assert r.headers["Content-Type"] == "application/json; charset=UTF-8"
-        assert r.headers["Cache-Control"] == NO_CACHE
-        assert "ETag" not in r.headers
-        info = await r.json()
-        assert 0 <= info["entropy"] < 2**32
-
-
-async def test_cacheable_answers_carry_a_year_and_a_real_http_date(
-        services: Services, http: aiohttp.ClientSession) -> None:
-    async with http.options(services.url + "/echo/000/opt/xhr", headers={"Origin": "null"}) as r:
-        assert r.status == 204
-        assert r.headers["Cache-Control"] == "public, max-age=31536000"
-        assert r.headers["Access-Control-Max-Age"] == "31536000"
-        assert r.headers["Access-Control-Allow-Origin"] == "*"  # "null" echoed back reads as refusal
-        assert r.headers["Access-Control-Allow-Methods"] == "OPTIONS, POST"
-        expires = email.utils.parsedate_to_datetime(r.headers["Expires"])
-        assert expires.tzinfo is not None
-        assert 360 < (expires.timestamp() - time.time()) / 86400 < 370
-    async with http.get(services.url + "/echo/iframe.html") as r:
-        etag = r.headers["ETag"]
-        assert r.headers["Content-Type"] == "text/html; charset=UTF-8"
-    async with http.get(services.url + "/echo/iframe.html", headers={"If-None-Match": etag}) as r:
-        assert r.status == 304
-        assert "Content-Type" not in r.headers
+# ---------------------------------------------------------------------- origins
 
 
 async def test_post_to_a_websocket_url_is_a_bare_405(services: Services, http: aiohttp.ClientSession) -> None:

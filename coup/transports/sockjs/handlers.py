@@ -2,19 +2,27 @@
 
 Each class keeps the library's session plumbing and replaces what is wrong:
 
-* exact protocol headers: one-year ``Cache-Control``/``Expires`` (a real HTTP date) on
-  cacheable answers, ``no-store, no-cache, must-revalidate, max-age=0`` on session answers,
-  the right ``Content-Type`` everywhere (also on ``xhr_send``'s 204, which Tornado strips),
-  ``Access-Control-Allow-Origin: *`` for a missing or ``null`` origin, no automatic ETag
-  on private answers, 405 with ``Allow`` and no body for a POST to a WebSocket URL;
+* the headers of the current protocol revision (sockjs-protocol's head, what sockjs-node
+  and sockjs-client 1.x speak; the library targets 0.3.3): one-year
+  ``Cache-Control``/``Expires`` (a real HTTP date) on cacheable answers,
+  ``no-store, no-cache, no-transform, must-revalidate, max-age=0`` on session answers (so
+  proxies neither recompress nor buffer a stream), the right ``Content-Type`` everywhere
+  (also on ``xhr_send``'s 204, which Tornado strips; ``text/event-stream`` bare),
+  ``Access-Control-Allow-Origin: *`` without credentials for a request without ``Origin``
+  and the origin itself, ``null`` included, with credentials when the policy allows it,
+  no automatic ETag on private answers, 405 with ``Allow`` and no body for a POST to a
+  WebSocket URL; the iframe page of the current revision;
 * heartbeats on the streaming transports (xhr-streaming, eventsource, htmlfile): the
   library attached them with heartbeats off;
 * JSONP and htmlfile callbacks are validated (the library pasted any string into the
-  script it served), and htmlfile frames escape ``<``/``>`` so a message cannot end the
-  ``<script>`` element;
+  script it served), JSONP answers start with ``/**/`` (so no answer can begin with bytes
+  the client chose: the "Rosetta Flash" attack) and carry ``nosniff``, and htmlfile frames
+  escape ``<``/``>`` so a message cannot end the ``<script>`` element;
 * WebSocket: ``WebSocketClosedError`` from Tornado 6 no longer escapes ``send_pack`` into
   whoever was broadcasting; hybi-07/08 handshakes are accepted again; the message size
-  is bounded; the ``Origin`` is checked against our policy;
+  is bounded; the ``Origin`` is checked against our policy; a session's close code and
+  reason reach the client in the WebSocket close frame (``3000 Go away!``); hixie-76
+  (what the protocol's ``test_haproxy`` speaks) is served when the ``hixie76`` setting is on;
 * a streaming answer to an HTTP/1.0 client closes the connection when it ends (it has
   neither a length nor chunks, so the close is the only end-of-body marker).
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import logging
 import re
@@ -39,6 +48,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol
 
 from coup.transports.arrival import arrival_of
+from coup.transports.sockjs import hixie76
 
 if TYPE_CHECKING:
     from coup.transports.sockjs.router import SockJSRouter
@@ -46,12 +56,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 31536000
-NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
+NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 TEXT = "text/plain; charset=UTF-8"
 JAVASCRIPT = "application/javascript; charset=UTF-8"
-#: what a JSONP/htmlfile callback may be: a dotted JavaScript name (sockjs-client sends
-#: ``_jp.a1b2c3``), short enough that it cannot smuggle a whole file (Rosetta Flash)
-CALLBACK = re.compile(r"[A-Za-z0-9_$.]{1,128}")
+EVENT_STREAM = "text/event-stream"
+#: what a JSONP/htmlfile callback may be: the protocol's ``[a-zA-Z0-9-_.]`` (sockjs-client
+#: sends ``_jp.a1b2c3``), at most 32 characters like sockjs-node, far too short to smuggle
+#: a file (Rosetta Flash)
+CALLBACK = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+#: the iframe page of the current protocol revision (0.3.3 loaded the script after an
+#: ``_sockjs_onload`` hook; sockjs-client 1.x bootstraps once its script has loaded)
+IFRAME_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
+  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="{sockjs_url}"></script>
+  <script>
+    document.domain = document.domain;
+    SockJS.bootstrap_iframe();
+  </script>
+</head>
+<body>
+  <h2>Don't panic!</h2>
+  <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
+</body>
+</html>"""
 
 
 def _consume(future: Any) -> None:
@@ -97,16 +127,22 @@ class _ProtocolMixin:
         return self.server.origin_allowed(self.request.headers.get("Origin"), self.request.headers.get("Host"))
 
     def preflight(self) -> None:
-        """CORS headers of a session or info answer."""
+        """CORS headers of a session or info answer.
+
+        No ``Origin``: ``*`` and no credentials. Any allowed origin, ``null`` (a page from
+        ``file://`` or a sandboxed frame) included, is echoed with credentials, as the
+        current protocol revision says (0.3.3 answered ``null`` with ``*``, which browsers
+        refuse together with credentials).
+        """
+        self.set_header("Vary", "Origin")
         origin = self.request.headers.get("Origin")
-        if origin is None or origin == "null":
+        if origin is None:
             self.set_header("Access-Control-Allow-Origin", "*")
         elif self.origin_allowed():
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.add_header("Vary", "Origin")
+            self.set_header("Access-Control-Allow-Credentials", "true")
         else:
             return
-        self.set_header("Access-Control-Allow-Credentials", "true")
         requested = self.request.headers.get("Access-Control-Request-Headers")
         if requested:
             self.set_header("Access-Control-Allow-Headers", requested)
@@ -131,7 +167,8 @@ class _ProtocolMixin:
 
     def take_callback(self) -> bool:
         """Read and check the ``c`` (callback) argument of JSONP/htmlfile; False: refused (500)."""
-        callback = self.get_argument("c", None)  # type: ignore[attr-defined]
+        # strip=False: a callback of spaces is invalid, not missing
+        callback = self.get_argument("c", None, strip=False)  # type: ignore[attr-defined]
         if not callback:
             self.refuse(500, '"callback" parameter required')
             return False
@@ -181,7 +218,7 @@ class InfoHandler(_ProtocolMixin, sockjs_static.InfoHandler):  # type: ignore[mi
 
 class IFrameHandler(_ProtocolMixin, sockjs_static.IFrameHandler):  # type: ignore[misc]
     def get(self) -> None:
-        body = (sockjs_static.IFRAME_TEXT % self.server.settings["sockjs_url"]).encode("utf-8")
+        body = iframe_page(self.server.settings["sockjs_url"])
         etag = '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
         self.enable_cache()
         self.set_header("ETag", etag)
@@ -190,6 +227,10 @@ class IFrameHandler(_ProtocolMixin, sockjs_static.IFrameHandler):  # type: ignor
             return
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.write(body)
+
+
+def iframe_page(sockjs_url: str) -> bytes:
+    return IFRAME_PAGE.format(sockjs_url=html.escape(sockjs_url, quote=True)).encode("utf-8")
 
 
 # ---------------------------------------------------------------------- HTTP transports
@@ -309,10 +350,12 @@ class JsonpPollingHandler(_PollingMixin, sockjs_transports.JSONPTransport):  # t
 
     async def get(self, session_id: str) -> None:
         if self.take_callback():
+            # with the /**/ prefix no browser takes the answer for anything but a script
+            self.set_header("X-Content-Type-Options", "nosniff")
             await self.poll(session_id)
 
     def frame(self, message: str) -> str:
-        return f"{self.callback}({_json(message)});\r\n"
+        return f"/**/{self.callback}({_json(message)});\r\n"
 
 
 def parse_messages(body: str) -> list[Any] | str:
@@ -433,7 +476,7 @@ class XhrStreamingHandler(_StreamingMixin, sockjs_transports.XhrStreamingTranspo
 
 
 class EventSourceHandler(_StreamingMixin, sockjs_transports.EventSourceTransport):  # type: ignore[misc]
-    content_type = "text/event-stream; charset=UTF-8"
+    content_type = EVENT_STREAM
     access_methods = "OPTIONS, GET"
 
     async def get(self, session_id: str) -> None:
@@ -481,6 +524,8 @@ class _WebSocketMixin:
         def clear_header(self, name: str) -> None: ...
         def finish(self, chunk: Any = None) -> Any: ...
         def on_close(self) -> None: ...
+        def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+        def _detach(self) -> None: ...
         _transforms: Any
 
     async def _execute(self, transforms: Any, *args: Any, **kwargs: Any) -> None:
@@ -526,9 +571,56 @@ class _WebSocketMixin:
     def can_send_close(self) -> bool:
         return self.ws_connection is not None and not self.ws_connection.is_closing()
 
+    def session_closed(self) -> None:
+        """The session closed: end the WebSocket with the session's code and reason.
+
+        The library closed it without either; the protocol wants ``3000 Go away!`` in the
+        raw endpoint's close frame (the framed endpoint sent it as a ``c`` frame already).
+        """
+        session = self.session
+        code, reason = (session.close_reason or (None, None)) if session is not None else (None, None)
+        try:
+            self.close(websocket_close_code(code), reason)
+        except (WebSocketClosedError, StreamClosedError):
+            pass
+        finally:
+            self._detach()
+
+
+def websocket_close_code(code: int | None) -> int | None:
+    """The session's close code, if RFC 6455 lets an endpoint send it; else a normal closure.
+
+    SockJS codes such as 2010 or 1002 mean something else (or nothing) in a WebSocket
+    close frame, and clients fail the connection on a reserved one.
+    """
+    if code is None:
+        return None
+    return code if code in (1000, 1001) or 3000 <= code <= 4999 else 1000
+
 
 class WebSocketHandler(_WebSocketMixin, sockjs_transports.WebSocketTransport):  # type: ignore[misc]
-    """``/<server>/<session>/websocket``: SockJS framing over a WebSocket."""
+    """``/<server>/<session>/websocket``: SockJS framing over a WebSocket (hixie-76 if enabled)."""
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        if self.server.settings.get("hixie76") and hixie76.is_request(self.request.headers):
+            return hixie76.Hixie76Protocol(self, self.max_message_size)
+        return super().get_websocket_protocol()
+
+    def on_message(self, message: str | bytes) -> None:
+        """One frame of JSON messages; broken JSON ends the connection abruptly, as the protocol says.
+
+        The library did the same, but logged the client's broken JSON as a server error.
+        """
+        session = self.session
+        if not message or session is None:
+            return  # the protocol ignores empty frames
+        try:
+            decoded = json.loads(message)
+        except ValueError:
+            log.info("sockjs: broken JSON on a WebSocket from %s; closing", self.request.remote_ip)
+            self.abort_connection()
+            return
+        session.on_messages(decoded if isinstance(decoded, list) else [decoded])
 
 
 class RawWebSocketHandler(_WebSocketMixin, sockjs_transports.RawWebSocketTransport):  # type: ignore[misc]

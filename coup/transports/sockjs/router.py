@@ -36,6 +36,9 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "jsessionid": False,
     # frames queued in one loop turn go out as one `a[...]` frame per session
     "immediate_flush": False,
+    # the 2010 WebSocket draft on the framed WebSocket URL (see `hixie76`): off, no
+    # browser in use speaks it; the protocol test services turn it on
+    "hixie76": False,
 }
 
 

@@ -5,12 +5,14 @@
 // stdin, one JSON command per line:
 //   {"cmd":"connect","auth":{...},"reconnection":false}   open the connection and authenticate
 //   {"cmd":"emit","event":"x","args":[...],"ack":7}   ack: ask for an acknowledgement (id 7)
+//   {"cmd":"emit",...,"ack":7,"timeout":500}  the same through socket.timeout(500).emit
 //   {"cmd":"close"}                           leave and exit
 // stdout, one JSON line per thing that happened:
 //   {"type":"connect","id":...,"transport":...} {"type":"reconnect","id":...}
 //   {"type":"connect_error","message":...,"data":...}
 //   {"type":"event","event":...,"args":[...]}   {"type":"ack","id":7,"args":[...]}
-//   {"type":"error",...} {"type":"disconnect","reason":...,"code":...}
+//   {"type":"ack","id":7,"error":null|"operation has timed out","args":[...]}   (with "timeout")
+//   {"type":"error",...} {"type":"disconnect","reason":...,"code":...,"active":...}
 // A server event that asks for an ack is answered with {"received": <event>}.
 "use strict";
 
@@ -33,7 +35,9 @@ function connect(auth, reconnection) {
   socket.on("connect", () => out({ type: "connect", id: socket.id, transport: socket.transport }));
   socket.on("reconnect", () => out({ type: "reconnect", id: socket.id }));
   socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message, data: err.data }));
-  socket.on("disconnect", (reason, detail) => out({ type: "disconnect", reason, code: detail && detail.code }));
+  socket.on("disconnect", (reason, detail) => out({
+    type: "disconnect", reason, code: detail && detail.code, active: socket.active,
+  }));
   socket.onAny((event, ...args) => {
     const last = args[args.length - 1];
     if (typeof last === "function") {
@@ -51,7 +55,10 @@ rl.on("line", (line) => {
     connect(cmd.auth || {}, cmd.reconnection);
   } else if (cmd.cmd === "emit") {
     const args = cmd.args || [];
-    if (cmd.ack !== undefined) {
+    if (cmd.ack !== undefined && cmd.timeout !== undefined) {
+      socket.timeout(cmd.timeout).emit(cmd.event, ...args,
+        (err, ...reply) => out({ type: "ack", id: cmd.ack, error: err ? err.message : null, args: reply }));
+    } else if (cmd.ack !== undefined) {
       socket.emit(cmd.event, ...args, (...reply) => out({ type: "ack", id: cmd.ack, args: reply }));
     } else {
       socket.emit(cmd.event, ...args);
