@@ -249,6 +249,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                 "reconnects, deaf_repairs", ("kind",)),
     "coup_redis_publishes_total": ("counter", "PUBLISH commands sent (one may carry several messages)", ()),
     "coup_redis_messages_total": ("counter", "Cluster messages, by direction", ("direction",)),
+    "coup_relayed_requests_total": ("counter", "HTTP requests for another node's session carried through Redis: "
+                                    "relayed (sent from here), served (for another node)", ("direction",)),
+    "coup_session_moves_total": ("counter", "Sessions moved between nodes on upgrade: moved_in, moved_out, "
+                                 "move_failed", ("result",)),
+    "coup_session_failures_total": ("counter", "Sessions that could not be served (mis-routed, moved, relayed), by "
+                                    "reason", ("reason",)),
     "coup_cluster_nodes": ("gauge", "Live nodes on this node's ring", ()),
     "coup_ring_epoch": ("gauge", "Membership version of this node's ring", ()),
     "coup_db_query_seconds": ("histogram", "Database query time on a database thread, by query", ("query",)),

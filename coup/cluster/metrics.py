@@ -34,5 +34,10 @@ def export_cluster_metrics(cluster: Cluster, metrics: Metrics) -> None:
     metrics.read("coup_redis_errors_total", redis_errors)
     metrics.read("coup_redis_publishes_total", lambda: {(): bus.stats["published"]})
     metrics.read("coup_redis_messages_total", messages)
+    metrics.read("coup_relayed_requests_total", lambda: {
+        (direction,): cluster.tunnel.stats[direction] for direction in ("relayed", "served")})
+    metrics.read("coup_session_moves_total", lambda: {(result,): n for result, n in cluster.moves.stats.items()})
+    metrics.read("coup_session_failures_total", lambda: {(reason,): count
+                                                          for reason, count in cluster.alarms.snapshot().items()})
     metrics.read("coup_cluster_nodes", lambda: {(): len(registry.ring.nodes)})
     metrics.read("coup_ring_epoch", lambda: {(): registry.ring.epoch})

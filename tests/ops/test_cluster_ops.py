@@ -87,6 +87,8 @@ async def test_every_node_exposes_its_own_counts(pair: Pair) -> None:
         assert got["coup_cluster_nodes", {}] == 2 and got["coup_redis_up", {}] == 1
         assert got["coup_ring_epoch", {}] >= 2
         assert got["coup_redis_publishes_total", {}] > 0
+        assert got["coup_relayed_requests_total", {"direction": "relayed"}] == 0  # WebSocket clients: none
+        assert got["coup_session_moves_total", {"result": "moved_in"}] == 0
     assert mine["coup_room_commands_total", {"where": "routed"}] >= 1
     assert theirs["coup_room_commands_total", {"where": "served"}] >= 1
     assert mine.get("coup_room_command_timeouts_total") == 0
