@@ -62,11 +62,12 @@ async def test_a_node_counts_what_its_clients_do(make_node: NodeFactory) -> None
         assert got.get("process_resident_memory_bytes") > 0
 
         await bob.close()
-        await eventually(lambda: _scraped(url, "coup_disconnects_total",
-                                          {"namespace": "/", "reason": "client namespace disconnect"}, 1))
+        # the offline transition comes last: the disconnect handler reads the database first
+        await eventually(lambda: _scraped(url, "coup_presence_transitions_total",
+                                          {"kind": "user", "direction": "offline"}, 1))
         after = await scrape(url)
+        assert after["coup_disconnects_total", {"namespace": "/", "reason": "client namespace disconnect"}] == 1
         assert after["coup_connections", {"namespace": "/", "transport": "polling"}] == 0
-        assert after["coup_presence_transitions_total", {"kind": "user", "direction": "offline"}] == 1
     finally:
         await alice.close()
         await bob.close()
