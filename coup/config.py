@@ -102,6 +102,17 @@ def _name(name: str, raw: str) -> str:
     return value
 
 
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _bcrypt_hash(name: str, raw: str) -> str:
+    """A bcrypt hash (``$2b$12$...``): the plain password never sits in the environment."""
+    if not _BCRYPT.fullmatch(raw):
+        raise ConfigError(f"{name} must be a bcrypt hash ($2b$12$..., see `coup hash-password`), "
+                          "not the password itself")
+    return raw
+
+
 def _address(name: str, raw: str) -> str:
     """``host:port`` (``[v6]:port``), as other nodes dial it."""
     value = raw.strip()
@@ -177,6 +188,17 @@ class Settings:
     #: connection state recovery window in seconds; 0 turns recovery off
     recovery_window: float = 120.0
     log_level: str = "INFO"
+    #: "text" (logfmt-like, on stderr) or "json" (one object per line, on stdout)
+    log_format: str = "text"
+    #: serve `GET /metrics` on this port of `host`, without authentication (a private network)
+    metrics_port: int | None = None
+    #: serve `GET /metrics` on the main port to `Authorization: Bearer <token>`
+    metrics_token: Secret | None = None
+    #: the Socket.IO Admin UI's `/admin` namespace: user name and bcrypt hash of the password
+    admin_user: str | None = None
+    admin_password_hash: Secret | None = None
+    #: the admin namespace only shows (False: it may also emit, join, leave and disconnect)
+    admin_readonly: bool = True
     static_dir: str | None = None
     #: cluster: every Redis key and channel starts with this (several apps may share a Redis)
     redis_prefix: str = "coup"
@@ -257,6 +279,22 @@ class Settings:
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise ConfigError(f"COUP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
             values["log_level"] = level
+        if (raw := get("COUP_LOG_FORMAT")) is not None:
+            if raw.strip().lower() not in ("text", "json"):
+                raise ConfigError(f"COUP_LOG_FORMAT must be text or json, got {raw!r}")
+            values["log_format"] = raw.strip().lower()
+        if (raw := get("COUP_METRICS_PORT")) is not None:
+            values["metrics_port"] = _int("COUP_METRICS_PORT", raw, minimum=0, maximum=65535)
+        if (raw := get("COUP_METRICS_TOKEN")) is not None:
+            if len(raw.encode()) < 16:
+                raise ConfigError("COUP_METRICS_TOKEN must be at least 16 bytes")
+            values["metrics_token"] = Secret(raw)
+        if (raw := get("COUP_ADMIN_USER")) is not None:
+            values["admin_user"] = raw.strip()
+        if (raw := get("COUP_ADMIN_PASSWORD")) is not None:
+            values["admin_password_hash"] = Secret(_bcrypt_hash("COUP_ADMIN_PASSWORD", raw.strip()))
+        if (raw := get("COUP_ADMIN_READONLY")) is not None:
+            values["admin_readonly"] = _bool("COUP_ADMIN_READONLY", raw)
         if (raw := get("COUP_STATIC_DIR")) is not None:
             values["static_dir"] = raw.strip()
         if (raw := get("COUP_DB_WORKERS")) is not None:
@@ -303,4 +341,15 @@ class Settings:
         assert settings.jwt_secret is not None
         if len(settings.jwt_secret.reveal().encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        if (settings.admin_user is None) != (settings.admin_password_hash is None):
+            raise ConfigError("COUP_ADMIN_USER and COUP_ADMIN_PASSWORD must be set together (or neither)")
         return settings
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_user is not None and self.admin_password_hash is not None
+
+    @property
+    def counts_metrics(self) -> bool:
+        """Anything reads the counters: `/metrics` on some port, or the admin view."""
+        return self.metrics_port is not None or self.metrics_token is not None or self.admin_enabled

@@ -155,7 +155,7 @@ def test_the_procfile_never_starts_demo_mode() -> None:
     assert "--demo" not in procfile and "COUP_DEMO" not in procfile
 
 
-@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["initdb"]])
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["initdb"], ["migrate"]])
 def test_an_unreachable_database_stops_the_start_with_its_variable_not_a_traceback(command: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "coup", *command], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "JWT_SECRET": SECRET,

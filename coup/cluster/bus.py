@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable, RespConnection
+from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Bus:
         self._last_drop_log = 0.0
         #: why the last connection attempt failed ("" once connected)
         self._last_failure = ""
+        #: where the self-probe's timings go (Redis round trip, pub/sub lag), if anywhere
+        self.metrics: Metrics | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -389,12 +392,17 @@ class Bus:
             heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._probes[nonce] = heard
             try:
+                started = time.perf_counter()
                 async with asyncio.timeout(opts.probe_timeout):
                     receivers = await self.publish(self.inbox, PROBE + nonce)
+                answered = time.perf_counter()
                 if receivers == 0:
                     raise _Deaf("redis has no subscription of ours")
                 async with asyncio.timeout(opts.probe_timeout):
                     await heard
+                if self.metrics is not None:
+                    self.metrics.redis_roundtrip.observe(answered - started)
+                    self.metrics.pubsub_lag.observe(time.perf_counter() - started)
             except (TimeoutError, _Deaf, RedisUnavailable) as exc:
                 if self.ready:  # a failure during a reconnect is not news
                     self.stats["deaf_repairs"] += 1

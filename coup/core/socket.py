@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
 from coup.engine.handshake import HandshakeInfo
+from coup.logs import log_context, reset_context
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from coup.engine.session import Session
 
 log = logging.getLogger(__name__)
+
+#: the event label of events no handler was registered for (client-chosen names are unbounded)
+UNHANDLED = "(unhandled)"
 
 #: disconnect reasons after which the reference server keeps the session for recovery
 RECOVERABLE_REASONS = frozenset({
@@ -181,6 +186,9 @@ class Socket:
             if len(inbox) >= self.nsp.server.options.max_pending_events:
                 log.warning("socket %s: %d events waiting for handlers; disconnecting (flood)",
                             self.id, len(inbox))
+                metrics = self.nsp.server.metrics
+                if metrics is not None:
+                    metrics.dropped("inbox", len(inbox) + 1)
                 self.send_error(ClientError("FLOOD", "Too many events; slow down"), None)
                 self.disconnect(close=True)
                 return
@@ -196,6 +204,9 @@ class Socket:
         self.nsp.server.spawn(self._drain(packet))
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        context = log_context(self.session.sid, self.nsp.server.log_user(self))
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -205,8 +216,14 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        finally:
+            reset_context(context)
+        if metrics is not None:
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
+        # a task of its own: what it logs is about this client, to its end
+        log_context(self.session.sid, self.nsp.server.log_user(self))
         try:
             while True:
                 if isinstance(item, _Disconnected):
@@ -225,6 +242,8 @@ class Socket:
         handler = self.nsp.handler_for(event)
         if handler is None:
             return
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             args = packet.data[1:] if handler.event is not None else packet.data
             result = handler.fn(self, args)
@@ -237,6 +256,8 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        if metrics is not None:
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     def _ack(self, packet: SocketPacket, result: Any) -> None:
         if packet.id is None or not self.connected:
@@ -277,6 +298,9 @@ class Socket:
         self._last_rooms = adapter.socket_rooms(self.id)
         self.connected = False
         self.disconnect_reason = reason
+        metrics = self.nsp.server.metrics
+        if metrics is not None:
+            metrics.disconnected(self.nsp.name, reason)
         for future in self._acks.values():
             if not future.done():
                 future.set_exception(SocketDisconnected(self.id))

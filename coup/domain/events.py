@@ -25,6 +25,7 @@ from coup.domain.presence_events import PresenceEvents
 from coup.domain.ratelimit import Throttle, TokenBucket
 from coup.domain.roomnames import group_room, study_of, study_room, user_room
 from coup.domain.study_rooms import StudyRooms
+from coup.logs import bind_user
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class SocketEvents:
     def __init__(self, server: SocketServer, db: Database, rooms: StudyRooms, notifier: Notifier,
                  presence: PresenceEvents, messages: TokenBucket, typing: Throttle) -> None:
         self.db = db
+        self.metrics = server.metrics
         self.rooms = rooms
         self.notifier = notifier
         self.presence = presence
@@ -47,6 +49,7 @@ class SocketEvents:
         self._contexts: weakref.WeakKeyDictionary[Socket, queries.ConnectContext] = weakref.WeakKeyDictionary()
         #: set once a socket's connect handler finished: its disconnect handler waits for it
         self._connected: weakref.WeakKeyDictionary[Socket, asyncio.Event] = weakref.WeakKeyDictionary()
+        server.describe_user = lambda socket: socket.data.get("userId")
         nsp = server.main
         nsp.use(self.authenticate)
         nsp.on_connect(self.on_connect)
@@ -76,6 +79,7 @@ class SocketEvents:
             raise ConnectRefused(AUTH_FAILED_MESSAGE, {"code": "AUTH_FAILED"})
         socket.data["userId"] = context.user_id
         socket.data["userName"] = context.name
+        bind_user(context.user_id)
         self._contexts[socket] = context
 
     async def on_connect(self, socket: Socket) -> None:
@@ -156,6 +160,8 @@ class SocketEvents:
     def check_message_rate(self, user_id: int) -> None:
         wait = self.message_limit.take(user_id)
         if wait > 0:
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("message")
             raise client_error("RATE_LIMITED", "메시지를 너무 빨리 보내고 있습니다. 잠시 후 다시 시도하세요",
                                retryAfter=round(wait, 3))
 
@@ -164,6 +170,8 @@ class SocketEvents:
         self._in_room(socket, study_id)
         who = actor(socket)
         if not self.typing_throttle.allow((who.id, study_id)):
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("typing")
             return {"ok": True, "throttled": True}
         return await self.rooms.typing(who, study_id, socket.id)
 

@@ -115,7 +115,7 @@ def test_an_untrusted_certificate_is_refused_loudly_not_ready(
              what="the warning about the certificate")
     warning = next(line for line in node.log_text().splitlines() if "we do not trust" in line)
     print(f"\nthe log says: {warning}")
-    assert " WARNING coup.cluster.bus: " in warning
+    assert " level=WARNING logger=coup.cluster.bus " in warning
     assert "self-signed certificate" in warning and "?ssl_cert_reqs=none" in warning
     assert PASSWORD not in node.log_text()
     wait_for(lambda: http_get(f"{node.url}/healthz")[0] == 200, timeout=20, what="the node to serve")
