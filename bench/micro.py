@@ -45,6 +45,7 @@ from coup.engine.handshake import HandshakeInfo  # noqa: E402
 from coup.engine.options import EngineOptions  # noqa: E402
 from coup.engine.polling import PollingTransport  # noqa: E402
 from coup.engine.server import EngineServer  # noqa: E402
+from coup.metrics import Metrics  # noqa: E402
 from coup.protocol.socketio import SocketDecoder, SocketPacket, SocketPacketType, encode  # noqa: E402
 from coup.protocol.websocket import FrameReader  # noqa: E402
 from coup.protocol.wire import Outbound  # noqa: E402
@@ -186,9 +187,9 @@ def _handshake() -> HandshakeInfo:
 class FanoutRig:
     """N real WebSocket sessions on loopback TCP, joined to one room, read by a drain process."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, metrics: Metrics | None = None) -> None:
         self.n = n
-        self.engine = EngineServer(EngineOptions())
+        self.engine = EngineServer(EngineOptions(), metrics=metrics)
         self.sio = SocketServer(self.engine, ServerOptions(recovery=None))
         self.nsp = self.sio.main
         self.client_socks: list[socket.socket] = []
@@ -280,7 +281,7 @@ async def bench_fanout(sizes: tuple[int, ...] = (10, 100, 1000)) -> list[tuple[i
 
 # ---------------------------------------------------------------------------- one message through the core
 
-async def bench_message_path(room_size: int = 2, number: int = 20_000) -> float:
+async def bench_message_path(room_size: int = 2, number: int = 20_000, metrics: Metrics | None = None) -> float:
     """µs of Python per incoming chat message: frame in -> handler -> broadcast queued to a room.
 
     The bench server's own handlers (bench/server.py) on real sessions whose transports are
@@ -292,7 +293,7 @@ async def bench_message_path(room_size: int = 2, number: int = 20_000) -> float:
         def __init__(self, sio: SocketServer) -> None:
             self.sio = sio
 
-    engine = EngineServer(EngineOptions())
+    engine = EngineServer(EngineOptions(), metrics=metrics)
     sio = SocketServer(engine, ServerOptions(recovery=None))
     install_chat(_Node(sio))  # type: ignore[arg-type]
     transports = []

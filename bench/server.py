@@ -85,8 +85,8 @@ def install_chat(node: CoupNode) -> None:
     nsp.on("message", message)
 
 
-async def serve(host: str, port: int) -> None:
-    settings = Settings(demo=True, host=host, port=port, recovery_window=0.0).validated()
+async def serve(host: str, port: int, metrics_port: int | None = None) -> None:
+    settings = Settings(demo=True, host=host, port=port, recovery_window=0.0, metrics_port=metrics_port).validated()
     node = CoupNode(settings)
     install_chat(node)
     await node.start()
@@ -182,14 +182,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     parser.add_argument("--asyncio", action="store_true", help="plain asyncio loop instead of uvloop")
+    parser.add_argument("--metrics-port", type=int, help="count metrics and serve /metrics on this port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.asyncio:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.metrics_port))
     else:
         import uvloop
 
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, args.metrics_port))
 
 
 if __name__ == "__main__":

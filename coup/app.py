@@ -7,6 +7,7 @@ import importlib
 import logging
 import secrets
 import socket
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,12 +17,16 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from coup.config import Settings
+from coup.core.adapter import MemoryAdapter
 from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
+from coup.logs import AccessLog
+from coup.metrics import Metrics, MetricsExport, Values
 from coup.transports.arrival import ArrivalHTTPServer
 from coup.transports.front_door import FrontDoor
+from coup.transports.metrics import metrics_application, metrics_rule
 from coup.transports.origins import OriginPolicy
 from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
@@ -29,13 +34,21 @@ from coup.transports.sockjs import SockJSEndpoint
 from coup.transports.static import PageFileHandler, SecurityHeaders
 
 if TYPE_CHECKING:
+    from coup.admin import AdminView
     from coup.cluster.node import Cluster
     from coup.domain.sequence import SequenceSource
     from coup.domain.service import CoupDomain
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+def _static_dir() -> Path:
+    """The demo page: shipped inside the package by a wheel (see setup.py), else the checkout's."""
+    packaged = Path(__file__).resolve().parent / "static"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 SOCKET_IO_PATH = "/socket.io/"
 #: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
 SOCKJS_PATH = "/sockjs"
@@ -92,11 +105,12 @@ def _public_address(settings: Settings, sock: socket.socket) -> str:
 
 
 def _interface_towards(url: str | None) -> str | None:
-    from urllib.parse import urlsplit
+    from coup.redis_endpoint import redis_endpoint
 
-    target = urlsplit(url).hostname if url else None
-    if not target:
+    endpoint = redis_endpoint(url) if url else None
+    if endpoint is None or endpoint.path is not None:
         return None
+    target = endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -116,6 +130,13 @@ class CoupNode:
         self._listeners: list[asyncio.base_events.Server] = []
         self.origins = OriginPolicy(settings.allowed_origins)
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        #: what every layer counts, when anything reads it (`/metrics`, the admin view)
+        self.metrics: Metrics | None = Metrics() if settings.counts_metrics else None
+        #: the port `/metrics` is served on without a token (COUP_METRICS_PORT), once started
+        self.metrics_port: int | None = None
+        self._metrics_server: HTTPServer | None = None
+        self._export: MetricsExport | None = None
+        self._stats_reporter: NodeService | None = None
         node_id = settings.node_id or secrets.token_hex(4)
         #: with REDIS_URL: the Redis-backed adapter, presence and room router (coup.cluster)
         self.cluster: Cluster | None = None
@@ -129,7 +150,7 @@ class CoupNode:
             ping_timeout=settings.ping_timeout,
             max_payload=settings.max_payload,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
-        ))
+        ), metrics=self.metrics)
         recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,
                                    max_bytes=settings.recovery_max_bytes) if settings.recovery_window > 0 else None
         cluster_parts: dict[str, Any] = {}
@@ -150,8 +171,18 @@ class CoupNode:
         #: the CoUp domain, when installed (`coup_node`)
         self.domain: CoupDomain | None = None
         self.readiness: dict[str, ReadinessCheck] = {}
+        #: the Socket.IO Admin UI's `/admin` namespace, when COUP_ADMIN_USER is set
+        self.admin: AdminView | None = None
         if self.cluster is not None:
             self._install_cluster(self.cluster)
+        if self.metrics is not None:
+            self._export_metrics(self.metrics)
+        if settings.admin_user is not None and settings.admin_password_hash is not None:
+            from coup.admin import AdminView
+
+            self.admin = AdminView(self.sio, settings.admin_user, settings.admin_password_hash.reveal(),
+                                   readonly=settings.admin_readonly, metrics=self.metrics)
+            self.services.append(self.admin)
         for name in settings.plugins:
             importlib.import_module(name).setup(self)
 
@@ -165,9 +196,64 @@ class CoupNode:
             return cluster.ready
 
         self.readiness["redis"] = linked
+        from coup.cluster.status import StatsReporter
+
+        #: this node's connection counts in Redis, for `coup status`
+        self._stats_reporter = StatsReporter(cluster.redis, cluster.node_id, cluster.options,
+                                             self.connection_report)
+        if self.metrics is not None:
+            from coup.cluster.metrics import export_cluster_metrics
+
+            export_cluster_metrics(cluster, self.metrics)
         front, api = cluster_rules(cluster, self.engine, SOCKET_IO_PATH, SOCKJS_PATH, self.settings.service_token)
         self._front_rules += front
         self.extra_rules += api
+
+    def connection_report(self) -> dict[str, Any]:
+        """Connections by transport and sockets by namespace, now."""
+        connections: dict[str, int] = {}
+        for session in self.engine.sessions.values():
+            connections[session.transport.name] = connections.get(session.transport.name, 0) + 1
+        return {"connections": connections,
+                "sockets": {nsp.name: len(nsp.sockets) for nsp in self.sio.namespaces.values()}}
+
+    def _export_metrics(self, metrics: Metrics) -> None:
+        """Values the node keeps anyway, read when scraped: nothing is counted twice."""
+        transports = (*self.engine.options.transports, "sockjs")
+
+        def sessions() -> Values:
+            counts: dict[tuple[str, ...], float] = {(t,): 0 for t in transports}
+            for session in self.engine.sessions.values():
+                counts[(session.transport.name,)] = counts.get((session.transport.name,), 0) + 1
+            return counts
+
+        def connections() -> Values:
+            counts: defaultdict[tuple[str, ...], float] = defaultdict(float)
+            for nsp in self.sio.namespaces.values():
+                for transport in transports:
+                    counts[nsp.name, transport] += 0
+                for sock in nsp.sockets.values():
+                    counts[nsp.name, sock.session.transport.name] += 1
+            return counts
+
+        def rooms() -> Values:
+            counts: dict[tuple[str, ...], float] = {}
+            for nsp in self.sio.namespaces.values():
+                adapter = nsp.adapter
+                if isinstance(adapter, MemoryAdapter):  # a socket's own room is not counted
+                    counts[(nsp.name,)] = sum(1 for room in adapter.rooms if room not in adapter.sids)
+            return counts
+
+        def room_commands() -> Values:
+            stats = self.sio.rooms.stats
+            names = {"local": "local", "remote": "routed", "fallback": "fallback", "served": "served"}
+            return {(label,): stats[key] for key, label in names.items() if key in stats}
+
+        metrics.read("coup_engine_sessions", sessions)
+        metrics.read("coup_connections", connections)
+        metrics.read("coup_rooms", rooms)
+        metrics.read("coup_room_commands_total", room_commands)
+        metrics.read("coup_room_command_timeouts_total", lambda: {(): self.sio.rooms.stats.get("timeout", 0)})
 
     def application(self) -> Application:
         static = Path(self.settings.static_dir) if self.settings.static_dir else STATIC_DIR
@@ -184,11 +270,23 @@ class CoupNode:
             (r"/readyz", ReadyHandler, {"checks": self.readiness}),
             *self.sockjs.rules,
             *self.extra_rules,
-            (r"/(.*)", PageFileHandler, {"path": str(static), "default_filename": "index.html"}),
         ]
-        app = Application(rules)
+        if self.metrics is not None and self.settings.metrics_token is not None:
+            rules.append(metrics_rule(self.metrics_export(), self.settings.metrics_token.reveal()))
+        rules.append((r"/(.*)", PageFileHandler, {"path": str(static), "default_filename": "index.html"}))
+        app = Application(rules, log_function=self.access_log())
         app.add_transform(SecurityHeaders)
         return app
+
+    def access_log(self) -> AccessLog:
+        """API calls and pages at INFO; transport requests (each long-poll) and probes at DEBUG."""
+        return AccessLog((SOCKET_IO_PATH, SOCKJS_PATH), ("/healthz", "/readyz", "/metrics"))
+
+    def metrics_export(self) -> MetricsExport:
+        assert self.metrics is not None
+        if self._export is None:
+            self._export = MetricsExport(self.metrics)
+        return self._export
 
     async def start(self, sockets: list[socket.socket] | None = None) -> HTTPServer:
         """Start serving on `sockets`, or on the configured host and port."""
@@ -196,6 +294,8 @@ class CoupNode:
             sockets = bind_sockets(self.settings.port, self.settings.host)
         if self.cluster is not None:
             await self.cluster.start(_public_address(self.settings, sockets[0]))
+            if self._stats_reporter is not None:
+                await self._stats_reporter.start()
         for service in self.services:
             await service.start()
         await self.sio.start()
@@ -216,9 +316,19 @@ class CoupNode:
         else:
             server.add_sockets(sockets)
         self.http_server = server
+        if self.metrics is not None and self.settings.metrics_port is not None:
+            metric_sockets = bind_sockets(self.settings.metrics_port, self.settings.host)
+            self._metrics_server = HTTPServer(metrics_application(self.metrics_export(),
+                                                                  log_function=self.access_log()))
+            self._metrics_server.add_sockets(metric_sockets)
+            self.metrics_port = metric_sockets[0].getsockname()[1]
         return server
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            await self._metrics_server.close_all_connections()
+            self._metrics_server = None
         for listener in self._listeners:
             listener.close()
         self._listeners = []
@@ -228,6 +338,8 @@ class CoupNode:
         if self.sockjs is not None:
             self.sockjs.close()
         if self.cluster is not None:  # before the services: its leave may announce users offline
+            if self._stats_reporter is not None:
+                await self._stats_reporter.stop()
             await self.cluster.stop()
         if self.http_server is not None:
             await self.http_server.close_all_connections()

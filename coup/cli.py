@@ -9,7 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings, redact_url
+from coup.config import ConfigError, Settings, StartError, url_for_logs
+from coup.logs import configure_logging, set_node
 
 log = logging.getLogger("coup")
 
@@ -28,12 +29,13 @@ async def _serve(settings: Settings) -> None:
     from coup.heap import freeze_startup_heap
 
     node = coup_node(settings)
+    set_node(node.sio.node_id)  # a random one when COUP_NODE_ID is not set
     await node.start()
     log.debug("%d start-up objects frozen out of the collector", freeze_startup_heap())
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
     if settings.demo:
         log.info("demo mode: database %s; sign in with `coup token 1` (Alice) or POST /api/dev/token",
-                 redact_url(settings.database_url))
+                 url_for_logs(settings.database_url))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         overrides["demo"] = True
     settings = Settings.from_env(None, **overrides)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.refuse_unsafe_demo()
+    configure_logging(settings.log_level, settings.log_format, settings.node_id)
     _run(_serve(settings))
     return 0
 
@@ -62,12 +65,38 @@ def _database_settings() -> Settings:
     return Settings.from_env(None, demo=True)
 
 
-def cmd_initdb(args: argparse.Namespace) -> int:
-    from coup.domain.database import initdb
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """`coup migrate` (and `coup initdb`, the same from an empty database)."""
+    import peewee as pw
+
+    from coup.domain.database import open_database
+    from coup.domain.migrations import MigrationError, current_version, head, migrate
 
     url = _database_settings().database_url
-    initdb(url)
-    print(f"coup: schema ready in {redact_url(url)}")
+    shown = url_for_logs(url)
+    db = open_database(url)
+    try:
+        if args.check:
+            with db.connection_context():
+                version = current_version(db)
+            print(f"coup: schema version {version if version is not None else 'none (empty)'}, "
+                  f"this release's is {head()}")
+            return 0 if version == head() else 1
+        report = migrate(db, on_wait=lambda message: print(f"coup: {message}", file=sys.stderr, flush=True))
+    except MigrationError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1
+    except pw.OperationalError as exc:  # unreachable, refused, bad credentials: one line, no traceback
+        raise StartError(f"DATABASE_URL {shown} cannot be used: {' '.join(str(exc).split())}") from exc
+    finally:
+        db.close()
+    if report.before is None:
+        print(f"coup: empty database {shown}: schema created at version {report.after}")
+    elif report.applied:
+        print(f"coup: {shown} migrated from version {report.before} to {report.after} "
+              f"(applied {', '.join(map(str, report.applied))})")
+    else:
+        print(f"coup: {shown} is at version {report.after}; nothing to do")
     return 0
 
 
@@ -86,7 +115,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         database.close()
-    print(f"coup: demo data loaded into {redact_url(url)} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
+    print(f"coup: demo data loaded into {url_for_logs(url)} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
     return 0
 
 
@@ -111,12 +140,50 @@ def cmd_token(args: argparse.Namespace) -> int:
         finally:
             database.close()
         if secret is None:
-            print(f"coup: JWT_SECRET is not set and {redact_url(settings.database_url)} holds no demo secret; "
+            print(f"coup: JWT_SECRET is not set and {url_for_logs(settings.database_url)} holds no demo secret; "
                   "set JWT_SECRET, or start `coup serve --demo` once with this DATABASE_URL", file=sys.stderr)
             return 2
     assert secret is not None
     tokens = TokenService(secret, settings.jwt_algorithm, settings.jwt_leeway)
     print(tokens.issue(args.user_id, ttl=args.ttl))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The cluster's nodes, ring epoch, room owners and connection counts, read from Redis."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from coup.cluster.options import ClusterOptions
+    from coup.cluster.status import format_status, read_status
+
+    settings = Settings.from_env(None, demo=True)
+    if settings.redis_url is None:
+        print("coup: REDIS_URL is not set: without it there is no cluster (one process serves everything)",
+              file=sys.stderr)
+        return 2
+    options = ClusterOptions(prefix=settings.redis_prefix)
+    try:
+        status = asyncio.run(read_status(settings.redis_url, options, room_limit=None if args.json else args.rooms))
+    except (RedisError, OSError) as exc:
+        print(f"coup: cannot read the cluster from Redis: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status, prefix=settings.redis_prefix))
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the bcrypt hash of a password read from stdin (for COUP_ADMIN_PASSWORD)."""
+    import getpass
+
+    import bcrypt
+
+    password = getpass.getpass("admin password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("coup: the password must be at least 8 characters", file=sys.stderr)
+        return 2
+    print(bcrypt.hashpw(password.encode(), bcrypt.gensalt(args.rounds)).decode())
     return 0
 
 
@@ -128,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default $PORT or 8000)")
     serve.add_argument("--demo", action="store_true", help="demo mode: embedded defaults and demo data")
     serve.set_defaults(func=cmd_serve)
-    initdb = sub.add_parser("initdb", help="create the database schema ($DATABASE_URL); safe to run again")
-    initdb.set_defaults(func=cmd_initdb)
+    migrate = sub.add_parser("migrate", help="bring the schema of $DATABASE_URL to this release's (creates an "
+                                             "empty one); safe to run again, and from several nodes at once")
+    migrate.add_argument("--check", action="store_true", help="only say the version; exit 1 when not current")
+    migrate.set_defaults(func=cmd_migrate)
+    initdb = sub.add_parser("initdb", help="the same as `migrate` (kept for older release scripts)")
+    initdb.set_defaults(func=cmd_migrate, check=False)
     seed = sub.add_parser("seed-demo", help="load the demo data (users 1-5, group 1, studies 1-2, tasks 1-2)")
     seed.add_argument("--reset", action="store_true", help="empty the tables first (else refuses a non-empty db)")
     seed.set_defaults(func=cmd_seed_demo)
@@ -137,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user_id", type=int, metavar="USER_ID")
     token.add_argument("--ttl", type=float, default=24 * 3600.0, help="lifetime in seconds (default one day)")
     token.set_defaults(func=cmd_token)
+    status = sub.add_parser("status", help="the cluster ($REDIS_URL): nodes, ring epoch, room owners, connections")
+    status.add_argument("--json", action="store_true", help="everything as JSON (every room), for scripts")
+    status.add_argument("--rooms", type=int, default=50, help="rooms listed in the table (default 50)")
+    status.set_defaults(func=cmd_status)
+    hashpw = sub.add_parser("hash-password", help="print the bcrypt hash of a password read from stdin "
+                                                  "(for COUP_ADMIN_PASSWORD)")
+    hashpw.add_argument("--rounds", type=int, default=12, choices=range(4, 17), metavar="4..16",
+                        help="bcrypt cost (default 12)")
+    hashpw.set_defaults(func=cmd_hash_password)
     return parser
 
 
@@ -148,3 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coup: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"coup: {exc}", file=sys.stderr)
+        return 1

@@ -6,6 +6,7 @@ value raises `ConfigError` naming the variable; secrets hide themselves in `repr
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -14,11 +15,26 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from coup.redis_endpoint import RedisURLError, redis_endpoint, with_options
 
 
 class ConfigError(ValueError):
     """A configuration variable is missing or invalid; the message names it."""
+
+
+class StartError(RuntimeError):
+    """A service the settings point at cannot be used at start; the message names the setting."""
+
+
+def url_for_logs(url: str) -> str:
+    """`url` without its user name, password and query (which may hold credentials too)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class Secret:
@@ -65,21 +81,6 @@ def guessable(value: str) -> bool:
     return len(counts) < 6 or bits < 32 or repeated
 
 
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by ``***`` (for logs and reprs)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparseable URL>"
-#: node ids and key prefixes appear in session ids and Redis channel names
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
 def _bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -118,6 +119,62 @@ def _name(name: str, raw: str) -> str:
     return value
 
 
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _bcrypt_hash(name: str, raw: str) -> str:
+    """A bcrypt hash (``$2b$12$...``): the plain password never sits in the environment."""
+    if not _BCRYPT.fullmatch(raw):
+        raise ConfigError(f"{name} must be a bcrypt hash ($2b$12$..., see `coup hash-password`), "
+                          "not the password itself")
+    return raw
+
+
+def _address(name: str, raw: str) -> str:
+    """``host:port`` (``[v6]:port``), as other nodes dial it."""
+    value = raw.strip()
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 10.0.0.5:8000 or [fd00::5]:8000"
+    if "/" in value or not sep or not host or host == "[]" or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"{name} must be host:port ({example}), got {raw!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must end in a port from 1 to 65535 ({example}), got {raw!r}")
+    return value
+
+
+#: variables only a hosting platform sets: Heroku, Fly.io, Render, Railway, Google Cloud Run
+PLATFORM_MARKERS = ("DYNO", "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "K_SERVICE")
+
+#: peewee URL schemes we open, and the database each one means
+DATABASE_KINDS = {"sqlite": "sqlite", "postgres": "postgresql", "postgresql": "postgresql"}
+
+
+def database_kind(url: str) -> str | None:
+    """``sqlite`` or ``postgresql`` for a DATABASE_URL we can open, else None."""
+    return DATABASE_KINDS.get(urlsplit(url.strip()).scheme.lower())
+
+
+def _database_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    kind = database_kind(value)
+    if kind is None:
+        head = value.split(":", 1)[0] + ":..."  # never the rest: it may hold a password
+        raise ConfigError(f"{name} must be sqlite:///file.db or postgresql://user:pass@host:5432/db, not {head!r}")
+    if kind == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+        raise ConfigError(f"{name} is a PostgreSQL URL but its driver is not installed: "
+                          "pip install 'coup-realtime[postgres]' (requirements.txt does)")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    try:
+        redis_endpoint(value).ssl_context  # noqa: B018 - loads the CA and client certificate files now
+    except RedisURLError as exc:
+        raise ConfigError(f"{name} {exc}") from None
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -147,6 +204,8 @@ class Settings:
     port: int = 8000
     #: demo mode: embedded defaults, a made-up JWT secret, demo data, /api/dev/token
     demo: bool = False
+    #: let demo mode start on a hosting platform or with PostgreSQL (a public demo instance)
+    demo_anywhere: bool = False
     database_url: str = "sqlite:///coup.db"
     redis_url: str | None = None
     jwt_secret: Secret | None = None
@@ -176,6 +235,17 @@ class Settings:
     #: bytes of broadcasts kept for recovery per namespace
     recovery_max_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
+    #: "text" (logfmt-like, on stderr) or "json" (one object per line, on stdout)
+    log_format: str = "text"
+    #: serve `GET /metrics` on this port of `host`, without authentication (a private network)
+    metrics_port: int | None = None
+    #: serve `GET /metrics` on the main port to `Authorization: Bearer <token>`
+    metrics_token: Secret | None = None
+    #: the Socket.IO Admin UI's `/admin` namespace: user name and bcrypt hash of the password
+    admin_user: str | None = None
+    admin_password_hash: Secret | None = None
+    #: the admin namespace only shows (False: it may also emit, join, leave and disconnect)
+    admin_readonly: bool = True
     static_dir: str | None = None
     #: cluster: every Redis key and channel starts with this (several apps may share a Redis)
     redis_prefix: str = "coup"
@@ -215,13 +285,17 @@ class Settings:
             values["port"] = _int("PORT", raw, minimum=0, maximum=65535)
         if (raw := get("COUP_DEMO")) is not None:
             values["demo"] = _bool("COUP_DEMO", raw)
+        if (raw := get("COUP_DEMO_ANYWHERE")) is not None:
+            values["demo_anywhere"] = _bool("COUP_DEMO_ANYWHERE", raw)
         if (raw := get("DATABASE_URL")) is not None:
-            values["database_url"] = raw.strip()
+            values["database_url"] = _database_url("DATABASE_URL", raw)
         if (raw := get("REDIS_URL")) is not None:
-            url = raw.strip()
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url!r}")
-            values["redis_url"] = url
+            if (options := get("COUP_REDIS_OPTIONS")) is not None:
+                values["redis_url"] = _redis_url("REDIS_URL (with COUP_REDIS_OPTIONS)", with_options(raw, options))
+            else:
+                values["redis_url"] = _redis_url("REDIS_URL", raw)
+        elif get("COUP_REDIS_OPTIONS") is not None:
+            raise ConfigError("COUP_REDIS_OPTIONS is set but REDIS_URL is not: the options belong to a Redis URL")
         if (raw := get("JWT_SECRET")) is not None:
             values["jwt_secret"] = Secret(raw)
         if (raw := get("JWT_ALGORITHM")) is not None:
@@ -239,7 +313,7 @@ class Settings:
         if (raw := get("COUP_PLUGINS")) is not None:
             values["plugins"] = _list(raw)
         if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:
-            values["public_address"] = raw.strip()
+            values["public_address"] = _address("COUP_PUBLIC_ADDRESS", raw)
         if (raw := get("COUP_PING_INTERVAL")) is not None:
             values["ping_interval"] = _float("COUP_PING_INTERVAL", raw, minimum=0.05)
         if (raw := get("COUP_PING_TIMEOUT")) is not None:
@@ -273,6 +347,22 @@ class Settings:
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise ConfigError(f"COUP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
             values["log_level"] = level
+        if (raw := get("COUP_LOG_FORMAT")) is not None:
+            if raw.strip().lower() not in ("text", "json"):
+                raise ConfigError(f"COUP_LOG_FORMAT must be text or json, got {raw!r}")
+            values["log_format"] = raw.strip().lower()
+        if (raw := get("COUP_METRICS_PORT")) is not None:
+            values["metrics_port"] = _int("COUP_METRICS_PORT", raw, minimum=0, maximum=65535)
+        if (raw := get("COUP_METRICS_TOKEN")) is not None:
+            if len(raw.encode()) < 16:
+                raise ConfigError("COUP_METRICS_TOKEN must be at least 16 bytes")
+            values["metrics_token"] = Secret(raw)
+        if (raw := get("COUP_ADMIN_USER")) is not None:
+            values["admin_user"] = raw.strip()
+        if (raw := get("COUP_ADMIN_PASSWORD")) is not None:
+            values["admin_password_hash"] = Secret(_bcrypt_hash("COUP_ADMIN_PASSWORD", raw.strip()))
+        if (raw := get("COUP_ADMIN_READONLY")) is not None:
+            values["admin_readonly"] = _bool("COUP_ADMIN_READONLY", raw)
         if (raw := get("COUP_STATIC_DIR")) is not None:
             values["static_dir"] = raw.strip()
         if (raw := get("COUP_DB_WORKERS")) is not None:
@@ -285,6 +375,28 @@ class Settings:
             values["typing_interval"] = _float("COUP_TYPING_INTERVAL", raw)
         values.update(overrides)
         return cls(**values).validated()
+
+    def refuse_unsafe_demo(self, environ: Mapping[str, str] | None = None) -> None:
+        """Refuse to serve in demo mode where real users may be (`coup serve` calls this).
+
+        Demo mode answers ``POST /api/dev/token`` with a token for ANY user id and seeds
+        demo data into an empty database, so it must never run on a production deploy by
+        accident (a ``COUP_DEMO=1`` copied into the platform's config, ``--demo`` left in a
+        Procfile). It is refused when the database is PostgreSQL (SQLite files are what
+        demos use) or when a variable only a hosting platform sets is present, unless
+        ``COUP_DEMO_ANYWHERE=1`` says this deploy is a public demo on purpose.
+        """
+        if not self.demo or self.demo_anywhere:
+            return
+        env = os.environ if environ is None else environ
+        fix = "unset COUP_DEMO and --demo, or set COUP_DEMO_ANYWHERE=1 if this deploy is a public demo on purpose"
+        if database_kind(self.database_url) != "sqlite":
+            raise ConfigError(f"COUP_DEMO / --demo refused: DATABASE_URL is a PostgreSQL database, where demo mode "
+                              f"would hand out tokens for its users (POST /api/dev/token); {fix}")
+        marker = next((name for name in PLATFORM_MARKERS if env.get(name)), None)
+        if marker is not None:
+            raise ConfigError(f"COUP_DEMO / --demo refused: {marker} is set, so this runs on a hosting platform, "
+                              f"where demo mode would hand out tokens for any user (POST /api/dev/token); {fix}")
 
     def validated(self) -> Settings:
         """Check cross-field rules; in demo mode, make up what a demo may lack."""
@@ -309,14 +421,25 @@ class Settings:
             if guessable(token):
                 raise ConfigError(f"COUP_SERVICE_TOKEN is too easy to guess (few distinct characters or a "
                                   f"repeated pattern); {MAKE_A_SECRET}")
+        if (settings.admin_user is None) != (settings.admin_password_hash is None):
+            raise ConfigError("COUP_ADMIN_USER and COUP_ADMIN_PASSWORD must be set together (or neither)")
         return settings
 
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_user is not None and self.admin_password_hash is not None
+
+    @property
+    def counts_metrics(self) -> bool:
+        """Anything reads the counters: `/metrics` on some port, or the admin view."""
+        return self.metrics_port is not None or self.metrics_token is not None or self.admin_enabled
+
     def __repr__(self) -> str:
-        """Every field, with secrets hidden and passwords in URLs replaced by ``***``."""
+        """Every field, with secrets hidden and URLs without their credentials (`url_for_logs`)."""
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in _URL_FIELDS and isinstance(value, str):
-                value = redact_url(value)
+                value = url_for_logs(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable, RespConnection
+from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,10 @@ class Bus:
         self.stats = {"published": 0, "published_messages": 0, "publish_failed": 0, "received": 0,
                       "received_messages": 0, "deaf_repairs": 0}
         self._last_drop_log = 0.0
+        #: why the last connection attempt failed ("" once connected)
+        self._last_failure = ""
+        #: where the self-probe's timings go (Redis round trip, pub/sub lag), if anywhere
+        self.metrics: Metrics | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,7 +114,8 @@ class Bus:
             async with asyncio.timeout(wait):
                 await self._first_ready.wait()
         except TimeoutError:
-            log.warning("redis not reachable at start; serving local sockets and retrying")
+            log.warning("redis not reachable at start (%s); serving local sockets and retrying",
+                        self._last_failure or "no answer")
 
     async def stop(self) -> None:
         self._running = False
@@ -152,7 +158,7 @@ class Bus:
                 await self._broken.wait()
                 log.warning("redis link lost; serving local sockets and reconnecting")
             except (RedisUnavailable, RedisError) as exc:
-                log.info("redis link not (re)established: %s", exc)
+                self._connect_failed(exc)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -162,6 +168,14 @@ class Bus:
                 return
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.options.reconnect_max)
+
+    def _connect_failed(self, exc: Exception) -> None:
+        """A failed (re)connection: WARNING when the reason is new (a wrong certificate or
+        password says so once, at once), INFO while the same reason repeats every retry."""
+        reason = str(exc)
+        level = logging.INFO if reason == self._last_failure else logging.WARNING
+        self._last_failure = reason
+        log.log(level, "redis link not (re)established: %s", reason)
 
     async def _connect(self) -> None:
         self._broken.clear()
@@ -185,6 +199,7 @@ class Bus:
         if self._broken.is_set():
             raise RedisUnavailable("redis link lost while re-syncing")
         self.ready = True
+        self._last_failure = ""
         self._first_ready.set()
         log.info("redis link up (connection #%d, %d channels)", self.connections, len(wanted))
 
@@ -377,12 +392,17 @@ class Bus:
             heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._probes[nonce] = heard
             try:
+                started = time.perf_counter()
                 async with asyncio.timeout(opts.probe_timeout):
                     receivers = await self.publish(self.inbox, PROBE + nonce)
+                answered = time.perf_counter()
                 if receivers == 0:
                     raise _Deaf("redis has no subscription of ours")
                 async with asyncio.timeout(opts.probe_timeout):
                     await heard
+                if self.metrics is not None:
+                    self.metrics.redis_roundtrip.observe(answered - started)
+                    self.metrics.pubsub_lag.observe(time.perf_counter() - started)
             except (TimeoutError, _Deaf, RedisUnavailable) as exc:
                 if self.ready:  # a failure during a reconnect is not news
                     self.stats["deaf_repairs"] += 1

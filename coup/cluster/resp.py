@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+
+from coup.redis_endpoint import RedisEndpoint, redis_endpoint
 
 Push = Callable[[list[Any]], None]
 
@@ -26,11 +27,18 @@ class RedisUnavailable(ConnectionError):
     """The connection to Redis is gone (or never came up); the command may or may not have run."""
 
 
-def connection_params(url: str) -> dict[str, Any]:
-    """Host/port/path/credentials/TLS of a ``redis://``, ``rediss://`` or ``unix://`` URL."""
-    params = dict(parse_url(url))
-    params["tls"] = url.startswith("rediss://")
-    return params
+class RedisTLSRejected(RedisUnavailable):
+    """The server's certificate did not pass the checks the URL asks for (a setting to fix, not an outage)."""
+
+
+def _tls_failure(endpoint: RedisEndpoint, exc: ssl.SSLCertVerificationError) -> RedisTLSRejected:
+    hint = ("for an add-on with a self-signed certificate add ?ssl_cert_reqs=none to REDIS_URL (or set "
+            "COUP_REDIS_OPTIONS=ssl_cert_reqs=none where the platform owns REDIS_URL), or trust its CA with "
+            "ssl_ca_certs=/path/ca.pem")
+    if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        hint = "add ssl_check_hostname=false to REDIS_URL (or COUP_REDIS_OPTIONS) if the certificate names another host"
+    return RedisTLSRejected(f"redis at {endpoint} has a TLS certificate we do not trust "
+                            f"({exc.verify_message}); {hint}")
 
 
 class RespConnection(asyncio.Protocol):
@@ -53,30 +61,33 @@ class RespConnection(asyncio.Protocol):
     async def open(cls, url: str, *, name: str, timeout: float, on_push: Push | None = None,
                    on_lost: Callable[[], None] | None = None) -> RespConnection:
         """Connect, authenticate and name the connection (``CLIENT SETNAME`` helps operators)."""
-        params = connection_params(url)
+        endpoint = redis_endpoint(url)
         loop = asyncio.get_running_loop()
         conn = cls(None, None)  # no push handling until the handshake replies are read
         try:
             async with asyncio.timeout(timeout):
-                if "path" in params:
-                    await loop.create_unix_connection(lambda: conn, params["path"])
+                if endpoint.path is not None:
+                    await loop.create_unix_connection(lambda: conn, endpoint.path)
                 else:
-                    context = ssl.create_default_context() if params["tls"] else None
-                    await loop.create_connection(lambda: conn, params.get("host", "localhost"),
-                                                 int(params.get("port", 6379)), ssl=context)
+                    await loop.create_connection(lambda: conn, endpoint.host, endpoint.port,
+                                                 ssl=endpoint.ssl_context)
                 setup: list[tuple[Any, ...]] = []
-                if params.get("password"):
-                    if params.get("username"):
-                        setup.append(("AUTH", params["username"], params["password"]))
-                    else:
-                        setup.append(("AUTH", params["password"]))
+                if endpoint.password:
+                    setup.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
+                                 else ("AUTH", endpoint.password))
                 setup.append(("CLIENT", "SETNAME", name))
                 for reply in await asyncio.gather(*conn.send(*setup)):
                     if isinstance(reply, hiredis.ReplyError):
-                        raise RedisUnavailable(f"redis refused the connection setup: {reply}")
+                        raise RedisUnavailable(f"redis at {endpoint} refused the connection setup: {reply}")
+        except RedisUnavailable:
+            conn.close()
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise _tls_failure(endpoint, exc) from None
         except (OSError, TimeoutError) as exc:
             conn.close()
-            raise RedisUnavailable(f"cannot connect to redis: {exc!r}") from None
+            raise RedisUnavailable(f"cannot connect to redis at {endpoint}: {exc!r}") from None
         except BaseException:
             conn.close()
             raise

@@ -39,7 +39,7 @@ class RedisRoomRouter(LocalRoomRouter):
     def __init__(self, cluster: Cluster) -> None:
         super().__init__(cluster.node_id)
         self.cluster = cluster
-        self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0}
+        self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0}
 
     def owner(self, room: str) -> str:
         return self.cluster.registry.owner(room)
@@ -66,6 +66,7 @@ class RedisRoomRouter(LocalRoomRouter):
                                                    self.cluster.options.call_timeout, first_only=True,
                                                    target=owner)
         except ClusterTimeout:
+            self.stats["timeout"] += 1
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
             raise UNAVAILABLE from None
         except RedisUnavailable:

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -165,6 +165,7 @@ class MemoryAdapter(Adapter):
         self._packets: deque[_StoredPacket] = deque()
         self._next_offset = 1
         self._sessions: dict[str, SessionRecord] = {}
+        self._metrics = nsp.server.metrics
 
     # ------------------------------------------------------------------ membership
 
@@ -221,13 +222,13 @@ class MemoryAdapter(Adapter):
     def local_room_sids(self, room: str) -> frozenset[str]:
         return frozenset(self.rooms.get(room, ()))
 
-    def local_targets(self, opts: BroadcastOptions) -> Iterable[str]:
+    def local_targets(self, opts: BroadcastOptions) -> Collection[str]:
         """The local socket ids a broadcast reaches (a snapshot: delivery may change rooms)."""
         rooms = self.rooms
         if opts.rooms:
             if len(opts.rooms) == 1:
                 (room,) = opts.rooms
-                targets: Iterable[str] = tuple(rooms.get(room, ()))
+                targets: Collection[str] = tuple(rooms.get(room, ()))
             else:
                 union: set[str] = set()
                 for room in opts.rooms:
@@ -269,7 +270,11 @@ class MemoryAdapter(Adapter):
     def deliver(self, out: Outbound, opts: BroadcastOptions) -> None:
         """Hand already-encoded packets to every local receiver (the fan-out hot loop)."""
         sockets = self.nsp.sockets
-        for sid in self.local_targets(opts):
+        targets = self.local_targets(opts)
+        metrics = self._metrics
+        if metrics is not None:  # once per broadcast, not per receiver
+            metrics.broadcast_receivers.observe(len(targets))
+        for sid in targets:
             socket = sockets.get(sid)
             if socket is not None:
                 socket.sink.send(out)

@@ -55,6 +55,10 @@ class HeldPackets:
             log.warning("session %s: %d bytes sent to a socket still connecting; closing", self.session.sid,
                         self.size)
             self.overflowed = True
+            metrics = self.session.server.metrics
+            if metrics is not None:
+                metrics.slow_consumer("connecting")
+                metrics.dropped("connecting", len(self.packets) + 1)
             self.packets.clear()
             asyncio.get_running_loop().call_soon(partial(self.session.close, "transport error", graceful=False))
             return

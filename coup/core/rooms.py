@@ -22,6 +22,8 @@ class UnknownCommand(LookupError):
 class RoomRouter:
     def __init__(self) -> None:
         self.commands: dict[str, RoomCommand] = {}
+        #: commands by where they ran ("local"; a cluster router adds its own kinds)
+        self.stats: dict[str, int] = {"local": 0}
 
     def register(self, name: str, command: RoomCommand) -> None:
         self.commands[name] = command
@@ -67,4 +69,5 @@ class LocalRoomRouter(RoomRouter):
                 del self._locks[room]
 
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        self.stats["local"] += 1
         return await self.run_locally(room, name, payload)

@@ -19,6 +19,8 @@ from coup.core.rooms import LocalRoomRouter, RoomRouter
 from coup.core.socket import Socket
 from coup.engine.server import EngineServer
 from coup.engine.session import Session
+from coup.logs import log_context
+from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from coup.protocol.wire import Outbound
 
@@ -44,6 +46,8 @@ class SocketServer:
         self.rooms: RoomRouter = rooms or LocalRoomRouter()
         self.default_ack_timeout = default_ack_timeout
         self.namespaces: dict[str, Namespace] = {}
+        #: who a socket's user is, for log lines about it (the application knows; None: nobody)
+        self.describe_user: Callable[[Socket], object] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: client address -> its open connections (the per-address cap)
         self.connections_by_address: dict[str, int] = {}
@@ -58,6 +62,18 @@ class SocketServer:
         if nsp is None:
             nsp = self.namespaces[name] = Namespace(self, name)
         return nsp
+
+    def log_user(self, socket: Socket) -> str | None:
+        describe = self.describe_user
+        if describe is None:
+            return None
+        user = describe(socket)
+        return None if user is None else str(user)
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """Where this node counts (the engine's; None when it counts nothing)."""
+        return self.engine.metrics
 
     @property
     def main(self) -> Namespace:
@@ -128,10 +144,13 @@ class SocketServer:
         return True
 
     async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
+        log_context(client.session.sid)  # this task's log lines are about this client
         socket: Socket | None = None
         try:
             nsp = self.namespaces.get(name)
             if nsp is None:
+                if self.engine.metrics is not None:  # the client's name is no label: it is unbounded
+                    self.engine.metrics.connect_refusals["", "invalid namespace"] += 1
                 client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
                                                 {"message": "Invalid namespace"}))
                 return
@@ -169,9 +188,13 @@ class SocketServer:
             client.send_packet(SocketPacket(SocketPacketType.CONNECT, name, reply))
             socket.sink = client.session
             held.release(missed)
+            if self.engine.metrics is not None:
+                self.engine.metrics.connects[(name,)] += 1
             await nsp.run_connect_handlers(socket)
         except Exception:
             log.exception("connecting session %s to %s failed", client.session.sid, name)
+            if self.engine.metrics is not None:
+                self.engine.metrics.connect_refusals[name, "error"] += 1
             if socket is not None:
                 socket.on_close("server namespace disconnect")
             if not client.closed:
@@ -189,6 +212,8 @@ class SocketServer:
         pid, offset = auth.get("pid"), auth.get("offset")
         if recovery is not None and isinstance(pid, str) and isinstance(offset, str):
             restored = await nsp.adapter.restore_session(pid, offset)
+            if self.engine.metrics is not None:
+                self.engine.metrics.recoveries["hit" if restored is not None else "miss"] += 1
             if restored is not None:
                 socket = Socket(nsp, client, auth, sid=restored.sid, pid=restored.pid)
                 socket.data = dict(restored.data)
@@ -203,6 +228,8 @@ class SocketServer:
                     if client.closed:
                         return None
             except ConnectRefused as exc:
+                if self.engine.metrics is not None:
+                    self.engine.metrics.connect_refusals[nsp.name, "middleware"] += 1
                 if not client.closed:
                     client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, nsp.name, exc.payload()))
                 return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisc
 from coup.core.hold import HeldPackets, PacketSink
 from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
+from coup.logs import log_context, reset_context
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from coup.engine.session import Session
 
 log = logging.getLogger(__name__)
+
+#: the event label of events no handler was registered for (client-chosen names are unbounded)
+UNHANDLED = "(unhandled)"
 
 #: disconnect reasons after which the reference server keeps the session for recovery
 RECOVERABLE_REASONS = frozenset({
@@ -186,6 +191,9 @@ class Socket:
             if len(inbox) >= self.nsp.server.options.max_pending_events:
                 log.warning("socket %s: %d events waiting for handlers; disconnecting (flood)",
                             self.id, len(inbox))
+                metrics = self.nsp.server.metrics
+                if metrics is not None:
+                    metrics.dropped("inbox", len(inbox) + 1)
                 self.send_error(ClientError("FLOOD", "Too many events; slow down"), None)
                 self.disconnect(close=True)
                 return
@@ -202,6 +210,9 @@ class Socket:
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
         origin = current_origin.set(self.id)
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        context = log_context(self.session.sid, self.nsp.server.log_user(self))
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -212,10 +223,16 @@ class Socket:
         else:
             self._ack(packet, result)
         finally:
+            reset_context(context)
             current_origin.reset(origin)
+        if metrics is not None:
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
-        current_origin.set(self.id)  # this task's context: what its handlers broadcast is this socket's
+        # a task of its own: what it logs is about this client, and what its handlers
+        # broadcast is this socket's (the recovery store's per-origin share), to its end
+        log_context(self.session.sid, self.nsp.server.log_user(self))
+        current_origin.set(self.id)
         try:
             while True:
                 if isinstance(item, _Disconnected):
@@ -234,6 +251,8 @@ class Socket:
         handler = self.nsp.handler_for(event)
         if handler is None:
             return
+        metrics = self.nsp.server.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             args = packet.data[1:] if handler.event is not None else packet.data
             result = handler.fn(self, args)
@@ -246,6 +265,8 @@ class Socket:
             self._refuse(INTERNAL_ERROR, packet)
         else:
             self._ack(packet, result)
+        if metrics is not None:
+            metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     def _ack(self, packet: SocketPacket, result: Any) -> None:
         if packet.id is None or not self.connected:
@@ -286,6 +307,9 @@ class Socket:
         self._last_rooms = adapter.socket_rooms(self.id)
         self.connected = False
         self.disconnect_reason = reason
+        metrics = self.nsp.server.metrics
+        if metrics is not None:
+            metrics.disconnected(self.nsp.name, reason)
         for future in self._acks.values():
             if not future.done():
                 future.set_exception(SocketDisconnected(self.id))

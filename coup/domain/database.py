@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import peewee as pw
 from playhouse.db_url import connect
 
-from coup.domain.models import MODELS, database_proxy
+from coup.config import StartError, database_kind, url_for_logs
+from coup.domain.migrations import MigrationReport, migrate
+from coup.domain.models import database_proxy
+
+if TYPE_CHECKING:
+    from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +42,24 @@ SQLITE_PRAGMAS = (
 
 def open_database(url: str) -> pw.Database:
     """A peewee database for `url` (sqlite:///file.db, postgresql://user@host/db)."""
-    scheme = urlsplit(url).scheme
+    kind = database_kind(url)
     db: pw.Database
-    if scheme.startswith("sqlite"):
+    if kind == "sqlite":
         db = connect(url, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", timeout=10)
-    elif scheme.startswith(("postgres", "postgresql")):
+    elif kind == "postgresql":
         db = connect(url)
     else:
-        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {scheme!r}")
+        raise ValueError(f"DATABASE_URL must be sqlite:/// or postgresql://, got scheme {urlsplit(url).scheme!r}")
     return db
 
 
 class Database:
     """One database and its worker threads. Models are bound to it on construction."""
 
-    def __init__(self, url: str, *, workers: int = 4) -> None:
+    def __init__(self, url: str, *, workers: int = 4, metrics: Metrics | None = None) -> None:
         self.url = url
+        #: query times by query function name (measured on the database thread)
+        self.metrics = metrics
         self.db = open_database(url)
         database_proxy.initialize(self.db)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coup-db")
@@ -59,7 +67,14 @@ class Database:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a synchronous query function on a database thread and return its result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args, **kwargs))
+        call = functools.partial(self._call, fn, *args, **kwargs)
+        if self.metrics is None:
+            return await loop.run_in_executor(self._executor, call)
+        timed = _Timed(call)
+        try:
+            return await loop.run_in_executor(self._executor, timed)
+        finally:  # observed here, on the loop thread: the histograms take no lock
+            self.metrics.db_query(getattr(fn, "__name__", "query"), timed.seconds, failed=timed.failed)
 
     def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -85,10 +100,18 @@ class Database:
     def _ping(self) -> None:
         self.db.execute_sql("SELECT 1").fetchone()  # type: ignore[no-untyped-call]
 
-    def create_schema(self) -> None:
-        """Create every table and index that is missing (idempotent). Synchronous: CLI and start-up."""
-        with self.db.connection_context():
-            self.db.create_tables(MODELS, safe=True)
+    def create_schema(self, *, allow_newer: bool = False) -> MigrationReport:
+        """Bring the schema to this release's (`coup.domain.migrations`; idempotent, and safe
+        from several processes at once). Synchronous: CLI and start-up.
+
+        The first thing a node or `coup migrate` does with the database, so a database that
+        cannot be reached is reported here by its variable, not as a driver's traceback.
+        """
+        try:
+            return migrate(self.db, allow_newer=allow_newer)
+        except pw.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise StartError(f"DATABASE_URL {url_for_logs(self.url)} cannot be used: {reason}") from exc
 
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""
@@ -97,11 +120,32 @@ class Database:
             self.db.close()
 
 
-def initdb(url: str) -> None:
-    """`coup initdb`: create the schema of `url`; running it again changes nothing."""
+class _Timed(Generic[T]):
+    """Runs a call on a database thread and keeps how long it took there (not the queueing)."""
+
+    __slots__ = ("call", "failed", "seconds")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self.call = call
+        self.seconds = 0.0
+        self.failed = True
+
+    def __call__(self) -> T:
+        started = time.perf_counter()
+        try:
+            result = self.call()
+            self.failed = False
+            return result
+        finally:
+            self.seconds = time.perf_counter() - started
+
+
+def initdb(url: str) -> MigrationReport:
+    """`coup initdb` / `coup migrate`: bring the schema of `url` to this release's; running it
+    again changes nothing."""
     database = Database(url, workers=1)
     try:
-        database.create_schema()
+        return database.create_schema()
     finally:
         database.close()
 

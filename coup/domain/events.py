@@ -26,6 +26,7 @@ from coup.domain.presence_events import PresenceEvents
 from coup.domain.ratelimit import Throttle, TokenBucket
 from coup.domain.roomnames import group_room, study_of, study_room, user_room
 from coup.domain.study_rooms import REMOVED, StudyRooms
+from coup.logs import bind_user
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class SocketEvents:
                  joins: TokenBucket | None = None, max_sockets_per_user: int = 50, token_leeway: float = 10.0,
                  membership_check_interval: float = 30.0) -> None:
         self.db = db
+        self.metrics = server.metrics
         self.rooms = rooms
         self.notifier = notifier
         self.presence = presence
@@ -62,6 +64,7 @@ class SocketEvents:
         self._contexts: weakref.WeakKeyDictionary[Socket, queries.ConnectContext] = weakref.WeakKeyDictionary()
         #: set once a socket's connect handler finished: its disconnect handler waits for it
         self._connected: weakref.WeakKeyDictionary[Socket, asyncio.Event] = weakref.WeakKeyDictionary()
+        server.describe_user = lambda socket: socket.data.get("userId")
         nsp.use(self.authenticate)
         nsp.on_connect(self.on_connect)
         nsp.on_disconnect(self.on_disconnect)
@@ -98,6 +101,7 @@ class SocketEvents:
         mine.add(socket)
         socket.data["userId"] = context.user_id
         socket.data["userName"] = context.name
+        bind_user(context.user_id)
         self._contexts[socket] = context
         self._expires[socket] = exp
 
@@ -214,6 +218,8 @@ class SocketEvents:
     def check_message_rate(self, user_id: int) -> None:
         wait = self.message_limit.take(user_id)
         if wait > 0:
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("message")
             raise client_error("RATE_LIMITED", "메시지를 너무 빨리 보내고 있습니다. 잠시 후 다시 시도하세요",
                                retryAfter=round(wait, 3))
 
@@ -222,6 +228,8 @@ class SocketEvents:
         self._in_room(socket, study_id)
         who = actor(socket)
         if not self.typing_throttle.allow((who.id, study_id)):
+            if self.metrics is not None:
+                self.metrics.refused_by_limit("typing")
             return {"ok": True, "throttled": True}
         return await self.rooms.typing(who, study_id, socket.id)
 

@@ -51,6 +51,9 @@ class PresenceEvents:
             self._announce("user-offline", user_id, study_ids)
 
     def _announce(self, event: str, user_id: int, study_ids: Iterable[int]) -> None:
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.presence("user", "online" if event == "user-online" else "offline")
         rooms = [study_room(s) for s in study_ids]
         if rooms:  # no rooms would mean "everyone"
             self.nsp.to(*rooms).except_(user_room(user_id)).emit(event, {"userId": user_id})

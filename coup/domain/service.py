@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import peewee as pw
@@ -43,7 +42,7 @@ class CoupDomain:
         self.settings = settings
         self.server = server
         self.origin_allowed = origin_allowed
-        self.db = Database(settings.database_url, workers=settings.db_workers)
+        self.db = Database(settings.database_url, workers=settings.db_workers, metrics=server.metrics)
         self.sequence: SequenceSource = sequence or DatabaseSequence(self._max_seq)
         self.service_token = ServiceToken(settings.service_token.reveal() if settings.service_token else None)
         self.rooms = StudyRooms(server, self.db, self.sequence)
@@ -101,14 +100,13 @@ def jwt_secret(settings: Settings) -> str:
 
 
 def ensure_schema(db: Database) -> None:
-    """Create what is missing, so a fresh deploy needs nothing but `DATABASE_URL` (`coup initdb`
-    does the same, for a release phase). Nodes starting together on PostgreSQL can collide in
-    the catalogue on CREATE TABLE IF NOT EXISTS; the loser tries once more."""
-    try:
-        db.create_schema()
-    except (pw.IntegrityError, pw.ProgrammingError):
-        time.sleep(0.5)
-        db.create_schema()
+    """Bring the schema up to date at start, so a fresh deploy needs nothing but `DATABASE_URL`
+    (`coup migrate` in the release phase normally did it already; nodes starting together
+    take turns on the migration lock). A database newer than this release (the next release
+    migrated it while this node restarts) is used as it is."""
+    report = db.create_schema(allow_newer=True)
+    if report.applied and report.before is not None:
+        log.info("schema migrated from version %s to %s", report.before, report.after)
 
 
 def seed_if_empty() -> bool:

@@ -68,6 +68,11 @@ class StudyRooms:
         router.register(READ, self._read)
         server.presence.on_lost(self._member_lost)
 
+    def _count_member(self, direction: str) -> None:
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.presence("study_member", direction)
+
     async def _call(self, study_id: int, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         return raise_refusal(await self.server.rooms.call(study_room(study_id), name, payload))
 
@@ -158,6 +163,7 @@ class StudyRooms:
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
         if (p.get("recovered") or not already_in) and user_id not in present:
+            self._count_member("joined")
             self.nsp.to(room).except_(sid).emit(
                 "member-joined", {"studyId": study_id, "userId": user_id, "userName": p["userName"]})
         return {"ok": True, "studyId": study_id, "online": sorted(present | {user_id})}
@@ -167,6 +173,7 @@ class StudyRooms:
         if not p.get("gone"):
             await self.nsp.in_(sid).sockets_leave(room)
         if user_id not in await self.users_in(study_id, without_sid=sid):
+            self._count_member("left")
             self.nsp.to(room).emit("member-left", {"studyId": study_id, "userId": user_id})
         return {"ok": True, "studyId": study_id}
 

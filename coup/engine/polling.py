@@ -73,6 +73,10 @@ class PollingTransport:
         if session is not None and self._queued_bytes > session.server.options.max_buffered_bytes:
             log.warning("session %s: slow consumer, %d bytes queued for polling; closing",
                         session.sid, self._queued_bytes)
+            metrics = session.server.metrics
+            if metrics is not None:
+                metrics.slow_consumer("polling")
+                metrics.dropped("polling", len(self._queue))
             self._closed = True
             self._queue.clear()
             self._loop.call_soon(partial(session.close, "transport error", graceful=False))
@@ -98,6 +102,9 @@ class PollingTransport:
                 self._loop.call_soon(self.session.finish_graceful_close)
         if not queue:
             return wire.NOOP.poll_text()
+        metrics = self.session.server.metrics if self.session is not None else None
+        if metrics is not None:  # per response, not per packet
+            metrics.packets_sent["polling"] += len(queue)
         if len(queue) == 1:
             text = queue[0].poll_text()
         else:
@@ -147,6 +154,10 @@ class PollingTransport:
         opts = session.server.options
         try:
             packets = decode_payload(body, max_payload=opts.max_payload, max_packets=opts.max_packets_per_post)
+            metrics = session.server.metrics
+            if metrics is not None:
+                metrics.packets_received["polling"] += len(packets)
+                metrics.bytes_received["polling"] += len(body)
             for packet in packets:
                 session.receive(packet)
         except DecodeError as exc:

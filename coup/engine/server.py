@@ -17,6 +17,7 @@ from coup.engine.polling import PollingTransport
 from coup.engine.session import Session, SessionState
 from coup.engine.timers import TimerQueue
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
+from coup.metrics import Metrics
 from coup.protocol import jsonutil
 from coup.protocol.engineio import PROTOCOL_VERSION, OpenInfo, encode_text
 from coup.protocol.wire import Outbound
@@ -31,9 +32,11 @@ class EngineServer:
 
     def __init__(self, options: EngineOptions | None = None,
                  on_connection: ConnectionCallback | None = None, *,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """`loop` defaults to the running loop at first use; tests pass one with a fake clock."""
+                 loop: asyncio.AbstractEventLoop | None = None, metrics: Metrics | None = None) -> None:
+        """`loop` defaults to the running loop at first use; tests pass one with a fake clock.
+        `metrics`: where every layer of this node counts (None: nothing is counted)."""
         self.options = options or EngineOptions()
+        self.metrics = metrics
         self.on_connection = on_connection
         self.sessions: dict[str, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = loop
@@ -62,7 +65,7 @@ class EngineServer:
     @property
     def coalescer(self) -> WriteCoalescer:
         if self._coalescer is None:
-            self._coalescer = WriteCoalescer(self.loop)
+            self._coalescer = WriteCoalescer(self.loop, self.metrics)
         return self._coalescer
 
     def now(self) -> float:
@@ -115,6 +118,8 @@ class EngineServer:
 
     def _register(self, session: Session, first: Outbound) -> None:
         self.sessions[session.sid] = session
+        if self.metrics is not None:
+            self.metrics.opened[session.transport.name] += 1
         session.send(first)
         session.set_timer(session.heartbeat.deadline, slack=self.options.timer_slack)
         if self.on_connection is not None:

@@ -306,6 +306,9 @@ class Session:
             self._timer.cancel()
             self._timer = None
         reason = self.close_reason or "forced close"
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.closed[reason] += 1
         if self.upgrading is not None:
             self.upgrading.close(reason, graceful=False)
             self.upgrading = None

@@ -31,6 +31,7 @@ from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
     from coup.engine.session import Session
+    from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +46,38 @@ class WriteCoalescer:
     first packet of the turn arrives; both sides are inlined because they run per receiver.
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_metrics", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self._loop = loop
         self._dirty: list[WebSocketTransport] = []
         self._scheduled = False
+        self._metrics = metrics
 
     def flush(self) -> None:
         self._scheduled = False
         dirty = self._dirty
         self._dirty = []
+        frames = 0
+        sent = 0
         # `WebSocketTransport.flush` inlined: this loop runs once per receiver per loop turn
         for conn in dirty:
             pending = conn._pending
             transport = conn._transport
             if not pending or conn._closed or transport is None:
                 continue  # not attached yet: connection_made() writes what is pending
-            if len(pending) == 1:
-                transport.write(pending[0])
-            else:
-                transport.write(b"".join(pending))
+            count = len(pending)
+            data = pending[0] if count == 1 else b"".join(pending)
+            transport.write(data)
+            frames += count
+            sent += len(data)
             pending.clear()
             if transport.get_write_buffer_size() > conn._max_buffer:
                 conn._slow_consumer()
+        metrics = self._metrics
+        if metrics is not None:  # counted once per loop turn, not per frame
+            metrics.packets_sent["websocket"] += frames
+            metrics.bytes_sent["websocket"] += sent
 
 
 class WebSocketTransport(asyncio.Protocol):
@@ -142,6 +151,10 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _dispatch(self, events: list[WebSocketEvent]) -> None:
         session = self.session
+        metrics = session.server.metrics
+        if metrics is not None:  # per read, not per frame
+            metrics.packets_received["websocket"] += len(events)
+            metrics.bytes_received["websocket"] += len(data)
         for event in events:
             if self._closed:
                 return
@@ -249,9 +262,14 @@ class WebSocketTransport(asyncio.Protocol):
         transport = self._transport
         if not pending or self._closed or transport is None:
             return  # not attached yet: connection_made() writes what is pending
+        metrics = self.session.server.metrics
+        if metrics is not None:
+            metrics.packets_sent["websocket"] += len(pending)
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         transport.write(data)
+        if metrics is not None:
+            metrics.bytes_sent["websocket"] += len(data)
         if transport.get_write_buffer_size() > self._max_buffer:
             self._slow_consumer()
 
@@ -260,6 +278,9 @@ class WebSocketTransport(asyncio.Protocol):
         assert transport is not None
         log.warning("session %s: slow consumer, %d bytes unsent on WebSocket; closing",
                     self.session.sid, transport.get_write_buffer_size())
+        metrics = self.session.server.metrics
+        if metrics is not None:
+            metrics.slow_consumer("websocket")
         self._closed = True
         transport.abort()
 

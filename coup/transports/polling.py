@@ -72,7 +72,10 @@ class PollingHandler(EngineRequestHandler):
         self.set_cors_headers()
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish(body.encode("utf-8"))
+        data = body.encode("utf-8")
+        if self.engine.metrics is not None:
+            self.engine.metrics.bytes_sent["polling"] += len(data)
+        self.finish(data)
 
     def options(self) -> None:
         if not self.origin_allowed():

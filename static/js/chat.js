@@ -2,6 +2,7 @@
 // an ack and a retry that reuses the clientMessageId, and the typing line.
 
 import { avatar, dayKey, formatDay, formatTime, h, icon, randomId, setChildren } from "./dom.js";
+import { ClientEvent } from "./events.js";
 
 const PAGE_SIZE = 30;
 const ACK_TIMEOUT_MS = 10_000;
@@ -143,7 +144,7 @@ export class Chat {
     for (const [id, li] of this.rendered) if (li.dataset.userId !== meId && id > newest) newest = id;
     if (newest <= this.lastReadSent) return;
     this.lastReadSent = newest;
-    this.socket().emit("read", { messageId: newest });
+    this.socket().emit(ClientEvent.READ, { messageId: newest });
   }
 
   /** "Seen by Bob" under my newest message that others have read. */
@@ -197,7 +198,7 @@ export class Chat {
     }
     this._setPendingState(pending, "sending");
     const payload = { studyId: pending.studyId, content: pending.content, clientMessageId: pending.clientMessageId };
-    this.socket().timeout(ACK_TIMEOUT_MS).emit("message", payload, (err, ack) => {
+    this.socket().timeout(ACK_TIMEOUT_MS).emit(ClientEvent.MESSAGE, payload, (err, ack) => {
       if (!this._outboxOf(pending.studyId).has(pending.clientMessageId)) return; // confirmed by the broadcast
       if (err) {
         this._setPendingState(pending, "failed", "No answer from the server.");
@@ -431,7 +432,7 @@ export class Chat {
     if (now - this.lastTypingSent < TYPING_SEND_EVERY_MS) return;
     this.lastTypingSent = now;
     const studyId = this.study.id;
-    this.socket().emit("typing", { studyId, userId: this.me().id }, (ack) => {
+    this.socket().emit(ClientEvent.TYPING, { studyId, userId: this.me().id }, (ack) => {
       // the server throttles typing per user; one dropped because our last message's typing
       // was too recent is sent again shortly, if we are still typing in the same study
       if (!ack || !ack.throttled) return;

@@ -73,7 +73,7 @@ export class Connection extends ConnectionState {
       this._watchTransport();
       this.dispatchEvent(new CustomEvent("connect", { detail }));
     });
-    socket.on("disconnect", (reason) => {
+    socket.on("disconnect", () => {
       // the client reconnects by itself unless the server or we closed the socket on purpose
       this._setSocketState(socket.active ? "reconnecting" : "disconnected");
     });

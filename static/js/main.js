@@ -3,13 +3,15 @@
 // ConnectionBanner on top.
 
 import { ApiError, createApi, toMessage } from "./api.js";
+import { renderBanner, renderTransport } from "./banner.js";
 import { Chat } from "./chat.js";
-import { BANNER_TEXT } from "./connection.js";
 import { $, avatar, h, setChildren } from "./dom.js";
+import { ClientEvent, ServerEvent } from "./events.js";
 import { Members } from "./members.js";
 import { Notifications } from "./notifications.js";
+import { renderStudyList } from "./studies.js";
 import { Tasks } from "./tasks.js";
-import { openConnection, transportTitle } from "./transport.js";
+import { openConnection } from "./transport.js";
 
 /** What the demo data (coup seed-demo) has each user in, shown under their name. */
 const DEMO_NOTES = {
@@ -21,7 +23,7 @@ const DEMO_NOTES = {
 };
 const SESSION_KEY = "coup-demo-session"; // per tab: two tabs can be two people
 const JOIN_ACK_TIMEOUT_MS = 10_000;
-const QUIET_ERROR_EVENTS = new Set(["message", "typing", "notification-read", "read"]);
+const QUIET_ERROR_EVENTS = new Set([ClientEvent.MESSAGE, ClientEvent.TYPING, ClientEvent.NOTIFICATION_READ, ClientEvent.READ]);
 
 const state = {
   session: null, // {userId, token}
@@ -96,27 +98,6 @@ const notifications = new Notifications({
 });
 notifications.addEventListener("change", () => renderStudies());
 
-// ---- ConnectionBanner and transport indicator ---------------------------------------------
-
-function renderBanner(connectionState) {
-  document.body.dataset.connection = connectionState; // for styling, and for tests to wait on
-  const banner = $("#banner");
-  banner.dataset.state = connectionState;
-  banner.hidden = connectionState === "connected";
-  $("#banner-text").textContent = BANNER_TEXT[connectionState] || "";
-  $("#banner-retry").hidden = !(connectionState === "failed" || connectionState === "disconnected");
-  $("#transport").classList.toggle("stale", connectionState !== "connected");
-}
-
-function renderTransport(name) {
-  const pill = $("#transport");
-  pill.textContent = name;
-  pill.dataset.transport = name;
-  pill.title = transportTitle(name);
-}
-
-$("#banner-retry").addEventListener("click", () => state.connection && state.connection.retry());
-
 // ---- sign-in -----------------------------------------------------------------------------
 
 /** The users one can sign in as, from the server (GET /api/dev/users, demo mode only). */
@@ -176,6 +157,8 @@ function signOut(message = "") {
   if (!$("#demo-users").children.length) renderUserPicker();
 }
 
+$("#banner-retry").addEventListener("click", () => state.connection && state.connection.retry());
+
 for (const id of ["#signout", "#signout-2"]) $(id).addEventListener("click", () => signOut());
 
 // ---- the signed-in app -------------------------------------------------------------------
@@ -214,18 +197,18 @@ async function startApp(session) {
 }
 
 function wireEvents(io) {
-  io.on("message", (payload) => chat.receive(toMessage(payload)));
-  io.on("typing", (payload) => chat.typing(payload));
-  io.on("read", (payload) => chat.noteRead(payload));
-  io.on("user-online", ({ userId }) => members.setOnline(userId, true));
-  io.on("user-offline", ({ userId }) => members.setOnline(userId, false));
-  io.on("member-joined", (payload) => members.joined(payload));
-  io.on("member-left", (payload) => members.left(payload));
-  io.on("notification", (payload) => notifications.add(payload));
-  io.on("notification-read", (payload) => notifications.remoteRead(payload));
-  io.on("task-updated", (payload) => tasks.updated(payload));
-  io.on("task-assigned", (payload) => tasks.assigned(payload));
-  io.on("error", (payload) => {
+  io.on(ServerEvent.MESSAGE, (payload) => chat.receive(toMessage(payload)));
+  io.on(ServerEvent.TYPING, (payload) => chat.typing(payload));
+  io.on(ServerEvent.READ, (payload) => chat.noteRead(payload));
+  io.on(ServerEvent.USER_ONLINE, ({ userId }) => members.setOnline(userId, true));
+  io.on(ServerEvent.USER_OFFLINE, ({ userId }) => members.setOnline(userId, false));
+  io.on(ServerEvent.MEMBER_JOINED, (payload) => members.joined(payload));
+  io.on(ServerEvent.MEMBER_LEFT, (payload) => members.left(payload));
+  io.on(ServerEvent.NOTIFICATION, (payload) => notifications.add(payload));
+  io.on(ServerEvent.NOTIFICATION_READ, (payload) => notifications.remoteRead(payload));
+  io.on(ServerEvent.TASK_UPDATED, (payload) => tasks.updated(payload));
+  io.on(ServerEvent.TASK_ASSIGNED, (payload) => tasks.assigned(payload));
+  io.on(ServerEvent.ERROR, (payload) => {
     if (!payload || QUIET_ERROR_EVENTS.has(payload.event)) return;
     toast(String(payload.message || "Something went wrong"));
   });
@@ -250,7 +233,7 @@ function onConnect({ recovered, reconnect }) {
 }
 
 function joinStudy(studyId, { resync = false } = {}) {
-  socket().timeout(JOIN_ACK_TIMEOUT_MS).emit("join-study", { studyId }, (err, ack) => {
+  socket().timeout(JOIN_ACK_TIMEOUT_MS).emit(ClientEvent.JOIN_STUDY, { studyId }, (err, ack) => {
     if (!state.current || state.current.id !== studyId) return;
     if (err) {
       if (isConnected()) toast(`Could not enter ${studyName(studyId)}: no answer from the server.`);
@@ -279,7 +262,7 @@ function openStudy(studyId) {
   if (!study) return;
   setView("chat");
   if (state.current && state.current.id === studyId) return;
-  if (state.joined != null && isConnected()) socket().emit("leave-study", { studyId: state.joined });
+  if (state.joined != null && isConnected()) socket().emit(ClientEvent.LEAVE_STUDY, { studyId: state.joined });
   setNotJoined();
   state.current = study;
   history.replaceState(null, "", `${location.pathname}${location.search}#study-${study.id}`);
@@ -310,28 +293,9 @@ function showNoStudies() {
 }
 
 function renderStudies() {
-  const unread = notifications.unreadByStudy();
-  const list = $("#study-list");
-  if (state.studies.length === 0) {
-    setChildren(list, h("li", { class: "empty" }, "No studies yet."));
-    return;
-  }
-  setChildren(list, state.studies.map((study) => {
-    const count = unread.get(study.id) || 0;
-    const active = state.current && state.current.id === study.id;
-    return h("li", null, h("button", {
-      type: "button",
-      class: active ? "study active" : "study",
-      dataset: { studyId: study.id },
-      "aria-current": active ? "true" : "false",
-      onclick: () => openStudy(study.id),
-    },
-    h("span", { class: "study-mark", "aria-hidden": "true" }, study.name.slice(0, 1).toUpperCase()),
-    h("span", { class: "study-text" },
-      h("span", { class: "study-name" }, study.name),
-      study.groupName ? h("span", { class: "study-group" }, study.groupName) : null),
-    count ? h("span", { class: "badge", title: `${count} new` }, String(count)) : null));
-  }));
+  renderStudyList($("#study-list"), {
+    studies: state.studies, current: state.current, unread: notifications.unreadByStudy(), onOpen: openStudy,
+  });
 }
 
 function studyIdFromHash() {

@@ -3,6 +3,7 @@
 
 import { formatAgo, h, icon, setChildren } from "./dom.js";
 import { toNotification } from "./api.js";
+import { ClientEvent } from "./events.js";
 
 const TYPE_TITLE = { TASK_ASSIGNED: "Task assigned", NEW_MESSAGE: "New message" };
 const TOAST_MS = 6_000;
@@ -84,7 +85,7 @@ export class Notifications extends EventTarget {
     this.render();
     if (this.isConnected()) {
       // the socket event lets the server tell this user's other tabs
-      this.socket().timeout(READ_ACK_TIMEOUT_MS).emit("notification-read", { notificationId: id }, (err, ack) => {
+      this.socket().timeout(READ_ACK_TIMEOUT_MS).emit(ClientEvent.NOTIFICATION_READ, { notificationId: id }, (err, ack) => {
         if (err || (ack && ack.ok === false)) this.api.readNotification(id).catch(() => this._unread(n));
       });
     } else {

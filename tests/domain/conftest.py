@@ -8,11 +8,8 @@ of their own (created for the session, dropped at its end), so parallel runs nev
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 import pytest_asyncio
@@ -23,8 +20,7 @@ from coup.domain.database import Database
 from coup.domain.demo import seed_demo
 from tests.conftest import require
 from tests.domain.support import Client, ClientFactory, DomainNode, NodeFactory, domain_settings
-
-POSTGRES_ENV = "COUP_TEST_POSTGRES_URL"
+from tests.postgres import POSTGRES_ENV, postgres_base_url, postgres_schema
 
 
 @pytest.fixture(autouse=True)
@@ -46,25 +42,12 @@ def no_errors_logged(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFi
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str | None]:
     """A PostgreSQL URL whose search_path is a fresh schema; None when no URL is configured."""
-    base = os.environ.get(POSTGRES_ENV)
+    base = postgres_base_url()
     if not base:
         yield None
         return
-    import psycopg2
-
-    schema = f"coup_test_{os.getpid()}_{secrets.token_hex(4)}"
-    conn = psycopg2.connect(base)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(base)
-    query = (parts.query + "&" if parts.query else "") + urlencode({"options": f"-csearch_path={schema}"})
-    try:
-        yield urlunsplit(parts._replace(query=query))
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
+    with postgres_schema(base) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

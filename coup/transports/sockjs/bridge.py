@@ -129,6 +129,8 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
         core = Session(engine.new_sid(), engine, handshake, self.link, engine.now())
         self.core = core
         engine.sessions[core.sid] = core
+        if engine.metrics is not None:
+            engine.metrics.opened["sockjs"] += 1
         if engine.on_connection is not None:
             engine.on_connection(core)
 

@@ -1,0 +1,198 @@
+"""`REDIS_URL`, parsed once into what every connection to Redis needs.
+
+A node opens Redis connections three ways: redis-py's asyncio clients (control plane),
+our own RESP link (`coup.cluster.resp`, pub/sub) and, in other processes, redis-py's
+blocking client (`coup.emitter`). All of them take their address, credentials and TLS
+settings from one `RedisEndpoint`, so an option in the URL (a PaaS add-on's
+``rediss://...?ssl_cert_reqs=none``) holds on every connection or on none; before this
+module the pub/sub link verified every certificate whatever the URL said.
+
+The query options are the TLS ones redis-py reads from a URL (same names, same meaning).
+Anything else in the query is refused rather than ignored: a misspelt ``ssl_cert_req=none``
+must stop the start with a message, not verify the certificate anyway. Standard library
+only, so `coup.config` can check the URL at start without importing redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+#: query options taken from the URL (all TLS ones need ``rediss://``)
+TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+class RedisURLError(ValueError):
+    """The URL cannot be used; the message says which part and what would work."""
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """TLS settings of a ``rediss://`` URL; defaults verify the certificate and host name."""
+
+    cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
+    #: None: check the host name whenever the certificate is verified (redis-py's rule)
+    check_hostname: bool | None = None
+    #: a PEM file of CAs to trust instead of the system's
+    ca_certs: str | None = None
+    #: a client certificate (and its key) for servers that ask for one
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @property
+    def verifies(self) -> bool:
+        return self.cert_reqs != ssl.CERT_NONE
+
+    @property
+    def hostname_checked(self) -> bool:
+        return self.verifies and self.check_hostname is not False
+
+    def context(self) -> ssl.SSLContext:
+        """A client context with these settings; raises `RedisURLError` when a file is unusable."""
+        context = ssl.create_default_context()
+        context.check_hostname = self.hostname_checked
+        context.verify_mode = self.cert_reqs
+        if self.ca_certs:
+            try:
+                context.load_verify_locations(cafile=self.ca_certs)
+            except (OSError, ssl.SSLError) as exc:
+                raise RedisURLError(f"cannot load ssl_ca_certs {self.ca_certs!r}: {_reason(exc)}") from None
+        if self.certfile:
+            try:
+                context.load_cert_chain(self.certfile, self.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise RedisURLError(f"cannot load ssl_certfile {self.certfile!r}: {_reason(exc)}") from None
+        return context
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """The same settings as redis-py constructor arguments."""
+        return {"ssl": True, "ssl_cert_reqs": self.cert_reqs, "ssl_check_hostname": self.hostname_checked,
+                "ssl_ca_certs": self.ca_certs, "ssl_certfile": self.certfile, "ssl_keyfile": self.keyfile}
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    """Where Redis is and how to speak to it. Build it with `redis_endpoint(url)`."""
+
+    host: str = "localhost"
+    port: int = 6379
+    #: a unix socket path (``unix://``); host and port are then unused
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: None: plain TCP (``redis://``)
+    tls: RedisTLS | None = None
+
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The one TLS context our own connections use (built once; None without TLS)."""
+        return self.tls.context() if self.tls is not None else None
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (sync and asyncio)."""
+        kwargs: dict[str, Any] = {"db": self.db, "username": self.username, "password": self.password}
+        if self.path is not None:
+            kwargs["unix_socket_path"] = self.path
+        else:
+            kwargs.update(host=self.host, port=self.port)
+        if self.tls is not None:
+            kwargs.update(self.tls.redis_kwargs())
+        return kwargs
+
+    def __str__(self) -> str:
+        """The URL without credentials, for logs."""
+        if self.path is not None:
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise RedisURLError(f"has {name}={raw!r}; use true or false")
+
+
+def _tls(options: dict[str, str]) -> RedisTLS:
+    reqs = options.get("ssl_cert_reqs", "required").strip().lower()
+    if reqs not in _CERT_REQS:
+        raise RedisURLError(f"has ssl_cert_reqs={options['ssl_cert_reqs']!r}; use none, optional or required")
+    check = options.get("ssl_check_hostname")
+    if options.get("ssl_keyfile") and not options.get("ssl_certfile"):
+        raise RedisURLError("sets ssl_keyfile without ssl_certfile")
+    return RedisTLS(cert_reqs=_CERT_REQS[reqs],
+                    check_hostname=None if check is None else _flag("ssl_check_hostname", check),
+                    ca_certs=options.get("ssl_ca_certs") or None, certfile=options.get("ssl_certfile") or None,
+                    keyfile=options.get("ssl_keyfile") or None)
+
+
+@functools.lru_cache(maxsize=16)
+def redis_endpoint(url: str) -> RedisEndpoint:
+    """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...[?tls options]`` or
+    ``unix:///path[?db=N]``; raise `RedisURLError` naming what is wrong.
+
+    Cached: every connection of a process built from the same URL shares one endpoint (and
+    one TLS context).
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        head = url.strip().split(":", 1)[0] + ":..."  # never the rest: it may hold a password
+        raise RedisURLError(f"must start with redis://, rediss:// (TLS) or unix://, not {head!r}")
+    options: dict[str, str] = {}
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if name not in (*TLS_OPTIONS, "db"):
+            raise RedisURLError(f"has an unknown option {name!r} (known: db, {', '.join(TLS_OPTIONS)})")
+        options[name] = values[-1]
+    tls_given = [name for name in options if name in TLS_OPTIONS]
+    if tls_given and scheme != "rediss":
+        raise RedisURLError(f"sets {', '.join(tls_given)}, which only a rediss:// (TLS) URL may")
+    try:
+        port = parts.port
+    except ValueError:
+        raise RedisURLError(f"has a port that is not a number from 1 to 65535: {parts.netloc.rpartition('@')[2]!r}") \
+            from None
+    db_text = options.get("db")
+    if db_text is None and scheme != "unix":
+        db_text = unquote(parts.path).strip("/") or None
+    try:
+        db = int(db_text) if db_text is not None else 0
+    except ValueError:
+        raise RedisURLError(f"has a database number that is not an integer: {db_text!r}") from None
+    if db < 0:
+        raise RedisURLError(f"has a negative database number: {db}")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    if scheme == "unix":
+        if not parts.path:
+            raise RedisURLError("has no socket path (unix:///run/redis.sock)")
+        return RedisEndpoint(path=unquote(parts.path), db=db, username=username, password=password)
+    if not parts.hostname:
+        raise RedisURLError("has no host (redis://host:6379)")
+    return RedisEndpoint(host=unquote(parts.hostname), port=port or 6379, db=db,
+                         username=username, password=password, tls=_tls(options) if scheme == "rediss" else None)
+
+
+def with_options(url: str, options: str) -> str:
+    """`url` with the query options `options` (``ssl_cert_reqs=none&...``) added after its own,
+    so they win: for a platform that manages REDIS_URL itself (Heroku's add-on rotates its
+    credentials and refuses edits), where the options must come from another variable."""
+    parts = urlsplit(url.strip())
+    extra = options.strip().lstrip("?&")
+    query = "&".join(q for q in (parts.query, extra) if q)
+    return urlunsplit(parts._replace(query=query))
+
