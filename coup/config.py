@@ -81,6 +81,10 @@ def guessable(value: str) -> bool:
     return len(counts) < 6 or bits < 32 or repeated
 
 
+#: node ids and key prefixes appear in session ids and Redis channel names
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def _bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):

@@ -138,6 +138,9 @@ class WebSocketTransport(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return  # our close frame is out: what still comes is read and dropped (see `_shutdown`)
+        metrics = self.session.server.metrics
+        if metrics is not None:  # per read, not per frame
+            metrics.bytes_received["websocket"] += len(data)
         try:
             events = self._reader.feed(data)
         except DecodeError as exc:
@@ -154,7 +157,6 @@ class WebSocketTransport(asyncio.Protocol):
         metrics = session.server.metrics
         if metrics is not None:  # per read, not per frame
             metrics.packets_received["websocket"] += len(events)
-            metrics.bytes_received["websocket"] += len(data)
         for event in events:
             if self._closed:
                 return

@@ -36,7 +36,9 @@ log = logging.getLogger("autobahn-echo")
 
 
 class _Options:
-    """The part of an `EngineServer` a WebSocket transport reads: its options."""
+    """The part of an `EngineServer` a WebSocket transport reads: its options (and no metrics)."""
+
+    metrics = None
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
