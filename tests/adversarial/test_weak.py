@@ -238,7 +238,8 @@ async def test_database_password_is_not_logged(tmp_path: Path) -> None:
         url = base.replace("://postgres@", "://postgres:hunter2pw@")
         url += ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
         assert "hunter2pw" in url
-        output = _serve({"COUP_DEMO": "1", "DATABASE_URL": url, "COUP_LOG_LEVEL": "DEBUG"}, tmp_path, wait=8)
+        output = _serve({"COUP_DEMO": "1", "COUP_DEMO_ANYWHERE": "1", "DATABASE_URL": url, "COUP_LOG_LEVEL": "DEBUG"},
+                        tmp_path, wait=8)
         text = output if isinstance(output, str) else output.stdout
         assert "demo mode: database postgresql://127.0.0.1:5432/" in text, text
         assert "hunter2pw" not in text
