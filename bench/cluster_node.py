@@ -92,7 +92,7 @@ async def main() -> None:
 
     async def open_shared_port() -> None:  # through the front door, as CoupNode.start does
         assert node.http_server is not None
-        door = FrontDoor(node.engine, node.origins, node.http_server, SOCKET_IO_PATH, xheaders=True)
+        door = FrontDoor(node.engine, node.origins, node.http_server, SOCKET_IO_PATH, proxies=node.proxies)
         await door.serve(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
 
     await serve_until_stopped(args.go, open_shared_port)

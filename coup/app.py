@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, RequestHandler
 
 from coup.config import Settings
 from coup.core.adapter import MemoryAdapter
@@ -28,8 +28,10 @@ from coup.transports.arrival import ArrivalHTTPServer
 from coup.transports.front_door import FrontDoor
 from coup.transports.metrics import metrics_application, metrics_rule
 from coup.transports.origins import OriginPolicy
+from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
+from coup.transports.static import PageFileHandler, SecurityHeaders
 
 if TYPE_CHECKING:
     from coup.admin import AdminView
@@ -127,6 +129,7 @@ class CoupNode:
         self.front_door = front_door
         self._listeners: list[asyncio.base_events.Server] = []
         self.origins = OriginPolicy(settings.allowed_origins)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         #: what every layer counts, when anything reads it (`/metrics`, the admin view)
         self.metrics: Metrics | None = Metrics() if settings.counts_metrics else None
         #: the port `/metrics` is served on without a token (COUP_METRICS_PORT), once started
@@ -148,13 +151,15 @@ class CoupNode:
             max_payload=settings.max_payload,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
         ), metrics=self.metrics)
-        recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window) \
-            if settings.recovery_window > 0 else None
+        recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,
+                                   max_bytes=settings.recovery_max_bytes) if settings.recovery_window > 0 else None
         cluster_parts: dict[str, Any] = {}
         if self.cluster is not None:
             cluster_parts = {"adapter_factory": self.cluster.adapter_factory, "presence": self.cluster.presence,
                              "rooms": self.cluster.rooms}
-        self.sio = SocketServer(self.engine, ServerOptions(recovery=recovery), node_id=node_id, **cluster_parts)
+        self.sio = SocketServer(self.engine, ServerOptions(
+            recovery=recovery, max_connections_per_address=settings.max_connections_per_address),
+            node_id=node_id, **cluster_parts)
         self.extra_rules: list[Any] = list(extra_rules)
         #: routes matched before the Engine.IO ones (the cluster forwards other nodes' sessions)
         self._front_rules: list[Any] = []
@@ -268,8 +273,10 @@ class CoupNode:
         ]
         if self.metrics is not None and self.settings.metrics_token is not None:
             rules.append(metrics_rule(self.metrics_export(), self.settings.metrics_token.reveal()))
-        rules.append((r"/(.*)", StaticFileHandler, {"path": str(static), "default_filename": "index.html"}))
-        return Application(rules, log_function=self.access_log())
+        rules.append((r"/(.*)", PageFileHandler, {"path": str(static), "default_filename": "index.html"}))
+        app = Application(rules, log_function=self.access_log())
+        app.add_transform(SecurityHeaders)
+        return app
 
     def access_log(self) -> AccessLog:
         """API calls and pages at INFO; transport requests (each long-poll) and probes at DEBUG."""
@@ -292,15 +299,18 @@ class CoupNode:
         for service in self.services:
             await service.start()
         await self.sio.start()
-        # idle_connection_timeout is also Tornado's limit for reading a request head
+        # idle_connection_timeout is also Tornado's limit for reading a request head; a body
+        # must be in within body_timeout of its head, or the connection is closed
         application = self.application()
         if self.cluster is not None:  # relayed requests run through the same routes
             self.cluster.tunnel.bind(application, self.origins)
-        server = ArrivalHTTPServer(application, xheaders=True,
+        server = ArrivalHTTPServer(application, xheaders=False,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
-                                   idle_connection_timeout=self.settings.head_timeout)
+                                   idle_connection_timeout=self.settings.head_timeout,
+                                   body_timeout=self.settings.body_timeout)
+        server.proxies = self.proxies
         if self.front_door:
-            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, xheaders=True,
+            door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout)
             self._listeners = await door.serve(sockets)
         else:

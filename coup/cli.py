@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings, StartError
+from coup.config import ConfigError, Settings, StartError, url_for_logs
 from coup.logs import configure_logging, set_node
 
 log = logging.getLogger("coup")
@@ -35,7 +35,7 @@ async def _serve(settings: Settings) -> None:
     log.info("coup serving on http://%s:%d/", settings.host, settings.port)
     if settings.demo:
         log.info("demo mode: database %s; sign in with `coup token 1` (Alice) or POST /api/dev/token",
-                 settings.database_url)
+                 url_for_logs(settings.database_url))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +69,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """`coup migrate` (and `coup initdb`, the same from an empty database)."""
     import peewee as pw
 
-    from coup.config import url_for_logs
     from coup.domain.database import open_database
     from coup.domain.migrations import MigrationError, current_version, head, migrate
 
@@ -116,7 +115,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         database.close()
-    print(f"coup: demo data loaded into {url} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
+    print(f"coup: demo data loaded into {url_for_logs(url)} (users 1 Alice, 2 Bob, 3 Chloe, 4 Dan, 5 Eve)")
     return 0
 
 
@@ -141,7 +140,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         finally:
             database.close()
         if secret is None:
-            print(f"coup: JWT_SECRET is not set and {settings.database_url} holds no demo secret; "
+            print(f"coup: JWT_SECRET is not set and {url_for_logs(settings.database_url)} holds no demo secret; "
                   "set JWT_SECRET, or start `coup serve --demo` once with this DATABASE_URL", file=sys.stderr)
             return 2
     assert secret is not None

@@ -7,11 +7,13 @@ value raises `ConfigError` naming the variable; secrets hide themselves in `repr
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import secrets
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +62,25 @@ class Secret:
 
 
 MIN_SECRET_BYTES = 32
+MIN_SERVICE_TOKEN_BYTES = 16
+#: how to make a secret that passes `guessable`
+MAKE_A_SECRET = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def guessable(value: str) -> bool:
+    """Obviously low entropy: under 6 distinct characters, under 32 bits by the characters'
+    frequencies, or one short piece repeated (``aaaa...``, ``abab...``, ``0123456789abcdef`` twice).
+    A check against mistakes, not a proof of randomness: a random 16-character hex token
+    passes 9,999 times in 10,000."""
+    n = len(value)
+    if n == 0:
+        return True
+    counts = Counter(value)
+    bits = -sum(c * math.log2(c / n) for c in counts.values())
+    repeated = any(n % p == 0 and value == value[:p] * (n // p) for p in range(1, n // 2 + 1))
+    return len(counts) < 6 or bits < 32 or repeated
+
+
 #: node ids and key prefixes appear in session ids and Redis channel names
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -162,7 +183,26 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-@dataclass(frozen=True)
+def _proxies(raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    items = _list(raw)
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"COUP_TRUSTED_PROXIES must list IP addresses or networks (10.0.0.0/8) or be *, "
+                              f"got {item!r}") from None
+    return items
+
+
+#: fields whose values may hold a password: shown with it hidden
+_URL_FIELDS = ("database_url", "redis_url")
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -185,8 +225,19 @@ class Settings:
     max_payload: int = 1_000_000
     #: seconds a connection may take to send a request head (and may stay idle between requests)
     head_timeout: float = 10.0
+    #: seconds a request may take to send its body once its head is in; then the connection is closed
+    body_timeout: float = 30.0
+    #: peers whose forwarded headers (X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto) are believed:
+    #: IP addresses or networks, or "*" (the immediate peer, whoever it is: a PaaS router)
+    trusted_proxies: tuple[str, ...] = ()
+    #: Socket.IO connections one client address may hold on this node
+    max_connections_per_address: int = 1000
+    #: sockets one user may hold on this node (tabs, devices)
+    max_sockets_per_user: int = 50
     #: connection state recovery window in seconds; 0 turns recovery off
     recovery_window: float = 120.0
+    #: bytes of broadcasts kept for recovery per namespace
+    recovery_max_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
     #: "text" (logfmt-like, on stderr) or "json" (one object per line, on stdout)
     log_format: str = "text"
@@ -216,6 +267,11 @@ class Settings:
     message_burst: int = 20
     #: at most one `typing` broadcast per user and study in this many seconds
     typing_interval: float = 1.0
+    #: join-study / leave-study per user: sustained per second, and in a burst
+    join_rate: float = 2.0
+    join_burst: int = 20
+    #: seconds between checks that the sockets in each study room still belong to ACTIVE members
+    membership_check_interval: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -251,8 +307,6 @@ class Settings:
                 raise ConfigError(f"JWT_ALGORITHM must be one of HS256, HS384, HS512, got {raw!r}")
             values["jwt_algorithm"] = raw.strip()
         if (raw := get("COUP_SERVICE_TOKEN")) is not None:
-            if len(raw.encode()) < 16:
-                raise ConfigError("COUP_SERVICE_TOKEN must be at least 16 bytes")
             values["service_token"] = Secret(raw)
         if (raw := get("COUP_ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = _list(raw)
@@ -274,6 +328,24 @@ class Settings:
             values["head_timeout"] = _float("COUP_HEAD_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_RECOVERY_WINDOW")) is not None:
             values["recovery_window"] = _float("COUP_RECOVERY_WINDOW", raw)
+        if (raw := get("COUP_RECOVERY_MAX_BYTES")) is not None:
+            values["recovery_max_bytes"] = _int("COUP_RECOVERY_MAX_BYTES", raw, minimum=64 * 1024)
+        if (raw := get("COUP_BODY_TIMEOUT")) is not None:
+            values["body_timeout"] = _float("COUP_BODY_TIMEOUT", raw, minimum=0.05)
+        if (raw := get("COUP_TRUSTED_PROXIES")) is not None:
+            values["trusted_proxies"] = _proxies(raw)
+        elif env.get("DYNO"):  # Heroku: dynos are reached only through its router, which sets X-Forwarded-For
+            values["trusted_proxies"] = ("*",)
+        if (raw := get("COUP_MAX_CONNECTIONS_PER_ADDRESS")) is not None:
+            values["max_connections_per_address"] = _int("COUP_MAX_CONNECTIONS_PER_ADDRESS", raw, minimum=1)
+        if (raw := get("COUP_MAX_SOCKETS_PER_USER")) is not None:
+            values["max_sockets_per_user"] = _int("COUP_MAX_SOCKETS_PER_USER", raw, minimum=1)
+        if (raw := get("COUP_JOIN_RATE")) is not None:
+            values["join_rate"] = _float("COUP_JOIN_RATE", raw, minimum=0.01)
+        if (raw := get("COUP_JOIN_BURST")) is not None:
+            values["join_burst"] = _int("COUP_JOIN_BURST", raw, minimum=1)
+        if (raw := get("COUP_MEMBERSHIP_CHECK_INTERVAL")) is not None:
+            values["membership_check_interval"] = _float("COUP_MEMBERSHIP_CHECK_INTERVAL", raw, minimum=0.05)
         if (raw := get("COUP_LOG_LEVEL")) is not None:
             level = raw.strip().upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -339,8 +411,20 @@ class Settings:
                     f"JWT_SECRET is required (at least {MIN_SECRET_BYTES} bytes) unless COUP_DEMO=1 / --demo")
             settings = replace(settings, jwt_secret=Secret(secrets.token_urlsafe(48)), jwt_secret_generated=True)
         assert settings.jwt_secret is not None
-        if len(settings.jwt_secret.reveal().encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        secret = settings.jwt_secret.reveal()
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; {MAKE_A_SECRET}")
+        if guessable(secret):
+            raise ConfigError(f"JWT_SECRET is too easy to guess (few distinct characters or a repeated "
+                              f"pattern); {MAKE_A_SECRET}")
+        if settings.service_token is not None:
+            token = settings.service_token.reveal()
+            if len(token.encode()) < MIN_SERVICE_TOKEN_BYTES:
+                raise ConfigError(f"COUP_SERVICE_TOKEN must be at least {MIN_SERVICE_TOKEN_BYTES} bytes; "
+                                  f"{MAKE_A_SECRET}")
+            if guessable(token):
+                raise ConfigError(f"COUP_SERVICE_TOKEN is too easy to guess (few distinct characters or a "
+                                  f"repeated pattern); {MAKE_A_SECRET}")
         if (settings.admin_user is None) != (settings.admin_password_hash is None):
             raise ConfigError("COUP_ADMIN_USER and COUP_ADMIN_PASSWORD must be set together (or neither)")
         return settings
@@ -353,3 +437,13 @@ class Settings:
     def counts_metrics(self) -> bool:
         """Anything reads the counters: `/metrics` on some port, or the admin view."""
         return self.metrics_port is not None or self.metrics_token is not None or self.admin_enabled
+
+    def __repr__(self) -> str:
+        """Every field, with secrets hidden and URLs without their credentials (`url_for_logs`)."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _URL_FIELDS and isinstance(value, str):
+                value = url_for_logs(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"

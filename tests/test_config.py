@@ -12,7 +12,7 @@ import pytest
 from coup.config import ConfigError, Settings
 from coup.redis_endpoint import RedisTLS, redis_endpoint
 
-SECRET = "s" * 32
+SECRET = "tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a"  # 32 bytes that do not look guessable
 ROOT = Path(__file__).resolve().parent.parent
 
 BAD = [
@@ -45,6 +45,16 @@ BAD = [
     ({"JWT_ALGORITHM": "RS256"}, "JWT_ALGORITHM must be one of"),
     ({"JWT_SECRET": "short"}, "JWT_SECRET must be at least 32 bytes"),
     ({"COUP_SERVICE_TOKEN": "tiny"}, "COUP_SERVICE_TOKEN must be at least 16 bytes"),
+    ({"COUP_SERVICE_TOKEN": "a" * 16}, "COUP_SERVICE_TOKEN is too easy to guess.*secrets.token_urlsafe"),
+    ({"JWT_SECRET": "a" * 32}, "JWT_SECRET is too easy to guess.*secrets.token_urlsafe"),
+    ({"JWT_SECRET": "0123456789abcdef" * 2}, "JWT_SECRET is too easy to guess"),
+    ({"COUP_TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, "COUP_TRUSTED_PROXIES must list IP addresses"),
+    ({"COUP_BODY_TIMEOUT": "0"}, "COUP_BODY_TIMEOUT must be at least"),
+    ({"COUP_MAX_SOCKETS_PER_USER": "0"}, "COUP_MAX_SOCKETS_PER_USER must be at least 1"),
+    ({"COUP_MAX_CONNECTIONS_PER_ADDRESS": "many"}, "COUP_MAX_CONNECTIONS_PER_ADDRESS must be an integer"),
+    ({"COUP_JOIN_BURST": "0"}, "COUP_JOIN_BURST must be at least 1"),
+    ({"COUP_MEMBERSHIP_CHECK_INTERVAL": "-1"}, "COUP_MEMBERSHIP_CHECK_INTERVAL must be at least"),
+    ({"COUP_RECOVERY_MAX_BYTES": "10"}, "COUP_RECOVERY_MAX_BYTES must be at least"),
     ({"COUP_NODE_ID": "node one"}, "COUP_NODE_ID may hold only"),
     ({"COUP_PING_INTERVAL": "0"}, "COUP_PING_INTERVAL must be at least"),
     ({"COUP_PING_TIMEOUT": "soon"}, "COUP_PING_TIMEOUT must be a number"),
@@ -74,7 +84,30 @@ def test_good_values_are_read() -> None:
     assert (settings.port, settings.ping_interval, settings.head_timeout) == (9001, 5.0, 2.5)
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.max_payload == 2048
-    assert "s" * 32 not in repr(settings)  # the secret hides itself
+    assert SECRET not in repr(settings)  # the secret hides itself
+
+
+def test_new_limits_are_read_and_heroku_trusts_its_router() -> None:
+    settings = Settings.from_env({
+        "JWT_SECRET": SECRET, "COUP_BODY_TIMEOUT": "12", "COUP_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+        "COUP_MAX_SOCKETS_PER_USER": "5", "COUP_MAX_CONNECTIONS_PER_ADDRESS": "7", "COUP_JOIN_RATE": "0.5",
+        "COUP_JOIN_BURST": "3", "COUP_MEMBERSHIP_CHECK_INTERVAL": "2", "COUP_RECOVERY_MAX_BYTES": "100000",
+    })
+    assert (settings.body_timeout, settings.trusted_proxies) == (12.0, ("10.0.0.0/8", "127.0.0.1"))
+    assert (settings.max_sockets_per_user, settings.max_connections_per_address) == (5, 7)
+    assert (settings.join_rate, settings.join_burst, settings.membership_check_interval) == (0.5, 3, 2.0)
+    assert settings.recovery_max_bytes == 100_000
+    assert Settings.from_env({"JWT_SECRET": SECRET}).trusted_proxies == ()
+    assert Settings.from_env({"JWT_SECRET": SECRET, "DYNO": "web.1"}).trusted_proxies == ("*",)
+
+
+def test_passwords_in_urls_never_show() -> None:
+    settings = Settings.from_env({"JWT_SECRET": SECRET, "DATABASE_URL": "postgresql://coup:hunter2pw@db:5432/coup",
+                                  "REDIS_URL": "rediss://:redispass99@cache:6380/0"})
+    shown = repr(settings)
+    assert "hunter2pw" not in shown and "redispass99" not in shown
+    assert "postgresql://db:5432/coup" in shown and "rediss://cache:6380/0" in shown
+    assert settings.database_url.endswith("hunter2pw@db:5432/coup")  # the value itself is intact
 
 
 def test_good_urls_and_addresses_are_read() -> None:

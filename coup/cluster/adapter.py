@@ -47,6 +47,7 @@ from coup.core.adapter import (
     stored_after,
 )
 from coup.core.errors import AckTimeout
+from coup.core.replay_budget import current_origin
 from coup.protocol import jsonutil
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
@@ -80,6 +81,8 @@ class _Entry:
     opts: BroadcastOptions
     mid: str
     packet: EncodedPacket
+    size: int
+    origin: str | None
 
     def outbound(self, offset: int | None = None) -> Outbound:
         return Outbound("4" + stamp_offset(self.packet.text, offset or self.offset), self.packet.attachments)
@@ -212,17 +215,17 @@ class RedisAdapter(MemoryAdapter):
 
     def _record(self, packet: EncodedPacket, opts: BroadcastOptions, mid: str, stamp: bool) -> Outbound:
         """The packet as this node delivers it: with this node's recovery offset, kept for replay."""
-        recovery = self._recovery_options
-        if recovery is None or not stamp:
+        budget = self._budget
+        if budget is None or not stamp:
+            return Outbound.message(packet)
+        origin = current_origin.get()
+        size = len(packet.text) + sum(len(a) for a in packet.attachments) + 12  # + the offset
+        if not budget.admit(origin, size):
             return Outbound.message(packet)
         self._offset += 1
         now = time.monotonic()
-        entry = _Entry(self._offset, now, opts, mid, packet)
-        entries = self._log
-        entries.append(entry)
-        horizon = now - recovery.max_disconnection_duration
-        while entries and (entries[0].at < horizon or len(entries) > recovery.max_packets):
-            entries.popleft()
+        entry = _Entry(self._offset, now, opts, mid, packet, size, origin)
+        budget.add(self._log, entry, now)
         return entry.outbound()
 
     def encode_broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> Outbound:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coup.core.errors import AckTimeout
+from coup.core.replay_budget import ReplayBudget, current_origin
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
@@ -83,6 +84,8 @@ class _StoredPacket:
     at: float
     opts: BroadcastOptions
     out: Outbound
+    size: int
+    origin: str | None
 
 
 class Adapter:
@@ -157,7 +160,8 @@ class MemoryAdapter(Adapter):
         super().__init__(nsp)
         self.rooms: dict[str, set[str]] = {}
         self.sids: dict[str, set[str]] = {}
-        self._recovery = nsp.server.options.recovery
+        self._recovery = recovery = nsp.server.options.recovery
+        self._budget = ReplayBudget(recovery) if recovery is not None else None
         self._packets: deque[_StoredPacket] = deque()
         self._next_offset = 1
         self._sessions: dict[str, SessionRecord] = {}
@@ -248,14 +252,16 @@ class MemoryAdapter(Adapter):
 
     def encode_broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> Outbound:
         """Encode once; with recovery on, stamp the offset and keep the packet for replay."""
-        recovery = self._recovery
-        if recovery is not None and packet.type is SocketPacketType.EVENT and packet.id is None:
+        budget = self._budget
+        if budget is not None and packet.type is SocketPacketType.EVENT and packet.id is None:
+            origin = current_origin.get()
             offset = self._next_offset
-            self._next_offset += 1
-            packet = replace(packet, data=[*packet.data, str(offset)])
-            out = Outbound.message(encode(packet))
-            self._store(_StoredPacket(offset, time.monotonic(), opts, out))
-            return out
+            stamped = Outbound.message(encode(replace(packet, data=[*packet.data, str(offset)])))
+            if budget.admit(origin, stamped.size):
+                self._next_offset += 1
+                now = time.monotonic()
+                budget.add(self._packets, _StoredPacket(offset, now, opts, stamped, stamped.size, origin), now)
+                return stamped
         return Outbound.message(encode(packet))
 
     def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
@@ -317,15 +323,6 @@ class MemoryAdapter(Adapter):
             socket.disconnect(close=close)
 
     # ------------------------------------------------------------------ recovery
-
-    def _store(self, stored: _StoredPacket) -> None:
-        packets = self._packets
-        packets.append(stored)
-        recovery = self._recovery
-        assert recovery is not None
-        horizon = stored.at - recovery.max_disconnection_duration
-        while packets and (packets[0].at < horizon or len(packets) > recovery.max_packets):
-            packets.popleft()
 
     async def persist_session(self, record: SessionRecord) -> None:
         if self._recovery is None:

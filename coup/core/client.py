@@ -51,7 +51,9 @@ class Client:
             self._route(packet)
 
     def on_close(self, session: Session, reason: str) -> None:
-        self.closed = True
+        if not self.closed:  # runs twice when we close first (`close`), then the session ends
+            self.closed = True
+            self.server.client_closed(self)
         for socket in list(self.sockets.values()):
             socket.on_close(reason)
         self.sockets.clear()

@@ -49,13 +49,16 @@ class SocketDisconnected(Exception):
 
 
 INTERNAL_ERROR = ClientError("INTERNAL", "Internal server error")
+#: characters of the refused event's name echoed in the ``error`` event (names are short;
+#: a client sending a 500 KB name does not get it back)
+MAX_EVENT_ECHO = 100
 
 
 def error_event(error: ClientError, event: str | None) -> dict[str, Any]:
     """The ``error`` event payload: {message, code, event} plus any extra fields."""
     body: dict[str, Any] = {"message": error.message, "code": error.code}
     if event is not None:
-        body["event"] = event
+        body["event"] = event[:MAX_EVENT_ECHO]
     if error.data:
         body.update(error.data)
     return body

@@ -17,6 +17,12 @@ class RecoveryOptions:
     #: packets kept for replay per namespace; an offset older than that is not restored
     #: (never a partial replay)
     max_packets: int = 50_000
+    #: bytes of packets kept for replay per namespace (the same rule as `max_packets`)
+    max_bytes: int = 32 * 1024 * 1024
+    #: the part of `max_packets` and `max_bytes` one origin socket's broadcasts may hold;
+    #: past it they are delivered but not kept, so one client cannot push out the others'
+    #: resume data (`coup.core.replay_budget`)
+    max_origin_share: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,4 +35,7 @@ class ServerOptions:
     max_attachments: int = 10
     #: name of the event that carries `ClientError`s to the client
     error_event: str = "error"
+    #: Engine.IO connections one client address may hold; beyond, a namespace CONNECT gets
+    #: CONNECT_ERROR ``{code: "TOO_MANY_CONNECTIONS"}`` and the connection closes (None: no cap)
+    max_connections_per_address: int | None = None
     recovery: RecoveryOptions | None = None

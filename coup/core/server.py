@@ -49,6 +49,8 @@ class SocketServer:
         #: who a socket's user is, for log lines about it (the application knows; None: nobody)
         self.describe_user: Callable[[Socket], object] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: client address -> its open connections (the per-address cap)
+        self.connections_by_address: dict[str, int] = {}
         engine.on_connection = self._on_engine_connection
         self.of("/")
 
@@ -105,6 +107,8 @@ class SocketServer:
     def _on_engine_connection(self, session: Session) -> None:
         client = Client(self, session)
         session.handler = client
+        address = session.handshake.address
+        self.connections_by_address[address] = self.connections_by_address.get(address, 0) + 1
         self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client,
                                     slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
 
@@ -118,6 +122,27 @@ class SocketServer:
     def start_connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         self.spawn(self._connect(client, name, auth))
 
+    def client_closed(self, client: Client) -> None:
+        address = client.session.handshake.address
+        left = self.connections_by_address.get(address, 1) - 1
+        if left > 0:
+            self.connections_by_address[address] = left
+        else:
+            self.connections_by_address.pop(address, None)
+
+    def _over_address_cap(self, client: Client, name: str) -> bool:
+        """Refuse (CONNECT_ERROR with a code, then close) a connection from an address that holds too many."""
+        limit = self.options.max_connections_per_address
+        address = client.session.handshake.address
+        if limit is None or self.connections_by_address.get(address, 0) <= limit:
+            return False
+        log.info("session %s refused: %s holds more than %d connections", client.session.sid, address, limit)
+        client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name, {
+            "message": "Too many connections from this address",
+            "data": {"code": "TOO_MANY_CONNECTIONS", "limit": limit}}))
+        client.close("forced close")
+        return True
+
     async def _connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         log_context(client.session.sid)  # this task's log lines are about this client
         socket: Socket | None = None
@@ -128,6 +153,8 @@ class SocketServer:
                     self.engine.metrics.connect_refusals["", "invalid namespace"] += 1
                 client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, name,
                                                 {"message": "Invalid namespace"}))
+                return
+            if self._over_address_cap(client, name):
                 return
             made = await self._make_socket(nsp, client, auth)
             if made is None or client.closed:

@@ -13,6 +13,7 @@ from coup.core.adapter import BroadcastOptions, SessionRecord
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
+from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
 from coup.logs import log_context, reset_context
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
@@ -160,8 +161,12 @@ class Socket:
         self.sink.send(Outbound.message(encode(packet)))
 
     def send_error(self, error: ClientError, event: str | None) -> None:
-        """Tell this client its request was refused (the ``error`` event)."""
-        self.emit(self.nsp.server.options.error_event, error_event(error, event))
+        """Tell this client its request was refused (the ``error`` event).
+
+        A reply to this socket alone, sent straight to it: never kept for connection state
+        recovery (a flood of refused requests must not fill the replay store)."""
+        self._send_packet(SocketPacket(SocketPacketType.EVENT, self.nsp.name,
+                                       [self.nsp.server.options.error_event, error_event(error, event)]))
 
     # ------------------------------------------------------------------ incoming packets
 
@@ -204,6 +209,7 @@ class Socket:
         self.nsp.server.spawn(self._drain(packet))
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
+        origin = current_origin.set(self.id)
         metrics = self.nsp.server.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         context = log_context(self.session.sid, self.nsp.server.log_user(self))
@@ -218,12 +224,15 @@ class Socket:
             self._ack(packet, result)
         finally:
             reset_context(context)
+            current_origin.reset(origin)
         if metrics is not None:
             metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
-        # a task of its own: what it logs is about this client, to its end
+        # a task of its own: what it logs is about this client, and what its handlers
+        # broadcast is this socket's (the recovery store's per-origin share), to its end
         log_context(self.session.sid, self.nsp.server.log_user(self))
+        current_origin.set(self.id)
         try:
             while True:
                 if isinstance(item, _Disconnected):

@@ -106,11 +106,7 @@ class ApiHandler(RequestHandler):
         raw = self.request.body
         if len(raw) > MAX_BODY:
             raise client_error("PAYLOAD_TOO_LARGE", f"요청 본문은 {MAX_BODY}바이트 이하여야 합니다")
-        try:
-            data = json.loads(raw or b"null")
-        except ValueError:
-            raise bad_request("요청 본문이 올바른 JSON이 아닙니다 (invalid JSON)") from None
-        return validation.payload([data])
+        return validation.payload([validation.json_body(raw)])
 
     def query_id(self, name: str) -> int | None:
         raw = self.get_query_argument(name, None)

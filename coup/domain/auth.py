@@ -52,6 +52,11 @@ class TokenService:
 
     def subject(self, token: Any) -> str | None:
         """The token's `sub` when the token is valid, else None (the reason is logged)."""
+        verified = self.verify(token)
+        return verified[0] if verified is not None else None
+
+    def verify(self, token: Any) -> tuple[str, float] | None:
+        """``(sub, exp)`` of a valid token (`exp` in seconds since the epoch), else None."""
         if not isinstance(token, str) or not token or len(token) > 4096:
             return None
         try:
@@ -60,8 +65,10 @@ class TokenService:
         except jwt.InvalidTokenError as exc:
             log.info("token refused: %s", exc)
             return None
-        sub = claims.get("sub")
-        return sub if isinstance(sub, str) else None
+        sub, exp = claims.get("sub"), claims.get("exp")
+        if not isinstance(sub, str) or isinstance(exp, bool) or not isinstance(exp, int | float):
+            return None
+        return sub, float(exp)
 
     def user_id(self, token: Any) -> int | None:
         """The user id a valid token is for."""

@@ -141,6 +141,19 @@ def membership(study_id: int, user_id: int) -> str | None:
     return None
 
 
+def active_pairs(pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Those of the (study, user) `pairs` that are ACTIVE memberships now."""
+    wanted = set(pairs)
+    found: set[tuple[int, int]] = set()
+    users = sorted({user for _, user in wanted})
+    for start in range(0, len(users), 500):
+        query = (StudyMember.select(StudyMember.study, StudyMember.user)
+                 .where(StudyMember.user.in_(users[start:start + 500]) & (StudyMember.status == ACTIVE))
+                 .tuples())
+        found.update(pair for pair in query if pair in wanted)  # type: ignore[misc]
+    return found
+
+
 def my_studies(user_id: int) -> list[dict[str, Any]]:
     query = (StudyMember.select(StudyMember, Study, Group)
              .join(Study).join(Group)
@@ -235,8 +248,11 @@ def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) ->
                 return _duplicate(existing, new)
             return {"outcome": "seq_clash"}
         present = set(present_user_ids)
+        active = {uid for (uid,) in _ACTIVE_MEMBERS.all(new.study_id, ACTIVE)}
+        #: users with a socket in the room who are no longer ACTIVE members: the room evicts them
+        evict = sorted(present - active)
         present.add(new.user_id)
-        recipients = sorted(uid for (uid,) in _ACTIVE_MEMBERS.all(new.study_id, ACTIVE) if uid not in present)
+        recipients = sorted(uid for uid in active if uid not in present)
         preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
         text = f"{new.user_name}: {preview}"
         data = {"messageId": message_id}
@@ -249,7 +265,7 @@ def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) ->
                 "studyId": new.study_id, "data": data}})
         message = _message_body(message_id, new.study_id, seq, new.content, new.file_id, new.user_id,
                                 new.user_name, created_at, new.client_message_id)
-        return {"outcome": "stored", "message": message, "notifications": notifications}
+        return {"outcome": "stored", "message": message, "notifications": notifications, "evict": evict}
 
 
 def _duplicate(existing: dict[str, Any], new: NewMessage) -> dict[str, Any]:

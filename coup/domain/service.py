@@ -52,7 +52,10 @@ class CoupDomain:
         self.events = SocketEvents(
             server, self.db, self.rooms, self.notifier, self.presence,
             messages=TokenBucket(settings.message_rate, settings.message_burst),
-            typing=Throttle(settings.typing_interval))
+            typing=Throttle(settings.typing_interval),
+            joins=TokenBucket(settings.join_rate, settings.join_burst),
+            max_sockets_per_user=settings.max_sockets_per_user, token_leeway=settings.jwt_leeway,
+            membership_check_interval=settings.membership_check_interval)
         self._tokens: TokenService | None = None
 
     async def _max_seq(self, study_id: int) -> int:
@@ -75,8 +78,11 @@ class CoupDomain:
         secret = await self.db.run(jwt_secret, self.settings)
         self._tokens = TokenService(secret, self.settings.jwt_algorithm, self.settings.jwt_leeway)
         self.events.tokens = self._tokens
+        self.events.membership.start()
 
     async def stop(self) -> None:
+        await self.events.membership.stop()
+        self.events.expiry.close()
         await asyncio.to_thread(self.db.close)
 
     async def ready(self) -> bool:

@@ -36,6 +36,8 @@ LEAVE = "study.leave"
 MESSAGE = "study.message"
 TYPING = "study.typing"
 READ = "study.read"
+#: the event a socket gets when it is taken out of a study room because its membership ended
+REMOVED = "removed-from-study"
 
 #: attempts at storing one message when its seq clashes with another writer's
 SEQ_ATTEMPTS = 3
@@ -100,6 +102,11 @@ class StudyRooms:
         await self.server.presence.detach(member_key(study_id, actor.id), sid)
         return await self._call(study_id, LEAVE, {"studyId": study_id, "userId": actor.id, "sid": sid,
                                                   "gone": gone})
+
+    async def forget_member(self, user_id: int, study_id: int, sid: str) -> None:
+        """Socket `sid` (held by this node) was taken out of the room by its owner (`evict`):
+        drop the presence key this node attached for it at join."""
+        await self.server.presence.detach(member_key(study_id, user_id), sid)
 
     async def _member_lost(self, key: str) -> None:
         """A node died holding a user's last socket in a study room: the room's owner decides
@@ -171,7 +178,11 @@ class StudyRooms:
         return {"ok": True, "studyId": study_id}
 
     async def _typing(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
-        study_id = int(p["studyId"])
+        study_id, user_id = int(p["studyId"]), int(p["userId"])
+        refused = await membership_error(self.db, study_id, user_id)
+        if refused is not None:  # removed from the study while in its room
+            await self.evict(study_id, {user_id})
+            return refusal(refused)
         # to the other users: the typist's own tabs do not show "Alice is typing"
         self.nsp.to(room).except_(user_room(int(p["userId"]))).emit(
             "typing", {"userId": p["userId"], "userName": p["userName"], "studyId": study_id})
@@ -190,6 +201,20 @@ class StudyRooms:
                 target = target.except_(str(sid))
             target.emit("read", {"messageId": message_id, "userId": user_id, "studyId": study_id})
         return {"ok": True, "messageId": message_id, "studyId": study_id, "new": outcome == "read"}
+
+    async def evict(self, study_id: int, user_ids: set[int]) -> None:
+        """On the room's owner: take every socket of `user_ids` (no longer ACTIVE members) out of the
+        study room, telling each socket (`removed-from-study`) and the room (`member-left`)."""
+        room = study_room(study_id)
+        notice = {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message}
+        for sid, uid in await self._room_sockets(study_id):
+            if uid in user_ids:
+                log.info("study %d: user %d is no longer an ACTIVE member; socket %s leaves the room",
+                         study_id, uid, sid)
+                self.nsp.to(sid).emit(REMOVED, notice)
+                await self.nsp.in_(sid).sockets_leave(room)
+        for uid in sorted(user_ids):
+            self.nsp.to(room).emit("member-left", {"studyId": study_id, "userId": uid})
 
     async def _message(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         new = NewMessage(study_id=int(p["studyId"]), user_id=int(p["userId"]), user_name=str(p["userName"]),
@@ -213,14 +238,17 @@ class StudyRooms:
                 continue
             if outcome != "stored":
                 await self.sequence.give_back(new.study_id, seq)
-            return self._message_outcome(outcome, result)
+            return await self._message_outcome(outcome, result)
         return refusal(client_error("RETRY"))
 
-    def _message_outcome(self, outcome: str, result: dict[str, Any]) -> dict[str, Any]:
+    async def _message_outcome(self, outcome: str, result: dict[str, Any]) -> dict[str, Any]:
         if outcome in REFUSALS:
             return refusal(REFUSALS[outcome]())
         message = result["message"]
         if outcome == "stored":
+            evict = set(result.get("evict", ()))
+            if evict:  # before the broadcast: someone no longer a member must not read it
+                await self.evict(message["studyId"], evict)
             self.nsp.to(study_room(message["studyId"])).emit("message", message)
             for item in result["notifications"]:
                 self.nsp.to(user_room(item["userId"])).emit("notification", item["notification"])

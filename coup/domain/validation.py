@@ -13,9 +13,41 @@ from typing import Any
 from coup.domain.errors import bad_request, client_error
 
 MAX_CONTENT = 4000
+#: arrays and objects inside one another in a request body (ours need 3)
+MAX_JSON_DEPTH = 32
 MAX_CLIENT_MESSAGE_ID = 64
 #: ids are database row numbers; anything larger is not one of ours (PostgreSQL bigint)
 MAX_ID = 2**63 - 1
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def json_body(raw: bytes) -> Any:
+    """A request body parsed as JSON. Anything else is BAD_REQUEST: bad UTF-8, bad JSON, NaN,
+    and nesting deeper than `MAX_JSON_DEPTH` (deeper than Python's stack once raised a
+    RecursionError: a 500 with a traceback)."""
+    try:
+        data = json.loads(raw or b"null", parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request("요청 본문이 올바른 JSON이 아닙니다 (invalid JSON)") from None
+    if _too_deep(data, MAX_JSON_DEPTH):
+        raise bad_request(f"요청 본문이 너무 깊게 중첩되어 있습니다 (nested deeper than {MAX_JSON_DEPTH})")
+    return data
 
 
 def payload(args: list[Any]) -> dict[str, Any]:
@@ -111,7 +143,7 @@ def json_object(data: dict[str, Any], field: str, *, max_bytes: int = 16_384) ->
     try:
         encoded = json.dumps(value, ensure_ascii=False)
         encoded.encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError):
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
         raise bad_request(f"{field}: JSON 객체여야 합니다") from None
     if len(encoded.encode("utf-8")) > max_bytes:
         raise bad_request(f"{field}: {max_bytes}바이트 이하의 JSON이어야 합니다")

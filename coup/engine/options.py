@@ -11,6 +11,8 @@ class EngineOptions:
     ping_timeout: float = 20.0
     #: largest message or polling body a client may send, in bytes
     max_payload: int = 1_000_000
+    #: frames one WebSocket message may be split into
+    max_fragments: int = 4096
     #: seconds a WebSocket may take between the probe and the UPGRADE packet
     upgrade_timeout: float = 10.0
     transports: tuple[str, ...] = ("polling", "websocket")

@@ -24,6 +24,7 @@ from coup.protocol.websocket import (
     FrameReader,
     Ping,
     TextMessage,
+    WebSocketEvent,
     encode_close_frame,
 )
 from coup.protocol.wire import Outbound
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from coup.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: seconds a peer has to close its side after our close frame before the socket is aborted
+CLOSE_TIMEOUT = 5.0
 
 
 class WriteCoalescer:
@@ -84,6 +88,7 @@ class WebSocketTransport(asyncio.Protocol):
     __slots__ = (
         "_closed",
         "_coalescer",
+        "_linger",
         "_max_buffer",
         "_pending",
         "_probing",
@@ -98,7 +103,7 @@ class WebSocketTransport(asyncio.Protocol):
         self.session = session
         self._transport: asyncio.Transport | None = None
         options = session.server.options
-        self._reader = FrameReader(max_message=options.max_payload)
+        self._reader = FrameReader(max_message=options.max_payload, max_fragments=options.max_fragments)
         self._pending: list[bytes] = []
         self._coalescer = coalescer
         self._max_buffer = options.max_buffered_bytes
@@ -106,6 +111,8 @@ class WebSocketTransport(asyncio.Protocol):
         self._probing = probing
         self._closed = False
         self._upgrade_timer: asyncio.TimerHandle | None = None
+        #: after our close frame: the deadline for the peer to close its side
+        self._linger: asyncio.TimerHandle | None = None
         #: bytes written before any frame once the socket is attached (the HTTP 101 answer)
         self.preamble = b""
 
@@ -129,17 +136,27 @@ class WebSocketTransport(asyncio.Protocol):
                                                   self._upgrade_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return  # our close frame is out: what still comes is read and dropped (see `_shutdown`)
+        metrics = self.session.server.metrics
+        if metrics is not None:  # per read, not per frame
+            metrics.bytes_received["websocket"] += len(data)
         try:
             events = self._reader.feed(data)
         except DecodeError as exc:
-            log.info("session %s: invalid WebSocket frame: %s", self.session.sid, exc.reason)
-            self._fail(exc.close_code)
+            # the messages before the bad frame were valid: they are delivered, then we close
+            self._dispatch(cast("list[WebSocketEvent]", exc.events))
+            if not self._closed:
+                log.info("session %s: invalid WebSocket frame: %s", self.session.sid, exc.reason)
+                self._fail(exc.close_code)
             return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[WebSocketEvent]) -> None:
         session = self.session
         metrics = session.server.metrics
         if metrics is not None:  # per read, not per frame
             metrics.packets_received["websocket"] += len(events)
-            metrics.bytes_received["websocket"] += len(data)
         for event in events:
             if self._closed:
                 return
@@ -157,7 +174,8 @@ class WebSocketTransport(asyncio.Protocol):
                     self._write(event.response())
                 elif type(event) is CloseReceived:
                     self._write(event.response())
-                    self._shutdown("transport close")
+                    self._shutdown()
+                    session.transport_closed(self, "transport close")
                 # Pong frames need no answer
             except DecodeError as exc:
                 if self._probing:
@@ -167,9 +185,15 @@ class WebSocketTransport(asyncio.Protocol):
                     session.protocol_error(exc)
                 return
 
+    def eof_received(self) -> bool | None:
+        return None  # the peer finished (after our close frame, or instead of one): close our side too
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._pending.clear()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._upgrade_timer is not None:
             self._upgrade_timer.cancel()
             self._upgrade_timer = None
@@ -276,19 +300,40 @@ class WebSocketTransport(asyncio.Protocol):
         if self._closed:
             return
         self._write(encode_close_frame(CloseCode.NORMAL))
-        self._shutdown(reason)
+        self._shutdown()
+        if graceful and self.session.transport is self:
+            self.session.finish_graceful_close()  # everything queued is written; the socket lingers alone
 
-    def _shutdown(self, reason: str) -> None:
+    def _shutdown(self) -> None:
+        """End the connection after our close frame, without losing that frame.
+
+        Closing a socket whose receive buffer still holds unread bytes (the rest of an
+        oversized message, frames sent after a bad one) makes the kernel send a reset, and
+        the peer's kernel then drops our close frame unread. So we half-close instead: the
+        peer reads the close frame and the end of the stream, and closes its side; until then
+        everything it sends is read and dropped (`data_received`), for at most
+        `CLOSE_TIMEOUT` seconds.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._transport is not None:
-            self._transport.close()  # flushes the buffer, then connection_lost()
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():  # pragma: no cover - TCP transports can
+            transport.close()
+            return
+        try:
+            transport.write_eof()  # after the buffered frames; reading goes on
+        except OSError:  # the peer is gone already
+            transport.abort()
+            return
+        self._linger = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
 
     def _fail(self, code: int) -> None:
         if self._closed:
             return
         self._write(encode_close_frame(code))
-        self._shutdown("transport error")
+        self._shutdown()
         if not self._probing:
             self.session.transport_closed(self, "parse error")

@@ -15,6 +15,9 @@ class ProtocolError(Exception):
         self.reason = reason
         #: WebSocket close code the I/O layer should send when it ends the connection.
         self.close_code = close_code
+        #: what an incremental decoder had decoded from the same input before the violation:
+        #: the I/O layer delivers these first (they were valid), then closes
+        self.events: list[object] = []
 
 
 class DecodeError(ProtocolError):

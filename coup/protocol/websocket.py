@@ -5,13 +5,14 @@ server frames. Server frames need no mask, so a broadcast is framed once and the
 bytes go to every receiver (see `coup.protocol.wire`).
 
 Only what a Socket.IO server needs: no extensions (RSV bits must be zero, nothing is
-negotiated), fragmented messages reassembled up to `max_message`, control frames
-answered by the I/O layer from the events returned here.
+negotiated), fragmented messages reassembled up to `max_message` bytes and `max_fragments`
+frames, control frames answered by the I/O layer from the events returned here.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -132,6 +133,15 @@ WebSocketEvent = TextMessage | BinaryMessage | Ping | Pong | CloseReceived
 
 #: codes a peer may send (RFC 6455 §7.4 and the IANA registry); 1004-1006 and 1015 are reserved
 _VALID_CLOSE_CODES = frozenset(range(1000, 1015)) - {1004, 1005, 1006}
+#: frames one message may be split into (websockets' limit): an endless run of tiny
+#: continuation frames otherwise costs per-frame memory and CPU for a message of any size
+MAX_FRAGMENTS = 4096
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _not_utf8() -> DecodeError:
+    return DecodeError("text message is not valid UTF-8", close_code=CloseCode.INVALID_DATA)
 
 
 class FrameReader:
@@ -139,73 +149,218 @@ class FrameReader:
 
     ``events = reader.feed(data)``: returns the complete events found so far; keeps any
     partial frame for the next call. Raises `DecodeError` (with `close_code`) on a
-    protocol violation; after that the connection must be closed with that code.
+    protocol violation, as early as the bytes show it (a header, or the first invalid
+    UTF-8 byte of a text message still arriving); the events decoded before it in the same
+    input are in the exception's `events`, to be delivered before the connection is closed
+    with that code. After a violation or a close frame the reader ignores everything.
+
+    A data frame's payload is unmasked as it arrives and added to the message being built
+    (bounded by `max_message` bytes and `max_fragments` frames); control frames (at most
+    125 bytes) are taken whole, also between the fragments of a message. An extension
+    (permessage-deflate) would plug in at two places: `_allowed_rsv` (the RSV bits it
+    negotiated) and `_data`, where each frame's payload joins its message.
     """
 
-    __slots__ = ("_buf", "_closed", "_fragment_opcode", "_fragment_size", "_fragments", "max_message")
+    __slots__ = (
+        "_allowed_rsv",
+        "_buf",
+        "_closed",
+        "_fragments",
+        "_frame_fin",
+        "_frame_left",
+        "_frame_opcode",
+        "_mask",
+        "_mask_at",
+        "_message",
+        "_message_opcode",
+        "_utf8",
+        "max_fragments",
+        "max_message",
+    )
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, max_fragments: int = MAX_FRAGMENTS) -> None:
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._buf = bytearray()
-        self._fragments: list[bytes] = []
-        self._fragment_opcode: Opcode | None = None
-        self._fragment_size = 0
         self._closed = False
+        #: RSV bits a negotiated extension may set (none today)
+        self._allowed_rsv = 0
+        # the frame being read: payload bytes still to come (-1: waiting for a header)
+        self._frame_left = -1
+        self._frame_opcode = 0
+        self._frame_fin = True
+        self._mask = b""
+        self._mask_at = 0
+        # the data message being built (opcode 0: none)
+        self._message_opcode = 0
+        self._message = bytearray()
+        self._fragments = 0
+        self._utf8: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[WebSocketEvent]:
         if self._closed:
             return []
-        if not self._buf and self._fragment_opcode is None:
+        if self._frame_left < 0 and not self._buf and not self._message_opcode:
             fast = self._single_text_frame(data)
             if fast is not None:
                 return [fast]
+        events: list[WebSocketEvent] = []
+        try:
+            self._parse(data, events)
+        except DecodeError as exc:
+            self._closed = True
+            self._buf = bytearray()
+            self._message = bytearray()
+            exc.events = list(events)
+            raise
+        return events
+
+    def _parse(self, data: bytes, events: list[WebSocketEvent]) -> None:
         buf = self._buf
         buf += data
-        events: list[WebSocketEvent] = []
         pos = 0
         n = len(buf)
-        while n - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            if b0 & 0x70:
-                raise DecodeError("reserved bits set without a negotiated extension")
-            if not b1 & 0x80:
-                raise DecodeError("client frame is not masked")
-            length = b1 & 0x7F
-            offset = pos + 2
-            if length == 126:
-                if n - offset < 2:
+        while True:
+            if self._frame_left < 0:
+                header = self._header(buf, pos, n)
+                if header == 0:
                     break
-                length = int.from_bytes(buf[offset:offset + 2], "big")
-                offset += 2
-            elif length == 127:
-                if n - offset < 8:
+                pos += header
+            left = self._frame_left
+            opcode = self._frame_opcode
+            if opcode >= 0x8:  # a control frame: whole or not at all
+                if n - pos < left:
                     break
-                length = int.from_bytes(buf[offset:offset + 8], "big")
-                if length >> 63:
-                    raise DecodeError("frame length has the high bit set")
-                offset += 8
-            opcode_value = b0 & 0x0F
-            fin = bool(b0 & 0x80)
-            is_control = opcode_value >= 0x8
-            if is_control and (length > 125 or not fin):
-                raise DecodeError("control frame too long or fragmented")
-            if not is_control and self._fragment_size + length > self.max_message:
-                raise PayloadTooLarge(f"message exceeds {self.max_message} bytes")
-            if n - offset < 4 + length:
-                break
-            mask = bytes(buf[offset:offset + 4])
-            offset += 4
-            payload = unmask(bytes(buf[offset:offset + length]), mask)
-            pos = offset + length
-            event = self._frame(opcode_value, fin, payload)
-            if event is not None:
+                payload = unmask(bytes(buf[pos:pos + left]), self._mask)
+                pos += left
+                self._frame_left = -1
+                event = self._control(opcode, payload)
                 events.append(event)
-                if isinstance(event, CloseReceived):
+                if type(event) is CloseReceived:
                     self._closed = True
                     break
+                continue
+            take = min(left, n - pos)
+            if take == left and self._frame_fin and not self._message_opcode and self._mask_at == 0:
+                # a whole unfragmented message in the buffer: no incremental work
+                payload = unmask(bytes(buf[pos:pos + take]), self._mask)
+                pos += take
+                self._frame_left = -1
+                events.append(self._whole(opcode, payload))
+                continue
+            if take:
+                self._data(unmask(bytes(buf[pos:pos + take]), self._rotated_mask()))
+                pos += take
+                self._mask_at += take
+                self._frame_left = left = left - take
+            if left:
+                break  # the rest of this frame is still on its way
+            self._frame_left = -1
+            if self._frame_fin:
+                events.append(self._finish_message())
         del buf[:pos]
-        return events
+
+    def _header(self, buf: bytearray, pos: int, n: int) -> int:
+        """Read a frame header at `pos`; return its length (0: incomplete). Checks everything
+        the header alone shows, so a bad frame fails before its payload arrives."""
+        if n - pos < 2:
+            return 0
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        if b0 & 0x70 & ~self._allowed_rsv:
+            raise DecodeError("reserved bits set without a negotiated extension")
+        if not b1 & 0x80:
+            raise DecodeError("client frame is not masked")
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
+        length = b1 & 0x7F
+        offset = pos + 2
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                raise DecodeError(f"unknown opcode {opcode:#x}")
+            if length > 125 or not fin:
+                raise DecodeError("control frame too long or fragmented")
+        elif opcode > 0x2:
+            raise DecodeError(f"unknown opcode {opcode:#x}")
+        elif opcode == 0x0:
+            if not self._message_opcode:
+                raise DecodeError("continuation frame without a message to continue")
+        elif self._message_opcode:
+            raise DecodeError("new message while a fragmented one is unfinished")
+        if length == 126:
+            if n - offset < 2:
+                return 0
+            length = int.from_bytes(buf[offset:offset + 2], "big")
+            offset += 2
+        elif length == 127:
+            if n - offset < 8:
+                return 0
+            length = int.from_bytes(buf[offset:offset + 8], "big")
+            if length >> 63:
+                raise DecodeError("frame length has the high bit set")
+            offset += 8
+        if opcode < 0x8:
+            if len(self._message) + length > self.max_message:
+                raise PayloadTooLarge(f"message exceeds {self.max_message} bytes")
+            if not opcode and self._fragments >= self.max_fragments:
+                raise PayloadTooLarge(f"message split into more than {self.max_fragments} frames")
+        if n - offset < 4:
+            return 0
+        if opcode < 0x8:
+            if opcode:  # the first frame of a message
+                if not fin or length > n - offset - 4:  # fragmented, or arriving in parts
+                    self._start_message(opcode)
+            if self._message_opcode:
+                self._fragments += 1
+        self._mask = bytes(buf[offset:offset + 4])
+        self._mask_at = 0
+        self._frame_left = length
+        self._frame_opcode = opcode
+        self._frame_fin = fin
+        return offset + 4 - pos
+
+    def _rotated_mask(self) -> bytes:
+        shift = self._mask_at & 3
+        mask = self._mask
+        return mask[shift:] + mask[:shift] if shift else mask
+
+    def _start_message(self, opcode: int) -> None:
+        self._message_opcode = opcode
+        self._message = bytearray()
+        self._fragments = 0
+        self._utf8 = _Utf8Decoder() if opcode == Opcode.TEXT else None
+
+    def _data(self, chunk: bytes) -> None:
+        """Payload of the message being built, as it arrives; text is checked for UTF-8 at once
+        (a peer learns of invalid text when it sends it, not when the message ends)."""
+        self._message += chunk
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(chunk)
+            except UnicodeDecodeError:
+                raise _not_utf8() from None
+
+    def _finish_message(self) -> TextMessage | BinaryMessage:
+        opcode, payload, utf8 = self._message_opcode, bytes(self._message), self._utf8
+        self._message_opcode = 0
+        self._message = bytearray()
+        self._fragments = 0
+        self._utf8 = None
+        if utf8 is not None:
+            try:
+                utf8.decode(b"", True)  # a character cut off at the end
+            except UnicodeDecodeError:
+                raise _not_utf8() from None
+        return self._whole(opcode, payload)
+
+    @staticmethod
+    def _whole(opcode: int, payload: bytes) -> TextMessage | BinaryMessage:
+        if opcode == Opcode.TEXT:
+            try:
+                return TextMessage(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _not_utf8() from None
+        return BinaryMessage(payload)
 
     def _single_text_frame(self, data: bytes) -> TextMessage | None:
         """The common case in one step: `data` is exactly one complete, masked, final text frame
@@ -228,42 +383,14 @@ class FrameReader:
         try:
             return TextMessage(payload.decode("utf-8"))
         except UnicodeDecodeError:
-            raise DecodeError("text message is not valid UTF-8", close_code=CloseCode.INVALID_DATA) from None
+            raise _not_utf8() from None
 
-    def _frame(self, opcode_value: int, fin: bool, payload: bytes) -> WebSocketEvent | None:
-        try:
-            opcode = Opcode(opcode_value)
-        except ValueError:
-            raise DecodeError(f"unknown opcode {opcode_value:#x}") from None
-        if opcode is Opcode.PING:
+    def _control(self, opcode: int, payload: bytes) -> Ping | Pong | CloseReceived:
+        if opcode == Opcode.PING:
             return Ping(payload)
-        if opcode is Opcode.PONG:
+        if opcode == Opcode.PONG:
             return Pong(payload)
-        if opcode is Opcode.CLOSE:
-            return self._close(payload)
-        if opcode is Opcode.CONTINUATION:
-            if self._fragment_opcode is None:
-                raise DecodeError("continuation frame without a message to continue")
-            self._fragments.append(payload)
-            self._fragment_size += len(payload)
-            if not fin:
-                return None
-            opcode = self._fragment_opcode
-            payload = b"".join(self._fragments)
-            self._fragments, self._fragment_opcode, self._fragment_size = [], None, 0
-        elif self._fragment_opcode is not None:
-            raise DecodeError("new message while a fragmented one is unfinished")
-        elif not fin:
-            self._fragment_opcode = opcode
-            self._fragments = [payload]
-            self._fragment_size = len(payload)
-            return None
-        if opcode is Opcode.TEXT:
-            try:
-                return TextMessage(payload.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise DecodeError("text message is not valid UTF-8", close_code=CloseCode.INVALID_DATA) from None
-        return BinaryMessage(payload)
+        return self._close(payload)
 
     @staticmethod
     def _close(payload: bytes) -> CloseReceived:

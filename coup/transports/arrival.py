@@ -16,8 +16,10 @@ import itertools
 from typing import Any
 
 from tornado.httpserver import HTTPServer
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate, HTTPServerRequest
 from tornado.iostream import IOStream
+
+from coup.transports.proxies import ForwardedAdapter, TrustedProxies
 
 _reads = itertools.count(1)
 
@@ -40,7 +42,16 @@ class ArrivalIOStream(IOStream):
 
 
 class ArrivalHTTPServer(HTTPServer):
-    """Tornado's `HTTPServer` with `ArrivalIOStream` connections."""
+    """Tornado's `HTTPServer` with `ArrivalIOStream` connections, and forwarded headers
+    believed only from `proxies` (set it; Tornado's own ``xheaders`` believes anyone)."""
+
+    proxies = TrustedProxies()
+
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        delegate = super().start_request(server_conn, request_conn)
+        if self.proxies:
+            delegate = ForwardedAdapter(delegate, request_conn, self.proxies)
+        return delegate
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if type(stream) is IOStream:  # Tornado's own accept path: nothing read from it yet

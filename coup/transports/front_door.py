@@ -22,13 +22,13 @@ from typing import cast
 
 from tornado.escape import parse_qs_bytes
 from tornado.httpserver import HTTPServer
-from tornado.netutil import is_valid_ip
 
 from coup.engine.errors import EngineRequestError
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.transports.arrival import ArrivalIOStream
 from coup.transports.origins import OriginPolicy
+from coup.transports.proxies import TrustedProxies
 from coup.transports.websocket import UpgradeRequired, check_upgrade, start_websocket
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 #: the answer to a connection that did not finish its request head in time (as Node's headersTimeout)
 _HEAD_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-#: headers that change the client's address or scheme behind a proxy (Tornado's ``xheaders``)
-_PROXY_HEADERS = ("x-forwarded-for", "x-real-ip", "x-scheme", "x-forwarded-proto")
 
 
 class _NotFast(Exception):
@@ -48,15 +46,16 @@ class _NotFast(Exception):
 class FrontDoor:
     """What the front-door protocols of one node share."""
 
-    __slots__ = ("engine", "head_timeout", "http_server", "origins", "path", "xheaders")
+    __slots__ = ("engine", "head_timeout", "http_server", "origins", "path", "proxies")
 
     def __init__(self, engine: EngineServer, origins: OriginPolicy, http_server: HTTPServer,
-                 path: str, *, xheaders: bool = True, head_timeout: float = 10.0) -> None:
+                 path: str, *, proxies: TrustedProxies | None = None, head_timeout: float = 10.0) -> None:
         self.engine = engine
         self.origins = origins
         self.http_server = http_server
         self.path = path.rstrip("/") + "/"
-        self.xheaders = xheaders
+        #: whose forwarded headers to believe (`coup.transports.proxies`); nobody's by default
+        self.proxies = proxies or TrustedProxies()
         #: seconds a new connection has to send its first request head; then 408 and close
         self.head_timeout = head_timeout
 
@@ -113,21 +112,12 @@ class FrontDoor:
         return True
 
     def _client_address(self, transport: asyncio.Transport, headers: dict[str, str]) -> tuple[str, bool]:
-        """The client's IP and whether it came over TLS, as Tornado's ``xheaders=True`` sees them."""
+        """The client's IP and whether it came over TLS, believing forwarded headers only from
+        trusted proxies (the same rule as Tornado's side, `ArrivalHTTPServer`)."""
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) and peer else "0.0.0.0"
-        protocol = "http"
-        if self.xheaders and any(h in headers for h in _PROXY_HEADERS):
-            candidates = [c.strip() for c in reversed(headers.get("x-forwarded-for", ip).split(","))]
-            forwarded = candidates[0] if candidates else ip
-            forwarded = headers.get("x-real-ip", forwarded)
-            if is_valid_ip(forwarded):
-                ip = forwarded
-            scheme = headers.get("x-scheme", headers.get("x-forwarded-proto", protocol))
-            scheme = scheme.split(",")[-1].strip()
-            if scheme in ("http", "https"):
-                protocol = scheme
-        return ip, protocol == "https"
+        ip, scheme = self.proxies.client(ip, lambda name: headers.get(name.lower()))
+        return ip, scheme == "https"
 
     def to_tornado(self, transport: asyncio.Transport, data: bytes) -> None:
         """Give the connection, with the bytes read so far, to Tornado's HTTP server."""

@@ -91,6 +91,10 @@ class PollingHandler(EngineRequestHandler):
         self.finish()
 
     def on_connection_close(self) -> None:
+        # Tornado's own handling first: for a streamed POST it ends the wait for the rest of
+        # the body; without it a request cut off mid-body kept its handler (and the body read
+        # so far) alive until the process exited
+        super().on_connection_close()
         if self._transport is not None:
             self._transport.cancel_poll()
 
@@ -111,6 +115,10 @@ class PollingPostHandler(PollingHandler):
         length = self.request.headers.get("Content-Length", "")
         if self._error is None and length.isdigit() and int(length) > self.engine.options.max_payload:
             self._payload_too_large(int(length))
+
+    def on_connection_close(self) -> None:
+        self._chunks = []
+        super().on_connection_close()
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished or self._error is not None:

@@ -79,8 +79,9 @@ class Client:
 
         @self.sio.on("*")
         async def any_event(event: str, *args: Any) -> None:
-            # the last argument of every event is the recovery offset
-            self.received.append((event, args[0] if len(args) > 1 else None))
+            # the last argument of a room event is the recovery offset; replies to one socket
+            # (`error`) carry none
+            self.received.append((event, args[0] if args else None))
             self._arrived.set()
 
         @self.sio.event

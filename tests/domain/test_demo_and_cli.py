@@ -90,7 +90,7 @@ def test_initdb_is_idempotent_and_seed_demo_loads_exactly_the_demo_data(database
 
 
 def test_token_with_jwt_secret() -> None:
-    secret = "s" * 40
+    secret = "tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a-eU5o"
     result = coup("token", "7", "--ttl", "60", JWT_SECRET=secret)
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
@@ -100,7 +100,7 @@ def test_token_with_jwt_secret() -> None:
 def test_token_without_secret_or_demo_database_explains(tmp_path: Path) -> None:
     result = coup("token", "1", DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
     assert result.returncode == 2 and "JWT_SECRET" in result.stderr
-    assert coup("token", "0", JWT_SECRET="s" * 40).returncode == 2
+    assert coup("token", "0", JWT_SECRET="tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a-eU5o").returncode == 2
 
 
 def test_serve_refuses_to_start_without_a_secret_outside_demo_mode(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ async def test_demo_mode_seeds_a_fresh_database_and_keeps_one_secret_for_every_p
 async def test_a_node_creates_the_schema_of_an_empty_database_and_seeds_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     node = await start(Settings(host="127.0.0.1", port=0, database_url=url,
-                                jwt_secret=Secret("k" * 40)).validated())
+                                jwt_secret=Secret("kR2m-9vWq3LzX8pNc5tY1bJ7hG4dF6sA0eU")).validated())
     try:
         assert await node.http("GET", "/readyz") == (200, {"status": "ready", "checks": {"database": True}})
         assert (await node.http("GET", "/api/me", user=1))[0] == 401  # no users: nothing was seeded
@@ -176,9 +176,9 @@ async def test_a_node_creates_the_schema_of_an_empty_database_and_seeds_nothing(
 @pytest.mark.asyncio
 async def test_demo_mode_with_a_configured_secret_uses_it_and_stores_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    node = await start(demo_settings(url, jwt_secret=Secret("k" * 40)))
+    node = await start(demo_settings(url, jwt_secret=Secret("kR2m-9vWq3LzX8pNc5tY1bJ7hG4dF6sA0eU")))
     try:
-        token = jwt.encode({"sub": "3", "exp": 4_000_000_000}, "k" * 40, algorithm="HS256")
+        token = jwt.encode({"sub": "3", "exp": 4_000_000_000}, "kR2m-9vWq3LzX8pNc5tY1bJ7hG4dF6sA0eU", algorithm="HS256")
         assert await node.http("GET", "/api/me", headers={"Authorization": f"Bearer {token}"}) == (
             200, {"id": 3, "name": "Chloe"})
         assert await node.db(queries.setting, DEMO_SECRET_KEY) is None

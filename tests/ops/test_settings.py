@@ -7,7 +7,7 @@ import pytest
 
 from coup.config import ConfigError, Settings
 
-ENV = {"JWT_SECRET": "j" * 32}
+ENV = {"JWT_SECRET": "tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a"}
 HASH = bcrypt.hashpw(b"a-long-admin-password", bcrypt.gensalt(4)).decode()
 
 

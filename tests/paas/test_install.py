@@ -98,7 +98,7 @@ def test_a_non_editable_install_serves_the_demo_page_and_everything_it_loads(tmp
     env = {"PATH": f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path)}
     # the package as installed: no PostgreSQL driver, so such a URL is refused by name
     refused = subprocess.run([str(venv / "bin" / "coup"), "serve"], cwd=elsewhere, capture_output=True, text=True,
-                             timeout=60, env={**env, "JWT_SECRET": "x" * 40,
+                             timeout=60, env={**env, "JWT_SECRET": "tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a-eU5o",
                                               "DATABASE_URL": "postgresql://u@127.0.0.1:1/db"})
     assert refused.returncode == 2 and "DATABASE_URL is a PostgreSQL URL but its driver is not installed" \
         in refused.stderr, refused.stderr

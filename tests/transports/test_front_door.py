@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(30)
 async def echo_node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
     """A node whose "echo" event broadcasts to a room the socket joined, over either accept path."""
     sock, port = bind_unused_port()
-    node = CoupNode(settings_for_tests(recovery_window=0.0), front_door=request.param)
+    node = CoupNode(settings_for_tests(recovery_window=0.0, trusted_proxies=("127.0.0.0/8",)),
+                    front_door=request.param)
 
     async def join(socket: Any, args: list[Any]) -> None:
         await socket.join(args[0])
