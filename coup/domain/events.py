@@ -20,12 +20,13 @@ from coup.domain import queries, validation
 from coup.domain.auth import Actor, TokenService, claimed_user_id, user_id_of
 from coup.domain.database import Database
 from coup.domain.errors import AUTH_FAILED_MESSAGE, client_error
+from coup.domain.event_names import ClientEvent, ServerEvent
 from coup.domain.live_checks import MembershipSweep, TokenExpiry
 from coup.domain.notifications import Notifier
 from coup.domain.presence_events import PresenceEvents
 from coup.domain.ratelimit import Throttle, TokenBucket
 from coup.domain.roomnames import group_room, study_of, study_room, user_room
-from coup.domain.study_rooms import REMOVED, StudyRooms
+from coup.domain.study_rooms import StudyRooms
 from coup.logs import bind_user
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,12 @@ class SocketEvents:
         nsp.use(self.authenticate)
         nsp.on_connect(self.on_connect)
         nsp.on_disconnect(self.on_disconnect)
-        nsp.on("join-study", self.join_study)
-        nsp.on("leave-study", self.leave_study)
-        nsp.on("message", self.message)
-        nsp.on("typing", self.typing)
-        nsp.on("read", self.read)
-        nsp.on("notification-read", self.notification_read)
+        nsp.on(ClientEvent.JOIN_STUDY, self.join_study)
+        nsp.on(ClientEvent.LEAVE_STUDY, self.leave_study)
+        nsp.on(ClientEvent.MESSAGE, self.message)
+        nsp.on(ClientEvent.TYPING, self.typing)
+        nsp.on(ClientEvent.READ, self.read)
+        nsp.on(ClientEvent.NOTIFICATION_READ, self.notification_read)
         nsp.on_unhandled(self.unknown_event)
 
     # ------------------------------------------------------------------ connection
@@ -202,7 +203,8 @@ class SocketEvents:
         return await self.db.run(queries.active_pairs, pairs)
 
     def _removed(self, socket: Socket, study_id: int) -> None:
-        socket.emit(REMOVED, {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message})
+        socket.emit(ServerEvent.REMOVED_FROM_STUDY,
+                    {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message})
 
     async def message(self, socket: Socket, args: list[Any]) -> dict[str, Any]:
         data = validation.payload(args)

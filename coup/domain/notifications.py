@@ -8,6 +8,7 @@ from coup.core import Namespace
 from coup.domain import queries
 from coup.domain.database import Database
 from coup.domain.errors import not_found
+from coup.domain.event_names import ServerEvent
 from coup.domain.roomnames import user_room
 
 
@@ -18,7 +19,7 @@ class Notifier:
 
     def push(self, user_id: int, notification: dict[str, Any]) -> None:
         """Send a stored notification to every socket of its user."""
-        self.nsp.to(user_room(user_id)).emit("notification", notification)
+        self.nsp.to(user_room(user_id)).emit(ServerEvent.NOTIFICATION, notification)
 
     async def create(self, user_id: int, type_: str, message: str, study_id: int | None = None,
                      data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,5 +53,5 @@ class Notifier:
             target = self.nsp.to(user_room(user_id))
             if except_sid is not None:
                 target = target.except_(except_sid)
-            target.emit("notification-read", {"notificationId": notification_id})
+            target.emit(ServerEvent.NOTIFICATION_READ, {"notificationId": notification_id})
         return outcome == "read"

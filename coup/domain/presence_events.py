@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from coup.core import SocketServer
 from coup.domain import queries
 from coup.domain.database import Database
+from coup.domain.event_names import ServerEvent
 from coup.domain.roomnames import study_room, user_room
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class PresenceEvents:
 
     async def attach(self, user_id: int, sid: str, active_study_ids: Iterable[int]) -> None:
         if await self.server.presence.attach(str(user_id), sid):
-            self._announce("user-online", user_id, active_study_ids)
+            self._announce(ServerEvent.USER_ONLINE, user_id, active_study_ids)
 
     async def detach(self, user_id: int, sid: str) -> None:
         # The study list is read before the transition, not after: nothing may be awaited
@@ -36,7 +37,7 @@ class PresenceEvents:
         # another node could be delivered before this older user-offline.
         study_ids = await self.db.run(queries.active_study_ids, user_id)
         if await self.server.presence.detach(str(user_id), sid):
-            self._announce("user-offline", user_id, study_ids)
+            self._announce(ServerEvent.USER_OFFLINE, user_id, study_ids)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         return {int(key) for key in await self.server.presence.online(str(uid) for uid in user_ids)}
@@ -48,7 +49,7 @@ class PresenceEvents:
             study_ids = await self.db.run(queries.active_study_ids, user_id)
             if await self.server.presence.online((key,)):
                 return  # the user came back on another node while we looked the studies up
-            self._announce("user-offline", user_id, study_ids)
+            self._announce(ServerEvent.USER_OFFLINE, user_id, study_ids)
 
     def _announce(self, event: str, user_id: int, study_ids: Iterable[int]) -> None:
         metrics = self.server.metrics

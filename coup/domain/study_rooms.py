@@ -25,6 +25,7 @@ from coup.domain.access import membership_error
 from coup.domain.auth import Actor
 from coup.domain.database import Database
 from coup.domain.errors import client_error, not_found, raise_refusal, refusal
+from coup.domain.event_names import ServerEvent
 from coup.domain.queries import NewMessage
 from coup.domain.roomnames import member_key, member_of, study_of, study_room, user_room
 from coup.domain.sequence import SequenceSource
@@ -37,7 +38,6 @@ MESSAGE = "study.message"
 TYPING = "study.typing"
 READ = "study.read"
 #: the event a socket gets when it is taken out of a study room because its membership ended
-REMOVED = "removed-from-study"
 
 #: attempts at storing one message when its seq clashes with another writer's
 SEQ_ATTEMPTS = 3
@@ -165,7 +165,7 @@ class StudyRooms:
         if (p.get("recovered") or not already_in) and user_id not in present:
             self._count_member("joined")
             self.nsp.to(room).except_(sid).emit(
-                "member-joined", {"studyId": study_id, "userId": user_id, "userName": p["userName"]})
+                ServerEvent.MEMBER_JOINED, {"studyId": study_id, "userId": user_id, "userName": p["userName"]})
         return {"ok": True, "studyId": study_id, "online": sorted(present | {user_id})}
 
     async def _leave(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class StudyRooms:
             await self.nsp.in_(sid).sockets_leave(room)
         if user_id not in await self.users_in(study_id, without_sid=sid):
             self._count_member("left")
-            self.nsp.to(room).emit("member-left", {"studyId": study_id, "userId": user_id})
+            self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": user_id})
         return {"ok": True, "studyId": study_id}
 
     async def _typing(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class StudyRooms:
             return refusal(refused)
         # to the other users: the typist's own tabs do not show "Alice is typing"
         self.nsp.to(room).except_(user_room(int(p["userId"]))).emit(
-            "typing", {"userId": p["userId"], "userName": p["userName"], "studyId": study_id})
+            ServerEvent.TYPING, {"userId": p["userId"], "userName": p["userName"], "studyId": study_id})
         return {"ok": True}
 
     async def _read(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +199,7 @@ class StudyRooms:
             target = self.nsp.to(study_room(study_id))
             if sid is not None:
                 target = target.except_(str(sid))
-            target.emit("read", {"messageId": message_id, "userId": user_id, "studyId": study_id})
+            target.emit(ServerEvent.READ, {"messageId": message_id, "userId": user_id, "studyId": study_id})
         return {"ok": True, "messageId": message_id, "studyId": study_id, "new": outcome == "read"}
 
     async def evict(self, study_id: int, user_ids: set[int]) -> None:
@@ -211,10 +211,10 @@ class StudyRooms:
             if uid in user_ids:
                 log.info("study %d: user %d is no longer an ACTIVE member; socket %s leaves the room",
                          study_id, uid, sid)
-                self.nsp.to(sid).emit(REMOVED, notice)
+                self.nsp.to(sid).emit(ServerEvent.REMOVED_FROM_STUDY, notice)
                 await self.nsp.in_(sid).sockets_leave(room)
         for uid in sorted(user_ids):
-            self.nsp.to(room).emit("member-left", {"studyId": study_id, "userId": uid})
+            self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": uid})
 
     async def _message(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         new = NewMessage(study_id=int(p["studyId"]), user_id=int(p["userId"]), user_name=str(p["userName"]),
@@ -249,8 +249,8 @@ class StudyRooms:
             evict = set(result.get("evict", ()))
             if evict:  # before the broadcast: someone no longer a member must not read it
                 await self.evict(message["studyId"], evict)
-            self.nsp.to(study_room(message["studyId"])).emit("message", message)
+            self.nsp.to(study_room(message["studyId"])).emit(ServerEvent.MESSAGE, message)
             for item in result["notifications"]:
-                self.nsp.to(user_room(item["userId"])).emit("notification", item["notification"])
+                self.nsp.to(user_room(item["userId"])).emit(ServerEvent.NOTIFICATION, item["notification"])
         return {"ok": True, "id": message["id"], "studyId": message["studyId"], "seq": message["seq"],
                 "createdAt": message["createdAt"], "duplicate": outcome == "duplicate"}

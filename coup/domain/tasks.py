@@ -9,6 +9,7 @@ from coup.domain import queries
 from coup.domain.access import require_active
 from coup.domain.database import Database
 from coup.domain.errors import bad_request, not_found
+from coup.domain.event_names import ServerEvent
 from coup.domain.notifications import Notifier
 from coup.domain.roomnames import study_room, user_room
 
@@ -33,7 +34,8 @@ class TaskService:
         if task is None:
             raise not_found("할 일")
         self.nsp.to(study_room(study_id)).emit(
-            "task-updated", {"taskId": task_id, "status": task["status"], "updatedBy": user_id, "studyId": study_id})
+            ServerEvent.TASK_UPDATED,
+            {"taskId": task_id, "status": task["status"], "updatedBy": user_id, "studyId": study_id})
         return task
 
     async def assign(self, user_id: int, task_id: int, assignee_id: int) -> dict[str, Any]:
@@ -44,7 +46,7 @@ class TaskService:
         if result["outcome"] == "not_member":
             raise bad_request("assigneeId: 이 스터디의 활성 멤버가 아닙니다 (not an ACTIVE member of the study)")
         self.nsp.to(study_room(study_id), user_room(assignee_id)).emit(
-            "task-assigned", {"taskId": task_id, "assigneeId": assignee_id, "studyId": study_id})
+            ServerEvent.TASK_ASSIGNED, {"taskId": task_id, "assigneeId": assignee_id, "studyId": study_id})
         self.notifier.push(assignee_id, result["notification"])
         task: dict[str, Any] = result["task"]
         return task

@@ -25,5 +25,6 @@ export const ServerEvent = Object.freeze({
   MEMBER_LEFT: "member-left",
   TASK_UPDATED: "task-updated",
   TASK_ASSIGNED: "task-assigned",
+  REMOVED_FROM_STUDY: "removed-from-study",
   ERROR: "error",
 });

@@ -9,18 +9,11 @@ import { $, avatar, h, setChildren } from "./dom.js";
 import { ClientEvent, ServerEvent } from "./events.js";
 import { Members } from "./members.js";
 import { Notifications } from "./notifications.js";
+import { renderDemoUsers } from "./signin.js";
 import { renderStudyList } from "./studies.js";
 import { Tasks } from "./tasks.js";
 import { openConnection } from "./transport.js";
 
-/** What the demo data (coup seed-demo) has each user in, shown under their name. */
-const DEMO_NOTES = {
-  1: "Graph Theory · Dynamic Programming",
-  2: "Graph Theory",
-  3: "Graph Theory",
-  4: "Dynamic Programming",
-  5: "No studies yet",
-};
 const SESSION_KEY = "coup-demo-session"; // per tab: two tabs can be two people
 const JOIN_ACK_TIMEOUT_MS = 10_000;
 const QUIET_ERROR_EVENTS = new Set([ClientEvent.MESSAGE, ClientEvent.TYPING, ClientEvent.NOTIFICATION_READ, ClientEvent.READ]);
@@ -101,24 +94,8 @@ notifications.addEventListener("change", () => renderStudies());
 // ---- sign-in -----------------------------------------------------------------------------
 
 /** The users one can sign in as, from the server (GET /api/dev/users, demo mode only). */
-async function renderUserPicker() {
-  let users;
-  try {
-    users = await api.devUsers();
-  } catch (err) {
-    const notDemo = err instanceof ApiError && err.status === 404;
-    showSignIn(notDemo ? "Demo sign-in is off on this server: start it with `coup serve --demo`." : err.message);
-    return;
-  }
-  setChildren($("#demo-users"), users.map((user) => ({ ...user, note: DEMO_NOTES[user.id] || "" })).map((user) => h("li", null,
-    h("button", {
-      type: "button", class: "user-choice", dataset: { userId: user.id },
-      onclick: () => signIn(user.id),
-    },
-    avatar(user, "avatar large"),
-    h("span", { class: "user-choice-text" },
-      h("span", { class: "user-choice-name" }, user.name),
-      h("span", { class: "user-choice-note" }, user.note))))));
+function renderUserPicker() {
+  return renderDemoUsers($("#demo-users"), api, { onPick: signIn, onError: showSignIn });
 }
 
 function showSignIn(message = "") {
@@ -208,10 +185,26 @@ function wireEvents(io) {
   io.on(ServerEvent.NOTIFICATION_READ, (payload) => notifications.remoteRead(payload));
   io.on(ServerEvent.TASK_UPDATED, (payload) => tasks.updated(payload));
   io.on(ServerEvent.TASK_ASSIGNED, (payload) => tasks.assigned(payload));
+  io.on(ServerEvent.REMOVED_FROM_STUDY, (payload) => removedFromStudy(payload));
   io.on(ServerEvent.ERROR, (payload) => {
+    // the server disconnects a socket whose token ran out: start again from signing in
+    if (payload && payload.code === "TOKEN_EXPIRED") return signOut("인증이 만료되었습니다 — sign in again.");
     if (!payload || QUIET_ERROR_EVENTS.has(payload.event)) return;
     toast(String(payload.message || "Something went wrong"));
   });
+}
+
+/** Our membership of a study ended: the server took us out of its room; the page follows. */
+function removedFromStudy({ studyId, message }) {
+  toast(`${studyName(studyId)}: ${message || "스터디 멤버가 아닙니다"}`);
+  state.studies = state.studies.filter((s) => s.id !== studyId);
+  renderStudies();
+  if (!state.current || state.current.id !== studyId) return;
+  state.current = null;
+  setNotJoined();
+  $("#topbar-study").textContent = "";
+  if (state.studies.length) openStudy(state.studies[0].id);
+  else showNoStudies();
 }
 
 /** Every (re)connection: re-join the open study; after a gap nothing replayed, refresh. */

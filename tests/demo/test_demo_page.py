@@ -8,6 +8,7 @@ what the page shows; the HTTP API plays the other backends.
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import Any
 
 import pytest
@@ -344,3 +345,21 @@ def test_a_user_without_studies_gets_an_empty_state_and_can_sign_out(open_page: 
     eve.page.locator("#signout").click()
     expect(eve.page.locator(".user-choice")).to_have_count(5)
     expect(eve.page.locator("#banner")).to_be_hidden()
+
+
+def test_a_member_removed_from_a_study_sees_it_leave_the_page(open_page: Any, server: DemoServer) -> None:
+    """The room's owner takes a socket out once its membership has ended (issue 13); the page
+    says so and drops the study rather than keep showing a chat it can no longer use."""
+    bob = open_page(2)
+    alice = open_page(1)
+    expect(alice.member(2)).to_have_attribute("data-online", "true")
+    with sqlite3.connect(server.database) as db:  # an admin removes Bob in the database
+        db.execute("UPDATE study_members SET status = 'REMOVED' WHERE study_id = 1 AND user_id = 2")
+    # Bob's next act in the room (typing) meets the membership check on the room's owner
+    bob.page.locator("#composer-input").press_sequentially("still here?", delay=30)
+    expect(bob.page.locator("#toasts")).to_contain_text("스터디 멤버가 아닙니다")
+    expect(bob.page.locator("#study-list .study")).to_have_count(0)  # Graph Theory was his only study
+    expect(bob.page.locator("#chat-empty")).to_be_visible()
+    expect(bob.page.locator("#topbar-study")).to_have_text("")
+    expect(alice.member(2)).not_to_contain_text("in this chat")  # member-left reached the room
+    bob.shot("removed-from-study")
