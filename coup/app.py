@@ -19,6 +19,7 @@ from tornado.web import Application, RequestHandler
 from coup.config import Settings
 from coup.core.adapter import MemoryAdapter
 from coup.core.options import RecoveryOptions, ServerOptions
+from coup.core.presence import MemoryPresence
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
@@ -144,7 +145,8 @@ class CoupNode:
             from coup.cluster.node import Cluster
             from coup.cluster.options import ClusterOptions
 
-            self.cluster = Cluster(settings.redis_url, node_id, ClusterOptions(prefix=settings.redis_prefix))
+            options = ClusterOptions(prefix=settings.redis_prefix, presence_grace=settings.presence_grace)
+            self.cluster = Cluster(settings.redis_url, node_id, options)
         self.engine = EngineServer(EngineOptions(
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
@@ -153,7 +155,7 @@ class CoupNode:
         ), metrics=self.metrics)
         recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,
                                    max_bytes=settings.recovery_max_bytes) if settings.recovery_window > 0 else None
-        cluster_parts: dict[str, Any] = {}
+        cluster_parts: dict[str, Any] = {"presence": MemoryPresence(settings.presence_grace)}
         if self.cluster is not None:
             cluster_parts = {"adapter_factory": self.cluster.adapter_factory, "presence": self.cluster.presence,
                              "rooms": self.cluster.rooms}

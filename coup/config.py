@@ -238,6 +238,12 @@ class Settings:
     recovery_window: float = 120.0
     #: bytes of broadcasts kept for recovery per namespace
     recovery_max_bytes: int = 32 * 1024 * 1024
+    #: seconds a user whose sockets all dropped stays online (a reconnect inside it announces nothing)
+    presence_grace: float = 3.0
+    #: seconds a node may take to drain on SIGTERM before it exits anyway (platforms kill at 30)
+    drain_timeout: float = 20.0
+    #: seconds over which a draining node closes its clients, so they do not all reconnect at once
+    drain_spread: float = 1.0
     log_level: str = "INFO"
     #: "text" (logfmt-like, on stderr) or "json" (one object per line, on stdout)
     log_format: str = "text"
@@ -330,6 +336,12 @@ class Settings:
             values["recovery_window"] = _float("COUP_RECOVERY_WINDOW", raw)
         if (raw := get("COUP_RECOVERY_MAX_BYTES")) is not None:
             values["recovery_max_bytes"] = _int("COUP_RECOVERY_MAX_BYTES", raw, minimum=64 * 1024)
+        if (raw := get("COUP_PRESENCE_GRACE")) is not None:
+            values["presence_grace"] = _float("COUP_PRESENCE_GRACE", raw)
+        if (raw := get("COUP_DRAIN_TIMEOUT")) is not None:
+            values["drain_timeout"] = _float("COUP_DRAIN_TIMEOUT", raw)
+        if (raw := get("COUP_DRAIN_SPREAD")) is not None:
+            values["drain_spread"] = _float("COUP_DRAIN_SPREAD", raw)
         if (raw := get("COUP_BODY_TIMEOUT")) is not None:
             values["body_timeout"] = _float("COUP_BODY_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_TRUSTED_PROXIES")) is not None:

@@ -29,7 +29,8 @@ def require(condition: bool, what: str) -> None:
 
 
 def test_settings(**overrides: object) -> Settings:
-    values: dict[str, object] = {"demo": True, "host": "127.0.0.1", "port": 0}
+    # presence transitions at once unless a test asks for the grace (tests/domain/test_presence_grace.py)
+    values: dict[str, object] = {"demo": True, "host": "127.0.0.1", "port": 0, "presence_grace": 0.0}
     values.update(overrides)
     return Settings(**values).validated()  # type: ignore[arg-type]
 

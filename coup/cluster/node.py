@@ -102,7 +102,7 @@ class Cluster:
         self.redis_once = make_client(url, opts, retries=0)
         self.bus = Bus(url, node_id, opts, self._dispatch)
         self.registry = Registry(self.redis, self.redis_once, node_id, opts)
-        self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
+        self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts, grace=opts.presence_grace)
         self.rooms = RedisRoomRouter(self)
         #: every failure to serve a session, counted by reason (shown by `GET /api/cluster`)
         self.alarms = Alarms()
@@ -178,7 +178,7 @@ class Cluster:
         try:
             async with asyncio.timeout(5.0):  # a leaving node must not hang on a sick Redis
                 lost = await self.registry.leave()
-                await self.presence.report_lost(lost)
+                await self.presence.report_lost(lost, at_once=True)
         except TimeoutError:
             log.warning("leaving the cluster took too long; the others will time us out")
         await stop_tasks(*self._tasks)

@@ -27,6 +27,8 @@ class ClusterOptions:
     call_timeout: float = 5.0
     #: seconds a cluster-wide query (fetch_sockets, remote join/leave) waits for every node
     request_timeout: float = 5.0
+    #: seconds a dropped socket's presence lingers (a reconnect inside it announces nothing)
+    presence_grace: float = 0.0
     #: virtual nodes per node on the consistent-hash ring
     vnodes: int = 160
 

@@ -16,6 +16,7 @@ keys that really went offline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -27,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
-from coup.core.presence import LostCallback, Presence
+from coup.core.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ TRANSITION_ATTEMPTS = 3
 
 
 class RedisPresence(Presence):
-    def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions) -> None:
+    def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions,
+                 grace: float = 0.0) -> None:
         """`client` may retry (reads); `once` never retries (the transition scripts)."""
+        super().__init__(grace)
         self.client = client
         self.node_id = node_id
         self.options = options
@@ -48,8 +51,9 @@ class RedisPresence(Presence):
         self._index = options.key("node", node_id, "presence")
         #: this node's sockets per key: what re-syncs Redis after an outage
         self.local: dict[str, set[str]] = {}
-        self._lost_callbacks: list[LostCallback] = []
         self._dirty = False
+        #: ids of transition calls: a retried call is answered as its first run was
+        self._calls = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -60,14 +64,18 @@ class RedisPresence(Presence):
     def _key(self, key: str) -> str:
         return self.options.key("presence", key)
 
-    async def attach(self, key: str, sid: str) -> bool:
+    def _call_id(self) -> str:
+        return f"{self.node_id}:{next(self._calls)}"
+
+    async def _add(self, key: str, sid: str) -> bool:
         sids = self.local.get(key)
         first_here = not sids
         if sids is None:
             sids = self.local[key] = set()
         sids.add(sid)
         try:
-            return await self._transition(self._attach, key, [sid, self.node_id, f"{key}\0{sid}"])
+            return await self._transition(self._attach, key,
+                                          [sid, self.node_id, f"{key}\0{sid}", self._call_id()])
         except RedisError as exc:
             self._dirty = True
             log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
@@ -90,14 +98,15 @@ class RedisPresence(Presence):
                 log.info("presence transition of %s timed out; asking again", key)
         raise AssertionError("unreachable")
 
-    async def detach(self, key: str, sid: str) -> bool:
+    async def _remove(self, key: str, sid: str) -> bool:
         sids = self.local.get(key)
         if sids is not None:
             sids.discard(sid)
             if not sids:
                 del self.local[key]
         try:
-            return await self._transition(self._detach, key, [sid, f"{key}\0{sid}"])
+            return await self._transition(self._detach, key,
+                                          [sid, f"{key}\0{sid}", self.node_id, self._call_id()])
         except RedisError as exc:
             self._dirty = True
             log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
@@ -117,19 +126,25 @@ class RedisPresence(Presence):
             return {k for k in keys if k in self.local}
         return {k for k, n in zip(keys, found, strict=True) if n}
 
-    def on_lost(self, callback: LostCallback) -> None:
-        self._lost_callbacks.append(callback)
+    async def report_lost(self, keys: Iterable[str], *, at_once: bool = False) -> None:
+        """Keys that went offline without a detach here (a dead node, an outage).
 
-    async def report_lost(self, keys: Iterable[str]) -> None:
-        """Keys that went offline without a detach here (a dead node, an outage)."""
+        After the grace, not at once (unless `at_once`: this node is leaving): the users of a
+        crashed node are reconnecting elsewhere, and one that is back by then is no news.
+        The callbacks check that the key is still offline before they announce it.
+        """
+        keys = list(keys)
+        if self.grace > 0 and not at_once:
+            self._spawn(self._report_later(keys))
+            return
         for key in keys:
             if key in self.local:
                 continue  # one of our sockets holds it: it is not offline
-            for callback in self._lost_callbacks:
-                try:
-                    await callback(key)
-                except Exception:
-                    log.exception("presence lost-callback failed for %s", key)
+            await self.announce_lost(key)
+
+    async def _report_later(self, keys: list[str]) -> None:
+        await asyncio.sleep(self.grace)
+        await self.report_lost(keys, at_once=True)
 
     async def resync(self) -> None:
         """Make Redis hold exactly this node's sockets (after a (re)connection)."""

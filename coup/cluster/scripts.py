@@ -8,7 +8,7 @@ clocks, so skewed clocks cannot kill a live node.
 Keys used (``P`` is the prefix): ``P:nodes`` (zset node → last heartbeat ms),
 ``P:node:ID`` (hash: address, started), ``P:node:ID:presence`` (set of ``key NUL sid``),
 ``P:presence:KEY`` (hash sid → node), ``P:presence-done:KEY`` (recent transition answers
-per socket), ``P:reaped:ID`` (marker: ID was declared dead),
+per call), ``P:reaped:ID`` (marker: ID was declared dead),
 ``P:epoch`` (membership version). Announcements are published on ``P:cluster``.
 """
 
@@ -80,30 +80,36 @@ end
 return out
 """
 
-# KEYS: presence:KEY, node presence index, presence-done:KEY     ARGV: sid, node, index member
+# KEYS: presence:KEY, node presence index, presence-done:KEY     ARGV: sid, node, index member, call id
 # -> 1 when KEY just came online (its first socket anywhere). The answer is remembered per
-# socket for two minutes, so a call retried after a timeout returns the first run's answer
-# instead of a second, different one (a lost or doubled user-online).
+# call for two minutes, so a call retried after a timeout returns the first run's answer
+# instead of a second, different one (a lost or doubled user-online). Per call, not per
+# socket: a recovered socket comes back with its old id and is a new attach.
 ATTACH = """
-local done = redis.call('HGET', KEYS[3], 'a' .. ARGV[1])
+local done = redis.call('HGET', KEYS[3], 'a' .. ARGV[4])
 if done then return tonumber(done) end
 local first = 0
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 and redis.call('HLEN', KEYS[1]) == 1 then first = 1 end
 redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], 'a' .. ARGV[1], first)
+redis.call('HSET', KEYS[3], 'a' .. ARGV[4], first)
 redis.call('EXPIRE', KEYS[3], 120)
 return first
 """
 
-# KEYS: presence:KEY, node presence index, presence-done:KEY     ARGV: sid, index member
-# -> 1 when KEY just went offline (its last socket anywhere is gone); remembered like ATTACH
+# KEYS: presence:KEY, node presence index, presence-done:KEY     ARGV: sid, index member, node, call id
+# -> 1 when KEY just went offline (its last socket anywhere is gone); remembered like ATTACH.
+# Only this node's entry is removed: the socket may have been recovered on another node
+# (same id) while its entry here lingered.
 DETACH = """
-local done = redis.call('HGET', KEYS[3], 'd' .. ARGV[1])
+local done = redis.call('HGET', KEYS[3], 'd' .. ARGV[4])
 if done then return tonumber(done) end
 redis.call('SREM', KEYS[2], ARGV[2])
 local last = 0
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and redis.call('HLEN', KEYS[1]) == 0 then last = 1 end
-redis.call('HSET', KEYS[3], 'd' .. ARGV[1], last)
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[3] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('HLEN', KEYS[1]) == 0 then last = 1 end
+end
+redis.call('HSET', KEYS[3], 'd' .. ARGV[4], last)
 redis.call('EXPIRE', KEYS[3], 120)
 return last
 """

@@ -29,6 +29,9 @@ from coup.domain.roomnames import group_room, study_of, study_room, user_room
 from coup.domain.study_rooms import StudyRooms
 from coup.logs import bind_user
 
+#: disconnect reasons after which the user is gone at once, without the presence grace
+LEFT_ON_PURPOSE = frozenset({"client namespace disconnect", "server namespace disconnect"})
+
 log = logging.getLogger(__name__)
 
 
@@ -158,14 +161,17 @@ class SocketEvents:
             if not mine:
                 del self._user_sockets[who.id]
         joined = self._joined.pop(socket, set())
+        # a dropped connection may come back (another node, a recovered session): its user
+        # stays present for the grace; one closed on purpose leaves at once
+        linger = reason not in LEFT_ON_PURPOSE
         for room in socket.rooms:
             study_id = study_of(room)
             if study_id is not None:
                 joined.discard(study_id)
-                await self.rooms.leave(who, study_id, socket.id, gone=True)
+                await self.rooms.leave(who, study_id, socket.id, gone=True, linger=linger)
         for study_id in joined:  # taken out by the room's owner (membership ended): our key is left
             await self.rooms.forget_member(who.id, study_id, socket.id)
-        await self.presence.detach(who.id, socket.id)
+        await self.presence.detach(who.id, socket.id, linger=linger)
 
     # ------------------------------------------------------------------ study rooms
 

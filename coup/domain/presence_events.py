@@ -31,12 +31,14 @@ class PresenceEvents:
         if await self.server.presence.attach(str(user_id), sid):
             self._announce(ServerEvent.USER_ONLINE, user_id, active_study_ids)
 
-    async def detach(self, user_id: int, sid: str) -> None:
+    async def detach(self, user_id: int, sid: str, *, linger: bool = True) -> None:
+        """`linger`: the socket dropped; within the presence grace its user is still online,
+        and `_lost` announces the offline if nobody came back by then."""
         # The study list is read before the transition, not after: nothing may be awaited
         # between learning "last socket gone" and announcing it, or a newer user-online from
         # another node could be delivered before this older user-offline.
         study_ids = await self.db.run(queries.active_study_ids, user_id)
-        if await self.server.presence.detach(str(user_id), sid):
+        if await self.server.presence.detach(str(user_id), sid, linger=linger):
             self._announce(ServerEvent.USER_OFFLINE, user_id, study_ids)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:

@@ -81,32 +81,40 @@ class StudyRooms:
     async def join(self, actor: Actor, study_id: int, sid: str, *, recovered: bool = False) -> dict[str, Any]:
         """Put socket `sid` (held by this node) in the study room; ``{ok, studyId, online}``.
 
-        `recovered`: the socket is back in the room through connection state recovery, and
-        is counted in again (its disconnect announced member-left).
+        `recovered`: the socket is back in the room through connection state recovery.
+        member-joined is announced when this is the user's first socket in the room anywhere,
+        counting sockets that dropped less than the presence grace ago: a reconnect is no join.
         """
         key = member_key(study_id, actor.id)
+        # counted first, where the socket lives: if this node dies, the survivors get the key
+        # back through on_lost and announce member-left (`_member_lost`)
+        first = await self.server.presence.attach(key, sid)
         try:
             result = await self._call(study_id, JOIN, {"studyId": study_id, "userId": actor.id,
-                                                       "userName": actor.name, "sid": sid, "recovered": recovered})
-        except ClientError as refused:
-            if refused.code in MEMBERSHIP_REFUSALS:  # the owner took the socket out of the room
-                await self.server.presence.detach(key, sid)
+                                                       "userName": actor.name, "sid": sid, "recovered": recovered,
+                                                       "announce": first})
+        except Exception as failed:
+            # the owner took the socket out of the room, or it never got in: it is not counted
+            taken_out = isinstance(failed, ClientError) and failed.code in MEMBERSHIP_REFUSALS
+            if taken_out or study_room(study_id) not in self.nsp.adapter.socket_rooms(sid):
+                await self.server.presence.detach(key, sid, linger=False)
             raise
-        # counted where the socket lives: if this node dies, the survivors get the key back
-        # through on_lost and announce member-left (`_member_lost`)
-        await self.server.presence.attach(key, sid)
         return result
 
-    async def leave(self, actor: Actor, study_id: int, sid: str, *, gone: bool = False) -> dict[str, Any]:
-        """Take socket `sid` (held by this node) out of the room (`gone`: it disconnected and is out already)."""
-        await self.server.presence.detach(member_key(study_id, actor.id), sid)
+    async def leave(self, actor: Actor, study_id: int, sid: str, *, gone: bool = False,
+                    linger: bool = False) -> dict[str, Any]:
+        """Take socket `sid` (held by this node) out of the room (`gone`: it disconnected and is
+        out already; `linger`: it dropped, so member-left waits for the presence grace and is
+        announced by `_member_lost` only if none of the user's sockets is back by then)."""
+        if not await self.server.presence.detach(member_key(study_id, actor.id), sid, linger=linger) and gone:
+            return {"ok": True, "studyId": study_id}  # another socket of the user holds the room, or lingers
         return await self._call(study_id, LEAVE, {"studyId": study_id, "userId": actor.id, "sid": sid,
                                                   "gone": gone})
 
     async def forget_member(self, user_id: int, study_id: int, sid: str) -> None:
         """Socket `sid` (held by this node) was taken out of the room by its owner (`evict`):
         drop the presence key this node attached for it at join."""
-        await self.server.presence.detach(member_key(study_id, user_id), sid)
+        await self.server.presence.detach(member_key(study_id, user_id), sid, linger=False)
 
     async def _member_lost(self, key: str) -> None:
         """A node died holding a user's last socket in a study room: the room's owner decides
@@ -162,7 +170,10 @@ class StudyRooms:
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
-        if (p.get("recovered") or not already_in) and user_id not in present:
+        announce = p.get("announce")
+        if announce is None:  # a caller from before the presence grace
+            announce = p.get("recovered") or not already_in
+        if announce and user_id not in present:
             self._count_member("joined")
             self.nsp.to(room).except_(sid).emit(
                 ServerEvent.MEMBER_JOINED, {"studyId": study_id, "userId": user_id, "userName": p["userName"]})

@@ -235,7 +235,9 @@ class NodeProcess:
             "DATABASE_URL": f"sqlite:///{log_dir / 'coup.db'}", "JWT_SECRET": JWT_SECRET,
             "COUP_MESSAGE_RATE": "1000", "COUP_MESSAGE_BURST": "1000",
             "COUP_SERVICE_TOKEN": SERVICE_TOKEN, "COUP_PLUGINS": "tests.cluster.cluster_testapp",
-            "COUP_LOG_LEVEL": "INFO", **env,
+            "COUP_LOG_LEVEL": "INFO",
+            # presence transitions at once: these tests count them (the grace has tests of its own)
+            "COUP_PRESENCE_GRACE": "0", **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -34,7 +34,7 @@ async def test_timed_out_attach_does_not_announce_a_second_online(redis_nodes):
     first: RedisPresence = redis_nodes[0].node.sio.presence
     second: RedisPresence = redis_nodes[1].node.sio.presence
     assert await first.attach("retry-a", "s1") is True
-    second._attach, calls = _times_out_once_after_running(second._attach)
+    second._attach, calls = _times_out_once_after_running(second._attach)  # the script
     # the old fallback answered "first socket on this node" (True): a second user-online
     assert await second.attach("retry-a", "s2") is False
     assert len(calls) == 2
@@ -45,19 +45,22 @@ async def test_timed_out_detach_still_announces_the_offline(redis_nodes):
     second: RedisPresence = redis_nodes[1].node.sio.presence
     assert await first.attach("retry-d", "s1") is True
     assert await second.attach("retry-d", "s2") is False
-    assert await first.detach("retry-d", "s1") is False
+    assert await first.detach("retry-d", "s1", linger=False) is False
     second._detach, calls = _times_out_once_after_running(second._detach)
     # the old fallback answered False: the user-offline was never announced
-    assert await second.detach("retry-d", "s2") is True
+    assert await second.detach("retry-d", "s2", linger=False) is True
     assert len(calls) == 2
     assert await first.online(["retry-d"]) == set()
 
 
-async def test_asking_the_same_transition_twice_gives_the_same_answer(redis_nodes):
+async def test_a_socket_attached_again_is_no_second_transition(redis_nodes):
+    """A recovered socket comes back with its old id: attaching it again is no new online, and
+    it goes offline once (answers are remembered per call, not per socket)."""
     presence: RedisPresence = redis_nodes[0].node.sio.presence
     assert await presence.attach("retry-same", "s1") is True
-    assert await presence.attach("retry-same", "s1") is True  # a repeat, not a new transition
+    assert await presence.attach("retry-same", "s1") is False
     assert await presence.attach("retry-same", "s2") is False
-    assert await presence.detach("retry-same", "s2") is False
-    assert await presence.detach("retry-same", "s1") is True
-    assert await presence.detach("retry-same", "s1") is True
+    assert await presence.detach("retry-same", "s2", linger=False) is False
+    assert await presence.detach("retry-same", "s1", linger=False) is True
+    assert await presence.detach("retry-same", "s1", linger=False) is False
+    assert await presence.attach("retry-same", "s1") is True  # back after it went offline: online again

@@ -57,6 +57,8 @@ def domain_settings(database_url: str, **overrides: Any) -> Settings:
         "host": "127.0.0.1", "port": 0, "database_url": database_url,
         "jwt_secret": Secret(secrets.token_urlsafe(48)), "service_token": Secret(SERVICE_TOKEN),
         "message_rate": 1000.0, "message_burst": 1000, "db_workers": 2,
+        # presence transitions at once unless a test asks for the grace (test_presence_grace.py)
+        "presence_grace": 0.0,
     }
     values.update(overrides)
     return Settings(**values).validated()
