@@ -173,6 +173,13 @@ class CoupNode:
         #: the CoUp domain, when installed (`coup_node`)
         self.domain: CoupDomain | None = None
         self.readiness: dict[str, ReadinessCheck] = {}
+        #: on its way out (`drain`): /readyz answers 503, no new session starts here
+        self.draining = False
+
+        async def serving() -> bool:
+            return not self.draining
+
+        self.readiness["serving"] = serving
         #: the Socket.IO Admin UI's `/admin` namespace, when COUP_ADMIN_USER is set
         self.admin: AdminView | None = None
         if self.cluster is not None:
@@ -325,6 +332,45 @@ class CoupNode:
             self._metrics_server.add_sockets(metric_sockets)
             self.metrics_port = metric_sockets[0].getsockname()[1]
         return server
+
+    async def drain(self) -> float:
+        """Leave without losing what a client was told, and without a presence flap (SIGTERM).
+
+        In order: /readyz answers 503 and handshakes get 503 (the router and the clients'
+        reconnection go elsewhere); the others own our rooms from now on; the room commands
+        we took finish; every connection is closed once its handlers have sent their acks,
+        spread over COUP_DRAIN_SPREAD seconds, so its client reconnects elsewhere and recovers
+        its session there; polling clients fetch their last packets; a dropped user who is not
+        back within the presence grace is announced offline. All within COUP_DRAIN_TIMEOUT
+        seconds. Returns the seconds it took. `stop()` comes next.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.settings.drain_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
+        self.draining = True
+        self.engine.draining = True
+        log.info("draining: %d connections to close over %.1f s (at most %.0f s in all)",
+                 len(self.engine.sessions), self.settings.drain_spread, self.settings.drain_timeout)
+        if self.cluster is not None:
+            await self.cluster.drain()
+        if not await self.sio.rooms.finish(left()):
+            log.warning("draining: room commands still running after %.0f s", self.settings.drain_timeout)
+        closed = await self.sio.drain_clients(min(self.settings.drain_spread, left()), deadline)
+        while self.engine.sessions:  # polling clients fetch their last packets
+            if left() <= 0:
+                break
+            await asyncio.sleep(0.02)
+        await self.sio.wait_tasks(left())  # disconnect handlers, sessions kept for recovery
+        if not await self.sio.presence.settle(left()):
+            log.warning("draining: presence grace not over in time; leaving reports the rest offline")
+        took = loop.time() - started
+        log.info("drained in %.2f s: %d connections closed, %d sessions left", took, closed,
+                 len(self.engine.sessions))
+        return took
 
     async def stop(self) -> None:
         if self._metrics_server is not None:

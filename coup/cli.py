@@ -41,7 +41,17 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("coup shutting down")
+    log.info("coup shutting down (a second signal skips the drain)")
+    stop.clear()
+    drain = asyncio.ensure_future(node.drain())
+    second = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([drain, second], return_when=asyncio.FIRST_COMPLETED)
+    second.cancel()
+    if not drain.done():
+        log.warning("second signal: stopping without finishing the drain")
+        drain.cancel()
+    elif drain.exception() is not None:
+        log.error("draining failed; stopping", exc_info=drain.exception())
     await node.stop()
 
 

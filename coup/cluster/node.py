@@ -19,6 +19,7 @@ import hiredis
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisError
 
 from coup.cluster.adapter import ClusterTimeout, RedisAdapter
 from coup.cluster.alarms import Alarms
@@ -163,10 +164,19 @@ class Cluster:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, address: str) -> None:
+        await self.registry.undrain()
         self.registry.start(address)
         await self.bus.start(wait=self.options.connect_timeout * 2)
         self.sockjs_homes.start()
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def drain(self) -> None:
+        """On our way out: the others own our rooms from now on (`Registry.drain`)."""
+        try:
+            async with asyncio.timeout(self.options.connect_timeout * 2):
+                await self.registry.drain()
+        except (TimeoutError, RedisError) as exc:
+            log.warning("could not hand our rooms over (%s); the others take them when we leave", exc)
 
     async def stop(self) -> None:
         """Leave the cluster: our sockets are closed, so their users may have gone offline."""

@@ -16,6 +16,7 @@ heartbeated for `dead_after` again, so a cluster-wide Redis outage kills no node
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -56,6 +57,7 @@ class Registry:
         self._reap = once.register_script(REAP)
         self._nodes_key = options.key("nodes")
         self._epoch_key = options.key("epoch")
+        self._draining_key = options.key("draining")
         self.announce_channel = options.key("cluster")
         self._linked_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,6 +71,10 @@ class Registry:
         self.stats = {"reaped": 0, "ring_changes": 0}
 
     # ------------------------------------------------------------------ lifecycle
+
+    async def undrain(self) -> None:
+        """A node starting under the id of one that drained (a restart) owns rooms again."""
+        await self.client.srem(self._draining_key, self.node_id)
 
     def start(self, address: str) -> None:
         self.address = address
@@ -89,6 +95,18 @@ class Registry:
 
     def on_link_down(self) -> None:
         self._linked_at = None
+
+    async def drain(self) -> None:
+        """Hand our rooms to the others: we stay alive (heartbeats, sessions, presence) but
+        own no room from now on. The others rebuild their ring at the announcement (or at
+        their next check) and route new room commands to the survivors."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._draining_key, self.node_id)
+            pipe.incr(self._epoch_key)
+            _, epoch = await pipe.execute()
+        announcement = {"t": "node", "ev": "drain", "node": self.node_id, "epoch": int(epoch)}
+        await self.client.publish(self.announce_channel, JSON_KIND + json.dumps(announcement))
+        await self.refresh()
 
     async def leave(self) -> list[str]:
         """Graceful exit: remove us and our presence entries at once, announce it."""
@@ -164,19 +182,22 @@ class Registry:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.zrange(self._nodes_key, 0, -1)
             pipe.get(self._epoch_key)
-            nodes_raw, epoch_raw = await pipe.execute()
+            pipe.smembers(self._draining_key)
+            nodes_raw, epoch_raw, draining_raw = await pipe.execute()
         nodes = sorted(n.decode() for n in nodes_raw)
         epoch = int(epoch_raw or 0)
-        if tuple(nodes) != self.ring.nodes or epoch != self.ring.epoch:
+        draining = frozenset(n.decode() for n in draining_raw) & frozenset(nodes)
+        if tuple(nodes) != self.ring.nodes or epoch != self.ring.epoch or draining != self.ring.draining:
             async with self.client.pipeline(transaction=False) as pipe:
                 for node in nodes:
                     pipe.hget(self.options.key("node", node), "address")
                 addresses = await pipe.execute()
             self.addresses = {n: a.decode() for n, a in zip(nodes, addresses, strict=True) if a}
-            if tuple(nodes) != self.ring.nodes:
-                old, self.ring = self.ring, Ring(nodes, epoch, self.options.vnodes)
+            if tuple(nodes) != self.ring.nodes or draining != self.ring.draining:
+                old, self.ring = self.ring, Ring(nodes, epoch, self.options.vnodes, draining)
                 self.stats["ring_changes"] += 1
-                log.info("ring epoch %d: %s", epoch, ", ".join(nodes))
+                log.info("ring epoch %d: %s%s", epoch, ", ".join(nodes),
+                         f" (draining: {', '.join(sorted(draining))})" if draining else "")
                 for callback in self.on_ring_change:
                     callback(old, self.ring)
             else:
@@ -214,6 +235,7 @@ class Registry:
             "node": self.node_id,
             "epoch": self.ring.epoch,
             "nodes": [{"id": n, "address": self.addresses.get(n, "")} for n in self.ring.nodes],
+            "draining": sorted(self.ring.draining),
             "pid": os.getpid(),
         }
 

@@ -14,14 +14,19 @@ from uhashring import HashRing
 
 
 class Ring:
-    __slots__ = ("_ring", "epoch", "nodes", "vnodes")
+    """`nodes`: the live nodes. Rooms are owned by those not `draining` (a node on its way
+    out keeps serving its sessions but hands its rooms over); by all when all are draining."""
 
-    def __init__(self, nodes: Iterable[str], epoch: int, vnodes: int = 160) -> None:
+    __slots__ = ("_ring", "draining", "epoch", "nodes", "vnodes")
+
+    def __init__(self, nodes: Iterable[str], epoch: int, vnodes: int = 160, draining: Iterable[str] = ()) -> None:
         self.nodes: tuple[str, ...] = tuple(sorted(set(nodes)))
+        self.draining: frozenset[str] = frozenset(draining) & frozenset(self.nodes)
         self.epoch = epoch
         self.vnodes = vnodes
-        self._ring = HashRing(nodes={n: {"vnodes": vnodes} for n in self.nodes}, hash_fn="ketama") \
-            if self.nodes else None
+        owners = [n for n in self.nodes if n not in self.draining] or self.nodes
+        self._ring = HashRing(nodes={n: {"vnodes": vnodes} for n in owners}, hash_fn="ketama") \
+            if owners else None
 
     def owner(self, key: str) -> str | None:
         """The node that owns `key`; None when no node is alive (the caller decides)."""
@@ -39,4 +44,4 @@ class Ring:
         return sum(1 for k in keys if self.owner(k) != other.owner(k)) / len(keys)
 
     def __repr__(self) -> str:
-        return f"<Ring epoch={self.epoch} nodes={list(self.nodes)}>"
+        return f"<Ring epoch={self.epoch} nodes={list(self.nodes)} draining={sorted(self.draining)}>"

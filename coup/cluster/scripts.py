@@ -9,7 +9,8 @@ Keys used (``P`` is the prefix): ``P:nodes`` (zset node → last heartbeat ms),
 ``P:node:ID`` (hash: address, started), ``P:node:ID:presence`` (set of ``key NUL sid``),
 ``P:presence:KEY`` (hash sid → node), ``P:presence-done:KEY`` (recent transition answers
 per call), ``P:reaped:ID`` (marker: ID was declared dead),
-``P:epoch`` (membership version). Announcements are published on ``P:cluster``.
+``P:epoch`` (membership version), ``P:draining`` (live nodes handing their rooms over).
+Announcements are published on ``P:cluster``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ end
 local out = {}
 for _, node in ipairs(dead) do
   redis.call('ZREM', KEYS[1], node)
+  redis.call('SREM', prefix .. ':draining', node)
   local index = prefix .. ':node:' .. node .. ':presence'
   local lost = {}
   for _, member in ipairs(redis.call('SMEMBERS', index)) do

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class Client:
     """The `SessionHandler` of a Socket.IO connection; owns one socket per namespace."""
 
-    __slots__ = ("closed", "connecting", "decoder", "joined", "server", "session", "sockets")
+    __slots__ = ("closed", "connecting", "decoder", "draining", "joined", "server", "session", "sockets")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -32,6 +32,9 @@ class Client:
         #: a namespace was joined at least once: the connect timeout no longer applies
         self.joined = False
         self.closed = False
+        #: the node is closing this connection: events that arrive now are not handled (the
+        #: client has no ack for them, so it sends them again after it reconnected)
+        self.draining = False
 
     def __repr__(self) -> str:
         return f"<Client {self.session.sid} {sorted(self.sockets)}>"
@@ -93,6 +96,11 @@ class Client:
     def remove(self, socket: Socket) -> None:
         if self.sockets.get(socket.nsp.name) is socket:
             del self.sockets[socket.nsp.name]
+
+    @property
+    def idle(self) -> bool:
+        """No CONNECT and no event handler of this connection is running or queued."""
+        return not self.connecting and not any(socket.busy for socket in self.sockets.values())
 
     def close(self, reason: str) -> None:
         """End the whole connection (every namespace) after queued packets are delivered."""

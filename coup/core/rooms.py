@@ -36,6 +36,10 @@ class RoomRouter:
         """Run command `name` for `room` on its owner and return its result."""
         raise NotImplementedError
 
+    async def finish(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no command runs here; True when none is left."""
+        return True
+
 
 class LocalRoomRouter(RoomRouter):
     """Single process: run here, serialised per room."""
@@ -48,6 +52,20 @@ class LocalRoomRouter(RoomRouter):
 
     def owner(self, room: str) -> str:
         return self.node_id
+
+    @property
+    def running(self) -> int:
+        """Rooms with a command running or queued here."""
+        return len(self._waiting)
+
+    async def finish(self, timeout: float) -> bool:
+        """A draining node, once the others own its rooms, lets the commands it took finish."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._waiting:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         command = self.commands.get(name)

@@ -102,6 +102,41 @@ class SocketServer:
         for task in list(self._tasks):
             task.cancel()
 
+    async def wait_tasks(self, timeout: float) -> None:
+        """Let the background tasks running now (handlers, disconnects) finish, for `timeout` s."""
+        if self._tasks and timeout > 0:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def drain_clients(self, spread: float, deadline: float, reason: str = "server shutting down") -> int:
+        """Close every connection so its client reconnects (elsewhere), without losing a reply.
+
+        The closes are spread evenly over `spread` seconds, so the clients do not all come
+        back in the same millisecond. At its turn a connection stops taking new events (its
+        client has no ack for them and sends them again after it reconnected), its running
+        handlers finish and send their acks, then it closes gracefully: what is queued for it,
+        those acks included, is delivered before the close. `deadline` (loop time) bounds
+        the wait for handlers. Returns how many connections were closed.
+        """
+        clients = [session.handler for session in list(self.engine.sessions.values())
+                   if isinstance(session.handler, Client) and not session.handler.closed]
+        if not clients:
+            return 0
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        step = spread / len(clients)
+
+        async def close(index: int, client: Client) -> None:
+            await asyncio.sleep(max(0.0, start + index * step - loop.time()))
+            client.draining = True
+            while not client.closed:  # a handler's ack is sent before the close
+                if client.idle or loop.time() >= deadline:
+                    client.close(reason)
+                    break
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(close(i, c) for i, c in enumerate(clients)))
+        return len(clients)
+
     # ------------------------------------------------------------------ connection flow
 
     def _on_engine_connection(self, session: Session) -> None:

@@ -182,7 +182,7 @@ class Socket:
             self.on_close("client namespace disconnect")
 
     def _on_event(self, packet: SocketPacket) -> None:
-        if not self.connected:
+        if not self.connected or self.client.draining:
             return
         if self._busy:
             inbox = self._inbox

@@ -45,6 +45,22 @@ class EngineRequestError(Exception):
         return {"code": int(self.code), "message": ERROR_TABLE[self.code][1]}
 
 
+class Draining(EngineRequestError):
+    """A handshake that reached a node on its way out (SIGTERM): 503, so the client's
+    reconnection tries again, and the router (whose /readyz check failed) sends it elsewhere.
+    The protocol has no code for it; the reference's "Bad request" code goes with it."""
+
+    def __init__(self) -> None:
+        super().__init__(EngineErrorCode.BAD_REQUEST, "this node is draining: no new sessions")
+
+    @property
+    def status(self) -> int:
+        return 503
+
+    def body(self) -> dict[str, object]:
+        return {"code": int(self.code), "message": "Server is shutting down"}
+
+
 class UpgradeRefused(EngineRequestError):
     """A WebSocket for a session that already has one or is being upgraded.
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from coup.engine.adoption import NoAdoption, SessionAdopter
-from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefused
+from coup.engine.errors import Draining, EngineErrorCode, EngineRequestError, UpgradeRefused
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.options import EngineOptions
 from coup.engine.polling import PollingTransport
@@ -47,6 +47,8 @@ class EngineServer:
         self.adopter: SessionAdopter = NoAdoption()
         #: sessions being taken over here, by sid
         self._adoptions: dict[str, asyncio.Task[Any]] = {}
+        #: the node is on its way out: no new session starts or moves here (503 to handshakes)
+        self.draining = False
 
     # ------------------------------------------------------------------ loop-bound helpers
 
@@ -85,6 +87,8 @@ class EngineServer:
         eio = query.get("EIO")
         if eio != str(PROTOCOL_VERSION):
             raise EngineRequestError(EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION, f"EIO={eio!r}")
+        if self.draining and "sid" not in query:
+            raise Draining()
         return transport
 
     def get(self, sid: str, *, closing: bool = False) -> Session:
@@ -144,7 +148,7 @@ class EngineServer:
     def probe_websocket(self, sid: str) -> WebSocketTransport:
         """A WebSocket that wants to take over a polling session (the upgrade)."""
         if sid not in self.sessions and self.options.allow_upgrades and sid not in self._adoptions \
-                and self.adopter.can_adopt(sid):
+                and not self.draining and self.adopter.can_adopt(sid):
             adopting = Session(sid, self, HandshakeInfo({}, {}, "", "", False, time.time()), _Unattached(),
                                self.now())
             adopting.state = SessionState.ADOPTING
