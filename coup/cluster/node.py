@@ -180,6 +180,8 @@ class Cluster:
 
     async def stop(self) -> None:
         """Leave the cluster: our sockets are closed, so their users may have gone offline."""
+        if self._tasks:  # requests others sent us (room commands) are answered, not cut short
+            await asyncio.wait(list(self._tasks), timeout=self.options.call_timeout)
         await stop_tasks(self._maintenance)
         await self.tunnel.stop()
         await self.sockjs_homes.stop()

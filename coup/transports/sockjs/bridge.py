@@ -114,6 +114,10 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
 
     def on_open(self, info: Any) -> None:
         engine = self.context.engine
+        if engine.draining:  # on our way out: the client reconnects, and the router sends it elsewhere
+            self.closing = True
+            self.session.close(CLOSE_SERVER, "server shutting down")
+            return
         request = getattr(self.session, "request", None)
         headers = {k.lower(): v for k, v in info.headers.get_all()}
         handshake = HandshakeInfo(

@@ -8,7 +8,7 @@
 //   {"cmd":"emit",...,"ack":7,"timeout":500}  the same through socket.timeout(500).emit
 //   {"cmd":"close"}                           leave and exit
 // stdout, one JSON line per thing that happened:
-//   {"type":"connect","id":...,"transport":...} {"type":"reconnect","id":...}
+//   {"type":"connect","id":...,"transport":...,"recovered":...} {"type":"reconnect","id":...}
 //   {"type":"connect_error","message":...,"data":...}
 //   {"type":"event","event":...,"args":[...]}   {"type":"ack","id":7,"args":[...]}
 //   {"type":"ack","id":7,"error":null|"operation has timed out","args":[...]}   (with "timeout")
@@ -32,7 +32,9 @@ function connect(auth, reconnection) {
   socket = new CoupSockJS(url, {
     SockJS, auth, transports: [transport], reconnection: !!reconnection, reconnectionDelay: 300,
   });
-  socket.on("connect", () => out({ type: "connect", id: socket.id, transport: socket.transport }));
+  socket.on("connect", () => out({
+    type: "connect", id: socket.id, transport: socket.transport, recovered: socket.recovered,
+  }));
   socket.on("reconnect", () => out({ type: "reconnect", id: socket.id }));
   socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message, data: err.data }));
   socket.on("disconnect", (reason, detail) => out({

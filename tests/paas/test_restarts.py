@@ -1,0 +1,334 @@
+"""Deploys, daily restarts and crashes lose nothing (issue 12), on the PaaS bed: 3 isolated
+nodes behind HAProxy round-robin (with its /readyz health check, as a platform router stops
+routing to a stopping dyno), one PostgreSQL, one Redis.
+
+Users chat in study 1 the whole time from the stock socket.io-client (polling, websocket,
+the default) and sockjs-client (xhr-polling, xhr-streaming), every send with a
+`clientMessageId`, resent after a reconnect until acknowledged (socket.io-client's
+`retries`; the SockJS client's sends are resent by the test). Meanwhile:
+
+- `test_rolling_restart`: n0, n1, n2 each get SIGTERM, exit, start again, one after the other;
+- `test_owner_of_study_1_crashes`: the owner of `study:1` gets SIGKILL and is started again.
+
+Then, checked against PostgreSQL and printed: every client saw every message stored during
+the run exactly once, in seq order (live or replayed); every reconnect caused by a restart
+was `recovered` (after a crash too); nobody heard a user-offline or member-left about users
+who only reconnected; every send was acknowledged once and stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from coup.cluster.ring import Ring
+from tests.clients.jsclient import JsClient, node_available
+from tests.conftest import require
+from tests.paas.bed import Bed, CoupServe, http_get
+from tests.paas.conftest import BedFactory, RedisFactory
+from tests.sockjs.conftest import NodeClient
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(240)]
+
+STUDY = 1
+#: the demo data's ACTIVE members of study 1 (Alice, Bob, Chloe)
+USERS = (1, 2, 3)
+#: seconds between two sends of one client
+PACE = 0.25
+#: seconds one attempt at a send waits for its ack before it is sent again
+ATTEMPT = 2.0
+PATIENCE = 30.0
+GRACE = 3.0
+SPREAD = 1.0
+FLAPS = ("user-offline", "member-left")
+
+
+class Chatter:
+    """One client of the scenario; subclasses drive socket.io-client or sockjs-client."""
+
+    name: str
+    user: int
+
+    async def start(self, bed: Bed) -> None:
+        raise NotImplementedError
+
+    async def call(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send until acknowledged (the same payload each time); the one ack."""
+        raise NotImplementedError
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def connects(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SocketIoChatter(Chatter):
+    def __init__(self, js: JsClient, name: str, user: int, transports: list[str] | None) -> None:
+        self.js, self.name, self.user, self.transports = js, name, user, transports
+
+    async def start(self, bed: Bed) -> None:
+        options: dict[str, Any] = {"auth": {"userId": self.user, "token": bed.token(self.user)},
+                                   "retries": 60, "reconnectionDelay": 300, "reconnectionDelayMax": 1000,
+                                   "reconnectionAttempts": 50}
+        if self.transports is not None:
+            options["transports"] = self.transports
+        record = await self.js.connect(self.name, bed.url, timeout=PATIENCE, **options)
+        assert record["type"] == "connect", f"{self.name} did not connect: {record}"
+
+    async def call(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        cmd_id = self.js.send("emit", socket=self.name, event=event, args=[payload], ack=True,
+                              timeout=int(ATTEMPT * 1000))
+        record = await self.js.expect(lambda r: r.get("id") == cmd_id and r["type"] in ("ack", "ack_error", "error"),
+                                      timeout=PATIENCE * 2)
+        assert record["type"] == "ack", f"{self.name}: {event} never acknowledged: {record}"
+        return dict(record["args"][0])
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [r["args"][0] for r in self.js.events(self.name, event)]
+
+    def connects(self) -> list[dict[str, Any]]:
+        return self.js.seen("connect", socket=self.name)
+
+    @property
+    def connected(self) -> bool:
+        ups = [r for r in self.js.records if r.get("socket") == self.name and r["type"] in ("connect", "disconnect")]
+        return bool(ups) and ups[-1]["type"] == "connect"
+
+    async def close(self) -> None:
+        pass  # the Node process is closed once for all its sockets
+
+
+class SockJSChatter(Chatter):
+    def __init__(self, client: NodeClient, name: str, user: int) -> None:
+        self.client, self.name, self.user = client, name, user
+        self._acks = 1000
+
+    async def start(self, bed: Bed) -> None:
+        self.client.send(cmd="connect", auth={"userId": self.user, "token": bed.token(self.user)}, reconnection=True)
+        record = await self.client.log.expect(lambda r: r["type"] in ("connect", "connect_error"), timeout=PATIENCE)
+        assert record["type"] == "connect", f"{self.name} did not connect: {record}"
+
+    async def call(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """sockjs-coup.js does not resend by itself: send again, same payload, until acknowledged."""
+        deadline = time.monotonic() + PATIENCE * 2
+        while True:
+            self._acks += 1
+            ack_id = self._acks
+            self.client.send(cmd="emit", event=event, args=[payload], ack=ack_id, timeout=int(ATTEMPT * 1000))
+            record = await self.client.log.expect("ack", id=ack_id, timeout=ATTEMPT + 5)
+            if record.get("error") is None:
+                return dict(record["args"][0])
+            assert time.monotonic() < deadline, f"{self.name}: {event} never acknowledged"
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [r["args"][0] for r in self.client.log.seen("event", event=event)]
+
+    def connects(self) -> list[dict[str, Any]]:
+        return self.client.log.seen("connect")
+
+    @property
+    def connected(self) -> bool:
+        ups = [r for r in self.client.log.records if r["type"] in ("connect", "disconnect")]
+        return bool(ups) and ups[-1]["type"] == "connect"
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+@pytest.fixture(scope="module")
+def restart_bed(make_redis: RedisFactory, make_bed: BedFactory) -> Bed:
+    return make_bed(make_redis().url(), "restarts", health_checks=True,
+                    env={"COUP_PRESENCE_GRACE": str(GRACE), "COUP_DRAIN_SPREAD": str(SPREAD)})
+
+
+@pytest_asyncio.fixture
+async def chatters(restart_bed: Bed, node_js: str) -> AsyncIterator[list[Chatter]]:
+    require(node_available(), "node with tests/js/node_modules (npm ci in tests/js)")
+    js = await JsClient.start(lifetime_ms=300_000)
+    made: list[Chatter] = [
+        *(SocketIoChatter(js, f"{kind}-{user}", user, transports) for user in USERS
+          for kind, transports in (("polling", ["polling"]), ("websocket", ["websocket"]), ("default", None))),
+        SockJSChatter(await NodeClient.start(node_js, f"{restart_bed.url}/sockjs", "xhr-polling"), "sockjs-polling", 1),
+        SockJSChatter(await NodeClient.start(node_js, f"{restart_bed.url}/sockjs", "xhr-streaming"),
+                      "sockjs-streaming", 2),
+    ]
+    try:
+        for chatter in made:
+            await chatter.start(restart_bed)
+        for chatter in made:
+            ack = await chatter.call("join-study", {"studyId": STUDY})
+            assert ack["ok"] is True, ack
+        yield made
+    finally:
+        for chatter in made:
+            await chatter.close()
+        await js.close()
+
+
+class Load:
+    """Every chatter sends a message every `PACE` seconds until stopped; what was sent and acked."""
+
+    def __init__(self, chatters: list[Chatter], label: str) -> None:
+        self.chatters = chatters
+        self.label = label
+        self.sent: dict[str, Chatter] = {}  # clientMessageId -> who
+        self.acks: list[tuple[str, dict[str, Any]]] = []
+        self._running = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _chat(self, chatter: Chatter) -> None:
+        number = 0
+        while self._running:
+            number += 1
+            cid = f"{self.label}-{chatter.name}-{number}"
+            self.sent[cid] = chatter
+            payload = {"studyId": STUDY, "content": f"{self.label} {chatter.name} #{number}", "clientMessageId": cid}
+            self.acks.append((cid, await chatter.call("message", payload)))
+            await asyncio.sleep(PACE)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.get_running_loop().create_task(self._chat(c)) for c in self.chatters]
+
+    async def stop(self) -> None:
+        self._running = False
+        await asyncio.gather(*self._tasks)
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def connects_so_far(chatters: list[Chatter]) -> dict[str, int]:
+    return {c.name: len(c.connects()) for c in chatters}
+
+
+async def check(bed: Bed, chatters: list[Chatter], load: Load, seq_before: int,
+                connects_before: dict[str, int], *, crashed: bool) -> None:
+    rows = await asyncio.to_thread(bed.messages, STUDY, seq_before)
+
+    def everyone_has_everything() -> bool:
+        ids = {row["id"] for row in rows}
+        return all(ids <= {m["id"] for m in c.events("message")} for c in chatters)
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(everyone_has_everything, timeout=PATIENCE, what="every client to have every message")
+    label = load.label
+    by_cid = Counter(row["clientMessageId"] for row in rows)
+    acked = Counter(cid for cid, _ in load.acks)
+    print(f"\n[{label}] sent {len(load.sent)}, acknowledged {len(load.acks)} "
+          f"({sum(1 for c in acked.values() if c > 1)} twice), stored {len(rows)} "
+          f"({sum(1 for c in by_cid.values() if c > 1)} twice), "
+          f"acks saying duplicate (a resend of a stored one) {sum(1 for _, a in load.acks if a.get('duplicate'))}")
+    refused = Counter(str(a.get("error", a)) for _, a in load.acks if a.get("ok") is not True)
+    print(f"[{label}]   refusals: {dict(refused)}")
+    assert sorted(by_cid) == sorted(load.sent), "stored rows differ from the sends (lost, or not ours)"
+    assert all(count == 1 for count in by_cid.values()), "a send was stored twice"
+    assert all(count == 1 for count in acked.values()) and sorted(acked) == sorted(load.sent), \
+        "a send was not acknowledged exactly once"
+    by_id = {row["id"]: row for row in rows}
+    for cid, ack in load.acks:
+        assert ack.get("ok") is True, (cid, ack)
+        assert by_id[ack["id"]]["clientMessageId"] == cid and by_id[ack["id"]]["seq"] == ack["seq"], (cid, ack)
+    expected = [row["id"] for row in rows]
+    failures = []
+    for chatter in chatters:
+        got = [m["id"] for m in chatter.events("message") if m.get("studyId") == STUDY and m["seq"] > seq_before]
+        counts = Counter(got)
+        reconnects = chatter.connects()[connects_before[chatter.name]:]
+        recovered = sum(1 for r in reconnects if r.get("recovered"))
+        flaps = Counter(name for name in FLAPS for p in chatter.events(name) if p.get("userId") in USERS)
+        print(f"[{label}]   {chatter.name} (user {chatter.user}): received {len(got)} of {len(expected)}, "
+              f"{sum(1 for n in counts.values() if n > 1)} duplicated, {len(set(expected) - set(got))} missing, "
+              f"in seq order {got == expected}; reconnects {len(reconnects)}, recovered {recovered}; "
+              f"heard {dict(flaps) or 'no user-offline / member-left'}")
+        if got != expected:
+            failures.append(f"{chatter.name} did not get every stored message exactly once in seq order")
+        if recovered != len(reconnects):
+            failures.append(f"{chatter.name}: {len(reconnects) - recovered} reconnects not recovered")
+        if flaps:
+            failures.append(f"{chatter.name} heard {dict(flaps)} about users who only reconnected")
+    restarted = sum(len(c.connects()) - connects_before[c.name] for c in chatters)
+    print(f"[{label}]   reconnects in all: {restarted}; nodes that dialled another: {bed.peer_dials()}")
+    assert restarted > 0, "no client reconnected: nothing was tested"
+    assert not failures, "\n".join(failures) + ("\n(after a crash)" if crashed else "")
+
+
+async def stop_gracefully(node: CoupServe, label: str) -> float:
+    """SIGTERM: /readyz 503 and handshakes refused at once, then the drain; its duration."""
+    started = time.monotonic()
+    os.kill(node.pid, signal.SIGTERM)
+    ready, handshake = await asyncio.gather(
+        asyncio.to_thread(lambda: http_get(f"{node.url}/readyz", timeout=1.0)[0]),
+        asyncio.to_thread(lambda: http_get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=1.0)[0]))
+    assert node.process is not None
+    code = await asyncio.to_thread(node.process.wait, 30)
+    took = time.monotonic() - started
+    print(f"[{label}] {node.name}: SIGTERM -> /readyz {ready}, new handshake {handshake}; "
+          f"exited with {code} after {took:.2f} s")
+    assert (ready, handshake) == (503, 503)
+    assert code == 0
+    return took
+
+
+async def back(bed: Bed, node: CoupServe, chatters: list[Chatter]) -> None:
+    node.start()
+    await asyncio.to_thread(node.wait_ready)
+    await wait_until(lambda: all(c.connected for c in chatters), timeout=PATIENCE, what="every client connected")
+
+
+async def test_rolling_restart(restart_bed: Bed, chatters: list[Chatter]) -> None:
+    bed = restart_bed
+    seq_before = await asyncio.to_thread(bed.last_seq, STUDY)
+    connects_before = connects_so_far(chatters)
+    load = Load(chatters, "rolling")
+    load.start()
+    drains = []
+    for node in bed.nodes:
+        await asyncio.sleep(1.0)  # chat on the whole cluster for a moment
+        drains.append(await stop_gracefully(node, "rolling"))
+        await back(bed, node, chatters)
+    await asyncio.sleep(1.0)
+    await load.stop()
+    print(f"[rolling] drain times: {', '.join(f'{t:.2f} s' for t in drains)} (budget 20 s, platforms kill at 30)")
+    assert max(drains) < 15
+    await check(bed, chatters, load, seq_before, connects_before, crashed=False)
+
+
+async def test_owner_of_study_1_crashes(restart_bed: Bed, chatters: list[Chatter]) -> None:
+    bed = restart_bed
+    view = await asyncio.to_thread(bed.cluster_view, bed.nodes[0])
+    owner_id = Ring([n["id"] for n in view["nodes"]], 0).owner(f"study:{STUDY}")
+    owner = next(n for n in bed.nodes if n.name == owner_id)
+    seq_before = await asyncio.to_thread(bed.last_seq, STUDY)
+    connects_before = connects_so_far(chatters)
+    load = Load(chatters, "crash")
+    load.start()
+    await asyncio.sleep(1.5)
+    print(f"\n[crash] SIGKILL {owner.name}, the owner of study:{STUDY}")
+    await asyncio.to_thread(owner.kill)
+    await asyncio.sleep(1.5)
+    await back(bed, owner, chatters)
+    await asyncio.sleep(1.0)
+    await load.stop()
+    await check(bed, chatters, load, seq_before, connects_before, crashed=True)
