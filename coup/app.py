@@ -356,9 +356,7 @@ class CoupNode:
         log.info("draining: %d connections to close over %.1f s (at most %.0f s in all)",
                  len(self.engine.sessions), self.settings.drain_spread, self.settings.drain_timeout)
         if self.cluster is not None:
-            await self.cluster.drain()
-        if not await self.sio.rooms.finish(left()):
-            log.warning("draining: room commands still running after %.0f s", self.settings.drain_timeout)
+            await self.cluster.drain(left())
         closed = await self.sio.drain_clients(min(self.settings.drain_spread, left()), deadline)
         while self.engine.sessions:  # polling clients fetch their last packets
             if left() <= 0:

@@ -170,13 +170,20 @@ class Cluster:
         self.sockjs_homes.start()
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
 
-    async def drain(self) -> None:
-        """On our way out: the others own our rooms from now on (`Registry.drain`)."""
+    async def drain(self, timeout: float) -> None:
+        """On our way out: the others own our rooms from now on, with never two writers of one
+        room at once. Commands for us are held, the ones running finish (`timeout`), we leave
+        the ring (`Registry.drain`), the held ones go to the new owners."""
+        self.rooms.begin_handover()
         try:
+            if not await self.rooms.finish(timeout):
+                log.warning("draining: room commands still running after %.1f s", timeout)
             async with asyncio.timeout(self.options.connect_timeout * 2):
                 await self.registry.drain()
         except (TimeoutError, RedisError) as exc:
             log.warning("could not hand our rooms over (%s); the others take them when we leave", exc)
+        finally:
+            self.rooms.end_handover()
 
     async def stop(self) -> None:
         """Leave the cluster: our sockets are closed, so their users may have gone offline."""

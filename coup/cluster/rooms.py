@@ -13,10 +13,16 @@ reply. Correctness never depends on the nodes agreeing on the owner:
 - a command whose owner does not answer in `call_timeout` fails with the retryable error
   ``UNAVAILABLE``: it may or may not have run, and the client retries with the same
   idempotency key (never the server, blindly).
+
+A draining node hands its rooms over without two writers at once (which would deliver a
+room's messages out of `seq` order): it holds the commands that arrive for it, lets the ones
+it runs finish, takes itself off the ring, then answers the held ones "moved" and their
+callers send them to the new owner (`begin_handover` / `end_handover`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -31,26 +37,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: times a caller follows a "moved" answer to a room's new owner
+MOVED_FOLLOWS = 3
+
 UNAVAILABLE = ClientError("UNAVAILABLE", "The room is moving to another server; please retry",
                           {"retryable": True})
+
+
+#: a room's owner answered that it handed the room over
+_MOVED = object()
 
 
 class RedisRoomRouter(LocalRoomRouter):
     def __init__(self, cluster: Cluster) -> None:
         super().__init__(cluster.node_id)
         self.cluster = cluster
-        self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0}
+        self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0, "moved": 0}
+        #: set while this draining node hands its rooms over; done when the others own them
+        self._handover: asyncio.Event | None = None
 
     def owner(self, room: str) -> str:
         return self.cluster.registry.owner(room)
 
+    def begin_handover(self) -> None:
+        """Hold every command that would run here from now on (see the module's docstring)."""
+        self._handover = asyncio.Event()
+
+    def end_handover(self) -> None:
+        """The others own our rooms: held and later commands go to them."""
+        if self._handover is not None:
+            self._handover.set()
+
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         if name not in self.commands:
             raise UnknownCommand(name)
-        owner = self.owner(room)
-        if owner == self.node_id:
-            self.stats["local"] += 1
-            return await self.run_locally(room, name, payload)
+        for _ in range(MOVED_FOLLOWS):
+            owner = self.owner(room)
+            if owner == self.node_id and self._handover is not None:
+                await self._handover.wait()  # then our ring no longer makes us the owner
+                owner = self.owner(room)
+            if owner == self.node_id:
+                self.stats["local"] += 1
+                return await self.run_locally(room, name, payload)
+            reply = await self._call_remote(owner, room, name, payload)
+            if reply is not _MOVED:
+                return reply
+            self.stats["moved"] += 1
+            await self.cluster.registry.refresh()  # the owner asked is draining: learn who took over
+        raise UNAVAILABLE
+
+    async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any]) -> Any:
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
         # When we hear the room (a member of it is here: the usual caller), the owner answers
         # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
@@ -79,6 +115,8 @@ class RedisRoomRouter(LocalRoomRouter):
             return await self.run_locally(room, name, payload)
         self.stats["remote"] += 1
         reply = responses[0]
+        if reply.get("moved"):
+            return _MOVED
         if reply.get("ok"):
             return reply.get("result")
         error = reply.get("error") or {}
@@ -87,6 +125,9 @@ class RedisRoomRouter(LocalRoomRouter):
     async def serve(self, message: dict[str, Any]) -> dict[str, Any]:
         """Run a command another node routed to us and say how it went."""
         self.stats["served"] += 1
+        if self._handover is not None:  # draining: the new owner runs it (after ours finished)
+            await self._handover.wait()
+            return {"ok": False, "moved": True}
         try:
             result = await self.run_locally(str(message["room"]), str(message["name"]), message.get("p") or {})
             jsonutil.dumps(result)  # fail here, with a log, rather than in the reply
