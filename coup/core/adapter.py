@@ -146,10 +146,16 @@ class Adapter:
         """Claim the session `pid` if everything after `offset` can still be replayed."""
         raise NotImplementedError
 
-    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
         """What the restored client missed: every stored packet after its offset in its rooms,
         up to now. Called once the socket has joined its rooms (so what comes later reaches
         it), just before the CONNECT reply; None when some of it is gone by then."""
+        raise NotImplementedError
+
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        """Make the sessions of local sockets `sids` (all when None) restorable on any node for
+        the recovery window from now, with everything broadcast before this call; return how
+        many were written. A node that is about to close its clients (a drain) awaits this."""
         raise NotImplementedError
 
 
@@ -345,7 +351,16 @@ class MemoryAdapter(Adapter):
             return None
         return RestoredSession(record.sid, record.pid, record.rooms, record.data, offset)
 
-    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        count = 0
+        for sid in list(self.nsp.sockets) if sids is None else sids:
+            socket = self.nsp.sockets.get(sid)
+            if socket is not None and socket.pid is not None and self._recovery is not None:
+                await self.persist_session(SessionRecord(sid, socket.pid, self.socket_rooms(sid), dict(socket.data)))
+                count += 1
+        return count
+
+    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
         packets = stored_after(self._packets, self._next_offset - 1, restored.offset)
         if packets is None:
             return None

@@ -175,7 +175,7 @@ class SocketServer:
             if restored is not None:
                 # computed after the join: what was stored before it is here, what came
                 # after it is held too (`release` sends each packet once)
-                replay = nsp.adapter.replay(restored)
+                replay = await nsp.adapter.replay(restored)
                 if replay is None:
                     log.warning("session %s: the recovery buffer moved past socket %s's offset while it "
                                 "connected; closing, its next attempt starts afresh", client.session.sid, socket.id)
