@@ -173,7 +173,8 @@ return moved
 # ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
 #       broadcast: channel count N, N channels, origin ('' for none), stamp (1/0), envelope
 # A stamped broadcast the budget admits is published as ``L OFFSET SP ENVELOPE``; others as
-# the envelope alone (delivered, not kept). -> the origins refused this call
+# ``L SP ENVELOPE`` (delivered, not kept; the sender delivers it too, as it hears it).
+# -> the origins refused this call
 LOG_PUBLISH = """
 local log, meta = KEYS[1], KEYS[2]
 local window, max_packets, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -189,7 +190,7 @@ while i <= #ARGV do
   local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
   i = i + n + 4
   local size = #data
-  local payload = data
+  local payload = 'L ' .. data
   if stamp == '1' and size <= origin_bytes then
     local admit = true
     if origin ~= '' then
