@@ -30,36 +30,30 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from coup.cluster.bus import channel_bytes, stop_tasks
+import redis.asyncio as redis
+
+from coup.cluster.bus import Bus, channel_bytes, stop_tasks
 from coup.cluster.envelope import (
     Broadcast,
-    decode_broadcast,
     decode_packet,
     encode_broadcast,
     encode_json,
-    stamp_offset,
 )
-from coup.cluster.recovery import RedisRecoveryLog
+from coup.cluster.options import ClusterOptions
+from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
-from coup.core.adapter import (
-    BroadcastOptions,
-    MemoryAdapter,
-    RestoredSession,
-    SessionRecord,
-    SocketInfo,
-    gather_acks,
-)
+from coup.core.adapter import BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout
+from coup.core.recovery import RestoredSession, SessionRecord, SessionRecovery
 from coup.core.replay_budget import current_origin
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
-    from coup.cluster.node import Cluster
     from coup.core.namespace import Namespace
 
 log = logging.getLogger(__name__)
@@ -123,19 +117,39 @@ def _packet(text: str, attachments: Iterable[str]) -> EncodedPacket:
     return EncodedPacket(text, tuple(base64.b64decode(a) for a in attachments))
 
 
-class RedisAdapter(MemoryAdapter):
-    def __init__(self, nsp: Namespace, cluster: Cluster) -> None:
-        super().__init__(nsp)
-        self.cluster = cluster
-        self.bus = cluster.bus
-        opts = cluster.options
-        self.all_channel = channel_bytes(opts.key("a", nsp.name))
-        self._room_prefix = opts.key("r", nsp.name) + ":"
+class Requester(Protocol):
+    """Cluster-wide requests (`coup.cluster.node.Cluster.request`)."""
+
+    async def __call__(self, channel: bytes, message: dict[str, Any], timeout: float) -> list[Any]: ...
+
+
+class RedisAdapter:
+    """`coup.core.adapter.Adapter` across nodes: this node's `LocalRooms`, Redis channels for
+    the others, and `SessionRecovery` over the Redis recovery log."""
+
+    def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
+                 once: redis.Redis, request: Requester, inbox: Callable[[str], bytes],
+                 registry: dict[str, RedisAdapter]) -> None:
+        """`client` may retry idempotent commands, `once` never does; `inbox(node)` is a node's
+        channel; the adapter adds itself to `registry` (by namespace) while it serves."""
+        self.nsp = nsp
+        self.node_id = node_id
+        self.options = options
+        self.bus = bus
+        self._request_on = request
+        self._inbox = inbox
+        self._registry = registry
+        self._local = LocalRooms(nsp)
+        self.all_channel = channel_bytes(options.key("a", nsp.name))
+        self._room_prefix = options.key("r", nsp.name) + ":"
         recovery = nsp.server.options.recovery
         #: the log and session records in Redis (None: recovery off)
-        self.recovery_log: RedisRecoveryLog[_Unsent] | None = None if recovery is None else RedisRecoveryLog(
-            cluster.bus, cluster.redis, cluster.redis_once, opts, nsp.name, cluster.node_id, recovery,
-            self._deliver_unsent)
+        self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
+        self.recovery: SessionRecovery | None = None
+        if recovery is not None:
+            self.recovery_log = RedisRecoveryLog(bus, client, once, options, nsp.name, node_id, recovery,
+                                                 self._deliver_unsent)
+            self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None
         self._seen: OrderedDict[str, float] = OrderedDict()
         #: sockets that moved to another node, by sid (see `_Stub`)
@@ -146,7 +160,17 @@ class RedisAdapter(MemoryAdapter):
         self._adopting: dict[str, set[str]] = {}
         self._mids = itertools.count(1)
         self._started = False
-        cluster.adapters[nsp.name] = self
+        registry[nsp.name] = self
+
+    @property
+    def local(self) -> LocalRooms:
+        return self._local
+
+    def socket_rooms(self, sid: str) -> frozenset[str]:
+        return self._local.socket_rooms(sid)
+
+    def local_room_sids(self, room: str) -> frozenset[str]:
+        return self._local.local_room_sids(room)
 
     def channel(self, room: str) -> bytes:
         return channel_bytes(self._room_prefix + room)
@@ -164,7 +188,7 @@ class RedisAdapter(MemoryAdapter):
 
     async def close(self) -> None:
         await stop_tasks(self._refresher)
-        self.cluster.adapters.pop(self.nsp.name, None)
+        self._registry.pop(self.nsp.name, None)
 
     async def link_up(self) -> None:
         """After a (re)connection to Redis: a restarted Redis lost our scripts and records."""
@@ -179,18 +203,18 @@ class RedisAdapter(MemoryAdapter):
         rooms = tuple(rooms)
         if not self._started:
             await self.init()  # a namespace made after the server started
-        created = self.add_local(sid, rooms)
+        created = self._local.add_local(sid, rooms)
         if created:
             await self.bus.acquire([self.channel(r) for r in created])
         await self.bus.settled([self.channel(r) for r in rooms])
         self._save_session(sid)
 
     async def remove(self, sid: str, room: str) -> None:
-        self._release_rooms(self.remove_local(sid, (room,)))
+        self._release_rooms(self._local.remove_local(sid, (room,)))
         self._save_session(sid)
 
     async def remove_all(self, sid: str) -> None:
-        self._release_rooms(self.remove_local(sid))
+        self._release_rooms(self._local.remove_local(sid))
 
     def _release_rooms(self, rooms: list[str]) -> None:
         if rooms:
@@ -198,34 +222,24 @@ class RedisAdapter(MemoryAdapter):
 
     # ------------------------------------------------------------------ broadcasting
 
-    @staticmethod
-    def _out(packet: EncodedPacket, offset: int | None) -> Outbound:
-        """The packet as sockets get it: with its recovery offset when the log kept it."""
-        if offset is None:
-            return Outbound.message(packet)
-        return Outbound("4" + stamp_offset(packet.text, offset), packet.attachments)
-
-    def encode_broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> Outbound:
-        return Outbound.message(encode(packet))  # offsets come from the recovery log in Redis
-
     def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
         moved_away = opts.local and self._stubs and not opts.rooms.isdisjoint(self._stubs)
         if self.recovery_log is not None and not moved_away:
             self._broadcast_logged(packet, opts, self.recovery_log)
             return
         if opts.local:
-            super().broadcast(packet, opts)
+            encoded = encode(packet)
+            self._local.deliver(Outbound.message(encoded), opts)
             if self._stubs:
-                self._keep_for_stubs("", encode(packet), packet.type is SocketPacketType.EVENT and packet.id is None,
-                                     opts)
+                self._keep_for_stubs("", encoded, None, opts)
             return
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
-        mid = f"{self.cluster.node_id}:{next(self._mids)}"
-        self.deliver(Outbound.message(encoded), opts)
+        mid = f"{self.node_id}:{next(self._mids)}"
+        self._local.deliver(Outbound.message(encoded), opts)
         if self._unsettled or self._adopting:
             self._moving_sockets_heard(mid, encoded, None, opts)
-        data = encode_broadcast(Broadcast(self.cluster.node_id, mid, self.nsp.name, tuple(opts.rooms),
+        data = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
         if opts.rooms:
             for room in opts.rooms:
@@ -238,14 +252,14 @@ class RedisAdapter(MemoryAdapter):
         (a local broadcast travels on our own inbox, which only we hear)."""
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
-        mid = f"{self.cluster.node_id}:{next(self._mids)}"
+        mid = f"{self.node_id}:{next(self._mids)}"
         if opts.local:
             channels = [self.bus.inbox]
         elif opts.rooms:
             channels = [self.channel(room) for room in opts.rooms]
         else:
             channels = [self.all_channel]
-        envelope = encode_broadcast(Broadcast(self.cluster.node_id, mid, self.nsp.name, tuple(opts.rooms),
+        envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                               tuple(opts.exclude), stamp, encoded))
         if not log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts)):
             self._deliver_unsent([(mid, encoded, opts)])
@@ -253,7 +267,7 @@ class RedisAdapter(MemoryAdapter):
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:
         """Broadcasts Redis did not take: this node's sockets still get them (without offset)."""
         for mid, encoded, opts in unsent:
-            self.deliver(Outbound.message(encoded), opts)
+            self._local.deliver(Outbound.message(encoded), opts)
             if self._unsettled or self._adopting:
                 self._moving_sockets_heard(mid, encoded, None, opts)
 
@@ -263,7 +277,7 @@ class RedisAdapter(MemoryAdapter):
         if len(message.rooms) > 1 and self._duplicate(message.mid):
             return
         opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
-        self.deliver(self._out(message.packet, offset), opts)
+        self._local.deliver(logged_out(message.packet, offset), opts)
         if self._unsettled or self._adopting:
             self._moving_sockets_heard(message.mid, message.packet, offset, opts)
 
@@ -318,7 +332,7 @@ class RedisAdapter(MemoryAdapter):
             return
         item = [mid, packet.text, _attachments(packet), offset or 0]
         if stub.settled:  # the new node hears the rooms; this came from a handler still running here
-            self.bus.publish_nowait(self.cluster.inbox(stub.to), encode_json(
+            self.bus.publish_nowait(self._inbox(stub.to), encode_json(
                 {"t": "fwd", "n": self.nsp.name, "sid": sid, "p": [item]}))
             return
         stub.size += len(packet.text)
@@ -349,7 +363,7 @@ class RedisAdapter(MemoryAdapter):
     def take_kept(self, sid: str, kept: list[list[Any]]) -> list[Outbound]:
         """What the old node kept for `sid`, minus what we delivered ourselves, as this node delivers it."""
         heard = self._adopting.pop(sid, set())
-        return [self._out(_packet(text, attachments), int(offset) or None)
+        return [logged_out(_packet(text, attachments), int(offset) or None)
                 for mid, text, attachments, offset in kept if not (mid and mid in heard)]
 
     def on_forwarded(self, sid: str, kept: list[list[Any]]) -> None:
@@ -374,19 +388,19 @@ class RedisAdapter(MemoryAdapter):
         channel = self.channel(next(iter(opts.rooms))) if len(opts.rooms) == 1 else self.all_channel
         message = {"t": "req", "op": op, "n": self.nsp.name, "r": sorted(opts.rooms), "x": sorted(opts.exclude),
                    **extra}
-        return await self.cluster.request(channel, message, timeout)
+        return await self._request_on(channel, message, timeout)
 
     async def broadcast_with_ack(self, packet: SocketPacket, opts: BroadcastOptions,
                                  timeout: float) -> list[Any]:
         if opts.local:
-            return await super().broadcast_with_ack(packet, opts, timeout)
+            return await gather_acks(self._local.send_with_ack(packet, opts), timeout)
         encoded = encode(packet)
         try:
             responses = await self._request("ack", opts, timeout + 1.0, p=encoded.text, a=_attachments(encoded),
                                             w=timeout)
             complete = True
         except RedisUnavailable:
-            return await super().broadcast_with_ack(packet, opts, timeout)
+            return await gather_acks(self._local.send_with_ack(packet, opts), timeout)
         except ClusterTimeout as exc:
             responses, complete = exc.responses, False
         acks: list[Any] = []
@@ -399,19 +413,19 @@ class RedisAdapter(MemoryAdapter):
 
     async def fetch_sockets(self, opts: BroadcastOptions) -> list[SocketInfo]:
         if opts.local:
-            return await super().fetch_sockets(opts)
+            return await self._local.fetch_sockets(opts)
         try:
-            responses = await self._request("fetch", opts, self.cluster.options.request_timeout)
+            responses = await self._request("fetch", opts, self.options.request_timeout)
         except RedisUnavailable:
             log.warning("fetch_sockets while redis is unreachable: this node's sockets only")
-            return await super().fetch_sockets(opts)
+            return await self._local.fetch_sockets(opts)
         return [SocketInfo(s[0], self.nsp.name, frozenset(s[1]), s[2], s[3])
                 for response in responses for s in response.get("sockets", ())]
 
     async def _command(self, op: str, opts: BroadcastOptions, **extra: Any) -> bool:
         """A join/leave/disconnect on every node; False when it could only be done here."""
         try:
-            await self._request(op, opts, self.cluster.options.request_timeout, **extra)
+            await self._request(op, opts, self.options.request_timeout, **extra)
             return True
         except RedisUnavailable:
             log.warning("%s while redis is unreachable: applied to this node's sockets only", op)
@@ -423,32 +437,32 @@ class RedisAdapter(MemoryAdapter):
     async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if opts.local or not await self._command("join", opts, rooms=rooms):
-            await super().add_sockets(opts, rooms)
+            await self._local.add_sockets(opts, rooms)
 
     async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
         rooms = list(rooms)
         if opts.local or not await self._command("leave", opts, rooms=rooms):
-            await super().del_sockets(opts, rooms)
+            await self._local.del_sockets(opts, rooms)
 
     async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         if opts.local or not await self._command("disconnect", opts, close=close):
-            await super().disconnect_sockets(opts, close)
+            await self._local.disconnect_sockets(opts, close)
 
     async def serve(self, message: dict[str, Any]) -> dict[str, Any]:
         """Answer a cluster-wide request for this node's sockets."""
         op = message.get("op")
         opts = BroadcastOptions(frozenset(message.get("r", ())), frozenset(message.get("x", ())), local=True)
         if op == "fetch":
-            return {"sockets": [[s.id, sorted(s.rooms), s.data, s.node] for s in await super().fetch_sockets(opts)]}
+            return {"sockets": [[s.id, sorted(s.rooms), s.data, s.node] for s in await self._local.fetch_sockets(opts)]}
         if op == "join":
-            await super().add_sockets(opts, message.get("rooms", ()))
+            await self._local.add_sockets(opts, message.get("rooms", ()))
         elif op == "leave":
-            await super().del_sockets(opts, message.get("rooms", ()))
+            await self._local.del_sockets(opts, message.get("rooms", ()))
         elif op == "disconnect":
-            await super().disconnect_sockets(opts, bool(message.get("close")))
+            await self._local.disconnect_sockets(opts, bool(message.get("close")))
         elif op == "ack":
             packet = decode_packet(_packet(message["p"], message.get("a", ())))
-            futures = self.send_with_ack(packet, opts)
+            futures = self._local.send_with_ack(packet, opts)
             try:
                 return {"acks": await gather_acks(futures, float(message.get("w", 5.0))), "complete": True}
             except AckTimeout as exc:
@@ -459,25 +473,15 @@ class RedisAdapter(MemoryAdapter):
 
     # ------------------------------------------------------------------ connection state recovery
 
-    def _save_session(self, sid: str) -> asyncio.Future[Any] | None:
+    def _save_session(self, sid: str) -> None:
         """Keep the session record of connected socket `sid` current in Redis (rooms, data)."""
-        socket = self.nsp.sockets.get(sid)
-        if self.recovery_log is None or socket is None or socket.pid is None or not socket.connected:
-            return None
-        # a socket moving here takes over the record its old node wrote
-        mode = "take" if sid in self._adopting else "live"
-        future = self.recovery_log.save(SessionRecord(sid, socket.pid, self.socket_rooms(sid), dict(socket.data)),
-                                        mode)
-        future.add_done_callback(_ignore_result)
-        return future
-
-    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
-        records = [f for sid in (list(self.nsp.sockets) if sids is None else sids)
-                   if (f := self._save_session(sid)) is not None]
-        if not records:
-            return 0
-        done = await asyncio.gather(*records, return_exceptions=True)
-        return sum(1 for r in done if r == 1)
+        if self.recovery_log is None or self.recovery is None:
+            return
+        record = self.recovery.record_of(sid)
+        if record is not None:
+            # a socket moving here takes over the record its old node wrote
+            self.recovery_log.save_nowait(record, "take" if sid in self._adopting else "live") \
+                .add_done_callback(_ignore_result)
 
     async def _refresh_sessions(self) -> None:
         """Records of connected sockets live one window past their last refresh: a quarter window apart."""
@@ -488,43 +492,22 @@ class RedisAdapter(MemoryAdapter):
             if self.bus.ready:
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
 
-    async def persist_session(self, record: SessionRecord) -> None:
-        if self.recovery_log is None:
-            return
-        try:
-            await self.recovery_log.save(record, "left")
-        except RedisUnavailable as exc:
-            log.info("session %s not kept for recovery (redis: %s)", record.sid, exc)
-
     def expire_holds(self) -> None:
         if self._stubs:
             self._expire_stubs(time.monotonic())
 
+    async def persist_session(self, record: SessionRecord) -> None:
+        if self.recovery is not None:
+            await self.recovery.persist_session(record)
+
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        if self.recovery_log is None:
-            return None
-        claimed = await self.recovery_log.claim(pid)
-        if claimed is None:
-            return None
-        record = claimed[1]
-        if record.sid in self.nsp.sockets:
-            return None  # still connected here (its old connection is half-open): a fresh session
-        if await self.recovery_log.after(offset, check_only=True) is None:
-            return None
-        return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
+        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
 
     async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        if self.recovery_log is None:
-            return None
-        entries = await self.recovery_log.after(restored.offset)
-        if entries is None:
-            return None
-        missed = []
-        for offset, envelope in entries:
-            message = decode_broadcast(envelope)
-            if BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude)).includes(restored.rooms):
-                missed.append(self._out(message.packet, offset))
-        return tuple(missed)
+        return await self.recovery.replay(restored) if self.recovery is not None else None
+
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

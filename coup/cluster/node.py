@@ -131,7 +131,8 @@ class Cluster:
     # ------------------------------------------------------------------ wiring into the core
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
-        return RedisAdapter(nsp, self)
+        return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
+                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""

@@ -27,12 +27,16 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus
+from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE
-from coup.core.adapter import SessionRecord
+from coup.core.adapter import BroadcastOptions
 from coup.core.options import RecoveryOptions
+from coup.core.recovery import SessionRecord
 from coup.protocol import jsonutil
+from coup.protocol.socketio import EncodedPacket
+from coup.protocol.wire import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,14 @@ _T = TypeVar("_T")
 
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
+
+
+def logged_out(packet: EncodedPacket, offset: int | None) -> Outbound:
+    """A broadcast as sockets get it: with its recovery offset when the log kept it (the
+    same text live and replayed, which is how a replay and held packets drop each other's copies)."""
+    if offset is None:
+        return Outbound.message(packet)
+    return Outbound("4" + stamp_offset(packet.text, offset), packet.attachments)
 
 
 def split_logged(data: bytes) -> tuple[int | None, bytes]:
@@ -142,9 +154,9 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.warning("recovery log scripts not loaded: %s", exc)
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[int, bytes]] | None:
-        """Entries after `offset` as (offset, envelope); None when the log lost some of them
-        (or never gave `offset`): a client gets all it missed or a fresh session."""
+    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+        """Entries after `offset` (to whom, as sockets get them); None when the log lost some
+        of them (or never gave `offset`): a client gets all it missed or a fresh session."""
         if not offset.isdigit():
             return None
         try:
@@ -158,8 +170,9 @@ class RedisRecoveryLog(Generic[_T]):
         entries = []
         for i, entry in enumerate(reply[1:]):
             # AT_MS SP ORIGIN SP ENVELOPE
-            envelope = entry[entry.index(b" ", entry.index(b" ") + 1) + 1:]
-            entries.append((first + i, envelope))
+            message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
+            opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
+            entries.append((opts, logged_out(message.packet, first + i)))
         return entries
 
     # ------------------------------------------------------------------ session records
@@ -167,7 +180,14 @@ class RedisRecoveryLog(Generic[_T]):
     def _session_key(self, pid: str) -> str:
         return self.options.key("session", self.namespace, pid)
 
-    def save(self, record: SessionRecord, mode: str) -> asyncio.Future[Any]:
+    async def save(self, record: SessionRecord, mode: str) -> bool:
+        try:
+            return bool(await self.save_nowait(record, mode) == 1)
+        except RedisUnavailable as exc:
+            log.info("session %s not kept for recovery (redis: %s)", record.sid, exc)
+            return False
+
+    def save_nowait(self, record: SessionRecord, mode: str) -> asyncio.Future[Any]:
         """Write `record` after everything this node published so far (ordered with them).
 
         `mode`: "live" (its socket is connected here: create or refresh), "take" (it moved
@@ -190,8 +210,8 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.info("session records not refreshed: %s", exc)
 
-    async def claim(self, pid: str) -> tuple[str, SessionRecord] | None:
-        """Take the record of session `pid` (nobody else can restore it after this): (node, record)."""
+    async def claim(self, pid: str) -> SessionRecord | None:
+        """Take the record of session `pid` (nobody else can restore it after this)."""
         try:
             raw = await self.once.getdel(self._session_key(pid))
         except RedisError as exc:
@@ -199,7 +219,7 @@ class RedisRecoveryLog(Generic[_T]):
             return None
         if raw is None:
             return None
-        node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
+        _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
         stored = jsonutil.loads(body.decode())
-        return node.decode(), SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]),
+        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]),
                                             dict(stored["data"]))
