@@ -24,7 +24,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -65,7 +65,7 @@ class Bus:
         #: this loop turn's publishes, in order: [channel, messages, future or None]
         self._outbox: list[list[Any]] = []
         #: the batch of each channel that may still take messages this turn
-        self._open: dict[bytes, list[Any]] = {}
+        self._open: dict[bytes | str, list[Any]] = {}
         self._flush_scheduled = False
         self._broken = asyncio.Event()
         self._running = False
@@ -327,6 +327,50 @@ class Bus:
         """
         self._queue(channel, data, None)
 
+    def open_command(self, key: str, head: tuple[Any, ...],
+                     done: Callable[[asyncio.Future[Any]], None]) -> list[Any] | None:
+        """The argument list of this loop turn's command `key`, in publish order: the caller
+        appends its arguments. The command starts as `head`; `done(future)` runs with its
+        reply. None while disconnected (nothing is queued).
+
+        This is how a script that appends to the recovery log and publishes (`LOG_PUBLISH`)
+        takes every broadcast of one turn in one call, ordered with the plain publishes.
+        """
+        batch = self._open.get(key)
+        if batch is not None:
+            return cast(list[Any], batch[1])
+        pub = self._pub
+        if pub is None or pub.closed:
+            self._dropped()
+            return None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(done)
+        batch = [None, list(head), future, 0]
+        # publishes queued after this command start new batches, so none of them overtakes it
+        self._open.clear()
+        self._open[key] = batch
+        self._outbox.append(batch)
+        self._schedule_flush()
+        return cast(list[Any], batch[1])
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command after everything published so far; the future gives its reply
+        (a Redis error reply is returned, not raised). Fails with `RedisUnavailable` while
+        disconnected; never retried."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pub = self._pub
+        if pub is None or pub.closed:
+            future.set_exception(RedisUnavailable("redis is not connected"))
+            return future
+        self._outbox.append([None, list(args), future, 0])
+        self._schedule_flush()
+        return future
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _queue(self, channel: bytes, data: bytes, future: asyncio.Future[Any] | None) -> bool:
         """Add a PUBLISH to this turn's pipeline; True when it cannot be sent (disconnected)."""
         pub = self._pub
@@ -345,9 +389,7 @@ class Bus:
             batch = [channel, [data], future, len(data)]
             self._open.pop(channel, None)
         self._outbox.append(batch)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule_flush()
         return False
 
     def _flush(self) -> None:
@@ -356,9 +398,10 @@ class Bus:
         if not batches:
             return
         self._outbox, self._open = [], {}
-        commands = [("PUBLISH", b[0], b[1][0] if len(b[1]) == 1 else pack_batch(b[1])) for b in batches]
+        commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
+                                                         else pack_batch(b[1])) for b in batches]
         futures: list[asyncio.Future[Any] | None] = [b[2] for b in batches]
-        self.stats["published_messages"] += sum(len(b[1]) for b in batches)
+        self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
         pub = self._pub
         try:
             if pub is None:

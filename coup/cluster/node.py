@@ -30,6 +30,7 @@ from coup.cluster.homes import SessionHomes
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
+from coup.cluster.recovery import LOGGED, split_logged
 from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
@@ -131,7 +132,8 @@ class Cluster:
     # ------------------------------------------------------------------ wiring into the core
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
-        return RedisAdapter(nsp, self)
+        return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
+                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
@@ -212,6 +214,8 @@ class Cluster:
             await client.connection_pool.disconnect()
         await self.registry.on_link_up()
         await self.presence.resync()
+        for adapter in list(self.adapters.values()):
+            await adapter.link_up()
 
     def _ring_changed(self, old: Ring, new: Ring) -> None:
         gone = set(old.nodes) - set(new.nodes)
@@ -297,7 +301,13 @@ class Cluster:
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         kind = data[:1]
-        if kind == BROADCAST:
+        if kind == LOGGED:  # through the recovery log: ours too, and with its offset
+            offset, envelope = split_logged(data)
+            broadcast = decode_broadcast(envelope)
+            adapter = self.adapters.get(broadcast.nsp)
+            if adapter is not None:
+                adapter.on_broadcast(broadcast, offset)
+        elif kind == BROADCAST:
             if data.startswith(self._own_broadcasts):
                 return  # delivered locally when it was sent
             broadcast = decode_broadcast(data)

@@ -165,3 +165,133 @@ for i = 4, #ARGV, 2 do
 end
 return moved
 """
+
+# ---------------------------------------------------------------------------- recovery log
+#
+# One log per namespace (``P:rlog:NSP``, a list) with its bookkeeping (``P:rlog:NSP:m``, a
+# hash: ``last`` offset given, ``bytes`` held, ``p:ORIGIN`` / ``b:ORIGIN`` packets and bytes
+# each origin socket holds). The list holds consecutive offsets only, so the entry of offset
+# X sits at index X - (last - LLEN + 1). Entries are ``AT_MS SP ORIGIN SP ENVELOPE`` (the
+# broadcast envelope as published, see `coup.cluster.envelope`). The first offset of a new log
+# is Redis's clock in microseconds, so a log lost with a Redis restart starts above every
+# offset it gave before: an old offset reads as "gone", never as a position in the new log.
+
+# Append broadcasts to the log and publish them, one script call per node per loop turn.
+# KEYS: log, meta
+# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
+#       broadcast: channel count N, N channels, origin ('' for none), stamp (1/0), envelope
+# A stamped broadcast the budget admits is published as ``L OFFSET SP ENVELOPE``; others as
+# ``L SP ENVELOPE`` (delivered, not kept; the sender delivers it too, as it hears it).
+# -> the origins refused this call
+LOG_PUBLISH = """
+local log, meta = KEYS[1], KEYS[2]
+local window, max_packets, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local origin_packets, origin_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local refused = {}
+local stored = false
+local i = 7
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local first_channel = i + 1
+  local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
+  i = i + n + 4
+  local size = #data
+  local payload = 'L ' .. data
+  if stamp == '1' and size <= origin_bytes then
+    local admit = true
+    if origin ~= '' then
+      local held = tonumber(redis.call('HGET', meta, 'p:' .. origin) or '0')
+      local held_bytes = tonumber(redis.call('HGET', meta, 'b:' .. origin) or '0')
+      admit = held < origin_packets and held_bytes + size <= origin_bytes
+      if not admit then table.insert(refused, origin) end
+    end
+    if admit then
+      if redis.call('HEXISTS', meta, 'last') == 0 then
+        redis.call('HSET', meta, 'last', string.format('%.0f', t[1] * 1000000 + t[2]))
+      end
+      local offset = string.format('%.0f', redis.call('HINCRBY', meta, 'last', 1))
+      redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
+      redis.call('HINCRBY', meta, 'bytes', size)
+      if origin ~= '' then
+        redis.call('HINCRBY', meta, 'p:' .. origin, 1)
+        redis.call('HINCRBY', meta, 'b:' .. origin, size)
+      end
+      payload = 'L' .. offset .. ' ' .. data
+      stored = true
+    end
+  end
+  for c = first_channel, first_channel + n - 1 do
+    redis.call('PUBLISH', ARGV[c], payload)
+  end
+end
+if stored then
+  local horizon = now - window
+  local count = redis.call('LLEN', log)
+  local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+  while count > 0 do
+    local head = redis.call('LINDEX', log, 0)
+    local sp = string.find(head, ' ', 1, true)
+    local sp2 = string.find(head, ' ', sp + 1, true)
+    if tonumber(string.sub(head, 1, sp - 1)) >= horizon and count <= max_packets and bytes <= max_bytes then
+      break
+    end
+    redis.call('LPOP', log)
+    local size = #head - sp2
+    local origin = string.sub(head, sp + 1, sp2 - 1)
+    count = count - 1
+    bytes = bytes - size
+    if origin ~= '' then
+      if redis.call('HINCRBY', meta, 'p:' .. origin, -1) <= 0 then
+        redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
+      else
+        redis.call('HINCRBY', meta, 'b:' .. origin, -size)
+      end
+    end
+  end
+  redis.call('HSET', meta, 'bytes', bytes)
+  redis.call('PEXPIRE', log, ARGV[6])
+  redis.call('PEXPIRE', meta, ARGV[6])
+end
+return refused
+"""
+
+# What a client at offset X missed: {first offset returned, entries...}; {} when the log no
+# longer holds all of it (or never gave X): never a partial replay. With ARGV[2] = '1' only
+# says whether it could ({} or {first offset}).
+# KEYS: log, meta   ARGV: offset X, check only
+LOG_READ = """
+local last = redis.call('HGET', KEYS[2], 'last')
+if not last then return {} end
+last = tonumber(last)
+local wanted = tonumber(ARGV[1])
+if not wanted then return {} end
+local count = redis.call('LLEN', KEYS[1])
+local first = last - count + 1
+if wanted < first - 1 or wanted > last then return {} end
+local out = {string.format('%.0f', wanted + 1)}
+if ARGV[2] == '1' then return out end
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], wanted - first + 1, -1)) do
+  table.insert(out, entry)
+end
+return out
+"""
+
+# Write a session record ``NODE \\n JSON`` (``P:session:NSP:PID``) with the recovery window as
+# its time to live. ARGV[4] = 'live' (a connected socket: create or refresh), 'take' (a socket
+# that moved here from another node: overwrite) or 'left' (it disconnected: refresh only our
+# own). Otherwise never overwrites a record another node wrote: that node restored the
+# session (claimed it and connected it there) and we are a stale holder.
+# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written, 0 not ours
+SESSION_SAVE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local holder = string.sub(cur, 1, string.find(cur, '\\n', 1, true) - 1)
+  if holder ~= ARGV[1] and ARGV[4] ~= 'take' then return 0 end
+elseif ARGV[4] == 'left' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""

@@ -9,10 +9,11 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from coup.core.adapter import BroadcastOptions, SessionRecord
+from coup.core.adapter import BroadcastOptions
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
+from coup.core.recovery import SessionRecord
 from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
 from coup.logs import log_context, reset_context
