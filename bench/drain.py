@@ -1,0 +1,251 @@
+"""Drain: how fast the clients of a SIGTERM'd node are back, recovered, on another node.
+
+    python bench/drain.py [--clients 1000] [--spread 1.0] [--grace 3.0]
+
+Two `coup serve` nodes (A, B) on one redis-server and one SQLite database seeded with
+`--clients` users in studies of 20. Every client (a raw WebSocket speaking Engine.IO /
+Socket.IO, from ten loopback addresses) connects to A, joins its study, and receives one
+message there, so it holds a recovery offset as the stock client does. Then A gets SIGTERM.
+Each client, when its connection ends, waits what socket.io-client's default backoff waits
+before its first attempt (0.5-1.5 s) and reconnects to B with its pid and offset (a router
+with /readyz health checks sends it there: A answers 503 from the SIGTERM on).
+
+Printed: A's drain time (SIGTERM to exit); per client, the time from the SIGTERM to being
+connected again, and from its own disconnect to being connected again (p50, p90, max), how
+many came back recovered (`pid` kept), how many failed; the target is every client back and
+recovered within 5 s of the SIGTERM. Every process is stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jwt  # noqa: E402
+
+from bench.cluster_common import free_port, redis_server  # noqa: E402
+from bench.soak import ADDRESSES, seed  # noqa: E402
+from tests.adversarial.attacks import sio_socket  # noqa: E402
+from tests.wsclient import RawWebSocket  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+
+
+class Node:
+    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = {**env, "COUP_NODE_ID": name}
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--host", "127.0.0.1",
+                                          "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Client:
+    def __init__(self, user_id: int, study_id: int, address: str, secret: str) -> None:
+        self.user_id = user_id
+        self.study_id = study_id
+        self.address = address
+        self.token = jwt.encode({"sub": str(user_id), "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+        self.pid: str | None = None
+        self.offset: str | None = None
+        self.ws: RawWebSocket | None = None
+        self.closed_at: float | None = None
+        self.back_at: float | None = None
+        self.recovered: bool | None = None
+        self.attempts = 0
+        self.error: str | None = None
+        self.got_message = asyncio.Event()
+        self.gone = asyncio.Event()
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, target: Target) -> bool:
+        """Connect (with pid and offset when it has them); True when the session was recovered."""
+        auth: dict[str, Any] = {"userId": self.user_id, "token": self.token}
+        if self.pid is not None and self.offset is not None:
+            auth.update(pid=self.pid, offset=self.offset)
+        ws, reply = await sio_socket(target, auth, local_addr=self.address)  # type: ignore[arg-type]
+        recovered = self.pid is not None and reply.get("pid") == self.pid
+        self.pid = reply.get("pid")
+        self.ws = ws
+        self.gone = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+        return recovered
+
+    async def call(self, event: str, payload: dict[str, Any]) -> Any:
+        assert self.ws is not None
+        ack_id = len(self._acks) + 1 + random.randrange(1 << 20)
+        future = self._acks[ack_id] = asyncio.get_running_loop().create_future()
+        self.ws.send_text(f"42{ack_id}" + json.dumps([event, payload]))
+        try:
+            return await asyncio.wait_for(future, 30)
+        finally:
+            self._acks.pop(ack_id, None)
+
+    async def _read(self, ws: RawWebSocket) -> None:
+        try:
+            while True:
+                message = await ws.recv_text(120, skip_pings=False)
+                if message == "2":
+                    ws.send_text("3")
+                elif message.startswith("42"):
+                    args = json.loads(message[2:])
+                    if len(args) > 2 and isinstance(args[-1], str):
+                        self.offset = args[-1]
+                    if args[0] == "message":
+                        self.got_message.set()
+                elif message.startswith("43"):
+                    digits = ""
+                    for ch in message[2:]:
+                        if not ch.isdigit():
+                            break
+                        digits += ch
+                    future = self._acks.get(int(digits)) if digits else None
+                    if future is not None and not future.done():
+                        future.set_result(json.loads(message[2 + len(digits):])[0])
+        except (OSError, asyncio.IncompleteReadError, AssertionError, TimeoutError, UnicodeDecodeError):
+            pass
+        self.closed_at = time.monotonic()
+        self.gone.set()
+
+    async def come_back(self, target: Target, deadline: float) -> None:
+        """After the connection ended: socket.io-client's first delay, then reconnect until it works."""
+        await self.gone.wait()
+        delay = random.uniform(0.5, 1.5)  # reconnectionDelay 1000 ms, randomizationFactor 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            self.attempts += 1
+            try:
+                self.recovered = await self.connect(target)
+                self.back_at = time.monotonic()
+                return
+            except Exception as exc:  # counted and retried, as the client does
+                self.error = f"{type(exc).__name__}: {str(exc)[:80]}"
+                delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="coup-drain-"))
+    secret = secrets.token_urlsafe(48)
+    url = f"sqlite:///{workdir / 'coup.db'}"
+    users = seed(url, args.clients)
+    clients = [Client(uid, sid, ADDRESSES[i % len(ADDRESSES)], secret) for i, (uid, sid) in enumerate(users.items())]
+    async with redis_server() as (redis_url, _):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "REDIS_", "DATABASE_", "JWT_"))}
+        env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "DATABASE_URL": url, "REDIS_URL": redis_url,
+                    "JWT_SECRET": secret, "COUP_LOG_LEVEL": "INFO", "COUP_DRAIN_SPREAD": str(args.spread),
+                    "COUP_PRESENCE_GRACE": str(args.grace), "COUP_REDIS_PREFIX": "drain" + secrets.token_hex(3)})
+        nodes = [Node("A", env, workdir), Node("B", env, workdir)]
+        try:
+            for node in nodes:
+                node.start()
+            a, b = (Target("127.0.0.1", n.port) for n in nodes)
+            started = time.monotonic()
+            for start in range(0, len(clients), 100):
+                batch = clients[start:start + 100]
+                await asyncio.gather(*(c.connect(a) for c in batch))
+                await asyncio.gather(*(c.call("join-study", {"studyId": c.study_id}) for c in batch))
+            print(f"{len(clients)} clients connected to A and joined in {time.monotonic() - started:.1f} s",
+                  flush=True)
+            first_of_study = {c.study_id: c for c in reversed(clients)}
+            await asyncio.gather(*(c.call("message", {"studyId": c.study_id, "content": "hello"})
+                                   for c in first_of_study.values()))
+            await asyncio.wait_for(asyncio.gather(*(c.got_message.wait() for c in clients)), 60)
+            assert all(c.offset is not None for c in clients), "a client holds no recovery offset"
+            deadline = time.monotonic() + 60
+            back = [asyncio.get_running_loop().create_task(c.come_back(b, deadline)) for c in clients]
+            term = time.monotonic()
+            assert nodes[0].proc is not None
+            nodes[0].proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(nodes[0].proc.wait, 40)
+            drain = time.monotonic() - term
+            await asyncio.gather(*back)
+            from_term = [c.back_at - term for c in clients if c.back_at is not None]
+            from_drop = [c.back_at - c.closed_at for c in clients if c.back_at is not None and c.closed_at]
+            dropped = [c.closed_at - term for c in clients if c.closed_at is not None]
+            recovered = sum(1 for c in clients if c.recovered)
+            failed = [c for c in clients if c.back_at is None]
+            print(f"A drained and exited (code {code}) in {drain:.2f} s "
+                  f"(COUP_DRAIN_SPREAD={args.spread}, COUP_PRESENCE_GRACE={args.grace})")
+            print(f"connections closed by A: {len(dropped)}, from {min(dropped):.2f} to {max(dropped):.2f} s "
+                  f"after the SIGTERM")
+            print(f"back on B: {len(from_term)} of {len(clients)}, recovered {recovered}, failed {len(failed)}"
+                  + (f" (e.g. {failed[0].error})" if failed else ""))
+            print(f"SIGTERM -> connected again: p50 {percentile(from_term, 0.5):.2f} s, "
+                  f"p90 {percentile(from_term, 0.9):.2f} s, max {max(from_term):.2f} s")
+            print(f"own disconnect -> connected again: p50 {percentile(from_drop, 0.5):.2f} s, "
+                  f"max {max(from_drop):.2f} s (includes the client's own 0.5-1.5 s first delay)")
+            print(f"reconnect attempts: {sum(c.attempts for c in clients)}; "
+                  f"all back and recovered within 5 s: {recovered == len(clients) and max(from_term) <= 5.0}")
+        finally:
+            for client in clients:
+                await client.close()
+            for node in nodes:
+                node.stop()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=1.0)
+    parser.add_argument("--grace", type=float, default=3.0)
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
