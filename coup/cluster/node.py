@@ -82,12 +82,28 @@ class _Pending:
             self.done.set_result(None)
 
 
+#: connections one client keeps to Redis at most; more commands at once wait for a free one
+POOL_SIZE = 64
+#: seconds a command waits for a free pooled connection before it fails
+POOL_WAIT = 10.0
+
+
 def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Redis:
-    """A redis-py client; `retries=0` for writes that must not run twice."""
+    """A redis-py client; `retries=0` for writes that must not run twice.
+
+    Its pool makes a command wait for a free connection: redis-py's default pool fails at
+    once past 100 ("Too many connections"), which a burst of reconnecting clients (every
+    client of a node that drained, coming back at once) reached, failing their presence and
+    recovery commands.
+    """
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
-    client: redis.Redis = redis.Redis(
+    template = redis.Redis(
         **redis_endpoint(url).redis_kwargs(), socket_timeout=options.connect_timeout,
         socket_connect_timeout=options.connect_timeout, retry=retry, client_name=f"{options.prefix}:ctl")
+    settings = template.connection_pool
+    pool = redis.BlockingConnectionPool(max_connections=POOL_SIZE, timeout=POOL_WAIT,
+                                        connection_class=settings.connection_class, **settings.connection_kwargs)
+    client: redis.Redis = redis.Redis.from_pool(pool)
     return client
 
 
@@ -166,7 +182,6 @@ class Cluster:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, address: str) -> None:
-        await self.registry.undrain()
         self.registry.start(address)
         await self.bus.start(wait=self.options.connect_timeout * 2)
         self.sockjs_homes.start()

@@ -58,6 +58,8 @@ class Registry:
         self._nodes_key = options.key("nodes")
         self._epoch_key = options.key("epoch")
         self._draining_key = options.key("draining")
+        #: this node is on its way out: it owns no room (`drain`)
+        self.draining = False
         self.announce_channel = options.key("cluster")
         self._linked_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,10 +73,6 @@ class Registry:
         self.stats = {"reaped": 0, "ring_changes": 0}
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def undrain(self) -> None:
-        """A node starting under the id of one that drained (a restart) owns rooms again."""
-        await self.client.srem(self._draining_key, self.node_id)
 
     def start(self, address: str) -> None:
         self.address = address
@@ -90,6 +88,8 @@ class Registry:
     async def on_link_up(self) -> None:
         """The pub/sub link (re)connected: register now and re-read the membership."""
         self._linked_at = time.monotonic()
+        if not self.draining:  # a node restarted under the id of one that drained owns rooms again
+            await self.client.srem(self._draining_key, self.node_id)
         await self.heartbeat()
         await self.refresh()
 
@@ -100,6 +100,7 @@ class Registry:
         """Hand our rooms to the others: we stay alive (heartbeats, sessions, presence) but
         own no room from now on. The others rebuild their ring at the announcement (or at
         their next check) and route new room commands to the survivors."""
+        self.draining = True
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.sadd(self._draining_key, self.node_id)
             pipe.incr(self._epoch_key)
