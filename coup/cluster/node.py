@@ -121,7 +121,9 @@ class Cluster:
         self.bus = Bus(url, node_id, opts, self._dispatch)
         self.registry = Registry(self.redis, self.redis_once, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts, grace=opts.presence_grace)
-        self.rooms = RedisRoomRouter(self)
+        self.rooms = RedisRoomRouter(node_id, options=opts, bus=self.bus, owner=self.registry.owner,
+                                     request=self.request, inbox=self.inbox, room_channel=self._room_channel,
+                                     refresh=self.registry.refresh)
         #: every failure to serve a session, counted by reason (shown by `GET /api/cluster`)
         self.alarms = Alarms()
         #: requests for sessions held by other nodes, carried through Redis
@@ -150,6 +152,11 @@ class Cluster:
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
                             once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
+
+    def _room_channel(self, room: str) -> bytes | None:
+        """The channel of `room` in the default namespace (where room commands' callers are)."""
+        adapter = self.adapters.get("/")
+        return adapter.channel(room) if adapter is not None else None
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""

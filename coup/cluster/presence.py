@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
-from coup.core.presence import Presence
+from coup.core.presence import PresenceGrace
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 TRANSITION_ATTEMPTS = 3
 
 
-class RedisPresence(Presence):
+class RedisPresence(PresenceGrace):
+    """`coup.core.presence.Presence` across nodes."""
+
     def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions,
                  grace: float = 0.0) -> None:
         """`client` may retry (reads); `once` never retries (the transition scripts)."""

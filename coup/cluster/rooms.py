@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from coup.cluster.adapter import ClusterTimeout
+from coup.cluster.bus import Bus
+from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.core.errors import INTERNAL_ERROR, ClientError
-from coup.core.rooms import LocalRoomRouter, UnknownCommand
+from coup.core.rooms import LocalRoomRouter, RoomCommand, UnknownCommand
 from coup.protocol import jsonutil
-
-if TYPE_CHECKING:
-    from coup.cluster.node import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,44 @@ UNAVAILABLE = ClientError("UNAVAILABLE", "The room is moving to another server; 
 _MOVED = object()
 
 
-class RedisRoomRouter(LocalRoomRouter):
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(cluster.node_id)
-        self.cluster = cluster
+class OwnerRequester(Protocol):
+    """A request to one node's inbox (`coup.cluster.node.Cluster.request`)."""
+
+    async def __call__(self, channel: bytes, message: dict[str, Any], timeout: float, *,
+                       first_only: bool = ..., target: str | None = ...) -> list[Any]: ...
+
+
+class RedisRoomRouter:
+    """`coup.core.rooms.RoomRouter` across nodes; the commands run in a `LocalRoomRouter`."""
+
+    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: Callable[[str], str],
+                 request: OwnerRequester, inbox: Callable[[str], bytes],
+                 room_channel: Callable[[str], bytes | None], refresh: Callable[[], Awaitable[None]]) -> None:
+        """`owner(room)`: the owner on this node's ring; `inbox(node)`: a node's channel;
+        `room_channel(room)`: the channel a member of `room` here hears it on, if any;
+        `refresh()`: re-read the ring (an owner answered that it handed the room over)."""
+        self.node_id = node_id
+        self.options = options
+        self.bus = bus
+        self.owner = owner
+        self._request = request
+        self._inbox = inbox
+        self._room_channel = room_channel
+        self.local = LocalRoomRouter(node_id)
+        self._refresh = refresh
         self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0, "moved": 0}
         #: set while this draining node hands its rooms over; done when the others own them
         self._handover: asyncio.Event | None = None
 
-    def owner(self, room: str) -> str:
-        return self.cluster.registry.owner(room)
+    def register(self, name: str, command: RoomCommand) -> None:
+        self.local.register(name, command)
+
+    async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        return await self.local.run_locally(room, name, payload)
+
+    async def finish(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no command runs here; True when none is left."""
+        return await self.local.finish(timeout)
 
     def begin_handover(self) -> None:
         """Hold every command that would run here from now on (see the module's docstring)."""
@@ -69,7 +97,7 @@ class RedisRoomRouter(LocalRoomRouter):
             self._handover.set()
 
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
-        if name not in self.commands:
+        if name not in self.local.commands:
             raise UnknownCommand(name)
         for _ in range(MOVED_FOLLOWS):
             owner = self.owner(room)
@@ -83,24 +111,22 @@ class RedisRoomRouter(LocalRoomRouter):
             if reply is not _MOVED:
                 return reply
             self.stats["moved"] += 1
-            await self.cluster.registry.refresh()  # the owner asked is draining: learn who took over
+            await self._refresh()  # the owner asked is draining: learn who took over
         raise UNAVAILABLE
 
     async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any]) -> Any:
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
         # When we hear the room (a member of it is here: the usual caller), the owner answers
         # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
-        adapter = self.cluster.adapters.get("/")
-        room_channel = adapter.channel(room) if adapter is not None else None
-        if room_channel is not None and self.cluster.bus.subscribed(room_channel):
+        room_channel = self._room_channel(room)
+        if room_channel is not None and self.bus.subscribed(room_channel):
             message["via"] = "/"
-            await self.cluster.bus.acquire([room_channel])  # keep hearing it until the answer came
+            await self.bus.acquire([room_channel])  # keep hearing it until the answer came
         else:
             room_channel = None
         try:
-            responses = await self.cluster.request(self.cluster.inbox(owner), message,
-                                                   self.cluster.options.call_timeout, first_only=True,
-                                                   target=owner)
+            responses = await self._request(self._inbox(owner), message, self.options.call_timeout,
+                                            first_only=True, target=owner)
         except ClusterTimeout:
             self.stats["timeout"] += 1
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
@@ -109,7 +135,7 @@ class RedisRoomRouter(LocalRoomRouter):
             responses = []
         finally:
             if room_channel is not None:
-                self.cluster.bus.release([room_channel])
+                self.bus.release([room_channel])
         if not responses:  # nobody listens on the owner's inbox: do it ourselves
             self.stats["fallback"] += 1
             return await self.run_locally(room, name, payload)

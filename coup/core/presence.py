@@ -18,14 +18,42 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 LostCallback = Callable[[str], Awaitable[None]]
 
 
-class Presence:
-    """The interface, and the grace every implementation shares (`_add` / `_remove` are theirs)."""
+class Presence(Protocol):
+    """What the core and the domain use; `PresenceGrace` gives implementations the grace."""
+
+    async def attach(self, key: str, sid: str) -> bool:
+        """Record socket `sid` for `key`; True when `key` just came online."""
+        ...
+
+    async def detach(self, key: str, sid: str, *, linger: bool = True) -> bool:
+        """Forget socket `sid`; True when `key` just went offline (its last socket is gone).
+        `linger`: it dropped rather than left, so the grace applies."""
+        ...
+
+    async def online(self, keys: Iterable[str]) -> set[str]:
+        """The subset of `keys` that is online."""
+        ...
+
+    def on_lost(self, callback: LostCallback) -> None:
+        """`callback(key)` runs when a key goes offline without a `detach` answering True
+        (a node died; a dropped socket's grace ended)."""
+        ...
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until every lingering entry has ended and what went
+        offline was announced: a draining node does this before it leaves. True when done."""
+        ...
+
+
+class PresenceGrace:
+    """The grace (see the module's docstring) over an implementation's `_add` / `_remove`."""
 
     def __init__(self, grace: float = 0.0) -> None:
         #: seconds a dropped socket's entry lingers before its key may go offline
@@ -37,15 +65,12 @@ class Presence:
         self._settling: set[asyncio.Task[None]] = set()
 
     async def _add(self, key: str, sid: str) -> bool:
-        """Record socket `sid` for `key`; True when `key` just came online."""
         raise NotImplementedError
 
     async def _remove(self, key: str, sid: str) -> bool:
-        """Forget socket `sid`; True when `key` just went offline (its last socket is gone)."""
         raise NotImplementedError
 
     async def attach(self, key: str, sid: str) -> bool:
-        """Record socket `sid` for `key`; True when `key` just came online."""
         handle = self._lingering.pop((key, sid), None)
         if handle is not None:  # the same socket is back (recovered) before its entry left
             handle.cancel()
@@ -53,12 +78,9 @@ class Presence:
         return await self._add(key, sid)
 
     async def detach(self, key: str, sid: str, *, linger: bool = True) -> bool:
-        """Forget socket `sid`; True when `key` just went offline (its last socket is gone).
-
-        With a grace and `linger` (the socket dropped, it did not leave on purpose) the entry
+        """With a grace and `linger` (the socket dropped, it did not leave on purpose) the entry
         stays `grace` seconds and this answers False; if the key then goes offline, the
-        `on_lost` callbacks run for it.
-        """
+        `on_lost` callbacks run for it."""
         handle = self._lingering.pop((key, sid), None)
         if handle is not None:
             handle.cancel()
@@ -67,13 +89,7 @@ class Presence:
             return False
         return await self._remove(key, sid)
 
-    async def online(self, keys: Iterable[str]) -> set[str]:
-        """The subset of `keys` that is online."""
-        raise NotImplementedError
-
     def on_lost(self, callback: LostCallback) -> None:
-        """`callback(key)` runs when a key goes offline without a `detach` answering True
-        (a node died; a dropped socket's grace ended)."""
         self._lost_callbacks.append(callback)
 
     async def announce_lost(self, key: str) -> None:
@@ -100,8 +116,6 @@ class Presence:
         return len(self._lingering) + len(self._settling)
 
     async def settle(self, timeout: float) -> bool:
-        """Wait (at most `timeout` s) until every lingering entry has ended and what went
-        offline was announced: a draining node does this before it leaves. True when done."""
         deadline = time.monotonic() + timeout
         while self._lingering or self._settling:
             left = deadline - time.monotonic()
@@ -114,7 +128,7 @@ class Presence:
         return True
 
 
-class MemoryPresence(Presence):
+class MemoryPresence(PresenceGrace):
     def __init__(self, grace: float = 0.0) -> None:
         super().__init__(grace)
         self._sockets: dict[str, set[str]] = {}
