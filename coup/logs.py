@@ -152,7 +152,9 @@ class AccessLog:
         request = handler.request
         status = handler.get_status()
         path = request.path  # no query string: it may carry what does not belong in a log
-        if status >= 500:
+        if status == 503 and self.quiet(path):
+            level = logging.INFO  # a probe or a handshake told "not now" (not ready, draining): no error
+        elif status >= 500:
             level = logging.ERROR
         elif self.quiet(path):
             level = logging.DEBUG
