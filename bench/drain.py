@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import jwt  # noqa: E402
 
-from bench.cluster_common import free_port, redis_server  # noqa: E402
-from bench.soak import ADDRESSES, seed  # noqa: E402
+from bench.cluster_common import redis_server  # noqa: E402
+from bench.soak import ADDRESSES, Server, seed, settle_ack, wait_ready  # noqa: E402
 from tests.adversarial.attacks import sio_socket  # noqa: E402
 from tests.wsclient import RawWebSocket  # noqa: E402
 
@@ -51,36 +50,21 @@ class Target:
     port: int
 
 
-class Node:
+class Node(Server):
+    """A cluster node (soak's server, with the cluster's environment instead of demo mode)."""
+
     def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        super().__init__(workdir, env["JWT_SECRET"])
         self.name = name
-        self.port = free_port()
         self.env = {**env, "COUP_NODE_ID": name}
         self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--host", "127.0.0.1",
                                           "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        wait_ready(self.port, self.log_path)
 
 
 class Client:
@@ -138,14 +122,7 @@ class Client:
                     if args[0] == "message":
                         self.got_message.set()
                 elif message.startswith("43"):
-                    digits = ""
-                    for ch in message[2:]:
-                        if not ch.isdigit():
-                            break
-                        digits += ch
-                    future = self._acks.get(int(digits)) if digits else None
-                    if future is not None and not future.done():
-                        future.set_result(json.loads(message[2 + len(digits):])[0])
+                    settle_ack(self._acks, message)
         except (OSError, asyncio.IncompleteReadError, AssertionError, TimeoutError, UnicodeDecodeError):
             pass
         self.closed_at = time.monotonic()

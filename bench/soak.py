@@ -107,16 +107,7 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--demo", "--host", "127.0.0.1",
                                           "--port", str(self.port)], cwd=self.workdir, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        import urllib.request
-
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start; see " + str(self.log_path))
+        wait_ready(self.port, self.log_path)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -135,6 +126,32 @@ class Server:
     def fds(self) -> int:
         assert self.proc is not None
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+
+def settle_ack(waiting: dict[int, asyncio.Future[Any]], message: str) -> None:
+    """An ACK packet ("43<id>[...]"): hand its first argument to whoever waits for that id."""
+    digits = ""
+    for ch in message[2:]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    future = waiting.get(int(digits)) if digits else None
+    if future is not None and not future.done():
+        future.set_result(json.loads(message[2 + len(digits):])[0])
+
+
+def wait_ready(port: int, log_path: Path) -> None:
+    """Until the node on `port` answers /readyz 200 (30 s at most)."""
+    import urllib.request
+
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the server did not start; see " + str(log_path))
 
 
 def _free_port() -> int:
@@ -264,14 +281,7 @@ class SoakClient:
                     seen.add(int(args[1]["seq"]))
                     self.soak.tally.contents[self.study_id].add(args[1]["content"])
             elif message.startswith("43"):
-                digits = ""
-                for ch in message[2:]:
-                    if not ch.isdigit():
-                        break
-                    digits += ch
-                future = self.acks.get(int(digits)) if digits else None
-                if future is not None and not future.done():
-                    future.set_result(json.loads(message[2 + len(digits):])[0])
+                settle_ack(self.acks, message)
 
 
 class Soak:
