@@ -3,6 +3,7 @@ mutating call (received by real Socket.IO clients)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -42,7 +43,12 @@ def task_row(task_id: int) -> dict[str, Any]:
 
 async def test_health_and_readiness(domain_node: DomainNode) -> None:
     assert await domain_node.http("GET", "/healthz") == (200, {"status": "ok"})
-    assert await domain_node.http("GET", "/readyz") == (200, {"status": "ready", "checks": {"database": True}})
+    assert await domain_node.http("GET", "/readyz") == (200, {"status": "ready",
+                                                              "checks": {"serving": True, "database": True}})
+    drain = asyncio.get_running_loop().create_task(domain_node.node.drain())  # what SIGTERM starts
+    assert await domain_node.http("GET", "/readyz") == (503, {"status": "not ready",
+                                                              "checks": {"serving": False, "database": True}})
+    assert await drain < 5
 
 
 async def test_requests_without_a_valid_token_get_401(domain_node: DomainNode) -> None:

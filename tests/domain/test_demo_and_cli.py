@@ -166,7 +166,8 @@ async def test_a_node_creates_the_schema_of_an_empty_database_and_seeds_nothing(
     node = await start(Settings(host="127.0.0.1", port=0, database_url=url,
                                 jwt_secret=Secret("kR2m-9vWq3LzX8pNc5tY1bJ7hG4dF6sA0eU")).validated())
     try:
-        assert await node.http("GET", "/readyz") == (200, {"status": "ready", "checks": {"database": True}})
+        assert await node.http("GET", "/readyz") == (200, {"status": "ready",
+                                                           "checks": {"serving": True, "database": True}})
         assert (await node.http("GET", "/api/me", user=1))[0] == 401  # no users: nothing was seeded
         assert await node.db(lambda: User.select().count()) == 0
     finally:
