@@ -113,7 +113,7 @@ class RedisRecoveryLog(Generic[_T]):
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
         end of this loop turn with the turn's other broadcasts. False while disconnected."""
         tokens: list[_T] = []
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, tokens))
+        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, tokens), self._fold)
         if batch is None:
             return False
         if batch is not self._batch:
@@ -126,6 +126,12 @@ class RedisRecoveryLog(Generic[_T]):
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
+
+    def _fold(self, channel: bytes, data: bytes) -> None:
+        """A plain publish of this turn (a room command's answer, say): published by the same
+        call, after the broadcasts before it (``L SP DATA``)."""
+        assert self._batch is not None
+        self._batch += (1, channel, "", b"0", data)
 
     def _done(self, tokens: list[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():
