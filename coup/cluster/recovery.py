@@ -204,12 +204,12 @@ class RedisRecoveryLog(Generic[_T]):
                                 self.window_ms, mode)
 
     async def refresh(self, pids: Iterable[str]) -> None:
-        """Keep the records of connected sockets alive (they expire a window after a crash)."""
-        pids = list(pids)
-        if not pids:
-            return
+        """Keep the records of connected sockets alive (they expire a window after a crash),
+        and the log while any node lives (a minute past the window after the last one)."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
+                for key in self._keys:
+                    pipe.pexpire(key, self._head[-1])
                 for pid in pids:
                     pipe.pexpire(self._session_key(pid), self.window_ms)
                 await pipe.execute()

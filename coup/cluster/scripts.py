@@ -186,6 +186,8 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local refused = {}
 local added = 0
+local count = 0
+local created = false
 local run_channel, run = nil, {}
 local function flush()
   if run_channel then
@@ -222,8 +224,9 @@ while i <= #ARGV do
       if offset == 1 then  -- a new log: start above every offset an earlier one gave
         offset = t[1] * 1000000 + t[2]
         redis.call('HSET', meta, 'last', string.format('%.0f', offset))
+        created = true
       end
-      redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
+      count = redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
       added = added + size
       if origin ~= '' then
         redis.call('HINCRBY', meta, 'p:' .. origin, 1)
@@ -249,7 +252,6 @@ end
 flush()
 if added > 0 then
   local bytes = redis.call('HINCRBY', meta, 'bytes', added)
-  local count = redis.call('LLEN', log)
   local horizon = now - tonumber(ARGV[1])
   local trimmed = false
   while count > 0 do
@@ -274,8 +276,10 @@ if added > 0 then
     end
   end
   if trimmed then redis.call('HSET', meta, 'bytes', bytes) end
-  redis.call('PEXPIRE', log, ARGV[6])
-  redis.call('PEXPIRE', meta, ARGV[6])
+  if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
+    redis.call('PEXPIRE', log, ARGV[6])
+    redis.call('PEXPIRE', meta, ARGV[6])
+  end
 end
 return refused
 """

@@ -253,3 +253,47 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
 def parse_hash(text: str) -> dict[str, Any]:
     lines = text.splitlines()
     return dict(zip(lines[::2], lines[1::2], strict=True))
+
+
+async def test_the_stock_client_behind_a_router_comes_back_recovered_after_a_sigkill(cluster, peers, js_client):
+    """npm socket.io-client through a router without affinity: its node is SIGKILLed, it
+    reconnects by itself (to the survivor) and reports `recovered === true`, with every
+    message once, in order."""
+    from tests.cluster.roundrobin import RoundRobinRouter
+
+    nodes = cluster()
+    a, b = await nodes.add(), await nodes.add()
+    await wait_ring([a, b], 2)
+    router = RoundRobinRouter({a.node_id: a.url, b.node_id: b.url})
+    await router.start()
+    js = await js_client()
+    try:
+        sender = await peers("sender").connect(b.url)
+        await sender.call("join", {"room": "study:1"})
+        first = await js.connect("c", router.url, namespace=NAMESPACE, transports=["websocket"], auth={"user": "js"},
+                                 reconnectionDelay=50, reconnectionDelayMax=200, randomizationFactor=0)
+        assert first["type"] == "connect" and first["recovered"] is False
+        assert (await js.emit_with_ack("c", "whoami", None))[0]["node"] == a.node_id  # the router's first pick
+        await js.emit_with_ack("c", "join", {"room": "study:1"})
+        seqs = [await say(sender, "study:1", "before")]
+        await js.expect(lambda r: r["type"] == "event" and r["event"] == "said", timeout=5)
+
+        a.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        a.process.wait()  # type: ignore[union-attr]
+        seqs += [await say(sender, "study:1", f"while away {i}") for i in range(5)]
+        again = await js.expect(lambda r: r["type"] == "connect" and r.get("socket") == "c" and r is not first,
+                                timeout=15)
+        assert again["recovered"] is True and again["sid"] == first["sid"]
+        back_after = time.monotonic() - killed
+        seqs.append(await say(sender, "study:1", "after"))
+
+        def said() -> list[int]:
+            return [e["args"][0]["seq"] for e in js.events("c", "said")]
+
+        await wait_until(lambda: said()[-1:] == seqs[-1:], what="the message after the reconnect")
+        assert said() == seqs  # every message once, in order, missed ones replayed
+        print(f"stock client: back and recovered {back_after:.2f} s after the SIGKILL, {len(seqs)} messages once each")
+    finally:
+        await js.close()  # its WebSocket through the router first: the router waits for open ones
+        await router.stop()
