@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coup.core.errors import AckTimeout
 from coup.core.recovery import (
     MemoryRecoveryStore,
+    RecoveryCalls,
     RestoredSession,
     SessionRecord,
     SessionRecovery,
@@ -258,7 +259,7 @@ class LocalRooms:
             socket.disconnect(close=close)
 
 
-class MemoryAdapter:
+class MemoryAdapter(RecoveryCalls):
     """Everything in this process: the single-node default."""
 
     def __init__(self, nsp: Namespace) -> None:
@@ -315,18 +316,6 @@ class MemoryAdapter:
     async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         await self._local.disconnect_sockets(opts, close)
 
-    async def persist_session(self, record: SessionRecord) -> None:
-        if self.recovery is not None:
-            await self.recovery.persist_session(record)
-
-    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
-
-    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        return await self.recovery.replay(restored) if self.recovery is not None else None
-
-    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
-        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
 
 
 async def gather_acks(futures: list[asyncio.Future[Any]], timeout: float) -> list[Any]:

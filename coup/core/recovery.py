@@ -118,6 +118,26 @@ class SessionRecovery:
         return tuple(out for opts, out in entries if opts.includes(restored.rooms))
 
 
+class RecoveryCalls:
+    """An adapter's recovery calls (`coup.core.adapter.Adapter`), handed to its `recovery`
+    (None: recovery is off). Both adapters take them from here."""
+
+    recovery: SessionRecovery | None
+
+    async def persist_session(self, record: SessionRecord) -> None:
+        if self.recovery is not None:
+            await self.recovery.persist_session(record)
+
+    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
+        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
+
+    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+        return await self.recovery.replay(restored) if self.recovery is not None else None
+
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
+
+
 # ---------------------------------------------------------------------------- in memory
 
 

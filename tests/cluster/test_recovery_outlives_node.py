@@ -116,17 +116,24 @@ async def client_in_rooms(node: NodeProcess, raw: Callable[[], RawClient], user:
     return client
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-@pytest.mark.parametrize("back_to", ["survivor", "new-node"])
-async def test_a_client_whose_node_went_away_recovers_everything_it_missed(cluster, peers, raw, how, back_to):
-    nodes = cluster()
+async def listening_on_a(nodes: Nodes, peers: Callable[[str], Peer], raw: Callable[[], RawClient],
+                         user: str) -> tuple[NodeProcess, NodeProcess, Peer, RawClient]:
+    """Nodes A and B; a sender on B and `user`'s client on A in study:1, which got one message."""
     a, b = await nodes.add(), await nodes.add()
     await wait_ring([a, b], 2)
     sender = await peers("sender").connect(b.url)
     await sender.call("join", {"room": "study:1"})
-    client = await client_in_rooms(a, raw, "rc")
+    client = await client_in_rooms(a, raw, user)
     await say(sender, "study:1", "before")
     await wait_until(lambda: texts(client) == ["before"], what="the first message")
+    return a, b, sender, client
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+@pytest.mark.parametrize("back_to", ["survivor", "new-node"])
+async def test_a_client_whose_node_went_away_recovers_everything_it_missed(cluster, peers, raw, how, back_to):
+    nodes = cluster()
+    a, b, sender, client = await listening_on_a(nodes, peers, raw, "rc")
     sid, pid, offset = client.sid, client.pid, client.offset
     assert offset is not None
 
@@ -153,13 +160,7 @@ async def test_a_client_whose_node_went_away_recovers_everything_it_missed(clust
 
 async def test_beyond_the_window_nothing_is_replayed(cluster, peers, raw):
     nodes = cluster(COUP_RECOVERY_WINDOW="3")
-    a, b = await nodes.add(), await nodes.add()
-    await wait_ring([a, b], 2)
-    sender = await peers("sender").connect(b.url)
-    await sender.call("join", {"room": "study:1"})
-    client = await client_in_rooms(a, raw, "late")
-    await say(sender, "study:1", "before")
-    await wait_until(lambda: texts(client) == ["before"], what="the first message")
+    a, b, sender, client = await listening_on_a(nodes, peers, raw, "late")
     pid, offset = client.pid, client.offset
     assert nodes.redis.cli("EXISTS", nodes.session_key(pid)) == "1"
 
