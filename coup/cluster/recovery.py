@@ -216,6 +216,12 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.info("session records not refreshed: %s", exc)
 
+    async def discard(self, pid: str) -> None:
+        try:
+            await self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(pid), self.node_id, "", 0, "drop")
+        except RedisUnavailable:
+            pass  # it expires with the window
+
     async def claim(self, pid: str) -> SessionRecord | None:
         """Take the record of session `pid` (nobody else can restore it after this)."""
         try:

@@ -310,13 +310,15 @@ return out
 # that moved here from another node: overwrite) or 'left' (it disconnected: refresh only our
 # own). Otherwise never overwrites a record another node wrote: that node restored the
 # session (claimed it and connected it there) and we are a stale holder.
-# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written, 0 not ours
+# 'drop' deletes our own record (the socket left for good: nobody may restore it).
+# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written (or dropped), 0 not ours
 SESSION_SAVE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local holder = string.sub(cur, 1, string.find(cur, '\\n', 1, true) - 1)
   if holder ~= ARGV[1] and ARGV[4] ~= 'take' then return 0 end
-elseif ARGV[4] == 'left' then
+  if ARGV[4] == 'drop' then return redis.call('DEL', KEYS[1]) end
+elseif ARGV[4] ~= 'live' and ARGV[4] ~= 'take' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])

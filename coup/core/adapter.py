@@ -118,6 +118,11 @@ class Adapter(Protocol):
         it), just before the CONNECT reply; None when some of it is gone by then."""
         ...
 
+    async def discard_session(self, pid: str) -> None:
+        """The socket left for good (its client disconnected, or the server put it out): the
+        session `pid` must not be restored."""
+        ...
+
     async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
         """Make the sessions of local sockets `sids` (all when None) restorable on any node for
         the recovery window from now, with everything broadcast before this call; return how
