@@ -338,11 +338,12 @@ class CoupNode:
 
         In order: /readyz answers 503 and handshakes get 503 (the router and the clients'
         reconnection go elsewhere); the others own our rooms from now on; the room commands
-        we took finish; every connection is closed once its handlers have sent their acks,
-        spread over COUP_DRAIN_SPREAD seconds, so its client reconnects elsewhere and recovers
-        its session there; polling clients fetch their last packets; a dropped user who is not
-        back within the presence grace is announced offline. All within COUP_DRAIN_TIMEOUT
-        seconds. Returns the seconds it took. `stop()` comes next.
+        we took finish; every session is saved for recovery on any node; every connection is
+        closed once its handlers have sent their acks, spread over COUP_DRAIN_SPREAD seconds,
+        so its client reconnects elsewhere and recovers its session there; polling clients
+        fetch their last packets; a dropped user who is not back within the presence grace is
+        announced offline. All within COUP_DRAIN_TIMEOUT seconds. Returns the seconds it
+        took. `stop()` comes next.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -357,6 +358,12 @@ class CoupNode:
                  len(self.engine.sessions), self.settings.drain_spread, self.settings.drain_timeout)
         if self.cluster is not None:
             await self.cluster.drain(left())
+        for nsp in list(self.sio.namespaces.values()):  # every session restorable on any node from now
+            try:
+                async with asyncio.timeout(left()):
+                    await nsp.adapter.persist_sockets()
+            except Exception as exc:
+                log.warning("draining: sessions of %s not all saved for recovery (%r)", nsp.name, exc)
         closed = await self.sio.drain_clients(min(self.settings.drain_spread, left()), deadline)
         while self.engine.sessions:  # polling clients fetch their last packets
             if left() <= 0:

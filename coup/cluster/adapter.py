@@ -48,7 +48,7 @@ from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
 from coup.core.adapter import BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout
-from coup.core.recovery import RestoredSession, SessionRecord, SessionRecovery
+from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
@@ -123,7 +123,7 @@ class Requester(Protocol):
     async def __call__(self, channel: bytes, message: dict[str, Any], timeout: float) -> list[Any]: ...
 
 
-class RedisAdapter:
+class RedisAdapter(RecoveryCalls):
     """`coup.core.adapter.Adapter` across nodes: this node's `LocalRooms`, Redis channels for
     the others, and `SessionRecovery` over the Redis recovery log."""
 
@@ -496,18 +496,6 @@ class RedisAdapter:
         if self._stubs:
             self._expire_stubs(time.monotonic())
 
-    async def persist_session(self, record: SessionRecord) -> None:
-        if self.recovery is not None:
-            await self.recovery.persist_session(record)
-
-    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
-
-    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        return await self.recovery.replay(restored) if self.recovery is not None else None
-
-    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
-        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

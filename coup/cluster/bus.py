@@ -67,6 +67,8 @@ class Bus:
         #: the batch of each channel that may still take messages this turn
         self._open: dict[bytes | str, list[Any]] = {}
         self._flush_scheduled = False
+        #: where this turn's plain publishes go while a folding command is open (see `open_command`)
+        self._fold: Callable[[bytes, bytes], None] | None = None
         self._broken = asyncio.Event()
         self._running = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -327,11 +329,12 @@ class Bus:
         """
         self._queue(channel, data, None)
 
-    def open_command(self, key: str, head: tuple[Any, ...],
-                     done: Callable[[asyncio.Future[Any]], None]) -> list[Any] | None:
+    def open_command(self, key: str, head: tuple[Any, ...], done: Callable[[asyncio.Future[Any]], None],
+                     fold: Callable[[bytes, bytes], None] | None = None) -> list[Any] | None:
         """The argument list of this loop turn's command `key`, in publish order: the caller
         appends its arguments. The command starts as `head`; `done(future)` runs with its
-        reply. None while disconnected (nothing is queued).
+        reply. None while disconnected (nothing is queued). With `fold`, the turn's later
+        `publish_nowait` calls go into the command too (`fold(channel, data)`), not after it.
 
         This is how a script that appends to the recovery log and publishes (`LOG_PUBLISH`)
         takes every broadcast of one turn in one call, ordered with the plain publishes.
@@ -346,9 +349,10 @@ class Bus:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(done)
         batch = [None, list(head), future, 0]
-        # publishes queued after this command start new batches, so none of them overtakes it
+        # publishes queued after this command start new batches (or fold into it): none overtakes it
         self._open.clear()
         self._open[key] = batch
+        self._fold = fold
         self._outbox.append(batch)
         self._schedule_flush()
         return cast(list[Any], batch[1])
@@ -378,6 +382,9 @@ class Bus:
             self._dropped()
             return True
         if future is None:
+            if self._fold is not None:
+                self._fold(channel, data)
+                return False
             batch = self._open.get(channel)
             if batch is not None and batch[3] < _BATCH_BYTES:
                 batch[1].append(data)
@@ -388,6 +395,7 @@ class Bus:
         else:  # its receiver count is asked for: a PUBLISH of its own, after what came before
             batch = [channel, [data], future, len(data)]
             self._open.pop(channel, None)
+            self._fold = None  # and nothing queued after it may fold into a command before it
         self._outbox.append(batch)
         self._schedule_flush()
         return False
@@ -397,7 +405,7 @@ class Bus:
         batches = self._outbox
         if not batches:
             return
-        self._outbox, self._open = [], {}
+        self._outbox, self._open, self._fold = [], {}, None
         commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
                                                          else pack_batch(b[1])) for b in batches]
         futures: list[asyncio.Future[Any] | None] = [b[2] for b in batches]

@@ -325,6 +325,9 @@ class Cluster:
         kind = data[:1]
         if kind == LOGGED:  # through the recovery log: ours too, and with its offset
             offset, envelope = split_logged(data)
+            if offset is None and envelope[:1] != BROADCAST:
+                self._dispatch(channel, envelope)  # a plain message that rode with the broadcasts
+                return
             broadcast = decode_broadcast(envelope)
             adapter = self.adapters.get(broadcast.nsp)
             if adapter is not None:

@@ -113,7 +113,7 @@ class RedisRecoveryLog(Generic[_T]):
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
         end of this loop turn with the turn's other broadcasts. False while disconnected."""
         tokens: list[_T] = []
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, tokens))
+        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, tokens), self._fold)
         if batch is None:
             return False
         if batch is not self._batch:
@@ -126,6 +126,12 @@ class RedisRecoveryLog(Generic[_T]):
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
+
+    def _fold(self, channel: bytes, data: bytes) -> None:
+        """A plain publish of this turn (a room command's answer, say): published by the same
+        call, after the broadcasts before it (``L SP DATA``)."""
+        assert self._batch is not None
+        self._batch += (1, channel, "", b"0", data)
 
     def _done(self, tokens: list[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():
@@ -198,17 +204,23 @@ class RedisRecoveryLog(Generic[_T]):
                                 self.window_ms, mode)
 
     async def refresh(self, pids: Iterable[str]) -> None:
-        """Keep the records of connected sockets alive (they expire a window after a crash)."""
-        pids = list(pids)
-        if not pids:
-            return
+        """Keep the records of connected sockets alive (they expire a window after a crash),
+        and the log while any node lives (a minute past the window after the last one)."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
+                for key in self._keys:
+                    pipe.pexpire(key, self._head[-1])
                 for pid in pids:
                     pipe.pexpire(self._session_key(pid), self.window_ms)
                 await pipe.execute()
         except RedisError as exc:
             log.info("session records not refreshed: %s", exc)
+
+    async def discard(self, pid: str) -> None:
+        try:
+            await self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(pid), self.node_id, "", 0, "drop")
+        except RedisUnavailable:
+            pass  # it expires with the window
 
     async def claim(self, pid: str) -> SessionRecord | None:
         """Take the record of session `pid` (nobody else can restore it after this)."""

@@ -179,18 +179,39 @@ return moved
 # Append broadcasts to the log and publish them, one script call per node per loop turn.
 # KEYS: log, meta
 # ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
-#       broadcast: channel count N, N channels, origin ('' for none), stamp (1/0), envelope
-# A stamped broadcast the budget admits is published as ``L OFFSET SP ENVELOPE``; others as
-# ``L SP ENVELOPE`` (delivered, not kept; the sender delivers it too, as it hears it).
-# -> the origins refused this call
+#       message: channel count N, N channels, origin ('' for none), stamp (1/0), data
+# A broadcast (stamp 1) the budget admits is published as ``L OFFSET SP DATA``; anything else
+# as ``L SP DATA`` (delivered, not kept: the node's other publishes of the turn ride along,
+# so they stay ordered with its broadcasts). Consecutive messages for one channel go out as
+# one PUBLISH (``M`` + 4-byte length + message, each), so a room command's broadcast and its
+# answer on the room's channel make one push; order across channels is never changed, which
+# keeps each node's view of the log in offset order. -> the origins refused this call
 LOG_PUBLISH = """
 local log, meta = KEYS[1], KEYS[2]
-local window, max_packets, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_packets, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 local origin_packets, origin_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local refused = {}
-local stored = false
+local added = 0
+local count = 0
+local created = false
+local run_channel, run = nil, {}
+local function flush()
+  if run_channel then
+    if #run == 1 then
+      redis.call('PUBLISH', run_channel, run[1])
+    else
+      local parts = {'M'}
+      for _, p in ipairs(run) do
+        parts[#parts + 1] = struct.pack('>I4', #p)
+        parts[#parts + 1] = p
+      end
+      redis.call('PUBLISH', run_channel, table.concat(parts))
+    end
+  end
+  run_channel, run = nil, {}
+end
 local i = 7
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -198,50 +219,62 @@ while i <= #ARGV do
   local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
   i = i + n + 4
   local size = #data
-  local payload = 'L ' .. data
+  local payload = nil
   if stamp == '1' and size <= origin_bytes then
     local admit = true
     if origin ~= '' then
-      local held = tonumber(redis.call('HGET', meta, 'p:' .. origin) or '0')
-      local held_bytes = tonumber(redis.call('HGET', meta, 'b:' .. origin) or '0')
-      admit = held < origin_packets and held_bytes + size <= origin_bytes
-      if not admit then table.insert(refused, origin) end
+      local held = redis.call('HMGET', meta, 'p:' .. origin, 'b:' .. origin)
+      admit = tonumber(held[1] or '0') < origin_packets and tonumber(held[2] or '0') + size <= origin_bytes
+      if not admit then refused[#refused + 1] = origin end
     end
     if admit then
-      if redis.call('HEXISTS', meta, 'last') == 0 then
-        redis.call('HSET', meta, 'last', string.format('%.0f', t[1] * 1000000 + t[2]))
+      local offset = redis.call('HINCRBY', meta, 'last', 1)
+      if offset == 1 then  -- a new log: start above every offset an earlier one gave
+        offset = t[1] * 1000000 + t[2]
+        redis.call('HSET', meta, 'last', string.format('%.0f', offset))
+        created = true
       end
-      local offset = string.format('%.0f', redis.call('HINCRBY', meta, 'last', 1))
-      redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
-      redis.call('HINCRBY', meta, 'bytes', size)
+      count = redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
+      added = added + size
       if origin ~= '' then
         redis.call('HINCRBY', meta, 'p:' .. origin, 1)
         redis.call('HINCRBY', meta, 'b:' .. origin, size)
       end
-      payload = 'L' .. offset .. ' ' .. data
-      stored = true
+      payload = 'L' .. string.format('%.0f', offset) .. ' ' .. data
     end
   end
-  for c = first_channel, first_channel + n - 1 do
-    redis.call('PUBLISH', ARGV[c], payload)
+  payload = payload or ('L ' .. data)
+  if n == 1 then
+    if ARGV[first_channel] ~= run_channel then
+      flush()
+      run_channel = ARGV[first_channel]
+    end
+    run[#run + 1] = payload
+  else
+    flush()
+    for c = first_channel, first_channel + n - 1 do
+      redis.call('PUBLISH', ARGV[c], payload)
+    end
   end
 end
-if stored then
-  local horizon = now - window
-  local count = redis.call('LLEN', log)
-  local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+flush()
+if added > 0 then
+  local bytes = redis.call('HINCRBY', meta, 'bytes', added)
+  local horizon = now - tonumber(ARGV[1])
+  local trimmed = false
   while count > 0 do
     local head = redis.call('LINDEX', log, 0)
     local sp = string.find(head, ' ', 1, true)
-    local sp2 = string.find(head, ' ', sp + 1, true)
     if tonumber(string.sub(head, 1, sp - 1)) >= horizon and count <= max_packets and bytes <= max_bytes then
       break
     end
     redis.call('LPOP', log)
+    local sp2 = string.find(head, ' ', sp + 1, true)
     local size = #head - sp2
     local origin = string.sub(head, sp + 1, sp2 - 1)
     count = count - 1
     bytes = bytes - size
+    trimmed = true
     if origin ~= '' then
       if redis.call('HINCRBY', meta, 'p:' .. origin, -1) <= 0 then
         redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
@@ -250,9 +283,11 @@ if stored then
       end
     end
   end
-  redis.call('HSET', meta, 'bytes', bytes)
-  redis.call('PEXPIRE', log, ARGV[6])
-  redis.call('PEXPIRE', meta, ARGV[6])
+  if trimmed then redis.call('HSET', meta, 'bytes', bytes) end
+  if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
+    redis.call('PEXPIRE', log, ARGV[6])
+    redis.call('PEXPIRE', meta, ARGV[6])
+  end
 end
 return refused
 """
@@ -283,13 +318,15 @@ return out
 # that moved here from another node: overwrite) or 'left' (it disconnected: refresh only our
 # own). Otherwise never overwrites a record another node wrote: that node restored the
 # session (claimed it and connected it there) and we are a stale holder.
-# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written, 0 not ours
+# 'drop' deletes our own record (the socket left for good: nobody may restore it).
+# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written (or dropped), 0 not ours
 SESSION_SAVE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local holder = string.sub(cur, 1, string.find(cur, '\\n', 1, true) - 1)
   if holder ~= ARGV[1] and ARGV[4] ~= 'take' then return 0 end
-elseif ARGV[4] == 'left' then
+  if ARGV[4] == 'drop' then return redis.call('DEL', KEYS[1]) end
+elseif ARGV[4] ~= 'live' and ARGV[4] ~= 'take' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])

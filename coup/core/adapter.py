@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coup.core.errors import AckTimeout
 from coup.core.recovery import (
     MemoryRecoveryStore,
+    RecoveryCalls,
     RestoredSession,
     SessionRecord,
     SessionRecovery,
@@ -115,6 +116,11 @@ class Adapter(Protocol):
         """What the restored client missed: every stored packet after its offset in its rooms,
         up to now. Called once the socket has joined its rooms (so what comes later reaches
         it), just before the CONNECT reply; None when some of it is gone by then."""
+        ...
+
+    async def discard_session(self, pid: str) -> None:
+        """The socket left for good (its client disconnected, or the server put it out): the
+        session `pid` must not be restored."""
         ...
 
     async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
@@ -258,7 +264,7 @@ class LocalRooms:
             socket.disconnect(close=close)
 
 
-class MemoryAdapter:
+class MemoryAdapter(RecoveryCalls):
     """Everything in this process: the single-node default."""
 
     def __init__(self, nsp: Namespace) -> None:
@@ -315,18 +321,6 @@ class MemoryAdapter:
     async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
         await self._local.disconnect_sockets(opts, close)
 
-    async def persist_session(self, record: SessionRecord) -> None:
-        if self.recovery is not None:
-            await self.recovery.persist_session(record)
-
-    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
-
-    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        return await self.recovery.replay(restored) if self.recovery is not None else None
-
-    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
-        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
 
 
 async def gather_acks(futures: list[asyncio.Future[Any]], timeout: float) -> list[Any]:

@@ -63,6 +63,10 @@ class RecoveryStore(Protocol):
         """Take the record of `pid`, so nobody else restores it."""
         ...
 
+    async def discard(self, pid: str) -> None:
+        """Forget the record of `pid` (unless another node restored it meanwhile)."""
+        ...
+
     async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Every stored packet after `offset` (to whom, as sockets get it), in order; None when
         some of them are gone (or `offset` was never given). `check_only`: [] or None."""
@@ -118,6 +122,30 @@ class SessionRecovery:
         return tuple(out for opts, out in entries if opts.includes(restored.rooms))
 
 
+class RecoveryCalls:
+    """An adapter's recovery calls (`coup.core.adapter.Adapter`), handed to its `recovery`
+    (None: recovery is off). Both adapters take them from here."""
+
+    recovery: SessionRecovery | None
+
+    async def persist_session(self, record: SessionRecord) -> None:
+        if self.recovery is not None:
+            await self.recovery.persist_session(record)
+
+    async def discard_session(self, pid: str) -> None:
+        if self.recovery is not None:
+            await self.recovery.store.discard(pid)
+
+    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
+        return await self.recovery.restore_session(pid, offset) if self.recovery is not None else None
+
+    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+        return await self.recovery.replay(restored) if self.recovery is not None else None
+
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        return await self.recovery.persist_sockets(sids) if self.recovery is not None else 0
+
+
 # ---------------------------------------------------------------------------- in memory
 
 
@@ -170,6 +198,9 @@ class MemoryRecoveryStore:
     async def claim(self, pid: str) -> SessionRecord | None:
         self._expire()
         return self._sessions.pop(pid, None)
+
+    async def discard(self, pid: str) -> None:
+        self._sessions.pop(pid, None)
 
     async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         packets = stored_after(self._packets, self._next_offset - 1, offset)

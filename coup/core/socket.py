@@ -320,6 +320,8 @@ class Socket:
         spawn = self.nsp.server.spawn
         if self.pid is not None and reason in RECOVERABLE_REASONS:
             spawn(adapter.persist_session(SessionRecord(self.id, self.pid, self._last_rooms, dict(self.data))))
+        elif self.pid is not None:  # it left, or was put out: nobody may restore it
+            spawn(adapter.discard_session(self.pid))
         spawn(adapter.remove_all(self.id))
         marker = _Disconnected(reason)
         if self._busy:

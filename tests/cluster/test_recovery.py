@@ -145,3 +145,27 @@ async def test_a_remote_broadcast_during_the_subscription_waits_for_the_connect_
     finally:
         gate.open()
         await client.close()
+
+
+async def test_a_client_the_server_put_out_cannot_restore_its_session(nodes, peers):
+    """A kicked socket ("server namespace disconnect") leaves nothing to restore, on any node:
+    recovery must not let a removed member back into its rooms."""
+    sender = await peers("sender").connect(nodes[1].url)
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "kicked"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        sid, pid, offset = client.sid, client.pid, client.offset
+        await sender.call("remote", {"target": sid, "op": "disconnect"})
+        deadline = asyncio.get_running_loop().time() + 5
+        while sid in [s["id"] for s in await sender.call("fetch", {"room": "r"})]:
+            assert asyncio.get_running_loop().time() < deadline, "the kicked socket is still in its room"
+        await client.drop()
+        reply = await back.connect(nodes[2].url, {"user": "kicked", "pid": pid, "offset": offset})
+        assert reply["sid"] != sid  # a fresh session
+    finally:
+        await back.close()
+        await client.close()

@@ -116,17 +116,24 @@ async def client_in_rooms(node: NodeProcess, raw: Callable[[], RawClient], user:
     return client
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-@pytest.mark.parametrize("back_to", ["survivor", "new-node"])
-async def test_a_client_whose_node_went_away_recovers_everything_it_missed(cluster, peers, raw, how, back_to):
-    nodes = cluster()
+async def listening_on_a(nodes: Nodes, peers: Callable[[str], Peer], raw: Callable[[], RawClient],
+                         user: str) -> tuple[NodeProcess, NodeProcess, Peer, RawClient]:
+    """Nodes A and B; a sender on B and `user`'s client on A in study:1, which got one message."""
     a, b = await nodes.add(), await nodes.add()
     await wait_ring([a, b], 2)
     sender = await peers("sender").connect(b.url)
     await sender.call("join", {"room": "study:1"})
-    client = await client_in_rooms(a, raw, "rc")
+    client = await client_in_rooms(a, raw, user)
     await say(sender, "study:1", "before")
     await wait_until(lambda: texts(client) == ["before"], what="the first message")
+    return a, b, sender, client
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+@pytest.mark.parametrize("back_to", ["survivor", "new-node"])
+async def test_a_client_whose_node_went_away_recovers_everything_it_missed(cluster, peers, raw, how, back_to):
+    nodes = cluster()
+    a, b, sender, client = await listening_on_a(nodes, peers, raw, "rc")
     sid, pid, offset = client.sid, client.pid, client.offset
     assert offset is not None
 
@@ -153,13 +160,7 @@ async def test_a_client_whose_node_went_away_recovers_everything_it_missed(clust
 
 async def test_beyond_the_window_nothing_is_replayed(cluster, peers, raw):
     nodes = cluster(COUP_RECOVERY_WINDOW="3")
-    a, b = await nodes.add(), await nodes.add()
-    await wait_ring([a, b], 2)
-    sender = await peers("sender").connect(b.url)
-    await sender.call("join", {"room": "study:1"})
-    client = await client_in_rooms(a, raw, "late")
-    await say(sender, "study:1", "before")
-    await wait_until(lambda: texts(client) == ["before"], what="the first message")
+    a, b, sender, client = await listening_on_a(nodes, peers, raw, "late")
     pid, offset = client.pid, client.offset
     assert nodes.redis.cli("EXISTS", nodes.session_key(pid)) == "1"
 
@@ -253,3 +254,47 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
 def parse_hash(text: str) -> dict[str, Any]:
     lines = text.splitlines()
     return dict(zip(lines[::2], lines[1::2], strict=True))
+
+
+async def test_the_stock_client_behind_a_router_comes_back_recovered_after_a_sigkill(cluster, peers, js_client):
+    """npm socket.io-client through a router without affinity: its node is SIGKILLed, it
+    reconnects by itself (to the survivor) and reports `recovered === true`, with every
+    message once, in order."""
+    from tests.cluster.roundrobin import RoundRobinRouter
+
+    nodes = cluster()
+    a, b = await nodes.add(), await nodes.add()
+    await wait_ring([a, b], 2)
+    router = RoundRobinRouter({a.node_id: a.url, b.node_id: b.url})
+    await router.start()
+    js = await js_client()
+    try:
+        sender = await peers("sender").connect(b.url)
+        await sender.call("join", {"room": "study:1"})
+        first = await js.connect("c", router.url, namespace=NAMESPACE, transports=["websocket"], auth={"user": "js"},
+                                 reconnectionDelay=50, reconnectionDelayMax=200, randomizationFactor=0)
+        assert first["type"] == "connect" and first["recovered"] is False
+        assert (await js.emit_with_ack("c", "whoami", None))[0]["node"] == a.node_id  # the router's first pick
+        await js.emit_with_ack("c", "join", {"room": "study:1"})
+        seqs = [await say(sender, "study:1", "before")]
+        await js.expect(lambda r: r["type"] == "event" and r["event"] == "said", timeout=5)
+
+        a.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        a.process.wait()  # type: ignore[union-attr]
+        seqs += [await say(sender, "study:1", f"while away {i}") for i in range(5)]
+        again = await js.expect(lambda r: r["type"] == "connect" and r.get("socket") == "c" and r is not first,
+                                timeout=15)
+        assert again["recovered"] is True and again["sid"] == first["sid"]
+        back_after = time.monotonic() - killed
+        seqs.append(await say(sender, "study:1", "after"))
+
+        def said() -> list[int]:
+            return [e["args"][0]["seq"] for e in js.events("c", "said")]
+
+        await wait_until(lambda: said()[-1:] == seqs[-1:], what="the message after the reconnect")
+        assert said() == seqs  # every message once, in order, missed ones replayed
+        print(f"stock client: back and recovered {back_after:.2f} s after the SIGKILL, {len(seqs)} messages once each")
+    finally:
+        await js.close()  # its WebSocket through the router first: the router waits for open ones
+        await router.stop()
