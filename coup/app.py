@@ -149,6 +149,8 @@ class CoupNode:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             max_payload=settings.max_payload,
+            ws_compression=settings.ws_compression,
+            ws_compression_threshold=settings.ws_compression_threshold,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
         ), metrics=self.metrics)
         recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,

@@ -223,6 +223,10 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     max_payload: int = 1_000_000
+    #: accept permessage-deflate on WebSocket (off by default, as in Node's engine.io; docs/architecture.md)
+    ws_compression: bool = False
+    #: with compression on, messages shorter than this many bytes are sent uncompressed
+    ws_compression_threshold: int = 1024
     #: seconds a connection may take to send a request head (and may stay idle between requests)
     head_timeout: float = 10.0
     #: seconds a request may take to send its body once its head is in; then the connection is closed
@@ -324,6 +328,10 @@ class Settings:
             values["ping_timeout"] = _float("COUP_PING_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_MAX_PAYLOAD")) is not None:
             values["max_payload"] = _int("COUP_MAX_PAYLOAD", raw, minimum=1024)
+        if (raw := get("COUP_WS_COMPRESSION")) is not None:
+            values["ws_compression"] = _bool("COUP_WS_COMPRESSION", raw)
+        if (raw := get("COUP_WS_COMPRESSION_THRESHOLD")) is not None:
+            values["ws_compression_threshold"] = _int("COUP_WS_COMPRESSION_THRESHOLD", raw, minimum=0)
         if (raw := get("COUP_HEAD_TIMEOUT")) is not None:
             values["head_timeout"] = _float("COUP_HEAD_TIMEOUT", raw, minimum=0.05)
         if (raw := get("COUP_RECOVERY_WINDOW")) is not None:
