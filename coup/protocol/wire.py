@@ -72,15 +72,20 @@ class Outbound:
             return self._wsz
         threshold = compression.threshold
         text = self.text
-        if not self.binaries and text is not None and len(text) * 4 < threshold:
-            ws = self.ws_bytes()  # too short to compress, whatever its characters
+        # a text shorter than threshold / 4 characters is short whatever its characters
+        encoded = text.encode("utf-8") if text is not None and len(text) * 4 >= threshold else None
+        big_text = encoded if encoded is not None and len(encoded) >= threshold else None
+        binaries = self.binaries
+        if big_text is None and all(len(b) < threshold for b in binaries):
+            ws = self.ws_bytes()  # nothing to compress: the plain frames, shared with the others
         else:
-            payloads: list[tuple[Opcode, bytes]] = [(Opcode.TEXT, text.encode("utf-8"))] if text is not None else []
-            payloads.extend((Opcode.BINARY, b) for b in self.binaries)
-            ws = b"".join(
-                encode_frame(opcode, compression.compress(payload), rsv1=True) if len(payload) >= threshold
-                else encode_frame(opcode, payload)
-                for opcode, payload in payloads)
+            frames = []
+            if text is not None:
+                frames.append(encode_frame(Opcode.TEXT, compression.compress(big_text), rsv1=True)
+                              if big_text is not None else encode_text_frame(text))
+            frames.extend(encode_frame(Opcode.BINARY, compression.compress(b), rsv1=True) if len(b) >= threshold
+                          else encode_frame(Opcode.BINARY, b) for b in binaries)
+            ws = b"".join(frames)
         if self._wsz_key is None:
             self._wsz_key = compression
             self._wsz = ws
