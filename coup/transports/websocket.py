@@ -20,7 +20,7 @@ from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefus
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.engine.websocket import WebSocketTransport
-from coup.protocol.deflate import negotiate
+from coup.protocol.deflate import EXTENSION, negotiate
 from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
 from coup.transports.base import EngineRequestHandler
 from coup.transports.origins import OriginPolicy
@@ -94,6 +94,9 @@ def start_websocket(engine: EngineServer, key: str, probe: WebSocketTransport | 
     agreement = negotiate(extensions, options.ws_compression_threshold) if options.ws_compression else None
     if agreement is not None:
         transport.use_deflate(agreement)
+    metrics = engine.metrics
+    if metrics is not None and extensions and EXTENSION in extensions.lower():
+        metrics.ws_compression["negotiated" if agreement is not None else "declined"] += 1
     transport.preamble = _switching_protocols(key, agreement.response if agreement is not None else None)
     return transport
 

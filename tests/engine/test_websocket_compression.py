@@ -15,6 +15,7 @@ import pytest_asyncio
 import websockets
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from coup.config import Secret
 from coup.engine.options import EngineOptions
 from coup.protocol import deflate
 from coup.protocol.deflate import compress_message
@@ -81,7 +82,7 @@ async def test_round_trip_with_the_websockets_client_through_tornado(server: Run
 
 async def test_round_trip_through_the_front_door_and_off_by_default(node_factory: NodeStarter) -> None:
     on = await node_factory(ws_compression=True)
-    off = await node_factory()
+    off = await node_factory(metrics_token=Secret("m" * 32))
     for running, expected in ((on, "permessage-deflate; server_no_context_takeover"), (off, None)):
         running.node.sio.main.on("echo", lambda socket, args: args[0])
         ws = await _sio(running.port)
@@ -90,6 +91,7 @@ async def test_round_trip_through_the_front_door_and_off_by_default(node_factory
         await ws.send('421["echo",' + json.dumps("x" * 5000) + "]")
         assert json.loads((await _next(ws))[3:]) == ["x" * 5000]
         await ws.close()
+    assert off.node.metrics is not None and dict(off.node.metrics.ws_compression) == {"declined": 1}
 
 
 async def test_threshold_leaves_short_messages_uncompressed(server: RunningServer) -> None:
@@ -167,3 +169,23 @@ async def test_compressed_message_before_negotiation_is_a_protocol_error(server:
         frame = await ws.recv()
     assert frame.close_code == 1002
     await ws.close()
+
+
+async def test_node_socketio_client_compresses_both_ways(node_factory: NodeStarter, js_client: Any) -> None:
+    """npm socket.io-client under Node offers permessage-deflate (`perMessageDeflate`, threshold
+    1024) through `ws`: a 5.6 KB echo crosses the wire in a few hundred bytes each way."""
+    running = await node_factory(ws_compression=True, metrics_token=Secret("m" * 32))
+    running.node.sio.main.on("echo", lambda socket, args: args[0])
+    metrics = running.node.metrics
+    assert metrics is not None
+    js = await js_client()
+    assert (await js.connect("a", running.url, transports=["websocket"]))["type"] == "connect"
+    text = "lecture notes " * 400
+    assert await js.emit_with_ack("a", "echo", text) == [text]
+    assert dict(metrics.ws_compression) == {"negotiated": 1}
+    assert metrics.bytes_received["websocket"] < 1000 and metrics.bytes_sent["websocket"] < 1000
+    assert (await js.connect("b", running.url, transports=["websocket"], perMessageDeflate=False))["type"] \
+        == "connect"
+    assert await js.emit_with_ack("b", "echo", text) == [text]
+    assert dict(metrics.ws_compression) == {"negotiated": 1}  # no offer, nothing counted
+    assert metrics.bytes_sent["websocket"] > len(text)
