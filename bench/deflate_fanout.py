@@ -166,6 +166,11 @@ class Client(asyncio.Protocol):
                 self.ready.set_result(True)
 
 
+def quantile(values: list[float], p: float) -> float | None:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 2) if ordered else None
+
+
 def proc_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -237,14 +242,12 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         gen = (self_ticks() - window["g"]) / 100
         foreign = (busy_ticks() - window["b"]) / 100 - server - gen
         ST.recording = False
-        lat = sorted(ST.lat)
-        q = (lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 2)) if lat else (lambda p: None)
         dps = delivered / dt
         step = {"offered_dps": round(rate * room_size), "dps": round(dps), "server_cpu_pct": round(server / dt * 100),
                 "gen_cpu_pct": round(gen / dt * 100), "foreign_cpu_pct": round(foreign / dt * 100),
                 "server_us_per_delivery": round(server * 1e6 / delivered, 2) if delivered else None,
                 "wire_bytes_per_delivery": round((ST.wire - window["w"]) / delivered) if delivered else None,
-                "p50_ms": q(0.5), "p99_ms": q(0.99)}
+                "p50_ms": quantile(ST.lat, 0.5), "p99_ms": quantile(ST.lat, 0.99)}
         steps.append(step)
         if dps < 0.9 * rate * room_size or (step["p99_ms"] or 0) > 1000:
             break
@@ -351,7 +354,9 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         for peer in args.peers.split(","):
             runs = [r for r in results if r["peer"] == peer and r["size"] == size]
-            med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+
+            def med(f: Any, runs: list[dict[str, Any]] = runs) -> float:
+                return statistics.median(f(r) for r in runs)
             flag = " (gen-limited)" if any(r["gen_limited"] for r in runs) else ""
             print(f"| {size} B | {peer} | {med(lambda r: r['max_dps']):,.0f}{flag} "
                   f"({', '.join(format(r['max_dps'], ',') for r in runs)}) | "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coup.protocol.deflate import compress_message  # noqa: E402
+from coup.protocol.deflate import compress_message
 
 WORDS = ("the graph is planar so every face has at least three edges and we can bound the number of "
          "vertices by euler formula remember to bring your notes on dijkstra shortest path relax each "
