@@ -202,8 +202,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any) -> Iterator[DemoServer]:
-    demo = DemoServer(tmp_path, request.node.name)
+def demo_env() -> dict[str, str]:
+    """Extra settings (environment) for the demo server; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any,
+           demo_env: dict[str, str]) -> Iterator[DemoServer]:
+    demo = DemoServer(tmp_path, request.node.name, env=demo_env)
     demo.log_path.unlink(missing_ok=True)
     demo.start()
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,16 +23,9 @@ METRICS_TOKEN = "demo-compression-metrics-token"
 
 
 @pytest.fixture
-def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any) -> Iterator[DemoServer]:
-    """The demo server with compression on and a threshold a chat message passes."""
-    demo = DemoServer(tmp_path, request.node.name, env={
-        "COUP_WS_COMPRESSION": "1", "COUP_WS_COMPRESSION_THRESHOLD": "200", "COUP_METRICS_TOKEN": METRICS_TOKEN})
-    demo.log_path.unlink(missing_ok=True)
-    demo.start()
-    try:
-        yield demo
-    finally:
-        demo.stop()
+def demo_env() -> dict[str, str]:
+    """Compression on, with a threshold a chat message passes."""
+    return {"COUP_WS_COMPRESSION": "1", "COUP_WS_COMPRESSION_THRESHOLD": "200", "COUP_METRICS_TOKEN": METRICS_TOKEN}
 
 
 def _metric(server: DemoServer, line_start: str) -> float:
