@@ -179,8 +179,7 @@ class SocketServer:
             nsp.add(socket)
             client.add(socket)
             socket.connected = True
-            rooms = {socket.id} | set(socket._last_rooms)
-            await nsp.adapter.add_all(socket.id, rooms)
+            await nsp.adapter.add_all(socket.id, socket.rooms_to_join())
             if client.closed or held.overflowed:
                 return  # the connection is gone or going; the socket's on_close cleans up
             missed: tuple[Outbound, ...] = ()
@@ -228,9 +227,7 @@ class SocketServer:
                 self.engine.metrics.recoveries["hit" if restored is not None else "miss"] += 1
             if restored is not None:
                 socket = Socket(self.socket_context, nsp, client, auth, sid=restored.sid, pid=restored.pid)
-                socket.data = dict(restored.data)
-                socket.recovered = True
-                socket._last_rooms = restored.rooms
+                socket.restore(restored)
         if socket is None:
             socket = Socket(self.socket_context, nsp, client, auth)
         if not (socket.recovered and recovery is not None and recovery.skip_middlewares):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coup.core.adapter import BroadcastOptions, SessionRecord
+from coup.core.adapter import BroadcastOptions, RestoredSession, SessionRecord
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
@@ -131,6 +131,16 @@ class Socket:
         if not self.connected:
             return self._last_rooms
         return self.nsp.adapter.socket_rooms(self.id)
+
+    def restore(self, restored: RestoredSession) -> None:
+        """Take over a recovered session's data and rooms (before connecting)."""
+        self.data = dict(restored.data)
+        self.recovered = True
+        self._last_rooms = restored.rooms
+
+    def rooms_to_join(self) -> set[str]:
+        """The rooms to join on connecting: its own, and a recovered session's."""
+        return {self.id} | set(self._last_rooms)
 
     async def join(self, *rooms: str) -> None:
         """Join rooms; when this returns, broadcasts to them reach this socket (cluster-wide)."""
