@@ -62,10 +62,13 @@ class FrontDoor:
     def protocol(self) -> FrontDoorProtocol:
         return FrontDoorProtocol(self)
 
-    async def serve(self, sockets: list[socket.socket]) -> list[asyncio.base_events.Server]:
-        """Accept connections on listening `sockets` (already bound)."""
+    async def serve(self, sockets: list[socket.socket], backlog: int = 1024) -> list[asyncio.base_events.Server]:
+        """Accept connections on listening `sockets` (already bound).
+
+        asyncio listens again with its own backlog (100 unless told), so it is passed here too.
+        """
         loop = asyncio.get_running_loop()
-        return [await loop.create_server(self.protocol, sock=sock) for sock in sockets]
+        return [await loop.create_server(self.protocol, sock=sock, backlog=backlog) for sock in sockets]
 
     def _matches_path(self, path: str) -> bool:
         return path == self.path or path == self.path[:-1] or path.startswith(self.path)
