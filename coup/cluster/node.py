@@ -132,7 +132,7 @@ class Cluster:
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
-        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max)
+        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max, linked=lambda: self.bus.ready)
 
     def bind(self, sio: SocketServer) -> None:
         self.sio = sio
