@@ -11,7 +11,9 @@ channels, so only the nodes with members in those rooms receive it (`coup.cluste
 It is synchronous (redis-py's blocking client), for any kind of backend; from asyncio code,
 call it through `asyncio.to_thread`. A publish is never retried: when Redis is unreachable
 `emit` raises `redis.ConnectionError` and the caller decides (a retry may deliver twice).
-Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`.
+Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`. Any `REDIS_URL` a node takes works,
+``redis+sentinel://`` included: during a failover `emit` raises, and the next one reaches the
+new primary.
 """
 
 from __future__ import annotations

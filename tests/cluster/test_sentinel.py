@@ -18,8 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
 from coup.cluster.status import read_status
+from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
 from coup.redis_clients import async_client
 from tests.cluster.cluster_testapp import NAMESPACE
@@ -173,6 +175,8 @@ async def test_the_primary_killed_during_chat(sentinel_set: SentinelSet, tmp_pat
 
         chatting = [asyncio.create_task(chat(p, f"u{p.user_id}")) for p in people]
         await wait_until(lambda: len(acked) >= 15, timeout=10, what="chat going")
+        emitter = Emitter(sentinel_set.url, prefix=prefix)  # a backend, connected before the failover
+        assert await asyncio.to_thread(emitter.to(study_room(STUDY)).emit, "notice", "before") == 3
 
         async with sentinel_set.watching() as switched:
             old_primary = sentinel_set.primary_port()
@@ -192,6 +196,19 @@ async def test_the_primary_killed_during_chat(sentinel_set: SentinelSet, tmp_pat
         stop.set()
         await asyncio.gather(*chatting)
         chatting = []
+
+        # a backend's emitter follows too: its first emit may fail (the connection broke), the next reaches all
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                heard = await asyncio.to_thread(emitter.to(study_room(STUDY)).emit, "notice", "after")
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the emitter never found the new primary"
+        emitter.close()
+        assert heard == 3
+        for person in people:
+            await wait_until(lambda p=person: p.events["notice"] == ["before", "after"], what="the emitter's notices")
 
         # presence right afterwards: nobody went offline for the failover, and a transition shows
         assert alice.count("user-offline", CHLOE) == 0 and alice.count("user-offline", BOB) == 0
