@@ -54,6 +54,8 @@ class RespConnection(asyncio.Protocol):
         self._on_lost = on_lost
         self._closed = False
         self.name = ""
+        #: the server: a unix path or (host, port) as dialled
+        self.address: str | tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -109,6 +111,7 @@ class RespConnection(asyncio.Protocol):
                 await loop.create_unix_connection(lambda: conn, address)
             else:
                 await loop.create_connection(lambda: conn, address[0], address[1], ssl=endpoint.ssl_context)
+            conn.address = address
             replies = list(await asyncio.gather(*conn.send(*commands)))
             for reply in replies:
                 if isinstance(reply, hiredis.ReplyError):
@@ -203,26 +206,45 @@ class RespConnection(asyncio.Protocol):
 
 
 async def primary_address(endpoint: RedisEndpoint, timeout: float) -> tuple[str, int]:
-    """Ask the sentinels of `endpoint`, in turn, where its primary is (``SENTINEL
-    get-master-addr-by-name``); the one that answered is asked first next time."""
+    """Ask the sentinels of `endpoint` where its primary is (``SENTINEL get-master-addr-by-name``)."""
+    conn, (reply,) = await _sentinel(endpoint, timeout, [("SENTINEL", "get-master-addr-by-name", endpoint.service)],
+                                     accept=lambda replies: isinstance(replies[0], list) and len(replies[0]) == 2,
+                                     refused=f"knows no primary named {endpoint.service!r}")
+    conn.close()
+    return reply[0].decode(), int(reply[1])
+
+
+async def open_sentinel(url: str, *, timeout: float, on_push: Push, on_lost: Callable[[], None]) -> RespConnection:
+    """A connection to one of the sentinels of `url`, in push mode (for ``SUBSCRIBE +switch-master``)."""
+    endpoint = redis_endpoint(url)
+    conn, _ = await _sentinel(endpoint, timeout, [("PING",)], accept=lambda replies: True, refused="")
+    conn._on_push = on_push
+    conn._on_lost = on_lost
+    return conn
+
+
+async def _sentinel(endpoint: RedisEndpoint, timeout: float, setup: list[tuple[Any, ...]],
+                    accept: Callable[[list[Any]], bool], refused: str) -> tuple[RespConnection, list[Any]]:
+    """The first sentinel, tried in turn, that connects and whose replies to `setup` are
+    accepted; the one that was is tried first next time."""
     sentinels = _sentinel_order.get(endpoint, list(endpoint.sentinels))
     each = max(timeout / len(sentinels), 0.5)
     errors = []
     for i, (host, port) in enumerate(sentinels):
         try:
             async with asyncio.timeout(each):
-                conn, (reply,) = await RespConnection._handshake(
-                    endpoint, (host, port), endpoint.sentinel_username, endpoint.sentinel_password,
-                    [("SENTINEL", "get-master-addr-by-name", endpoint.service)], f"sentinel {host}:{port}")
-            conn.close()
+                conn, replies = await RespConnection._handshake(
+                    endpoint, (host, port), endpoint.sentinel_username, endpoint.sentinel_password, setup,
+                    f"sentinel {host}:{port}")
         except (RedisUnavailable, TimeoutError) as exc:
-            errors.append(str(exc) or f"{host}:{port}: no answer")
+            errors.append(str(exc) or f"sentinel {host}:{port}: no answer")
             continue
-        if isinstance(reply, list) and len(reply) == 2:
+        if accept(replies):
             _sentinel_order[endpoint] = [sentinels[i], *sentinels[:i], *sentinels[i + 1:]]
-            return reply[0].decode(), int(reply[1])
-        errors.append(f"sentinel {host}:{port} knows no primary named {endpoint.service!r}")
-    raise RedisUnavailable(f"no sentinel of {endpoint} gave a primary: {'; '.join(errors)}")
+            return conn, replies
+        conn.close()
+        errors.append(f"sentinel {host}:{port} {refused}")
+    raise RedisUnavailable(f"no sentinel of {endpoint} answered: {'; '.join(errors)}")
 
 
 #: per Sentinel endpoint, its sentinels with the last one that answered first
