@@ -246,3 +246,37 @@ async def test_the_primary_killed_during_chat(sentinel_set: SentinelSet, tmp_pat
         for node in nodes:
             node.stop()
 
+
+
+async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(sentinel_set: SentinelSet, peers):
+    """``SENTINEL FAILOVER``: the old primary stays up as a replica and keeps our connections
+    open; PUBLISH still works there, so only the sentinels' ``+switch-master`` tells a node
+    that its pub/sub link now talks to a server the other nodes have left."""
+    prefix = "sp" + secrets.token_hex(3)
+    nodes = [await start_node(sentinel_set.url, prefix, f"n{i}") for i in range(3)]
+    try:
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3 for n in nodes),  # type: ignore[union-attr]
+                         what="every node on every ring")
+        members = []
+        for i, node in enumerate(nodes):
+            peer = await peers(f"p{i}").connect(node.url)
+            await peer.call("join", {"room": "chat"})
+            members.append(peer)
+        old, new = sentinel_set.primary, sentinel_set.replica
+        assert f"{prefix}:n0:sub" in client_names(old)
+        async with sentinel_set.watching() as switched:
+            assert sentinel_set.sentinel_cli(sentinel_set.sentinel_ports[1], "SENTINEL", "FAILOVER", "mymaster") == "OK"
+            switched_at = await asyncio.wait_for(switched, 30)
+        for i in range(3):
+            await wait_until(lambda i=i: {f"{prefix}:n{i}:pub", f"{prefix}:n{i}:sub"} <= set(client_names(new)),
+                             timeout=5, what=f"n{i}'s links on the new primary")
+        moved = time.monotonic() - switched_at
+        assert not [n for n in client_names(old) if n.startswith(f"{prefix}:n")]
+        await wait_until(lambda: all(n.node.cluster.ready for n in nodes), what="every node ready")  # type: ignore[union-attr]
+        reply = await members[0].call("say", {"room": "chat", "text": "after"})
+        for peer in members:
+            assert (await peer.wait_for("said"))[-1] == {**reply, "room": "chat", "text": "after", "by": "p0"}
+        print(f"planned failover: every link on the new primary {moved:.2f} s after +switch-master")
+    finally:
+        for node in nodes:
+            await node.node.stop()
