@@ -109,8 +109,9 @@ class SentinelSet:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.primary = RedisServer()
-        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.primary = RedisServer("--dir", str(workdir))
+        # the replica writes the primary's snapshot to its directory
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port), "--dir", str(workdir))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 

@@ -10,9 +10,11 @@ The contract tests also run through Sentinel (the ``sentinel`` parameter of `nod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
 from coup.redis_clients import async_client
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import NodeProcess, RedisServer, SentinelSet, start_node, wait_until
+from tests.cluster.conftest import Node, NodeProcess, Peer, RedisServer, SentinelSet, start_node, wait_until
 from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, token
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -36,38 +38,50 @@ def client_names(server: RedisServer) -> list[str]:
             for field in line.split() if field.startswith("name=")]
 
 
-async def test_every_connection_goes_to_the_primary_the_sentinels_name(module_sentinel_set: SentinelSet, peers):
-    sentinels = module_sentinel_set
-    prefix = "s" + secrets.token_hex(3)
-    nodes = [await start_node(sentinels.url, prefix, f"n{i}") for i in range(3)]
-    emitter = Emitter(sentinels.url, prefix=prefix, namespace=NAMESPACE)
+@contextlib.asynccontextmanager
+async def three_nodes_in_a_room(url: str, prefix: str, peers: Callable[..., Peer]
+                                ) -> AsyncIterator[tuple[list[Node], list[Peer]]]:
+    """Three in-process nodes on `url`, a client on each, all three in the room ``chat``."""
+    nodes: list[Node] = []
     try:
+        for i in range(3):
+            nodes.append(await start_node(url, prefix, f"n{i}"))
         await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3 for n in nodes),  # type: ignore[union-attr]
                          what="every node on every ring")
         members = []
         for i, node in enumerate(nodes):
-            peer = await peers(f"u{i}").connect(node.url)
+            peer = await peers(f"{prefix}-{i}").connect(node.url)
             await peer.call("join", {"room": "chat"})
             members.append(peer)
-        replies = [await members[i % 3].call("say", {"room": "chat", "text": f"m{i}"}) for i in range(9)]
-        assert [r["seq"] for r in replies] == list(range(1, 10))
-        for peer in members:
-            assert [m["text"] for m in await peer.wait_for("said", 9)] == [f"m{i}" for i in range(9)]
-        assert await asyncio.to_thread(emitter.to("chat").emit, "news", "from a backend") == 3
-        for peer in members:
-            assert await peer.wait_for("news") == ["from a backend"]
-        # the pub/sub links and the redis-py clients are all on the primary, none on the replica
-        on_primary = client_names(sentinels.primary)
-        for i in range(3):
-            assert f"{prefix}:n{i}:pub" in on_primary and f"{prefix}:n{i}:sub" in on_primary
-        assert f"{prefix}:ctl" in on_primary
-        assert not [n for n in client_names(sentinels.replica) if n.startswith(prefix)]
-        status = await read_status(sentinels.url, nodes[0].node.cluster.options)  # type: ignore[union-attr]
-        assert [n["id"] for n in status["nodes"]] == ["n0", "n1", "n2"]
+        yield nodes, members
     finally:
-        emitter.close()
         for node in nodes:
             await node.node.stop()
+
+
+async def test_every_connection_goes_to_the_primary_the_sentinels_name(module_sentinel_set: SentinelSet, peers):
+    sentinels = module_sentinel_set
+    prefix = "s" + secrets.token_hex(3)
+    emitter = Emitter(sentinels.url, prefix=prefix, namespace=NAMESPACE)
+    try:
+        async with three_nodes_in_a_room(sentinels.url, prefix, peers) as (nodes, members):
+            replies = [await members[i % 3].call("say", {"room": "chat", "text": f"m{i}"}) for i in range(9)]
+            assert [r["seq"] for r in replies] == list(range(1, 10))
+            for peer in members:
+                assert [m["text"] for m in await peer.wait_for("said", 9)] == [f"m{i}" for i in range(9)]
+            assert await asyncio.to_thread(emitter.to("chat").emit, "news", "from a backend") == 3
+            for peer in members:
+                assert await peer.wait_for("news") == ["from a backend"]
+            # the pub/sub links and the redis-py clients are all on the primary, none on the replica
+            on_primary = client_names(sentinels.primary)
+            for i in range(3):
+                assert f"{prefix}:n{i}:pub" in on_primary and f"{prefix}:n{i}:sub" in on_primary
+            assert f"{prefix}:ctl" in on_primary
+            assert not [n for n in client_names(sentinels.replica) if n.startswith(prefix)]
+            status = await read_status(sentinels.url, nodes[0].node.cluster.options)  # type: ignore[union-attr]
+            assert [n["id"] for n in status["nodes"]] == ["n0", "n1", "n2"]
+    finally:
+        emitter.close()
 
 
 async def test_a_counter_never_gives_a_number_twice_when_redis_forgets(redis_server: RedisServer):
@@ -253,15 +267,7 @@ async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(senti
     open; PUBLISH still works there, so only the sentinels' ``+switch-master`` tells a node
     that its pub/sub link now talks to a server the other nodes have left."""
     prefix = "sp" + secrets.token_hex(3)
-    nodes = [await start_node(sentinel_set.url, prefix, f"n{i}") for i in range(3)]
-    try:
-        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3 for n in nodes),  # type: ignore[union-attr]
-                         what="every node on every ring")
-        members = []
-        for i, node in enumerate(nodes):
-            peer = await peers(f"p{i}").connect(node.url)
-            await peer.call("join", {"room": "chat"})
-            members.append(peer)
+    async with three_nodes_in_a_room(sentinel_set.url, prefix, peers) as (nodes, members):
         old, new = sentinel_set.primary, sentinel_set.replica
         assert f"{prefix}:n0:sub" in client_names(old)
         async with sentinel_set.watching() as switched:
@@ -275,8 +281,5 @@ async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(senti
         await wait_until(lambda: all(n.node.cluster.ready for n in nodes), what="every node ready")  # type: ignore[union-attr]
         reply = await members[0].call("say", {"room": "chat", "text": "after"})
         for peer in members:
-            assert (await peer.wait_for("said"))[-1] == {**reply, "room": "chat", "text": "after", "by": "p0"}
+            assert (await peer.wait_for("said"))[-1] == {**reply, "room": "chat", "text": "after", "by": f"{prefix}-0"}
         print(f"planned failover: every link on the new primary {moved:.2f} s after +switch-master")
-    finally:
-        for node in nodes:
-            await node.node.stop()
