@@ -16,8 +16,11 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.retry
 import redis.sentinel
+from redis.backoff import NoBackoff
 
 from coup.redis_endpoint import RedisEndpoint, redis_endpoint
 
@@ -42,9 +45,12 @@ class _Primary(redis.Redis):
             manager.close()
 
 
-def _sentinel_kwargs(endpoint: RedisEndpoint, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The sentinels get their own credentials, the URL's TLS and the caller's socket timeouts."""
-    return {**endpoint.sentinel_kwargs(), **{k: v for k, v in kwargs.items() if k.startswith("socket_")}}
+def _sentinel_kwargs(endpoint: RedisEndpoint, kwargs: dict[str, Any], retry: Any) -> dict[str, Any]:
+    """The sentinels get their own credentials, the URL's TLS and the caller's socket timeouts,
+    and no retries: asking the next sentinel is the retry (redis-py's default, ten with
+    backoff, spent seconds on a dead sentinel before asking a live one)."""
+    return {**endpoint.sentinel_kwargs(), **{k: v for k, v in kwargs.items() if k.startswith("socket_")},
+            "retry": retry}
 
 
 def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
@@ -52,8 +58,9 @@ def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
     endpoint = redis_endpoint(url)
     if not endpoint.sentinel:
         return redis.asyncio.Redis(**endpoint.redis_kwargs(), **kwargs)
+    once = redis.asyncio.retry.Retry(NoBackoff(), 0)
     sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs))
+        endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs, once))
     client: redis.asyncio.Redis = sentinel.master_for(endpoint.service, redis_class=_AsyncPrimary,
                                                       **endpoint.redis_kwargs(), **kwargs)
     return client
@@ -65,7 +72,7 @@ def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     if not endpoint.sentinel:
         return redis.Redis(**endpoint.redis_kwargs(), **kwargs)
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs))
+        endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs, redis.retry.Retry(NoBackoff(), 0)))
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         endpoint.service, redis_class=_Primary, **endpoint.redis_kwargs(), **kwargs)
     return client

@@ -22,12 +22,13 @@ import aiohttp
 import pytest
 import redis
 
+from coup.cluster.resp import RespConnection
 from coup.cluster.status import read_status
 from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
 from coup.redis_clients import async_client
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import Node, NodeProcess, Peer, RedisServer, SentinelSet, start_node, wait_until
+from tests.cluster.conftest import Node, NodeProcess, Peer, RedisServer, SentinelSet, free_port, start_node, wait_until
 from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, token
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -283,3 +284,22 @@ async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(senti
         for peer in members:
             assert (await peer.wait_for("said"))[-1] == {**reply, "room": "chat", "text": "after", "by": f"{prefix}-0"}
         print(f"planned failover: every link on the new primary {moved:.2f} s after +switch-master")
+
+
+async def test_a_dead_sentinel_first_in_the_list_costs_no_time(module_sentinel_set: SentinelSet):
+    """The next sentinel is asked at once: no retries with backoff against the dead one."""
+    dead = free_port()
+    url = f"redis+sentinel://127.0.0.1:{dead}," + module_sentinel_set.url.split("://", 1)[1]
+    started = time.monotonic()
+    client = async_client(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+    conn = await RespConnection.open(url, name="probe", timeout=2)
+    try:
+        assert conn.address == ("127.0.0.1", module_sentinel_set.primary.port)
+    finally:
+        conn.close()
+    took = time.monotonic() - started
+    assert took < 1.0, f"{took:.2f} s"
