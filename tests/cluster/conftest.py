@@ -261,10 +261,11 @@ async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIt
             await n.node.stop()
 
 
-@pytest_asyncio.fixture
-async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[list[Node]]:
-    """Three in-process nodes linked by the module's redis-server."""
-    async for started in _redis_nodes(redis_server, 3):
+@pytest_asyncio.fixture(params=["redis", "sentinel"])
+async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
+    """Three in-process nodes linked by the module's redis-server, or by its Sentinel set-up."""
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    async for started in _redis_nodes(server, 3):
         yield started
 
 
