@@ -280,6 +280,7 @@ async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(senti
         moved = time.monotonic() - switched_at
         assert not [n for n in client_names(old) if n.startswith(f"{prefix}:n")]
         await wait_until(lambda: all(n.node.cluster.ready for n in nodes), what="every node ready")  # type: ignore[union-attr]
+        assert new.cli("SCRIPT", "FLUSH") == "OK"  # a primary without our scripts: NOSCRIPT, loaded again
         reply = await members[0].call("say", {"room": "chat", "text": "after"})
         for peer in members:
             assert (await peer.wait_for("said"))[-1] == {**reply, "room": "chat", "text": "after", "by": f"{prefix}-0"}
