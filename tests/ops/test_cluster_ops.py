@@ -20,8 +20,9 @@ import pytest_asyncio
 
 from coup.config import Secret
 from tests.cluster.conftest import RedisServer, redis_server  # noqa: F401 - a fixture
-from tests.domain.support import Client, DomainNode, NodeFactory, eventually
+from tests.domain.support import Client, DomainNode, NodeFactory
 from tests.ops.scrape import scrape
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
