@@ -291,7 +291,7 @@ class CoupNode:
     async def start(self, sockets: list[socket.socket] | None = None) -> HTTPServer:
         """Start serving on `sockets`, or on the configured host and port."""
         if sockets is None:
-            sockets = bind_sockets(self.settings.port, self.settings.host)
+            sockets = bind_sockets(self.settings.port, self.settings.host, backlog=self.settings.listen_backlog)
         if self.cluster is not None:
             await self.cluster.start(_public_address(self.settings, sockets[0]))
             if self._stats_reporter is not None:
@@ -312,8 +312,10 @@ class CoupNode:
         if self.front_door:
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout)
-            self._listeners = await door.serve(sockets)
+            self._listeners = await door.serve(sockets, backlog=self.settings.listen_backlog)
         else:
+            for sock in sockets:
+                sock.listen(self.settings.listen_backlog)  # sockets passed in keep their owner's backlog otherwise
             server.add_sockets(sockets)
         self.http_server = server
         if self.metrics is not None and self.settings.metrics_port is not None:

@@ -52,7 +52,7 @@ class SessionState(Enum):
     ADOPTING = "adopting"
 
 
-#: read on every packet sent or received: a module constant is ~60 ns cheaper than the enum attribute
+#: read on every packet sent or received, so compared as module constants, not enum attributes
 _OPEN = SessionState.OPEN
 _ADOPTING = SessionState.ADOPTING
 #: packets a client may send while its session is being adopted, before they are handled

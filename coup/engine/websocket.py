@@ -4,7 +4,7 @@ After the HTTP upgrade (done by the Tornado handler in `coup.transports.websocke
 socket is handed to this protocol, so the per-message path is ours: one `transport.write`
 per socket per loop turn, whatever number of packets were queued in that turn
 (`WriteCoalescer`), with frames that were encoded once for every receiver
-(`coup.protocol.wire.Outbound`). Figures behind this choice: docs/architecture.md.
+(`coup.protocol.wire.Outbound`). Figures behind this choice: docs/transports.md.
 """
 
 from __future__ import annotations
