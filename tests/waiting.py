@@ -20,8 +20,10 @@ TIMEOUT = 10.0
 
 
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str = "the condition",
-                     timeout: float = TIMEOUT, *, poll: float = 0.005) -> None:
-    """Return once `condition()` (a plain or an async function) is true; fail after `timeout` seconds."""
+                     timeout: float = TIMEOUT, *, poll: float = 0.01) -> None:
+    """Return once `condition()` (a plain or an async function) is true; fail after `timeout` seconds.
+
+    A condition that asks a server (HTTP, Redis) should poll less often: ``poll=0.1``."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()

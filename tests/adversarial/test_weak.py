@@ -121,7 +121,7 @@ async def test_sockets_per_user_are_capped(arena: ArenaFactory) -> None:
         await again.close()
         return True
 
-    await eventually(connects_again, "user 5 may connect again")
+    await eventually(connects_again, "user 5 may connect again", poll=0.05)
     await a.survived(max_growth_mb=40)
 
 

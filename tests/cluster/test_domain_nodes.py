@@ -105,7 +105,8 @@ async def users() -> AsyncIterator[list[User]]:
     # A node announces at once when presence says "offline", so wait for presence to say it.
     for user in made:
         if user.node is not None and user.node.alive:
-            await wait_until(partial(offline, user.node, user.user_id), what=f"user {user.user_id} offline")
+            await wait_until(partial(offline, user.node, user.user_id), what=f"user {user.user_id} offline",
+                             poll=0.05)
 
 
 async def offline(node: NodeProcess, user_id: int) -> bool:
@@ -236,7 +237,7 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
         await wait_until(lambda: alice.count("member-left", BOB) == 1, timeout=5, what="member-left")
         print(f"domain SIGKILL: member-left after {time.monotonic() - killed:.2f} s")
         assert chloe.count("member-left", BOB) == 1
-        await asyncio.sleep(1.5)  # nothing more comes
+        await asyncio.sleep(1.5)  # a watch: nothing more comes (the reaper's order of work is not observable)
         assert alice.count("member-left", BOB) == 1
         assert alice.count("member-left", CHLOE) == 0
         assert alice.count("user-offline", BOB) == 1

@@ -45,7 +45,7 @@ class Cluster:
         async def rings_full() -> bool:
             return {len((await api(n, "/api/cluster"))[1]["nodes"]) for n in nodes or self.nodes if n.alive} == {size}
 
-        await wait_until(rings_full, timeout=timeout, what=f"every ring at {size} nodes")
+        await wait_until(rings_full, timeout=timeout, what=f"every ring at {size} nodes", poll=0.1)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -100,7 +100,7 @@ async def _ready(nodes: list[NodeProcess]) -> None:
                 return False
         return True
 
-    await wait_until(full_ring, timeout=10, what="the nodes seeing each other")
+    await wait_until(full_ring, timeout=10, what="the nodes seeing each other", poll=0.1)
 
 
 @pytest.fixture(scope="module")

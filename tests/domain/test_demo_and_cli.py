@@ -217,7 +217,7 @@ async def test_serve_demo_then_coup_token_as_a_new_user_would(demo_server: tuple
         except OSError:  # not listening yet
             return False
 
-    await eventually(ready, "coup serve --demo became ready", timeout=15)
+    await eventually(ready, "coup serve --demo became ready", timeout=15, poll=0.1)
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "coup", "token", "1"], env=clean_env(), cwd=cwd,
         capture_output=True, text=True, timeout=30, check=False)

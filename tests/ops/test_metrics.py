@@ -65,7 +65,7 @@ async def test_a_node_counts_what_its_clients_do(make_node: NodeFactory) -> None
         await bob.close()
         # the offline transition comes last: the disconnect handler reads the database first
         await eventually(lambda: _scraped(url, "coup_presence_transitions_total",
-                                          {"kind": "user", "direction": "offline"}, 1))
+                                          {"kind": "user", "direction": "offline"}, 1), poll=0.05)
         after = await scrape(url)
         assert after["coup_disconnects_total", {"namespace": "/", "reason": "client namespace disconnect"}] == 1
         assert after["coup_connections", {"namespace": "/", "transport": "polling"}] == 0
