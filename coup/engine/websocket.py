@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from coup.engine.session import SessionState
+from coup.engine.transport import NotUpgradable
 from coup.protocol import wire
 from coup.protocol.engineio import decode_ws_binary
 from coup.protocol.errors import DecodeError
@@ -80,7 +81,7 @@ class WriteCoalescer:
             metrics.bytes_sent["websocket"] += sent
 
 
-class WebSocketTransport(asyncio.Protocol):
+class WebSocketTransport(NotUpgradable, asyncio.Protocol):
     """One WebSocket connection carrying one Engine.IO session (or probing to carry one)."""
 
     name = "websocket"
