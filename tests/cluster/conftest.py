@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -25,7 +26,9 @@ from tornado.testing import bind_unused_port
 from coup.app import CoupNode
 from tests.cluster import cluster_testapp
 from tests.cluster.cluster_testapp import NAMESPACE
+from tests.cluster.rawclient import RawClient
 from tests.conftest import require, test_settings
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
@@ -269,12 +272,48 @@ async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node
         yield started
 
 
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+#: the shared helper under the name cluster tests use
+wait_until = eventually
+_MARKERS = itertools.count()
+
+
+async def quiet(node: Node, *watched: Peer | RawClient) -> None:
+    """`node` broadcasts a marker to everyone; return once every `watched` peer has it.
+
+    Whatever `node` broadcast before has reached them by then (a node's broadcasts arrive in its
+    publish order, and a socket's packets in order), so a test can then assert that something
+    did *not* arrive, without sleeping.
+    """
+    tag = f"marker-{next(_MARKERS)}"
+    node.node.sio.of(NAMESPACE).emit("marker", tag)
+
+    def heard(peer: Peer | RawClient) -> bool:
+        got = peer.received("marker") if isinstance(peer, RawClient) else peer.events["marker"]
+        return tag in got
+
+    for peer in watched:
+        await eventually(lambda p=peer: heard(p), f"the marker {tag}")
+
+
+async def session_stored(node: Node, pid: str) -> None:
+    """The dropped session `pid` is stored where a reconnect to any node looks for it."""
+    adapter: Any = node.node.sio.of(NAMESPACE).adapter
+    cluster = node.node.cluster
+
+    async def stored() -> bool:
+        if cluster is None:
+            return pid in adapter._sessions
+        return bool(await cluster.redis.exists(adapter._session_key(pid)))
+
+    await eventually(stored, "the session record is stored")
+
+
+async def disconnect_handled(node: Node, peer: Peer) -> None:
+    """Close `peer` (connected to `node`) and wait until `node` has run its disconnect handler."""
+    sid = peer.sio.get_sid(NAMESPACE)
+    await peer.close()
+    await eventually(lambda: sid in cluster_testapp.DISCONNECTS_HANDLED.get(node.node.sio.node_id, set()),
+                     f"{peer.user}'s disconnect handled on its node")
 
 
 # ---------------------------------------------------------------------------- clients
