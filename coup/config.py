@@ -404,7 +404,10 @@ class Settings:
     # --- cluster
     redis_url: str | None = setting(
         "REDIS_URL", None, _redis_url, "`redis://[user:pass@]host:port/db`, `rediss://...` (TLS) or "
-        "`unix:///path`; TLS options in the query, as redis-py reads them: "
+        "`unix:///path`; Redis Sentinel: `redis+sentinel://[user:pass@]host1:26379,host2:26379/mymaster[/db]` "
+        "(`rediss+sentinel://`: TLS to the primary and the sentinels; `sentinel_username=`/`sentinel_password=` "
+        "when the sentinels have their own password), every connection asks the sentinels for the primary "
+        "([docs/cluster.md](docs/cluster.md#redis-sentinel)); TLS options in the query, as redis-py reads them: "
         "`ssl_cert_reqs=none\\|optional\\|required` (default `required`), `ssl_ca_certs=/path/ca.pem`, "
         "`ssl_certfile=`/`ssl_keyfile=` (a client certificate), `ssl_check_hostname=false`; they hold on every "
         "Redis connection of the node; an unknown option stops the start", "cluster",
