@@ -86,7 +86,12 @@ def install_chat(node: CoupNode) -> None:
 
 
 async def serve(host: str, port: int, metrics_port: int | None = None) -> None:
-    settings = Settings(demo=True, host=host, port=port, recovery_window=0.0, metrics_port=metrics_port).validated()
+    # permessage-deflate as a deployment sets it (COUP_WS_COMPRESSION, COUP_WS_COMPRESSION_THRESHOLD)
+    env = Settings.from_env({"COUP_DEMO": "1", **{k: v for k, v in os.environ.items()
+                                                  if k.startswith("COUP_WS_COMPRESSION")}})
+    settings = Settings(demo=True, host=host, port=port, recovery_window=0.0, metrics_port=metrics_port,
+                        ws_compression=env.ws_compression,
+                        ws_compression_threshold=env.ws_compression_threshold).validated()
     node = CoupNode(settings)
     install_chat(node)
     await node.start()

@@ -110,7 +110,7 @@ def _interface_towards(url: str | None) -> str | None:
     endpoint = redis_endpoint(url) if url else None
     if endpoint is None or endpoint.path is not None:
         return None
-    target = endpoint.host
+    target = endpoint.sentinels[0][0] if endpoint.sentinels else endpoint.host  # the sentinels' network
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -150,6 +150,8 @@ class CoupNode:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             max_payload=settings.max_payload,
+            ws_compression=settings.ws_compression,
+            ws_compression_threshold=settings.ws_compression_threshold,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
         ), metrics=self.metrics)
         recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,

@@ -351,8 +351,17 @@ class Settings:
                                    "general")
     ping_timeout: float = setting("COUP_PING_TIMEOUT", 20.0, _number(0.05),
                                   "seconds to wait for a pong before closing the connection", "general")
-    max_payload: int = setting("COUP_MAX_PAYLOAD", 1_000_000, _integer(1024),
-                               "largest message or polling body a client may send, in bytes", "general")
+    max_payload: int = setting(
+        "COUP_MAX_PAYLOAD", 1_000_000, _integer(1024), "largest message or polling body a client may send, in "
+        "bytes (a compressed WebSocket message counts decompressed: a deflate bomb is refused with close code 1009)",
+        "general")
+    ws_compression: bool = setting(
+        "COUP_WS_COMPRESSION", False, _bool, "`1`: accept a client's WebSocket `permessage-deflate` offer (RFC 7692; "
+        "browsers and Node clients offer it). Off by default, as in Node's engine.io: it costs server CPU per "
+        "message; docs/architecture.md, \"permessage-deflate\"", "general")
+    ws_compression_threshold: int = setting(
+        "COUP_WS_COMPRESSION_THRESHOLD", 1024, _integer(0), "with compression on, messages shorter than this many "
+        "bytes are sent uncompressed (Node's `perMessageDeflate.threshold`)", "general")
     head_timeout: float = setting(
         "COUP_HEAD_TIMEOUT", 10.0, _number(0.05), "seconds a connection may take to send a request head, and may "
         "stay idle between requests; a new connection that runs out of time gets `408` and is closed", "general")
@@ -406,7 +415,10 @@ class Settings:
     # --- cluster
     redis_url: str | None = setting(
         "REDIS_URL", None, _redis_url, "`redis://[user:pass@]host:port/db`, `rediss://...` (TLS) or "
-        "`unix:///path`; TLS options in the query, as redis-py reads them: "
+        "`unix:///path`; Redis Sentinel: `redis+sentinel://[user:pass@]host1:26379,host2:26379/mymaster[/db]` "
+        "(`rediss+sentinel://`: TLS to the primary and the sentinels; `sentinel_username=`/`sentinel_password=` "
+        "when the sentinels have their own password), every connection asks the sentinels for the primary "
+        "([docs/cluster.md](docs/cluster.md#redis-sentinel)); TLS options in the query, as redis-py reads them: "
         "`ssl_cert_reqs=none\\|optional\\|required` (default `required`), `ssl_ca_certs=/path/ca.pem`, "
         "`ssl_certfile=`/`ssl_keyfile=` (a client certificate), `ssl_check_hostname=false`; they hold on every "
         "Redis connection of the node; an unknown option stops the start", "cluster",

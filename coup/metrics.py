@@ -103,6 +103,7 @@ class Metrics:
         "recoveries",
         "redis_roundtrip",
         "slow_consumers",
+        "ws_compression",
     )
 
     def __init__(self) -> None:
@@ -124,6 +125,8 @@ class Metrics:
         self.queue_drops: defaultdict[str, int] = defaultdict(int)
         #: connections cut off for not reading fast enough, by transport
         self.slow_consumers: defaultdict[str, int] = defaultdict(int)
+        #: WebSocket upgrades that offered permessage-deflate: "negotiated" or "declined"
+        self.ws_compression: defaultdict[str, int] = defaultdict(int)
         #: connection state recovery asked for: "hit" (restored) or "miss"
         self.recoveries: defaultdict[str, int] = defaultdict(int)
         self.rate_limited: defaultdict[str, int] = defaultdict(int)
@@ -183,6 +186,7 @@ class Metrics:
             "coup_queue_drops_total": _one_label(self.queue_drops),
             "coup_slow_consumer_cutoffs_total": _one_label(self.slow_consumers),
             "coup_recoveries_total": _one_label(self.recoveries),
+            "coup_websocket_compression_total": _one_label(self.ws_compression),
             "coup_rate_limited_total": _one_label(self.rate_limited),
             "coup_presence_transitions_total": self.presence_transitions,
             "coup_db_query_seconds": self.db_queries,
@@ -235,6 +239,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "coup_queue_drops_total": ("counter", "Packets dropped by a bounded queue, by queue", ("queue",)),
     "coup_slow_consumer_cutoffs_total": ("counter", "Connections closed for not reading fast enough",
                                          ("transport",)),
+    "coup_websocket_compression_total": ("counter", "WebSocket upgrades offering permessage-deflate, by result: "
+                                         "negotiated, declined (off, or no offer we accept)", ("result",)),
     "coup_recoveries_total": ("counter", "Connection state recoveries asked for, by result", ("result",)),
     "coup_rate_limited_total": ("counter", "Requests refused or dropped by a rate limit, by limit", ("limit",)),
     "coup_room_commands_total": ("counter", "Room commands by where they ran: local (we own the room), routed "

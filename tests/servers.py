@@ -39,8 +39,9 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def websocket(self, path: str = WS_PATH, *, origin: str | None = None,
-                        receive_buffer: int | None = None) -> RawWebSocket:
-        return await RawWebSocket.connect(self.port, path, origin=origin, receive_buffer=receive_buffer)
+                        receive_buffer: int | None = None, extensions: str | None = None) -> RawWebSocket:
+        return await RawWebSocket.connect(self.port, path, origin=origin, receive_buffer=receive_buffer,
+                                          extensions=extensions)
 
 
 @asynccontextmanager

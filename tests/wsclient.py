@@ -51,6 +51,8 @@ def close_frame(code: int | None = 1000, reason: bytes = b"") -> bytes:
 class Frame:
     opcode: int
     payload: bytes
+    #: the RSV bits (0b100: RSV1, a permessage-deflate compressed message)
+    rsv: int = 0
 
     @property
     def text(self) -> str:
@@ -71,16 +73,19 @@ class HandshakeRefused(Exception):
 class RawWebSocket:
     """``ws = await RawWebSocket.connect(port, "/socket.io/?EIO=4&transport=websocket")``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes = b"") -> None:
         self.reader = reader
         self.writer = writer
+        #: the server's 101 answer (status line and headers)
+        self.head = head
 
     @classmethod
     async def connect(cls, port: int, path: str, *, origin: str | None = None,
-                      receive_buffer: int | None = None) -> RawWebSocket:
+                      receive_buffer: int | None = None, extensions: str | None = None) -> RawWebSocket:
         """Open and upgrade; raise `HandshakeRefused` with the status and body of a refusal.
 
-        `receive_buffer` shrinks the kernel receive buffer, for clients that stop reading.
+        `receive_buffer` shrinks the kernel receive buffer, for clients that stop reading;
+        `extensions` is sent as Sec-WebSocket-Extensions.
         """
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:
@@ -93,6 +98,8 @@ class RawWebSocket:
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         if origin is not None:
             lines.append(f"Origin: {origin}")
+        if extensions is not None:
+            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -104,7 +111,15 @@ class RawWebSocket:
             body = await reader.readexactly(length) if length else b""
             writer.close()
             raise HandshakeRefused(status, body)
-        return cls(reader, writer)
+        return cls(reader, writer, head)
+
+    def header(self, name: str) -> str | None:
+        """A header of the 101 answer."""
+        for line in self.head.decode("latin-1").split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
 
     def send(self, data: bytes) -> None:
         """Write raw bytes (one or more frames, or a part of one)."""
@@ -122,7 +137,7 @@ class RawWebSocket:
                 n = struct.unpack("!H", await self.reader.readexactly(2))[0]
             elif n == 127:
                 n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-            return Frame(b0 & 0x0F, await self.reader.readexactly(n))
+            return Frame(b0 & 0x0F, await self.reader.readexactly(n), (b0 >> 4) & 0b111)
 
     async def recv_text(self, timeout: float = 3.0, *, skip_pings: bool = True) -> str:
         """The next text message, skipping Engine.IO pings ("2") unless asked not to."""

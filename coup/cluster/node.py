@@ -37,7 +37,7 @@ from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
 from coup.cluster.tunnel import TUNNEL, Tunnel
 from coup.protocol.errors import EncodeError
-from coup.redis_endpoint import redis_endpoint
+from coup.redis_clients import async_client
 
 if TYPE_CHECKING:
     from coup.core.namespace import Namespace
@@ -97,13 +97,13 @@ def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Red
     recovery commands.
     """
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
-    template = redis.Redis(
-        **redis_endpoint(url).redis_kwargs(), socket_timeout=options.connect_timeout,
-        socket_connect_timeout=options.connect_timeout, retry=retry, client_name=f"{options.prefix}:ctl")
-    settings = template.connection_pool
-    pool = redis.BlockingConnectionPool(max_connections=POOL_SIZE, timeout=POOL_WAIT,
-                                        connection_class=settings.connection_class, **settings.connection_kwargs)
-    client: redis.Redis = redis.Redis.from_pool(pool)
+    client = async_client(url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout,
+                          retry=retry, client_name=f"{options.prefix}:ctl")
+    pool = client.connection_pool
+    if type(pool) is redis.ConnectionPool:  # one server (Sentinel's pool finds the primary itself)
+        waiting = redis.BlockingConnectionPool(max_connections=POOL_SIZE, timeout=POOL_WAIT,
+                                               connection_class=pool.connection_class, **pool.connection_kwargs)
+        client = redis.Redis.from_pool(waiting)
     return client
 
 
@@ -160,7 +160,7 @@ class Cluster:
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
-        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max)
+        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max, linked=lambda: self.bus.ready)
 
     def bind(self, sio: SocketServer) -> None:
         self.sio = sio

@@ -21,6 +21,10 @@ class EngineOptions:
     max_buffered_bytes: int = 8 * 1024 * 1024
     #: packets one polling POST may carry
     max_packets_per_post: int = 256
+    #: permessage-deflate: accept a client's offer (Node's engine.io default: off)
+    ws_compression: bool = False
+    #: with compression, messages shorter than this many bytes go uncompressed (Node's `threshold`)
+    ws_compression_threshold: int = 1024
     #: prepended to every session id; a cluster uses it to route a sid to its node
     sid_prefix: str = ""
 
@@ -29,6 +33,8 @@ class EngineOptions:
             raise ValueError("ping_interval and ping_timeout must be positive")
         if self.max_payload < 1024:
             raise ValueError("max_payload must be at least 1024 bytes")
+        if self.ws_compression_threshold < 0:
+            raise ValueError("ws_compression_threshold must not be negative")
         unknown = set(self.transports) - {"polling", "websocket"}
         if unknown or not self.transports:
             raise ValueError(f"unknown transports: {sorted(unknown)}")

@@ -14,7 +14,9 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from coup.engine.session import SessionState
+from coup.engine.transport import NotUpgradable
 from coup.protocol import wire
+from coup.protocol.deflate import Agreement, Compression, Inflater
 from coup.protocol.engineio import decode_ws_binary
 from coup.protocol.errors import DecodeError
 from coup.protocol.websocket import (
@@ -80,7 +82,7 @@ class WriteCoalescer:
             metrics.bytes_sent["websocket"] += sent
 
 
-class WebSocketTransport(asyncio.Protocol):
+class WebSocketTransport(NotUpgradable, asyncio.Protocol):
     """One WebSocket connection carrying one Engine.IO session (or probing to carry one)."""
 
     name = "websocket"
@@ -88,6 +90,7 @@ class WebSocketTransport(asyncio.Protocol):
     __slots__ = (
         "_closed",
         "_coalescer",
+        "_compression",
         "_linger",
         "_max_buffer",
         "_pending",
@@ -115,6 +118,16 @@ class WebSocketTransport(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         #: bytes written before any frame once the socket is attached (the HTTP 101 answer)
         self.preamble = b""
+        #: permessage-deflate, when the handshake agreed to it (`use_deflate`)
+        self._compression: Compression | None = None
+
+    def use_deflate(self, agreement: Agreement) -> None:
+        """Compress and decompress as agreed in the handshake (before any frame is read)."""
+        options = self.session.server.options
+        self._compression = agreement.compression
+        inflater = Inflater(no_context_takeover=agreement.client_no_context_takeover)
+        self._reader = FrameReader(max_message=options.max_payload, max_fragments=options.max_fragments,
+                                   inflater=inflater)
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport {self.session.sid}{' probing' if self._probing else ''}>"
@@ -257,7 +270,11 @@ class WebSocketTransport(asyncio.Protocol):
             if not coalescer._scheduled:
                 coalescer._scheduled = True
                 coalescer._loop.call_soon(coalescer.flush)
-        pending.append(out._ws or out.ws_bytes())  # the cached frame without a call, per receiver
+        compression = self._compression
+        if compression is None:
+            pending.append(out._ws or out.ws_bytes())  # the cached frame without a call, per receiver
+        else:  # compressed once per broadcast for all receivers with the same parameters
+            pending.append(out._wsz if out._wsz_key is compression else out.ws_deflated(compression))
 
     def flush(self) -> None:
         pending = self._pending

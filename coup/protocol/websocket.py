@@ -4,9 +4,10 @@
 server frames. Server frames need no mask, so a broadcast is framed once and the same
 bytes go to every receiver (see `coup.protocol.wire`).
 
-Only what a Socket.IO server needs: no extensions (RSV bits must be zero, nothing is
-negotiated), fragmented messages reassembled up to `max_message` bytes and `max_fragments`
-frames, control frames answered by the I/O layer from the events returned here.
+Only what a Socket.IO server needs: one extension, permessage-deflate (`coup.protocol.deflate`:
+RSV1 marks a compressed message when it was negotiated, any other RSV bit is an error),
+fragmented messages reassembled up to `max_message` bytes (after decompression) and
+`max_fragments` frames, control frames answered by the I/O layer from the events returned here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from coup.protocol.deflate import Inflater
 from coup.protocol.errors import DecodeError, PayloadTooLarge
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -58,9 +60,9 @@ def valid_client_key(client_key: str) -> bool:
         return False
 
 
-def encode_frame(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
-    """One unmasked frame (server to client)."""
-    first = (0x80 if fin else 0) | int(opcode)
+def encode_frame(opcode: Opcode, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """One unmasked frame (server to client); `rsv1` marks a compressed message's first frame."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | int(opcode)
     n = len(payload)
     if n < 126:
         header = struct.pack("!BB", first, n)
@@ -156,19 +158,23 @@ class FrameReader:
 
     A data frame's payload is unmasked as it arrives and added to the message being built
     (bounded by `max_message` bytes and `max_fragments` frames); control frames (at most
-    125 bytes) are taken whole, also between the fragments of a message. An extension
-    (permessage-deflate) would plug in at two places: `_allowed_rsv` (the RSV bits it
-    negotiated) and `_data`, where each frame's payload joins its message.
+    125 bytes) are taken whole, also between the fragments of a message. With an `inflater`
+    (permessage-deflate negotiated) a message whose first frame has RSV1 set is decompressed
+    as its frames arrive, never past `max_message` bytes: a deflate bomb is refused with 1009
+    once its output reaches the limit, without inflating the rest.
     """
 
     __slots__ = (
         "_allowed_rsv",
         "_buf",
         "_closed",
+        "_compressed",
         "_fragments",
+        "_frame_compressed",
         "_frame_fin",
         "_frame_left",
         "_frame_opcode",
+        "_inflater",
         "_mask",
         "_mask_at",
         "_message",
@@ -178,13 +184,18 @@ class FrameReader:
         "max_message",
     )
 
-    def __init__(self, max_message: int, max_fragments: int = MAX_FRAGMENTS) -> None:
+    def __init__(self, max_message: int, max_fragments: int = MAX_FRAGMENTS,
+                 inflater: Inflater | None = None) -> None:
         self.max_message = max_message
         self.max_fragments = max_fragments
         self._buf = bytearray()
         self._closed = False
-        #: RSV bits a negotiated extension may set (none today)
-        self._allowed_rsv = 0
+        #: permessage-deflate, when negotiated: then RSV1 may be set
+        self._inflater = inflater
+        self._allowed_rsv = 0x40 if inflater is not None else 0
+        self._frame_compressed = False
+        #: the message being built is compressed
+        self._compressed = False
         # the frame being read: payload bytes still to come (-1: waiting for a header)
         self._frame_left = -1
         self._frame_opcode = 0
@@ -246,6 +257,8 @@ class FrameReader:
                 payload = unmask(bytes(buf[pos:pos + take]), self._mask)
                 pos += take
                 self._frame_left = -1
+                if self._frame_compressed:
+                    payload = self._inflate_whole(payload)
                 events.append(self._whole(opcode, payload))
                 continue
             if take:
@@ -273,6 +286,9 @@ class FrameReader:
             raise DecodeError("client frame is not masked")
         opcode = b0 & 0x0F
         fin = bool(b0 & 0x80)
+        compressed = bool(b0 & 0x40)
+        if compressed and (opcode == 0x0 or opcode >= 0x8):
+            raise DecodeError("RSV1 set on a continuation or control frame")
         length = b1 & 0x7F
         offset = pos + 2
         if opcode >= 0x8:
@@ -308,8 +324,9 @@ class FrameReader:
             return 0
         if opcode < 0x8:
             if opcode:  # the first frame of a message
+                self._frame_compressed = compressed
                 if not fin or length > n - offset - 4:  # fragmented, or arriving in parts
-                    self._start_message(opcode)
+                    self._start_message(opcode, compressed)
             if self._message_opcode:
                 self._fragments += 1
         self._mask = bytes(buf[offset:offset + 4])
@@ -324,8 +341,9 @@ class FrameReader:
         mask = self._mask
         return mask[shift:] + mask[:shift] if shift else mask
 
-    def _start_message(self, opcode: int) -> None:
+    def _start_message(self, opcode: int, compressed: bool) -> None:
         self._message_opcode = opcode
+        self._compressed = compressed
         self._message = bytearray()
         self._fragments = 0
         self._utf8 = _Utf8Decoder() if opcode == Opcode.TEXT else None
@@ -333,6 +351,12 @@ class FrameReader:
     def _data(self, chunk: bytes) -> None:
         """Payload of the message being built, as it arrives; text is checked for UTF-8 at once
         (a peer learns of invalid text when it sends it, not when the message ends)."""
+        if self._compressed:
+            assert self._inflater is not None
+            chunk = self._inflater.feed(chunk, self.max_message - len(self._message))
+        self._append(chunk)
+
+    def _append(self, chunk: bytes) -> None:
         self._message += chunk
         if self._utf8 is not None:
             try:
@@ -341,6 +365,10 @@ class FrameReader:
                 raise _not_utf8() from None
 
     def _finish_message(self) -> TextMessage | BinaryMessage:
+        if self._compressed:
+            assert self._inflater is not None
+            self._compressed = False
+            self._append(self._inflater.finish(self.max_message - len(self._message)))
         opcode, payload, utf8 = self._message_opcode, bytes(self._message), self._utf8
         self._message_opcode = 0
         self._message = bytearray()
@@ -352,6 +380,13 @@ class FrameReader:
             except UnicodeDecodeError:
                 raise _not_utf8() from None
         return self._whole(opcode, payload)
+
+    def _inflate_whole(self, payload: bytes) -> bytes:
+        """A compressed message that arrived in one frame, inflated at once (bounded)."""
+        inflater = self._inflater
+        assert inflater is not None
+        out = inflater.feed(payload, self.max_message)
+        return out + inflater.finish(self.max_message - len(out))
 
     @staticmethod
     def _whole(opcode: int, payload: bytes) -> TextMessage | BinaryMessage:

@@ -107,7 +107,7 @@ class FrontDoor:
             return HandshakeInfo(headers=headers, query=query, address=address, url=target,
                                  secure=secure, issued=time.time(), xdomain="origin" in headers)
 
-        ws = start_websocket(self.engine, key, probe, handshake)
+        ws = start_websocket(self.engine, key, probe, handshake, headers.get("sec-websocket-extensions"))
         transport.set_protocol(ws)
         ws.connection_made(transport)
         if rest:

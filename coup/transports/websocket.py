@@ -20,6 +20,7 @@ from coup.engine.errors import EngineErrorCode, EngineRequestError, UpgradeRefus
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.engine.websocket import WebSocketTransport
+from coup.protocol.deflate import EXTENSION, negotiate
 from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
 from coup.transports.base import EngineRequestHandler
 from coup.transports.origins import OriginPolicy
@@ -27,12 +28,13 @@ from coup.transports.origins import OriginPolicy
 log = logging.getLogger(__name__)
 
 
-def _switching_protocols(client_key: str) -> bytes:
+def _switching_protocols(client_key: str, extensions: str | None = None) -> bytes:
+    extension = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_key(client_key)}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(client_key)}\r\n{extension}\r\n"
     ).encode("ascii")
 
 
@@ -79,13 +81,23 @@ def check_upgrade(engine: EngineServer, origins: OriginPolicy, query: Mapping[st
 
 
 def start_websocket(engine: EngineServer, key: str, probe: WebSocketTransport | None,
-                    handshake: Callable[[], HandshakeInfo]) -> WebSocketTransport:
-    """The transport that will serve an accepted upgrade, its 101 answer queued first."""
+                    handshake: Callable[[], HandshakeInfo], extensions: str | None = None) -> WebSocketTransport:
+    """The transport that will serve an accepted upgrade, its 101 answer queued first.
+
+    `extensions` is the request's Sec-WebSocket-Extensions: with `ws_compression` on, the
+    first permessage-deflate offer we can honour is accepted (`coup.protocol.deflate`)."""
     if probe is not None:
         transport = probe
     else:
         _, transport = engine.open_websocket(handshake())
-    transport.preamble = _switching_protocols(key)
+    options = engine.options
+    agreement = negotiate(extensions, options.ws_compression_threshold) if options.ws_compression else None
+    if agreement is not None:
+        transport.use_deflate(agreement)
+    metrics = engine.metrics
+    if metrics is not None and extensions and EXTENSION in extensions.lower():
+        metrics.ws_compression["negotiated" if agreement is not None else "declined"] += 1
+    transport.preamble = _switching_protocols(key, agreement.response if agreement is not None else None)
     return transport
 
 
@@ -117,7 +129,8 @@ class WebSocketHandler(EngineRequestHandler):
             return
 
         sock, read_ahead = take_socket(self.detach())
-        transport = start_websocket(self.engine, key, probe, self.handshake_info)
+        transport = start_websocket(self.engine, key, probe, self.handshake_info,
+                                    headers.get("Sec-WebSocket-Extensions"))
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(lambda: transport, sock=sock)

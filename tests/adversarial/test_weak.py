@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from tests.adversarial import attacks
 from tests.adversarial.conftest import ArenaFactory
 from tests.adversarial.target import ROOT, Honest
 from tests.conftest import require
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(180)]
 
@@ -112,9 +112,16 @@ async def test_sockets_per_user_are_capped(arena: ArenaFactory) -> None:
     finally:
         await attacks.close_all(opened)
     # the cap counts live sockets: once they are gone the user may connect again
-    await asyncio.sleep(0.5)
-    again, _ = await attacks.sio_socket(a.attacker, attacks.signed_in(a.attacker, 5))
-    await again.close()
+
+    async def connects_again() -> bool:
+        try:
+            again, _ = await attacks.sio_socket(a.attacker, attacks.signed_in(a.attacker, 5))
+        except attacks.Refused:
+            return False  # the server has not seen every close yet
+        await again.close()
+        return True
+
+    await eventually(connects_again, "user 5 may connect again", poll=0.05)
     await a.survived(max_growth_mb=40)
 
 
@@ -140,7 +147,7 @@ async def test_join_leave_cycles_are_rate_limited(arena: ArenaFactory) -> None:
     before = len(a.honest.bob.events)
     counts = await attacks.join_leave_cycles(a.attacker, user_id=3, cycles=300)
     assert counts.get("RATE_LIMITED", 0) > 200, counts  # (a leave of a room it is not in is a no-op "ok")
-    await asyncio.sleep(0.5)
+    await a.honest.exchange()  # a marker: Bob gets Alice's message after every earlier announcement
     announced = [e for e, p in a.honest.bob.events[before:] if e in ("member-joined", "member-left")]
     assert len(announced) <= 60, len(announced)
     await a.survived(max_growth_mb=40)

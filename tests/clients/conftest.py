@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +14,9 @@ from coup.core.namespace import Namespace
 from coup.core.socket import Socket
 from tests.clients.jsclient import JsClient, node_available
 from tests.clients.realclients import TRANSPORTS, NodeClient, PyClient, RealClient
-from tests.clients.records import TIMEOUT, RecordLog
+from tests.clients.records import RecordLog
 from tests.conftest import NodeStarter, RunningNode, require
+from tests.waiting import eventually
 
 CLIENT_KINDS = ("python", "node")
 
@@ -136,16 +136,6 @@ async def make_client(client_kind: str) -> AsyncIterator[MakeClient]:
     finally:
         for client in made:
             await client.close()
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait (bounded) until `predicate()` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def check_transport(client: RealClient, app: App, sid: str, mode: str) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from coup.engine.polling import PollingTransport
-from tests.clients.conftest import App, AppStarter, MakeClient, check_transport, eventually
+from tests.clients.conftest import App, AppStarter, MakeClient, check_transport
 from tests.clients.realclients import TRANSPORTS, NodeClient, RealClient
 from tests.clients.records import TIMEOUT
 from tests.gate import Gate
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

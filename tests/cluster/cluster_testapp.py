@@ -19,6 +19,9 @@ from coup.core import AckTimeout, ClientError, Socket
 
 NAMESPACE = "/cluster-test"
 PRESENCE = "t:"
+#: node id -> socket ids whose disconnect handler has finished (presence detached, user-offline sent):
+#: what a test awaits before it asserts that a close announced nothing
+DISCONNECTS_HANDLED: dict[str, set[str]] = {}
 
 
 def _room(args: list[Any]) -> str:
@@ -141,6 +144,7 @@ def setup(node: CoupNode) -> None:
         user = socket.data.get("user")
         if user is not None and await sio.presence.detach(PRESENCE + user, socket.id):
             nsp.emit("user-offline", {"user": user, "node": node_id})
+        DISCONNECTS_HANDLED.setdefault(node_id, set()).add(socket.id)
 
     async def lost(key: str) -> None:
         if key.startswith(PRESENCE):

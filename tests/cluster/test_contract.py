@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cluster.conftest import Node, Peer, wait_until
+from tests.cluster.conftest import Node, Peer, disconnect_handled, quiet, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -34,7 +34,7 @@ async def test_room_broadcast_reaches_members_on_every_node_and_nobody_else(node
     await members[0].call("emit", {"rooms": ["r"], "event": "news", "data": {"n": 1}})
     for peer in members:
         assert await peer.wait_for("news") == [{"n": 1}]
-    await asyncio.sleep(0.2)
+    await quiet(nodes[0], outsider)
     assert outsider.events["news"] == []
 
 
@@ -46,7 +46,7 @@ async def test_socket_to_excludes_the_sender_and_except_excludes_a_room(nodes, p
     await members[1].wait_for("a")
     await members[2].wait_for("a")
     await members[1].wait_for("b")
-    await asyncio.sleep(0.2)
+    await quiet(nodes[0], members[0], members[2])
     assert members[0].events["a"] == []
     assert members[2].events["b"] == []
 
@@ -62,7 +62,7 @@ async def test_namespace_wide_and_multi_room_broadcasts_arrive_once_per_socket(n
     for peer in [*members, lone]:
         await peer.wait_for("both")
         await peer.wait_for("everyone")
-    await asyncio.sleep(0.3)
+    await quiet(nodes[0], *members, lone)  # after every copy of "both" (one per room)
     for peer in [*members, lone]:
         assert len(peer.events["both"]) == 1
         assert len(peer.events["everyone"]) == 1
@@ -139,7 +139,7 @@ async def test_sockets_join_leave_and_disconnect_across_nodes(nodes, peers):
     await members[0].call("emit", {"rooms": ["extra"], "event": "y"})
     await members[1].call("remote", {"op": "disconnect", "target": "user:u2"})
     await wait_until(lambda: not members[2].sio.connected, what="u2 disconnected")
-    await asyncio.sleep(0.2)
+    # "y" was sent before the disconnect: it came before it on u2's connection, or never will
     assert members[2].events["y"] == []
     assert [s["user"] for s in await members[0].call("fetch", {"room": "r"})] != []
     assert "u2" not in [s["user"] for s in await members[0].call("fetch", {"room": "r"})]
@@ -150,7 +150,7 @@ async def test_leaving_a_room_stops_its_traffic(nodes, peers):
     await members[1].call("leave", {"room": "r"})
     await members[0].call("emit", {"rooms": ["r"], "event": "after"})
     await members[2].wait_for("after")
-    await asyncio.sleep(0.2)
+    await quiet(nodes[0], members[1])
     assert members[1].events["after"] == []
 
 
@@ -160,12 +160,14 @@ async def test_two_tabs_of_one_user_on_two_nodes_make_one_online_and_one_offline
     tab2 = await peers("alice").connect(nodes[1].url)
     await wait_until(lambda: any(e["user"] == "alice" for e in watcher.events["user-online"]), what="alice online")
     assert await watcher.call("online", {"users": ["alice", "bob", "watcher"]}) == ["alice", "watcher"]
-    await tab1.close()
-    await asyncio.sleep(0.3)
+    await disconnect_handled(nodes[0], tab1)
+    await quiet(nodes[0], watcher)  # after a user-offline, had the close of tab1 sent one
+    assert watcher.events["user-offline"] == []
     assert await watcher.call("online", {"users": ["alice"]}) == ["alice"]
-    await tab2.close()
+    await disconnect_handled(nodes[1], tab2)
     await watcher.wait_for("user-offline")
-    await asyncio.sleep(0.3)
+    await quiet(nodes[1], watcher)
+    await quiet(nodes[0], watcher)
     assert [e["user"] for e in watcher.events["user-online"] if e["user"] == "alice"] == ["alice"]
     assert [e["user"] for e in watcher.events["user-offline"]] == ["alice"]
     assert await watcher.call("online", {"users": ["alice"]}) == []

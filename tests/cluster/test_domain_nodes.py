@@ -13,6 +13,7 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class User:
 
     def __init__(self, user_id: int) -> None:
         self.user_id = user_id
+        self.node: NodeProcess | None = None
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.sio.on("*", self._record)
@@ -51,6 +53,7 @@ class User:
         self.events[event].append(args[0] if args else None)
 
     async def connect(self, node: NodeProcess) -> User:
+        self.node = node
         await self.sio.connect(node.url, transports=["websocket"], auth={"userId": self.user_id,
                                                                         "token": token(self.user_id)},
                                wait_timeout=10)
@@ -98,8 +101,21 @@ async def users() -> AsyncIterator[list[User]]:
         except Exception:
             pass
     # let the nodes announce these users offline now, not during the next test: the domain
-    # announces a transition after a database query, so a late one can follow a newer one
-    await asyncio.sleep(1.0)
+    # announces a transition after a database query, so a late one could follow a newer one.
+    # A node announces at once when presence says "offline", so wait for presence to say it.
+    for user in made:
+        if user.node is not None and user.node.alive:
+            await wait_until(partial(offline, user.node, user.user_id), what=f"user {user.user_id} offline",
+                             poll=0.05)
+
+
+async def offline(node: NodeProcess, user_id: int) -> bool:
+    """`user_id` is not online anywhere, as `node`'s members API says (True for a non-member)."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{node.url}/api/studies/{STUDY}/members", headers={"Authorization": f"Bearer {token(ALICE)}"}) as reply:
+        assert reply.status == 200, await reply.text()
+        members = {m["userId"]: m["online"] for m in (await reply.json())["items"]}
+    return not members.get(user_id, False)
 
 
 async def connect(users: list[User], user_id: int, node: NodeProcess) -> User:
@@ -129,8 +145,10 @@ async def test_messages_carry_consecutive_seq_in_one_order_on_every_node(domain_
     # a retry with the same clientMessageId is acknowledged with the first id, not stored again
     again = await bob.call("message", {"studyId": STUDY, "content": "m1", "clientMessageId": "c1"})
     assert again["id"] == acks[1]["id"] and again["seq"] == acks[1]["seq"]
-    await asyncio.sleep(0.5)
-    assert len(alice.events["message"]) == 30
+    # a marker: Bob's next message reaches Alice after anything his retry could have sent
+    marker = await bob.call("message", {"studyId": STUDY, "content": "marker", "clientMessageId": "c-marker"})
+    await wait_until(lambda: any(m["seq"] == marker["seq"] for m in alice.events["message"]), what="the marker")
+    assert [m["seq"] for m in alice.events["message"]] == [*orders[0], marker["seq"]]
 
 
 async def test_presence_of_a_user_with_tabs_on_two_nodes(domain_cluster, users):
@@ -140,11 +158,11 @@ async def test_presence_of_a_user_with_tabs_on_two_nodes(domain_cluster, users):
     tab2 = await connect(users, CHLOE, domain_cluster[1])
     await wait_until(lambda: alice.count("user-online", CHLOE) == 1, what="user-online")
     await tab1.close()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a watch (no hook in a node process): tab1's close announces nothing
     assert alice.count("user-offline", CHLOE) == 0  # the other tab still holds her online
     await tab2.close()
     await wait_until(lambda: alice.count("user-offline", CHLOE) == 1, what="user-offline")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a watch: no second announcement follows
     assert alice.count("user-online", CHLOE) == 1
     assert alice.count("user-offline", CHLOE) == 1
 
@@ -219,7 +237,7 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
         await wait_until(lambda: alice.count("member-left", BOB) == 1, timeout=5, what="member-left")
         print(f"domain SIGKILL: member-left after {time.monotonic() - killed:.2f} s")
         assert chloe.count("member-left", BOB) == 1
-        await asyncio.sleep(1.5)  # nothing more comes
+        await asyncio.sleep(1.5)  # a watch: nothing more comes (the reaper's order of work is not observable)
         assert alice.count("member-left", BOB) == 1
         assert alice.count("member-left", CHLOE) == 0
         assert alice.count("user-offline", BOB) == 1

@@ -18,6 +18,14 @@ def emitter_for(nodes) -> Emitter:
     return Emitter(cluster.url, prefix=cluster.options.prefix).of(NAMESPACE)
 
 
+async def emitter_quiet(emitter: Emitter, *watched) -> None:
+    """The emitter sends a marker to everyone; once `watched` have it, whatever it sent before has
+    arrived (one Redis connection publishes in order, and each node delivers in arrival order)."""
+    await asyncio.to_thread(emitter.emit, "marker", "quiet")
+    for peer in watched:
+        await wait_until(lambda p=peer: "quiet" in p.events["marker"], what="the emitter's marker")
+
+
 async def test_emit_to_a_user_room_reaches_that_user_on_any_node(redis_nodes, peers):
     alice = await peers("alice").connect(redis_nodes[1].url)
     bob = await peers("bob").connect(redis_nodes[2].url)
@@ -26,7 +34,7 @@ async def test_emit_to_a_user_room_reaches_that_user_on_any_node(redis_nodes, pe
         heard = await asyncio.to_thread(emitter.to("user:alice").emit, "notification", {"id": 7, "message": "hi"})
         assert heard == 1  # only the node with a member of user:alice received it
         assert await alice.wait_for("notification") == [{"id": 7, "message": "hi"}]
-        await asyncio.sleep(0.2)
+        await emitter_quiet(emitter, bob)
         assert bob.events["notification"] == []
     finally:
         emitter.close()
@@ -48,7 +56,7 @@ async def test_rooms_exclusions_namespace_wide_and_binary(redis_nodes, peers):
             await peer.wait_for("once")
         await members[0].wait_for("blob")
         await members[1].wait_for("news")
-        await asyncio.sleep(0.2)
+        await emitter_quiet(emitter, *members)
         assert members[2].events["news"] == []
         assert all(len(p.events["once"]) == 1 for p in members)  # two rooms, one delivery
         assert members[0].events["blob"] == [b"\x00\x01binary"]
@@ -70,11 +78,7 @@ async def test_remote_join_leave_and_disconnect(redis_nodes, peers):
             found[:] = await watcher.call("fetch", {"room": "vip"})
             return [s["user"] for s in found] == ["carol"]
 
-        for _ in range(50):
-            if await carol_in_vip():
-                break
-            await asyncio.sleep(0.05)
-        assert [s["user"] for s in found] == ["carol"]
+        await wait_until(carol_in_vip, what="carol in vip")
         await asyncio.to_thread(emitter.to("vip").emit, "vip-news", 1)
         await carol.wait_for("vip-news")
         await asyncio.to_thread(emitter.to("user:carol").disconnect_sockets)

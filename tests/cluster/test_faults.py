@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.cluster.conftest import Node, RedisServer, TcpProxy, start_node, wait_until
+from tests.cluster.conftest import Node, RedisServer, TcpProxy, quiet, start_node, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -130,7 +130,8 @@ async def test_a_stalled_node_declared_dead_drops_its_sockets_and_rejoins(pair, 
     await registry.heartbeat()  # the node wakes up and learns it was declared dead
     await wait_until(lambda: not victim.sio.connected, what="the zombie's sockets dropped")
     await wait_until(lambda: pair[0].node.cluster.registry.ring.nodes == ("n0", "n1"), what="n1 back")  # type: ignore[union-attr]
-    await asyncio.sleep(0.3)
+    await quiet(pair[1], watcher)  # whatever the zombie node sent as it dropped its sockets has arrived
+    await quiet(pair[0], watcher)
     assert len(watcher.events["user-offline"]) == 1  # the dropped socket's own detach reported nothing twice
 
 

@@ -42,13 +42,10 @@ class Cluster:
         return node
 
     async def wait_ring(self, size: int, timeout: float = 10, nodes: list[NodeProcess] | None = None) -> None:
-        async def ring_sizes() -> list[int]:
-            return [len((await api(n, "/api/cluster"))[1]["nodes"]) for n in nodes or self.nodes if n.alive]
+        async def rings_full() -> bool:
+            return {len((await api(n, "/api/cluster"))[1]["nodes"]) for n in nodes or self.nodes if n.alive} == {size}
 
-        deadline = time.monotonic() + timeout
-        while set(await ring_sizes()) != {size}:
-            assert time.monotonic() < deadline, f"rings never reached {size} nodes"
-            await asyncio.sleep(0.1)
+        await wait_until(rings_full, timeout=timeout, what=f"every ring at {size} nodes", poll=0.1)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -142,10 +139,10 @@ async def test_two_tabs_on_two_nodes_give_one_online_and_one_offline(cluster3, p
     await wait_until(lambda: cluster3.redis.cli("HLEN", f"{cluster3.prefix}:presence:t:tabs-user") == "2",
                      what="both tabs attached")
     await tab1.close()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the scenario: tab1's node handles its close before tab2 closes (no hook in a process)
     await tab2.close()
     await wait_until(lambda: any(e["user"] == "tabs-user" for e in watcher.events["user-offline"]), what="offline")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a watch: no second announcement follows
     assert [e for e in watcher.events["user-online"] if e["user"] == "tabs-user"].__len__() == 1
     assert [e for e in watcher.events["user-offline"] if e["user"] == "tabs-user"].__len__() == 1
 
@@ -221,7 +218,7 @@ async def test_sigterm_leaves_at_once(own_redis, fresh, peers):
     await cluster.wait_ring(2, timeout=2, nodes=cluster.nodes[:2])
     assert time.monotonic() - started < 2.0  # not the 3 s of a missed-heartbeat death
     assert cluster.nodes[2].process is not None and cluster.nodes[2].process.wait(5) == 0
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a watch: the survivors do not report the leaver's users lost again
     assert len([e for e in watcher.events["user-offline"] if e["user"] == "leaver"]) == 1
 
 

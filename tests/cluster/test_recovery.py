@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import wait_until
+from tests.cluster.conftest import quiet, session_stored, wait_until
 from tests.cluster.rawclient import RawClient
 from tests.gate import Gate
 
@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 async def test_a_dropped_client_recovers_on_another_node_with_what_it_missed(nodes, peers):
     sender = await peers("sender").connect(nodes[1].url)
     await sender.call("join", {"room": "r"})
+    witness = await peers("witness").connect(nodes[0].url)  # on the node that will hold the session
     client = RawClient()
     try:
         await client.connect(nodes[0].url, {"user": "rc"})
@@ -27,11 +28,11 @@ async def test_a_dropped_client_recovers_on_another_node_with_what_it_missed(nod
         assert offset is not None
 
         await client.drop()
-        await asyncio.sleep(0.3)
+        await session_stored(nodes[0], pid)
         for n in (2, 3):
             await sender.call("emit", {"rooms": ["r"], "event": "m", "data": n})
         await sender.call("emit", {"rooms": ["elsewhere"], "event": "m", "data": "not for us"})
-        await asyncio.sleep(0.2)
+        await quiet(nodes[1], witness)  # the node that held the session has heard 2 and 3
 
         back = RawClient()
         try:
@@ -55,7 +56,7 @@ async def test_an_unknown_offset_gives_a_fresh_session(nodes, peers):
         await client.call("join", {"room": "r"})
         pid = client.pid
         await client.drop()
-        await asyncio.sleep(0.3)
+        await session_stored(nodes[0], pid)
         back = RawClient()
         try:
             reply = await back.connect(nodes[1].url, {"user": "rc", "pid": pid, "offset": "999999"})
@@ -90,7 +91,7 @@ async def test_broadcasts_during_the_middleware_reach_a_recovering_client(nodes,
         await wait_until(lambda: client.received("m") == [1], what="first message")
         pid, offset = client.pid, client.offset
         await client.drop()
-        await asyncio.sleep(0.3)
+        await session_stored(nodes[0], pid)
         await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
 
         gate.close()
@@ -104,7 +105,8 @@ async def test_broadcasts_during_the_middleware_reach_a_recovering_client(nodes,
         await wait_until(lambda: back.received("m") == [2, 3], what="the missed messages")
         await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
         await wait_until(lambda: back.received("m") == [2, 3, 4], what="live traffic after recovery")
-        await asyncio.sleep(0.2)  # nothing comes twice
+        await quiet(nodes[0], back)  # nothing comes twice: not from the node that held the session,
+        await quiet(nodes[1], back)  # nor from the sender's
         assert back.transcript[0] == "connect"
         assert back.received("m") == [2, 3, 4]
     finally:

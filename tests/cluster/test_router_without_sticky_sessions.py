@@ -100,10 +100,7 @@ async def _ready(nodes: list[NodeProcess]) -> None:
                 return False
         return True
 
-    deadline = time.monotonic() + 10
-    while not await full_ring():
-        assert time.monotonic() < deadline, "the nodes never saw each other"
-        await asyncio.sleep(0.1)
+    await wait_until(full_ring, timeout=10, what="the nodes seeing each other", poll=0.1)
 
 
 @pytest.fixture(scope="module")

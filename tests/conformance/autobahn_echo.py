@@ -1,6 +1,7 @@
 """A raw WebSocket echo endpoint on our own WebSocket code, for Autobahn|Testsuite's fuzzingclient.
 
     python tests/conformance/autobahn_echo.py --port 9001 [--max-payload BYTES] [--max-fragments N]
+        [--compression] [--threshold BYTES]
 
 Autobahn speaks plain WebSocket, not Engine.IO, so this endpoint skips the Engine.IO
 session: after a minimal HTTP upgrade (any path) the connection is served by the very
@@ -8,6 +9,8 @@ session: after a minimal HTTP upgrade (any path) the connection is served by the
 (`coup/protocol/websocket.py`) that serve Socket.IO clients, with `EchoSession` where an
 Engine.IO session would be: every text message comes back as text, every binary message
 as binary. Pings, close handshakes, protocol errors and limits are the transport's own.
+With `--compression` permessage-deflate offers are negotiated by `coup.protocol.deflate.negotiate`,
+exactly as `coup.transports.websocket.start_websocket` does for Socket.IO clients.
 
 `tests/conformance/run_autobahn.py` starts this and runs the suite; docs/autobahn.md has
 the setup and the result.
@@ -27,6 +30,7 @@ if __name__ == "__main__":  # run as a script from a checkout: make `coup` impor
 
 from coup.engine.options import EngineOptions
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
+from coup.protocol.deflate import negotiate
 from coup.protocol.engineio import EnginePacket
 from coup.protocol.errors import DecodeError
 from coup.protocol.websocket import accept_key, valid_client_key
@@ -108,8 +112,15 @@ class UpgradeProtocol(asyncio.Protocol):
         session = EchoSession(self.server, f"echo-{UpgradeProtocol.count}")
         ws = WebSocketTransport(session, self.coalescer, probing=False)  # type: ignore[arg-type]
         session.transport = ws
+        options = self.server.options
+        agreement = negotiate(headers.get("sec-websocket-extensions"), options.ws_compression_threshold) \
+            if options.ws_compression else None
+        extension = ""
+        if agreement is not None:
+            ws.use_deflate(agreement)
+            extension = f"Sec-WebSocket-Extensions: {agreement.response}\r\n"
         ws.preamble = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                       f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode("ascii")
+                       f"Sec-WebSocket-Accept: {accept_key(key)}\r\n{extension}\r\n").encode("ascii")
         transport = self.transport
         self.transport = None
         transport.set_protocol(ws)
@@ -123,7 +134,7 @@ async def serve(port: int, options: EngineOptions) -> None:
     server, coalescer = _Options(options), WriteCoalescer(loop)
     listener = await loop.create_server(lambda: UpgradeProtocol(server, coalescer), "127.0.0.1", port)
     print(f"autobahn echo on ws://127.0.0.1:{port}/ (max payload {options.max_payload}, "
-          f"max fragments {options.max_fragments})", flush=True)
+          f"max fragments {options.max_fragments}, compression {options.ws_compression})", flush=True)
     async with listener:
         await listener.serve_forever()
 
@@ -133,10 +144,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--max-payload", type=int, default=EngineOptions.max_payload)
     parser.add_argument("--max-fragments", type=int, default=EngineOptions.max_fragments)
+    parser.add_argument("--compression", action="store_true", help="negotiate permessage-deflate")
+    parser.add_argument("--threshold", type=int, default=EngineOptions.ws_compression_threshold)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     options = EngineOptions(max_payload=args.max_payload, max_fragments=args.max_fragments,
-                            max_buffered_bytes=64 * 1024 * 1024)
+                            max_buffered_bytes=64 * 1024 * 1024, ws_compression=args.compression,
+                            ws_compression_threshold=args.threshold)
     try:
         import uvloop
     except ImportError:  # pragma: no cover

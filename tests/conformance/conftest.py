@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest_asyncio
 from tornado.testing import bind_unused_port
 
-from tests.conformance.client import Polling
+from tests.conformance.client import Polling, Reply
 from tests.conformance.server import ConformanceServer
+from tests.waiting import eventually
 
 
 class Running:
@@ -25,6 +27,13 @@ class Running:
     def socketio(self) -> Polling:
         """A client of the Socket.IO endpoint (/socket.io/)."""
         return Polling(self.http, self.port, "socket.io")
+
+    async def held_get(self, client: Polling) -> asyncio.Task[Reply]:
+        """A GET of the echo endpoint's `client` that the server holds (it has nothing to send yet)."""
+        get = asyncio.create_task(client.get())
+        session = self.server.echo.sessions[client.sid]
+        await eventually(lambda: getattr(session.transport, "waiting", False), "the GET waits at the server")
+        return get
 
 
 @pytest_asyncio.fixture

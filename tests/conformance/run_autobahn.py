@@ -4,8 +4,9 @@
 
 Starts `autobahn_echo.py` on a free loopback port (maximum message 16 MiB + 1 KiB and
 65,536 fragments, so that section 9's 16 MiB messages and its 4 MiB message in 64-byte
-fragments fit), writes a spec for sections 1-7, 9 and 10 (12 and 13 are permessage-deflate,
-which we do not negotiate), runs ``wstest -m fuzzingclient``, and prints the count of each
+fragments fit) with permessage-deflate on and a threshold of 0 (every message compressed, so
+sections 12 and 13 test our codec on every size), writes a spec for sections 1-7, 9, 10, 12
+and 13, runs ``wstest -m fuzzingclient``, and prints the count of each
 verdict per section and every case that is not OK or INFORMATIONAL. Exit status 1 when any
 case in those sections is FAILED, NON-STRICT or UNIMPLEMENTED.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WSTEST = os.environ.get("AUTOBAHN_WSTEST", "/work/autobahn/venv/bin/wstest")
-CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
+CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*", "12.*", "13.*"]
 MAX_PAYLOAD = 16 * 1024 * 1024 + 1024
 MAX_FRAGMENTS = 100_000
 BAD = ("FAILED", "NON-STRICT", "UNIMPLEMENTED", "WRONG CODE")
@@ -56,6 +57,8 @@ def main() -> int:
     parser.add_argument("--wstest", default=DEFAULT_WSTEST)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case patterns")
     parser.add_argument("--out", default=None, help="report directory (default: a temporary one)")
+    parser.add_argument("--threshold", type=int, default=0, help="compression threshold of the echo (bytes)")
+    parser.add_argument("--no-compression", action="store_true", help="decline permessage-deflate")
     args = parser.parse_args()
     if not Path(args.wstest).exists():
         print(f"wstest not found at {args.wstest}; see docs/autobahn.md", file=sys.stderr)
@@ -72,7 +75,9 @@ def main() -> int:
     }
     (out / "spec.json").write_text(json.dumps(spec, indent=2))
     echo = subprocess.Popen([sys.executable, str(HERE / "autobahn_echo.py"), "--port", str(port),
-                             "--max-payload", str(MAX_PAYLOAD), "--max-fragments", str(MAX_FRAGMENTS)])
+                             "--max-payload", str(MAX_PAYLOAD), "--max-fragments", str(MAX_FRAGMENTS),
+                             "--threshold", str(args.threshold)]
+                            + ([] if args.no_compression else ["--compression"]))
     try:
         wait_listening(port, time.monotonic() + 20)
         started = time.monotonic()

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conformance.client import PING_INTERVAL, PING_TIMEOUT, Polling, closed, recv_binary, recv_text
 from tests.conformance.conftest import Running
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
 
@@ -139,8 +140,7 @@ async def test_websocket_echo_text_and_binary(conformance: Running) -> None:
 async def test_polling_get_waits_for_data(conformance: Running) -> None:
     client = conformance.engineio()
     await client.open()
-    pending = asyncio.create_task(client.get())
-    await asyncio.sleep(0.05)
+    pending = await conformance.held_get(client)
     assert not pending.done()
     await client.post("4late")
     reply = await pending
@@ -177,8 +177,7 @@ async def test_open_or_upgrade_from_a_client_on_an_open_session_is_invalid(confo
 async def test_duplicate_poll_closes_the_session(conformance: Running) -> None:
     client = conformance.engineio()
     await client.open()
-    first = asyncio.create_task(client.get())
-    await asyncio.sleep(0.02)
+    first = await conformance.held_get(client)
     second = await client.get()
     assert second.status in (400, 500)
     reply = await first
@@ -201,7 +200,7 @@ async def test_polling_ping_pong(conformance: Running) -> None:
 async def test_polling_ping_timeout_closes_the_session(conformance: Running) -> None:
     client = conformance.engineio()
     await client.open()
-    await asyncio.sleep(PING_INTERVAL + PING_TIMEOUT + 0.05)
+    await asyncio.sleep(PING_INTERVAL + PING_TIMEOUT + 0.05)  # the subject: no pong for longer than allowed
     reply = await client.get()
     assert reply.status == 400 and reply.json()["code"] == 1
 
@@ -245,8 +244,7 @@ async def test_client_ping_is_answered(conformance: Running) -> None:
 async def test_polling_close_answers_the_pending_get_with_noop(conformance: Running) -> None:
     client = conformance.engineio()
     await client.open()
-    pending = asyncio.create_task(client.get())
-    await asyncio.sleep(0.02)
+    pending = await conformance.held_get(client)
     assert (await client.post("1")).status == 200
     reply = await asyncio.wait_for(pending, 1.0)  # at once, not after the heartbeat gives up
     assert (reply.status, reply.text) == (200, "6")
@@ -307,8 +305,7 @@ async def test_packets_queued_before_the_probe_are_delivered_once(conformance: R
 async def test_pending_get_is_answered_with_noop_on_probe(conformance: Running) -> None:
     client = conformance.engineio()
     await client.open()
-    pending = asyncio.create_task(client.get())
-    await asyncio.sleep(0.02)
+    pending = await conformance.held_get(client)
     ws = await probed(client)
     reply = await asyncio.wait_for(pending, 1.0)
     assert reply.text == "6"
@@ -357,8 +354,9 @@ async def test_websocket_that_never_sends_upgrade_leaves_polling_working(conform
     client = conformance.engineio()
     await client.open()
     ws = await probed(client)
+    session = conformance.server.echo.sessions[client.sid]
     await ws.close()  # gone before "5"
-    await asyncio.sleep(0.05)
+    await eventually(lambda: session.upgrading is None, "the server saw the probe's WebSocket go")
     await client.post("4back")
     records: list[str] = []
     while "4back" not in records:

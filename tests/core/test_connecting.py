@@ -31,6 +31,7 @@ from tests.core.test_disconnect_and_recovery import (
 from tests.gate import Gate
 from tests.servers import RunningServer, serve
 from tests.sioclient import Closed, SioClient, sio_connect
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -188,7 +189,8 @@ async def test_a_replay_that_can_no_longer_be_complete_gives_a_fresh_session() -
         gate.open()
         with pytest.raises((Closed, asyncio.IncompleteReadError, ConnectionError)):
             await task
-        await asyncio.sleep(0.05)  # the session record is stored again by a task
+        await eventually(lambda: reply["pid"] in nsp.adapter._sessions,  # type: ignore[attr-defined]
+                         "the session record is stored again (by a task)")
         back, new_reply = await reconnect(server, {"pid": reply["pid"], "offset": offset})
         assert new_reply["sid"] != reply["sid"]
         await assert_fresh_start(back)

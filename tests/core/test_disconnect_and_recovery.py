@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,17 +17,11 @@ from coup.engine.options import EngineOptions
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from tests.servers import POLLING_PATH, RunningServer, serve
 from tests.sioclient import SioClient, sio_connect
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 T = SocketPacketType
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll a condition the server side changes (there is no event to wait on from here)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 class Reasons:
@@ -42,7 +36,7 @@ class Reasons:
         self.seen.append((socket.nsp.name, socket.id, reason))
 
     async def wait(self, count: int) -> list[str]:
-        await until(lambda: len(self.seen) >= count)
+        await eventually(lambda: len(self.seen) >= count)
         return [reason for _, _, reason in self.seen]
 
 
@@ -134,7 +128,8 @@ async def test_server_disconnect_reaches_a_polling_client_at_once_and_on_its_nex
         # a GET is waiting when the server disconnects: it is answered at once
         sid = await open_connected()
         pending = asyncio.create_task(http.get(f"{server.url}{POLLING_PATH}&sid={sid}"))
-        await asyncio.sleep(0.05)
+        session = server.engine.sessions[sid]
+        await eventually(lambda: getattr(session.transport, "waiting", False), "the GET waits at the server")
         next(iter(server.sio.main.sockets.values())).disconnect(close=True)
         async with asyncio.timeout(1):
             resp = await pending
@@ -147,7 +142,7 @@ async def test_server_disconnect_reaches_a_polling_client_at_once_and_on_its_nex
         async with http.get(f"{server.url}{POLLING_PATH}&sid={sid}") as resp:
             assert resp.status == 200
             assert await resp.text() == "41\x1e1"
-        await asyncio.sleep(0.01)
+        await eventually(lambda: sid not in server.engine.sessions, "the closed session is gone")
         async with http.get(f"{server.url}{POLLING_PATH}&sid={sid}") as resp:
             assert resp.status == 400
 
@@ -206,8 +201,10 @@ async def drop(server: RunningServer, client: SioClient) -> None:
     """The transport goes away under the client (a recoverable 'transport close')."""
     socket_id = client.connected["/"]["sid"]
     await client.close()
-    await until(lambda: socket_id not in server.sio.main.sockets)
-    await asyncio.sleep(0.01)  # the session record is stored by a task
+    pid = client.connected["/"]["pid"]
+    await eventually(lambda: socket_id not in server.sio.main.sockets, "the socket left")
+    await eventually(lambda: pid in server.sio.main.adapter._sessions,  # type: ignore[attr-defined]
+                     "the session record is stored (by a task)")
 
 
 async def test_connect_reply_has_a_pid_and_events_carry_offsets(recovery_server: RunningServer) -> None:
@@ -308,7 +305,7 @@ async def test_no_restore_after_the_window() -> None:
         await_join(server)
         client, reply, offset = await joined_client(server)
         await drop(server, client)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the subject: the 0.2 s window passes
         back, new_reply = await reconnect(server, {"pid": reply["pid"], "offset": offset})
         assert new_reply["sid"] != reply["sid"]
         await back.close()
@@ -322,8 +319,9 @@ async def test_no_restore_after_a_deliberate_disconnect(recovery_server: Running
         client.send(SocketPacket(T.DISCONNECT))
     else:
         recovery_server.sio.main.sockets[socket_id].disconnect(close=True)
-    await until(lambda: socket_id not in recovery_server.sio.main.sockets)
-    await asyncio.sleep(0.01)
+    await eventually(lambda: socket_id not in recovery_server.sio.main.sockets, "the socket left")
+    # a session record, were one stored, would be stored by a task spawned as the socket left: it
+    # runs long before the new connection's handshake reaches restore_session
     await client.close()
     back, new_reply = await reconnect(recovery_server, {"pid": reply["pid"], "offset": offset})
     assert new_reply["sid"] != socket_id

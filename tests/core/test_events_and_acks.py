@@ -17,6 +17,7 @@ from coup.engine.options import EngineOptions
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from tests.servers import RunningServer, serve
 from tests.sioclient import SioClient, sio_connect
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -184,8 +185,7 @@ async def test_emit_with_ack_to_a_client(server: RunningServer) -> None:
     packet = await client.packet()
     assert packet.type is T.EVENT and packet.data == ["question", "6x7"] and packet.id is not None
     client.ack(packet.id, 42, "sure")
-    await asyncio.sleep(0.05)
-    assert results == [[42, "sure"]]
+    await eventually(lambda: results == [[42, "sure"]], "the ack reached emit_with_ack")
     await client.close()
 
 
@@ -205,9 +205,11 @@ async def test_emit_with_ack_times_out(server: RunningServer) -> None:
     assert packet.id is not None
     assert await client.event() == ["after-timeout"]
     assert len(outcome) == 1 and isinstance(outcome[0], AckTimeout)
+    server.sio.main.on("ping-after", lambda socket, args: "pong")
     client.ack(packet.id, "too late")  # a late ack is ignored, not an error
-    client.emit("ping-after")
-    await asyncio.sleep(0.05)
+    client.emit("ping-after", ack=9)  # answered after the late ack was handled: the session lives on
+    reply = await client.packet()
+    assert reply.type is T.ACK and reply.id == 9 and reply.data == ["pong"]
     assert client.engine_sid in server.engine.sessions
     await client.close()
 
@@ -225,10 +227,7 @@ async def test_emit_with_ack_fails_when_the_client_disconnects(server: RunningSe
     client = await sio_connect(server)
     await client.packet()
     await client.close()
-    for _ in range(100):
-        if outcome:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: outcome, "emit_with_ack failed with SocketDisconnected")
     assert len(outcome) == 1
 
 
@@ -309,10 +308,11 @@ async def test_connect_timeout_drops_a_client_that_joins_no_namespace(caplog: py
         with caplog.at_level(logging.INFO, logger="coup"):
             await idle.closed(timeout=2)  # answers pings all along: only the connect timeout ends it
         assert "no namespace connected" in caplog.text and idle.engine_sid in caplog.text
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the subject: past joined's own connect deadline, it is still there
         assert joined.engine_sid in server.engine.sessions
         joined.send(SocketPacket(T.DISCONNECT))
-        await asyncio.sleep(0.4)  # left every namespace after joining one: kept, as the reference does
+        await asyncio.sleep(0.4)  # the subject: past the connect timeout, left every namespace after joining one:
+        # kept, as the reference does
         assert joined.engine_sid in server.engine.sessions
         await idle.close()
         await joined.close()
@@ -335,8 +335,9 @@ async def test_a_flooding_socket_is_disconnected(server: RunningServer, caplog: 
         await flooder.closed()
     assert "flood" in caplog.text
     gate.set()
-    other.emit("work", 1)
-    await asyncio.sleep(0.05)
+    other.emit("work", 1, ack=1)
+    reply = await other.packet()  # served: the flood of another socket did not touch it
+    assert reply.type is T.ACK and reply.id == 1
     assert other.engine_sid in server.engine.sessions
     await other.close()
     await flooder.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from coup.protocol.socketio import SocketPacketType
 from coup.protocol.wire import Outbound
 from tests.servers import RunningServer, serve
 from tests.sioclient import SioClient, sio_connect
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -163,10 +163,7 @@ async def test_rooms_are_left_on_disconnect_and_handlers_still_see_them(server: 
     await ack(a, "join", "study:1")
     sid = sid_of(a)
     await a.close()
-    for _ in range(100):
-        if seen:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: seen, "the disconnect handler ran")
     assert seen == [("transport close", frozenset({sid, "study:1"}))]
     adapter = server.sio.main.adapter
     assert "study:1" not in adapter.local.rooms

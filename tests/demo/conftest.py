@@ -49,7 +49,7 @@ def chromium_path() -> str | None:
 class DemoServer:
     """`python -m coup serve --demo` as a user starts it, on a fixed port and database file."""
 
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
         sock, self.port = bind_unused_port()
         sock.close()  # the server binds it; restarting reuses the same port
         self.url = f"http://127.0.0.1:{self.port}"
@@ -57,6 +57,8 @@ class DemoServer:
         self.database = workdir / "demo.db"
         self.log_path = ARTIFACTS / f"{name}.server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: extra environment (settings) for the server
+        self.env = env or {}
         self._tokens: dict[int, str] = {}
 
     def start(self) -> None:
@@ -67,6 +69,7 @@ class DemoServer:
             "DATABASE_URL": f"sqlite:///{self.database}",
             "COUP_SERVICE_TOKEN": SERVICE_TOKEN,
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         })
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -199,8 +202,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any) -> Iterator[DemoServer]:
-    demo = DemoServer(tmp_path, request.node.name)
+def demo_env() -> dict[str, str]:
+    """Extra settings (environment) for the demo server; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any,
+           demo_env: dict[str, str]) -> Iterator[DemoServer]:
+    demo = DemoServer(tmp_path, request.node.name, env=demo_env)
     demo.log_path.unlink(missing_ok=True)
     demo.start()
     try:

@@ -141,15 +141,6 @@ def _data(args: tuple[Any, ...]) -> Any:
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Wait until `check()` is true (for state that changes after the event we can observe)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def refused(client: Client, event: str, *args: Any, code: str) -> dict[str, Any]:
     """Send `event` asking for an ack; check the failed ack and the `error` event; return the error."""
     before = len(client.got("error"))

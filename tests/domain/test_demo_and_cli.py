@@ -23,6 +23,7 @@ from coup.domain.database import Database
 from coup.domain.demo import DEMO_SECRET_KEY
 from coup.domain.models import Group, GroupMember, Message, Study, StudyMember, Task, User
 from tests.domain.support import Client, DomainNode
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -210,15 +211,14 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
 async def test_serve_demo_then_coup_token_as_a_new_user_would(demo_server: tuple[str, str]) -> None:
     url, cwd = demo_server
     http = AsyncHTTPClient()
-    for _ in range(150):
+
+    async def ready() -> bool:
         try:
-            if (await http.fetch(url + "/readyz", raise_error=False)).code == 200:
-                break
+            return (await http.fetch(url + "/readyz", raise_error=False)).code == 200
         except OSError:  # not listening yet
-            pass
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("coup serve --demo did not become ready")
+            return False
+
+    await eventually(ready, "coup serve --demo became ready", timeout=15, poll=0.1)
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "coup", "token", "1"], env=clean_env(), cwd=cwd,
         capture_output=True, text=True, timeout=30, check=False)
@@ -232,10 +232,7 @@ async def test_serve_demo_then_coup_token_as_a_new_user_would(demo_server: tuple
         assert (await sio.call("join-study", {"studyId": 1}, timeout=5))["ok"] is True
         ack = await sio.call("message", {"studyId": 1, "content": "hello from a new user"}, timeout=5)
         assert ack["ok"] is True and ack["seq"] == 1
-        for _ in range(50):
-            if received:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: received, "the message came back to its sender")
         assert received[0]["content"] == "hello from a new user"
     finally:
         await sio.disconnect()

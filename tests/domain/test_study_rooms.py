@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from coup.domain.models import StudyMember
 from tests.domain.support import ClientFactory, DomainNode, refused
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -148,9 +148,6 @@ async def test_room_member_presence_follows_join_leave_refusal_and_disconnect(
     assert set(member_keys(domain_node)) == {"study:1/1"}
     await alice.close()
     await bob.close()
-    for _ in range(50):
-        if not member_keys(domain_node):
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: not member_keys(domain_node), "the presence keys are gone")
     assert member_keys(domain_node) == {}
 

@@ -16,6 +16,7 @@ from coup.engine.polling import PollingTransport
 from coup.engine.websocket import WebSocketTransport
 from tests.servers import POLLING_PATH, WS_PATH, RunningServer, serve
 from tests.sioclient import SioClient, sio_connect
+from tests.waiting import eventually
 from tests.wsclient import OP_BINARY, HandshakeRefused, client_frame, text
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -45,7 +46,7 @@ async def test_websocket_message_up_to_max_payload_passes_and_one_more_byte_clos
         assert len(body) == MAX_PAYLOAD
         client.ws.send(text(body))
         client.emit("blob", "small")  # processed after the big one: the session is fine
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(got) == 2, "both messages handled")
         assert got == [MAX_PAYLOAD - 13, 5]
         with caplog.at_level(logging.INFO, logger="coup"):
             client.ws.send(client_frame(OP_BINARY, b"y" * (MAX_PAYLOAD + 1)))
@@ -136,7 +137,7 @@ async def test_polling_client_that_stops_fetching_is_disconnected(caplog: pytest
         sid, _ = await open_polling(http, server)
         async with http.post(f"{server.url}{POLLING_PATH}&sid={sid}", data="40"):
             pass
-        await asyncio.sleep(0.02)
+        await eventually(lambda: server.sio.main.sockets, "the socket joined the namespace")
         session = server.engine.sessions[sid]
         transport = session.transport
         assert isinstance(transport, PollingTransport)

@@ -14,6 +14,7 @@ from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.engine.websocket import WebSocketTransport
 from coup.protocol.wire import Outbound
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -99,8 +100,7 @@ async def test_slow_consumer_is_disconnected_with_bounded_memory() -> None:
             session.send(chunk)
             sent += chunk.size
             await asyncio.sleep(0)
-        await asyncio.sleep(0.05)
-        assert not session.open
+        await eventually(lambda: not session.open, "the slow consumer was disconnected")
         assert session.close_reason in ("transport error", "transport close")
         # what was queued in user space never exceeded the limit by more than one turn's writes
         assert transport._pending == []

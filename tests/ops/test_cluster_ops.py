@@ -20,8 +20,9 @@ import pytest_asyncio
 
 from coup.config import Secret
 from tests.cluster.conftest import RedisServer, redis_server  # noqa: F401 - a fixture
-from tests.domain.support import Client, DomainNode, NodeFactory, eventually
+from tests.domain.support import Client, DomainNode, NodeFactory
 from tests.ops.scrape import scrape
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -57,7 +58,7 @@ async def pair(make_node: NodeFactory, redis_server: RedisServer) -> AsyncIterat
     async def both_on_the_ring() -> bool:
         return all(len(n.node.cluster.registry.ring.nodes) == 2 for n in nodes if n.node.cluster)
 
-    await eventually(both_on_the_ring)
+    await eventually(both_on_the_ring, poll=0.05)
     clients = [Client(nodes[0], "websocket"), Client(nodes[1], "websocket")]
     try:
         for user, client in zip((1, 2), clients, strict=True):
@@ -80,7 +81,7 @@ async def test_every_node_exposes_its_own_counts(pair: Pair) -> None:
         return all(g.get("coup_redis_roundtrip_seconds_count") >= 1 and g.get("coup_pubsub_lag_seconds_count") >= 1
                    for g in got)
 
-    await eventually(probed, timeout=10)
+    await eventually(probed, timeout=10, poll=0.05)
     mine, theirs = await scrape(pair.metrics_url(caller)), await scrape(pair.metrics_url(owner))
     for got in (mine, theirs):
         assert got["coup_connections", {"namespace": "/", "transport": "websocket"}] == 1  # its own client only
@@ -131,7 +132,7 @@ async def test_coup_status_reads_the_cluster_from_redis(pair: Pair) -> None:
         status = json.loads(result.stdout)
         return all(row["connections"] for row in status["nodes"])
 
-    await eventually(reported, timeout=8)
+    await eventually(reported, timeout=8, poll=0.05)
     assert status["epoch"] == epoch
     assert [n["id"] for n in status["nodes"]] == sorted(n.node.sio.node_id for n in pair.nodes)
     for row in status["nodes"]:

@@ -14,8 +14,9 @@ from coup.engine.server import EngineServer
 from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
-from tests.domain.support import Client, DomainNode, NodeFactory, eventually
+from tests.domain.support import Client, DomainNode, NodeFactory
 from tests.ops.scrape import Scrape, scrape
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -64,7 +65,7 @@ async def test_a_node_counts_what_its_clients_do(make_node: NodeFactory) -> None
         await bob.close()
         # the offline transition comes last: the disconnect handler reads the database first
         await eventually(lambda: _scraped(url, "coup_presence_transitions_total",
-                                          {"kind": "user", "direction": "offline"}, 1))
+                                          {"kind": "user", "direction": "offline"}, 1), poll=0.05)
         after = await scrape(url)
         assert after["coup_disconnects_total", {"namespace": "/", "reason": "client namespace disconnect"}] == 1
         assert after["coup_connections", {"namespace": "/", "transport": "polling"}] == 0
@@ -117,8 +118,7 @@ async def test_a_slow_polling_consumer_is_cut_off_and_its_queue_counted() -> Non
     session = engine.open_polling(handshake)
     for _ in range(30):  # never fetched: the queue outgrows its bound
         session.send(Outbound.message(encode(SocketPacket(SocketPacketType.EVENT, "/", ["big", "x" * 1000]))))
-    await asyncio.sleep(0.01)  # the close runs on the next loop turn
-    assert not session.open
+    await eventually(lambda: not session.open, "the close (it runs on a later loop turn)")
     assert metrics.slow_consumers == {"polling": 1}
     assert metrics.queue_drops["polling"] >= 9
     assert metrics.closed == {"transport error": 1} and metrics.opened == {"polling": 1}

@@ -32,7 +32,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -45,6 +44,7 @@ from tornado.testing import bind_unused_port
 
 from coup.domain.auth import TokenService
 from tests.demo.proxy import haproxy_path
+from tests.waiting import eventually_sync as wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "paas"
@@ -59,14 +59,6 @@ def free_port() -> int:
     sock, port = bind_unused_port()
     sock.close()
     return port
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
 
 
 def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -120,7 +120,7 @@ def test_an_untrusted_certificate_is_refused_loudly_not_ready(
     assert PASSWORD not in node.log_text()
     wait_for(lambda: http_get(f"{node.url}/healthz")[0] == 200, timeout=20, what="the node to serve")
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # and it stays so: retrying, never ready, never gone
+    while time.monotonic() < deadline:  # the subject: it stays so for 3 s, retrying, never ready, never gone
         assert node.alive
         status, body = http_get(f"{node.url}/readyz")
         assert status == 503 and b'"redis": false' in body, (status, body)

@@ -85,7 +85,8 @@ async def race(port: int, prefix: str, *, keep_alive: bool = False, preconnect: 
         second = connect(port) if preconnect else None
         first = opener if keep_alive else connect(port)
         sockets += [first] + ([second] if second is not None else [])
-        await asyncio.sleep(0.02)  # the server accepts the connections and finds nothing to read
+        # the subject (nothing to observe from here): the server accepts the connections and finds nothing to read
+        await asyncio.sleep(0.02)
         # From here to the read the loop does not run: the server sees both polls at once.
         send_poll(first, path)
         if second is None:

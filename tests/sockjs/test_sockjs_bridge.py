@@ -23,6 +23,7 @@ from coup.protocol.wire import Outbound
 from coup.transports.sockjs.bridge import BridgeContext
 from coup.transports.sockjs.envelope import EnvelopeError, decode_inbound
 from tests.conftest import RunningNode
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -168,8 +169,7 @@ async def test_protocol_errors_are_explained_then_the_connection_closes(
     error = await client.next()
     assert error["type"] == "error" and error["code"] == code and error["message"]
     assert await client.closed() == [4400, code.lower()]
-    await asyncio.sleep(0.05)
-    assert not sockjs_node.node.engine.sessions  # the core session is gone too
+    await eventually(lambda: not sockjs_node.node.engine.sessions, "the core session is gone too")
 
 
 @pytest.mark.parametrize(("envelope", "why"), [

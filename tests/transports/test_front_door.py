@@ -139,7 +139,7 @@ async def test_request_split_across_packets_and_pipelined_frame() -> None:
         ping = bytes([0x81, 0x81, 1, 2, 3, 4, ord("2") ^ 1])  # masked text frame "2" (a client ping)
         writer.write(head[:20])
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the subject: the head arrives in two pieces (nothing to await in between)
         writer.write(head[20:] + ping)
         await writer.drain()
         data = b""
