@@ -109,7 +109,7 @@ def _interface_towards(url: str | None) -> str | None:
     endpoint = redis_endpoint(url) if url else None
     if endpoint is None or endpoint.path is not None:
         return None
-    target = endpoint.host
+    target = endpoint.sentinels[0][0] if endpoint.sentinels else endpoint.host  # the sentinels' network
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -289,7 +289,7 @@ class CoupNode:
     async def start(self, sockets: list[socket.socket] | None = None) -> HTTPServer:
         """Start serving on `sockets`, or on the configured host and port."""
         if sockets is None:
-            sockets = bind_sockets(self.settings.port, self.settings.host)
+            sockets = bind_sockets(self.settings.port, self.settings.host, backlog=self.settings.listen_backlog)
         if self.cluster is not None:
             await self.cluster.start(_public_address(self.settings, sockets[0]))
             if self._stats_reporter is not None:
@@ -310,8 +310,10 @@ class CoupNode:
         if self.front_door:
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout)
-            self._listeners = await door.serve(sockets)
+            self._listeners = await door.serve(sockets, backlog=self.settings.listen_backlog)
         else:
+            for sock in sockets:
+                sock.listen(self.settings.listen_backlog)  # sockets passed in keep their owner's backlog otherwise
             server.add_sockets(sockets)
         self.http_server = server
         if self.metrics is not None and self.settings.metrics_port is not None:

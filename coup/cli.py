@@ -9,7 +9,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from coup.config import ConfigError, Settings, StartError, url_for_logs
+from coup.config import (
+    ConfigError,
+    Settings,
+    StartError,
+    readme_with_tables,
+    settings_help,
+    settings_table,
+    url_for_logs,
+)
 from coup.logs import configure_logging, set_node
 
 log = logging.getLogger("coup")
@@ -187,10 +195,29 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings_table(args: argparse.Namespace) -> int:
+    """Print the README's variable tables, or bring README.md's (between its markers) up to date."""
+    from pathlib import Path
+
+    from coup.config import SECTIONS
+
+    if args.update is None:
+        print("\n\n".join(f"{heading}\n\n{settings_table(section)}" for section, heading in SECTIONS.items()))
+        return 0
+    path = Path(args.update)
+    text = path.read_text()
+    updated = readme_with_tables(text)
+    if updated != text:
+        path.write_text(updated)
+    print(f"coup: {path} {'updated' if updated != text else 'was up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coup", description="CoUp Realtime: Socket.IO server for CoUp")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run a node")
+    serve = sub.add_parser("serve", help="run a node", epilog=settings_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="interface to listen on (default $HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default $PORT or 8000)")
     serve.add_argument("--demo", action="store_true", help="demo mode: embedded defaults and demo data")
@@ -217,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.add_argument("--rounds", type=int, default=12, choices=range(4, 17), metavar="4..16",
                         help="bcrypt cost (default 12)")
     hashpw.set_defaults(func=cmd_hash_password)
+    table = sub.add_parser("settings-table", help="print the environment variables as README.md's markdown tables")
+    table.add_argument("--update", metavar="README", help="rewrite the tables between the file's "
+                                                           "<!-- settings-table SECTION --> markers instead")
+    table.set_defaults(func=cmd_settings_table)
     return parser
 
 

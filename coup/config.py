@@ -2,6 +2,14 @@
 
 `Settings.from_env(environ)` takes the mapping to read, so tests pass their own. A bad
 value raises `ConfigError` naming the variable; secrets hide themselves in `repr`.
+
+The fields of `Settings` are the settings table: each ``setting(NAME, default, parser, help,
+section)`` row gives `from_env`, `coup serve --help` and README.md's tables (regenerate those with
+``python -m coup settings-table --update README.md``; tests/test_config.py fails while they
+differ). To add a setting, add one row, then regenerate the README. A parser is
+``(name, raw) -> value`` and raises `ConfigError` naming `name`; `_integer(min, max)`,
+`_number(min)`, `_bool`, `_choice`, `_text`, `_list` cover most. Rules that tie several
+variables together go in `Settings.validated`.
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from coup.redis_endpoint import RedisURLError, redis_endpoint, with_options
@@ -179,23 +187,133 @@ def _redis_url(name: str, raw: str) -> str:
     return value
 
 
-def _list(raw: str) -> tuple[str, ...]:
+T = TypeVar("T")
+#: reads one variable's text: ``parse(name, raw)`` returns the value or raises ConfigError naming `name`
+Parser = Callable[[str, str], T]
+
+
+def _list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def _proxies(raw: str) -> tuple[str, ...]:
+def _proxies(name: str, raw: str) -> tuple[str, ...]:
     import ipaddress
 
-    items = _list(raw)
+    items = _list(name, raw)
     for item in items:
         if item == "*":
             continue
         try:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ConfigError(f"COUP_TRUSTED_PROXIES must list IP addresses or networks (10.0.0.0/8) or be *, "
+            raise ConfigError(f"{name} must list IP addresses or networks (10.0.0.0/8) or be *, "
                               f"got {item!r}") from None
     return items
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _secret(name: str, raw: str) -> Secret:
+    """Kept as given (checked in `Settings.validated`, which also sees overrides)."""
+    return Secret(raw)
+
+
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Parser[int]:
+    return lambda name, raw: _int(name, raw, minimum=minimum, maximum=maximum)
+
+
+def _number(minimum: float = 0.0) -> Parser[float]:
+    return lambda name, raw: _float(name, raw, minimum=minimum)
+
+
+def _choice(options: tuple[str, ...], says: str, fold: Callable[[str], str] = str) -> Parser[str]:
+    """One of `options` after `fold` (``str.upper``: case does not matter); `says` lists them in the error."""
+    def parse(name: str, raw: str) -> str:
+        value = fold(raw.strip())
+        if value not in options:
+            raise ConfigError(f"{name} must be {says}, got {raw!r}")
+        return value
+    return parse
+
+
+def _long_secret(min_bytes: int) -> Parser[Secret]:
+    def parse(name: str, raw: str) -> Secret:
+        if len(raw.encode()) < min_bytes:
+            raise ConfigError(f"{name} must be at least {min_bytes} bytes")
+        return Secret(raw)
+    return parse
+
+
+def _admin_password(name: str, raw: str) -> Secret:
+    return Secret(_bcrypt_hash(name, raw.strip()))
+
+
+def _blank_is_unset(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    return raw if raw is not None and raw.strip() != "" else None
+
+
+def _redis_url_with_options(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """REDIS_URL, with COUP_REDIS_OPTIONS merged into its query (a platform may own REDIS_URL)."""
+    raw = _blank_is_unset(env, "REDIS_URL")
+    options = _blank_is_unset(env, "COUP_REDIS_OPTIONS")
+    if raw is None:
+        return None
+    if options is None:
+        return "REDIS_URL", raw
+    return "REDIS_URL (with COUP_REDIS_OPTIONS)", with_options(raw, options)
+
+
+def _proxies_or_heroku_router(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Heroku (DYNO set): dynos are reached only through its router, which sets X-Forwarded-For."""
+    raw = _blank_is_unset(env, "COUP_TRUSTED_PROXIES")
+    if raw is None and env.get("DYNO"):
+        return "COUP_TRUSTED_PROXIES", "*"
+    return None if raw is None else ("COUP_TRUSTED_PROXIES", raw)
+
+
+#: README sections, in the order `settings_tables` writes them: (key, README heading it sits under)
+SECTIONS = {"general": "Configuration", "cluster": "Cluster variables", "domain": "The CoUp domain's variables",
+            "metrics": "Metrics", "admin": "Admin view"}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: a row of the settings table (see `setting`)."""
+
+    name: str
+    parse: Parser[Any]
+    #: README "meaning" column (markdown); `coup serve --help` shows it without the backticks
+    help: str
+    #: a key of SECTIONS: which README table lists it
+    section: str
+    #: README "default" column when the value alone does not say it ("random", "none: off")
+    shown_default: str | None = None
+    #: reads the (name for errors, raw text) from the environment when more than the variable is involved
+    read: Callable[[Mapping[str, str]], tuple[str, str] | None] | None = None
+    #: the Settings field (filled in from the dataclass)
+    field: str = ""
+
+    def raw(self, env: Mapping[str, str]) -> tuple[str, str] | None:
+        """(name for errors, raw text), or None when unset (blank counts as unset)."""
+        if self.read is not None:
+            return self.read(env)
+        raw = _blank_is_unset(env, self.name)
+        return None if raw is None else (self.name, raw)
+
+
+def setting(name: str, default: T, parse: Parser[T], help: str, section: str, *, shown_default: str | None = None,
+            read: Callable[[Mapping[str, str]], tuple[str, str] | None] | None = None) -> T:
+    """A Settings field read from variable `name` by `parse`: one row of the settings table.
+
+    `Settings.from_env`, `coup serve --help` and the README tables (`coup settings-table`) all come
+    from these rows; adding a setting is adding one.
+    """
+    assert section in SECTIONS, section
+    variable = Variable(name, parse, help, section, shown_default, read)
+    return field(default=default, metadata={"variable": variable})
 
 
 #: fields whose values may hold a password: shown with it hidden
@@ -204,179 +322,164 @@ _URL_FIELDS = ("database_url", "redis_url")
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # --- general ("Configuration" in README.md)
+    host: str = setting("HOST", "127.0.0.1", _text, "interface to listen on (`0.0.0.0` for all)", "general")
+    port: int = setting("PORT", 8000, _integer(0, 65535), "port to listen on", "general")
+    listen_backlog: int = setting(
+        "COUP_LISTEN_BACKLOG", 1024, _integer(1, 65535), "connections the kernel queues before they are accepted "
+        "(capped by `net.core.somaxconn`); a full queue drops SYNs, and each drop costs a client a 1 s retransmit "
+        "in a reconnect storm", "general")
+    jwt_secret: Secret | None = setting(
+        "JWT_SECRET", None, _secret, "secret for signing tokens, at least 32 bytes and not guessable (`aaaa…`, a "
+        "repeated piece: refused); required unless demo mode", "general")
+    jwt_algorithm: str = setting("JWT_ALGORITHM", "HS256", _choice(("HS256", "HS384", "HS512"),
+                                                                   "one of HS256, HS384, HS512"),
+                                 "`HS256`, `HS384` or `HS512`", "general")
     #: demo mode: embedded defaults, a made-up JWT secret, demo data, /api/dev/token
-    demo: bool = False
-    #: let demo mode start on a hosting platform or with PostgreSQL (a public demo instance)
-    demo_anywhere: bool = False
-    database_url: str = "sqlite:///coup.db"
-    redis_url: str | None = None
-    jwt_secret: Secret | None = None
-    jwt_algorithm: str = "HS256"
-    service_token: Secret | None = None
-    #: browser origins allowed besides the server's own (CORS and WebSocket Origin)
-    allowed_origins: tuple[str, ...] = ()
-    node_id: str | None = None
-    #: address other nodes use to reach this one (cluster); defaults to host:port
-    public_address: str | None = None
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    max_payload: int = 1_000_000
-    #: seconds a connection may take to send a request head (and may stay idle between requests)
-    head_timeout: float = 10.0
-    #: seconds a request may take to send its body once its head is in; then the connection is closed
-    body_timeout: float = 30.0
-    #: peers whose forwarded headers (X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto) are believed:
-    #: IP addresses or networks, or "*" (the immediate peer, whoever it is: a PaaS router)
-    trusted_proxies: tuple[str, ...] = ()
-    #: Socket.IO connections one client address may hold on this node
-    max_connections_per_address: int = 1000
-    #: sockets one user may hold on this node (tabs, devices)
-    max_sockets_per_user: int = 50
-    #: connection state recovery window in seconds; 0 turns recovery off
-    recovery_window: float = 120.0
-    #: bytes of broadcasts kept for recovery per namespace
-    recovery_max_bytes: int = 32 * 1024 * 1024
-    log_level: str = "INFO"
-    #: "text" (logfmt-like, on stderr) or "json" (one object per line, on stdout)
-    log_format: str = "text"
-    #: serve `GET /metrics` on this port of `host`, without authentication (a private network)
-    metrics_port: int | None = None
-    #: serve `GET /metrics` on the main port to `Authorization: Bearer <token>`
-    metrics_token: Secret | None = None
-    #: the Socket.IO Admin UI's `/admin` namespace: user name and bcrypt hash of the password
-    admin_user: str | None = None
-    admin_password_hash: Secret | None = None
-    #: the admin namespace only shows (False: it may also emit, join, leave and disconnect)
-    admin_readonly: bool = True
-    static_dir: str | None = None
-    #: cluster: every Redis key and channel starts with this (several apps may share a Redis)
-    redis_prefix: str = "coup"
+    demo: bool = setting(
+        "COUP_DEMO", False, _bool, "demo mode: embedded defaults, and a random `JWT_SECRET` when none is set; it "
+        "also creates and seeds an empty database, keeps its made-up JWT secret in that database (so `coup token` "
+        "can sign with it), and enables `POST /api/dev/token`; refused on a hosting platform or with PostgreSQL "
+        "(\"Procfile deployment\")", "general")
+    demo_anywhere: bool = setting(
+        "COUP_DEMO_ANYWHERE", False, _bool, "`1` lets demo mode start on a hosting platform or with PostgreSQL: "
+        "only for a public demo instance with no real users", "general")
+    allowed_origins: tuple[str, ...] = setting(
+        "COUP_ALLOWED_ORIGINS", (), _list, "comma-separated browser origins (`https://app.example.com`) allowed "
+        "besides the server's own, for CORS and the WebSocket `Origin` check; `*` allows any", "general")
+    ping_interval: float = setting("COUP_PING_INTERVAL", 25.0, _number(0.05), "seconds between Engine.IO pings",
+                                   "general")
+    ping_timeout: float = setting("COUP_PING_TIMEOUT", 20.0, _number(0.05),
+                                  "seconds to wait for a pong before closing the connection", "general")
+    max_payload: int = setting("COUP_MAX_PAYLOAD", 1_000_000, _integer(1024),
+                               "largest message or polling body a client may send, in bytes", "general")
+    head_timeout: float = setting(
+        "COUP_HEAD_TIMEOUT", 10.0, _number(0.05), "seconds a connection may take to send a request head, and may "
+        "stay idle between requests; a new connection that runs out of time gets `408` and is closed", "general")
+    body_timeout: float = setting(
+        "COUP_BODY_TIMEOUT", 30.0, _number(0.05), "seconds a request may take to send its body once its head is "
+        "in; then the connection is closed", "general")
+    trusted_proxies: tuple[str, ...] = setting(
+        "COUP_TRUSTED_PROXIES", (), _proxies, "comma-separated proxy addresses or networks (`10.0.0.0/8`) whose "
+        "`X-Forwarded-For` / `X-Real-Ip` / `X-Forwarded-Proto` are believed; `*` believes the immediate peer (a "
+        "PaaS router every connection passes through). Anyone else's are ignored", "general",
+        shown_default="none (on Heroku, where `DYNO` is set: `*`)", read=_proxies_or_heroku_router)
+    max_connections_per_address: int = setting(
+        "COUP_MAX_CONNECTIONS_PER_ADDRESS", 1000, _integer(1), "connections one client address may hold on this "
+        "node (a NAT'd office shares one); beyond, `connect_error {code: \"TOO_MANY_CONNECTIONS\"}`", "general")
+    recovery_window: float = setting(
+        "COUP_RECOVERY_WINDOW", 120.0, _number(), "seconds a dropped client can come back with the events it "
+        "missed (connection state recovery); `0` turns it off", "general")
+    recovery_max_bytes: int = setting(
+        "COUP_RECOVERY_MAX_BYTES", 32 * 1024 * 1024, _integer(64 * 1024), "bytes of broadcasts kept for recovery "
+        "per namespace (also at most 50,000 packets; one socket's broadcasts at most a quarter of either)",
+        "general", shown_default="`33554432` (32 MiB)")
+    log_level: str = setting(
+        "COUP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"), "DEBUG, INFO, WARNING or ERROR",
+                                          str.upper),
+        "`DEBUG`, `INFO`, `WARNING` or `ERROR` (polling and SockJS transport requests and health checks are "
+        "logged at `DEBUG` only)", "general")
+    log_format: str = setting(
+        "COUP_LOG_FORMAT", "text", _choice(("text", "json"), "text or json", str.lower),
+        "`text`: logfmt-like lines on stderr (`time=... level=INFO logger=... node=... sid=... user=... "
+        "msg=\"...\"`); `json`: one JSON object per line on stdout (`time`, `level`, `logger`, `node`, `sid` and "
+        "`user` where known, `message`, `exception`; access lines add `method`, `path`, `status`, "
+        "`duration_ms`, `remote_ip`)", "general")
+    static_dir: str | None = setting(
+        "COUP_STATIC_DIR", None, _text, "directory served at `/` (the repository's `static/`, which a wheel "
+        "carries as `coup/static/`)", "general", shown_default="the demo page shipped with the package")
     #: modules whose ``setup(node)`` runs when a node is built (extra handlers, test apps)
-    plugins: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = setting(
+        "COUP_PLUGINS", (), _list, "comma-separated modules whose `setup(node)` runs when a node is built (extra "
+        "handlers, test apps)", "general")
+    # --- cluster
+    redis_url: str | None = setting(
+        "REDIS_URL", None, _redis_url, "`redis://[user:pass@]host:port/db`, `rediss://...` (TLS) or "
+        "`unix:///path`; Redis Sentinel: `redis+sentinel://[user:pass@]host1:26379,host2:26379/mymaster[/db]` "
+        "(`rediss+sentinel://`: TLS to the primary and the sentinels; `sentinel_username=`/`sentinel_password=` "
+        "when the sentinels have their own password), every connection asks the sentinels for the primary "
+        "([docs/cluster.md](docs/cluster.md#redis-sentinel)); TLS options in the query, as redis-py reads them: "
+        "`ssl_cert_reqs=none\\|optional\\|required` (default `required`), `ssl_ca_certs=/path/ca.pem`, "
+        "`ssl_certfile=`/`ssl_keyfile=` (a client certificate), `ssl_check_hostname=false`; they hold on every "
+        "Redis connection of the node; an unknown option stops the start", "cluster",
+        shown_default="none: one process", read=_redis_url_with_options)
+    #: merged into redis_url by from_env; kept to say it was set
+    redis_options: str | None = setting(
+        "COUP_REDIS_OPTIONS", None, _text, "query options added to `REDIS_URL` (and winning over its own), e.g. "
+        "`ssl_cert_reqs=none`: for a platform that owns `REDIS_URL` (Heroku's add-on sets it and rotates its "
+        "password)", "cluster")
+    node_id: str | None = setting(
+        "COUP_NODE_ID", None, _name, "this node's name in the cluster (letters, digits, `_`, `-`); it also "
+        "prefixes every Engine.IO session id", "cluster", shown_default="random")
+    public_address: str | None = setting(
+        "COUP_PUBLIC_ADDRESS", None, _address, "this node's address as shown in `GET /api/cluster`; nodes never "
+        "connect to each other (requests for another node's session go through Redis)", "cluster",
+        shown_default="the bound `host:port`")
+    redis_prefix: str = setting(
+        "COUP_REDIS_PREFIX", "coup", _name, "first part of every Redis key and channel, so several apps can share "
+        "one Redis", "cluster")
+    # --- domain
+    service_token: Secret | None = setting(
+        "COUP_SERVICE_TOKEN", None, _secret, "bearer token (at least 16 bytes, not guessable) trusted backends use "
+        "for `POST /api/notifications`; it also guards `GET /api/cluster` (live nodes, ring epoch) and "
+        "`GET /api/cluster/owner?room=study:1`", "domain", shown_default="none: service API off")
+    database_url: str = setting(
+        "DATABASE_URL", "sqlite:///coup.db", _database_url, "`sqlite:///relative.db`, "
+        "`sqlite:////absolute/path.db`, or `postgresql://user:pass@host:5432/db`", "domain")
+    db_workers: int = setting("COUP_DB_WORKERS", 4, _integer(1, 64),
+                              "database threads (queries never run on the event loop)", "domain")
+    message_rate: float = setting(
+        "COUP_MESSAGE_RATE", 5.0, _number(0.01), "chat messages per user, sustained per second; beyond that and "
+        "the burst, `RATE_LIMITED` (HTTP 429)", "domain")
+    message_burst: int = setting("COUP_MESSAGE_BURST", 20, _integer(1),
+                                 "chat messages per user in a burst (see `COUP_MESSAGE_RATE`)", "domain")
+    typing_interval: float = setting(
+        "COUP_TYPING_INTERVAL", 1.0, _number(), "at most one `typing` broadcast per user and study in this many "
+        "seconds", "domain")
+    join_rate: float = setting(
+        "COUP_JOIN_RATE", 2.0, _number(0.01), "`join-study` and `leave-study` per user (each announces to the "
+        "whole room), sustained per second; beyond that and the burst, `RATE_LIMITED`", "domain")
+    join_burst: int = setting("COUP_JOIN_BURST", 20, _integer(1),
+                              "`join-study` and `leave-study` per user in a burst (see `COUP_JOIN_RATE`)", "domain")
+    max_sockets_per_user: int = setting(
+        "COUP_MAX_SOCKETS_PER_USER", 50, _integer(1), "sockets one user may hold on this node (tabs, devices); "
+        "beyond, `connect_error {code: \"TOO_MANY_CONNECTIONS\"}`", "domain")
+    membership_check_interval: float = setting(
+        "COUP_MEMBERSHIP_CHECK_INTERVAL", 30.0, _number(0.05), "seconds between checks that the sockets in study "
+        "rooms belong to ACTIVE members; a removed member gets `removed-from-study` and leaves the room (also at "
+        "once on the room's next message or their `typing`)", "domain")
+    # --- metrics
+    metrics_token: Secret | None = setting(
+        "COUP_METRICS_TOKEN", None, _long_secret(16), "serve `/metrics` on the main port to `Authorization: Bearer "
+        "<token>` (at least 16 bytes); anything else gets 401", "metrics")
+    metrics_port: int | None = setting(
+        "COUP_METRICS_PORT", None, _integer(0, 65535), "serve `/metrics` on this port of `HOST` to anyone who "
+        "reaches it: for a private network the scraper shares with the nodes (firewall it otherwise); `0` picks "
+        "a free port", "metrics")
+    # --- admin
+    admin_user: str | None = setting("COUP_ADMIN_USER", None, _text, "the user name the UI signs in with", "admin",
+                                     shown_default="none: off")
+    admin_password_hash: Secret | None = setting(
+        "COUP_ADMIN_PASSWORD", None, _admin_password, "the **bcrypt hash** of its password (`coup hash-password` "
+        "prints one; the plain password is refused)", "admin", shown_default="none: off")
+    admin_readonly: bool = setting(
+        "COUP_ADMIN_READONLY", True, _bool, "`0` lets the UI also emit events, make sockets join or leave rooms, "
+        "and disconnect them", "admin")
+    # --- not read from the environment
     #: True when demo mode made the JWT secret up; the domain then keeps one secret stable
     #: in the demo database, so a separate `coup token` process signs tokens it accepts
     jwt_secret_generated: bool = False
     #: seconds of clock skew tolerated on a token's `exp`
     jwt_leeway: float = 10.0
-    #: threads running database queries (queries never run on the IOLoop)
-    db_workers: int = 4
-    #: chat messages one user may send: sustained per second, and in a burst
-    message_rate: float = 5.0
-    message_burst: int = 20
-    #: at most one `typing` broadcast per user and study in this many seconds
-    typing_interval: float = 1.0
-    #: join-study / leave-study per user: sustained per second, and in a burst
-    join_rate: float = 2.0
-    join_burst: int = 20
-    #: seconds between checks that the sockets in each study room still belong to ACTIVE members
-    membership_check_interval: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-
-        def get(name: str) -> str | None:
-            raw = env.get(name)
-            return raw if raw is not None and raw.strip() != "" else None
-
-        if (raw := get("HOST")) is not None:
-            values["host"] = raw.strip()
-        if (raw := get("PORT")) is not None:
-            values["port"] = _int("PORT", raw, minimum=0, maximum=65535)
-        if (raw := get("COUP_DEMO")) is not None:
-            values["demo"] = _bool("COUP_DEMO", raw)
-        if (raw := get("COUP_DEMO_ANYWHERE")) is not None:
-            values["demo_anywhere"] = _bool("COUP_DEMO_ANYWHERE", raw)
-        if (raw := get("DATABASE_URL")) is not None:
-            values["database_url"] = _database_url("DATABASE_URL", raw)
-        if (raw := get("REDIS_URL")) is not None:
-            if (options := get("COUP_REDIS_OPTIONS")) is not None:
-                values["redis_url"] = _redis_url("REDIS_URL (with COUP_REDIS_OPTIONS)", with_options(raw, options))
-            else:
-                values["redis_url"] = _redis_url("REDIS_URL", raw)
-        elif get("COUP_REDIS_OPTIONS") is not None:
-            raise ConfigError("COUP_REDIS_OPTIONS is set but REDIS_URL is not: the options belong to a Redis URL")
-        if (raw := get("JWT_SECRET")) is not None:
-            values["jwt_secret"] = Secret(raw)
-        if (raw := get("JWT_ALGORITHM")) is not None:
-            if raw.strip() not in ("HS256", "HS384", "HS512"):
-                raise ConfigError(f"JWT_ALGORITHM must be one of HS256, HS384, HS512, got {raw!r}")
-            values["jwt_algorithm"] = raw.strip()
-        if (raw := get("COUP_SERVICE_TOKEN")) is not None:
-            values["service_token"] = Secret(raw)
-        if (raw := get("COUP_ALLOWED_ORIGINS")) is not None:
-            values["allowed_origins"] = _list(raw)
-        if (raw := get("COUP_NODE_ID")) is not None:
-            values["node_id"] = _name("COUP_NODE_ID", raw)
-        if (raw := get("COUP_REDIS_PREFIX")) is not None:
-            values["redis_prefix"] = _name("COUP_REDIS_PREFIX", raw)
-        if (raw := get("COUP_PLUGINS")) is not None:
-            values["plugins"] = _list(raw)
-        if (raw := get("COUP_PUBLIC_ADDRESS")) is not None:
-            values["public_address"] = _address("COUP_PUBLIC_ADDRESS", raw)
-        if (raw := get("COUP_PING_INTERVAL")) is not None:
-            values["ping_interval"] = _float("COUP_PING_INTERVAL", raw, minimum=0.05)
-        if (raw := get("COUP_PING_TIMEOUT")) is not None:
-            values["ping_timeout"] = _float("COUP_PING_TIMEOUT", raw, minimum=0.05)
-        if (raw := get("COUP_MAX_PAYLOAD")) is not None:
-            values["max_payload"] = _int("COUP_MAX_PAYLOAD", raw, minimum=1024)
-        if (raw := get("COUP_HEAD_TIMEOUT")) is not None:
-            values["head_timeout"] = _float("COUP_HEAD_TIMEOUT", raw, minimum=0.05)
-        if (raw := get("COUP_RECOVERY_WINDOW")) is not None:
-            values["recovery_window"] = _float("COUP_RECOVERY_WINDOW", raw)
-        if (raw := get("COUP_RECOVERY_MAX_BYTES")) is not None:
-            values["recovery_max_bytes"] = _int("COUP_RECOVERY_MAX_BYTES", raw, minimum=64 * 1024)
-        if (raw := get("COUP_BODY_TIMEOUT")) is not None:
-            values["body_timeout"] = _float("COUP_BODY_TIMEOUT", raw, minimum=0.05)
-        if (raw := get("COUP_TRUSTED_PROXIES")) is not None:
-            values["trusted_proxies"] = _proxies(raw)
-        elif env.get("DYNO"):  # Heroku: dynos are reached only through its router, which sets X-Forwarded-For
-            values["trusted_proxies"] = ("*",)
-        if (raw := get("COUP_MAX_CONNECTIONS_PER_ADDRESS")) is not None:
-            values["max_connections_per_address"] = _int("COUP_MAX_CONNECTIONS_PER_ADDRESS", raw, minimum=1)
-        if (raw := get("COUP_MAX_SOCKETS_PER_USER")) is not None:
-            values["max_sockets_per_user"] = _int("COUP_MAX_SOCKETS_PER_USER", raw, minimum=1)
-        if (raw := get("COUP_JOIN_RATE")) is not None:
-            values["join_rate"] = _float("COUP_JOIN_RATE", raw, minimum=0.01)
-        if (raw := get("COUP_JOIN_BURST")) is not None:
-            values["join_burst"] = _int("COUP_JOIN_BURST", raw, minimum=1)
-        if (raw := get("COUP_MEMBERSHIP_CHECK_INTERVAL")) is not None:
-            values["membership_check_interval"] = _float("COUP_MEMBERSHIP_CHECK_INTERVAL", raw, minimum=0.05)
-        if (raw := get("COUP_LOG_LEVEL")) is not None:
-            level = raw.strip().upper()
-            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise ConfigError(f"COUP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
-            values["log_level"] = level
-        if (raw := get("COUP_LOG_FORMAT")) is not None:
-            if raw.strip().lower() not in ("text", "json"):
-                raise ConfigError(f"COUP_LOG_FORMAT must be text or json, got {raw!r}")
-            values["log_format"] = raw.strip().lower()
-        if (raw := get("COUP_METRICS_PORT")) is not None:
-            values["metrics_port"] = _int("COUP_METRICS_PORT", raw, minimum=0, maximum=65535)
-        if (raw := get("COUP_METRICS_TOKEN")) is not None:
-            if len(raw.encode()) < 16:
-                raise ConfigError("COUP_METRICS_TOKEN must be at least 16 bytes")
-            values["metrics_token"] = Secret(raw)
-        if (raw := get("COUP_ADMIN_USER")) is not None:
-            values["admin_user"] = raw.strip()
-        if (raw := get("COUP_ADMIN_PASSWORD")) is not None:
-            values["admin_password_hash"] = Secret(_bcrypt_hash("COUP_ADMIN_PASSWORD", raw.strip()))
-        if (raw := get("COUP_ADMIN_READONLY")) is not None:
-            values["admin_readonly"] = _bool("COUP_ADMIN_READONLY", raw)
-        if (raw := get("COUP_STATIC_DIR")) is not None:
-            values["static_dir"] = raw.strip()
-        if (raw := get("COUP_DB_WORKERS")) is not None:
-            values["db_workers"] = _int("COUP_DB_WORKERS", raw, minimum=1, maximum=64)
-        if (raw := get("COUP_MESSAGE_RATE")) is not None:
-            values["message_rate"] = _float("COUP_MESSAGE_RATE", raw, minimum=0.01)
-        if (raw := get("COUP_MESSAGE_BURST")) is not None:
-            values["message_burst"] = _int("COUP_MESSAGE_BURST", raw, minimum=1)
-        if (raw := get("COUP_TYPING_INTERVAL")) is not None:
-            values["typing_interval"] = _float("COUP_TYPING_INTERVAL", raw)
+        for variable in VARIABLES:
+            if (read := variable.raw(env)) is not None:
+                values[variable.field] = variable.parse(*read)
         values.update(overrides)
         return cls(**values).validated()
 
@@ -405,6 +508,8 @@ class Settings:
     def validated(self) -> Settings:
         """Check cross-field rules; in demo mode, make up what a demo may lack."""
         settings = self
+        if settings.redis_options is not None and settings.redis_url is None:
+            raise ConfigError("COUP_REDIS_OPTIONS is set but REDIS_URL is not: the options belong to a Redis URL")
         if settings.jwt_secret is None:
             if not settings.demo:
                 raise ConfigError(
@@ -447,3 +552,58 @@ class Settings:
                 value = url_for_logs(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
+
+
+#: the settings table: every environment variable, in README order (rows are the `setting(...)` fields)
+VARIABLES = tuple(replace(f.metadata["variable"], field=f.name) for f in fields(Settings) if "variable" in f.metadata)
+
+
+def _shown_default(variable: Variable) -> str:
+    if variable.shown_default is not None:
+        return variable.shown_default
+    default = next(f.default for f in fields(Settings) if f.name == variable.field)
+    if default is None or default == ():
+        return "none"
+    if isinstance(default, bool):
+        return f"`{int(default)}`"
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return f"`{default}`"
+
+
+def settings_table(section: str) -> str:
+    """The README's markdown table of one section's variables."""
+    rows = [f"| `{v.name}` | {_shown_default(v)} | {v.help} |" for v in VARIABLES if v.section == section]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
+
+
+def _markers(section: str) -> tuple[str, str]:
+    return f"<!-- settings-table {section} -->", f"<!-- /settings-table {section} -->"
+
+
+def readme_with_tables(readme: str) -> str:
+    """`readme` with the table between each section's markers made from VARIABLES."""
+    for section in SECTIONS:
+        start, end = _markers(section)
+        head, found, rest = readme.partition(start + "\n")
+        _, found_end, tail = rest.partition(end)
+        if not found or not found_end:
+            raise ValueError(f"README has no {start} ... {end} markers")
+        readme = f"{head}{start}\n{settings_table(section)}\n{end}{tail}"
+    return readme
+
+
+def settings_help() -> str:
+    """The variables for `coup serve --help`: name, default and meaning, by section, without markdown."""
+    import textwrap
+
+    def plain(text: str) -> str:
+        return text.replace("`", "").replace("**", "").replace("\\|", "|")
+
+    lines = []
+    for section, heading in SECTIONS.items():
+        lines.append(f"{heading} (environment variables):" if section == "general" else f"{heading}:")
+        for v in (v for v in VARIABLES if v.section == section):
+            lines.append(f"  {v.name} (default {plain(_shown_default(v))})")
+            lines.extend(textwrap.wrap(plain(v.help), 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)

@@ -11,7 +11,9 @@ channels, so only the nodes with members in those rooms receive it (`coup.cluste
 It is synchronous (redis-py's blocking client), for any kind of backend; from asyncio code,
 call it through `asyncio.to_thread`. A publish is never retried: when Redis is unreachable
 `emit` raises `redis.ConnectionError` and the caller decides (a retry may deliver twice).
-Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`.
+Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`. Any `REDIS_URL` a node takes works,
+``redis+sentinel://`` included: during a failover `emit` raises, and the next one reaches the
+new primary.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from redis.retry import Retry
 from coup.cluster.envelope import Broadcast, encode_broadcast, encode_json
 from coup.cluster.options import ClusterOptions
 from coup.protocol.socketio import RESERVED_EVENTS, SocketPacket, SocketPacketType, encode
-from coup.redis_endpoint import redis_endpoint
+from coup.redis_clients import sync_client
 
 
 class _Link:
@@ -49,8 +51,7 @@ class _Link:
 class Emitter:
     def __init__(self, redis_url: str | redis.Redis, *, prefix: str = "coup", namespace: str = "/") -> None:
         if isinstance(redis_url, str):
-            client: redis.Redis = redis.Redis(**redis_endpoint(redis_url).redis_kwargs(), retry=Retry(NoBackoff(), 0),
-                                              socket_timeout=5, socket_connect_timeout=5)
+            client = sync_client(redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=5, socket_connect_timeout=5)
         else:
             client = redis_url
         self._link = _Link(client, ClusterOptions(prefix=prefix))

@@ -2,7 +2,7 @@
 
 Modules, routes, compiled regexes and the domain's objects live as long as the process. A full
 (generation 2) collection walks every tracked object, so with them in the heap one full pass
-stops the loop for about 16 ms in the fan-out benchmark: a latency spike for every socket.
+stops the loop long enough to be a latency spike for every socket (docs/operations.md).
 `gc.freeze()` moves them to a permanent generation that collections skip; only objects made
 afterwards (connections, rooms, messages) are walked. Called once by the process entry points
 (`coup serve`, `bench/server.py`), not by the library: tests build many nodes in one process.

@@ -11,6 +11,15 @@ The query options are the TLS ones redis-py reads from a URL (same names, same m
 Anything else in the query is refused rather than ignored: a misspelt ``ssl_cert_req=none``
 must stop the start with a message, not verify the certificate anyway. Standard library
 only, so `coup.config` can check the URL at start without importing redis.
+
+Redis Sentinel: ``redis+sentinel://[user:pass@]host1[:26379],host2[:26379]/mymaster[/db][?options]``
+(``rediss+sentinel://``: TLS to the data nodes and to the sentinels). redis-py has no URL form
+for Sentinel; this is the one Prefect/docket and the Redis-Sentinel-Url package use: the
+user and password are the data nodes', ``sentinel_username`` / ``sentinel_password`` the
+sentinels' (when they have one), sentinels default to port 26379. Such an endpoint has no
+fixed host: every connection asks the sentinels for the current primary when it opens
+(`coup.redis_clients` for redis-py, `coup.cluster.resp` for our own link), so a connection
+that breaks at a failover reconnects to the new primary.
 """
 
 from __future__ import annotations
@@ -26,6 +35,11 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 #: query options taken from the URL (all TLS ones need ``rediss://``)
 TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+#: query options of a Sentinel URL only: credentials of the sentinels themselves
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+SENTINEL_PORT = 26379
+_SCHEMES = {"redis": (False, False), "rediss": (True, False), "redis+sentinel": (False, True),
+            "rediss+sentinel": (True, True), "unix": (False, False)}
 
 
 class RedisURLError(ValueError):
@@ -93,6 +107,16 @@ class RedisEndpoint:
     password: str | None = field(default=None, repr=False)
     #: None: plain TCP (``redis://``)
     tls: RedisTLS | None = None
+    #: Sentinel: the sentinels' (host, port); host and port are then unused (asked for)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    #: Sentinel: the name the sentinels monitor the primary under (``mymaster``)
+    service: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def sentinel(self) -> bool:
+        return bool(self.sentinels)
 
     @functools.cached_property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -100,12 +124,20 @@ class RedisEndpoint:
         return self.tls.context() if self.tls is not None else None
 
     def redis_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (sync and asyncio)."""
+        """Constructor arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (sync and asyncio);
+        for Sentinel, those of the data-node connections (no host: the sentinels give it)."""
         kwargs: dict[str, Any] = {"db": self.db, "username": self.username, "password": self.password}
         if self.path is not None:
             kwargs["unix_socket_path"] = self.path
-        else:
+        elif not self.sentinels:
             kwargs.update(host=self.host, port=self.port)
+        if self.tls is not None:
+            kwargs.update(self.tls.redis_kwargs())
+        return kwargs
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for the sentinels: their own credentials, the same TLS."""
+        kwargs: dict[str, Any] = {"username": self.sentinel_username, "password": self.sentinel_password}
         if self.tls is not None:
             kwargs.update(self.tls.redis_kwargs())
         return kwargs
@@ -114,8 +146,14 @@ class RedisEndpoint:
         """The URL without credentials, for logs."""
         if self.path is not None:
             return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+        if self.sentinels:
+            hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
+            return f"{'rediss' if self.tls else 'redis'}+sentinel://{hosts}/{self.service}/{self.db}"
+        return f"{'rediss' if self.tls else 'redis'}://{_host_port(self.host, self.port)}/{self.db}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _flag(name: str, raw: str) -> bool:
@@ -142,25 +180,35 @@ def _tls(options: dict[str, str]) -> RedisTLS:
 
 @functools.lru_cache(maxsize=16)
 def redis_endpoint(url: str) -> RedisEndpoint:
-    """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...[?tls options]`` or
-    ``unix:///path[?db=N]``; raise `RedisURLError` naming what is wrong.
+    """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...[?tls options]``,
+    ``unix:///path[?db=N]`` or ``redis[s]+sentinel://[user:password@]host[:port],.../service[/db]``;
+    raise `RedisURLError` naming what is wrong.
 
     Cached: every connection of a process built from the same URL shares one endpoint (and
     one TLS context).
     """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        head = url.strip().split(":", 1)[0] + ":..."  # never the rest: it may hold a password
-        raise RedisURLError(f"must start with redis://, rediss:// (TLS) or unix://, not {head!r}")
+    text = url.strip()
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme not in _SCHEMES:
+        head = text.split(":", 1)[0] + ":..."  # never the rest: it may hold a password
+        raise RedisURLError("must start with redis://, rediss:// (TLS), unix://, redis+sentinel:// or "
+                            f"rediss+sentinel://, not {head!r}")
+    tls_scheme, sentinel = _SCHEMES[scheme]
+    # a list of sentinels is no valid netloc for urlsplit (an IPv6 one among them even raises)
+    rest = text.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    known = (*TLS_OPTIONS, "db", *(SENTINEL_OPTIONS if sentinel else ()))
     options: dict[str, str] = {}
-    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if name not in (*TLS_OPTIONS, "db"):
-            raise RedisURLError(f"has an unknown option {name!r} (known: db, {', '.join(TLS_OPTIONS)})")
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name not in known:
+            raise RedisURLError(f"has an unknown option {name!r} (known: {', '.join(known)})")
         options[name] = values[-1]
     tls_given = [name for name in options if name in TLS_OPTIONS]
-    if tls_given and scheme != "rediss":
+    if tls_given and not tls_scheme:
         raise RedisURLError(f"sets {', '.join(tls_given)}, which only a rediss:// (TLS) URL may")
+    if sentinel:
+        return _sentinel_endpoint(rest, options, tls_scheme)
+    parts = urlsplit(text)
     try:
         port = parts.port
     except ValueError:
@@ -169,12 +217,7 @@ def redis_endpoint(url: str) -> RedisEndpoint:
     db_text = options.get("db")
     if db_text is None and scheme != "unix":
         db_text = unquote(parts.path).strip("/") or None
-    try:
-        db = int(db_text) if db_text is not None else 0
-    except ValueError:
-        raise RedisURLError(f"has a database number that is not an integer: {db_text!r}") from None
-    if db < 0:
-        raise RedisURLError(f"has a negative database number: {db}")
+    db = _db(db_text)
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     if scheme == "unix":
@@ -185,6 +228,60 @@ def redis_endpoint(url: str) -> RedisEndpoint:
         raise RedisURLError("has no host (redis://host:6379)")
     return RedisEndpoint(host=unquote(parts.hostname), port=port or 6379, db=db,
                          username=username, password=password, tls=_tls(options) if scheme == "rediss" else None)
+
+
+def _db(text: str | None) -> int:
+    try:
+        db = int(text) if text is not None else 0
+    except ValueError:
+        raise RedisURLError(f"has a database number that is not an integer: {text!r}") from None
+    if db < 0:
+        raise RedisURLError(f"has a negative database number: {db}")
+    return db
+
+
+def _sentinel_endpoint(rest: str, options: dict[str, str], tls: bool) -> RedisEndpoint:
+    """``[user:password@]host[:port],host[:port]/service[/db]`` (what follows the scheme)."""
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon and secret else None
+    sentinels = tuple(_address(item) for item in hosts.split(",") if item.strip())
+    if not sentinels:
+        raise RedisURLError("names no sentinel (redis+sentinel://host1:26379,host2:26379/mymaster)")
+    service, _, db_text = unquote(path).strip("/").partition("/")
+    if not service:
+        raise RedisURLError("names no service: the primary's name the sentinels monitor "
+                            "(redis+sentinel://host1:26379,host2:26379/mymaster)")
+    if "/" in db_text:
+        raise RedisURLError(f"has more after the service name than a database number: {db_text!r}")
+    db = _db(options.get("db", db_text or None))
+    return RedisEndpoint(host="", port=0, db=db, username=username, password=password,
+                         tls=_tls(options) if tls else None, sentinels=sentinels, service=service,
+                         sentinel_username=options.get("sentinel_username") or None,
+                         sentinel_password=options.get("sentinel_password") or None)
+
+
+def _address(item: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of one sentinel."""
+    item = item.strip()
+    if item.startswith("["):
+        host, bracket, after = item[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise RedisURLError(f"has a sentinel address that is not host:port: {item!r}")
+        port_text = after[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise RedisURLError(f"has a sentinel without a host: {item!r}")
+    if not port_text:
+        return unquote(host), SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise RedisURLError(f"has a sentinel port that is not a number from 1 to 65535: {item!r}")
+    return unquote(host), int(port_text)
 
 
 def with_options(url: str, options: str) -> str:

@@ -7,7 +7,7 @@
  *
  * Browser: load the sockjs-client bundle first (/vendor/sockjs.min.js), then this file
  * (global `CoupSockJS`). Node: `require("./sockjs-coup.js")` with the npm `sockjs-client`
- * installed. The server side is coup/transports/sockjs (docs/architecture.md, "SockJS").
+ * installed. The server side is coup/transports/sockjs (docs/sockjs.md).
  *
  * Wire format: every SockJS message is one JSON object (an "envelope").
  *   client -> server

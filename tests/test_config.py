@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coup.config import ConfigError, Settings
+from coup.config import VARIABLES, ConfigError, Settings, readme_with_tables
 from coup.redis_endpoint import RedisTLS, redis_endpoint
 
 SECRET = "tV3q-8kLmZ0pXw2rYc7nB4hJ6dF1gS9a"  # 32 bytes that do not look guessable
@@ -20,7 +20,9 @@ BAD = [
     ({"PORT": "70000"}, "PORT must be at most 65535"),
     ({"COUP_DEMO": "maybe"}, "COUP_DEMO must be a boolean"),
     ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with redis://"),
-    ({"REDIS_URL": "http://h:6379"}, "REDIS_URL must start with redis://, rediss:// .TLS. or unix://, not 'http:...'"),
+    ({"REDIS_URL": "http://h:6379"},
+     "REDIS_URL must start with redis://, rediss:// .TLS., unix://, redis\\+sentinel:// or rediss\\+sentinel://, "
+     "not 'http:...'"),
     ({"REDIS_URL": "redis://h:port"}, "REDIS_URL has a port that is not a number"),
     ({"REDIS_URL": "redis://h:6379/zero"}, "REDIS_URL has a database number that is not an integer"),
     ({"REDIS_URL": "redis://h:6379?ssl_cert_reqs=none"}, "REDIS_URL sets ssl_cert_reqs, which only a rediss://"),
@@ -62,6 +64,11 @@ BAD = [
     ({"COUP_HEAD_TIMEOUT": "-1"}, "COUP_HEAD_TIMEOUT must be at least"),
     ({"COUP_LOG_LEVEL": "loud"}, "COUP_LOG_LEVEL must be"),
     ({"COUP_DB_WORKERS": "0"}, "COUP_DB_WORKERS must be at least 1"),
+    ({"COUP_LOG_FORMAT": "xml"}, "COUP_LOG_FORMAT must be text or json, got 'xml'"),
+    ({"COUP_METRICS_TOKEN": "short"}, "COUP_METRICS_TOKEN must be at least 16 bytes"),
+    ({"COUP_METRICS_PORT": "65536"}, "COUP_METRICS_PORT must be at most 65535"),
+    ({"COUP_ADMIN_USER": "ops", "COUP_ADMIN_PASSWORD": "hunter22"}, "COUP_ADMIN_PASSWORD must be a bcrypt hash"),
+    ({"COUP_ADMIN_USER": "ops"}, "COUP_ADMIN_USER and COUP_ADMIN_PASSWORD must be set together"),
 ]
 
 
@@ -196,3 +203,24 @@ def test_an_unreachable_database_stops_the_start_with_its_variable_not_a_traceba
     assert result.returncode == 1, result.stderr
     assert "coup: DATABASE_URL postgresql://127.0.0.1:1/coup cannot be used: " in result.stderr
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_readme_variable_tables_are_made_from_the_settings_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_tables(readme), (
+        "README.md's variable tables differ from the settings table in coup/config.py; "
+        "regenerate them with: python -m coup settings-table --update README.md")
+
+
+def test_every_variable_is_one_row_read_by_from_env_and_listed_by_serve_help() -> None:
+    names = [v.name for v in VARIABLES]
+    assert len(names) == len(set(names)), "a variable has two rows"
+    result = subprocess.run([sys.executable, "-m", "coup", "serve", "--help"], capture_output=True, text=True,
+                            timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert all(f"  {name} (default " in result.stdout for name in names)
+    settings = Settings.from_env({"JWT_SECRET": SECRET, "COUP_REDIS_PREFIX": "other", "COUP_ADMIN_READONLY": "0",
+                                  "COUP_LOG_LEVEL": "debug", "COUP_TYPING_INTERVAL": "0.25", "COUP_PLUGINS": "a, b"})
+    assert (settings.redis_prefix, settings.admin_readonly, settings.log_level) == ("other", False, "DEBUG")
+    assert (settings.typing_interval, settings.plugins) == (0.25, ("a", "b"))
+    assert Settings.from_env({"JWT_SECRET": SECRET, "PORT": "  "}).port == 8000  # blank is unset

@@ -13,6 +13,10 @@ Guarantees and non-guarantees:
   subscribes everything wanted when it reconnects, and `ready` stays False until it has.
 - A subscription that is connected but hears nothing ("deaf": a half-open TCP connection, a
   proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt.
+- With Redis Sentinel (``redis+sentinel://``), each (re)connection asks the sentinels for
+  the primary, and a watcher hears their ``+switch-master``: the end of a failover cuts the
+  reconnect backoff short (every node reconnects at once, not within a second of each
+  other), and a link still on another server (a demoted primary) is rebuilt.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
-from coup.cluster.resp import RedisUnavailable, RespConnection
+from coup.cluster.resp import RedisUnavailable, RespConnection, open_sentinel
 from coup.metrics import Metrics
+from coup.redis_endpoint import redis_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,9 @@ class Bus:
         self._running = False
         self._supervisor: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        #: set by a Sentinel failover's end: the reconnect backoff stops waiting
+        self._wake = asyncio.Event()
         self._probes: dict[bytes, asyncio.Future[None]] = {}
         self._reconnect_hooks: list[ReconnectHook] = []
         self._down_callbacks: list[Callable[[], None]] = []
@@ -112,6 +120,8 @@ class Bus:
         self._running = True
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+        if redis_endpoint(self.url).sentinel:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_failovers())
         try:
             async with asyncio.timeout(wait):
                 await self._first_ready.wait()
@@ -129,7 +139,7 @@ class Bus:
                     await pub.call("PING")
             except (RedisUnavailable, TimeoutError):
                 pass
-        await stop_tasks(self._prober, self._supervisor)
+        await stop_tasks(self._prober, self._watcher, self._supervisor)
         self._drop_connections()
 
     def _drop_connections(self) -> None:
@@ -154,6 +164,7 @@ class Bus:
     async def _supervise(self) -> None:
         delay = self.options.reconnect_min
         while self._running:
+            self._wake.clear()  # a failover that ends from now on shortens the next wait
             try:
                 await self._connect()
                 delay = self.options.reconnect_min
@@ -168,8 +179,46 @@ class Bus:
             self._drop_connections()
             if not self._running:
                 return
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            try:
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
             delay = min(delay * 2, self.options.reconnect_max)
+
+    async def _watch_failovers(self) -> None:
+        """Stay subscribed to ``+switch-master`` on one of the sentinels (another when it goes)."""
+        delay = self.options.reconnect_min
+        while self._running:
+            lost = asyncio.Event()
+            try:
+                conn = await open_sentinel(self.url, timeout=self.options.connect_timeout, on_push=self._on_switch,
+                                           on_lost=lost.set)
+            except RedisUnavailable as exc:
+                log.debug("sentinel watch not (re)established: %s", exc)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.options.reconnect_max)
+                continue
+            delay = self.options.reconnect_min
+            try:
+                conn.send(("SUBSCRIBE", "+switch-master"))
+                await lost.wait()
+            finally:
+                conn.close()
+
+    def _on_switch(self, reply: list[Any]) -> None:
+        """``+switch-master <service> <old ip> <old port> <new ip> <new port>``."""
+        if reply[0] != b"message":
+            return
+        parts = reply[2].decode(errors="replace").split()
+        if len(parts) != 5 or parts[0] != redis_endpoint(self.url).service:
+            return
+        new = (parts[3], int(parts[4]))
+        log.warning("redis sentinel failover: the primary is now %s:%d", *new)
+        self._wake.set()
+        pub = self._pub
+        if pub is not None and not pub.closed and pub.address != new:
+            self._mark_broken()  # still on the old primary (demoted, or about to be)
 
     def _connect_failed(self, exc: Exception) -> None:
         """A failed (re)connection: WARNING when the reason is new (a wrong certificate or

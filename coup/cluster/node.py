@@ -36,7 +36,7 @@ from coup.cluster.ring import Ring
 from coup.cluster.rooms import RedisRoomRouter
 from coup.cluster.tunnel import TUNNEL, Tunnel
 from coup.protocol.errors import EncodeError
-from coup.redis_endpoint import redis_endpoint
+from coup.redis_clients import async_client
 
 if TYPE_CHECKING:
     from coup.core.namespace import Namespace
@@ -84,10 +84,8 @@ class _Pending:
 def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Redis:
     """A redis-py client; `retries=0` for writes that must not run twice."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
-    client: redis.Redis = redis.Redis(
-        **redis_endpoint(url).redis_kwargs(), socket_timeout=options.connect_timeout,
-        socket_connect_timeout=options.connect_timeout, retry=retry, client_name=f"{options.prefix}:ctl")
-    return client
+    return async_client(url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout,
+                        retry=retry, client_name=f"{options.prefix}:ctl")
 
 
 class Cluster:
@@ -142,7 +140,7 @@ class Cluster:
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
-        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max)
+        return RedisCounter(self.redis, self.redis_once, self.options, name, read_max, linked=lambda: self.bus.ready)
 
     def bind(self, sio: SocketServer) -> None:
         self.sio = sio

@@ -54,47 +54,84 @@ class RespConnection(asyncio.Protocol):
         self._on_lost = on_lost
         self._closed = False
         self.name = ""
+        #: the server: a unix path or (host, port) as dialled
+        self.address: str | tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
     async def open(cls, url: str, *, name: str, timeout: float, on_push: Push | None = None,
                    on_lost: Callable[[], None] | None = None) -> RespConnection:
-        """Connect, authenticate and name the connection (``CLIENT SETNAME`` helps operators)."""
+        """Connect, authenticate and name the connection (``CLIENT SETNAME`` helps operators).
+
+        With a Sentinel URL the sentinels are asked for the primary first, and the server
+        must say it is the primary (``ROLE``): during a failover the old address may answer
+        as a replica, where our PUBLISHes would reach nobody on the new primary.
+        """
         endpoint = redis_endpoint(url)
-        loop = asyncio.get_running_loop()
-        conn = cls(None, None)  # no push handling until the handshake replies are read
+        setup: list[tuple[Any, ...]] = [("CLIENT", "SETNAME", name)]
         try:
             async with asyncio.timeout(timeout):
-                if endpoint.path is not None:
-                    await loop.create_unix_connection(lambda: conn, endpoint.path)
-                else:
-                    await loop.create_connection(lambda: conn, endpoint.host, endpoint.port,
-                                                 ssl=endpoint.ssl_context)
-                setup: list[tuple[Any, ...]] = []
-                if endpoint.password:
-                    setup.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
-                                 else ("AUTH", endpoint.password))
-                setup.append(("CLIENT", "SETNAME", name))
-                for reply in await asyncio.gather(*conn.send(*setup)):
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise RedisUnavailable(f"redis at {endpoint} refused the connection setup: {reply}")
+                conn = await cls._open_at(endpoint, setup, timeout)
+        except TimeoutError:
+            raise RedisUnavailable(f"no answer from redis at {endpoint} within {timeout} s") from None
+        conn.name = name
+        conn._on_push = on_push
+        conn._on_lost = on_lost
+        return conn
+
+    @classmethod
+    async def _open_at(cls, endpoint: RedisEndpoint, setup: list[tuple[Any, ...]], timeout: float) -> RespConnection:
+        if not endpoint.sentinel:
+            conn, _ = await cls._handshake(endpoint, endpoint.path or (endpoint.host, endpoint.port),
+                                           endpoint.username, endpoint.password, setup, str(endpoint))
+            return conn
+        address = await primary_address(endpoint, timeout)
+        where = f"{address[0]}:{address[1]} (the primary of {endpoint})"
+        conn, replies = await cls._handshake(endpoint, address, endpoint.username, endpoint.password,
+                                             [*setup, ("ROLE",)], where)
+        role = replies[-1]
+        if not isinstance(role, list) or role[:1] != [b"master"]:
+            conn.close()
+            raise RedisUnavailable(f"redis at {where} is not a primary (yet): failover in progress")
+        return conn
+
+    @classmethod
+    async def _handshake(cls, endpoint: RedisEndpoint, address: str | tuple[str, int], username: str | None,
+                         password: str | None, setup: list[tuple[Any, ...]],
+                         where: str) -> tuple[RespConnection, list[Any]]:
+        """Connect to `address` (a unix path or host and port), AUTH, run `setup`; its replies.
+        `where` names the server in errors (never with credentials)."""
+        loop = asyncio.get_running_loop()
+        conn = cls(None, None)  # no push handling until the handshake replies are read
+        commands = [("AUTH", username, password) if username else ("AUTH", password)] if password else []
+        commands.extend(setup)
+        try:
+            if isinstance(address, str):
+                await loop.create_unix_connection(lambda: conn, address)
+            else:
+                await loop.create_connection(lambda: conn, address[0], address[1], ssl=endpoint.ssl_context)
+            conn.address = address
+            replies = list(await asyncio.gather(*conn.send(*commands)))
+            for reply in replies:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RedisUnavailable(f"redis at {where} refused the connection setup: {reply}")
         except RedisUnavailable:
             conn.close()
             raise
         except ssl.SSLCertVerificationError as exc:
             conn.close()
             raise _tls_failure(endpoint, exc) from None
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             conn.close()
-            raise RedisUnavailable(f"cannot connect to redis at {endpoint}: {exc!r}") from None
+            raise RedisUnavailable(f"cannot connect to redis at {where}: {exc!r}") from None
+        except TimeoutError:
+            conn.close()
+            raise RedisUnavailable(f"no answer from redis at {where}") from None
         except BaseException:
             conn.close()
             raise
-        conn.name = name
-        conn._on_push = on_push
-        conn._on_lost = on_lost
-        return conn
+        return conn, replies[len(commands) - len(setup):]
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -166,3 +203,49 @@ class RespConnection(asyncio.Protocol):
         """Drop the connection; pending replies fail and `on_lost` is not called."""
         self._on_lost = None
         self._lost()
+
+
+async def primary_address(endpoint: RedisEndpoint, timeout: float) -> tuple[str, int]:
+    """Ask the sentinels of `endpoint` where its primary is (``SENTINEL get-master-addr-by-name``)."""
+    conn, (reply,) = await _sentinel(endpoint, timeout, [("SENTINEL", "get-master-addr-by-name", endpoint.service)],
+                                     accept=lambda replies: isinstance(replies[0], list) and len(replies[0]) == 2,
+                                     refused=f"knows no primary named {endpoint.service!r}")
+    conn.close()
+    return reply[0].decode(), int(reply[1])
+
+
+async def open_sentinel(url: str, *, timeout: float, on_push: Push, on_lost: Callable[[], None]) -> RespConnection:
+    """A connection to one of the sentinels of `url`, in push mode (for ``SUBSCRIBE +switch-master``)."""
+    endpoint = redis_endpoint(url)
+    conn, _ = await _sentinel(endpoint, timeout, [("PING",)], accept=lambda replies: True, refused="")
+    conn._on_push = on_push
+    conn._on_lost = on_lost
+    return conn
+
+
+async def _sentinel(endpoint: RedisEndpoint, timeout: float, setup: list[tuple[Any, ...]],
+                    accept: Callable[[list[Any]], bool], refused: str) -> tuple[RespConnection, list[Any]]:
+    """The first sentinel, tried in turn, that connects and whose replies to `setup` are
+    accepted; the one that was is tried first next time."""
+    sentinels = _sentinel_order.get(endpoint, list(endpoint.sentinels))
+    each = max(timeout / len(sentinels), 0.5)
+    errors = []
+    for i, (host, port) in enumerate(sentinels):
+        try:
+            async with asyncio.timeout(each):
+                conn, replies = await RespConnection._handshake(
+                    endpoint, (host, port), endpoint.sentinel_username, endpoint.sentinel_password, setup,
+                    f"sentinel {host}:{port}")
+        except (RedisUnavailable, TimeoutError) as exc:
+            errors.append(str(exc) or f"sentinel {host}:{port}: no answer")
+            continue
+        if accept(replies):
+            _sentinel_order[endpoint] = [sentinels[i], *sentinels[:i], *sentinels[i + 1:]]
+            return conn, replies
+        conn.close()
+        errors.append(f"sentinel {host}:{port} {refused}")
+    raise RedisUnavailable(f"no sentinel of {endpoint} answered: {'; '.join(errors)}")
+
+
+#: per Sentinel endpoint, its sentinels with the last one that answered first
+_sentinel_order: dict[RedisEndpoint, list[tuple[str, int]]] = {}

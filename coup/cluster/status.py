@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from coup.cluster.bus import stop_tasks
 from coup.cluster.options import ClusterOptions
 from coup.cluster.ring import Ring
+from coup.redis_clients import async_client
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def _text(value: Any) -> str:
 
 async def read_status(url: str, options: ClusterOptions, *, room_limit: int | None = None) -> dict[str, Any]:
     """Everything `coup status` shows, as plain data (what ``--json`` prints)."""
-    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=options.connect_timeout,
-                                               socket_connect_timeout=options.connect_timeout)
+    client = async_client(url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout)
     try:
         seconds, micros = await client.time()
         now_ms = seconds * 1000 + micros // 1000

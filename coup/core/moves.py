@@ -94,7 +94,7 @@ async def take_in(server: SocketServer, session: Session, moved: Sequence[MovedS
         nsp = server.namespaces.get(info.nsp)
         if nsp is None:
             continue
-        socket = Socket(nsp, client, info.auth, sid=info.id, pid=info.pid)
+        socket = Socket(server.socket_context, nsp, client, info.auth, sid=info.id, pid=info.pid)
         socket.data = info.data
         nsp.add(socket)
         client.add(socket)

@@ -17,7 +17,7 @@ from coup.core.options import ServerOptions
 from coup.core.presence import MemoryPresence, Presence
 from coup.core.recovery import RestoredSession
 from coup.core.rooms import LocalRoomRouter, RoomRouter
-from coup.core.socket import Socket
+from coup.core.socket import Socket, SocketContext
 from coup.engine.server import EngineServer
 from coup.engine.session import Session
 from coup.logs import log_context
@@ -38,18 +38,18 @@ class SocketServer:
                  node_id: str | None = None,
                  default_ack_timeout: float = 10.0) -> None:
         self.engine = engine
-        self.options = options or ServerOptions()
+        self.default_ack_timeout = default_ack_timeout
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.options = options or ServerOptions()  # also builds `socket_context`
         self.adapter_factory = adapter_factory
         self.node_id = node_id or secrets.token_hex(4)
         #: who is online, by application key (a user id), across every node
         self.presence: Presence = presence or MemoryPresence()
         #: room-scoped commands, executed by the room's owner node
         self.rooms: RoomRouter = rooms or LocalRoomRouter()
-        self.default_ack_timeout = default_ack_timeout
         self.namespaces: dict[str, Namespace] = {}
         #: who a socket's user is, for log lines about it (the application knows; None: nobody)
         self.describe_user: Callable[[Socket], object] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         #: client address -> its open connections (the per-address cap)
         self.connections_by_address: dict[str, int] = {}
         engine.on_connection = self._on_engine_connection
@@ -63,6 +63,18 @@ class SocketServer:
         if nsp is None:
             nsp = self.namespaces[name] = Namespace(self, name)
         return nsp
+
+    @property
+    def options(self) -> ServerOptions:
+        return self._options
+
+    @options.setter
+    def options(self, options: ServerOptions) -> None:
+        self._options = options
+        #: what every socket is built with (`Socket` never reaches back through the server)
+        self.socket_context = SocketContext(options, self.engine.options.max_buffered_bytes,
+                                            self.default_ack_timeout, self.engine.metrics, self.spawn,
+                                            self.log_user)
 
     def log_user(self, socket: Socket) -> str | None:
         describe = self.describe_user
@@ -168,8 +180,7 @@ class SocketServer:
             nsp.add(socket)
             client.add(socket)
             socket.connected = True
-            rooms = {socket.id} | set(socket._last_rooms)
-            await nsp.adapter.add_all(socket.id, rooms)
+            await nsp.adapter.add_all(socket.id, socket.rooms_to_join())
             if client.closed or held.overflowed:
                 return  # the connection is gone or going; the socket's on_close cleans up
             missed: tuple[Outbound, ...] = ()
@@ -216,12 +227,10 @@ class SocketServer:
             if self.engine.metrics is not None:
                 self.engine.metrics.recoveries["hit" if restored is not None else "miss"] += 1
             if restored is not None:
-                socket = Socket(nsp, client, auth, sid=restored.sid, pid=restored.pid)
-                socket.data = dict(restored.data)
-                socket.recovered = True
-                socket._last_rooms = restored.rooms
+                socket = Socket(self.socket_context, nsp, client, auth, sid=restored.sid, pid=restored.pid)
+                socket.restore(restored)
         if socket is None:
-            socket = Socket(nsp, client, auth)
+            socket = Socket(self.socket_context, nsp, client, auth)
         if not (socket.recovered and recovery is not None and recovery.skip_middlewares):
             try:
                 for middleware in nsp.middlewares:

@@ -7,16 +7,20 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coup.core.adapter import BroadcastOptions
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
-from coup.core.recovery import SessionRecord
+from coup.core.options import ServerOptions
+from coup.core.recovery import RestoredSession, SessionRecord
 from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
 from coup.logs import log_context, reset_context
+from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 
@@ -35,6 +39,25 @@ RECOVERABLE_REASONS = frozenset({
     "transport error", "transport close", "forced close", "ping timeout",
     "server shutting down", "forced server close",
 })
+
+
+@dataclass(frozen=True, slots=True)
+class SocketContext:
+    """What a socket needs from its server, handed over when it is built (one per server).
+
+    A socket does not reach back through ``nsp.server`` for these: the server's options, the
+    engine's buffer limit and metrics, where background tasks run and who a log line is about.
+    """
+
+    options: ServerOptions
+    #: bytes a connecting socket may hold before its CONNECT reply (`coup.core.hold`)
+    max_buffered_bytes: int
+    default_ack_timeout: float
+    metrics: Metrics | None
+    #: run a background task that the server keeps and cancels on close
+    spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]]
+    #: who a socket's user is, for log lines (the application decides; None: nobody)
+    log_user: Callable[[Socket], str | None]
 
 
 class _Disconnected:
@@ -58,6 +81,7 @@ class Socket:
         "auth",
         "client",
         "connected",
+        "context",
         "data",
         "disconnect_reason",
         "handshake",
@@ -69,16 +93,17 @@ class Socket:
         "sink",
     )
 
-    def __init__(self, nsp: Namespace, client: Client, auth: dict[str, Any], *,
+    def __init__(self, context: SocketContext, nsp: Namespace, client: Client, auth: dict[str, Any], *,
                  sid: str | None = None, pid: str | None = None) -> None:
         self.id = sid or secrets.token_urlsafe(15)
         #: private id for connection state recovery (never shown to other clients)
-        self.pid = pid or (secrets.token_urlsafe(15) if nsp.server.options.recovery else None)
+        self.pid = pid or (secrets.token_urlsafe(15) if context.options.recovery else None)
+        self.context = context
         self.nsp = nsp
         self.client = client
         self.session: Session = client.session
         #: where this socket's packets go: held until the CONNECT reply is out, then the session
-        self.sink: PacketSink = HeldPackets(client.session, nsp.server.engine.options.max_buffered_bytes)
+        self.sink: PacketSink = HeldPackets(client.session, context.max_buffered_bytes)
         self.handshake: HandshakeInfo = client.session.handshake
         self.auth = auth
         #: application data (e.g. the authenticated user); JSON-able, a cluster ships it
@@ -108,6 +133,16 @@ class Socket:
             return self._last_rooms
         return self.nsp.adapter.socket_rooms(self.id)
 
+    def restore(self, restored: RestoredSession) -> None:
+        """Take over a recovered session's data and rooms (before connecting)."""
+        self.data = dict(restored.data)
+        self.recovered = True
+        self._last_rooms = restored.rooms
+
+    def rooms_to_join(self) -> set[str]:
+        """The rooms to join on connecting: its own, and a recovered session's."""
+        return {self.id} | set(self._last_rooms)
+
     async def join(self, *rooms: str) -> None:
         """Join rooms; when this returns, broadcasts to them reach this socket (cluster-wide)."""
         if self.connected:
@@ -122,7 +157,7 @@ class Socket:
     def emit(self, event: str, *args: Any) -> None:
         """Send an event to this client only."""
         packet = SocketPacket(SocketPacketType.EVENT, self.nsp.name, [event, *args])
-        if self.nsp.server.options.recovery is not None:
+        if self.context.options.recovery is not None:
             # through the adapter, so the packet gets an offset and can be replayed
             self.nsp.adapter.broadcast(packet, BroadcastOptions(rooms=frozenset((self.id,)), local=True))
         else:
@@ -136,7 +171,7 @@ class Socket:
         future = self.expect_ack(ack_id)
         self.sink.send(Outbound.message(encode(
             SocketPacket(SocketPacketType.EVENT, self.nsp.name, [event, *args], ack_id))))
-        wait = timeout if timeout is not None else self.nsp.server.default_ack_timeout
+        wait = timeout if timeout is not None else self.context.default_ack_timeout
         try:
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
@@ -167,7 +202,7 @@ class Socket:
         A reply to this socket alone, sent straight to it: never kept for connection state
         recovery (a flood of refused requests must not fill the replay store)."""
         self._send_packet(SocketPacket(SocketPacketType.EVENT, self.nsp.name,
-                                       [self.nsp.server.options.error_event, error_event(error, event)]))
+                                       [self.context.options.error_event, error_event(error, event)]))
 
     # ------------------------------------------------------------------ incoming packets
 
@@ -189,10 +224,10 @@ class Socket:
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = deque()
-            if len(inbox) >= self.nsp.server.options.max_pending_events:
+            if len(inbox) >= self.context.options.max_pending_events:
                 log.warning("socket %s: %d events waiting for handlers; disconnecting (flood)",
                             self.id, len(inbox))
-                metrics = self.nsp.server.metrics
+                metrics = self.context.metrics
                 if metrics is not None:
                     metrics.dropped("inbox", len(inbox) + 1)
                 self.send_error(ClientError("FLOOD", "Too many events; slow down"), None)
@@ -207,13 +242,13 @@ class Socket:
             self._call_sync(handler, packet)
             return
         self._busy = True
-        self.nsp.server.spawn(self._drain(packet))
+        self.context.spawn(self._drain(packet))
 
     def _call_sync(self, handler: Handler, packet: SocketPacket) -> None:
         origin = current_origin.set(self.id)
-        metrics = self.nsp.server.metrics
+        metrics = self.context.metrics
         started = time.perf_counter() if metrics is not None else 0.0
-        context = log_context(self.session.sid, self.nsp.server.log_user(self))
+        context = log_context(self.session.sid, self.context.log_user(self))
         try:
             result = handler.fn(self, packet.data[1:] if handler.event is not None else packet.data)
         except ClientError as exc:
@@ -232,7 +267,7 @@ class Socket:
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
         # a task of its own: what it logs is about this client, and what its handlers
         # broadcast is this socket's (the recovery store's per-origin share), to its end
-        log_context(self.session.sid, self.nsp.server.log_user(self))
+        log_context(self.session.sid, self.context.log_user(self))
         current_origin.set(self.id)
         try:
             while True:
@@ -252,7 +287,7 @@ class Socket:
         handler = self.nsp.handler_for(event)
         if handler is None:
             return
-        metrics = self.nsp.server.metrics
+        metrics = self.context.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         try:
             args = packet.data[1:] if handler.event is not None else packet.data
@@ -308,7 +343,7 @@ class Socket:
         self._last_rooms = adapter.socket_rooms(self.id)
         self.connected = False
         self.disconnect_reason = reason
-        metrics = self.nsp.server.metrics
+        metrics = self.context.metrics
         if metrics is not None:
             metrics.disconnected(self.nsp.name, reason)
         for future in self._acks.values():
@@ -317,7 +352,7 @@ class Socket:
         self._acks.clear()
         self.nsp.remove(self)
         self.client.remove(self)
-        spawn = self.nsp.server.spawn
+        spawn = self.context.spawn
         if self.pid is not None and reason in RECOVERABLE_REASONS:
             spawn(adapter.persist_session(SessionRecord(self.id, self.pid, self._last_rooms, dict(self.data))))
         elif self.pid is not None:  # it left, or was put out: nobody may restore it

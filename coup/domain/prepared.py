@@ -1,7 +1,7 @@
 """Hot-path statements rendered to SQL once, then executed with fresh parameters.
 
 Rendering a query is most of what peewee costs per statement: profiled on a message write
-(7 statements), SQL building took ~60 % of the time. A `Prepared` statement is written as a
+(7 statements), SQL building took most of the time (docs/domain.md). A `Prepared` statement is written as a
 normal peewee query with placeholder values, rendered once per database (dialect, quoting
 and parameter style stay peewee's), and bound to new values on every run. Values are passed
 as the database expects them (`field.db_value` for anything peewee would convert).

@@ -16,6 +16,7 @@ from coup.engine.options import EngineOptions
 from coup.engine.polling import PollingTransport
 from coup.engine.session import Session, SessionState
 from coup.engine.timers import TimerQueue
+from coup.engine.transport import NotUpgradable
 from coup.engine.websocket import WebSocketTransport, WriteCoalescer
 from coup.metrics import Metrics
 from coup.protocol import jsonutil
@@ -221,7 +222,7 @@ class EngineServer:
             self._timers.close()
 
 
-class _Unattached:
+class _Unattached(NotUpgradable):
     """Placeholder transport for the instant between creating a session and its transport."""
 
     name = "none"

@@ -4,8 +4,8 @@ Each session keeps one pending entry (its next ping, its ping timeout, its conne
 its closing grace period). The queue arms a single loop timer and, whenever it wakes, runs
 every entry whose deadline has passed.
 
-Two kinds of precision, because wake-ups are what cost (about 30 us each on uvloop, against
-about 1 us for an entry):
+Two kinds of precision, because wake-ups are what cost (a loop wake-up costs far more than an
+entry; docs/transports.md, "Session timers"):
 
 - an entry with ``slack`` may run up to that much after its deadline, so the next pings of
   thousands of sessions share a few wake-ups (ten thousand sessions at a 25 s interval with

@@ -4,7 +4,7 @@ After the HTTP upgrade (done by the Tornado handler in `coup.transports.websocke
 socket is handed to this protocol, so the per-message path is ours: one `transport.write`
 per socket per loop turn, whatever number of packets were queued in that turn
 (`WriteCoalescer`), with frames that were encoded once for every receiver
-(`coup.protocol.wire.Outbound`). Figures behind this choice: docs/architecture.md.
+(`coup.protocol.wire.Outbound`). Figures behind this choice: docs/transports.md.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from coup.engine.session import SessionState
+from coup.engine.transport import NotUpgradable
 from coup.protocol import wire
 from coup.protocol.engineio import decode_ws_binary
 from coup.protocol.errors import DecodeError
@@ -80,7 +81,7 @@ class WriteCoalescer:
             metrics.bytes_sent["websocket"] += sent
 
 
-class WebSocketTransport(asyncio.Protocol):
+class WebSocketTransport(NotUpgradable, asyncio.Protocol):
     """One WebSocket connection carrying one Engine.IO session (or probing to carry one)."""
 
     name = "websocket"

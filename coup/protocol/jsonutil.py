@@ -36,8 +36,8 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _decoder.decode
 
-# The C encoder built once (JSONEncoder.encode builds one per call: 2.2 -> 1.2 µs for a chat
-# message). Without the markers dict a circular value ends in RecursionError instead of
+# The C encoder built once (JSONEncoder.encode builds one per call; bench/README.md has the
+# figure). Without the markers dict a circular value ends in RecursionError instead of
 # ValueError; both become EncodeError below.
 _c_encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
     None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False,

@@ -2,13 +2,13 @@
 
 Profiled at 2000 connects/s, Tornado's HTTP/1.1 machinery (stream reads with timeouts, header
 parsing, routing, a RequestHandler, then detaching the stream, duplicating the descriptor and
-registering it again with the loop) was about 60% of the server's time per WebSocket connection.
+registering it again with the loop) was most of the server's time per WebSocket connection.
 Here the first request of a connection is read by a small asyncio protocol: when it is a plain
 upgrade at the Engine.IO path that `check_upgrade` accepts, the same loop transport switches to
 `WebSocketTransport` (no second registration, no descriptor copy). Everything else (polling,
 static files, the API, any upgrade that would be refused, anything unusual in the request) goes
 to Tornado's `HTTPServer` with the bytes already read, so it gets exactly Tornado's answer.
-Figures: docs/architecture.md, performance section.
+Figures: docs/transports.md, "The front door", and bench/README.md.
 """
 
 from __future__ import annotations
@@ -62,10 +62,13 @@ class FrontDoor:
     def protocol(self) -> FrontDoorProtocol:
         return FrontDoorProtocol(self)
 
-    async def serve(self, sockets: list[socket.socket]) -> list[asyncio.base_events.Server]:
-        """Accept connections on listening `sockets` (already bound)."""
+    async def serve(self, sockets: list[socket.socket], backlog: int = 1024) -> list[asyncio.base_events.Server]:
+        """Accept connections on listening `sockets` (already bound).
+
+        asyncio listens again with its own backlog (100 unless told), so it is passed here too.
+        """
         loop = asyncio.get_running_loop()
-        return [await loop.create_server(self.protocol, sock=sock) for sock in sockets]
+        return [await loop.create_server(self.protocol, sock=sock, backlog=backlog) for sock in sockets]
 
     def _matches_path(self, path: str) -> bool:
         return path == self.path or path == self.path[:-1] or path.startswith(self.path)

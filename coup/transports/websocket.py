@@ -2,7 +2,7 @@
 
 After the 101 answer the connection is served by `coup.engine.websocket.WebSocketTransport`,
 an asyncio protocol, instead of Tornado's IOStream: a write there is one C call, where
-IOStream allocates a Future per write. docs/architecture.md gives the measurements.
+IOStream allocates a Future per write. docs/transports.md gives the measurements.
 TLS must be terminated in front of us (a PaaS router or proxy): an SSL stream is refused.
 """
 

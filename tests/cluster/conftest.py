@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis.asyncio
 import socketio
 from tornado.testing import bind_unused_port
 
@@ -39,9 +41,11 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on a free loopback port that a test may kill and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        #: more redis-server arguments (``--replicaof``)
+        self.extra = extra
 
     @property
     def url(self) -> str:
@@ -50,7 +54,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--loglevel", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--loglevel", "warning", *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if self.cli("PING") == "PONG":
@@ -92,6 +96,120 @@ def own_redis() -> Iterator[RedisServer]:
     yield from _running_redis()
 
 
+SERVICE = "mymaster"
+
+
+class SentinelSet:
+    """A primary, a replica and three redis-sentinel processes (quorum 2) on loopback ports.
+
+    Sentinels mark the primary down after 1 s without an answer, so a killed primary is
+    replaced within a few seconds; `watching` tells when the first sentinel announced
+    ``+switch-master`` (the failover's end, from which a test measures).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.primary = RedisServer("--dir", str(workdir))
+        # the replica writes the primary's snapshot to its directory
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port), "--dir", str(workdir))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + f"/{SERVICE}"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                            f"sentinel failover-timeout {SERVICE} 3000\n")
+            log = (self.workdir / f"sentinel-{port}.log").open("ab")
+            self.sentinels.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=log,
+                                                   stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 20
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinels never saw each other and the replica")
+            time.sleep(0.1)
+
+    def _settled(self) -> bool:
+        """Every sentinel knows the other two and the replica, and the replica is in sync."""
+        for port in self.sentinel_ports:
+            fields = self.sentinel_cli(port, "SENTINEL", "MASTER", SERVICE).split("\n")
+            info = dict(zip(fields[::2], fields[1::2], strict=False))
+            if info.get("num-other-sentinels") != "2" or info.get("num-slaves") != "1":
+                return False
+        return "master_link_status:up" in self.replica.cli("INFO", "replication")
+
+    def sentinel_cli(self, port: int, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=5)
+        return result.stdout.strip()
+
+    def primary_port(self) -> int:
+        return int(self.sentinel_cli(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                     SERVICE).split()[1])
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[asyncio.Future[float]]:
+        """A future for the monotonic time a sentinel announces ``+switch-master``."""
+        client = redis.asyncio.Redis(port=self.sentinel_ports[0])
+        pubsub = client.pubsub()
+        await pubsub.subscribe("+switch-master")
+        switched: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        async def listen() -> None:
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    switched.set_result(time.monotonic())
+                    return
+
+        task = asyncio.get_running_loop().create_task(listen())
+        try:
+            yield switched
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pubsub.aclose()
+            await client.aclose()
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        self.replica.kill()
+        self.primary.kill()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A Sentinel-managed primary and replica for one test (it may kill the primary)."""
+    require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
+    made = SentinelSet(tmp_path)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture(scope="module")
+def module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A Sentinel set-up shared by one test module (tests keep apart by key prefix)."""
+    require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
+    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
 # ---------------------------------------------------------------------------- in-process nodes
 
 
@@ -111,12 +229,13 @@ async def start_node(redis_url: str | None, prefix: str, node_id: str, **setting
     return Node(coup_node, port)
 
 
-@pytest_asyncio.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", "redis", "sentinel"])
 async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
-    """Three handles to 'the cluster': one in-memory node three times, or three Redis-linked nodes.
+    """Three handles to 'the cluster': one in-memory node three times, or three Redis-linked nodes
+    (one redis-server, or a Sentinel-managed primary and replica reached through the sentinels).
 
-    The contract tests run unchanged against both: what holds for one process must hold
-    across nodes.
+    The contract tests run unchanged against all: what holds for one process must hold
+    across nodes, whichever way the nodes find their Redis.
     """
     if request.param == "memory":
         single = await start_node(None, "", "solo")
@@ -125,11 +244,12 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
         finally:
             await single.node.stop()
         return
-    async for started in _redis_nodes(request.getfixturevalue("redis_server"), 3):
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    async for started in _redis_nodes(server, 3):
         yield started
 
 
-async def _redis_nodes(server: RedisServer, count: int) -> AsyncIterator[list[Node]]:
+async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIterator[list[Node]]:
     prefix = "t" + secrets.token_hex(4)
     started = [await start_node(server.url, prefix, f"n{i}") for i in range(count)]
     try:
@@ -141,10 +261,11 @@ async def _redis_nodes(server: RedisServer, count: int) -> AsyncIterator[list[No
             await n.node.stop()
 
 
-@pytest_asyncio.fixture
-async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[list[Node]]:
-    """Three in-process nodes linked by the module's redis-server."""
-    async for started in _redis_nodes(redis_server, 3):
+@pytest_asyncio.fixture(params=["redis", "sentinel"])
+async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
+    """Three in-process nodes linked by the module's redis-server, or by its Sentinel set-up."""
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    async for started in _redis_nodes(server, 3):
         yield started
 
 

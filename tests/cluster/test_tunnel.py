@@ -8,10 +8,10 @@ import time
 
 import aiohttp
 import pytest
-import redis.asyncio as redis
 
 from coup.cluster.alarms import Alarms
 from coup.cluster.tunnel import decode, encode
+from coup.redis_clients import async_client
 from tests.cluster.conftest import wait_until
 from tests.cluster.test_no_sticky import RoundRobinPoller
 
@@ -57,12 +57,12 @@ async def test_a_home_whose_inbox_nobody_hears_costs_no_wait(redis_nodes):
 
 
 @pytest.mark.asyncio
-async def test_a_home_that_hears_but_never_takes_costs_one_bounded_delay(redis_nodes, redis_server):
+async def test_a_home_that_hears_but_never_takes_costs_one_bounded_delay(redis_nodes):
     """Something subscribed to a live-looking node's inbox that never answers: the take timeout, then 400."""
     a = redis_nodes[0]
     cluster = a.node.cluster
     cluster.tunnel.take_timeout = 0.3
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = async_client(cluster.url)  # the nodes' Redis, whether named directly or by sentinels
     silent = raw.pubsub()
     try:
         await silent.subscribe(cluster.options.key("n", "ghost"))

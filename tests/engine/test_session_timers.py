@@ -16,6 +16,7 @@ from coup.engine.options import EngineOptions
 from coup.engine.server import EngineServer
 from coup.engine.session import Session, SessionState
 from coup.engine.timers import TimerQueue
+from coup.engine.transport import NotUpgradable
 from coup.protocol import wire
 from coup.protocol.engineio import EnginePacket, EnginePacketType
 from coup.protocol.wire import Outbound
@@ -229,7 +230,7 @@ def test_an_exact_entry_is_not_held_back_by_slack_ones(loop: FakeLoop) -> None:
 # ---------------------------------------------------------------------------- session heartbeat
 
 
-class FakeTransport:
+class FakeTransport(NotUpgradable):
     name = "polling"
 
     def __init__(self) -> None:

@@ -24,6 +24,7 @@ from sockjs.tornado import SockJSConnection
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.engine.session import Session, SessionState
+from coup.engine.transport import NotUpgradable
 from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
 from coup.transports.sockjs import envelope
@@ -80,7 +81,7 @@ class BridgeState(Enum):
     CONNECTED = "connected"
 
 
-class SockJSLink:
+class SockJSLink(NotUpgradable):
     """The core `Transport` of a SockJS connection."""
 
     __slots__ = ("bridge", "name")
