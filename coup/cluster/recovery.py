@@ -64,6 +64,17 @@ def split_logged(data: bytes) -> tuple[int | None, bytes]:
     return (int(data[1:space]) if space > 1 else None), data[space + 1:]
 
 
+class _Call(Generic[_T]):
+    """One `LOG_PUBLISH` call: its arguments, and the tokens of the broadcasts it carries."""
+
+    __slots__ = ("args", "retried", "tokens")
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self.tokens: list[_T] = []
+        self.retried = False
+
+
 class RedisRecoveryLog(Generic[_T]):
     """The Redis half of one namespace's recovery: the log, and the session records.
 
@@ -112,12 +123,13 @@ class RedisRecoveryLog(Generic[_T]):
                 token: _T) -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
         end of this loop turn with the turn's other broadcasts. False while disconnected."""
-        tokens: list[_T] = []
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, tokens), self._fold)
+        call: _Call[_T] = _Call()
+        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
         if batch is None:
             return False
         if batch is not self._batch:
-            self._batch, self._tokens = batch, tokens
+            call.args = batch
+            self._batch, self._tokens = batch, call.tokens
             self.stats["calls"] += 1
         channels = list(channels)
         batch.append(len(channels))
@@ -133,17 +145,23 @@ class RedisRecoveryLog(Generic[_T]):
         assert self._batch is not None
         self._batch += (1, channel, "", b"0", data)
 
-    def _done(self, tokens: list[_T], future: asyncio.Future[Any]) -> None:
+    def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             reply: Any = RedisUnavailable("cancelled")
         else:
             reply = future.exception() or future.result()
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and not call.retried:
+            # a Redis that lost our scripts (a failover, SCRIPT FLUSH): the call did not run;
+            # send it again with the script's text, and load the scripts for the next ones
+            call.retried = True
+            asyncio.get_running_loop().create_task(self._reload())
+            self.bus.command("EVAL", LOG_PUBLISH, *call.args[2:]).add_done_callback(partial(self._done, call))
+            return
+        tokens = call.tokens
         if isinstance(reply, (Exception, hiredis.ReplyError)):
             log.warning("recovery log: %d broadcasts not published (%s); delivered to this node's sockets only",
                         len(tokens), reply)
             self.stats["unsent"] += len(tokens)
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                asyncio.get_running_loop().create_task(self._reload())
             self.on_unsent(tokens)
             return
         for origin in reply or ():

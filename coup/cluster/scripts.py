@@ -195,6 +195,7 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local refused = {}
 local added = 0
 local count = 0
+local last_offset, calls_offsets = 0, 0
 local created = false
 local run_channel, run = nil, {}
 local function flush()
@@ -236,6 +237,8 @@ while i <= #ARGV do
       end
       count = redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
       added = added + size
+      last_offset = offset
+      calls_offsets = calls_offsets + 1
       if origin ~= '' then
         redis.call('HINCRBY', meta, 'p:' .. origin, 1)
         redis.call('HINCRBY', meta, 'b:' .. origin, size)
@@ -261,14 +264,22 @@ flush()
 if added > 0 then
   local bytes = redis.call('HINCRBY', meta, 'bytes', added)
   local horizon = now - tonumber(ARGV[1])
+  -- the age is looked at every 16th offset (a memory bound, not a promise: sessions expire
+  -- with the window); the count and the bytes every call
+  local check_age = last_offset % 16 < calls_offsets
   local trimmed = false
   while count > 0 do
-    local head = redis.call('LINDEX', log, 0)
-    local sp = string.find(head, ' ', 1, true)
-    if tonumber(string.sub(head, 1, sp - 1)) >= horizon and count <= max_packets and bytes <= max_bytes then
+    local head
+    if count > max_packets or bytes > max_bytes then
+      head = redis.call('LPOP', log)
+    elseif check_age then
+      head = redis.call('LINDEX', log, 0)
+      if tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1)) >= horizon then break end
+      redis.call('LPOP', log)
+    else
       break
     end
-    redis.call('LPOP', log)
+    local sp = string.find(head, ' ', 1, true)
     local sp2 = string.find(head, ' ', sp + 1, true)
     local size = #head - sp2
     local origin = string.sub(head, sp + 1, sp2 - 1)
