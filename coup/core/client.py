@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class Client:
     """The `SessionHandler` of a Socket.IO connection; owns one socket per namespace."""
 
-    __slots__ = ("closed", "connecting", "decoder", "draining", "joined", "server", "session", "sockets")
+    __slots__ = ("closed", "connecting", "decoder", "joined", "server", "session", "sockets")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -32,9 +32,6 @@ class Client:
         #: a namespace was joined at least once: the connect timeout no longer applies
         self.joined = False
         self.closed = False
-        #: the node is closing this connection: events that arrive now are not handled (the
-        #: client has no ack for them, so it sends them again after it reconnected)
-        self.draining = False
 
     def __repr__(self) -> str:
         return f"<Client {self.session.sid} {sorted(self.sockets)}>"

@@ -124,11 +124,12 @@ class SocketServer:
         """Close every connection so its client reconnects (elsewhere), without losing a reply.
 
         The closes are spread evenly over `spread` seconds, so the clients do not all come
-        back in the same millisecond. At its turn a connection stops taking new events (its
-        client has no ack for them and sends them again after it reconnected), its running
-        handlers finish and send their acks, then it closes gracefully: what is queued for it,
-        those acks included, is delivered before the close. `deadline` (loop time) bounds
-        the wait for handlers. Returns how many connections were closed.
+        back in the same millisecond. At its turn a connection is closed the first moment no
+        handler of it runs (so every event it sent is acknowledged), gracefully: what is queued
+        for it, those acks included, is delivered before the close. An event still on its way
+        then is not handled: its client has no ack for it and sends it again after it
+        reconnected (same `clientMessageId`, stored once). `deadline` (loop time) bounds the
+        wait for handlers. Returns how many connections were closed.
         """
         clients = [session.handler for session in list(self.engine.sessions.values())
                    if isinstance(session.handler, Client) and not session.handler.closed]
@@ -140,7 +141,6 @@ class SocketServer:
 
         async def close(index: int, client: Client) -> None:
             await asyncio.sleep(max(0.0, start + index * step - loop.time()))
-            client.draining = True
             while not client.closed:  # a handler's ack is sent before the close
                 if client.idle or loop.time() >= deadline:
                     client.close(reason)

@@ -218,7 +218,7 @@ class Socket:
             self.on_close("client namespace disconnect")
 
     def _on_event(self, packet: SocketPacket) -> None:
-        if not self.connected or self.client.draining:
+        if not self.connected:
             return
         if self._busy:
             inbox = self._inbox

@@ -200,7 +200,11 @@ export class Chat {
     const payload = { studyId: pending.studyId, content: pending.content, clientMessageId: pending.clientMessageId };
     this.socket().timeout(ACK_TIMEOUT_MS).emit(ClientEvent.MESSAGE, payload, (err, ack) => {
       if (!this._outboxOf(pending.studyId).has(pending.clientMessageId)) return; // confirmed by the broadcast
-      if (err) {
+      if (err && !this.socket().connected) {
+        // the connection ended before the answer (a server restart): sent again with the same
+        // clientMessageId once back in the room; the server stores it once and acknowledges it
+        this._setPendingState(pending, "queued");
+      } else if (err) {
         this._setPendingState(pending, "failed", "No answer from the server.");
       } else if (!ack || ack.ok === false) {
         const reason = (ack && ack.error && ack.error.message) || "The server refused the message.";
