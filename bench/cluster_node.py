@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,11 @@ class StatsHandler(RequestHandler):
 
 def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     counts = {"messages": 0}
+    # COUP_BENCH_RECOVERY_WINDOW=0 turns connection state recovery off (the default is on, 120 s)
+    window = float(os.environ.get("COUP_BENCH_RECOVERY_WINDOW", "120"))
     settings = Settings(demo=True, host="127.0.0.1", port=args.port, redis_url=args.redis_url or None,
-                        node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING").validated()
+                        node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING",
+                        recovery_window=window).validated()
     node = CoupNode(settings)
     node.extra_rules.append((r"/bench/stats", StatsHandler, {"node": node, "counts": counts}))
     sio, nsp = node.sio, node.sio.main

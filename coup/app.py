@@ -17,7 +17,6 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from coup.config import Settings
-from coup.core.adapter import MemoryAdapter
 from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.server import SocketServer
 from coup.engine.options import EngineOptions
@@ -241,9 +240,8 @@ class CoupNode:
         def rooms() -> Values:
             counts: dict[tuple[str, ...], float] = {}
             for nsp in self.sio.namespaces.values():
-                adapter = nsp.adapter
-                if isinstance(adapter, MemoryAdapter):  # a socket's own room is not counted
-                    counts[(nsp.name,)] = sum(1 for room in adapter.rooms if room not in adapter.sids)
+                local = nsp.adapter.local  # a socket's own room is not counted
+                counts[(nsp.name,)] = sum(1 for room in local.rooms if room not in local.sids)
             return counts
 
         def room_commands() -> Values:

@@ -28,7 +28,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -70,8 +70,10 @@ class Bus:
         #: this loop turn's publishes, in order: [channel, messages, future or None]
         self._outbox: list[list[Any]] = []
         #: the batch of each channel that may still take messages this turn
-        self._open: dict[bytes, list[Any]] = {}
+        self._open: dict[bytes | str, list[Any]] = {}
         self._flush_scheduled = False
+        #: where this turn's plain publishes go while a folding command is open (see `open_command`)
+        self._fold: Callable[[bytes, bytes], None] | None = None
         self._broken = asyncio.Event()
         self._running = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -376,6 +378,52 @@ class Bus:
         """
         self._queue(channel, data, None)
 
+    def open_command(self, key: str, head: tuple[Any, ...], done: Callable[[asyncio.Future[Any]], None],
+                     fold: Callable[[bytes, bytes], None] | None = None) -> list[Any] | None:
+        """The argument list of this loop turn's command `key`, in publish order: the caller
+        appends its arguments. The command starts as `head`; `done(future)` runs with its
+        reply. None while disconnected (nothing is queued). With `fold`, the turn's later
+        `publish_nowait` calls go into the command too (`fold(channel, data)`), not after it.
+
+        This is how a script that appends to the recovery log and publishes (`LOG_PUBLISH`)
+        takes every broadcast of one turn in one call, ordered with the plain publishes.
+        """
+        batch = self._open.get(key)
+        if batch is not None:
+            return cast(list[Any], batch[1])
+        pub = self._pub
+        if pub is None or pub.closed:
+            self._dropped()
+            return None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(done)
+        batch = [None, list(head), future, 0]
+        # publishes queued after this command start new batches (or fold into it): none overtakes it
+        self._open.clear()
+        self._open[key] = batch
+        self._fold = fold
+        self._outbox.append(batch)
+        self._schedule_flush()
+        return cast(list[Any], batch[1])
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command after everything published so far; the future gives its reply
+        (a Redis error reply is returned, not raised). Fails with `RedisUnavailable` while
+        disconnected; never retried."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        pub = self._pub
+        if pub is None or pub.closed:
+            future.set_exception(RedisUnavailable("redis is not connected"))
+            return future
+        self._outbox.append([None, list(args), future, 0])
+        self._schedule_flush()
+        return future
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _queue(self, channel: bytes, data: bytes, future: asyncio.Future[Any] | None) -> bool:
         """Add a PUBLISH to this turn's pipeline; True when it cannot be sent (disconnected)."""
         pub = self._pub
@@ -383,6 +431,9 @@ class Bus:
             self._dropped()
             return True
         if future is None:
+            if self._fold is not None:
+                self._fold(channel, data)
+                return False
             batch = self._open.get(channel)
             if batch is not None and batch[3] < _BATCH_BYTES:
                 batch[1].append(data)
@@ -393,10 +444,9 @@ class Bus:
         else:  # its receiver count is asked for: a PUBLISH of its own, after what came before
             batch = [channel, [data], future, len(data)]
             self._open.pop(channel, None)
+            self._fold = None  # and nothing queued after it may fold into a command before it
         self._outbox.append(batch)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule_flush()
         return False
 
     def _flush(self) -> None:
@@ -404,10 +454,11 @@ class Bus:
         batches = self._outbox
         if not batches:
             return
-        self._outbox, self._open = [], {}
-        commands = [("PUBLISH", b[0], b[1][0] if len(b[1]) == 1 else pack_batch(b[1])) for b in batches]
+        self._outbox, self._open, self._fold = [], {}, None
+        commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
+                                                         else pack_batch(b[1])) for b in batches]
         futures: list[asyncio.Future[Any] | None] = [b[2] for b in batches]
-        self.stats["published_messages"] += sum(len(b[1]) for b in batches)
+        self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
         pub = self._pub
         try:
             if pub is None:

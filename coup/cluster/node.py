@@ -29,6 +29,7 @@ from coup.cluster.homes import SessionHomes
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
+from coup.cluster.recovery import LOGGED, split_logged
 from coup.cluster.registry import Registry
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
@@ -101,7 +102,8 @@ class Cluster:
         self.bus = Bus(url, node_id, opts, self._dispatch)
         self.registry = Registry(self.redis, self.redis_once, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts)
-        self.rooms = RedisRoomRouter(self)
+        self.rooms = RedisRoomRouter(node_id, options=opts, bus=self.bus, owner=self.registry.owner,
+                                     request=self.request, inbox=self.inbox, room_channel=self._room_channel)
         #: every failure to serve a session, counted by reason (shown by `GET /api/cluster`)
         self.alarms = Alarms()
         #: requests for sessions held by other nodes, carried through Redis
@@ -128,7 +130,13 @@ class Cluster:
     # ------------------------------------------------------------------ wiring into the core
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
-        return RedisAdapter(nsp, self)
+        return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
+                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
+
+    def _room_channel(self, room: str) -> bytes | None:
+        """The channel of `room` in the default namespace (where room commands' callers are)."""
+        adapter = self.adapters.get("/")
+        return adapter.channel(room) if adapter is not None else None
 
     def counter(self, name: str, read_max: MaxReader) -> RedisCounter:
         """Gap-free numbers per id kept in Redis (`P:seq:{name}:{id}`), seeded by `read_max`."""
@@ -191,6 +199,8 @@ class Cluster:
             await client.connection_pool.disconnect()
         await self.registry.on_link_up()
         await self.presence.resync()
+        for adapter in list(self.adapters.values()):
+            await adapter.link_up()
 
     def _ring_changed(self, old: Ring, new: Ring) -> None:
         gone = set(old.nodes) - set(new.nodes)
@@ -276,7 +286,16 @@ class Cluster:
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         kind = data[:1]
-        if kind == BROADCAST:
+        if kind == LOGGED:  # through the recovery log: ours too, and with its offset
+            offset, envelope = split_logged(data)
+            if offset is None and envelope[:1] != BROADCAST:
+                self._dispatch(channel, envelope)  # a plain message that rode with the broadcasts
+                return
+            broadcast = decode_broadcast(envelope)
+            adapter = self.adapters.get(broadcast.nsp)
+            if adapter is not None:
+                adapter.on_broadcast(broadcast, offset)
+        elif kind == BROADCAST:
             if data.startswith(self._own_broadcasts):
                 return  # delivered locally when it was sent
             broadcast = decode_broadcast(data)

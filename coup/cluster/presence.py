@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
-from coup.core.presence import LostCallback, Presence
+from coup.core.presence import LostCallback
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 TRANSITION_ATTEMPTS = 3
 
 
-class RedisPresence(Presence):
+class RedisPresence:
+    """`coup.core.presence.Presence` across nodes."""
+
     def __init__(self, client: redis.Redis, once: redis.Redis, node_id: str, options: ClusterOptions) -> None:
         """`client` may retry (reads); `once` never retries (the transition scripts)."""
         self.client = client

@@ -18,16 +18,16 @@ reply. Correctness never depends on the nodes agreeing on the owner:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from coup.cluster.adapter import ClusterTimeout
+from coup.cluster.bus import Bus
+from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.core.errors import INTERNAL_ERROR, ClientError
-from coup.core.rooms import LocalRoomRouter, UnknownCommand
+from coup.core.rooms import LocalRoomRouter, RoomCommand, UnknownCommand
 from coup.protocol import jsonutil
-
-if TYPE_CHECKING:
-    from coup.cluster.node import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,39 @@ UNAVAILABLE = ClientError("UNAVAILABLE", "The room is moving to another server; 
                           {"retryable": True})
 
 
-class RedisRoomRouter(LocalRoomRouter):
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(cluster.node_id)
-        self.cluster = cluster
+class OwnerRequester(Protocol):
+    """A request to one node's inbox (`coup.cluster.node.Cluster.request`)."""
+
+    async def __call__(self, channel: bytes, message: dict[str, Any], timeout: float, *,
+                       first_only: bool = ..., target: str | None = ...) -> list[Any]: ...
+
+
+class RedisRoomRouter:
+    """`coup.core.rooms.RoomRouter` across nodes; the commands run in a `LocalRoomRouter`."""
+
+    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: Callable[[str], str],
+                 request: OwnerRequester, inbox: Callable[[str], bytes],
+                 room_channel: Callable[[str], bytes | None]) -> None:
+        """`owner(room)`: the owner on this node's ring; `inbox(node)`: a node's channel;
+        `room_channel(room)`: the channel a member of `room` here hears it on, if any."""
+        self.node_id = node_id
+        self.options = options
+        self.bus = bus
+        self.owner = owner
+        self._request = request
+        self._inbox = inbox
+        self._room_channel = room_channel
+        self.local = LocalRoomRouter(node_id)
         self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0}
 
-    def owner(self, room: str) -> str:
-        return self.cluster.registry.owner(room)
+    def register(self, name: str, command: RoomCommand) -> None:
+        self.local.register(name, command)
+
+    async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        return await self.local.run_locally(room, name, payload)
 
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
-        if name not in self.commands:
+        if name not in self.local.commands:
             raise UnknownCommand(name)
         owner = self.owner(room)
         if owner == self.node_id:
@@ -54,17 +76,15 @@ class RedisRoomRouter(LocalRoomRouter):
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
         # When we hear the room (a member of it is here: the usual caller), the owner answers
         # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
-        adapter = self.cluster.adapters.get("/")
-        room_channel = adapter.channel(room) if adapter is not None else None
-        if room_channel is not None and self.cluster.bus.subscribed(room_channel):
+        room_channel = self._room_channel(room)
+        if room_channel is not None and self.bus.subscribed(room_channel):
             message["via"] = "/"
-            await self.cluster.bus.acquire([room_channel])  # keep hearing it until the answer came
+            await self.bus.acquire([room_channel])  # keep hearing it until the answer came
         else:
             room_channel = None
         try:
-            responses = await self.cluster.request(self.cluster.inbox(owner), message,
-                                                   self.cluster.options.call_timeout, first_only=True,
-                                                   target=owner)
+            responses = await self._request(self._inbox(owner), message, self.options.call_timeout,
+                                            first_only=True, target=owner)
         except ClusterTimeout:
             self.stats["timeout"] += 1
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
@@ -73,7 +93,7 @@ class RedisRoomRouter(LocalRoomRouter):
             responses = []
         finally:
             if room_channel is not None:
-                self.cluster.bus.release([room_channel])
+                self.bus.release([room_channel])
         if not responses:  # nobody listens on the owner's inbox: do it ourselves
             self.stats["fallback"] += 1
             return await self.run_locally(room, name, payload)

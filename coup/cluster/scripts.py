@@ -157,3 +157,181 @@ for i = 4, #ARGV, 2 do
 end
 return moved
 """
+
+# ---------------------------------------------------------------------------- recovery log
+#
+# One log per namespace (``P:rlog:NSP``, a list) with its bookkeeping (``P:rlog:NSP:m``, a
+# hash: ``last`` offset given, ``bytes`` held, ``p:ORIGIN`` / ``b:ORIGIN`` packets and bytes
+# each origin socket holds). The list holds consecutive offsets only, so the entry of offset
+# X sits at index X - (last - LLEN + 1). Entries are ``AT_MS SP ORIGIN SP ENVELOPE`` (the
+# broadcast envelope as published, see `coup.cluster.envelope`). The first offset of a new log
+# is Redis's clock in microseconds, so a log lost with a Redis restart starts above every
+# offset it gave before: an old offset reads as "gone", never as a position in the new log.
+
+# Append broadcasts to the log and publish them, one script call per node per loop turn.
+# KEYS: log, meta
+# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
+#       message: channel count N, N channels, origin ('' for none), stamp (1/0), data
+# A broadcast (stamp 1) the budget admits is published as ``L OFFSET SP DATA``; anything else
+# as ``L SP DATA`` (delivered, not kept: the node's other publishes of the turn ride along,
+# so they stay ordered with its broadcasts). Consecutive messages for one channel go out as
+# one PUBLISH (``M`` + 4-byte length + message, each), so a room command's broadcast and its
+# answer on the room's channel make one push; order across channels is never changed, which
+# keeps each node's view of the log in offset order. -> the origins refused this call
+LOG_PUBLISH = """
+local log, meta = KEYS[1], KEYS[2]
+local max_packets, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local origin_packets, origin_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local refused = {}
+local added = 0
+local count = 0
+local last_offset, calls_offsets = 0, 0
+local created = false
+local run_channel, run = nil, {}
+local function flush()
+  if run_channel then
+    if #run == 1 then
+      redis.call('PUBLISH', run_channel, run[1])
+    else
+      local parts = {'M'}
+      for _, p in ipairs(run) do
+        parts[#parts + 1] = struct.pack('>I4', #p)
+        parts[#parts + 1] = p
+      end
+      redis.call('PUBLISH', run_channel, table.concat(parts))
+    end
+  end
+  run_channel, run = nil, {}
+end
+local i = 7
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local first_channel = i + 1
+  local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
+  i = i + n + 4
+  local size = #data
+  local payload = nil
+  if stamp == '1' and size <= origin_bytes then
+    local admit = true
+    if origin ~= '' then
+      local held = redis.call('HMGET', meta, 'p:' .. origin, 'b:' .. origin)
+      admit = tonumber(held[1] or '0') < origin_packets and tonumber(held[2] or '0') + size <= origin_bytes
+      if not admit then refused[#refused + 1] = origin end
+    end
+    if admit then
+      local offset = redis.call('HINCRBY', meta, 'last', 1)
+      if offset == 1 then  -- a new log: start above every offset an earlier one gave
+        offset = t[1] * 1000000 + t[2]
+        redis.call('HSET', meta, 'last', string.format('%.0f', offset))
+        created = true
+      end
+      count = redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
+      added = added + size
+      last_offset = offset
+      calls_offsets = calls_offsets + 1
+      if origin ~= '' then
+        redis.call('HINCRBY', meta, 'p:' .. origin, 1)
+        redis.call('HINCRBY', meta, 'b:' .. origin, size)
+      end
+      payload = 'L' .. string.format('%.0f', offset) .. ' ' .. data
+    end
+  end
+  payload = payload or ('L ' .. data)
+  if n == 1 then
+    if ARGV[first_channel] ~= run_channel then
+      flush()
+      run_channel = ARGV[first_channel]
+    end
+    run[#run + 1] = payload
+  else
+    flush()
+    for c = first_channel, first_channel + n - 1 do
+      redis.call('PUBLISH', ARGV[c], payload)
+    end
+  end
+end
+flush()
+if added > 0 then
+  local bytes = redis.call('HINCRBY', meta, 'bytes', added)
+  local horizon = now - tonumber(ARGV[1])
+  -- the age is looked at every 16th offset (a memory bound, not a promise: sessions expire
+  -- with the window); the count and the bytes every call
+  local check_age = last_offset % 16 < calls_offsets
+  local trimmed = false
+  while count > 0 do
+    local head
+    if count > max_packets or bytes > max_bytes then
+      head = redis.call('LPOP', log)
+    elseif check_age then
+      head = redis.call('LINDEX', log, 0)
+      if tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1)) >= horizon then break end
+      redis.call('LPOP', log)
+    else
+      break
+    end
+    local sp = string.find(head, ' ', 1, true)
+    local sp2 = string.find(head, ' ', sp + 1, true)
+    local size = #head - sp2
+    local origin = string.sub(head, sp + 1, sp2 - 1)
+    count = count - 1
+    bytes = bytes - size
+    trimmed = true
+    if origin ~= '' then
+      if redis.call('HINCRBY', meta, 'p:' .. origin, -1) <= 0 then
+        redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
+      else
+        redis.call('HINCRBY', meta, 'b:' .. origin, -size)
+      end
+    end
+  end
+  if trimmed then redis.call('HSET', meta, 'bytes', bytes) end
+  if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
+    redis.call('PEXPIRE', log, ARGV[6])
+    redis.call('PEXPIRE', meta, ARGV[6])
+  end
+end
+return refused
+"""
+
+# What a client at offset X missed: {first offset returned, entries...}; {} when the log no
+# longer holds all of it (or never gave X): never a partial replay. With ARGV[2] = '1' only
+# says whether it could ({} or {first offset}).
+# KEYS: log, meta   ARGV: offset X, check only
+LOG_READ = """
+local last = redis.call('HGET', KEYS[2], 'last')
+if not last then return {} end
+last = tonumber(last)
+local wanted = tonumber(ARGV[1])
+if not wanted then return {} end
+local count = redis.call('LLEN', KEYS[1])
+local first = last - count + 1
+if wanted < first - 1 or wanted > last then return {} end
+local out = {string.format('%.0f', wanted + 1)}
+if ARGV[2] == '1' then return out end
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], wanted - first + 1, -1)) do
+  table.insert(out, entry)
+end
+return out
+"""
+
+# Write a session record ``NODE \\n JSON`` (``P:session:NSP:PID``) with the recovery window as
+# its time to live. ARGV[4] = 'live' (a connected socket: create or refresh), 'take' (a socket
+# that moved here from another node: overwrite) or 'left' (it disconnected: refresh only our
+# own). Otherwise never overwrites a record another node wrote: that node restored the
+# session (claimed it and connected it there) and we are a stale holder.
+# 'drop' deletes our own record (the socket left for good: nobody may restore it).
+# KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written (or dropped), 0 not ours
+SESSION_SAVE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local holder = string.sub(cur, 1, string.find(cur, '\\n', 1, true) - 1)
+  if holder ~= ARGV[1] and ARGV[4] ~= 'take' then return 0 end
+  if ARGV[4] == 'drop' then return redis.call('DEL', KEYS[1]) end
+elseif ARGV[4] ~= 'live' and ARGV[4] ~= 'take' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""

@@ -1,8 +1,10 @@
 """Room membership and delivery for one namespace, behind an interface a cluster can replace.
 
-`Adapter` is the seam between the server core and "where do the other sockets live":
-`MemoryAdapter` (the default) knows only this process; a Redis-backed subclass
-(`coup.cluster`) adds other nodes without anything above this module changing.
+`Adapter` (a Protocol) is the seam between the server core and "where do the other sockets
+live": `MemoryAdapter` (the default) knows only this process; the Redis adapter
+(`coup.cluster`) adds other nodes without anything above this module changing. Both are
+built from the same parts: `LocalRooms` (this process's members and delivery to them) and
+`coup.core.recovery.SessionRecovery` over a store (memory, or Redis).
 
 Delivery guarantee: `broadcast` encodes the packet once and hands the same bytes to every
 local receiver, in call order; per socket, packets arrive in the order they were sent.
@@ -11,16 +13,19 @@ local receiver, in call order; per socket, packets arrive in the order they were
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
-from collections import deque
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coup.core.errors import AckTimeout
-from coup.core.replay_budget import ReplayBudget, current_origin
-from coup.protocol.socketio import SocketPacket, SocketPacketType, encode
+from coup.core.recovery import (
+    MemoryRecoveryStore,
+    RecoveryCalls,
+    RestoredSession,
+    SessionRecord,
+    SessionRecovery,
+)
+from coup.protocol.socketio import SocketPacket, encode
 from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
@@ -55,45 +60,16 @@ class SocketInfo:
     node: str = ""
 
 
-@dataclass(slots=True)
-class SessionRecord:
-    """What a recoverable socket leaves behind when its connection drops."""
-
-    sid: str
-    pid: str
-    rooms: frozenset[str]
-    data: dict[str, Any]
-    disconnected_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class RestoredSession:
-    """A session claimed for a reconnecting client; `Adapter.replay` gives what it missed."""
-
-    sid: str
-    pid: str
-    rooms: frozenset[str]
-    data: dict[str, Any]
-    #: the last offset the client received (in this adapter's numbering)
-    offset: str
-
-
-@dataclass(frozen=True, slots=True)
-class _StoredPacket:
-    offset: int
-    at: float
-    opts: BroadcastOptions
-    out: Outbound
-    size: int
-    origin: str | None
-
-
-class Adapter:
+class Adapter(Protocol):
     """The interface. Membership calls are async because a cluster must subscribe before
     it can promise delivery; local-only queries are sync."""
 
-    def __init__(self, nsp: Namespace) -> None:
-        self.nsp = nsp
+    nsp: Namespace
+
+    @property
+    def local(self) -> LocalRooms:
+        """This node's sockets and rooms (what metrics and local queries read)."""
+        ...
 
     async def init(self) -> None:
         """Called once when the namespace is created (a cluster subscribes here)."""
@@ -102,69 +78,65 @@ class Adapter:
         """Called on server shutdown."""
 
     # membership of local sockets
-    async def add_all(self, sid: str, rooms: Iterable[str]) -> None:
-        raise NotImplementedError
+    async def add_all(self, sid: str, rooms: Iterable[str]) -> None: ...
 
-    async def remove(self, sid: str, room: str) -> None:
-        raise NotImplementedError
+    async def remove(self, sid: str, room: str) -> None: ...
 
-    async def remove_all(self, sid: str) -> None:
-        raise NotImplementedError
+    async def remove_all(self, sid: str) -> None: ...
 
-    def socket_rooms(self, sid: str) -> frozenset[str]:
-        raise NotImplementedError
+    def socket_rooms(self, sid: str) -> frozenset[str]: ...
 
-    def local_room_sids(self, room: str) -> frozenset[str]:
-        raise NotImplementedError
+    def local_room_sids(self, room: str) -> frozenset[str]: ...
 
     # delivery
-    def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
-        raise NotImplementedError
+    def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None: ...
 
     async def broadcast_with_ack(self, packet: SocketPacket, opts: BroadcastOptions,
-                                 timeout: float) -> list[Any]:
-        raise NotImplementedError
+                                 timeout: float) -> list[Any]: ...
 
     # cluster-wide queries and commands
-    async def fetch_sockets(self, opts: BroadcastOptions) -> list[SocketInfo]:
-        raise NotImplementedError
+    async def fetch_sockets(self, opts: BroadcastOptions) -> list[SocketInfo]: ...
 
-    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        raise NotImplementedError
+    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None: ...
 
-    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
-        raise NotImplementedError
+    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None: ...
 
-    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
-        raise NotImplementedError
+    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None: ...
 
-    # connection state recovery
+    # connection state recovery (`coup.core.recovery`)
     async def persist_session(self, record: SessionRecord) -> None:
-        raise NotImplementedError
+        """A recoverable socket disconnected: keep its session for the recovery window."""
+        ...
 
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
         """Claim the session `pid` if everything after `offset` can still be replayed."""
-        raise NotImplementedError
+        ...
 
-    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
+    async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
         """What the restored client missed: every stored packet after its offset in its rooms,
         up to now. Called once the socket has joined its rooms (so what comes later reaches
         it), just before the CONNECT reply; None when some of it is gone by then."""
-        raise NotImplementedError
+        ...
+
+    async def discard_session(self, pid: str) -> None:
+        """The socket left for good (its client disconnected, or the server put it out): the
+        session `pid` must not be restored."""
+        ...
+
+    async def persist_sockets(self, sids: Iterable[str] | None = None) -> int:
+        """Make the sessions of local sockets `sids` (all when None) restorable on any node for
+        the recovery window from now, with everything broadcast before this call; return how
+        many were written. A node that is about to close its clients (a drain) awaits this."""
+        ...
 
 
-class MemoryAdapter(Adapter):
-    """Everything in this process: the single-node default, and the local half of a cluster."""
+class LocalRooms:
+    """This process's sockets in rooms, and delivery to them: the part every adapter shares."""
 
     def __init__(self, nsp: Namespace) -> None:
-        super().__init__(nsp)
+        self.nsp = nsp
         self.rooms: dict[str, set[str]] = {}
         self.sids: dict[str, set[str]] = {}
-        self._recovery = recovery = nsp.server.options.recovery
-        self._budget = ReplayBudget(recovery) if recovery is not None else None
-        self._packets: deque[_StoredPacket] = deque()
-        self._next_offset = 1
-        self._sessions: dict[str, SessionRecord] = {}
         self._metrics = nsp.server.metrics
 
     # ------------------------------------------------------------------ membership
@@ -207,15 +179,6 @@ class MemoryAdapter(Adapter):
             del self.sids[sid]
         return emptied
 
-    async def add_all(self, sid: str, rooms: Iterable[str]) -> None:
-        self.add_local(sid, rooms)
-
-    async def remove(self, sid: str, room: str) -> None:
-        self.remove_local(sid, (room,))
-
-    async def remove_all(self, sid: str) -> None:
-        self.remove_local(sid)
-
     def socket_rooms(self, sid: str) -> frozenset[str]:
         return frozenset(self.sids.get(sid, ()))
 
@@ -250,23 +213,6 @@ class MemoryAdapter(Adapter):
 
     # ------------------------------------------------------------------ delivery
 
-    def encode_broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> Outbound:
-        """Encode once; with recovery on, stamp the offset and keep the packet for replay."""
-        budget = self._budget
-        if budget is not None and packet.type is SocketPacketType.EVENT and packet.id is None:
-            origin = current_origin.get()
-            offset = self._next_offset
-            stamped = Outbound.message(encode(replace(packet, data=[*packet.data, str(offset)])))
-            if budget.admit(origin, stamped.size):
-                self._next_offset += 1
-                now = time.monotonic()
-                budget.add(self._packets, _StoredPacket(offset, now, opts, stamped, stamped.size, origin), now)
-                return stamped
-        return Outbound.message(encode(packet))
-
-    def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
-        self.deliver(self.encode_broadcast(packet, opts), opts)
-
     def deliver(self, out: Outbound, opts: BroadcastOptions) -> None:
         """Hand already-encoded packets to every local receiver (the fan-out hot loop)."""
         sockets = self.nsp.sockets
@@ -278,11 +224,6 @@ class MemoryAdapter(Adapter):
             socket = sockets.get(sid)
             if socket is not None:
                 socket.sink.send(out)
-
-    async def broadcast_with_ack(self, packet: SocketPacket, opts: BroadcastOptions,
-                                 timeout: float) -> list[Any]:
-        futures = self.send_with_ack(packet, opts)
-        return await gather_acks(futures, timeout)
 
     def send_with_ack(self, packet: SocketPacket, opts: BroadcastOptions) -> list[asyncio.Future[Any]]:
         """Send to local receivers with one shared ack id; return one future per receiver."""
@@ -322,55 +263,64 @@ class MemoryAdapter(Adapter):
         for socket in self.local_sockets(opts):
             socket.disconnect(close=close)
 
-    # ------------------------------------------------------------------ recovery
 
-    async def persist_session(self, record: SessionRecord) -> None:
-        if self._recovery is None:
-            return
-        self._sessions[record.pid] = record
-        self._expire_sessions()
+class MemoryAdapter(RecoveryCalls):
+    """Everything in this process: the single-node default."""
 
-    def _expire_sessions(self) -> None:
-        assert self._recovery is not None
-        horizon = time.monotonic() - self._recovery.max_disconnection_duration
-        for pid in [pid for pid, s in self._sessions.items() if s.disconnected_at < horizon]:
-            del self._sessions[pid]
+    def __init__(self, nsp: Namespace) -> None:
+        self.nsp = nsp
+        self._local = LocalRooms(nsp)
+        recovery = nsp.server.options.recovery
+        self._store = MemoryRecoveryStore(recovery) if recovery is not None else None
+        self.recovery = SessionRecovery(self._store, nsp, self._local.socket_rooms) \
+            if self._store is not None else None
 
-    async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        if self._recovery is None:
-            return None
-        self._expire_sessions()
-        record = self._sessions.pop(pid, None)
-        if record is None or stored_after(self._packets, self._next_offset - 1, offset) is None:
-            return None
-        return RestoredSession(record.sid, record.pid, record.rooms, record.data, offset)
-
-    def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        packets = stored_after(self._packets, self._next_offset - 1, restored.offset)
-        if packets is None:
-            return None
-        return tuple(p.out for p in packets if p.opts.includes(restored.rooms))
-
-
-class _Stored(Protocol):
     @property
-    def offset(self) -> int: ...
+    def local(self) -> LocalRooms:
+        return self._local
 
+    async def init(self) -> None:
+        pass
 
-_S = TypeVar("_S", bound=_Stored)
+    async def close(self) -> None:
+        pass
 
+    async def add_all(self, sid: str, rooms: Iterable[str]) -> None:
+        self._local.add_local(sid, rooms)
 
-def stored_after(stored: deque[_S], last: int, offset: str) -> list[_S] | None:
-    """The stored packets after `offset`, from a buffer in offset order whose newest offset
-    ever given is `last`. None when one of them has left the buffer, or for an offset never
-    given: a client gets everything it missed or a fresh session, never a partial replay."""
-    if not offset.isdigit():
-        return None
-    wanted = int(offset)
-    first = stored[0].offset if stored else last + 1
-    if not first - 1 <= wanted <= last:
-        return None
-    return list(itertools.islice(stored, wanted - first + 1, None))
+    async def remove(self, sid: str, room: str) -> None:
+        self._local.remove_local(sid, (room,))
+
+    async def remove_all(self, sid: str) -> None:
+        self._local.remove_local(sid)
+
+    def socket_rooms(self, sid: str) -> frozenset[str]:
+        return self._local.socket_rooms(sid)
+
+    def local_room_sids(self, room: str) -> frozenset[str]:
+        return self._local.local_room_sids(room)
+
+    def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
+        store = self._store
+        out = store.stamp(packet, opts) if store is not None else Outbound.message(encode(packet))
+        self._local.deliver(out, opts)
+
+    async def broadcast_with_ack(self, packet: SocketPacket, opts: BroadcastOptions,
+                                 timeout: float) -> list[Any]:
+        return await gather_acks(self._local.send_with_ack(packet, opts), timeout)
+
+    async def fetch_sockets(self, opts: BroadcastOptions) -> list[SocketInfo]:
+        return await self._local.fetch_sockets(opts)
+
+    async def add_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        await self._local.add_sockets(opts, rooms)
+
+    async def del_sockets(self, opts: BroadcastOptions, rooms: Iterable[str]) -> None:
+        await self._local.del_sockets(opts, rooms)
+
+    async def disconnect_sockets(self, opts: BroadcastOptions, close: bool) -> None:
+        await self._local.disconnect_sockets(opts, close)
+
 
 
 async def gather_acks(futures: list[asyncio.Future[Any]], timeout: float) -> list[Any]:

@@ -8,30 +8,35 @@ reports keys lost with a crashed node through `on_lost`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 LostCallback = Callable[[str], Awaitable[None]]
 
 
-class Presence:
+class Presence(Protocol):
     async def attach(self, key: str, sid: str) -> bool:
         """Record socket `sid` for `key`; True when `key` just came online."""
-        raise NotImplementedError
+        ...
 
     async def detach(self, key: str, sid: str) -> bool:
         """Forget socket `sid`; True when `key` just went offline (its last socket is gone)."""
-        raise NotImplementedError
+        ...
 
     async def online(self, keys: Iterable[str]) -> set[str]:
         """The subset of `keys` that is online."""
-        raise NotImplementedError
+        ...
 
     def on_lost(self, callback: LostCallback) -> None:
         """`callback(key)` runs when a key goes offline without a `detach` (a node died)."""
+        ...
 
 
-class MemoryPresence(Presence):
+class MemoryPresence:
     def __init__(self) -> None:
         self._sockets: dict[str, set[str]] = {}
+
+    def on_lost(self, callback: LostCallback) -> None:
+        """One process: no key is ever lost without a detach."""
 
     async def attach(self, key: str, sid: str) -> bool:
         sids = self._sockets.get(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 RoomCommand = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -19,32 +19,35 @@ class UnknownCommand(LookupError):
     pass
 
 
-class RoomRouter:
-    def __init__(self) -> None:
-        self.commands: dict[str, RoomCommand] = {}
-        #: commands by where they ran ("local"; a cluster router adds its own kinds)
-        self.stats: dict[str, int] = {"local": 0}
+class RoomRouter(Protocol):
+    """Where room commands run: `register` them once, `call` them from anywhere."""
 
-    def register(self, name: str, command: RoomCommand) -> None:
-        self.commands[name] = command
+    #: commands by where they ran ("local"; a cluster router adds its own kinds)
+    stats: dict[str, int]
+
+    def register(self, name: str, command: RoomCommand) -> None: ...
 
     def owner(self, room: str) -> str:
         """The node that owns `room`."""
-        raise NotImplementedError
+        ...
 
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         """Run command `name` for `room` on its owner and return its result."""
-        raise NotImplementedError
+        ...
 
 
-class LocalRoomRouter(RoomRouter):
-    """Single process: run here, serialised per room."""
+class LocalRoomRouter:
+    """Single process: run here, serialised per room (also what a cluster runs on the owner)."""
 
     def __init__(self, node_id: str = "local") -> None:
-        super().__init__()
+        self.commands: dict[str, RoomCommand] = {}
+        self.stats: dict[str, int] = {"local": 0}
         self.node_id = node_id
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
+
+    def register(self, name: str, command: RoomCommand) -> None:
+        self.commands[name] = command
 
     def owner(self, room: str) -> str:
         return self.node_id

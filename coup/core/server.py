@@ -8,13 +8,14 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from coup.core.adapter import Adapter, MemoryAdapter, RestoredSession
+from coup.core.adapter import Adapter, MemoryAdapter
 from coup.core.client import Client
 from coup.core.errors import ConnectRefused
 from coup.core.hold import HeldPackets
 from coup.core.namespace import Namespace
 from coup.core.options import ServerOptions
 from coup.core.presence import MemoryPresence, Presence
+from coup.core.recovery import RestoredSession
 from coup.core.rooms import LocalRoomRouter, RoomRouter
 from coup.core.socket import Socket, SocketContext
 from coup.engine.server import EngineServer
@@ -186,7 +187,7 @@ class SocketServer:
             if restored is not None:
                 # computed after the join: what was stored before it is here, what came
                 # after it is held too (`release` sends each packet once)
-                replay = nsp.adapter.replay(restored)
+                replay = await nsp.adapter.replay(restored)
                 if replay is None:
                     log.warning("session %s: the recovery buffer moved past socket %s's offset while it "
                                 "connected; closing, its next attempt starts afresh", client.session.sid, socket.id)

@@ -11,11 +11,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coup.core.adapter import BroadcastOptions, RestoredSession, SessionRecord
+from coup.core.adapter import BroadcastOptions
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import INTERNAL_ERROR, AckTimeout, ClientError, SocketDisconnected, error_ack, error_event
 from coup.core.hold import HeldPackets, PacketSink
 from coup.core.options import ServerOptions
+from coup.core.recovery import RestoredSession, SessionRecord
 from coup.core.replay_budget import current_origin
 from coup.engine.handshake import HandshakeInfo
 from coup.logs import log_context, reset_context
@@ -354,6 +355,8 @@ class Socket:
         spawn = self.context.spawn
         if self.pid is not None and reason in RECOVERABLE_REASONS:
             spawn(adapter.persist_session(SessionRecord(self.id, self.pid, self._last_rooms, dict(self.data))))
+        elif self.pid is not None:  # it left, or was put out: nobody may restore it
+            spawn(adapter.discard_session(self.pid))
         spawn(adapter.remove_all(self.id))
         marker = _Disconnected(reason)
         if self._busy:

@@ -135,6 +135,9 @@ async def test_two_tabs_on_two_nodes_give_one_online_and_one_offline(cluster3, p
     tab1 = await peers("tabs-user").connect(cluster3.nodes[0].url)
     tab2 = await peers("tabs-user").connect(cluster3.nodes[1].url)
     await wait_until(lambda: any(e["user"] == "tabs-user" for e in watcher.events["user-online"]), what="online")
+    # the second tab's connect handler runs after its CONNECT reply: let it attach before the first leaves
+    await wait_until(lambda: cluster3.redis.cli("HLEN", f"{cluster3.prefix}:presence:t:tabs-user") == "2",
+                     what="both tabs attached")
     await tab1.close()
     await asyncio.sleep(0.5)  # the scenario: tab1's node handles its close before tab2 closes (no hook in a process)
     await tab2.close()

@@ -126,7 +126,8 @@ async def test_a_remote_broadcast_during_the_subscription_waits_for_the_connect_
 
     async def slow_acquire(channels):
         await subscribe(channels)
-        await gate.wait()
+        if not any(b":user:" in c for c in channels):  # the other peers' connect handlers join theirs
+            await gate.wait()
 
     monkeypatch.setattr(bus, "acquire", slow_acquire)
     sender = await peers("sender").connect(nodes[1].url)
@@ -141,7 +142,57 @@ async def test_a_remote_broadcast_during_the_subscription_waits_for_the_connect_
         gate.open()
         await connecting
         await wait_until(lambda: client.received("everyone") == [1], what="the broadcast")
-        assert client.transcript[:2] == ["connect", "everyone"]
+        # other peers' user-online broadcasts may come in between, but nothing before the reply
+        assert [e for e in client.transcript if e != "user-online"][:2] == ["connect", "everyone"]
     finally:
         gate.open()
+        await client.close()
+
+
+async def test_a_client_the_server_put_out_cannot_restore_its_session(nodes, peers):
+    """A kicked socket ("server namespace disconnect") leaves nothing to restore, on any node:
+    recovery must not let a removed member back into its rooms."""
+    sender = await peers("sender").connect(nodes[1].url)
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "kicked"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        sid, pid, offset = client.sid, client.pid, client.offset
+        await sender.call("remote", {"target": sid, "op": "disconnect"})
+        deadline = asyncio.get_running_loop().time() + 5
+        while sid in [s["id"] for s in await sender.call("fetch", {"room": "r"})]:
+            assert asyncio.get_running_loop().time() < deadline, "the kicked socket is still in its room"
+        await client.drop()
+        reply = await back.connect(nodes[2].url, {"user": "kicked", "pid": pid, "offset": offset})
+        assert reply["sid"] != sid  # a fresh session
+    finally:
+        await back.close()
+        await client.close()
+
+
+async def test_a_draining_node_persists_its_sockets_and_closes_them_recoverably(nodes, peers):
+    """What a drain does (issue 12.1): `persist_sockets()`, then close its clients; each comes
+    back on another node recovered, with what was broadcast while it was away."""
+    sender = await peers("sender").connect(nodes[1].url)
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "drained"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        sid, pid, offset = client.sid, client.pid, client.offset
+        nsp = nodes[0].node.sio.of(NAMESPACE)
+        assert await nsp.adapter.persist_sockets() == len(nsp.sockets) >= 1
+        nsp.sockets[sid].client.close("server shutting down")
+        await client.drop()
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})
+        reply = await back.connect(nodes[2].url, {"user": "drained", "pid": pid, "offset": offset})
+        assert reply["sid"] == sid
+        await wait_until(lambda: back.received("m") == [2], what="what was sent while it was away")
+    finally:
+        await back.close()
         await client.close()

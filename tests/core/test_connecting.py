@@ -47,7 +47,7 @@ class SlowJoinAdapter(MemoryAdapter):
         self.gate = gate
 
     async def add_all(self, sid: str, rooms: Iterable[str]) -> None:
-        self.add_local(sid, rooms)
+        self.local.add_local(sid, rooms)
         await self.gate.wait()
 
     @classmethod

@@ -166,7 +166,7 @@ async def test_rooms_are_left_on_disconnect_and_handlers_still_see_them(server: 
     await eventually(lambda: seen, "the disconnect handler ran")
     assert seen == [("transport close", frozenset({sid, "study:1"}))]
     adapter = server.sio.main.adapter
-    assert "study:1" not in adapter.rooms  # type: ignore[attr-defined]
+    assert "study:1" not in adapter.local.rooms
     server.sio.main.to("study:1").emit("nobody")
     assert await received(server, [b]) == [[]]
 

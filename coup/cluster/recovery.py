@@ -1,0 +1,255 @@
+"""Connection state recovery kept in Redis, so it outlives the node a client was on.
+
+One log per namespace in Redis (`coup.cluster.scripts.LOG_PUBLISH`): a broadcast is appended
+and published by the same script call, so Redis gives it its offset, and every node (the
+sender included) hears the broadcasts of a channel in offset order. An offset therefore means
+the same on every node, and a client that comes back anywhere gets every entry after it, in
+its rooms. The log is bounded like the in-memory one (packets, bytes, the recovery window, a
+share per origin socket; `coup.core.replay_budget`), trimmed by the script that appends.
+
+Session records (``P:session:NSP:PID``: node, socket id, rooms, data) are written when a socket
+connects and when its rooms change, refreshed while it is connected and kept for the recovery
+window once it is gone, so a node killed without warning leaves them behind too.
+docs/architecture.md ("Connection state recovery across nodes") has the reasons and costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import hiredis
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from coup.cluster.bus import Bus
+from coup.cluster.envelope import decode_broadcast, stamp_offset
+from coup.cluster.options import ClusterOptions
+from coup.cluster.resp import RedisUnavailable
+from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE
+from coup.core.adapter import BroadcastOptions
+from coup.core.options import RecoveryOptions
+from coup.core.recovery import SessionRecord
+from coup.protocol import jsonutil
+from coup.protocol.socketio import EncodedPacket
+from coup.protocol.wire import Outbound
+
+log = logging.getLogger(__name__)
+
+#: first byte of a broadcast published by `LOG_PUBLISH`: ``L OFFSET SP ENVELOPE`` (no offset: not kept)
+LOGGED = b"L"
+
+_T = TypeVar("_T")
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+def logged_out(packet: EncodedPacket, offset: int | None) -> Outbound:
+    """A broadcast as sockets get it: with its recovery offset when the log kept it (the
+    same text live and replayed, which is how a replay and held packets drop each other's copies)."""
+    if offset is None:
+        return Outbound.message(packet)
+    return Outbound("4" + stamp_offset(packet.text, offset), packet.attachments)
+
+
+def split_logged(data: bytes) -> tuple[int | None, bytes]:
+    """A logged broadcast as published: its offset (None when not kept) and its envelope."""
+    space = data.index(b" ")
+    return (int(data[1:space]) if space > 1 else None), data[space + 1:]
+
+
+class _Call(Generic[_T]):
+    """One `LOG_PUBLISH` call: its arguments, and the tokens of the broadcasts it carries."""
+
+    __slots__ = ("args", "retried", "tokens")
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self.tokens: list[_T] = []
+        self.retried = False
+
+
+class RedisRecoveryLog(Generic[_T]):
+    """The Redis half of one namespace's recovery: the log, and the session records.
+
+    `publish` takes a `token` per broadcast: if the script call fails (Redis went away),
+    `on_unsent(tokens)` gets them back, so the node can still deliver them to its own sockets.
+    """
+
+    def __init__(self, bus: Bus, client: redis.Redis, once: redis.Redis, options: ClusterOptions,
+                 namespace: str, node_id: str, recovery: RecoveryOptions,
+                 on_unsent: Callable[[list[_T]], None]) -> None:
+        self.bus = bus
+        self.client = client
+        self.once = once
+        self.options = options
+        self.namespace = namespace
+        self.node_id = node_id
+        self.recovery = recovery
+        self.on_unsent = on_unsent
+        self.window_ms = int(recovery.max_disconnection_duration * 1000)
+        self.log_key = options.key("rlog", namespace)
+        meta_key = options.key("rlog", namespace, "m")
+        origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
+        origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
+        # idle logs go away a minute after their window
+        self._head: tuple[Any, ...] = ("EVALSHA", _sha(LOG_PUBLISH), 2, self.log_key, meta_key, self.window_ms,
+                                       recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
+                                       self.window_ms + 60_000)
+        self._keys = [self.log_key, meta_key]
+        self._read = client.register_script(LOG_READ)
+        self._save_sha = _sha(SESSION_SAVE)
+        self._batch: list[Any] | None = None
+        self._tokens: list[_T] = []
+        #: origins refused since the last reset (each logged once)
+        self._refused: set[bytes] = set()
+        #: what the log costs: script calls and broadcasts they carried
+        self.stats = {"calls": 0, "broadcasts": 0, "unsent": 0}
+
+    async def load_scripts(self) -> None:
+        """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
+        for script in (LOG_PUBLISH, SESSION_SAVE):
+            await self.client.script_load(script)
+
+    # ------------------------------------------------------------------ the log
+
+    def publish(self, channels: Iterable[bytes], origin: str | None, stamp: bool, envelope: bytes,
+                token: _T) -> bool:
+        """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
+        end of this loop turn with the turn's other broadcasts. False while disconnected."""
+        call: _Call[_T] = _Call()
+        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
+        if batch is None:
+            return False
+        if batch is not self._batch:
+            call.args = batch
+            self._batch, self._tokens = batch, call.tokens
+            self.stats["calls"] += 1
+        channels = list(channels)
+        batch.append(len(channels))
+        batch.extend(channels)
+        batch += (origin or "", b"1" if stamp else b"0", envelope)
+        self._tokens.append(token)
+        self.stats["broadcasts"] += 1
+        return True
+
+    def _fold(self, channel: bytes, data: bytes) -> None:
+        """A plain publish of this turn (a room command's answer, say): published by the same
+        call, after the broadcasts before it (``L SP DATA``)."""
+        assert self._batch is not None
+        self._batch += (1, channel, "", b"0", data)
+
+    def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            reply: Any = RedisUnavailable("cancelled")
+        else:
+            reply = future.exception() or future.result()
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and not call.retried:
+            # a Redis that lost our scripts (a failover, SCRIPT FLUSH): the call did not run;
+            # send it again with the script's text, and load the scripts for the next ones
+            call.retried = True
+            asyncio.get_running_loop().create_task(self._reload())
+            self.bus.command("EVAL", LOG_PUBLISH, *call.args[2:]).add_done_callback(partial(self._done, call))
+            return
+        tokens = call.tokens
+        if isinstance(reply, (Exception, hiredis.ReplyError)):
+            log.warning("recovery log: %d broadcasts not published (%s); delivered to this node's sockets only",
+                        len(tokens), reply)
+            self.stats["unsent"] += len(tokens)
+            self.on_unsent(tokens)
+            return
+        for origin in reply or ():
+            if origin not in self._refused:
+                if len(self._refused) > 10_000:
+                    self._refused.clear()
+                self._refused.add(origin)
+                log.warning("socket %s holds its share of the recovery log: its further broadcasts are not kept "
+                            "for replay", origin.decode(errors="replace"))
+
+    async def _reload(self) -> None:
+        try:
+            await self.load_scripts()
+        except RedisError as exc:
+            log.warning("recovery log scripts not loaded: %s", exc)
+
+    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+        """Entries after `offset` (to whom, as sockets get them); None when the log lost some
+        of them (or never gave `offset`): a client gets all it missed or a fresh session."""
+        if not offset.isdigit():
+            return None
+        try:
+            reply = await self._read(keys=self._keys, args=[offset, "1" if check_only else "0"])
+        except RedisError as exc:
+            log.warning("recovery log unreadable (%s): a fresh session instead", exc)
+            return None
+        if not reply:
+            return None
+        first = int(reply[0])
+        entries = []
+        for i, entry in enumerate(reply[1:]):
+            # AT_MS SP ORIGIN SP ENVELOPE
+            message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
+            opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
+            entries.append((opts, logged_out(message.packet, first + i)))
+        return entries
+
+    # ------------------------------------------------------------------ session records
+
+    def _session_key(self, pid: str) -> str:
+        return self.options.key("session", self.namespace, pid)
+
+    async def save(self, record: SessionRecord, mode: str) -> bool:
+        try:
+            return bool(await self.save_nowait(record, mode) == 1)
+        except RedisUnavailable as exc:
+            log.info("session %s not kept for recovery (redis: %s)", record.sid, exc)
+            return False
+
+    def save_nowait(self, record: SessionRecord, mode: str) -> asyncio.Future[Any]:
+        """Write `record` after everything this node published so far (ordered with them).
+
+        `mode`: "live" (its socket is connected here: create or refresh), "take" (it moved
+        here from another node: overwrite) or "left" (it disconnected here: refresh only if
+        still ours, another node may have restored it already)."""
+        stored = jsonutil.dumps({"sid": record.sid, "rooms": sorted(record.rooms), "data": record.data})
+        return self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(record.pid), self.node_id, stored,
+                                self.window_ms, mode)
+
+    async def refresh(self, pids: Iterable[str]) -> None:
+        """Keep the records of connected sockets alive (they expire a window after a crash),
+        and the log while any node lives (a minute past the window after the last one)."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in self._keys:
+                    pipe.pexpire(key, self._head[-1])
+                for pid in pids:
+                    pipe.pexpire(self._session_key(pid), self.window_ms)
+                await pipe.execute()
+        except RedisError as exc:
+            log.info("session records not refreshed: %s", exc)
+
+    async def discard(self, pid: str) -> None:
+        try:
+            await self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(pid), self.node_id, "", 0, "drop")
+        except RedisUnavailable:
+            pass  # it expires with the window
+
+    async def claim(self, pid: str) -> SessionRecord | None:
+        """Take the record of session `pid` (nobody else can restore it after this)."""
+        try:
+            raw = await self.once.getdel(self._session_key(pid))
+        except RedisError as exc:
+            log.warning("session %s not restored: redis %s", pid, exc)
+            return None
+        if raw is None:
+            return None
+        _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
+        stored = jsonutil.loads(body.decode())
+        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]),
+                                            dict(stored["data"]))
