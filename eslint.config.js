@@ -40,4 +40,9 @@ export default [
     files: ["tests/**/*.mjs", "tests/**/*.js"],
     languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: { ...globals.node } },
   },
+  {
+    // benchmark peers run by Node as CommonJS scripts (bench/*.js)
+    files: ["bench/**/*.js"],
+    languageOptions: { ecmaVersion: 2022, sourceType: "commonjs", globals: { ...globals.node } },
+  },
 ];

@@ -378,7 +378,8 @@ class Settings:
         "node (a NAT'd office shares one); beyond, `connect_error {code: \"TOO_MANY_CONNECTIONS\"}`", "general")
     recovery_window: float = setting(
         "COUP_RECOVERY_WINDOW", 120.0, _number(), "seconds a dropped client can come back with the events it "
-        "missed (connection state recovery); `0` turns it off", "general")
+        "missed (connection state recovery); `0` turns it off. With `REDIS_URL` the log and the sessions live in "
+        "Redis: a client may come back on any node, also after its node crashed or restarted", "general")
     recovery_max_bytes: int = setting(
         "COUP_RECOVERY_MAX_BYTES", 32 * 1024 * 1024, _integer(64 * 1024), "bytes of broadcasts kept for recovery "
         "per namespace (also at most 50,000 packets; one socket's broadcasts at most a quarter of either)",

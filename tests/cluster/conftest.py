@@ -302,8 +302,8 @@ async def session_stored(node: Node, pid: str) -> None:
 
     async def stored() -> bool:
         if cluster is None:
-            return pid in adapter._sessions
-        return bool(await cluster.redis.exists(adapter._session_key(pid)))
+            return pid in adapter._store._sessions
+        return bool(await cluster.redis.exists(adapter.recovery_log._session_key(pid)))
 
     await eventually(stored, "the session record is stored")
 

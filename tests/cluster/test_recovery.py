@@ -171,3 +171,28 @@ async def test_a_client_the_server_put_out_cannot_restore_its_session(nodes, pee
     finally:
         await back.close()
         await client.close()
+
+
+async def test_a_draining_node_persists_its_sockets_and_closes_them_recoverably(nodes, peers):
+    """What a drain does (issue 12.1): `persist_sockets()`, then close its clients; each comes
+    back on another node recovered, with what was broadcast while it was away."""
+    sender = await peers("sender").connect(nodes[1].url)
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "drained"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        sid, pid, offset = client.sid, client.pid, client.offset
+        nsp = nodes[0].node.sio.of(NAMESPACE)
+        assert await nsp.adapter.persist_sockets() == len(nsp.sockets) >= 1
+        nsp.sockets[sid].client.close("server shutting down")
+        await client.drop()
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})
+        reply = await back.connect(nodes[2].url, {"user": "drained", "pid": pid, "offset": offset})
+        assert reply["sid"] == sid
+        await wait_until(lambda: back.received("m") == [2], what="what was sent while it was away")
+    finally:
+        await back.close()
+        await client.close()

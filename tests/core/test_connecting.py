@@ -189,7 +189,7 @@ async def test_a_replay_that_can_no_longer_be_complete_gives_a_fresh_session() -
         gate.open()
         with pytest.raises((Closed, asyncio.IncompleteReadError, ConnectionError)):
             await task
-        await eventually(lambda: reply["pid"] in nsp.adapter._sessions,  # type: ignore[attr-defined]
+        await eventually(lambda: reply["pid"] in nsp.adapter._store._sessions,  # type: ignore[attr-defined]
                          "the session record is stored again (by a task)")
         back, new_reply = await reconnect(server, {"pid": reply["pid"], "offset": offset})
         assert new_reply["sid"] != reply["sid"]

@@ -203,7 +203,7 @@ async def drop(server: RunningServer, client: SioClient) -> None:
     await client.close()
     pid = client.connected["/"]["pid"]
     await eventually(lambda: socket_id not in server.sio.main.sockets, "the socket left")
-    await eventually(lambda: pid in server.sio.main.adapter._sessions,  # type: ignore[attr-defined]
+    await eventually(lambda: pid in server.sio.main.adapter._store._sessions,  # type: ignore[attr-defined]
                      "the session record is stored (by a task)")
 
 
