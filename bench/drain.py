@@ -41,7 +41,7 @@ import jwt  # noqa: E402
 from bench.cluster_common import redis_server  # noqa: E402
 from bench.soak import ADDRESSES, Server, seed, settle_ack, wait_ready  # noqa: E402
 from tests.adversarial.attacks import sio_socket  # noqa: E402
-from tests.wsclient import RawWebSocket  # noqa: E402
+from tests.wsclient import RawWebSocket, emit_with_ack  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,7 @@ class Client:
     async def call(self, event: str, payload: dict[str, Any]) -> Any:
         assert self.ws is not None
         ack_id = len(self._acks) + 1 + random.randrange(1 << 20)
-        future = self._acks[ack_id] = asyncio.get_running_loop().create_future()
-        self.ws.send_text(f"42{ack_id}" + json.dumps([event, payload]))
-        try:
-            return await asyncio.wait_for(future, 30)
-        finally:
-            self._acks.pop(ack_id, None)
+        return await emit_with_ack(self.ws, self._acks, ack_id, event, payload, 30)
 
     async def _read(self, ws: RawWebSocket) -> None:
         try:

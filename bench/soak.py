@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import jwt  # noqa: E402
 
 from tests.adversarial import attacks  # noqa: E402
-from tests.wsclient import RawWebSocket  # noqa: E402
+from tests.wsclient import RawWebSocket, emit_with_ack  # noqa: E402
 
 STUDY_SIZE = 20
 FIRST_USER = 100  # above the demo users
@@ -261,13 +261,7 @@ class SoakClient:
     async def call(self, event: str, payload: dict[str, Any]) -> Any:
         assert self.ws is not None
         self.next_ack += 1
-        ack_id = self.next_ack
-        future = self.acks[ack_id] = asyncio.get_running_loop().create_future()
-        self.ws.send_text(f"42{ack_id}" + json.dumps([event, payload]))
-        try:
-            return await asyncio.wait_for(future, 15)
-        finally:
-            self.acks.pop(ack_id, None)
+        return await emit_with_ack(self.ws, self.acks, self.next_ack, event, payload, 15)
 
     async def read(self, ws: RawWebSocket) -> None:
         seen = self.soak.tally.seen[self.user_id] if self.steady else None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -171,3 +173,15 @@ class RawWebSocket:
             await self.writer.wait_closed()
         except (ConnectionError, OSError):
             pass
+
+
+async def emit_with_ack(ws: RawWebSocket, acks: dict[int, asyncio.Future[Any]], ack_id: int, event: str,
+                        payload: Any, timeout: float) -> Any:
+    """Send a Socket.IO EVENT with ack id `ack_id` on the main namespace and await its ACK, which
+    the caller's reader resolves through `acks` (the benchmarks' raw clients share this)."""
+    future = acks[ack_id] = asyncio.get_running_loop().create_future()
+    ws.send_text(f"42{ack_id}" + json.dumps([event, payload]))
+    try:
+        return await asyncio.wait_for(future, timeout)
+    finally:
+        acks.pop(ack_id, None)
