@@ -194,6 +194,8 @@ class Load:
         #: sends refused because a socket that reconnected without recovery was not in the room
         #: yet: the client joins again and sends again, as the product's client does
         self.rejoins: Counter[str] = Counter()
+        #: sends refused with the retryable UNAVAILABLE and sent again
+        self.retried: Counter[str] = Counter()
         self._running = True
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -205,9 +207,18 @@ class Load:
             self.sent[cid] = chatter
             payload = {"studyId": STUDY, "content": f"{self.label} {chatter.name} #{number}", "clientMessageId": cid}
             ack = await chatter.call("message", payload)
-            while ack.get("error", {}).get("code") == "NOT_IN_STUDY" and self.rejoins[chatter.name] < 20:
-                self.rejoins[chatter.name] += 1
-                await chatter.call("join-study", {"studyId": STUDY})
+            for _ in range(50):
+                code = ack.get("error", {}).get("code")
+                if code == "NOT_IN_STUDY" and self.rejoins[chatter.name] < 20:
+                    self.rejoins[chatter.name] += 1
+                    await chatter.call("join-study", {"studyId": STUDY})
+                elif code == "UNAVAILABLE":
+                    # numbering is refused while a node's pub/sub link is (re)connecting: the error
+                    # says to retry, and the same clientMessageId makes the retry safe
+                    self.retried[chatter.name] += 1
+                    await asyncio.sleep(0.1)
+                else:
+                    break
                 ack = await chatter.call("message", payload)
             self.acks.append((cid, ack))
             await asyncio.sleep(PACE)
@@ -251,7 +262,7 @@ async def check(bed: Bed, chatters: list[Chatter], load: Load, seq_before: int,
           f"acks saying duplicate (a resend of a stored one) {sum(1 for _, a in load.acks if a.get('duplicate'))}")
     refused = Counter(str(a.get("error", a)) for _, a in load.acks if a.get("ok") is not True)
     print(f"[{label}]   refusals: {dict(refused)}; joined again after a reconnect without recovery: "
-          f"{dict(load.rejoins)}")
+          f"{dict(load.rejoins)}; sent again after UNAVAILABLE: {dict(load.retried)}")
     assert sorted(by_cid) == sorted(load.sent), "stored rows differ from the sends (lost, or not ours)"
     assert all(count == 1 for count in by_cid.values()), "a send was stored twice"
     assert all(count == 1 for count in acked.values()) and sorted(acked) == sorted(load.sent), \
