@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -39,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 import jwt  # noqa: E402
 
 from bench.cluster_common import redis_server  # noqa: E402
-from bench.soak import ADDRESSES, Server, seed, settle_ack, wait_ready  # noqa: E402
+from bench.soak import ADDRESSES, Server, seed, wait_ready  # noqa: E402
 from tests.adversarial.attacks import sio_socket  # noqa: E402
-from tests.wsclient import RawWebSocket, emit_with_ack  # noqa: E402
+from tests.wsclient import RawWebSocket, emit_with_ack, socketio_events  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -106,18 +105,11 @@ class Client:
 
     async def _read(self, ws: RawWebSocket) -> None:
         try:
-            while True:
-                message = await ws.recv_text(120, skip_pings=False)
-                if message == "2":
-                    ws.send_text("3")
-                elif message.startswith("42"):
-                    args = json.loads(message[2:])
-                    if len(args) > 2 and isinstance(args[-1], str):
-                        self.offset = args[-1]
-                    if args[0] == "message":
-                        self.got_message.set()
-                elif message.startswith("43"):
-                    settle_ack(self._acks, message)
+            async for args in socketio_events(ws, self._acks):
+                if len(args) > 2 and isinstance(args[-1], str):
+                    self.offset = args[-1]
+                if args[0] == "message":
+                    self.got_message.set()
         except (OSError, asyncio.IncompleteReadError, AssertionError, TimeoutError, UnicodeDecodeError):
             pass
         self.closed_at = time.monotonic()

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import jwt  # noqa: E402
 
 from tests.adversarial import attacks  # noqa: E402
-from tests.wsclient import RawWebSocket, emit_with_ack  # noqa: E402
+from tests.wsclient import RawWebSocket, emit_with_ack, socketio_events  # noqa: E402
 
 STUDY_SIZE = 20
 FIRST_USER = 100  # above the demo users
@@ -126,18 +126,6 @@ class Server:
     def fds(self) -> int:
         assert self.proc is not None
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-
-def settle_ack(waiting: dict[int, asyncio.Future[Any]], message: str) -> None:
-    """An ACK packet ("43<id>[...]"): hand its first argument to whoever waits for that id."""
-    digits = ""
-    for ch in message[2:]:
-        if not ch.isdigit():
-            break
-        digits += ch
-    future = waiting.get(int(digits)) if digits else None
-    if future is not None and not future.done():
-        future.set_result(json.loads(message[2 + len(digits):])[0])
 
 
 def wait_ready(port: int, log_path: Path) -> None:
@@ -265,17 +253,10 @@ class SoakClient:
 
     async def read(self, ws: RawWebSocket) -> None:
         seen = self.soak.tally.seen[self.user_id] if self.steady else None
-        while True:
-            message = await ws.recv_text(120, skip_pings=False)
-            if message == "2":
-                ws.send_text("3")
-            elif message.startswith("42"):
-                args = json.loads(message[2:])
-                if seen is not None and args[0] == "message" and args[1].get("studyId") == self.study_id:
-                    seen.add(int(args[1]["seq"]))
-                    self.soak.tally.contents[self.study_id].add(args[1]["content"])
-            elif message.startswith("43"):
-                settle_ack(self.acks, message)
+        async for args in socketio_events(ws, self.acks):
+            if seen is not None and args[0] == "message" and args[1].get("studyId") == self.study_id:
+                seen.add(int(args[1]["seq"]))
+                self.soak.tally.contents[self.study_id].add(args[1]["content"])
 
 
 class Soak:

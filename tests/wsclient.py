@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,3 +186,29 @@ async def emit_with_ack(ws: RawWebSocket, acks: dict[int, asyncio.Future[Any]], 
         return await asyncio.wait_for(future, timeout)
     finally:
         acks.pop(ack_id, None)
+
+
+def settle_ack(waiting: dict[int, asyncio.Future[Any]], message: str) -> None:
+    """An ACK packet ("43<id>[...]"): hand its first argument to whoever waits for that id."""
+    digits = ""
+    for ch in message[2:]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    future = waiting.get(int(digits)) if digits else None
+    if future is not None and not future.done():
+        future.set_result(json.loads(message[2 + len(digits):])[0])
+
+
+async def socketio_events(ws: RawWebSocket, acks: dict[int, asyncio.Future[Any]],
+                          idle: float = 120) -> AsyncIterator[list[Any]]:
+    """The arguments of every EVENT on the main namespace, as they arrive; PINGs are answered
+    and ACKs settled in `acks` on the way (the read loop of `emit_with_ack`'s callers)."""
+    while True:
+        message = await ws.recv_text(idle, skip_pings=False)
+        if message == "2":
+            ws.send_text("3")
+        elif message.startswith("42"):
+            yield json.loads(message[2:])
+        elif message.startswith("43"):
+            settle_ack(acks, message)
