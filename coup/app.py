@@ -373,7 +373,9 @@ class CoupNode:
                 log.warning("draining: sessions of %s not all saved for recovery (%r)", nsp.name, exc)
         closed = await self.sio.drain_clients(min(self.settings.drain_spread, left()), deadline)
         fetched_by = min(deadline, loop.time() + LAST_FETCH_WAIT)
-        while self.engine.sessions and loop.time() < fetched_by:  # polling clients fetch their last packets
+        while self.engine.sessions:  # polling clients fetch their last packets
+            if loop.time() >= fetched_by:
+                break
             await asyncio.sleep(0.02)
         if self.engine.sessions:
             log.info("draining: %d polling clients did not fetch their last packets (gone?)",
