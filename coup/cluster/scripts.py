@@ -66,8 +66,10 @@ for _, node in ipairs(dead) do
     local key = string.sub(member, 1, cut - 1)
     local sid = string.sub(member, cut + 1)
     local pkey = prefix .. ':presence:' .. key
-    if redis.call('HDEL', pkey, sid) == 1 and redis.call('HLEN', pkey) == 0 then
-      table.insert(lost, key)
+    -- only the node's own entry: the socket may have been restored elsewhere under its id
+    if redis.call('HGET', pkey, sid) == node then
+      redis.call('HDEL', pkey, sid)
+      if redis.call('HLEN', pkey) == 0 then table.insert(lost, key) end
     end
   end
   redis.call('DEL', index, prefix .. ':node:' .. node)
@@ -86,7 +88,9 @@ return out
 # -> 1 when KEY just came online (its first socket anywhere). The answer is remembered per
 # call for two minutes, so a call retried after a timeout returns the first run's answer
 # instead of a second, different one (a lost or doubled user-online). Per call, not per
-# socket: a recovered socket comes back with its old id and is a new attach.
+# socket: a recovered socket comes back with its old id and is a new attach. Call ids are
+# unique per process (`RedisPresence._call_id`), not per node id: a node restarted under
+# its id must not be answered with its previous process's answers.
 ATTACH = """
 local done = redis.call('HGET', KEYS[3], 'a' .. ARGV[4])
 if done then return tonumber(done) end
@@ -117,7 +121,9 @@ return last
 """
 
 # Make this node's presence entries exactly the given (key, sid) pairs (after a Redis outage
-# or restart). KEYS: node presence index   ARGV: prefix, node, key1, sid1, key2, sid2, ...
+# or restart). Entries another node holds are left alone: that node restored the socket
+# (same id) while ours lingered, or while this node id was a process that crashed.
+# KEYS: node presence index   ARGV: prefix, node, key1, sid1, key2, sid2, ...
 # -> {lost keys (no socket left anywhere), found keys (online again only through us)}
 RESYNC = """
 local prefix = ARGV[1]
@@ -127,20 +133,26 @@ local lost = {}
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not want[member] then
     local cut = string.find(member, '\\0', 1, true)
-    local key = string.sub(member, 1, cut - 1)
+    local key, sid = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
     local pkey = prefix .. ':presence:' .. key
     redis.call('SREM', KEYS[1], member)
-    if redis.call('HDEL', pkey, string.sub(member, cut + 1)) == 1 and redis.call('HLEN', pkey) == 0 then
-      table.insert(lost, key)
+    if redis.call('HGET', pkey, sid) == ARGV[2] then
+      redis.call('HDEL', pkey, sid)
+      if redis.call('HLEN', pkey) == 0 then table.insert(lost, key) end
     end
   end
 end
 local found = {}
 for member, pair in pairs(want) do
-  redis.call('SADD', KEYS[1], member)
   local pkey = prefix .. ':presence:' .. pair[1]
-  if redis.call('HSET', pkey, pair[2], ARGV[2]) == 1 and redis.call('HLEN', pkey) == 1 then
-    table.insert(found, pair[1])
+  local holder = redis.call('HGET', pkey, pair[2])
+  if not holder or holder == ARGV[2] then
+    redis.call('SADD', KEYS[1], member)
+    if redis.call('HSET', pkey, pair[2], ARGV[2]) == 1 and redis.call('HLEN', pkey) == 1 then
+      table.insert(found, pair[1])
+    end
+  else
+    redis.call('SREM', KEYS[1], member)
   end
 end
 return {lost, found}
