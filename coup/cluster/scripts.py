@@ -190,8 +190,13 @@ return moved
 
 # Append broadcasts to the log and publish them, one script call per node per loop turn.
 # KEYS: log, meta
-# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
-#       message: channel count N, N channels, origin ('' for none), stamp (1/0), data
+# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, once_ms, then
+#       per message: channel count N, N channels, origin ('' for none), stamp (1/0), once key
+#       ('' for none), data
+# A message with a once key is published (and kept) only if no message with that key was in
+# the last once_ms (``P:rlog:NSP:once:KEY``, set here, in the same step as the publish: so a
+# repeat of a broadcast the node died before publishing goes out, and one that was published
+# does not go out twice; see `coup.core.adapter.BroadcastOptions.once`).
 # A broadcast (stamp 1) the budget admits is published as ``L OFFSET SP DATA``; anything else
 # as ``L SP DATA`` (delivered, not kept: the node's other publishes of the turn ride along,
 # so they stay ordered with its broadcasts). Consecutive messages for one channel go out as
@@ -225,12 +230,16 @@ local function flush()
   end
   run_channel, run = nil, {}
 end
-local i = 7
+local i = 8
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local first_channel = i + 1
-  local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
-  i = i + n + 4
+  local origin, stamp, once, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3], ARGV[i + n + 4]
+  i = i + n + 5
+  repeat  -- `break` skips this message
+  if once ~= '' and not redis.call('SET', log .. ':once:' .. once, '1', 'NX', 'PX', ARGV[7]) then
+    break  -- published before (this is a repeat of it): not again
+  end
   local size = #data
   local payload = nil
   if stamp == '1' and size <= origin_bytes then
@@ -271,6 +280,7 @@ while i <= #ARGV do
       redis.call('PUBLISH', ARGV[c], payload)
     end
   end
+  until true
 end
 flush()
 if added > 0 then
@@ -353,5 +363,14 @@ elseif ARGV[4] ~= 'live' and ARGV[4] ~= 'take' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# A broadcast with a once key while the recovery log is off (`LOG_PUBLISH` does this with it):
+# published on the channels only if no broadcast with that key was in the last once_ms.
+# KEYS: the once key   ARGV: once_ms, data, channels...   -> 1 published, 0 a repeat
+ONCE_PUBLISH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for c = 3, #ARGV do redis.call('PUBLISH', ARGV[c], ARGV[2]) end
 return 1
 """
