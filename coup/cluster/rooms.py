@@ -6,7 +6,11 @@ reply. Correctness never depends on the nodes agreeing on the owner:
 
 - a node runs every command it is sent, even for a room it no longer thinks it owns;
 - when the owner's inbox has no listener (it died, or is reconnecting to Redis) PUBLISH
-  says so at once and the caller runs the command itself;
+  says so at once and the caller sends the command to the room's owner on the ring without
+  that node: the owner every node will agree on once the dead node is reaped. Every caller
+  picks the same one, so a crashed owner's rooms keep one writer (when each caller ran such
+  a command itself, every node wrote the room at once until the reap, and its clients got
+  `seq` out of order); when Redis itself is unreachable, the caller runs it;
 - so during a ring change two nodes may run commands of one room at the same time, and the
   commands stay right because their state is atomic in Redis or the database (per-room
   sequence script, message ids, clientMessageId idempotency);
@@ -46,6 +50,15 @@ UNAVAILABLE = ClientError("UNAVAILABLE", "The room is moving to another server; 
 
 #: a room's owner answered that it handed the room over
 _MOVED = object()
+#: nobody listens on the owner's inbox (it died, or its link to Redis is down)
+_UNHEARD = object()
+
+
+class OwnerOf(Protocol):
+    """The owner of a room on this node's ring (`coup.cluster.registry.Registry.owner`);
+    `without`: on the ring as it will be once those nodes are gone."""
+
+    def __call__(self, room: str, /, without: frozenset[str] = ...) -> str: ...
 
 
 class OwnerRequester(Protocol):
@@ -58,7 +71,7 @@ class OwnerRequester(Protocol):
 class RedisRoomRouter:
     """`coup.core.rooms.RoomRouter` across nodes; the commands run in a `LocalRoomRouter`."""
 
-    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: Callable[[str], str],
+    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: OwnerOf,
                  request: OwnerRequester, inbox: Callable[[str], bytes],
                  room_channel: Callable[[str], bytes | None], refresh: Callable[[], Awaitable[None]]) -> None:
         """`owner(room)`: the owner on this node's ring; `inbox(node)`: a node's channel;
@@ -99,20 +112,28 @@ class RedisRoomRouter:
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         if name not in self.local.commands:
             raise UnknownCommand(name)
-        for _ in range(MOVED_FOLLOWS):
-            owner = self.owner(room)
+        unheard: frozenset[str] = frozenset()  # owners asked that nobody listens for
+        moved = 0
+        while True:  # each turn either returns, or adds a node to `unheard` or to `moved`
+            owner = self.owner(room, unheard)
             if owner == self.node_id and self._handover is not None:
                 await self._handover.wait()  # then our ring no longer makes us the owner
-                owner = self.owner(room)
+                owner = self.owner(room, unheard)
             if owner == self.node_id:
                 self.stats["local"] += 1
                 return await self.run_locally(room, name, payload)
             reply = await self._call_remote(owner, room, name, payload)
+            if reply is _UNHEARD:
+                self.stats["fallback"] += 1
+                unheard |= {owner}
+                continue
             if reply is not _MOVED:
                 return reply
             self.stats["moved"] += 1
+            moved += 1
+            if moved >= MOVED_FOLLOWS:
+                raise UNAVAILABLE
             await self._refresh()  # the owner asked is draining: learn who took over
-        raise UNAVAILABLE
 
     async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any]) -> Any:
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
@@ -132,13 +153,15 @@ class RedisRoomRouter:
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
             raise UNAVAILABLE from None
         except RedisUnavailable:
-            responses = []
+            responses = None
         finally:
             if room_channel is not None:
                 self.bus.release([room_channel])
-        if not responses:  # nobody listens on the owner's inbox: do it ourselves
+        if responses is None:  # no node can be asked: do it ourselves
             self.stats["fallback"] += 1
             return await self.run_locally(room, name, payload)
+        if not responses:
+            return _UNHEARD
         self.stats["remote"] += 1
         reply = responses[0]
         if reply.get("moved"):
