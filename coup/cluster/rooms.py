@@ -183,7 +183,7 @@ class RedisRoomRouter:
             if owner == self.node_id:
                 self.stats["local"] += 1
                 return await self._run_as_owner(room, name, payload)
-            reply = await self._call_remote(owner, room, name, payload)
+            reply = await self._call_remote(owner, room, name, payload, unheard)
             if reply is _UNHEARD:
                 self.stats["fallback"] += 1
                 unheard |= {owner}
@@ -196,8 +196,11 @@ class RedisRoomRouter:
                 raise UNAVAILABLE
             await self._refresh()  # the owner asked is draining: learn who took over
 
-    async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any]) -> Any:
+    async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any],
+                           unheard: frozenset[str] = frozenset()) -> Any:
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
+        if unheard:  # the node asked is their successor (it may have been fenced by one of them)
+            message["unheard"] = sorted(unheard)
         # When we hear the room (a member of it is here: the usual caller), the owner answers
         # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
         room_channel = self._room_channel(room)
@@ -241,8 +244,11 @@ class RedisRoomRouter:
         if self._handover is not None:  # draining: the new owner runs it (after ours finished)
             await self._handover.wait()
             return {"ok": False, "moved": True}
-        if room in self._fenced:  # taken over: the caller's ring is older than ours
-            return {"ok": False, "moved": True}
+        fenced = self._fenced.get(room)
+        if fenced is not None:
+            if fenced not in message.get("unheard", ()):  # taken over: the caller's ring is older than ours
+                return {"ok": False, "moved": True}
+            del self._fenced[room]  # the node that took it over died: we are its successor
         try:
             if self.owner(room) == self.node_id:
                 result = await self._run_as_owner(room, str(message["name"]), message.get("p") or {})

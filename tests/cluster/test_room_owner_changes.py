@@ -44,12 +44,15 @@ async def test_commands_for_a_dead_owners_room_run_on_one_successor(redis_nodes,
         peer = await peers(f"caller-on-{node.node.cluster.node_id}").connect(node.url)
         await peer.call("join", {"room": ROOM})
         callers.append(peer)
+    # while alive, the owner ran the room's commands, and fenced the successor at the first one
+    before = await callers[0].call("say", {"room": ROOM, "text": "before"})
+    assert before["owner"] == owner_id
     for node in survivors:  # nobody reaps the dead node during the test: its room stays unheard
         await node.node.cluster.registry.stop()
     await crash(dead)
     replies = [await caller.call("say", {"room": ROOM, "text": f"t{i}"}) for i in range(2) for caller in callers]
     assert {r["owner"] for r in replies} == {successor}
-    seqs = [r["seq"] for r in replies]
+    seqs = [before["seq"]] + [r["seq"] for r in replies]
     assert seqs == sorted(seqs)
 
 
