@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 #: seconds a broadcast's `once` key is remembered
 ONCE_WINDOW = 120.0
+#: keys one process remembers at most (the oldest go first past it: a memory bound)
+ONCE_KEYS = 100_000
 
 
 class OnceKeys:
@@ -48,7 +50,7 @@ class OnceKeys:
         """Remember `key`; True when it was not seen within the window."""
         now = time.monotonic()
         seen = self._seen
-        while seen and now - next(iter(seen.values())) >= ONCE_WINDOW:
+        while seen and (len(seen) >= ONCE_KEYS or now - next(iter(seen.values())) >= ONCE_WINDOW):
             seen.popitem(last=False)
         if key in seen:
             return False
