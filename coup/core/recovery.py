@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,8 @@ from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
     from coup.core.adapter import BroadcastOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -108,10 +111,13 @@ class SessionRecovery:
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
         record = await self.store.claim(pid)
         if record is None:
+            log.info("session %s not recovered: no record (expired, taken, or never written)", pid)
             return None
         if record.sid in self.nsp.sockets:
+            log.info("session %s not recovered: socket %s still connected here", pid, record.sid)
             return None  # still connected here (its old connection is half-open): a fresh session
         if await self.store.after(offset, check_only=True) is None:
+            log.info("session %s not recovered: the log no longer holds what came after offset %s", pid, offset)
             return None
         return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
 
