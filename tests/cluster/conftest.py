@@ -213,6 +213,124 @@ def module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         made.stop()
 
 
+class RedisClusterSet:
+    """A Redis Cluster of three primaries with one replica each, on loopback ports (Redis >= 7:
+    sharded pub/sub).
+
+    Nodes time out after 1 s (``cluster-node-timeout``), so a killed primary's replica takes
+    over within a few seconds; ``cluster-require-full-coverage no`` keeps the other shards
+    serving meanwhile (what a deployment would want of a chat: most rooms go on).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: list[RedisServer] = []
+        for _ in range(6):
+            server = RedisServer("--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                                 "--cluster-require-full-coverage", "no", "--cluster-replica-validity-factor", "0")
+            server.extra = (*server.extra, "--cluster-config-file", str(workdir / f"nodes-{server.port}.conf"))
+            self.servers.append(server)
+
+    @property
+    def url(self) -> str:
+        """The seeds: every server, as an operator would list them (any one would do)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        result = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                                 "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
+                                timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        deadline = time.monotonic() + 20
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster never settled")
+            time.sleep(0.1)
+
+    def _settled(self) -> bool:
+        """Every live server says the cluster is ok, knows all servers and three primaries."""
+        for server in self.servers:
+            if server.process is None:
+                continue
+            if "cluster_state:ok" not in server.cli("CLUSTER", "INFO"):
+                return False
+            nodes = [line for line in server.cli("CLUSTER", "NODES").splitlines() if "fail" not in line.split()[2]]
+            if len(nodes) != sum(s.process is not None for s in self.servers):
+                return False
+        return len(self.primaries()) == 3 and all(
+            "master_link_status:up" in s.cli("INFO", "replication") for s in self.servers
+            if s.process is not None and s not in self.primaries())
+
+    def primaries(self) -> list[RedisServer]:
+        """The live servers that are primaries owning slots, as the cluster sees it now."""
+        live = next(s for s in self.servers if s.process is not None)
+        ports = set()
+        for line in live.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.add(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return [s for s in self.servers if s.port in ports and s.process is not None]
+
+    def owner(self, key: str) -> RedisServer:
+        """The primary that serves `key`'s slot now."""
+        live = next(s for s in self.primaries())
+        slot = int(live.cli("CLUSTER", "KEYSLOT", key))
+        for entry in live.cli("CLUSTER", "NODES").splitlines():
+            fields = entry.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(s for s in self.servers if s.port == port)
+        raise LookupError(f"no primary serves the slot of {key!r}")
+
+    def failed_over(self, killed: RedisServer) -> bool:
+        """Some replica took `killed`'s slots: three live primaries again, the cluster ok."""
+        live = [s for s in self.servers if s.process is not None]
+        return len(self.primaries()) == 3 and all("cluster_state:ok" in s.cli("CLUSTER", "INFO") for s in live)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+
+def redis_cluster_available() -> None:
+    """Skip (or fail under COUP_REQUIRE_ALL) without a redis-server that has sharded pub/sub."""
+    require(shutil.which("redis-server") is not None, "redis-server")
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    major = int(version.split("v=", 1)[1].split(".", 1)[0]) if "v=" in version else 0
+    require(major >= 7, "redis-server >= 7 (sharded pub/sub)")
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """A Redis Cluster for one test (it may kill a primary)."""
+    redis_cluster_available()
+    made = RedisClusterSet(tmp_path)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """A Redis Cluster shared by one test module (tests keep apart by key prefix)."""
+    redis_cluster_available()
+    made = RedisClusterSet(tmp_path_factory.mktemp("rcluster"))
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
 # ---------------------------------------------------------------------------- in-process nodes
 
 
