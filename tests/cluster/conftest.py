@@ -350,10 +350,15 @@ async def start_node(redis_url: str | None, prefix: str, node_id: str, **setting
     return Node(coup_node, port)
 
 
-@pytest_asyncio.fixture(params=["memory", "redis", "sentinel"])
+#: the Redis set-ups a `redis_nodes` / `nodes` parameter names, by the module fixture that starts each
+REDIS_KINDS = {"redis": "redis_server", "sentinel": "module_sentinel_set", "cluster": "module_redis_cluster"}
+
+
+@pytest_asyncio.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
     """Three handles to 'the cluster': one in-memory node three times, or three Redis-linked nodes
-    (one redis-server, or a Sentinel-managed primary and replica reached through the sentinels).
+    (one redis-server, a Sentinel-managed primary and replica reached through the sentinels, or
+    a Redis Cluster of three primaries with a replica each).
 
     The contract tests run unchanged against all: what holds for one process must hold
     across nodes, whichever way the nodes find their Redis.
@@ -365,12 +370,12 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
         finally:
             await single.node.stop()
         return
-    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    server = request.getfixturevalue(REDIS_KINDS[request.param])
     async for started in _redis_nodes(server, 3):
         yield started
 
 
-async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIterator[list[Node]]:
+async def _redis_nodes(server: RedisServer | SentinelSet | RedisClusterSet, count: int) -> AsyncIterator[list[Node]]:
     prefix = "t" + secrets.token_hex(4)
     started = [await start_node(server.url, prefix, f"n{i}") for i in range(count)]
     try:
@@ -382,10 +387,11 @@ async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIt
             await n.node.stop()
 
 
-@pytest_asyncio.fixture(params=["redis", "sentinel"])
+@pytest_asyncio.fixture(params=list(REDIS_KINDS))
 async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
-    """Three in-process nodes linked by the module's redis-server, or by its Sentinel set-up."""
-    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    """Three in-process nodes linked by the module's redis-server, its Sentinel set-up or its
+    Redis Cluster."""
+    server = request.getfixturevalue(REDIS_KINDS[request.param])
     async for started in _redis_nodes(server, 3):
         yield started
 
