@@ -58,6 +58,8 @@ BATCH = b"M"
 #: a batch stops growing at this size; the next message for its channel starts a new one
 _BATCH_BYTES = 256 * 1024
 _SUBSCRIBE_CHUNK = 500
+#: seconds between reconnections while a Redis Cluster fails a primary over (see `Bus._reconnect_cap`)
+_FAILOVER_POLL = 0.2
 
 
 def channel_bytes(name: str) -> bytes:
@@ -83,6 +85,8 @@ class Bus:
         self._owners: list[tuple[str, int] | None] = []
         #: Redis Cluster: channels we unsubscribed from whose ``sunsubscribe`` is still to come
         self._leaving: dict[bytes, int] = {}
+        #: Redis Cluster: the last connection attempt got a slot map (the cluster answers)
+        self._slot_map_read = False
         #: this loop turn's publishes, in order: [channel, messages, future or None]
         self._outbox: list[list[Any]] = []
         #: the batch of each channel that may still take messages this turn
@@ -201,7 +205,16 @@ class Bus:
                     await self._wake.wait()
             except TimeoutError:
                 pass
-            delay = min(delay * 2, self.options.reconnect_max)
+            delay = min(delay * 2, self._reconnect_cap())
+
+    def _reconnect_cap(self) -> float:
+        """The longest wait between two reconnections. A Redis Cluster that answered with a slot
+        map while a primary did not is failing over: nothing tells us when the replica takes
+        over (Sentinel's ``+switch-master`` has no cluster twin), so we ask again often; slot
+        maps are cheap and end the wait within `_FAILOVER_POLL` of the promotion."""
+        if self._slot_map_read:
+            return min(self.options.reconnect_max, _FAILOVER_POLL)
+        return self.options.reconnect_max
 
     async def _watch_failovers(self) -> None:
         """Stay subscribed to ``+switch-master`` on one of the sentinels (another when it goes)."""
@@ -278,7 +291,9 @@ class Bus:
         """Redis Cluster: the slot map, then a publishing and a subscribing connection to each
         primary. `_pub` / `_sub` are those of the primary of our inbox (they say "connected")."""
         timeout = self.options.connect_timeout
+        self._slot_map_read = False
         self._owners = owners = await slot_map(self.url, timeout)
+        self._slot_map_read = True
         for address in dict.fromkeys(owner for owner in owners if owner is not None):
             pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=timeout, address=address,
                                             on_lost=self._mark_broken)

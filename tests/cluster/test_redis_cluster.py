@@ -1,0 +1,124 @@
+"""Redis Cluster (issue 17.2): nodes on a cluster of three primaries with a replica each.
+
+`REDIS_URL=redis+cluster://...` puts the control plane (registry, presence) in one slot, each
+namespace's recovery log, session records and room channels in another, and spreads inboxes
+and counters (docs/cluster.md#redis-cluster). Room channels are shard channels: a node
+subscribes on the primary of each channel's slot. When a primary dies its replica takes over
+and every node rebuilds its link from the new slot map, with chat resuming within 5 s.
+The contract tests also run here (the ``cluster`` parameter of `nodes` / `redis_nodes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coup.cluster.options import ClusterOptions
+from coup.cluster.status import read_status
+from coup.emitter import Emitter
+from tests.cluster.cluster_testapp import NAMESPACE
+from tests.cluster.conftest import Peer, RedisClusterSet, RedisServer, wait_until
+from tests.cluster.failover import chat_through_a_failover
+from tests.cluster.test_sentinel import client_names, three_nodes_in_a_room
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+
+def shard_channels(server: RedisServer, prefix: str) -> set[str]:
+    return set(server.cli("PUBSUB", "SHARDCHANNELS", f"*{prefix}*").split())
+
+
+async def test_keys_and_channels_land_where_the_layout_says(module_redis_cluster: RedisClusterSet, peers):
+    cluster = module_redis_cluster
+    prefix = "k" + secrets.token_hex(3)
+    options = ClusterOptions(prefix=prefix, sharded=True)
+    emitter = Emitter(cluster.url, prefix=prefix, namespace=NAMESPACE)
+    try:
+        async with three_nodes_in_a_room(cluster.url, prefix, peers) as (_nodes, members):
+            replies = [await members[i % 3].call("say", {"room": "chat", "text": f"m{i}"}) for i in range(9)]
+            assert [r["seq"] for r in replies] == list(range(1, 10))
+            for peer in members:
+                assert [m["text"] for m in await peer.wait_for("said", 9)] == [f"m{i}" for i in range(9)]
+            assert await asyncio.to_thread(emitter.to("chat").emit, "news", "from a backend") == 3
+            for peer in members:
+                assert await peer.wait_for("news") == ["from a backend"]
+            # the room's channel is a shard channel on the primary of the namespace's slot, next to its log
+            room = options.nsp_key("r", NAMESPACE, "chat")
+            assert room.startswith("{" + prefix + ":" + NAMESPACE + "}")
+            home = cluster.owner(room)
+            assert home is cluster.owner(options.nsp_key("rlog", NAMESPACE))
+            assert room in shard_channels(home, prefix)
+            assert not any(room in shard_channels(s, prefix) for s in cluster.primaries() if s is not home)
+            assert home.cli("EXISTS", options.nsp_key("rlog", NAMESPACE)) == "1"
+            # the control plane in one slot; each inbox on the primary of its own slot
+            control = cluster.owner(options.key("nodes"))
+            assert control.cli("ZCARD", options.key("nodes")) == "3"
+            for i in range(3):
+                inbox = options.spread("n", f"n{i}")
+                assert inbox in shard_channels(cluster.owner(inbox), prefix)
+            # every node holds a publishing and a subscribing link on every primary, none on a replica
+            for server in cluster.primaries():
+                names = client_names(server)
+                for i in range(3):
+                    assert f"{prefix}:n{i}:pub" in names and f"{prefix}:n{i}:sub" in names
+            for server in set(cluster.servers) - set(cluster.primaries()):
+                assert not [n for n in client_names(server) if n.startswith(f"{prefix}:n")]
+            status = await read_status(cluster.url, ClusterOptions(prefix=prefix))
+            assert [n["id"] for n in status["nodes"]] == ["n0", "n1", "n2"]
+            assert [(r["room"], r["nodes"]) for r in status["rooms"]] == [(f"user:{prefix}-{i}", 1) for i in range(3)]
+    finally:
+        emitter.close()
+
+
+async def test_a_slot_that_moves_rebuilds_the_link(redis_cluster: RedisClusterSet, peers: Callable[..., Peer]):
+    """A resharding moves the room's slot to another primary: the server ends our shard
+    subscription (``sunsubscribe``) and answers MOVED; every node re-reads the slot map and
+    subscribes on the new owner, and chat goes on."""
+    cluster = redis_cluster
+    prefix = "m" + secrets.token_hex(3)
+    options = ClusterOptions(prefix=prefix, sharded=True)
+    async with three_nodes_in_a_room(cluster.url, prefix, peers) as (nodes, members):
+        room = options.nsp_key("r", NAMESPACE, "chat")
+        source = cluster.owner(room)
+        target = next(s for s in cluster.primaries() if s is not source)
+        slot = source.cli("CLUSTER", "KEYSLOT", room)
+        ids = {s.port: s.cli("CLUSTER", "MYID") for s in (source, target)}
+        links = [n.node.cluster.bus.connections for n in nodes]  # type: ignore[union-attr]
+        # the manual slot migration (the log's keys move with it: the slot is the namespace's)
+        assert target.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port]) == "OK"
+        assert source.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port]) == "OK"
+        while keys := source.cli("CLUSTER", "GETKEYSINSLOT", slot, "100").split():
+            assert source.cli("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys) == "OK"
+        for server in (target, source):
+            assert server.cli("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port]) == "OK"
+        started = time.monotonic()
+        await wait_until(lambda: all(n.node.cluster.bus.connections > links[i]  # type: ignore[union-attr]
+                                     and n.node.cluster.ready for i, n in enumerate(nodes)),  # type: ignore[union-attr]
+                         timeout=10, what="every node's link rebuilt")
+        await wait_until(lambda: room in shard_channels(target, prefix), what="the room heard on its new owner")
+        reply = await members[1].call("say", {"room": "chat", "text": "after the move"})
+        for peer in members:
+            assert (await peer.wait_for("said"))[-1]["text"] == "after the move"
+        assert reply["seq"] == 1
+        print(f"slot moved: every link rebuilt {time.monotonic() - started:.2f} s after the migration ended")
+
+
+async def test_the_primary_of_the_chat_killed_during_chat(redis_cluster: RedisClusterSet, tmp_path: Path):
+    """The primary that holds the study's room channel and the recovery log is SIGKILLed; its
+    replica takes its slots (``cluster-node-timeout`` 1 s)."""
+    prefix = "cf" + secrets.token_hex(3)
+
+    async def fail_over() -> tuple[float, float]:
+        victim = redis_cluster.owner(ClusterOptions(prefix=prefix, sharded=True).nsp_key("rlog", "/"))
+        victim.kill()
+        killed_at = time.monotonic()
+        await wait_until(lambda: asyncio.to_thread(redis_cluster.failed_over, victim), timeout=30, poll=0.1,
+                         what="a replica promoted in the killed primary's place")
+        return killed_at, time.monotonic()
+
+    await chat_through_a_failover(redis_cluster.url, prefix, tmp_path, fail_over, "Redis Cluster failover")
