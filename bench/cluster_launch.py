@@ -77,11 +77,12 @@ def start_redis(children: list[subprocess.Popen[bytes]], *extra: str) -> redis.R
 def start_redis_cluster(children: list[subprocess.Popen[bytes]], shards: int) -> tuple[str, list[redis.Redis]]:
     """A Redis Cluster of `shards` primaries (no replicas); its URL and a client per primary."""
     workdir = tempfile.mkdtemp(prefix="coup-bench-rcluster-")
+    # the bus port named: its default (port + 10000) is past 65535 for a free port above 55535
     clients = [start_redis(children, "--cluster-enabled", "yes", "--dir", workdir, "--cluster-config-file",
-                           f"{workdir}/nodes-{i}.conf") for i in range(shards)]
+                           f"{workdir}/nodes-{i}.conf", "--cluster-port", str(free_port())) for i in range(shards)]
     addresses = [f"127.0.0.1:{c.connection_pool.connection_kwargs['port']}" for c in clients]
     subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, timeout=30)
     deadline = time.monotonic() + 15
     while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
         if time.monotonic() > deadline:
@@ -102,11 +103,16 @@ def main() -> None:
     children: list[subprocess.Popen[bytes]] = []
     redis_url = ""
     clients: list[redis.Redis] = []
-    if args.redis_shards:
-        redis_url, clients = start_redis_cluster(children, args.redis_shards)
-    elif not args.no_redis:
-        clients = [start_redis(children)]
-        redis_url = f"redis://127.0.0.1:{clients[0].connection_pool.connection_kwargs['port']}"
+    try:
+        if args.redis_shards:
+            redis_url, clients = start_redis_cluster(children, args.redis_shards)
+        elif not args.no_redis:
+            clients = [start_redis(children)]
+            redis_url = f"redis://127.0.0.1:{clients[0].connection_pool.connection_kwargs['port']}"
+    except BaseException:  # the servers are in their own process groups: nobody else stops them
+        for child in children:
+            child.kill()
+        raise
     go = Path(tempfile.mkdtemp(prefix="coup-bench-")) / "go"
     private = [free_port() for _ in range(args.nodes)]
     script = HERE / ("cluster_node.py" if args.impl == "coup" else "cluster_pysio_node.py")

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -28,7 +28,7 @@ from tests.cluster import cluster_testapp
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.rawclient import RawClient
 from tests.conftest import require, test_settings
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
@@ -134,11 +134,7 @@ class SentinelSet:
             log = (self.workdir / f"sentinel-{port}.log").open("ab")
             self.sentinels.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=log,
                                                    stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 20
-        while not self._settled():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sentinels never saw each other and the replica")
-            time.sleep(0.1)
+        eventually_sync(self._settled, "the sentinels seeing each other and the replica", timeout=20, poll=0.1)
 
     def _settled(self) -> bool:
         """Every sentinel knows the other two and the replica, and the replica is in sync."""
@@ -189,28 +185,35 @@ class SentinelSet:
         self.primary.kill()
 
 
-@pytest.fixture
-def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
-    """A Sentinel-managed primary and replica for one test (it may kill the primary)."""
-    require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
-    made = SentinelSet(tmp_path)
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Startable)
+
+
+def _running(made: _S) -> Iterator[_S]:
+    """`made` started for the fixture's scope, stopped after it (also when starting failed half-way)."""
     try:
         made.start()
         yield made
     finally:
         made.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A Sentinel-managed primary and replica for one test (it may kill the primary)."""
+    require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
+    yield from _running(SentinelSet(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """A Sentinel set-up shared by one test module (tests keep apart by key prefix)."""
     require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
-    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
 
 class RedisClusterSet:
@@ -228,7 +231,9 @@ class RedisClusterSet:
         for _ in range(6):
             server = RedisServer("--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
                                  "--cluster-require-full-coverage", "no", "--cluster-replica-validity-factor", "0")
-            server.extra = (*server.extra, "--cluster-config-file", str(workdir / f"nodes-{server.port}.conf"))
+            # the bus port named: its default (port + 10000) is past 65535 for a free port above 55535
+            server.extra = (*server.extra, "--cluster-config-file", str(workdir / f"nodes-{server.port}.conf"),
+                            "--cluster-port", str(free_port()))
             self.servers.append(server)
 
     @property
@@ -244,11 +249,7 @@ class RedisClusterSet:
                                 timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
-        deadline = time.monotonic() + 20
-        while not self._settled():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster never settled")
-            time.sleep(0.1)
+        eventually_sync(self._settled, "the Redis Cluster settled", timeout=20, poll=0.1)
 
     def _settled(self) -> bool:
         """Every live server says the cluster is ok, knows all servers and three primaries."""
@@ -311,24 +312,14 @@ def redis_cluster_available() -> None:
 def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     """A Redis Cluster for one test (it may kill a primary)."""
     redis_cluster_available()
-    made = RedisClusterSet(tmp_path)
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(RedisClusterSet(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def module_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
     """A Redis Cluster shared by one test module (tests keep apart by key prefix)."""
     redis_cluster_available()
-    made = RedisClusterSet(tmp_path_factory.mktemp("rcluster"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(RedisClusterSet(tmp_path_factory.mktemp("rcluster")))
 
 
 # ---------------------------------------------------------------------------- in-process nodes

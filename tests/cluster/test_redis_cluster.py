@@ -24,7 +24,7 @@ from coup.emitter import Emitter
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.conftest import Peer, RedisClusterSet, RedisServer, wait_until
 from tests.cluster.failover import chat_through_a_failover
-from tests.cluster.test_sentinel import client_names, three_nodes_in_a_room
+from tests.cluster.test_sentinel import chat_and_emit, client_names, three_nodes_in_a_room
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -40,13 +40,7 @@ async def test_keys_and_channels_land_where_the_layout_says(module_redis_cluster
     emitter = Emitter(cluster.url, prefix=prefix, namespace=NAMESPACE)
     try:
         async with three_nodes_in_a_room(cluster.url, prefix, peers) as (_nodes, members):
-            replies = [await members[i % 3].call("say", {"room": "chat", "text": f"m{i}"}) for i in range(9)]
-            assert [r["seq"] for r in replies] == list(range(1, 10))
-            for peer in members:
-                assert [m["text"] for m in await peer.wait_for("said", 9)] == [f"m{i}" for i in range(9)]
-            assert await asyncio.to_thread(emitter.to("chat").emit, "news", "from a backend") == 3
-            for peer in members:
-                assert await peer.wait_for("news") == ["from a backend"]
+            await chat_and_emit(members, emitter)
             # the room's channel is a shard channel on the primary of the namespace's slot, next to its log
             room = options.nsp_key("r", NAMESPACE, "chat")
             assert room.startswith("{" + prefix + ":" + NAMESPACE + "}")
