@@ -44,6 +44,12 @@ def get_json(url: str, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
+def redis_cpu_us(clients: list[redis.Redis]) -> list[int]:
+    """CPU each server has used (user + system, µs): how the work spread over a cluster's primaries."""
+    return [int((float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6)
+            for cpu in (client.info("cpu") for client in clients)]
+
+
 def redis_counters(clients: list[redis.Redis]) -> dict[str, int]:
     """Commands, publishes and script calls, summed over the servers (a cluster's primaries)."""
     total = {"commands": 0, "publish": 0, "evalsha": 0}
@@ -141,6 +147,7 @@ def main() -> None:
             sys.exit("nodes did not come up")
         time.sleep(0.1)
     before = redis_counters(clients) if clients else {}
+    cpu_before = redis_cpu_us(clients)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stopping.update(now=True))
@@ -158,6 +165,7 @@ def main() -> None:
         if clients:
             after = redis_counters(clients)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})
+            stats["redis_cpu_us"] = [a - b for a, b in zip(redis_cpu_us(clients), cpu_before, strict=True)]
             if args.impl == "coup":
                 stats["redis_deliveries"] = sum(n["redis"].get("received", 0) for n in per_node)
                 stats["room_calls"] = {k: sum(n["rooms"].get(k, 0) for n in per_node)
