@@ -33,8 +33,8 @@ def shard_channels(server: RedisServer, prefix: str) -> set[str]:
     return set(server.cli("PUBSUB", "SHARDCHANNELS", f"*{prefix}*").split())
 
 
-async def test_keys_and_channels_land_where_the_layout_says(module_redis_cluster: RedisClusterSet, peers):
-    cluster = module_redis_cluster
+async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster: RedisClusterSet, peers):
+    cluster = shared_redis_cluster
     prefix = "k" + secrets.token_hex(3)
     options = ClusterOptions(prefix=prefix, sharded=True)
     emitter = Emitter(cluster.url, prefix=prefix, namespace=NAMESPACE)
