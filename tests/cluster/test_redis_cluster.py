@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from coup.cluster.options import ClusterOptions
+from coup.cluster.scripts import HEARTBEAT, LOG_PUBLISH, REAP, publishing
 from coup.cluster.status import read_status
 from coup.emitter import Emitter
 from tests.cluster.cluster_testapp import NAMESPACE
@@ -26,13 +27,36 @@ from tests.cluster.conftest import Peer, RedisClusterSet, RedisServer, wait_unti
 from tests.cluster.failover import chat_through_a_failover
 from tests.cluster.test_sentinel import chat_and_emit, client_names, three_nodes_in_a_room
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(120)]
+
+
+@pytest.mark.parametrize(("sharded", "names"), [
+    (False, ["coup:nodes", "coup:n:n1", "coup:r:/chat:study:1", "coup:rlog:/chat", "coup:session:/chat:p"]),
+    (True, ["{coup}:nodes", "coup:n:n1", "{coup:/chat}:r:study:1", "{coup:/chat}:rlog", "{coup:/chat}:session:p"]),
+])
+def test_names_carry_hash_tags_only_on_a_cluster(sharded: bool, names: list[str]) -> None:
+    """One Redis keeps the names it always had (nodes of an older release still meet them)."""
+    options = ClusterOptions(sharded=sharded)
+    made = [options.key("nodes"), options.spread("n", "n1"), options.nsp_key("r", "/chat", "study:1"),
+            options.nsp_key("rlog", "/chat"), options.nsp_key("session", "/chat", "p")]
+    assert made == names
+    assert options.room_channel_parts(names[2]) == ("/chat", "study:1")
+    assert options.room_channel_parts(names[0]) is None
+    assert ClusterOptions().for_url("redis+cluster://h:7000").sharded
+    assert not ClusterOptions(sharded=True).for_url("redis://h").sharded
+
+
+def test_scripts_publish_on_shard_channels_on_a_cluster() -> None:
+    for script in (HEARTBEAT, REAP, LOG_PUBLISH):
+        assert "'SPUBLISH'" in publishing(script, True) and "'PUBLISH'" not in publishing(script, True)
+        assert publishing(script, False) == script
 
 
 def shard_channels(server: RedisServer, prefix: str) -> set[str]:
     return set(server.cli("PUBSUB", "SHARDCHANNELS", f"*{prefix}*").split())
 
 
+@pytest.mark.asyncio
 async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster: RedisClusterSet, peers):
     cluster = shared_redis_cluster
     prefix = "k" + secrets.token_hex(3)
@@ -69,6 +93,7 @@ async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster
         emitter.close()
 
 
+@pytest.mark.asyncio
 async def test_a_slot_that_moves_rebuilds_the_link(redis_cluster: RedisClusterSet, peers: Callable[..., Peer]):
     """A resharding moves the room's slot to another primary: the server ends our shard
     subscription (``sunsubscribe``) and answers MOVED; every node re-reads the slot map and
@@ -102,6 +127,7 @@ async def test_a_slot_that_moves_rebuilds_the_link(redis_cluster: RedisClusterSe
         print(f"slot moved: every link rebuilt {time.monotonic() - started:.2f} s after the migration ended")
 
 
+@pytest.mark.asyncio
 async def test_the_primary_of_the_chat_killed_during_chat(redis_cluster: RedisClusterSet, tmp_path: Path):
     """The primary that holds the study's room channel and the recovery log is SIGKILLed; its
     replica takes its slots (``cluster-node-timeout`` 1 s)."""
