@@ -12,7 +12,8 @@ Guarantees and non-guarantees:
   published after that reaches us. While disconnected it returns at once; the supervisor
   subscribes everything wanted when it reconnects, and `ready` stays False until it has.
 - A subscription that is connected but hears nothing ("deaf": a half-open TCP connection, a
-  proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt.
+  proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt (on a
+  Redis Cluster one probe per primary).
 - With Redis Sentinel (``redis+sentinel://``), each (re)connection asks the sentinels for
   the primary, and a watcher hears their ``+switch-master``: the end of a failover cuts the
   reconnect backoff short (every node reconnects at once, not within a second of each
@@ -42,7 +43,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
-from coup.cluster.resp import RedisUnavailable, RespConnection, open_sentinel, slot_map
+from coup.cluster.resp import SLOTS, RedisUnavailable, RespConnection, open_sentinel, slot_map
 from coup.metrics import Metrics
 from coup.redis_endpoint import redis_endpoint
 
@@ -87,6 +88,8 @@ class Bus:
         self._leaving: dict[bytes, int] = {}
         #: Redis Cluster: the last connection attempt got a slot map (the cluster answers)
         self._slot_map_read = False
+        #: Redis Cluster: per primary, a channel of ours on it that the self-probe publishes on
+        self._probe_channels: dict[tuple[str, int], bytes] = {}
         #: this loop turn's publishes, in order: [channel, messages, future or None]
         self._outbox: list[list[Any]] = []
         #: the batch of each channel that may still take messages this turn
@@ -270,7 +273,7 @@ class Bus:
             self._sub = await RespConnection.open(self.url, name=f"{name}:sub", timeout=opts.connect_timeout,
                                                   on_push=self._on_push, on_lost=self._mark_broken)
         self.connections += 1
-        wanted = list(self._refs)
+        wanted = [*self._refs, *self._probe_channels.values()]
         futures = []
         for i in range(0, len(wanted), _SUBSCRIBE_CHUNK):
             futures.extend(self._send_subscribe(wanted[i:i + _SUBSCRIBE_CHUNK]))
@@ -294,6 +297,7 @@ class Bus:
         self._slot_map_read = False
         self._owners = owners = await slot_map(self.url, timeout)
         self._slot_map_read = True
+        self._probe_channels = self._probe_channels_for(owners)
         for address in dict.fromkeys(owner for owner in owners if owner is not None):
             pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=timeout, address=address,
                                             on_lost=self._mark_broken)
@@ -304,6 +308,20 @@ class Bus:
         if None in owners:
             raise RedisUnavailable("the Redis Cluster serves not every slot (a primary is failing over)")
         self._pub, self._sub = self._shard(self.inbox)
+
+    def _probe_channels_for(self, owners: list[tuple[str, int] | None]) -> dict[tuple[str, int], bytes]:
+        """A probe channel per primary: our inbox's name with a hash tag that lands on that
+        primary's slots (the first of ``{0}``, ``{1}``, ... that does; a few tries each)."""
+        found: dict[tuple[str, int], bytes] = {}
+        wanted = {owner for owner in owners if owner is not None}
+        for i in range(SLOTS * 4):
+            if len(found) == len(wanted):
+                break
+            channel = self.inbox + b":probe{" + str(i).encode() + b"}"
+            owner = owners[key_slot(channel)]
+            if owner is not None and owner not in found:
+                found[owner] = channel
+        return found
 
     def _shard(self, key: bytes) -> tuple[RespConnection, RespConnection]:
         """The connections to the primary that serves `key`'s slot (a channel or a key)."""
@@ -616,28 +634,35 @@ class Bus:
             await asyncio.sleep(opts.probe_interval)
             if not self.ready:
                 continue
-            nonce = secrets.token_bytes(8)
-            heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._probes[nonce] = heard
-            try:
-                started = time.perf_counter()
-                async with asyncio.timeout(opts.probe_timeout):
-                    receivers = await self.publish(self.inbox, PROBE + nonce)
-                answered = time.perf_counter()
-                if receivers == 0:
-                    raise _Deaf("redis has no subscription of ours")
-                async with asyncio.timeout(opts.probe_timeout):
-                    await heard
-                if self.metrics is not None:
-                    self.metrics.redis_roundtrip.observe(answered - started)
-                    self.metrics.pubsub_lag.observe(time.perf_counter() - started)
-            except (TimeoutError, _Deaf, RedisUnavailable) as exc:
-                if self.ready:  # a failure during a reconnect is not news
-                    self.stats["deaf_repairs"] += 1
-                    log.warning("redis subscription deaf (%s); rebuilding the link", exc or "probe not heard")
-                    self._mark_broken()
-            finally:
-                self._probes.pop(nonce, None)
+            # on a Redis Cluster one probe per primary: a subscription may go deaf on any of them
+            channels = list(self._probe_channels.values()) or [self.inbox]
+            await asyncio.gather(*(self._probe(channel) for channel in channels))
+
+    async def _probe(self, channel: bytes) -> None:
+        """Publish a probe on `channel` (ours) and hear it back; a deaf link is rebuilt."""
+        opts = self.options
+        nonce = secrets.token_bytes(8)
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = heard
+        try:
+            started = time.perf_counter()
+            async with asyncio.timeout(opts.probe_timeout):
+                receivers = await self.publish(channel, PROBE + nonce)
+            answered = time.perf_counter()
+            if receivers == 0:
+                raise _Deaf("redis has no subscription of ours")
+            async with asyncio.timeout(opts.probe_timeout):
+                await heard
+            if self.metrics is not None:
+                self.metrics.redis_roundtrip.observe(answered - started)
+                self.metrics.pubsub_lag.observe(time.perf_counter() - started)
+        except (TimeoutError, _Deaf, RedisUnavailable) as exc:
+            if self.ready:  # a failure during a reconnect is not news
+                self.stats["deaf_repairs"] += 1
+                log.warning("redis subscription deaf (%s); rebuilding the link", exc or "probe not heard")
+                self._mark_broken()
+        finally:
+            self._probes.pop(nonce, None)
 
 
 class _Deaf(Exception):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import HEARTBEAT, LOG_PUBLISH, REAP, publishing
@@ -142,3 +143,22 @@ async def test_the_primary_of_the_chat_killed_during_chat(redis_cluster: RedisCl
         return killed_at, time.monotonic()
 
     await chat_through_a_failover(redis_cluster.url, prefix, tmp_path, fail_over, "Redis Cluster failover")
+
+
+@pytest.mark.asyncio
+async def test_a_deaf_subscription_on_any_primary_is_found(shared_redis_cluster: RedisClusterSet, peers):
+    """The self-probe publishes on a channel of ours on every primary, not only on the one of
+    the node's inbox: a subscription that stopped hearing there is found and the link rebuilt."""
+    prefix = "d" + secrets.token_hex(3)
+    async with three_nodes_in_a_room(shared_redis_cluster.url, prefix, peers) as (nodes, members):
+        bus = nodes[0].node.cluster.bus  # type: ignore[union-attr]
+        inbox_primary = bus._owners[key_slot(bus.inbox)]
+        elsewhere = next(a for a in bus._probe_channels if a != inbox_primary)
+        channel = bus._probe_channels[elsewhere]
+        links = bus.connections
+        bus._shards[elsewhere][1].send(("SUNSUBSCRIBE", channel))  # deaf there, and only there
+        await wait_until(lambda: bus.stats["deaf_repairs"] == 1 and bus.connections > links and bus.ready,
+                         timeout=10, what="the deaf subscription found and the link rebuilt")
+        reply = await members[0].call("say", {"room": "chat", "text": "heard again"})
+        for peer in members:
+            assert (await peer.wait_for("said"))[-1]["seq"] == reply["seq"]
