@@ -68,6 +68,15 @@ def main(paths: list[str]) -> None:
             print(f"{r.get('label', '?'):8} {num(r.get('connects_per_s')):>10} {num(r.get('connect_p99_ms')):>7} "
                   f"{num(r.get('rss_kb_per_conn')):>11} {num(r.get('foreign_cpu_pct')):>8}"
                   + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
+    cpu = [r for r in lines if r.get("cluster", {}).get("redis_cpu_us") and r["cluster"].get("messages")]
+    if cpu:
+        print()
+        print("Redis CPU per message a client sent (µs, user + system), in total and per server (cluster: primaries)")
+        for r in cpu:
+            spent = r["cluster"]["redis_cpu_us"]
+            messages = r["cluster"]["messages"]
+            print(f"  {r.get('label')} {r.get('scenario')}: {sum(spent) / messages:.1f} µs/msg; per server "
+                  + " / ".join(f"{s / messages:.1f}" for s in spent))
     calls = [(r.get("label"), r.get("scenario"), r["cluster"].get("room_calls")) for r in lines
              if r.get("cluster", {}).get("room_calls")]
     if calls:

@@ -115,7 +115,9 @@ def _interface_towards(url: str | None) -> str | None:
     endpoint = redis_endpoint(url) if url else None
     if endpoint is None or endpoint.path is not None:
         return None
-    target = endpoint.sentinels[0][0] if endpoint.sentinels else endpoint.host  # the sentinels' network
+    # the sentinels' or the cluster's network
+    seeds = endpoint.sentinels or endpoint.cluster_seeds
+    target = seeds[0][0] if seeds else endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

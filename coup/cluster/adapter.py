@@ -142,8 +142,11 @@ class RedisAdapter(RecoveryCalls):
         self._inbox = inbox
         self._registry = registry
         self._local = LocalRooms(nsp)
-        self.all_channel = channel_bytes(options.key("a", nsp.name))
-        self._room_prefix = options.key("r", nsp.name) + ":"
+        self.all_channel = channel_bytes(options.nsp_key("a", nsp.name))
+        self._room_prefix = options.nsp_key("r", nsp.name, "")
+        #: where a logged broadcast for this node's sockets only goes: our inbox, or on a Redis
+        #: Cluster our channel in the namespace's slot (the log script publishes in its slot only)
+        self._own_channel = channel_bytes(options.nsp_key("n", nsp.name, node_id)) if options.sharded else bus.inbox
         recovery = nsp.server.options.recovery
         #: the log and session records in Redis (None: recovery off)
         self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
@@ -184,7 +187,8 @@ class RedisAdapter(RecoveryCalls):
     async def init(self) -> None:
         if not self._started:
             self._started = True
-            await self.bus.acquire([self.all_channel])
+            await self.bus.acquire([self.all_channel] if self._own_channel == self.bus.inbox
+                                   else [self.all_channel, self._own_channel])
             if self.recovery_log is not None:
                 if self.bus.ready:  # later (re)connections load them in `link_up`
                     await self.recovery_log.load_scripts()
@@ -277,7 +281,7 @@ class RedisAdapter(RecoveryCalls):
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.node_id}:{next(self._mids)}"
         if opts.local:
-            channels = [self.bus.inbox]
+            channels = [self._own_channel]
         elif opts.rooms:
             channels = [self.channel(room) for room in opts.rooms]
         else:

@@ -154,7 +154,7 @@ class RedisPresence(PresenceGrace):
 
     async def resync(self) -> None:
         """Make Redis hold exactly this node's sockets (after a (re)connection)."""
-        args: list[str] = [self.options.prefix, self.node_id]
+        args: list[str] = [self.options.tagged_prefix, self.node_id]
         for key, sids in self.local.items():
             for sid in sids:
                 args += (key, sid)
@@ -181,7 +181,7 @@ class RedisPresence(PresenceGrace):
             if not here:
                 del self.local[key]
         if pairs:
-            args = [self.options.prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
+            args = [self.options.tagged_prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
             try:
                 await self._move(keys=[self._index, self.options.key("node", node, "presence")], args=args)
             except RedisError as exc:

@@ -24,13 +24,14 @@ from typing import Any, Generic, TypeVar
 
 import hiredis
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE
+from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE, publishing
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
@@ -94,15 +95,18 @@ class RedisRecoveryLog(Generic[_T]):
         self.recovery = recovery
         self.on_unsent = on_unsent
         self.window_ms = int(recovery.max_disconnection_duration * 1000)
-        self.log_key = options.key("rlog", namespace)
-        meta_key = options.key("rlog", namespace, "m")
+        self.log_key = options.nsp_key("rlog", namespace)
+        meta_key = options.nsp_key("rlog", namespace, "m")
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
         # idle logs go away a minute after their window
-        self._head: tuple[Any, ...] = ("EVALSHA", _sha(LOG_PUBLISH), 2, self.log_key, meta_key, self.window_ms,
+        self._log_publish = publishing(LOG_PUBLISH, options.sharded)
+        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key, self.window_ms,
                                        recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
                                        self.window_ms + 60_000, int(ONCE_WINDOW * 1000))
         self._keys = [self.log_key, meta_key]
+        #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
+        self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
         self._read = client.register_script(LOG_READ)
         self._save_sha = _sha(SESSION_SAVE)
         self._batch: list[Any] | None = None
@@ -114,7 +118,7 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def load_scripts(self) -> None:
         """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (LOG_PUBLISH, SESSION_SAVE):
+        for script in (self._log_publish, SESSION_SAVE):
             await self.client.script_load(script)
 
     # ------------------------------------------------------------------ the log
@@ -140,11 +144,15 @@ class RedisRecoveryLog(Generic[_T]):
         self.stats["broadcasts"] += 1
         return True
 
-    def _fold(self, channel: bytes, data: bytes) -> None:
+    def _fold(self, channel: bytes, data: bytes) -> bool:
         """A plain publish of this turn (a room command's answer, say): published by the same
-        call, after the broadcasts before it (``L SP DATA``)."""
+        call, after the broadcasts before it (``L SP DATA``). On a Redis Cluster only a channel
+        of the log's slot (the namespace's rooms) can be: False leaves it to the bus."""
         assert self._batch is not None
+        if self._slot is not None and key_slot(channel) != self._slot:
+            return False
         self._batch += (1, channel, "", b"0", "", data)
+        return True
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():
@@ -156,7 +164,7 @@ class RedisRecoveryLog(Generic[_T]):
             # send it again with the script's text, and load the scripts for the next ones
             call.retried = True
             asyncio.get_running_loop().create_task(self._reload())
-            self.bus.command("EVAL", LOG_PUBLISH, *call.args[2:]).add_done_callback(partial(self._done, call))
+            self.bus.command("EVAL", self._log_publish, *call.args[2:]).add_done_callback(partial(self._done, call))
             return
         tokens = call.tokens
         if isinstance(reply, (Exception, hiredis.ReplyError)):
@@ -203,7 +211,7 @@ class RedisRecoveryLog(Generic[_T]):
     # ------------------------------------------------------------------ session records
 
     def _session_key(self, pid: str) -> str:
-        return self.options.key("session", self.namespace, pid)
+        return self.options.nsp_key("session", self.namespace, pid)
 
     async def save(self, record: SessionRecord, mode: str) -> bool:
         try:

@@ -10,10 +10,20 @@ Keys used (``P`` is the prefix): ``P:nodes`` (zset node → last heartbeat ms),
 ``P:presence:KEY`` (hash sid → node), ``P:presence-done:KEY`` (recent transition answers
 per call), ``P:reaped:ID`` (marker: ID was declared dead),
 ``P:epoch`` (membership version), ``P:draining`` (live nodes handing their rooms over).
-Announcements are published on ``P:cluster``.
+Announcements are published on ``P:cluster``. On a Redis Cluster ``P`` is ``{P}`` for all of
+these (one slot: REAP and RESYNC reach keys they find inside the script, which must share
+the slot of the keys they are given); docs/cluster.md#redis-cluster has the whole layout.
 """
 
 from __future__ import annotations
+
+
+def publishing(script: str, sharded: bool) -> str:
+    """`script` with its PUBLISHes made SPUBLISHes on a Redis Cluster: there a script may
+    publish only on a shard channel of its own slot (classic PUBLISH would go to every node
+    of the cluster, the fan-out sharding exists to avoid). Redis < 7 has no SPUBLISH, so one
+    Redis keeps PUBLISH."""
+    return script.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'") if sharded else script
 
 # KEYS: nodes, node info, epoch, reaped marker
 # ARGV: node id, address, started, announce channel, announcement prefix byte
@@ -32,6 +42,20 @@ if redis.call('DEL', KEYS[4]) == 1 then state = 2 end
 local epoch = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. cjson.encode({t = 'node', ev = 'join', node = ARGV[1], epoch = epoch}))
 return {state, epoch, now}
+"""
+
+# The membership in one read (a script rather than MULTI: redis-py's cluster transactions
+# fail on ZRANGE's reply callback, and a script is one round trip on both kinds of Redis).
+# KEYS: nodes, epoch, draining   -> {live nodes, epoch or false, draining nodes}
+MEMBERSHIP = """
+return {redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('GET', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+"""
+
+# A node hands its rooms over: it joins the draining set and the membership version moves.
+# KEYS: draining, epoch   ARGV: node id   -> the new epoch
+DRAIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
 """
 
 # Remove dead nodes (or, with ARGV[5] set, this leaving node) and their presence entries.
