@@ -228,9 +228,10 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     yield from _running(SentinelSet(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    """A Sentinel set-up shared by one test module (tests keep apart by key prefix)."""
+@pytest.fixture(scope="session")
+def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A Sentinel set-up shared by the whole run (tests keep apart by key prefix; one per
+    module cost 7 s of start-up each, six times)."""
     require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
     yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
@@ -363,7 +364,7 @@ async def start_node(redis_url: str | None, prefix: str, node_id: str, **setting
 
 
 #: the Redis set-ups a `redis_nodes` / `nodes` parameter names, by the module fixture that starts each
-REDIS_KINDS = {"redis": "redis_server", "sentinel": "module_sentinel_set", "cluster": "shared_redis_cluster"}
+REDIS_KINDS = {"redis": "redis_server", "sentinel": "shared_sentinel_set", "cluster": "shared_redis_cluster"}
 
 
 @pytest_asyncio.fixture(params=["memory", "redis", "sentinel", "cluster"])

@@ -67,8 +67,8 @@ async def chat_and_emit(members: list[Peer], emitter: Emitter) -> None:
         assert await peer.wait_for("news") == ["from a backend"]
 
 
-async def test_every_connection_goes_to_the_primary_the_sentinels_name(module_sentinel_set: SentinelSet, peers):
-    sentinels = module_sentinel_set
+async def test_every_connection_goes_to_the_primary_the_sentinels_name(shared_sentinel_set: SentinelSet, peers):
+    sentinels = shared_sentinel_set
     prefix = "s" + secrets.token_hex(3)
     emitter = Emitter(sentinels.url, prefix=prefix, namespace=NAMESPACE)
     try:
@@ -151,10 +151,10 @@ async def test_a_planned_failover_moves_every_link_off_the_demoted_primary(senti
         print(f"planned failover: every link on the new primary {moved:.2f} s after +switch-master")
 
 
-async def test_a_dead_sentinel_first_in_the_list_costs_no_time(module_sentinel_set: SentinelSet):
+async def test_a_dead_sentinel_first_in_the_list_costs_no_time(shared_sentinel_set: SentinelSet):
     """The next sentinel is asked at once: no retries with backoff against the dead one."""
     dead = free_port()
-    url = f"redis+sentinel://127.0.0.1:{dead}," + module_sentinel_set.url.split("://", 1)[1]
+    url = f"redis+sentinel://127.0.0.1:{dead}," + shared_sentinel_set.url.split("://", 1)[1]
     started = time.monotonic()
     client = async_client(url, socket_timeout=2, socket_connect_timeout=2)
     try:
@@ -163,7 +163,7 @@ async def test_a_dead_sentinel_first_in_the_list_costs_no_time(module_sentinel_s
         await client.aclose()
     conn = await RespConnection.open(url, name="probe", timeout=2)
     try:
-        assert conn.address == ("127.0.0.1", module_sentinel_set.primary.port)
+        assert conn.address == ("127.0.0.1", shared_sentinel_set.primary.port)
     finally:
         conn.close()
     took = time.monotonic() - started
