@@ -22,6 +22,7 @@ from coup.protocol.websocket import (
     Ping,
     Pong,
     TextMessage,
+    Unmask,
     WebSocketEvent,
     accept_key,
     encode_close_frame,
@@ -30,6 +31,7 @@ from coup.protocol.websocket import (
     unmask,
     valid_client_key,
 )
+from coup.transports.websocket import native_unmask
 from tests.wsclient import (
     OP_BINARY,
     OP_CLOSE,
@@ -213,8 +215,9 @@ def test_accept_key_from_rfc_6455() -> None:
     assert not valid_client_key("")
 
 
-def test_unmask_matches_the_bytewise_definition() -> None:
+@pytest.mark.parametrize("xor", [unmask, native_unmask()], ids=["python", "native"])
+def test_unmask_matches_the_bytewise_definition(xor: Unmask) -> None:
     rng = random.Random(7)
-    for n in (0, 1, 3, 4, 5, 127, 1000):
+    for n in (0, 1, 3, 4, 5, 127, 1000, 2047, 2048, 2049, 70_001):  # both sides of the lane switch
         payload, mask = os.urandom(n), bytes(rng.getrandbits(8) for _ in range(4))
-        assert unmask(payload, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert xor(mask, payload) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
