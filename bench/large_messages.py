@@ -1,6 +1,8 @@
 """Echo of single large WebSocket messages (issue 18.5): ours against Tornado's and websockets' own.
 
     flock /work/bench.lock .venv/bin/python bench/large_messages.py                 # 1, 4, 16 MiB, 5 rounds
+    flock /work/bench.lock .venv/bin/python bench/large_messages.py --before /work/main   # + main's echo (A/B)
+    flock /work/bench.lock .venv/bin/python bench/large_messages.py --small /work/main --rounds 9   # small frames A/B
     .venv/bin/python bench/large_messages.py --sizes 1,16 --rounds 3 --kinds text,utf8,binary
 
 Three echo servers, each in its own process on a free loopback port, all started in the same run:
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import os
 import signal
 import socket
@@ -42,11 +45,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.conformance.run_autobahn import MAX_FRAGMENTS, MAX_PAYLOAD, free_port, wait_listening  # noqa: E402
+from tests.wsclient import client_frame  # noqa: E402
 
 MiB = 1024 * 1024
 PEERS = ("ours", "tornado", "websockets")
 KINDS = ("text", "utf8", "binary")
-MASK = b"\x37\xfa\x21\x3d"
 
 
 # ---------------------------------------------------------------------------- the peers' echo servers
@@ -88,9 +91,11 @@ def _run(main: object) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
 
 
-def start(peer: str, port: int, peer_loop: str) -> subprocess.Popen[bytes]:
-    if peer == "ours":
-        command = [sys.executable, str(ROOT / "tests/conformance/autobahn_echo.py"), "--port", str(port),
+def start(peer: str, port: int, peer_loop: str, before: Path | None) -> subprocess.Popen[bytes]:
+    if peer in ("ours", "before"):
+        root = ROOT if peer == "ours" else before
+        assert root is not None
+        command = [sys.executable, str(root / "tests/conformance/autobahn_echo.py"), "--port", str(port),
                    "--max-payload", str(MAX_PAYLOAD), "--max-fragments", str(MAX_FRAGMENTS), "--compression",
                    "--threshold", "0"]
     else:
@@ -100,20 +105,6 @@ def start(peer: str, port: int, peer_loop: str) -> subprocess.Popen[bytes]:
 
 
 # ---------------------------------------------------------------------------- the client
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """One final masked client frame (built once, before any timing)."""
-    n = len(payload)
-    key = (MASK * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-    if n < 126:
-        header = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return header + MASK + body
-
 
 def payload(kind: str, size: int) -> bytes:
     if kind == "utf8":  # "é€" is 5 bytes; pad with ASCII to the exact size
@@ -184,6 +175,50 @@ def cpu_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
+# ---------------------------------------------------------------------------- small frames, A/B in process
+
+def small_frames_ab(before: Path, rounds: int) -> None:
+    """What the large-message changes cost a chat-sized frame: `FrameReader.feed` of this checkout
+    and of `before` (its coup/protocol/websocket.py loaded beside ours) alternating in one process,
+    best of `rounds` timeit runs each, with the pure-Python XOR and with the C one."""
+    import importlib.util
+    import timeit
+
+    from coup.protocol import websocket as after_module
+    from coup.transports.websocket import native_unmask
+
+    spec = importlib.util.spec_from_file_location("before_websocket", before / "coup/protocol/websocket.py")
+    assert spec is not None and spec.loader is not None
+    before_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = before_module  # dataclasses look their module up there
+    spec.loader.exec_module(before_module)
+    text = b'42["message",{"studyId":3,"content":"1732761234567890 ' + b"x" * 47 + b'"}]'
+    chat = client_frame(1, text)
+    cases = {
+        "one chat text frame (90 B)": chat,
+        "10 chat frames in one read": chat * 10,
+        "binary frame of 1 KiB": client_frame(2, bytes(range(256)) * 4),
+        "binary frame of 8 KiB": client_frame(2, bytes(range(256)) * 32),
+        "text in 3 fragments (90 B)": client_frame(1, text[:30], fin=False) + client_frame(0, text[30:60], fin=False)
+        + client_frame(0, text[60:]),
+    }
+    readers = {
+        "before": lambda: before_module.FrameReader(max_message=1_000_000),
+        "after, Python XOR": lambda: after_module.FrameReader(max_message=1_000_000),
+        "after, C XOR": lambda: after_module.FrameReader(max_message=1_000_000, unmask=native_unmask()),
+    }
+    print(f"FrameReader.feed, µs per call, best of {rounds} (before = {before})")
+    print("| input | " + " | ".join(readers) + " |")
+    print("|---" * (1 + len(readers)) + "|")
+    for name, data in cases.items():
+        best = {label: float("inf") for label in readers}
+        for _ in range(rounds):  # alternate, so a busy moment hits every reader alike
+            for label, make in readers.items():
+                calls = timeit.timeit(functools.partial(make().feed, data), number=20_000)
+                best[label] = min(best[label], calls / 20_000 * 1e6)
+        print(f"| {name} | " + " | ".join(f"{best[label]:.2f}" for label in readers) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", choices=PEERS[1:], help=argparse.SUPPRESS)
@@ -193,6 +228,10 @@ def main() -> int:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT", help="also run the echo of another checkout "
+                        "(e.g. /work/main) as peer `before`: an A/B of our code in the same run")
+    parser.add_argument("--small", type=Path, metavar="CHECKOUT", help="instead of the echo: A/B of "
+                        "FrameReader.feed on chat-sized frames against CHECKOUT's reader, in process")
     parser.add_argument("--profile", metavar="FILE", help="py-spy (next to this Python) records ours during the "
                         "rounds, collapsed stacks to FILE (summarise with bench/pyspy_top.py)")
     args = parser.parse_args()
@@ -202,11 +241,14 @@ def main() -> int:
     if args.serve == "websockets":
         _serve_websockets(args.port)
         return 0
+    if args.small:
+        small_frames_ab(args.small, args.rounds)
+        return 0
 
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     kinds = args.kinds.split(",")
-    peers = args.peers.split(",")
-    frames = {(k, s): (payload(k, s), masked_frame(2 if k == "binary" else 1, payload(k, s)))
+    peers = args.peers.split(",") + (["before"] if args.before else [])
+    frames = {(k, s): (payload(k, s), client_frame(2 if k == "binary" else 1, payload(k, s)))
               for k in kinds for s in sizes}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     clients: dict[str, Client] = {}
@@ -215,7 +257,7 @@ def main() -> int:
     try:
         for peer in peers:
             port = free_port()
-            procs[peer] = start(peer, port, args.peer_loop)
+            procs[peer] = start(peer, port, args.peer_loop, args.before)
             wait_listening(port, time.monotonic() + 20)
             clients[peer] = Client(port, max(sizes))
         if args.profile:
