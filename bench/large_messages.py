@@ -3,6 +3,8 @@
     flock /work/bench.lock .venv/bin/python bench/large_messages.py                 # 1, 4, 16 MiB, 5 rounds
     flock /work/bench.lock .venv/bin/python bench/large_messages.py --before /work/main   # + main's echo (A/B)
     flock /work/bench.lock .venv/bin/python bench/large_messages.py --small /work/main --rounds 9   # small frames A/B
+    flock /work/bench.lock .venv/bin/python bench/large_messages.py --autobahn /work/autobahn/venv/bin/wstest \
+        --before /work/main --rounds 3                  # Autobahn's 9.1/9.2 durations for the same servers
     .venv/bin/python bench/large_messages.py --sizes 1,16 --rounds 3 --kinds text,utf8,binary
 
 Three echo servers, each in its own process on a free loopback port, all started in the same run:
@@ -175,6 +177,42 @@ def cpu_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
+# ---------------------------------------------------------------------------- Autobahn's own timings
+
+def autobahn_timings(wstest: str, ports: dict[str, int], rounds: int) -> None:
+    """Autobahn|Testsuite's cases 9.1 (text) and 9.2 (binary), one message each of 64 KiB-16 MiB, against every server,
+    one wstest run per server per round (order rotated); the median of each case's duration (ms,
+    as Autobahn reports it: its Python 2 client's own time included)."""
+    import json
+    import tempfile
+
+    durations: dict[tuple[str, str], list[int]] = defaultdict(list)
+    peers = list(ports)
+    with tempfile.TemporaryDirectory(prefix="large-autobahn-") as out:
+        for r in range(rounds):
+            for peer in peers[r % len(peers):] + peers[:r % len(peers)]:
+                spec = {"outdir": f"{out}/reports", "servers": [{"agent": peer, "url": f"ws://127.0.0.1:{ports[peer]}/"}],
+                        "cases": ["9.1.*", "9.2.*"], "exclude-cases": [], "exclude-agent-cases": {}}
+                Path(out, "spec.json").write_text(json.dumps(spec))
+                subprocess.run([wstest, "-m", "fuzzingclient", "-s", "spec.json"], cwd=out, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                index = json.loads(Path(out, "reports", "index.json").read_text())[peer]
+                for case, result in index.items():
+                    if result["behavior"] != "OK":
+                        raise AssertionError(f"{peer}: Autobahn case {case} {result['behavior']}")
+                    durations[peer, case].append(result["duration"])
+    cases = sorted({case for _, case in durations}, key=lambda c: [int(p) for p in c.split(".")])
+    others = [p for p in peers if p != "ours"]
+    print(f"Autobahn 9.1 (text) / 9.2 (binary) case durations, ms, median of {rounds} rounds")
+    print("| case | MiB | " + " | ".join(peers) + " | " + " | ".join(f"ours/{p}" for p in others) + " |")
+    print("|---" * (2 + len(peers) + len(others)) + "|")
+    for case in cases:
+        med = {p: statistics.median(durations[p, case]) for p in peers}
+        size = (0.0625, 0.25, 1, 4, 8, 16)[int(case.split(".")[2]) - 1]  # 9.x.1-9.x.6, in MiB
+        ratios = [f"{med['ours'] / max(med[p], 1):.2f}" for p in others] if "ours" in peers else []
+        print(f"| {case} | {size:g} | " + " | ".join(f"{med[p]:g}" for p in peers) + " | " + " | ".join(ratios) + " |")
+
+
 # ---------------------------------------------------------------------------- small frames, A/B in process
 
 def small_frames_ab(before: Path, rounds: int) -> None:
@@ -232,6 +270,8 @@ def main() -> int:
                         "(e.g. /work/main) as peer `before`: an A/B of our code in the same run")
     parser.add_argument("--small", type=Path, metavar="CHECKOUT", help="instead of the echo: A/B of "
                         "FrameReader.feed on chat-sized frames against CHECKOUT's reader, in process")
+    parser.add_argument("--autobahn", metavar="WSTEST", help="instead of this client: Autobahn|Testsuite's "
+                        "9.1/9.2 against every server (docs/autobahn.md installs wstest)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy (next to this Python) records ours during the "
                         "rounds, collapsed stacks to FILE (summarise with bench/pyspy_top.py)")
     args = parser.parse_args()
@@ -251,15 +291,20 @@ def main() -> int:
     frames = {(k, s): (payload(k, s), client_frame(2 if k == "binary" else 1, payload(k, s)))
               for k in kinds for s in sizes}
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
     clients: dict[str, Client] = {}
     rtt: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     cpu: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     try:
         for peer in peers:
-            port = free_port()
+            ports[peer] = port = free_port()
             procs[peer] = start(peer, port, args.peer_loop, args.before)
             wait_listening(port, time.monotonic() + 20)
-            clients[peer] = Client(port, max(sizes))
+        if args.autobahn:
+            autobahn_timings(args.autobahn, ports, args.rounds)
+            return 0
+        for peer in peers:
+            clients[peer] = Client(ports[peer], max(sizes))
         if args.profile:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                                     str(procs["ours"].pid), "--format", "raw", "--rate", "1000", "--native",
