@@ -293,8 +293,9 @@ class FrameReader:
                     break
                 continue
             take = min(left, n - pos)
-            # all of `data` is payload (the middle of a large frame): no slice to copy
-            chunk = src if take == n and src is data else bytes(src[pos:pos + take])
+            # all of `data` is payload (the middle of a large frame): no slice to copy (a C XOR
+            # takes `bytes` only, so never `_buf` itself nor a caller's bytearray)
+            chunk = src if take == n and type(src) is bytes else bytes(src[pos:pos + take])
             if take == left and self._frame_fin and not self._message_opcode and self._mask_at == 0:
                 # a whole unfragmented message in the buffer: no incremental work
                 payload = unmask(self._mask, chunk)
