@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import tracemalloc
 
 import pytest
 
@@ -163,6 +164,25 @@ def test_invalid_utf8_deep_in_a_large_text_fails_with_the_read_that_carries_it(x
         reader.feed(parts[2])  # bytes 131,058-196,593 of the payload: the bad one, not the end
     assert info.value.close_code == CloseCode.INVALID_DATA
     assert reader.feed(parts[3]) == []  # nothing more is read
+
+
+@pytest.mark.parametrize(("opcode", "payload"), [(OP_BINARY, os.urandom(120_000)),
+                                                (OP_TEXT, ("é€ab" * 17_000).encode())])
+def test_a_message_trickled_a_byte_at_a_time_holds_little_more_than_its_size(opcode: int, payload: bytes) -> None:
+    """One piece object per read would cost some 50 bytes per byte: runs of small pieces are joined."""
+    data = client_frame(opcode, payload)
+    parts = [data[i:i + 1] for i in range(len(data))]
+    reader = FrameReader(1_000_000)
+    tracemalloc.start()
+    try:
+        events = feed_all(reader, parts[:-1])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events == []
+    assert held < 1.5 * len(payload)  # a str of "é€ab" is 2 bytes a character: 1.14x the UTF-8
+    (event,) = reader.feed(parts[-1])
+    assert event == (BinaryMessage(payload) if opcode == OP_BINARY else TextMessage(payload.decode()))
 
 
 def test_a_large_message_just_within_the_limit_and_one_byte_over() -> None:
