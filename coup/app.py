@@ -32,6 +32,7 @@ from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
 from coup.transports.static import PageFileHandler, SecurityHeaders
+from coup.transports.websocket import native_unmask
 
 if TYPE_CHECKING:
     from coup.admin import AdminView
@@ -160,6 +161,7 @@ class CoupNode:
             ws_compression=settings.ws_compression,
             ws_compression_threshold=settings.ws_compression_threshold,
             sid_prefix=self.cluster.sid_prefix if self.cluster else "",
+            ws_unmask=native_unmask(),
         ), metrics=self.metrics)
         recovery = RecoveryOptions(max_disconnection_duration=settings.recovery_window,
                                    max_bytes=settings.recovery_max_bytes) if settings.recovery_window > 0 else None

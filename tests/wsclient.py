@@ -34,7 +34,8 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
         header = struct.pack("!BBQ", first, mask_bit | 127, n)
     if not masked:
         return header + payload
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    key = (mask * (n // 4 + 1))[:n]  # one big-integer XOR: a bytewise loop takes seconds on 16 MiB
+    body = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
     return header + mask + body
 
 

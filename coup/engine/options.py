@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coup.protocol.websocket import Unmask, unmask
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
@@ -27,6 +29,10 @@ class EngineOptions:
     ws_compression_threshold: int = 1024
     #: prepended to every session id; a cluster uses it to route a sid to its node
     sid_prefix: str = ""
+    #: XORs a client frame's payload with its mask: the protocol's pure-Python one unless the
+    #: transports layer passes a C one (`coup.transports.websocket.native_unmask`: 20x faster
+    #: on large messages, bench/README.md "Large messages")
+    ws_unmask: Unmask = unmask
 
     def __post_init__(self) -> None:
         if self.ping_interval <= 0 or self.ping_timeout <= 0:

@@ -106,7 +106,8 @@ class WebSocketTransport(NotUpgradable, asyncio.Protocol):
         self.session = session
         self._transport: asyncio.Transport | None = None
         options = session.server.options
-        self._reader = FrameReader(max_message=options.max_payload, max_fragments=options.max_fragments)
+        self._reader = FrameReader(max_message=options.max_payload, max_fragments=options.max_fragments,
+                                   unmask=options.ws_unmask)
         self._pending: list[bytes] = []
         self._coalescer = coalescer
         self._max_buffer = options.max_buffered_bytes
@@ -127,7 +128,7 @@ class WebSocketTransport(NotUpgradable, asyncio.Protocol):
         self._compression = agreement.compression
         inflater = Inflater(no_context_takeover=agreement.client_no_context_takeover)
         self._reader = FrameReader(max_message=options.max_payload, max_fragments=options.max_fragments,
-                                   inflater=inflater)
+                                   inflater=inflater, unmask=options.ws_unmask)
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport {self.session.sid}{' probing' if self._probing else ''}>"

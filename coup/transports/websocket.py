@@ -21,7 +21,7 @@ from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
 from coup.engine.websocket import WebSocketTransport
 from coup.protocol.deflate import EXTENSION, negotiate
-from coup.protocol.websocket import CloseCode, accept_key, encode_close_frame, valid_client_key
+from coup.protocol.websocket import CloseCode, Unmask, accept_key, encode_close_frame, unmask, valid_client_key
 from coup.transports.base import EngineRequestHandler
 from coup.transports.origins import OriginPolicy
 
@@ -50,6 +50,17 @@ def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     return sock, read_ahead
+
+
+def native_unmask() -> Unmask:
+    """The fastest XOR with a client's mask here: Tornado's C `websocket_mask` when Tornado was
+    built with its extension (20x the pure-Python `unmask` on large messages, 4x on a chat
+    message), else the protocol's own. Chosen once, passed down in `EngineOptions.ws_unmask`."""
+    try:
+        from tornado.speedups import websocket_mask
+    except ImportError:  # pragma: no cover - a Tornado without its C extension
+        return unmask
+    return websocket_mask
 
 
 class UpgradeRequired(Exception):

@@ -35,6 +35,7 @@ from coup.protocol.engineio import EnginePacket
 from coup.protocol.errors import DecodeError
 from coup.protocol.websocket import accept_key, valid_client_key
 from coup.protocol.wire import Outbound
+from coup.transports.websocket import native_unmask
 
 log = logging.getLogger("autobahn-echo")
 
@@ -141,16 +142,17 @@ async def serve(port: int, options: EngineOptions) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = EngineOptions()  # a slots dataclass: its class attributes are descriptors, not values
     parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--max-payload", type=int, default=EngineOptions.max_payload)
-    parser.add_argument("--max-fragments", type=int, default=EngineOptions.max_fragments)
+    parser.add_argument("--max-payload", type=int, default=defaults.max_payload)
+    parser.add_argument("--max-fragments", type=int, default=defaults.max_fragments)
     parser.add_argument("--compression", action="store_true", help="negotiate permessage-deflate")
-    parser.add_argument("--threshold", type=int, default=EngineOptions.ws_compression_threshold)
+    parser.add_argument("--threshold", type=int, default=defaults.ws_compression_threshold)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     options = EngineOptions(max_payload=args.max_payload, max_fragments=args.max_fragments,
                             max_buffered_bytes=64 * 1024 * 1024, ws_compression=args.compression,
-                            ws_compression_threshold=args.threshold)
+                            ws_compression_threshold=args.threshold, ws_unmask=native_unmask())
     try:
         import uvloop
     except ImportError:  # pragma: no cover

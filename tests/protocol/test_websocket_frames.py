@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import tracemalloc
 
 import pytest
 
@@ -22,6 +23,7 @@ from coup.protocol.websocket import (
     Ping,
     Pong,
     TextMessage,
+    Unmask,
     WebSocketEvent,
     accept_key,
     encode_close_frame,
@@ -30,6 +32,7 @@ from coup.protocol.websocket import (
     unmask,
     valid_client_key,
 )
+from coup.transports.websocket import native_unmask
 from tests.wsclient import (
     OP_BINARY,
     OP_CLOSE,
@@ -115,6 +118,81 @@ def test_large_frame_byte_by_byte_from_its_header() -> None:
         assert reader.feed(data[i:i + 1]) == []
     assert reader.feed(data[14:40000]) == []
     assert reader.feed(data[40000:]) == [BinaryMessage(b"w" * 65536)]
+
+
+XORS = pytest.mark.parametrize("xor", [unmask, native_unmask()], ids=["python-xor", "c-xor"])
+
+
+@XORS
+@pytest.mark.parametrize(("name", "data", "events"), VALID, ids=[v[0] for v in VALID])
+def test_valid_frames_in_random_chunks_with_either_xor(name: str, data: bytes, events: list[WebSocketEvent],
+                                                       xor: Unmask) -> None:
+    assert feed_all(FrameReader(MAX, unmask=xor), random_chunks(data, 11)) == events
+
+
+def reads(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+LARGE_TEXT = "é€ab" * 60_000 + "z"  # 300,001 bytes: characters cut at most read boundaries
+
+
+@XORS
+@pytest.mark.parametrize("read_size", [4093, 65536, 262144])
+def test_large_messages_read_as_an_event_loop_delivers_them(read_size: int, xor: Unmask) -> None:
+    """Payload taken straight from each read (no gathering buffer), the mask's phase carried
+    across reads, text decoded piece by piece; a small frame right after shares the last read."""
+    encoded = LARGE_TEXT.encode()
+    binary = bytes(range(256)) * 1000 + b"!"
+    data = (client_frame(OP_TEXT, encoded) + client_frame(OP_BINARY, binary)
+            + client_frame(OP_TEXT, encoded[:100_000], fin=False) + client_frame(OP_PING, b"p")
+            + client_frame(OP_CONT, encoded[100_000:]) + client_frame(OP_TEXT, b"4end"))
+    events = feed_all(FrameReader(1_000_000, unmask=xor), reads(data, read_size))
+    assert events == [TextMessage(LARGE_TEXT), BinaryMessage(binary), Ping(b"p"), TextMessage(LARGE_TEXT),
+                      TextMessage("4end")]
+
+
+@XORS
+def test_invalid_utf8_deep_in_a_large_text_fails_with_the_read_that_carries_it(xor: Unmask) -> None:
+    encoded = bytearray(LARGE_TEXT.encode())
+    encoded[150_000] = 0xFF
+    parts = reads(client_frame(OP_TEXT, bytes(encoded)), 65536)
+    reader = FrameReader(1_000_000, unmask=xor)
+    for part in parts[:2]:
+        assert reader.feed(part) == []
+    with pytest.raises(DecodeError) as info:
+        reader.feed(parts[2])  # bytes 131,058-196,593 of the payload: the bad one, not the end
+    assert info.value.close_code == CloseCode.INVALID_DATA
+    assert reader.feed(parts[3]) == []  # nothing more is read
+
+
+@pytest.mark.parametrize(("opcode", "payload"), [(OP_BINARY, os.urandom(120_000)),
+                                                (OP_TEXT, ("é€ab" * 17_000).encode())])
+def test_a_message_trickled_a_byte_at_a_time_holds_little_more_than_its_size(opcode: int, payload: bytes) -> None:
+    """One piece object per read would cost some 50 bytes per byte: runs of small pieces are joined."""
+    data = client_frame(opcode, payload)
+    parts = [data[i:i + 1] for i in range(len(data))]
+    reader = FrameReader(1_000_000)
+    tracemalloc.start()
+    try:
+        events = feed_all(reader, parts[:-1])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events == []
+    assert held < 1.5 * len(payload)  # a str of "é€ab" is 2 bytes a character: 1.14x the UTF-8
+    (event,) = reader.feed(parts[-1])
+    assert event == (BinaryMessage(payload) if opcode == OP_BINARY else TextMessage(payload.decode()))
+
+
+def test_a_large_message_just_within_the_limit_and_one_byte_over() -> None:
+    limit = 200_000
+    ok = feed_all(FrameReader(limit), reads(client_frame(OP_BINARY, b"a" * limit), 65536))
+    assert ok == [BinaryMessage(b"a" * limit)]
+    fragments = client_frame(OP_BINARY, b"a" * 150_000, fin=False) + client_frame(OP_CONT, b"b" * 50_001)
+    reader = FrameReader(limit)
+    with pytest.raises(PayloadTooLarge):
+        feed_all(reader, reads(fragments, 65536))
 
 
 def long_header(opcode: int, length: int) -> bytes:
@@ -213,8 +291,9 @@ def test_accept_key_from_rfc_6455() -> None:
     assert not valid_client_key("")
 
 
-def test_unmask_matches_the_bytewise_definition() -> None:
+@pytest.mark.parametrize("xor", [unmask, native_unmask()], ids=["python", "native"])
+def test_unmask_matches_the_bytewise_definition(xor: Unmask) -> None:
     rng = random.Random(7)
-    for n in (0, 1, 3, 4, 5, 127, 1000):
+    for n in (0, 1, 3, 4, 5, 127, 1000, 2047, 2048, 2049, 70_001):  # both sides of the lane switch
         payload, mask = os.urandom(n), bytes(rng.getrandbits(8) for _ in range(4))
-        assert unmask(payload, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert xor(mask, payload) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -15,6 +15,7 @@ import socketio
 from tornado.testing import bind_unused_port
 
 from coup.app import CoupNode
+from coup.transports.websocket import native_unmask
 from tests.conftest import RunningNode
 from tests.conftest import test_settings as settings_for_tests
 
@@ -60,6 +61,26 @@ async def test_clients_on_every_transport(echo_node: RunningNode, transports: li
         assert got[0][1] == "127.0.0.1"
         if transports[-1] == "websocket":
             assert client.transport() == "websocket"
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_large_messages_cross_the_websocket_whole(echo_node: RunningNode) -> None:
+    """Messages near COUP_MAX_PAYLOAD, text of multi-byte characters and a binary attachment, go
+    through the node's frame reader (with the C mask the node is built with) both ways."""
+    assert echo_node.node.engine.options.ws_unmask is native_unmask()
+    # the client escapes non-ASCII in JSON (\u00e9): 60,000 x 14 = 840,000 bytes; COUP_MAX_PAYLOAD is 1,000,000
+    text, blob = "é€ab" * 60_000, os.urandom(300_000)
+    received: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("echo", lambda *args: received.put_nowait(args))
+    await client.connect(echo_node.url, transports=["websocket"], wait_timeout=5)
+    try:
+        await client.call("join", "r1", timeout=5)
+        assert await client.call("echo", ("r1", {"text": text, "blob": blob}), timeout=10) == "ok"
+        got = await asyncio.wait_for(received.get(), 10)
+        assert got[0] == {"text": text, "blob": blob}
     finally:
         await client.disconnect()
 
