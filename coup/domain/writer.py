@@ -7,7 +7,9 @@ runs one thread with one connection: whatever was submitted while the previous b
 being written becomes the next batch, written by one call of `write` (one transaction, a
 few statements for the whole batch). Nothing waits for a batch to fill: under light load a
 batch is one write and costs what it did before; under load batches grow by themselves, up
-to `max_batch`.
+to `max_batch`. The loop hands its writes over once per loop turn, not one by one: when a
+batch commits, the rooms it unblocks submit their next messages in the same turn, and they
+all reach the writer together instead of the first one alone making a batch of one.
 
 Guarantees the callers rely on:
 
@@ -73,13 +75,19 @@ class BatchWriter(Generic[W, R]):
         self.write = write
         self.name = name
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending[W, R] | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Pending[W, R]] | _Stop] = queue.SimpleQueue()
+        #: submitted in this loop turn, handed to the thread at its end (`_hand_over`)
+        self._turn: list[_Pending[W, R]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
         #: batches written and writes in them (the mean batch size tells how much grouping helps)
         self.batches = 0
         self.writes = 0
+        #: writes handed to the thread (minus `writes` and `writing`: waiting for a batch)
+        self.handed = 0
+        #: seconds spent writing (busy / wall time: how close the writer is to its limit)
+        self.busy = 0.0
         #: writes in the batch being written now (0: waiting for work)
         self.writing = 0
 
@@ -90,8 +98,21 @@ class BatchWriter(Generic[W, R]):
         pending: _Pending[W, R] = _Pending(item, asyncio.get_running_loop())
         if self._thread is None:
             self._start()
-        self._queue.put(pending)
+        self._turn.append(pending)
+        if len(self._turn) == 1:
+            pending.loop.call_soon(self._hand_over)
         return await pending.future
+
+    def _hand_over(self) -> None:
+        """At the end of the loop turn: this turn's writes go to the thread as one piece."""
+        turn, self._turn = self._turn, []
+        if self._closed and (self._thread is None or not self._thread.is_alive()):
+            for pending in turn:
+                if not pending.future.done():
+                    pending.future.set_exception(RuntimeError(f"the {self.name} writer is closed"))
+            return
+        self.handed += len(turn)
+        self._queue.put(turn)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -116,8 +137,8 @@ class BatchWriter(Generic[W, R]):
                 first = self._queue.get()
                 if isinstance(first, _Stop):
                     break
-                batch = [first]
-                while len(batch) < self.max_batch:
+                waiting = list(first)
+                while len(waiting) < self.max_batch:
                     try:
                         more = self._queue.get_nowait()
                     except queue.Empty:
@@ -125,12 +146,14 @@ class BatchWriter(Generic[W, R]):
                     if isinstance(more, _Stop):
                         stopping = True
                         break
-                    batch.append(more)
-                self.writing = len(batch)
-                try:
-                    self._write(batch)
-                finally:
-                    self.writing = 0
+                    waiting += more
+                for start in range(0, len(waiting), self.max_batch):
+                    batch = waiting[start:start + self.max_batch]
+                    self.writing = len(batch)
+                    try:
+                        self._write(batch)
+                    finally:
+                        self.writing = 0
         finally:
             db = self.database.db
             if not db.is_closed():  # this thread's connection
@@ -155,6 +178,7 @@ class BatchWriter(Generic[W, R]):
         seconds = time.perf_counter() - started
         self.batches += 1
         self.writes += len(batch)
+        self.busy += seconds
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[W, R], R | BaseException]]] = {}
         for pending, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending, outcome))

@@ -78,7 +78,8 @@ async def queued_behind_a_blocked_batch(node: DomainNode, url: str, first: Clien
         blocked = asyncio.ensure_future(first.call("message", {"studyId": 1, "content": "first"}))
         await eventually(lambda: writer.writing == 1, "the first batch started")
         pending = [asyncio.ensure_future(client.call("message", payload)) for client, payload in sends]
-        await eventually(lambda: writer._queue.qsize() == len(sends), "the messages queued behind the first batch")
+        await eventually(lambda: writer.handed - writer.writes - writer.writing == len(sends),
+                         "the messages queued behind the first batch")
         assert not blocked.done()  # not acked before its commit
     acks = list(await asyncio.gather(*pending, blocked))
     assert writer.batches == batches + 2, "the queued messages were written as one batch"
