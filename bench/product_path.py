@@ -136,6 +136,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every `postgres` process on this machine (the server runs here: loopback)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                continue
+    return total
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,18 +192,22 @@ class Target:
 def run_phase(target: Target, users_file: Path, mode: str, duration: float, warmup: float, rate: float,
               logs: Path) -> dict[str, Any]:
     with target.running(logs / f"{target.name}.log") as (port, pid):
-        before = cpu_seconds(pid)
+        before, pg_before = cpu_seconds(pid), postgres_cpu_seconds()
         started = time.perf_counter()
         command = ["node", str(REF / "loadgen.js"), "--port", str(port), "--users", str(users_file),
                    "--mode", mode, "--duration", str(duration), "--warmup", str(warmup), "--rate", str(rate),
                    "--label", f"{target.name}-{mode}-{secrets.token_hex(2)}"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 180)
         wall = time.perf_counter() - started
-        server_cpu = cpu_seconds(pid) - before
+        server_cpu, pg_cpu = cpu_seconds(pid) - before, postgres_cpu_seconds() - pg_before
     if done.returncode != 0:
         raise RuntimeError(f"loadgen against {target.name} failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["server_cpu_pct"] = round(100 * server_cpu / wall)
+    result["postgres_cpu_pct"] = round(100 * pg_cpu / wall)
+    # per message stored over the whole run (connects, warm-up and drain included)
+    messages = max(1, result["acked"] * (duration + warmup) / duration)
+    result["cpu_us_per_msg"] = round(1e6 * (server_cpu + pg_cpu) / messages)
     return result
 
 
@@ -255,8 +272,8 @@ def main() -> None:
                                   {**coup_env, "PYTHONPATH": str(old),
                                    "DATABASE_URL": with_schema(args.database, made["before"])}, old))
         if args.only != "ours":
-            targets.append(Target("node", made["node"], ["node", str(REF / "server.js")],
-                                  {"JWT_SECRET": secret, "DATABASE_URL": args.database, "PG_SCHEMA": made["node"]}, REF))
+            node_env = {"JWT_SECRET": secret, "DATABASE_URL": args.database, "PG_SCHEMA": made["node"]}
+            targets.append(Target("node", made["node"], ["node", str(REF / "server.js")], node_env, REF))
         logs = Path(tempfile.mkdtemp(prefix="product_path_logs_"))
         print(f"{args.users} users in {args.studies} studies ({args.users // args.studies} per room), "
               f"{args.duration:g} s per phase after {args.warmup:g} s warm-up; server logs in {logs}", flush=True)
@@ -280,15 +297,17 @@ def main() -> None:
 def report(targets: list[Target], closed: dict[str, Any], opened: dict[str, Any], bare: float, rate: float,
            rows: dict[str, int], acked: dict[str, int]) -> None:
     print()
-    print("| server | persisted msg/s (closed loop) | x bare INSERT | x node | server CPU % | loadgen CPU % | "
+    print("| server | persisted msg/s (closed loop) | x bare INSERT | x node | server CPU % | PostgreSQL CPU % | "
+          "server + PostgreSQL CPU µs per msg | loadgen CPU % | "
           f"ack p50 / p99 ms @ {rate:g}/s | last member p50 / p99 ms @ {rate:g}/s | refused | rows stored |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     node = closed.get("node", {}).get("acked_per_s")
     for t in targets:
         c, o = closed[t.name], opened[t.name]
         versus = f"{c['acked_per_s'] / node:.2f}" if node else "-"
         print(f"| {t.name} | {c['acked_per_s']:,} | {c['acked_per_s'] / bare:.2f} | {versus} | "
-              f"{c['server_cpu_pct']} | {c['loadgen_cpu_pct']} | {o['ack_p50_ms']} / {o['ack_p99_ms']} | "
+              f"{c['server_cpu_pct']} | {c['postgres_cpu_pct']} | {c['cpu_us_per_msg']} | "
+              f"{c['loadgen_cpu_pct']} | {o['ack_p50_ms']} / {o['ack_p99_ms']} | "
               f"{o['last_p50_ms']} / {o['last_p99_ms']} | {c['refused'] + o['refused']} | {rows[t.name]:,} |")
     print(f"\nbare INSERT: {bare:,.0f} rows/s. Closed-loop p99 (ack / last member), ms: " + ", ".join(
         f"{t.name} {closed[t.name]['ack_p99_ms']} / {closed[t.name]['last_p99_ms']}" for t in targets))
