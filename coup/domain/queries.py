@@ -281,16 +281,15 @@ def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
                 later.append(i)
                 outcomes[i] = {}
             seen.add(key)
-    stored_before = _stored_by_client([w.new for i, w in enumerate(writes) if outcomes[i] is None])
-    for i, write in enumerate(writes):
-        key = _client_key(write.new)
-        if outcomes[i] is None and key is not None and key in stored_before:
-            outcomes[i] = _duplicate(stored_before[key], write.new)
+    # a retry (clientMessageId stored before) is found by the INSERT's conflict below: the
+    # common batch, all new messages, costs no lookup. Only a refused one is looked up, so a
+    # retry still gets its stored message, as it did when this user was a member.
     studies = sorted({w.new.study_id for i, w in enumerate(writes) if outcomes[i] is None})
     active = _active_members(studies)
     unknown = [s for s in studies if s not in active]  # no ACTIVE member: does the study exist?
     existing = {row[0] for row in _STUDIES_IN.rows(len(unknown), unknown)} if unknown else set()
     inserting: list[int] = []
+    refused: list[int] = []
     for i, write in enumerate(writes):
         if outcomes[i] is not None:
             continue
@@ -298,7 +297,13 @@ def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
         if write.new.user_id in active.get(study_id, ()):
             inserting.append(i)
         else:
+            refused.append(i)
             outcomes[i] = {"outcome": "not_member" if study_id in active or study_id in existing else "no_study"}
+    stored_before = _stored_by_client([writes[i].new for i in refused])
+    for i in refused:
+        key = _client_key(writes[i].new)
+        if key is not None and key in stored_before:
+            outcomes[i] = _duplicate(stored_before[key], writes[i].new)
     created_at = utcnow()
     ids: dict[tuple[int, int, int], int] = {}
     if inserting:

@@ -189,3 +189,14 @@ async def test_one_users_client_message_id_in_two_rooms_of_one_batch_is_stored_o
     rows = await domain_node.db(stored_messages)
     assert sorted((r["study"], r["seq"], r["user"]) for r in rows) == sorted(
         [(1, 1, 1), (stored["studyId"], 1, 4), (3, 1, 2)])
+
+
+async def test_a_retry_is_answered_with_the_stored_message_even_after_membership_ended(
+        domain_node: DomainNode) -> None:
+    first = await domain_node.db(queries.store_messages, [write(2, "Bob", 1, 1, "hi", "b-1")])
+    await domain_node.db(lambda: StudyMember.update(status="INACTIVE").where(
+        (StudyMember.study == 1) & (StudyMember.user == 2)).execute())
+    again = await domain_node.db(queries.store_messages, [
+        write(2, "Bob", 1, 2, "hi", "b-1"), write(2, "Bob", 1, 2, "new one", "b-2")])
+    assert again[0] == {"outcome": "duplicate", "message": first[0]["message"]}
+    assert again[1] == {"outcome": "not_member"}
