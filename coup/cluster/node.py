@@ -146,6 +146,7 @@ class Cluster:
         self.registry.on_lost = self.presence.report_lost
         self.registry.on_zombie = self._drop_local_sockets
         self.registry.on_ring_change.append(self._ring_changed)
+        self.registry.on_ring_change.append(self.rooms.ring_changed)
 
     # ------------------------------------------------------------------ wiring into the core
 

@@ -31,7 +31,7 @@ from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE
-from coup.core.adapter import BroadcastOptions
+from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
 from coup.protocol import jsonutil
@@ -101,7 +101,7 @@ class RedisRecoveryLog(Generic[_T]):
         # idle logs go away a minute after their window
         self._head: tuple[Any, ...] = ("EVALSHA", _sha(LOG_PUBLISH), 2, self.log_key, meta_key, self.window_ms,
                                        recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
-                                       self.window_ms + 60_000)
+                                       self.window_ms + 60_000, int(ONCE_WINDOW * 1000))
         self._keys = [self.log_key, meta_key]
         self._read = client.register_script(LOG_READ)
         self._save_sha = _sha(SESSION_SAVE)
@@ -120,9 +120,10 @@ class RedisRecoveryLog(Generic[_T]):
     # ------------------------------------------------------------------ the log
 
     def publish(self, channels: Iterable[bytes], origin: str | None, stamp: bool, envelope: bytes,
-                token: _T) -> bool:
+                token: _T, once: str = "") -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        end of this loop turn with the turn's other broadcasts. False while disconnected."""
+        end of this loop turn with the turn's other broadcasts; with a `once` key, only if
+        no broadcast with that key went out before. False while disconnected."""
         call: _Call[_T] = _Call()
         batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
         if batch is None:
@@ -134,7 +135,7 @@ class RedisRecoveryLog(Generic[_T]):
         channels = list(channels)
         batch.append(len(channels))
         batch.extend(channels)
-        batch += (origin or "", b"1" if stamp else b"0", envelope)
+        batch += (origin or "", b"1" if stamp else b"0", once, envelope)
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
@@ -143,7 +144,7 @@ class RedisRecoveryLog(Generic[_T]):
         """A plain publish of this turn (a room command's answer, say): published by the same
         call, after the broadcasts before it (``L SP DATA``)."""
         assert self._batch is not None
-        self._batch += (1, channel, "", b"0", data)
+        self._batch += (1, channel, "", b"0", "", data)
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():

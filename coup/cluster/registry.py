@@ -227,9 +227,11 @@ class Registry:
             except Exception:
                 log.exception("membership check failed")
 
-    def owner(self, key: str) -> str:
-        """The owner of `key` on our current ring (ourselves when the ring is empty)."""
-        return self.ring.owner(key) or self.node_id
+    def owner(self, key: str, without: frozenset[str] = frozenset()) -> str:
+        """The owner of `key` on our current ring (ourselves when the ring is empty); with
+        `without`, on the ring as it will be once those nodes are gone."""
+        ring = self.ring.without(without) if without else self.ring
+        return ring.owner(key) or self.node_id
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,8 @@ from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
     from coup.core.adapter import BroadcastOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -108,10 +111,22 @@ class SessionRecovery:
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
         record = await self.store.claim(pid)
         if record is None:
+            log.info("no recovery for session %s: no record (expired, left, or claimed by another attempt)", pid)
             return None
-        if record.sid in self.nsp.sockets:
-            return None  # still connected here (its old connection is half-open): a fresh session
+        old = self.nsp.sockets.get(record.sid)
+        if old is not None:
+            # still connected here: its old connection is half-open (a request of it failed
+            # through a router, the client gave up on it); the client proved it is the same
+            # one (the pid is its secret), so the old connection ends and the session, with
+            # the rooms it is in now, is restored on the new one
+            log.info("session %s: its client is back on a new connection; closing the old one", pid)
+            record = self.record_of(record.sid) or record
+            await old.abandon()
+            if record.sid in self.nsp.sockets:
+                log.info("no recovery for session %s: the old connection did not let go", pid)
+                return None
         if await self.store.after(offset, check_only=True) is None:
+            log.info("no recovery for session %s: offset %s is no longer in the log", pid, offset)
             return None
         return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
 

@@ -112,9 +112,13 @@ class SentinelSet:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.primary = RedisServer("--dir", str(workdir))
-        # the replica writes the primary's snapshot to its directory
-        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port), "--dir", str(workdir))
+        # each in its own directory: a primary and a replica sharing one write and rename the
+        # same snapshot file during the full sync
+        for name in ("primary", "replica"):
+            (workdir / name).mkdir(exist_ok=True)
+        self.primary = RedisServer("--dir", str(workdir / "primary"))
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port),
+                                   "--dir", str(workdir / "replica"))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
@@ -125,6 +129,10 @@ class SentinelSet:
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
+        # the replica in sync before the sentinels start: a sentinel's first INFO of the primary
+        # then lists it, instead of the next one 10 s later
+        self._wait(lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"), 20,
+                   "the replica never synced with the primary")
         for port in self.sentinel_ports:
             conf = self.workdir / f"sentinel-{port}.conf"
             conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
@@ -134,10 +142,17 @@ class SentinelSet:
             log = (self.workdir / f"sentinel-{port}.log").open("ab")
             self.sentinels.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=log,
                                                    stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 20
-        while not self._settled():
+        self._wait(self._settled, 40, "the sentinels never saw each other and the replica")
+
+    def _wait(self, settled: Callable[[], bool], seconds: float, failure: str) -> None:
+        """Poll `settled`; past the deadline, fail with what each process reported."""
+        deadline = time.monotonic() + seconds
+        while not settled():
             if time.monotonic() > deadline:
-                raise RuntimeError("the sentinels never saw each other and the replica")
+                states = [self.sentinel_cli(port, "SENTINEL", "MASTER", SERVICE).replace("\n", " ")
+                          for port in self.sentinel_ports[:len(self.sentinels)]]
+                replication = self.replica.cli("INFO", "replication").replace("\r\n", " ")
+                raise RuntimeError(f"{failure}; replica: {replication}; sentinels: {states}")
             time.sleep(0.1)
 
     def _settled(self) -> bool:
