@@ -29,24 +29,21 @@ class PreparedBatch:
 
     def __init__(self, build: Callable[[int], Any]) -> None:
         self._build = build
-        self._rendered: weakref.WeakKeyDictionary[pw.Database, dict[int, tuple[str, bool]]] = (
-            weakref.WeakKeyDictionary())
+        self._rendered: weakref.WeakKeyDictionary[pw.Database, dict[int, str]] = weakref.WeakKeyDictionary()
 
-    def _sql(self, db: pw.Database, n: int) -> tuple[str, bool]:
+    def _sql(self, db: pw.Database, n: int) -> str:
         by_size = self._rendered.get(db)
         if by_size is None:
             by_size = self._rendered[db] = {}
-        rendered = by_size.get(n)
-        if rendered is None:
-            sql, _ = self._build(n).sql()
-            rendered = by_size[n] = (sql, " RETURNING " in sql)
-        return rendered
+        sql = by_size.get(n)
+        if sql is None:
+            sql = by_size[n] = str(self._build(n).sql()[0])
+        return sql
 
     def run(self, n: int, params: Sequence[Any]) -> Any:
         """Run the `n`-sized statement on this thread's connection; return the cursor."""
         db: pw.Database = database_proxy.obj
-        sql, _ = self._sql(db, n)
-        return db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        return db.execute_sql(self._sql(db, n), params)  # type: ignore[no-untyped-call]
 
     def rows(self, n: int, params: Sequence[Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = self.run(n, params).fetchall()
@@ -68,13 +65,3 @@ class Prepared(PreparedBatch):
     def first(self, *params: Any) -> Sequence[Any] | None:
         row: Sequence[Any] | None = self.execute(*params).fetchone()
         return row
-
-    def all(self, *params: Any) -> list[Sequence[Any]]:
-        return self.rows(1, params)
-
-    def insert(self, *params: Any) -> int:
-        """Run an INSERT and return the new row's id (RETURNING where the database has it)."""
-        db: pw.Database = database_proxy.obj
-        sql, returning = self._sql(db, 1)
-        cursor = db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
-        return int(cursor.fetchone()[0] if returning else cursor.lastrowid)

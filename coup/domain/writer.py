@@ -106,7 +106,7 @@ class BatchWriter(Generic[W, R]):
     def _hand_over(self) -> None:
         """At the end of the loop turn: this turn's writes go to the thread as one piece."""
         turn, self._turn = self._turn, []
-        if self._closed and (self._thread is None or not self._thread.is_alive()):
+        if self._closed:  # the thread may have taken its stop already: nobody would write these
             for pending in turn:
                 if not pending.future.done():
                     pending.future.set_exception(RuntimeError(f"the {self.name} writer is closed"))
