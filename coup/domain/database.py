@@ -2,8 +2,10 @@
 
 peewee is synchronous, so no query may run on the IOLoop thread: `Database.run(fn, ...)`
 runs `fn` in a bounded thread pool (`COUP_DB_WORKERS` threads, one connection each, kept
-open). SQLite runs in WAL mode, so readers never wait for the writer; write transactions
-begin IMMEDIATE so two writers queue on the lock instead of failing a read-to-write upgrade.
+open); chat messages go through a `BatchWriter` instead (`writer`: one thread of its own
+that group-commits, coup/domain/writer.py). SQLite runs in WAL mode, so readers never wait
+for the writer; write transactions begin IMMEDIATE so two writers queue on the lock instead
+of failing a read-to-write upgrade.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import peewee as pw
@@ -23,6 +25,7 @@ from playhouse.db_url import connect
 from coup.config import StartError, database_kind, url_for_logs
 from coup.domain.migrations import MigrationReport, migrate
 from coup.domain.models import database_proxy
+from coup.domain.writer import BatchWriter
 
 if TYPE_CHECKING:
     from coup.metrics import Metrics
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+W = TypeVar("W")
 
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
@@ -63,11 +67,12 @@ class Database:
         self.db = open_database(url)
         database_proxy.initialize(self.db)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coup-db")
+        self._writers: list[BatchWriter[Any, Any]] = []
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a synchronous query function on a database thread and return its result."""
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, fn, *args, **kwargs)
+        call = functools.partial(self.call, fn, *args, **kwargs)
         if self.metrics is None:
             return await loop.run_in_executor(self._executor, call)
         timed = _Timed(call)
@@ -76,7 +81,14 @@ class Database:
         finally:  # observed here, on the loop thread: the histograms take no lock
             self.metrics.db_query(getattr(fn, "__name__", "query"), timed.seconds, failed=timed.failed)
 
-    def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str) -> BatchWriter[W, T]:
+        """A group-committing writer for `write` on a thread of its own, stopped by `close`."""
+        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name)
+        self._writers.append(writer)
+        return writer
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn` here, on a database thread (a pool thread or a writer's)."""
         try:
             return fn(*args, **kwargs)
         except (pw.OperationalError, pw.InterfaceError):
@@ -114,7 +126,10 @@ class Database:
             raise StartError(f"DATABASE_URL {url_for_logs(self.url)} cannot be used: {reason}") from exc
 
     def close(self) -> None:
-        """Stop the worker threads (their connections close with them)."""
+        """Stop the writers (after what was submitted to them) and the worker threads (their
+        connections close with them)."""
+        for writer in self._writers:
+            writer.close()
         self._executor.shutdown(wait=True, cancel_futures=False)
         if not self.db.is_closed():
             self.db.close()

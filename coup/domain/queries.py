@@ -10,7 +10,7 @@ answered from the row that won.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from coup.domain.models import (
     iso,
     utcnow,
 )
-from coup.domain.prepared import Prepared
+from coup.domain.prepared import Prepared, PreparedBatch
 
 ACTIVE = "ACTIVE"
 NEW_MESSAGE = "NEW_MESSAGE"
@@ -189,83 +189,193 @@ def max_seq(study_id: int) -> int:
     return int(value or 0)
 
 
-_CLIENT_MESSAGE = Prepared(lambda: Message.select(
-    Message.id, Message.study, Message.seq, Message.content, Message.file_id, Message.created_at,
-).where((Message.user == 0) & (Message.client_message_id == "")))
-_INSERT_MESSAGE = Prepared(lambda: Message.insert_many(
-    [(0, 0, 0, "", None, "", utcnow())],
+@dataclass(frozen=True)
+class MessageWrite:
+    """One message of a group commit: what to store, its `seq`, and the users with a socket in
+    its study room (they get the `message` event, so no NEW_MESSAGE notification)."""
+
+    new: NewMessage
+    seq: int
+    present: frozenset[int]
+
+
+_STORED_BY_CLIENT = PreparedBatch(lambda n: Message.select(
+    Message.id, Message.study, Message.seq, Message.content, Message.file_id, Message.created_at, Message.user,
+    Message.client_message_id,
+).where(Message.user.in_([0] * n) & Message.client_message_id.in_([""] * n)))
+_ACTIVE_IN = PreparedBatch(lambda n: StudyMember.select(StudyMember.study, StudyMember.user).where(
+    StudyMember.study.in_([0] * n) & (StudyMember.status == "")))
+_STUDIES_IN = PreparedBatch(lambda n: Study.select(Study.id).where(Study.id.in_([0] * n)))
+#: a row that breaks a unique constraint (a clientMessageId stored by a concurrent writer, a
+#: seq another owner took) is skipped, not fatal: the batch's other messages stay stored
+_INSERT_MESSAGES = PreparedBatch(lambda n: Message.insert_many(
+    [(0, 0, 0, "", None, "", utcnow())] * n,
     fields=[Message.study, Message.user, Message.seq, Message.content, Message.file_id, Message.client_message_id,
-            Message.created_at]))
-_ACTIVE_MEMBERS = Prepared(lambda: StudyMember.select(StudyMember.user).where(
-    (StudyMember.study == 0) & (StudyMember.status == "")))
-_INSERT_NOTIFICATION = Prepared(lambda: Notification.insert_many(
-    [(0, "", "", 0, "", utcnow())],
+            Message.created_at]).on_conflict_ignore().returning(Message.id, Message.study, Message.seq, Message.user))
+_INSERT_NOTIFICATIONS = PreparedBatch(lambda n: Notification.insert_many(
+    [(0, "", "", 0, "", utcnow())] * n,
     fields=[Notification.user, Notification.type, Notification.message, Notification.study, Notification.data,
-            Notification.created_at]))
+            Notification.created_at]).returning(Notification.id, Notification.user, Notification.data))
+#: rows per notification INSERT (6 parameters each, well under SQLite's 32,766)
+NOTIFICATION_CHUNK = 500
+
+ClientKey = tuple[int, str]
 
 
-def _by_client_id(new: NewMessage) -> dict[str, Any] | None:
-    """The message this user already stored under `new`'s clientMessageId, as a payload."""
-    if new.client_message_id is None:
-        return None
-    row = _CLIENT_MESSAGE.first(new.user_id, new.client_message_id)
-    if row is None:
-        return None
-    message_id, study_id, seq, content, file_id, created_at = row
-    return _message_body(message_id, study_id, seq, content, file_id, new.user_id, new.user_name,
-                         Message.created_at.python_value(created_at),  # type: ignore[no-untyped-call]
-                         new.client_message_id)
+def _client_key(new: NewMessage) -> ClientKey | None:
+    return None if new.client_message_id is None else (new.user_id, new.client_message_id)
 
 
-def store_message(new: NewMessage, seq: int, present_user_ids: Iterable[int]) -> dict[str, Any]:
-    """Store a message with `seq`, and a NEW_MESSAGE notification for every ACTIVE member not
-    in `present_user_ids` (those in the study room) nor the author, in one transaction.
+def _stored_by_client(news: Sequence[NewMessage]) -> dict[ClientKey, dict[str, Any]]:
+    """The messages already stored under these (user, clientMessageId) pairs, as payloads
+    (named as each `new` names its author: the same user)."""
+    wanted = {key: new for new in news if (key := _client_key(new)) is not None}
+    if not wanted:
+        return {}
+    users = [user for user, _ in wanted]
+    rows = _STORED_BY_CLIENT.rows(len(wanted), users + [cmid for _, cmid in wanted])
+    found: dict[ClientKey, dict[str, Any]] = {}
+    for message_id, study_id, seq, content, file_id, created_at, user_id, cmid in rows:
+        new = wanted.get((user_id, cmid))
+        if new is not None:
+            found[(user_id, cmid)] = _message_body(
+                message_id, study_id, seq, content, file_id, user_id, new.user_name,
+                Message.created_at.python_value(created_at), cmid)  # type: ignore[no-untyped-call]
+    return found
 
-    Returns ``{"outcome": ...}``: ``stored`` (with `message` and `notifications`),
-    ``duplicate`` (this user already stored that clientMessageId: `message` is the first one),
-    ``reused`` (that clientMessageId belongs to another study), ``no_study``, ``not_member``,
-    or ``seq_clash`` (another writer took `seq`). The hot path: prepared statements only.
+
+def _active_members(study_ids: Sequence[int]) -> dict[int, set[int]]:
+    """The ACTIVE members of each study (studies without any are absent)."""
+    active: dict[int, set[int]] = {}
+    if study_ids:
+        for study_id, user_id in _ACTIVE_IN.rows(len(study_ids), [*study_ids, ACTIVE]):
+            active.setdefault(study_id, set()).add(user_id)
+    return active
+
+
+def store_messages(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
+    """Store a batch of messages in one transaction (the group commit of `BatchWriter`): each
+    with its `seq`, and a NEW_MESSAGE notification for every ACTIVE member of its study not in
+    its room (`present`) nor its author. A handful of statements for the whole batch.
+
+    One result per write, in order: ``{"outcome": ...}``, ``stored`` (with `message`,
+    `notifications` and `evict`: users in the room who are no longer ACTIVE members),
+    ``duplicate`` (this user already stored that clientMessageId, in this batch or before:
+    `message` is the first one), ``reused`` (that clientMessageId belongs to another study),
+    ``no_study``, ``not_member``, or ``seq_clash`` (another writer took `seq`).
     """
-    db = database_proxy
-    with db.atomic():
-        existing = _by_client_id(new)
-        if existing is not None:
-            return _duplicate(existing, new)
-        try:
-            status = membership(new.study_id, new.user_id)
-        except LookupError:
-            return {"outcome": "no_study"}
-        if status != ACTIVE:
-            return {"outcome": "not_member"}
-        created_at = utcnow()
-        try:
-            with db.atomic():  # a savepoint: a clash leaves the outer transaction usable
-                message_id = _INSERT_MESSAGE.insert(new.study_id, new.user_id, seq, new.content, new.file_id,
-                                                    new.client_message_id, created_at)
-        except pw.IntegrityError:
-            existing = _by_client_id(new)
-            if existing is not None:  # a concurrent duplicate won the race
-                return _duplicate(existing, new)
-            return {"outcome": "seq_clash"}
-        present = set(present_user_ids)
-        active = {uid for (uid,) in _ACTIVE_MEMBERS.all(new.study_id, ACTIVE)}
+    with database_proxy.atomic():
+        return _store_round(writes)
+
+
+def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
+    outcomes: list[dict[str, Any] | None] = [None] * len(writes)
+    # a clientMessageId twice in one batch (two tabs retrying at once): the later ones wait
+    # for a second round in the same transaction, which finds the first one stored
+    seen: set[ClientKey] = set()
+    later: list[int] = []
+    for i, write in enumerate(writes):
+        key = _client_key(write.new)
+        if key is not None:
+            if key in seen:
+                later.append(i)
+                outcomes[i] = {}
+            seen.add(key)
+    # a retry (clientMessageId stored before) is found by the INSERT's conflict below: the
+    # common batch, all new messages, costs no lookup. Only a refused one is looked up, so a
+    # retry still gets its stored message, as it did when this user was a member.
+    studies = sorted({w.new.study_id for i, w in enumerate(writes) if outcomes[i] is None})
+    active = _active_members(studies)
+    unknown = [s for s in studies if s not in active]  # no ACTIVE member: does the study exist?
+    existing = {row[0] for row in _STUDIES_IN.rows(len(unknown), unknown)} if unknown else set()
+    inserting: list[int] = []
+    refused: list[int] = []
+    for i, write in enumerate(writes):
+        if outcomes[i] is not None:
+            continue
+        study_id = write.new.study_id
+        if write.new.user_id in active.get(study_id, ()):
+            inserting.append(i)
+        else:
+            refused.append(i)
+            outcomes[i] = {"outcome": "not_member" if study_id in active or study_id in existing else "no_study"}
+    stored_before = _stored_by_client([writes[i].new for i in refused])
+    for i in refused:
+        key = _client_key(writes[i].new)
+        if key is not None and key in stored_before:
+            outcomes[i] = _duplicate(stored_before[key], writes[i].new)
+    created_at = utcnow()
+    ids: dict[tuple[int, int, int], int] = {}
+    if inserting:
+        params: list[Any] = []
+        for i in inserting:
+            new = writes[i].new
+            params += (new.study_id, new.user_id, writes[i].seq, new.content, new.file_id, new.client_message_id,
+                       created_at)
+        for message_id, study_id, seq, user_id in _INSERT_MESSAGES.rows(len(inserting), params):
+            ids[(study_id, seq, user_id)] = message_id
+    skipped = [writes[i].new for i in inserting
+               if (writes[i].new.study_id, writes[i].seq, writes[i].new.user_id) not in ids]
+    stored_now = _stored_by_client(skipped) if skipped else {}
+    stored: list[tuple[int, int]] = []
+    for i in inserting:
+        write = writes[i]
+        message_id_or_none = ids.get((write.new.study_id, write.seq, write.new.user_id))
+        if message_id_or_none is not None:
+            stored.append((i, message_id_or_none))
+            continue
+        key = _client_key(write.new)
+        if key is not None and key in stored_now:  # a concurrent duplicate won the race
+            outcomes[i] = _duplicate(stored_now[key], write.new)
+        else:
+            outcomes[i] = {"outcome": "seq_clash"}
+    for i, result in _with_notifications(writes, stored, active, created_at):
+        outcomes[i] = result
+    if later:
+        for i, result in zip(later, _store_round([writes[i] for i in later]), strict=True):
+            outcomes[i] = result
+    done = [outcome for outcome in outcomes if outcome]
+    assert len(done) == len(writes), "every write has an outcome"
+    return done
+
+
+def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, int]], active: dict[int, set[int]],
+                        created_at: dt.datetime) -> list[tuple[int, dict[str, Any]]]:
+    """The stored messages' results, their NEW_MESSAGE notifications stored (one INSERT per
+    `NOTIFICATION_CHUNK` rows for the whole batch)."""
+    rows: list[tuple[int, str, str, int, str | None, dt.datetime]] = []
+    #: the result each row's notification belongs to
+    owners: list[dict[str, Any]] = []
+    results: list[tuple[int, dict[str, Any]]] = []
+    for i, message_id in stored:
+        write = writes[i]
+        new = write.new
+        members = active[new.study_id]
+        present = set(write.present)
         #: users with a socket in the room who are no longer ACTIVE members: the room evicts them
-        evict = sorted(present - active)
+        evict = sorted(present - members)
         present.add(new.user_id)
-        recipients = sorted(uid for uid in active if uid not in present)
         preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
         text = f"{new.user_name}: {preview}"
-        data = {"messageId": message_id}
-        stored_data = Notification.data.db_value(data)
-        notifications = []
-        for uid in recipients:
-            nid = _INSERT_NOTIFICATION.insert(uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at)
-            notifications.append({"userId": uid, "notification": {
-                "id": nid, "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at), "readAt": None,
-                "studyId": new.study_id, "data": data}})
-        message = _message_body(message_id, new.study_id, seq, new.content, new.file_id, new.user_id,
+        stored_data = Notification.data.db_value({"messageId": message_id})
+        message = _message_body(message_id, new.study_id, write.seq, new.content, new.file_id, new.user_id,
                                 new.user_name, created_at, new.client_message_id)
-        return {"outcome": "stored", "message": message, "notifications": notifications, "evict": evict}
+        result = {"outcome": "stored", "message": message, "notifications": [], "evict": evict}
+        results.append((i, result))
+        for uid in sorted(members - present):
+            rows.append((uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at))
+            owners.append(result)
+    if rows:
+        by_row: dict[tuple[int, str | None], int] = {}
+        for start in range(0, len(rows), NOTIFICATION_CHUNK):
+            chunk = rows[start:start + NOTIFICATION_CHUNK]
+            for nid, uid, data in _INSERT_NOTIFICATIONS.rows(len(chunk), [v for row in chunk for v in row]):
+                by_row[(uid, data)] = nid
+        for (uid, _, text, study_id, data, _), owner in zip(rows, owners, strict=True):
+            owner["notifications"].append({"userId": uid, "notification": {
+                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at),
+                "readAt": None, "studyId": study_id, "data": {"messageId": owner["message"]["id"]}}})
+    return results
 
 
 def _duplicate(existing: dict[str, Any], new: NewMessage) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from coup.domain.auth import Actor
 from coup.domain.database import Database
 from coup.domain.errors import client_error, not_found, raise_refusal, refusal
 from coup.domain.event_names import ServerEvent
-from coup.domain.queries import NewMessage
+from coup.domain.queries import MessageWrite, NewMessage
 from coup.domain.roomnames import member_key, member_of, study_of, study_room, user_room
 from coup.domain.sequence import SequenceSource
 
@@ -66,6 +66,8 @@ class StudyRooms:
         self.nsp = server.main
         self.db = db
         self.sequence = sequence
+        #: chat messages are group-committed across rooms on a writer thread (coup/domain/writer.py)
+        self.messages = db.writer(queries.store_messages, name="store_messages")
         router = server.rooms
         router.register(JOIN, self._join)
         router.register(LEAVE, self._leave)
@@ -239,11 +241,11 @@ class StudyRooms:
                          client_message_id=p.get("clientMessageId"))
         if study_of(room) != new.study_id:
             return refusal(client_error("BAD_REQUEST"))
-        present = await self.users_in(new.study_id)
+        present = frozenset(await self.users_in(new.study_id))
         for _ in range(SEQ_ATTEMPTS):
             seq = await self.sequence.next(new.study_id)
-            try:
-                result = await self.db.run(queries.store_message, new, seq, present)
+            try:  # resolves once its batch committed: the ack and the broadcast come after
+                result = await self.messages.submit(MessageWrite(new, seq, present))
             except pw.PeeweeException:
                 await self.sequence.give_back(new.study_id, seq)
                 log.exception("storing a message in study %d failed", new.study_id)

@@ -258,7 +258,8 @@ def _store_without_broadcast(node: NodeProcess, seq: int, content: str, client_m
     try:
         with database.db.connection_context():
             new = queries.NewMessage(STUDY, ALICE, "Alice", content, None, client_message_id)
-            assert queries.store_message(new, seq, ())["outcome"] == "stored"
+            (result,) = queries.store_messages([queries.MessageWrite(new, seq, frozenset())])
+            assert result["outcome"] == "stored"
     finally:
         database.close()
 

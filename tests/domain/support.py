@@ -6,14 +6,17 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import peewee as pw
 import socketio
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from coup.app import CoupNode
 from coup.config import Secret, Settings
+from coup.domain.models import database_proxy
 from coup.domain.service import CoupDomain
 
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
@@ -154,3 +157,41 @@ async def refused(client: Client, event: str, *args: Any, code: str) -> dict[str
     assert error["code"] == code and error["event"] == event, error
     assert error["message"] == ack["error"]["message"] and error["message"]
     return error
+
+
+# ---------------------------------------------------------------------- database failures
+
+PG_TRIGGER = """
+CREATE OR REPLACE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF left(NEW.content, 4) = 'boom' THEN RAISE EXCEPTION 'refused by the test trigger'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_boom BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_boom();
+"""
+SQLITE_TRIGGER = """
+CREATE TRIGGER refuse_boom BEFORE INSERT ON messages WHEN substr(NEW.content, 1, 4) = 'boom'
+BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END
+"""
+
+
+def is_postgres() -> bool:
+    return isinstance(database_proxy.obj, pw.PostgresqlDatabase)
+
+
+def add_trigger() -> None:
+    database_proxy.execute_sql(PG_TRIGGER if is_postgres() else SQLITE_TRIGGER)
+
+
+def drop_trigger() -> None:
+    database_proxy.execute_sql("DROP TRIGGER IF EXISTS refuse_boom" + (" ON messages" if is_postgres() else ""))
+
+
+@asynccontextmanager
+async def boom_refused(node: DomainNode) -> AsyncIterator[None]:
+    """The database refuses messages starting with "boom" while inside."""
+    await node.db(add_trigger)
+    try:
+        yield
+    finally:
+        await node.db(drop_trigger)

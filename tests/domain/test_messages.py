@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coup.domain.models import Message, Notification, StudyMember
-from tests.domain.support import Client, ClientFactory, DomainNode, NodeFactory, refused
+from tests.domain.support import Client, ClientFactory, DomainNode, NodeFactory, boom_refused, refused
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -208,22 +208,12 @@ async def test_message_flood_is_rate_limited_with_a_clear_error(
 
 @pytest.mark.errors_logged
 async def test_a_database_failure_is_a_retryable_refusal_and_the_seq_is_given_back(
-        domain_node: DomainNode, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    import peewee as pw
-
-    from coup.domain import queries
-
+        domain_node: DomainNode, connect: ClientFactory) -> None:
     alice = await connect(1, join=(1,))
     bob = await connect(2, join=(1,))
-    real = queries.store_message
-
-    def failing(*args: Any) -> Any:
-        raise pw.OperationalError("database is locked")
-
-    monkeypatch.setattr(queries, "store_message", failing)
-    await refused(alice, "message", {"studyId": 1, "content": "lost?", "clientMessageId": "r-1"}, code="RETRY")
-    monkeypatch.setattr(queries, "store_message", real)
-    ack = await alice.call("message", {"studyId": 1, "content": "lost?", "clientMessageId": "r-1"})
+    async with boom_refused(domain_node):  # the database refuses the INSERT
+        await refused(alice, "message", {"studyId": 1, "content": "boom?", "clientMessageId": "r-1"}, code="RETRY")
+    ack = await alice.call("message", {"studyId": 1, "content": "boom?", "clientMessageId": "r-1"})
     assert ack["ok"] is True and ack["seq"] == 1 and ack["duplicate"] is False
     await bob.wait("message")
-    assert [m["content"] for m in bob.got("message")] == ["lost?"]
+    assert [m["content"] for m in bob.got("message")] == ["boom?"]
