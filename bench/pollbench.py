@@ -531,6 +531,38 @@ async def run_chat(gen: Generator, meter: Meter, args: argparse.Namespace) -> di
             "lost": lost, "drained": drained, "errors": w["errors"]}
 
 
+async def run_fixed(gen: Generator, meter: Meter, server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """A fixed offered fan-out load (``--lat-rate``) for ``--fixed-seconds``; py-spy on the server with ``--profile``."""
+    rooms, room_size = args.rooms, args.clients // args.rooms
+    share = [list(range(1 + k, rooms + 1, gen.procs)) for k in range(gen.procs)]
+    await gen.call([{"cmd": "setup", "rooms": r, "room_size": room_size, "senders_per_room": max(1, args.senders // rooms),
+                     "in_flight": max(1, 100 // gen.procs)} for r in share], timeout=120)
+    await gen.call({"cmd": "warmup"})
+    rate = args.lat_rate or 10000.0
+    await gen.rate(rate, room_size)
+    await asyncio.sleep(1.0)
+    spy = None
+    if args.profile:
+        spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(server.pid), "--rate", "250",
+                                "--nonblocking", "--duration", str(int(args.fixed_seconds)), "--format", "raw",
+                                "-o", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meter.mark()
+    t0 = time.perf_counter()
+    await asyncio.sleep(args.fixed_seconds)
+    cpu = meter.read()
+    t1 = time.perf_counter()
+    await gen.rate(0, room_size)
+    if spy is not None:
+        spy.wait(30)
+    w = await gen.window(t0, t1)
+    got = w["n"] / (t1 - t0)
+    log(f"  fixed    offered {rate:9.0f} got {got:9.0f} srv {cpu['server_cpu']:5.1f}% gen {cpu['gen_cpu']:5.1f}% "
+        f"foreign {cpu['foreign_cpu']:5.1f}% p50 {w['p50_ms']} p99 {w['p99_ms']} ms; "
+        f"server CPU µs per delivery {cpu['server_cpu'] * 1e4 / max(got, 1):.1f}")
+    return {"offered": round(rate), "deliveries_per_s": round(got), "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"],
+            "server_us_per_delivery": round(cpu["server_cpu"] * 1e4 / max(got, 1), 2), **cpu}
+
+
 async def run_connect(gen: Generator, server: Server, args: argparse.Namespace) -> dict[str, Any]:
     await gen.call({"cmd": "connect", "count": max(1, 10 // gen.procs), "in_flight": 10})
     await asyncio.sleep(0.5)
@@ -562,6 +594,8 @@ async def run_one(server: Server, transport: str, scenario: str, args: argparse.
             result = await run_fanout(gen, meter, args, lat_rate)
         elif scenario == "chat":
             result = await run_chat(gen, meter, args)
+        elif scenario == "fixed":
+            result = await run_fixed(gen, meter, server, args)
         else:
             result = await run_connect(gen, server, args)
     finally:
@@ -612,6 +646,8 @@ async def orchestrate(args: argparse.Namespace) -> None:
             for rep in range(1, args.repeats + 1):
                 lat_rate = args.lat_rate
                 for server in servers_for(transport, args.server_cpu):
+                    if args.only and server.name not in args.only.split(","):
+                        continue
                     log(f"{scenario} {transport} {server.name} rep {rep}")
                     result = await run_one(server, transport, scenario, args, lat_rate)
                     if scenario == "fanout" and lat_rate is None:
@@ -651,6 +687,9 @@ def main() -> None:
     parser.add_argument("--lat-rate", type=float, help="deliveries/s of the latency phase (default: half the peer's max)")
     parser.add_argument("--connect-clients", type=int, default=2000)
     parser.add_argument("--chat-seconds", type=float, default=10.0)
+    parser.add_argument("--only", help="only these servers (ours, node-socketio, sockjs-node)")
+    parser.add_argument("--fixed-seconds", type=float, default=5.0, help="scenario fixed: how long")
+    parser.add_argument("--profile", help="scenario fixed: py-spy raw output file for the server")
     parser.add_argument("--json", help="append one JSON line per run to this file")
     args = parser.parse_args()
     asyncio.run(orchestrate(args))
