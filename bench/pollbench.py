@@ -44,10 +44,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +67,8 @@ if not SHARED.exists():
     SHARED = Path("/work/shared/bench")
 DEPS = Path(os.environ.get("BENCH_DEPS", Path.home() / ".cache" / "coup-bench" / "deps"))
 PYTHON = os.environ.get("COUP_BENCH_PYTHON", sys.executable)
+#: (name, repository root) of our servers to run; --ours adds others (an A/B of two checkouts)
+OURS: list[tuple[str, str]] = [("ours", str(ROOT))]
 TICK = os.sysconf("SC_CLK_TCK")
 HIST_SCALE = 40.0  # latency histogram buckets: e^(1/40), 2.5% wide
 MSG_BYTES = 64
@@ -96,6 +100,8 @@ class Worker:
         self._rate_sent = 0
         self._rr = 0
         self._ticker: asyncio.Task[None] | None = None
+        self._target = -1
+        self._reached = asyncio.Event()
 
     # ---------------------------------------------------------------- wire
 
@@ -104,6 +110,8 @@ class Worker:
         if at >= 0:
             at += 11
             self.delivered += 1
+            if self.delivered == self._target:
+                self._reached.set()
             self.recv_t.append(now)
             self.lat.append(now - int(text[at:text.find(" ", at)]) / 1e6)
             return
@@ -149,7 +157,7 @@ class Worker:
             for _ in queue:
                 try:
                     client, took = await self.open_one()
-                except (OSError, asyncio.TimeoutError, RuntimeError):
+                except (TimeoutError, OSError, RuntimeError):
                     failed += 1
                     continue
                 self.clients.append(client)
@@ -186,9 +194,11 @@ class Worker:
         expected = self.delivered + sum(len(m) for m in self.rooms.values())
         for room, members in self.rooms.items():
             self._send(members[0], room)
-        deadline = time.perf_counter() + 10
-        while self.delivered < expected and time.perf_counter() < deadline:
-            await asyncio.sleep(0.02)
+        self._target = expected
+        self._reached.clear()
+        if self.delivered < expected:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reached.wait(), 10)
         return {"ok": self.delivered == expected, "got": self.delivered, "expected": expected}
 
     def set_rate(self, per_s: float) -> None:
@@ -375,7 +385,7 @@ class Generator:
                     assert worker.stdin is not None
                     worker.stdin.write(b'{"cmd": "exit"}\n')
                     await asyncio.wait_for(worker.wait(), 3)
-                except (asyncio.TimeoutError, BrokenPipeError, ConnectionResetError):
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
                     worker.kill()
                     await worker.wait()
 
@@ -388,7 +398,7 @@ class Server:
 
     def start(self) -> None:
         argv = [a.replace("{PORT}", str(self.port)) for a in self.argv]
-        self.log = open(f"/tmp/pollbench-{self.name}-{self.port}.log", "wb")  # noqa: SIM115
+        self.log = open(f"/tmp/pollbench-{self.name}-{self.port}.log", "wb")
         self.proc = subprocess.Popen(["taskset", "-c", self.cpu, *argv], stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PORT": str(self.port), **self.env},
                                      start_new_session=True, cwd=ROOT)
@@ -423,13 +433,14 @@ class Server:
 
 def servers_for(transport: str, cpu: str) -> list[Server]:
     """[peer, ours]: the peer first, so its max sets the equal-load latency rate for ours."""
-    ours = Server("ours", [PYTHON, str(HERE / "server.py"), "--port", "{PORT}"], cpu)
+    ours = [Server(name, [PYTHON, str(Path(root) / "bench" / "server.py"), "--port", "{PORT}"], cpu)
+            for name, root in OURS]
     if transport == "eio":
         peer = Server("node-socketio", ["node", str(SHARED / "servers" / "node_socketio.js")], cpu,
                       {"BENCH_DEPS": str(DEPS)})
     else:
         peer = Server("sockjs-node", ["node", str(HERE / "sockjs_node_peer.js")], cpu, {"BENCH_DEPS": str(DEPS)})
-    return [peer, ours]
+    return [peer, *ours]
 
 
 def log(*parts: Any) -> None:
@@ -446,7 +457,7 @@ async def run_fanout(gen: Generator, meter: Meter, args: argparse.Namespace, lat
     warm = await gen.call({"cmd": "warmup"})
     warmup_ok = all(w["ok"] for w in warm)
     steps: list[dict[str, Any]] = []
-    offered, phase, started = 5000.0, "ramp", time.perf_counter()
+    offered, phase, started, last_good = 5000.0, "ramp", time.perf_counter(), 0.0
     while time.perf_counter() - started < args.ramp_budget:
         length, skip = (2.0, 0.4) if phase == "plateau" else (1.5, 0.3)
         await gen.rate(offered, room_size)
@@ -469,8 +480,10 @@ async def run_fanout(gen: Generator, meter: Meter, args: argparse.Namespace, lat
             break
         best = max(s["deliveries_per_s"] for s in steps)
         if saturated:
-            phase, offered = "plateau", 1.15 * best
+            phase, offered = "plateau", max(1.15 * best, 1.1 * last_good)
         else:
+            last_good = max(last_good, offered)
+            phase = "ramp"
             offered *= min(3.0, max(1.2, 90 / cpu["server_cpu"])) if cpu["server_cpu"] > 0 else 3.0
     await gen.rate(0, room_size)
     at_max = max(steps, key=lambda s: s["deliveries_per_s"])
@@ -490,7 +503,8 @@ async def run_fanout(gen: Generator, meter: Meter, args: argparse.Namespace, lat
     return {"clients": sum(s["ok"] for s in setup), "connect_failed": sum(s["failed"] for s in setup),
             "warmup_ok": warmup_ok, "max_deliveries_per_s": at_max["deliveries_per_s"],
             "server_cpu_at_max": at_max["server_cpu"], "gen_cpu_at_max": at_max["gen_cpu"],
-            "foreign_cpu_at_max": at_max["foreign_cpu"], "gen_limited": at_max["gen_cpu"] > 90, "plateau_reached": any(s["saturated"] for s in steps),
+            "foreign_cpu_at_max": at_max["foreign_cpu"], "gen_limited": at_max["gen_cpu"] > 90,
+            "plateau_reached": any(s["saturated"] for s in steps),
             "ramp_drained": drained, "lat_offered": round(rate), "lat_deliveries_per_s": round(w["n"] / (t1 - t0)),
             "lat_p50_ms": w["p50_ms"], "lat_p99_ms": w["p99_ms"], "lat_server_cpu": cpu["server_cpu"],
             "lat_gen_cpu": cpu["gen_cpu"], "errors": w["errors"], "steps": steps}
@@ -531,36 +545,71 @@ async def run_chat(gen: Generator, meter: Meter, args: argparse.Namespace) -> di
             "lost": lost, "drained": drained, "errors": w["errors"]}
 
 
+def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    """A measuring tool beside the run (py-spy, strace, perf), its output to files only."""
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_syscalls(path: str) -> int:
+    """The count in a ``perf stat -x,`` file."""
+    for line in Path(path).read_text().splitlines():
+        if "raw_syscalls" in line and line.split(",")[0].isdigit():
+            return int(line.split(",")[0])
+    return 0
+
+
+def append_json(path: str, row: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 async def run_fixed(gen: Generator, meter: Meter, server: Server, args: argparse.Namespace) -> dict[str, Any]:
-    """A fixed offered fan-out load (``--lat-rate``) for ``--fixed-seconds``; py-spy on the server with ``--profile``."""
+    """A fixed offered fan-out load (``--lat-rate``) for ``--fixed-seconds``.
+
+    Server CPU per delivery and system calls per delivery (``perf stat``); with ``--profile``
+    py-spy on the server, with ``--strace`` an ``strace -c`` summary instead.
+    """
     rooms, room_size = args.rooms, args.clients // args.rooms
     share = [list(range(1 + k, rooms + 1, gen.procs)) for k in range(gen.procs)]
-    await gen.call([{"cmd": "setup", "rooms": r, "room_size": room_size, "senders_per_room": max(1, args.senders // rooms),
-                     "in_flight": max(1, 100 // gen.procs)} for r in share], timeout=120)
+    await gen.call([{"cmd": "setup", "rooms": r, "room_size": room_size,
+                     "senders_per_room": max(1, args.senders // rooms), "in_flight": max(1, 100 // gen.procs)}
+                    for r in share], timeout=120)
     await gen.call({"cmd": "warmup"})
     rate = args.lat_rate or 10000.0
     await gen.rate(rate, room_size)
     await asyncio.sleep(1.0)
     spy = None
-    if args.profile:
-        spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(server.pid), "--rate", "250",
-                                "--nonblocking", "--duration", str(int(args.fixed_seconds)), "--format", "raw",
-                                "-o", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = str(args.fixed_seconds)
+    if args.strace:
+        spy = spawn(["timeout", "-s", "INT", seconds, "strace", "-c", "-f", "-o", args.strace, "-p", str(server.pid)])
+    elif args.profile:
+        spy = spawn([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(server.pid), "--rate", "250",
+                     "--nonblocking", "--duration", str(int(args.fixed_seconds)), "--format", "raw",
+                     "-o", args.profile])
+    counts = f"/tmp/pollbench-perf-{server.pid}.csv"
+    perf = spawn(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o", counts, "-p", str(server.pid),
+                  "--", "sleep", seconds]) if shutil.which("perf") else None
     meter.mark()
     t0 = time.perf_counter()
     await asyncio.sleep(args.fixed_seconds)
     cpu = meter.read()
     t1 = time.perf_counter()
     await gen.rate(0, room_size)
+    syscalls = None
+    if perf is not None:
+        await asyncio.to_thread(perf.wait, 10)
+        syscalls = perf_syscalls(counts) / args.fixed_seconds
     if spy is not None:
-        spy.wait(30)
+        await asyncio.to_thread(spy.wait, 30)
     w = await gen.window(t0, t1)
     got = w["n"] / (t1 - t0)
     log(f"  fixed    offered {rate:9.0f} got {got:9.0f} srv {cpu['server_cpu']:5.1f}% gen {cpu['gen_cpu']:5.1f}% "
         f"foreign {cpu['foreign_cpu']:5.1f}% p50 {w['p50_ms']} p99 {w['p99_ms']} ms; "
-        f"server CPU µs per delivery {cpu['server_cpu'] * 1e4 / max(got, 1):.1f}")
+        f"server CPU µs per delivery {cpu['server_cpu'] * 1e4 / max(got, 1):.1f}, "
+        f"syscalls per delivery {(syscalls or 0) / max(got, 1):.2f}")
     return {"offered": round(rate), "deliveries_per_s": round(got), "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"],
-            "server_us_per_delivery": round(cpu["server_cpu"] * 1e4 / max(got, 1), 2), **cpu}
+            "server_us_per_delivery": round(cpu["server_cpu"] * 1e4 / max(got, 1), 2),
+            "server_syscalls_per_delivery": round(syscalls / max(got, 1), 2) if syscalls is not None else None, **cpu}
 
 
 async def run_connect(gen: Generator, server: Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -607,14 +656,14 @@ async def run_one(server: Server, transport: str, scenario: str, args: argparse.
 def fmt(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and value >= 1000 or isinstance(value, int) and value >= 10000:
+    if (isinstance(value, float) and value >= 1000) or (isinstance(value, int) and value >= 10000):
         return f"{value / 1000:.1f}k"
     return str(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     out: list[str] = []
-    for scenario in ("fanout", "connect", "chat"):
+    for scenario in ("fanout", "fixed", "connect", "chat"):
         mine = [r for r in rows if r["scenario"] == scenario]
         if not mine:
             continue
@@ -624,6 +673,11 @@ def table(rows: list[dict[str, Any]]) -> str:
                     ("gen-limited", "gen_limited"), ("lat @ deliv/s", "lat_deliveries_per_s"),
                     ("p50 ms", "lat_p50_ms"), ("p99 ms", "lat_p99_ms"), ("srv CPU% @lat", "lat_server_cpu"),
                     ("errors", "errors")]
+        elif scenario == "fixed":
+            cols = [("offered deliv/s", "offered"), ("deliv/s", "deliveries_per_s"), ("srv CPU%", "server_cpu"),
+                    ("srv µs/delivery", "server_us_per_delivery"),
+                    ("srv syscalls/delivery", "server_syscalls_per_delivery"), ("p50 ms", "p50_ms"),
+                    ("p99 ms", "p99_ms"), ("gen CPU%", "gen_cpu"), ("foreign%", "foreign_cpu")]
         elif scenario == "connect":
             cols = [("connects/s", "connects_per_s"), ("p50 ms", "connect_p50_ms"), ("p99 ms", "connect_p99_ms"),
                     ("RSS KB/conn", "rss_kb_per_conn"), ("failed", "failed")]
@@ -656,8 +710,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
                            "procs": args.procs, **result}
                     rows.append(row)
                     if args.json:
-                        with open(args.json, "a") as fh:
-                            fh.write(json.dumps(row) + "\n")
+                        append_json(args.json, row)
     print(table(rows))
 
 
@@ -684,14 +737,21 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--senders", type=int, default=50)
     parser.add_argument("--ramp-budget", type=float, default=11.0)
-    parser.add_argument("--lat-rate", type=float, help="deliveries/s of the latency phase (default: half the peer's max)")
+    parser.add_argument("--lat-rate", type=float,
+                        help="deliveries/s of the latency phase (default: half the peer's max); of scenario fixed")
     parser.add_argument("--connect-clients", type=int, default=2000)
     parser.add_argument("--chat-seconds", type=float, default=10.0)
     parser.add_argument("--only", help="only these servers (ours, node-socketio, sockjs-node)")
     parser.add_argument("--fixed-seconds", type=float, default=5.0, help="scenario fixed: how long")
     parser.add_argument("--profile", help="scenario fixed: py-spy raw output file for the server")
+    parser.add_argument("--strace", help="scenario fixed: strace -c summary of the server's system calls to this file")
+    parser.add_argument("--ours", action="append", metavar="NAME=ROOT",
+                        help="also run bench/server.py of another checkout (e.g. main=/work/main), after ours")
     parser.add_argument("--json", help="append one JSON line per run to this file")
     args = parser.parse_args()
+    for spec in args.ours or []:
+        name, _, root = spec.partition("=")
+        OURS.append((name, root))
     asyncio.run(orchestrate(args))
 
 
