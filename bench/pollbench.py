@@ -632,8 +632,24 @@ async def run_connect(gen: Generator, server: Server, args: argparse.Namespace) 
             "rss_base_mb": round(base / 1024, 1)}
 
 
+async def wait_for_quiet(limit: float, threshold: float = 40.0) -> float:
+    """Until the machine's busy CPU over 1 s is under `threshold` % of a core, at most `limit` s.
+
+    Others share this machine; a run that starts while they are busy measures them too.
+    Returns the last busy figure (the run is still made when the machine never got quiet).
+    """
+    deadline = time.perf_counter() + limit
+    while True:
+        before, started = host_busy_ticks(), time.perf_counter()
+        await asyncio.sleep(1.0)
+        busy = (host_busy_ticks() - before) / TICK / (time.perf_counter() - started) * 100
+        if busy < threshold or time.perf_counter() >= deadline:
+            return round(busy, 1)
+
+
 async def run_one(server: Server, transport: str, scenario: str, args: argparse.Namespace,
                   lat_rate: float | None) -> dict[str, Any]:
+    busy_before = await wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
     server.start()
     gen = Generator(args.procs, args.gen_cpu, transport, server.port)
     try:
@@ -650,6 +666,7 @@ async def run_one(server: Server, transport: str, scenario: str, args: argparse.
     finally:
         await gen.stop()
         server.stop()
+    result["busy_before"] = busy_before
     return result
 
 
@@ -659,6 +676,30 @@ def fmt(value: Any) -> str:
     if (isinstance(value, float) and value >= 1000) or (isinstance(value, int) and value >= 10000):
         return f"{value / 1000:.1f}k"
     return str(value)
+
+
+def median(values: list[Any]) -> Any:
+    present = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not present:
+        return None
+    return present[len(present) // 2] if len(present) % 2 else (present[len(present) // 2 - 1]
+                                                                  + present[len(present) // 2]) / 2
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per scenario, transport and server: the median of each figure over the repetitions."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["transport"], row["server"]), []).append(row)
+    out = []
+    for (scenario, transport, server), group in groups.items():
+        merged: dict[str, Any] = {"scenario": scenario, "transport": transport, "server": server,
+                                  "rep": f"median of {len(group)}"}
+        for key in group[0]:
+            if key not in merged and key != "steps":
+                merged[key] = median([g.get(key) for g in group])
+        out.append(merged)
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -712,6 +753,9 @@ async def orchestrate(args: argparse.Namespace) -> None:
                     if args.json:
                         append_json(args.json, row)
     print(table(rows))
+    if args.repeats > 1:
+        print("\nmedians")
+        print(table(summary(rows)))
 
 
 def main() -> None:
@@ -747,6 +791,8 @@ def main() -> None:
     parser.add_argument("--strace", help="scenario fixed: strace -c summary of the server's system calls to this file")
     parser.add_argument("--ours", action="append", metavar="NAME=ROOT",
                         help="also run bench/server.py of another checkout (e.g. main=/work/main), after ours")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="before each run wait up to this many s for the machine to be idle (0: no wait)")
     parser.add_argument("--json", help="append one JSON line per run to this file")
     args = parser.parse_args()
     for spec in args.ours or []:
