@@ -673,6 +673,8 @@ async def run_one(server: Server, transport: str, scenario: str, args: argparse.
 def fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and value < 1000:
+        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
     if (isinstance(value, float) and value >= 1000) or (isinstance(value, int) and value >= 10000):
         return f"{value / 1000:.1f}k"
     return str(value)
