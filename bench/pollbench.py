@@ -28,9 +28,9 @@ Scenarios (the shared README has the reasoning):
 The server runs on core 0 (``taskset``), the generator on core 1 in ``--procs`` processes
 (rooms split between them, so a sender and its room's receivers share a process and a
 clock; `time.perf_counter` is CLOCK_MONOTONIC, the same in every process). The generator
-speaks HTTP through `rawhttp.RawHTTP` (aiohttp's client cost about as much per request as
-the servers). Generator CPU is printed per step: a max with ``gen%`` near 100 x procs on
-one core is a lower bound.
+speaks HTTP through `rawhttp.RawHTTP` (one request per delivery: the client must be cheap).
+Generator CPU is printed per step: a max with ``gen%`` near 100 (the generator's one core,
+however many processes share it) is a lower bound, flagged ``gen_limited``.
 
     flock /work/bench.lock .venv/bin/python bench/pollbench.py --transports eio --scenarios fanout
     .venv/bin/python bench/pollbench.py --transports eio,xhr_streaming,xhr --scenarios fanout,chat,connect --repeats 2

@@ -1,8 +1,8 @@
 """A minimal HTTP/1.1 keep-alive client for load generators: cheap enough to not be the bottleneck.
 
-aiohttp's client costs the generator about as much per request as a fast server spends
-answering it, so a polling benchmark driven by it measures the generator. This one does
-only what the Engine.IO and SockJS polling clients need: GET and POST on one host,
+A long-poll generator makes one request per delivery, so what each request costs the
+generator decides whether the run measures the server or the generator; this client does
+only what the Engine.IO and SockJS polling clients need, with none of aiohttp's layers: GET and POST on one host,
 keep-alive connections pooled (last in, first out), bodies with Content-Length or chunked
 (a chunked answer can be read as it streams, for SockJS xhr-streaming), nothing else (no
 redirects, cookies, compression or TLS).
