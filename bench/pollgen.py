@@ -70,7 +70,7 @@ class PollingClient:
                     if response.status != 200:
                         self.errors += 1
                         return
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, OSError):
                 self.errors += 1
                 return
             now = time.perf_counter()
@@ -99,7 +99,7 @@ class PollingClient:
                     await response.read()
                     if response.status != 200:
                         self.errors += 1
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, OSError):
                 self.errors += 1
         self._flushed.set()
 

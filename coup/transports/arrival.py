@@ -25,10 +25,24 @@ _reads = itertools.count(1)
 
 
 class ArrivalIOStream(IOStream):
-    """An `IOStream` that remembers when (in the order of all reads) it last read bytes."""
+    """An `IOStream` that remembers when (in the order of all reads) it last read bytes,
+    with Nagle's algorithm off for good."""
 
     #: the counter's value at the last read that returned bytes; 0: nothing read yet
     arrival = 0
+
+    def __init__(self, socket: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(socket, *args, **kwargs)
+        IOStream.set_nodelay(self, True)
+
+    def set_nodelay(self, value: bool) -> None:
+        """Nagle stays off for the connection's life, as in Node's HTTP server (``noDelay: true``).
+
+        Tornado turns it off at the end of each response and on again after it: two
+        ``setsockopt`` calls per request (a long-poll is one request per delivery), and
+        streamed answers (SockJS xhr-streaming) written with Nagle on, each frame after the
+        first held until the client acknowledged the one before.
+        """
 
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         count = super().read_from_fd(buf)

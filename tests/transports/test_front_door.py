@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -209,6 +210,31 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
         answer = await asyncio.wait_for(reader.read(), 5)  # the handshake, then EOF when idle
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert b'"sid"' in answer
+        writer.close()
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("front_door", [True, False], ids=["front-door", "tornado-only"])
+async def test_nagle_stays_off_across_requests(front_door: bool) -> None:
+    """Tornado's connections keep TCP_NODELAY on after each answer (no setsockopt pair per request)."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0), front_door=front_door)
+    await node.start([sock])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):  # the second request runs on the state the first one's answer left
+            writer.write(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            assert node.http_server is not None
+            streams = [conn.stream for conn in node.http_server._connections]  # type: ignore[attr-defined]
+            assert len(streams) == 1
+            assert streams[0].socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         writer.close()
     finally:
         await node.stop()
