@@ -45,6 +45,10 @@ LOGGED = b"L"
 
 _T = TypeVar("_T")
 
+#: decoded log entries a node keeps for replays (their count and their bytes); see `RedisRecoveryLog.after`
+DECODED_ENTRIES = 4096
+DECODED_BYTES = 8 * 1024 * 1024
+
 
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
@@ -109,6 +113,9 @@ class RedisRecoveryLog(Generic[_T]):
         self._tokens: list[_T] = []
         #: origins refused since the last reset (each logged once)
         self._refused: set[bytes] = set()
+        #: offset -> a log entry as replayed (an offset always names the same entry), oldest first
+        self._decoded: dict[int, tuple[BroadcastOptions, Outbound]] = {}
+        self._decoded_bytes = 0
         #: what the log costs: script calls and broadcasts they carried
         self.stats = {"calls": 0, "broadcasts": 0, "unsent": 0}
 
@@ -191,13 +198,30 @@ class RedisRecoveryLog(Generic[_T]):
         if not reply:
             return None
         first = int(reply[0])
+        decoded = self._decoded
         entries = []
         for i, entry in enumerate(reply[1:]):
-            # AT_MS SP ORIGIN SP ENVELOPE
-            message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
-            opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
-            entries.append((opts, logged_out(message.packet, first + i)))
+            known = decoded.get(first + i)
+            entries.append(known if known is not None else self._decode(first + i, entry))
         return entries
+
+    def _decode(self, offset: int, entry: bytes) -> tuple[BroadcastOptions, Outbound]:
+        """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays.
+
+        The clients of a drained node come back within a second or two, each asking for the
+        same tail of the log: decoding it once per node instead of once per client took the
+        replay from a quarter of the survivor's CPU to a few percent (bench/README.md, "A
+        drained node's clients coming back"). The same `Outbound` also keeps its encoded frame."""
+        message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
+        decoded = (BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude)),
+                   logged_out(message.packet, offset))
+        cache = self._decoded
+        cache[offset] = decoded
+        self._decoded_bytes += decoded[1].size
+        while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
+            oldest = next(iter(cache))
+            self._decoded_bytes -= cache.pop(oldest)[1].size
+        return decoded
 
     # ------------------------------------------------------------------ session records
 
