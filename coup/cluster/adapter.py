@@ -128,10 +128,10 @@ class RedisAdapter(RecoveryCalls):
     the others, and `SessionRecovery` over the Redis recovery log."""
 
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
-                 once: redis.Redis, request: Requester, inbox: Callable[[str], bytes],
-                 registry: dict[str, RedisAdapter]) -> None:
-        """`client` may retry idempotent commands, `once` never does; `inbox(node)` is a node's
-        channel; the adapter adds itself to `registry` (by namespace) while it serves."""
+                 request: Requester, inbox: Callable[[str], bytes], registry: dict[str, RedisAdapter]) -> None:
+        """`client` may retry idempotent commands (what must not be retried goes on the `bus`);
+        `inbox(node)` is a node's channel; the adapter adds itself to `registry` (by namespace)
+        while it serves."""
         self.nsp = nsp
         self.node_id = node_id
         self.options = options
@@ -147,7 +147,7 @@ class RedisAdapter(RecoveryCalls):
         self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
         self.recovery: SessionRecovery | None = None
         if recovery is not None:
-            self.recovery_log = RedisRecoveryLog(bus, client, once, options, nsp.name, node_id, recovery,
+            self.recovery_log = RedisRecoveryLog(bus, client, options, nsp.name, node_id, recovery,
                                                  self._deliver_unsent)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None

@@ -86,12 +86,11 @@ class RedisRecoveryLog(Generic[_T]):
     `on_unsent(tokens)` gets them back, so the node can still deliver them to its own sockets.
     """
 
-    def __init__(self, bus: Bus, client: redis.Redis, once: redis.Redis, options: ClusterOptions,
+    def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions,
                  on_unsent: Callable[[list[_T]], None]) -> None:
         self.bus = bus
         self.client = client
-        self.once = once
         self.options = options
         self.namespace = namespace
         self.node_id = node_id
@@ -107,7 +106,7 @@ class RedisRecoveryLog(Generic[_T]):
                                        recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
                                        self.window_ms + 60_000)
         self._keys = [self.log_key, meta_key]
-        self._read = client.register_script(LOG_READ)
+        self._read_sha = _sha(LOG_READ)
         self._save_sha = _sha(SESSION_SAVE)
         self._batch: list[Any] | None = None
         self._tokens: list[_T] = []
@@ -121,7 +120,7 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def load_scripts(self) -> None:
         """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (LOG_PUBLISH, SESSION_SAVE):
+        for script in (LOG_PUBLISH, SESSION_SAVE, LOG_READ):
             await self.client.script_load(script)
 
     # ------------------------------------------------------------------ the log
@@ -185,14 +184,14 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.warning("recovery log scripts not loaded: %s", exc)
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Entries after `offset` (to whom, as sockets get them); None when the log lost some
         of them (or never gave `offset`): a client gets all it missed or a fresh session."""
         if not offset.isdigit():
             return None
         try:
-            reply = await self._read(keys=self._keys, args=[offset, "1" if check_only else "0"])
-        except RedisError as exc:
+            reply = await self._log_read(offset, False)
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("recovery log unreadable (%s): a fresh session instead", exc)
             return None
         if not reply:
@@ -204,6 +203,31 @@ class RedisRecoveryLog(Generic[_T]):
             known = decoded.get(first + i)
             entries.append(known if known is not None else self._decode(first + i, entry))
         return entries
+
+    def _log_read(self, offset: str, check_only: bool) -> asyncio.Future[Any]:
+        """`LOG_READ` on the bus: a thousand clients coming back at once cost one write per loop
+        turn, not one pool checkout and round trip each (a quarter of the restore's CPU)."""
+        args = (2, *self._keys, offset, "1" if check_only else "0")
+        sent = self.bus.command("EVALSHA", self._read_sha, *args)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return
+            error = None if future.cancelled() else future.exception()
+            if error is not None or future.cancelled():
+                reply.set_exception(error or RedisUnavailable("cancelled"))
+                return
+            result = future.result()
+            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
+                self.bus.command("EVAL", LOG_READ, *args).add_done_callback(done)  # Redis lost it
+            elif isinstance(result, hiredis.ReplyError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+        sent.add_done_callback(done)
+        return reply
 
     def _decode(self, offset: int, entry: bytes) -> tuple[BroadcastOptions, Outbound]:
         """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays.
@@ -264,16 +288,24 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisUnavailable:
             pass  # it expires with the window
 
-    async def claim(self, pid: str) -> SessionRecord | None:
-        """Take the record of session `pid` (nobody else can restore it after this)."""
-        try:
-            raw = await self.once.getdel(self._session_key(pid))
-        except RedisError as exc:
-            log.warning("session %s not restored: redis %s", pid, exc)
+    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
+        """Take the record of session `pid` (nobody else can restore it after this); None also
+        when the log no longer holds everything after `offset`. Both go out on the bus in the
+        same write: one round trip per restore, shared with the others of this loop turn."""
+        asked = [self.bus.command("GETDEL", self._session_key(pid))]
+        if offset.isdigit():
+            asked.append(self._log_read(offset, True))
+        replies = await asyncio.gather(*asked, return_exceptions=True)
+        raw = replies[0]
+        if isinstance(raw, (BaseException, hiredis.ReplyError)):
+            log.warning("session %s not restored: redis %s", pid, raw)
             return None
-        if raw is None:
+        if len(replies) < 2 or isinstance(replies[1], BaseException):
+            if len(replies) == 2:
+                log.warning("recovery log unreadable (%s): a fresh session instead", replies[1])
+            return None
+        if raw is None or not replies[1]:
             return None
         _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
         stored = jsonutil.loads(body.decode())
-        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]),
-                                            dict(stored["data"]))
+        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]), dict(stored["data"]))

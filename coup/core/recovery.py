@@ -59,17 +59,18 @@ class RecoveryStore(Protocol):
         """Keep `record` restorable for the recovery window; False when it was not written."""
         ...
 
-    async def claim(self, pid: str) -> SessionRecord | None:
-        """Take the record of `pid`, so nobody else restores it."""
+    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
+        """Take the record of `pid`, so nobody else restores it; None also when the store no
+        longer holds every packet after `offset` (the record is taken all the same)."""
         ...
 
     async def discard(self, pid: str) -> None:
         """Forget the record of `pid` (unless another node restored it meanwhile)."""
         ...
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Every stored packet after `offset` (to whom, as sockets get it), in order; None when
-        some of them are gone (or `offset` was never given). `check_only`: [] or None."""
+        some of them are gone (or `offset` was never given)."""
         ...
 
 
@@ -106,13 +107,11 @@ class SessionRecovery:
         return sum(written)
 
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        record = await self.store.claim(pid)
+        record = await self.store.claim(pid, offset)
         if record is None:
             return None
         if record.sid in self.nsp.sockets:
             return None  # still connected here (its old connection is half-open): a fresh session
-        if await self.store.after(offset, check_only=True) is None:
-            return None
         return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
 
     async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
@@ -195,18 +194,21 @@ class MemoryRecoveryStore:
         for pid in [pid for pid, s in self._sessions.items() if s.disconnected_at < horizon]:
             del self._sessions[pid]
 
-    async def claim(self, pid: str) -> SessionRecord | None:
+    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
         self._expire()
-        return self._sessions.pop(pid, None)
+        record = self._sessions.pop(pid, None)
+        if record is None or stored_after(self._packets, self._next_offset - 1, offset) is None:
+            return None
+        return record
 
     async def discard(self, pid: str) -> None:
         self._sessions.pop(pid, None)
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
         packets = stored_after(self._packets, self._next_offset - 1, offset)
         if packets is None:
             return None
-        return [] if check_only else [(p.opts, p.out) for p in packets]
+        return [(p.opts, p.out) for p in packets]
 
 
 class _Stored(Protocol):
