@@ -52,16 +52,17 @@ class Target:
 class Node(Server):
     """A cluster node (soak's server, with the cluster's environment instead of demo mode)."""
 
-    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], workdir: Path, tree: Path = ROOT) -> None:
         super().__init__(workdir, env["JWT_SECRET"])
         self.name = name
-        self.env = {**env, "COUP_NODE_ID": name}
+        self.tree = tree
+        self.env = {**env, "COUP_NODE_ID": name, "PYTHONPATH": str(tree)}
         self.log_path = workdir / f"{name}.log"
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--host", "127.0.0.1",
-                                          "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log,
+                                          "--port", str(self.port)], cwd=self.tree, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
         wait_ready(self.port, self.log_path)
 
@@ -191,6 +192,13 @@ class Sampler:
                                  _accept_queue(self.port)))
             await asyncio.sleep(0.1)
 
+    def cpu_seconds(self, name: str, start: float, end: float) -> float:
+        """CPU seconds process `name` used between `start` and `end` (the samples nearest inside)."""
+        inside = [s for s in self.samples if start <= s[0] <= end and s[1][name]]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1][1][name] - inside[0][1][name]) / os.sysconf("SC_CLK_TCK")
+
     def timeline(self, term: float, clients: list[Client], step: float = 0.5) -> None:
         """Per `step` s after the SIGTERM: closes, attempts, connects, CPU % of each process, accept queue."""
         hz = os.sysconf("SC_CLK_TCK")
@@ -248,7 +256,7 @@ async def main_async(args: argparse.Namespace) -> int:
         env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "DATABASE_URL": url, "REDIS_URL": redis_url,
                     "JWT_SECRET": secret, "COUP_LOG_LEVEL": "INFO", "COUP_DRAIN_SPREAD": str(args.spread),
                     "COUP_PRESENCE_GRACE": str(args.grace), "COUP_REDIS_PREFIX": "drain" + secrets.token_hex(3)})
-        nodes = [Node("A", env, workdir), Node("B", env, workdir)]
+        nodes = [Node("A", env, workdir, args.server_tree), Node("B", env, workdir, args.server_tree)]
         try:
             for node in nodes:
                 node.start()
@@ -273,11 +281,13 @@ async def main_async(args: argparse.Namespace) -> int:
             sampler = Sampler(pids, b.port)
             sampling = asyncio.get_running_loop().create_task(sampler.run())
             counters = tcp_counters()
+            logged = log_length(redis_url, env["COUP_REDIS_PREFIX"])
             profiler = None
             if args.profile:  # B's stacks from the SIGTERM on, for bench/pyspy_top.py
-                profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                                             str(nodes[1].proc.pid), "-r", "200", "-d", "6", "--format", "raw",
-                                             "-o", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                profiler = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(nodes[1].proc.pid), "-r", "200",
+                    "-d", "6", "--format", "raw", "-o", args.profile, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
             term = time.monotonic()
             assert nodes[0].proc is not None
             nodes[0].proc.send_signal(signal.SIGTERM)
@@ -288,7 +298,7 @@ async def main_async(args: argparse.Namespace) -> int:
             sampling.cancel()
             dropped_syn = {k: v - counters[k] for k, v in tcp_counters().items()}
             if profiler is not None:
-                await asyncio.to_thread(profiler.wait, 30)
+                await asyncio.wait_for(profiler.wait(), 30)
             from_term = [c.back_at - term for c in clients if c.back_at is not None]
             from_drop = [c.back_at - c.closed_at for c in clients if c.back_at is not None and c.closed_at]
             dropped = [c.closed_at - term for c in clients if c.closed_at is not None]
@@ -309,6 +319,14 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"reconnect attempts: {sum(c.attempts for c in clients)}; "
                   f"all back and recovered within 5 s: {recovered == len(clients) and max(from_term) <= 5.0}")
             print(f"kernel TCP counters during the drain (machine-wide): {dropped_syn}")
+            print(f"recovery log entries: {logged} at the SIGTERM, "
+                  f"{log_length(redis_url, env['COUP_REDIS_PREFIX'])} when all were back, appended meanwhile: "
+                  f"{logged_events(redis_url, env['COUP_REDIS_PREFIX'], logged)}")
+            first_try = min(c.marks["attempt"] for c in clients if "attempt" in c.marks)
+            last_back = max(c.back_at for c in clients if c.back_at is not None)
+            print("CPU per client back, from the first attempt to the last one back: " + ", ".join(
+                f"{name} {sampler.cpu_seconds(name, first_try - 0.1, last_back + 0.1) * 1000 / len(from_term):.2f} ms"
+                for name in pids))
             phases(clients, term)
             sampler.timeline(term, clients)
         finally:
@@ -325,13 +343,39 @@ def redis_pid(url: str) -> int:
     return int(redis.Redis.from_url(url).info("server")["process_id"])
 
 
+def log_length(url: str, prefix: str) -> int:
+    """Entries in the main namespace's recovery log: what each restore reads past its offset."""
+    import redis
+
+    return int(redis.Redis.from_url(url).llen(f"{prefix}:rlog:/"))
+
+
+def logged_events(url: str, prefix: str, start: int) -> dict[str, int]:
+    """How many entries of each event name the log holds from index `start` on."""
+    import json
+
+    import redis
+
+    names: dict[str, int] = {}
+    entries: list[bytes] = redis.Redis.from_url(url).lrange(f"{prefix}:rlog:/", start, -1)  # type: ignore[assignment]
+    for entry in entries:
+        text = entry.split(b"\n", 1)[1].decode()
+        name = str(json.loads(text[text.index("["):])[0])
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--grace", type=float, default=3.0)
+    parser.add_argument("--server-tree", metavar="DIR", help="run the nodes from this checkout (an A/B against "
+                        "another commit: `git archive COMMIT | tar -x -C DIR`), this bench's clients either way")
     parser.add_argument("--profile", metavar="PATH", help="py-spy B for 6 s from the SIGTERM (raw stacks to PATH)")
-    return asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    args.server_tree = Path(args.server_tree).resolve() if args.server_tree else ROOT
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
