@@ -38,10 +38,20 @@ def get_json(url: str, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
+def cpu_ms(pid: int) -> int:
+    """CPU (user + system) process `pid` used so far, in ms."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+
+
 def redis_counters(client: redis.Redis) -> dict[str, int]:
     stats = client.info("stats")
     commands = client.info("commandstats")
+    cpu = client.info("cpu")
     return {"commands": int(stats["total_commands_processed"]),
+            # where the server core's time goes: Redis itself (the nodes' share is `nodes_cpu_ms`)
+            "cpu_ms": int((float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1000),
             "publish": int(commands.get("cmdstat_publish", {}).get("calls", 0)),
             "evalsha": int(commands.get("cmdstat_evalsha", {}).get("calls", 0))}
 
@@ -98,6 +108,8 @@ def main() -> None:
             sys.exit("nodes did not come up")
         time.sleep(0.1)
     before = redis_counters(client) if client else {}
+    nodes = children[1:] if client else children
+    nodes_before = sum(cpu_ms(c.pid) for c in nodes)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stopping.update(now=True))
@@ -111,6 +123,7 @@ def main() -> None:
         per_node = [get_json(f"http://127.0.0.1:{p}/bench/stats") for p in private]
         stats["messages"] = sum(n["messages"] for n in per_node)
         stats["messages_per_node"] = [n["messages"] for n in per_node]
+        stats["nodes_cpu_ms"] = sum(cpu_ms(c.pid) for c in nodes) - nodes_before
         if client is not None:
             after = redis_counters(client)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})

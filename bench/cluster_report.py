@@ -59,6 +59,14 @@ def main(paths: list[str]) -> None:
                   f"{num(r.get('server_cpu_pct')):>8} {num(r.get('p50_ms'), 2):>7} {num(r.get('p99_ms'), 2):>7} "
                   f"{num(r.get('foreign_cpu_pct')):>8} | {pub:>7} {deliv:>14} {cmds:>8} {per_delivery:>16}"
                   + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
+        split = [(r.get("label", "?"), r["cluster"]) for r in chat
+                 if r.get("cluster", {}).get("messages") and "nodes_cpu_ms" in r["cluster"]]
+        if split:
+            print("CPU per message sent, from the nodes being ready to the end (connects included), µs:")
+            for label, c in split:
+                redis_us = c.get("redis_cpu_ms", 0) * 1000 / c["messages"]
+                nodes_us = c["nodes_cpu_ms"] * 1000 / c["messages"]
+                print(f"  {label}: nodes {nodes_us:.0f} + redis {redis_us:.0f} = {nodes_us + redis_us:.0f}")
     connect = [r for r in lines if r.get("scenario") == "connect"]
     if connect:
         print()
