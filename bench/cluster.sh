@@ -11,7 +11,8 @@
 # Every server process (Redis and all nodes) runs on the harness's server core (SERVER_CPU,
 # default 0), the generator on the other: 3 nodes cannot use more CPU than 1 here, so the
 # 1-vs-3 comparison shows what clustering costs per delivery; on a bigger machine give
-# SERVER_CPU a core list. Configs: coup-0 (no Redis), coup-N, pysio-N.
+# SERVER_CPU a core list. Configs: coup-0 (no Redis), coup-N, pysio-N, coupshard-N (N nodes on a
+# Redis Cluster of 3 primaries, issue 17: CONFIGS="coup-3 coupshard-3" CHAT_CONFIGS="coup-3 coupshard-3").
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SHARED_BENCH="${SHARED_BENCH:-/work/shared/bench}"
@@ -30,6 +31,7 @@ for scen in $SCENARIOS; do
   for cfg in $configs; do
     impl="${cfg%-*}"; n="${cfg#*-}"; extra=""
     [ "$n" = 0 ] && { n=1; extra="--no-redis"; }
+    [ "$impl" = coupshard ] && { impl=coup; extra="--redis-shards ${REDIS_SHARDS:-3}"; }
     rm -f "$STATS"
     echo "== $cfg $scen" >&2
     LINE=$(LABEL="$cfg" SERVER_LOG="$BENCH_STATE/results/logs/$cfg-$scen.log" \

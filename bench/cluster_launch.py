@@ -6,7 +6,13 @@ so that run.sh's SIGTERM reaches only this launcher, which then records the figu
 harness cannot see (Redis commands and pub/sub deliveries, messages handled per node) into
 --stats before it stops the nodes.
 
-    cluster_launch.py --impl coup|pysio --nodes N [--no-redis] --stats FILE   (PORT from the environment)
+    cluster_launch.py --impl coup|pysio --nodes N [--no-redis | --redis-shards S] --stats FILE
+
+(PORT from the environment.)
+
+``--redis-shards S`` starts a Redis Cluster of S primaries without replicas (the bench
+measures sharding, not failover) and gives the nodes ``redis+cluster://``; the Redis figures
+are then summed over the primaries (SPUBLISH counted with PUBLISH).
 """
 
 from __future__ import annotations
@@ -38,22 +44,57 @@ def get_json(url: str, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
-def cpu_ms(pid: int) -> int:
-    """CPU (user + system) process `pid` used so far, in ms."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+def redis_cpu_us(clients: list[redis.Redis]) -> list[int]:
+    """CPU each server has used (user + system, µs): how the work spread over a cluster's primaries."""
+    return [int((float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6)
+            for cpu in (client.info("cpu") for client in clients)]
 
 
-def redis_counters(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("stats")
-    commands = client.info("commandstats")
-    cpu = client.info("cpu")
-    return {"commands": int(stats["total_commands_processed"]),
-            # where the server core's time goes: Redis itself (the nodes' share is `nodes_cpu_ms`)
-            "cpu_ms": int((float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1000),
-            "publish": int(commands.get("cmdstat_publish", {}).get("calls", 0)),
-            "evalsha": int(commands.get("cmdstat_evalsha", {}).get("calls", 0))}
+def redis_counters(clients: list[redis.Redis]) -> dict[str, int]:
+    """Commands, publishes and script calls, summed over the servers (a cluster's primaries)."""
+    total = {"commands": 0, "publish": 0, "evalsha": 0}
+    for client in clients:
+        stats = client.info("stats")
+        commands = client.info("commandstats")
+        calls = {name: int(commands.get(f"cmdstat_{name}", {}).get("calls", 0))
+                 for name in ("publish", "spublish", "evalsha")}
+        total["commands"] += int(stats["total_commands_processed"])
+        total["publish"] += calls["publish"] + calls["spublish"]
+        total["evalsha"] += calls["evalsha"]
+    return total
+
+
+def start_redis(children: list[subprocess.Popen[bytes]], *extra: str) -> redis.Redis:
+    """A redis-server on a free port in its own process group (added to `children`), answering."""
+    port = free_port()
+    children.append(subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
+        stdout=subprocess.DEVNULL, process_group=0))
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return client
+
+
+def start_redis_cluster(children: list[subprocess.Popen[bytes]], shards: int) -> tuple[str, list[redis.Redis]]:
+    """A Redis Cluster of `shards` primaries (no replicas); its URL and a client per primary."""
+    workdir = tempfile.mkdtemp(prefix="coup-bench-rcluster-")
+    # the bus port named: its default (port + 10000) is past 65535 for a free port above 55535
+    clients = [start_redis(children, "--cluster-enabled", "yes", "--dir", workdir, "--cluster-config-file",
+                           f"{workdir}/nodes-{i}.conf", "--cluster-port", str(free_port())) for i in range(shards)]
+    addresses = [f"127.0.0.1:{c.connection_pool.connection_kwargs['port']}" for c in clients]
+    subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, stdout=subprocess.DEVNULL, timeout=30)
+    deadline = time.monotonic() + 15
+    while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+        if time.monotonic() > deadline:
+            sys.exit("the Redis Cluster did not settle")
+        time.sleep(0.1)
+    return "redis+cluster://" + ",".join(addresses), clients
 
 
 def main() -> None:
@@ -61,25 +102,23 @@ def main() -> None:
     parser.add_argument("--impl", choices=["coup", "pysio"], required=True)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--redis-shards", type=int, default=0, help="a Redis Cluster of this many primaries")
     parser.add_argument("--stats", required=True)
     args = parser.parse_args()
     port = int(os.environ["PORT"])
     children: list[subprocess.Popen[bytes]] = []
     redis_url = ""
-    client: redis.Redis | None = None
-    if not args.no_redis:
-        redis_port = free_port()
-        children.append(subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, process_group=0))
-        redis_url = f"redis://127.0.0.1:{redis_port}"
-        client = redis.Redis.from_url(redis_url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+    clients: list[redis.Redis] = []
+    try:
+        if args.redis_shards:
+            redis_url, clients = start_redis_cluster(children, args.redis_shards)
+        elif not args.no_redis:
+            clients = [start_redis(children)]
+            redis_url = f"redis://127.0.0.1:{clients[0].connection_pool.connection_kwargs['port']}"
+    except BaseException:  # the servers are in their own process groups: nobody else stops them
+        for child in children:
+            child.kill()
+        raise
     go = Path(tempfile.mkdtemp(prefix="coup-bench-")) / "go"
     private = [free_port() for _ in range(args.nodes)]
     script = HERE / ("cluster_node.py" if args.impl == "coup" else "cluster_pysio_node.py")
@@ -107,9 +146,8 @@ def main() -> None:
                 child.kill()
             sys.exit("nodes did not come up")
         time.sleep(0.1)
-    before = redis_counters(client) if client else {}
-    nodes = children[1:] if client else children
-    nodes_before = sum(cpu_ms(c.pid) for c in nodes)
+    before = redis_counters(clients) if clients else {}
+    cpu_before = redis_cpu_us(clients)
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stopping.update(now=True))
@@ -118,21 +156,22 @@ def main() -> None:
     while not stopping["now"] and all(c.poll() is None for c in children):
         time.sleep(0.1)
 
-    stats: dict[str, Any] = {"impl": args.impl, "nodes": args.nodes, "redis": bool(redis_url)}
+    stats: dict[str, Any] = {"impl": args.impl, "nodes": args.nodes, "redis": bool(redis_url),
+                             "redis_shards": args.redis_shards}
     try:
         per_node = [get_json(f"http://127.0.0.1:{p}/bench/stats") for p in private]
         stats["messages"] = sum(n["messages"] for n in per_node)
         stats["messages_per_node"] = [n["messages"] for n in per_node]
-        stats["nodes_cpu_ms"] = sum(cpu_ms(c.pid) for c in nodes) - nodes_before
-        if client is not None:
-            after = redis_counters(client)
+        if clients:
+            after = redis_counters(clients)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})
+            stats["redis_cpu_us"] = [a - b for a, b in zip(redis_cpu_us(clients), cpu_before, strict=True)]
             if args.impl == "coup":
                 stats["redis_deliveries"] = sum(n["redis"].get("received", 0) for n in per_node)
                 stats["room_calls"] = {k: sum(n["rooms"].get(k, 0) for n in per_node)
                                        for k in ("local", "remote", "fallback")}
             else:  # AsyncRedisManager: every node reads the one channel
-                subscribers = int(client.pubsub_numsub("socketio")[0][1])
+                subscribers = int(clients[0].pubsub_numsub("socketio")[0][1])
                 stats["redis_deliveries"] = stats["redis_publish"] * subscribers
     except OSError as exc:
         stats["error"] = str(exc)

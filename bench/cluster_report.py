@@ -59,14 +59,6 @@ def main(paths: list[str]) -> None:
                   f"{num(r.get('server_cpu_pct')):>8} {num(r.get('p50_ms'), 2):>7} {num(r.get('p99_ms'), 2):>7} "
                   f"{num(r.get('foreign_cpu_pct')):>8} | {pub:>7} {deliv:>14} {cmds:>8} {per_delivery:>16}"
                   + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
-        split = [(r.get("label", "?"), r["cluster"]) for r in chat
-                 if r.get("cluster", {}).get("messages") and "nodes_cpu_ms" in r["cluster"]]
-        if split:
-            print("CPU per message sent, from the nodes being ready to the end (connects included), µs:")
-            for label, c in split:
-                redis_us = c.get("redis_cpu_ms", 0) * 1000 / c["messages"]
-                nodes_us = c["nodes_cpu_ms"] * 1000 / c["messages"]
-                print(f"  {label}: nodes {nodes_us:.0f} + redis {redis_us:.0f} = {nodes_us + redis_us:.0f}")
     connect = [r for r in lines if r.get("scenario") == "connect"]
     if connect:
         print()
@@ -76,6 +68,15 @@ def main(paths: list[str]) -> None:
             print(f"{r.get('label', '?'):8} {num(r.get('connects_per_s')):>10} {num(r.get('connect_p99_ms')):>7} "
                   f"{num(r.get('rss_kb_per_conn')):>11} {num(r.get('foreign_cpu_pct')):>8}"
                   + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
+    cpu = [r for r in lines if r.get("cluster", {}).get("redis_cpu_us") and r["cluster"].get("messages")]
+    if cpu:
+        print()
+        print("Redis CPU per message a client sent (µs, user + system), in total and per server (cluster: primaries)")
+        for r in cpu:
+            spent = r["cluster"]["redis_cpu_us"]
+            messages = r["cluster"]["messages"]
+            print(f"  {r.get('label')} {r.get('scenario')}: {sum(spent) / messages:.1f} µs/msg; per server "
+                  + " / ".join(f"{s / messages:.1f}" for s in spent))
     calls = [(r.get("label"), r.get("scenario"), r["cluster"].get("room_calls")) for r in lines
              if r.get("cluster", {}).get("room_calls")]
     if calls:

@@ -52,6 +52,11 @@ STATIC_DIR = _static_dir()
 SOCKET_IO_PATH = "/socket.io/"
 #: SockJS clients (restrictive proxies) reach the same core here; see coup.transports.sockjs
 SOCKJS_PATH = "/sockjs"
+#: how long a drain waits for polling clients to fetch their last packets once every
+#: connection was closed: a live one has its GET outstanding or re-polls within a round
+#: trip; one silent that long is gone (its router stopped, its laptop shut), its session is
+#: saved for recovery already, and waiting for its ping timeout (20 s) only delays the exit
+LAST_FETCH_WAIT = 2.0
 
 
 class HealthHandler(RequestHandler):
@@ -110,7 +115,9 @@ def _interface_towards(url: str | None) -> str | None:
     endpoint = redis_endpoint(url) if url else None
     if endpoint is None or endpoint.path is not None:
         return None
-    target = endpoint.sentinels[0][0] if endpoint.sentinels else endpoint.host  # the sentinels' network
+    # the sentinels' or the cluster's network
+    seeds = endpoint.sentinels or endpoint.cluster_seeds
+    target = seeds[0][0] if seeds else endpoint.host
     try:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -367,10 +374,14 @@ class CoupNode:
             except Exception as exc:
                 log.warning("draining: sessions of %s not all saved for recovery (%r)", nsp.name, exc)
         closed = await self.sio.drain_clients(min(self.settings.drain_spread, left()), deadline)
+        fetched_by = min(deadline, loop.time() + LAST_FETCH_WAIT)
         while self.engine.sessions:  # polling clients fetch their last packets
-            if left() <= 0:
+            if loop.time() >= fetched_by:
                 break
             await asyncio.sleep(0.02)
+        if self.engine.sessions:
+            log.info("draining: %d polling clients did not fetch their last packets (gone?)",
+                     len(self.engine.sessions))
         await self.sio.wait_tasks(left())  # disconnect handlers, sessions kept for recovery
         if not await self.sio.presence.settle(left()):
             log.warning("draining: presence grace not over in time; leaving reports the rest offline")

@@ -419,7 +419,10 @@ class Settings:
         "`unix:///path`; Redis Sentinel: `redis+sentinel://[user:pass@]host1:26379,host2:26379/mymaster[/db]` "
         "(`rediss+sentinel://`: TLS to the primary and the sentinels; `sentinel_username=`/`sentinel_password=` "
         "when the sentinels have their own password), every connection asks the sentinels for the primary "
-        "([docs/cluster.md](docs/cluster.md#redis-sentinel)); TLS options in the query, as redis-py reads them: "
+        "([docs/cluster.md](docs/cluster.md#redis-sentinel)); Redis Cluster (Redis >= 7): "
+        "`redis+cluster://[user:pass@]host1:6379,host2:6379` (any reachable nodes as seeds; "
+        "`rediss+cluster://` for TLS), room channels on sharded pub/sub "
+        "([docs/cluster.md](docs/cluster.md#redis-cluster)); TLS options in the query, as redis-py reads them: "
         "`ssl_cert_reqs=none\\|optional\\|required` (default `required`), `ssl_ca_certs=/path/ca.pem`, "
         "`ssl_certfile=`/`ssl_keyfile=` (a client certificate), `ssl_check_hostname=false`; they hold on every "
         "Redis connection of the node; an unknown option stops the start", "cluster",

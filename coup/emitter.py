@@ -41,11 +41,17 @@ class _Link:
         self.origin = "emitter-" + secrets.token_hex(6)
         self.ids = itertools.count(1)
 
+    def publish(self, channel: bytes, data: bytes) -> int:
+        """PUBLISH, or SPUBLISH to the shard that owns `channel` on a Redis Cluster."""
+        if self.options.sharded:
+            return int(self.client.spublish(channel, data))
+        return int(self.client.publish(channel, data))
+
     def room_channel(self, nsp: str, room: str) -> bytes:
-        return self.options.key("r", nsp, room).encode("utf-8", "surrogatepass")
+        return self.options.nsp_key("r", nsp, room).encode("utf-8", "surrogatepass")
 
     def all_channel(self, nsp: str) -> bytes:
-        return self.options.key("a", nsp).encode("utf-8", "surrogatepass")
+        return self.options.nsp_key("a", nsp).encode("utf-8", "surrogatepass")
 
 
 class Emitter:
@@ -54,7 +60,8 @@ class Emitter:
             client = sync_client(redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=5, socket_connect_timeout=5)
         else:
             client = redis_url
-        self._link = _Link(client, ClusterOptions(prefix=prefix))
+        # a Redis Cluster's room channels are shard channels, named with the namespace's hash tag
+        self._link = _Link(client, ClusterOptions(prefix=prefix, sharded=isinstance(client, redis.RedisCluster)))
         self.namespace = namespace if namespace.startswith("/") else "/" + namespace
         self.rooms: frozenset[str] = frozenset()
         self.exclude: frozenset[str] = frozenset()
@@ -96,12 +103,12 @@ class Emitter:
         packet = encode(SocketPacket(SocketPacketType.EVENT, self.namespace, [event, *args]))
         data = encode_broadcast(Broadcast(link.origin, f"{link.origin}:{next(link.ids)}", self.namespace,
                                           tuple(sorted(self.rooms)), tuple(sorted(self.exclude)), True, packet))
-        return sum(int(link.client.publish(channel, data)) for channel in self._channels())
+        return sum(link.publish(channel, data) for channel in self._channels())
 
     def _command(self, op: str, **extra: Any) -> None:
         # the rooms' own channel when there is one room, else the channel every node hears
         channel = self._channels()[0] if len(self.rooms) == 1 else self._link.all_channel(self.namespace)
-        self._link.client.publish(channel, encode_json({"t": "req", "op": op, "n": self.namespace,
+        self._link.publish(channel, encode_json({"t": "req", "op": op, "n": self.namespace,
                                                         "r": sorted(self.rooms), "x": sorted(self.exclude),
                                                         **extra}))
 

@@ -8,16 +8,23 @@ command that reconnects reaches the new primary. Lua scripts need nothing more: 
 `Script` loads a script again when the new primary answers NOSCRIPT.
 
 The sentinels' own connections belong to the client: closing the client closes them.
+
+For a Redis Cluster (``redis+cluster://``) the client is redis-py's `RedisCluster`, which
+routes each command to the primary of its key's slot, follows ``MOVED`` and re-reads the
+slot map after a failover. It answers the same commands as `Redis` for what a node uses
+(scripts, single-key commands, non-transactional pipelines), so callers keep one type.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.retry
 import redis.sentinel
 from redis.backoff import NoBackoff
@@ -56,6 +63,10 @@ def _sentinel_kwargs(endpoint: RedisEndpoint, kwargs: dict[str, Any], retry: Any
 def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
     """A redis.asyncio client for `url`; `kwargs` are redis-py's (timeouts, retry, client_name)."""
     endpoint = redis_endpoint(url)
+    if endpoint.cluster:
+        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in endpoint.cluster_seeds]
+        cluster = redis.asyncio.RedisCluster(startup_nodes=nodes, **endpoint.redis_kwargs(), **kwargs)
+        return cast(redis.asyncio.Redis, cluster)
     if not endpoint.sentinel:
         return redis.asyncio.Redis(**endpoint.redis_kwargs(), **kwargs)
     once = redis.asyncio.retry.Retry(NoBackoff(), 0)
@@ -69,6 +80,10 @@ def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
 def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     """A blocking redis-py client for `url` (the emitter's)."""
     endpoint = redis_endpoint(url)
+    if endpoint.cluster:
+        nodes = [redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                 for host, port in endpoint.cluster_seeds]
+        return cast(redis.Redis, redis.RedisCluster(startup_nodes=nodes, **endpoint.redis_kwargs(), **kwargs))
     if not endpoint.sentinel:
         return redis.Redis(**endpoint.redis_kwargs(), **kwargs)
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]

@@ -20,6 +20,12 @@ sentinels' (when they have one), sentinels default to port 26379. Such an endpoi
 fixed host: every connection asks the sentinels for the current primary when it opens
 (`coup.redis_clients` for redis-py, `coup.cluster.resp` for our own link), so a connection
 that breaks at a failover reconnects to the new primary.
+
+Redis Cluster: ``redis+cluster://[user:pass@]host1[:6379],host2[:6379][?options]``
+(``rediss+cluster://``: TLS to every cluster node). The hosts are seeds: any one that answers
+gives the slot map (``CLUSTER SHARDS``), so listing every primary is not needed, only one
+that is up. A cluster has database 0 only, so the URL takes no database number. See
+docs/cluster.md#redis-cluster for the key and channel layout this mode uses.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ TLS_OPTIONS = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certf
 #: query options of a Sentinel URL only: credentials of the sentinels themselves
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 SENTINEL_PORT = 26379
-_SCHEMES = {"redis": (False, False), "rediss": (True, False), "redis+sentinel": (False, True),
-            "rediss+sentinel": (True, True), "unix": (False, False)}
+#: scheme -> (TLS, kind of endpoint)
+_SCHEMES = {"redis": (False, ""), "rediss": (True, ""), "redis+sentinel": (False, "sentinel"),
+            "rediss+sentinel": (True, "sentinel"), "redis+cluster": (False, "cluster"),
+            "rediss+cluster": (True, "cluster"), "unix": (False, "")}
 
 
 class RedisURLError(ValueError):
@@ -113,10 +121,16 @@ class RedisEndpoint:
     service: str = ""
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    #: Redis Cluster: the seed nodes' (host, port); host and port are then unused
+    cluster_seeds: tuple[tuple[str, int], ...] = ()
 
     @property
     def sentinel(self) -> bool:
         return bool(self.sentinels)
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.cluster_seeds)
 
     @functools.cached_property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -129,8 +143,10 @@ class RedisEndpoint:
         kwargs: dict[str, Any] = {"db": self.db, "username": self.username, "password": self.password}
         if self.path is not None:
             kwargs["unix_socket_path"] = self.path
-        elif not self.sentinels:
+        elif not self.sentinels and not self.cluster_seeds:
             kwargs.update(host=self.host, port=self.port)
+        if self.cluster_seeds:
+            del kwargs["db"]  # a cluster has database 0 only; redis-py's RedisCluster refuses the argument
         if self.tls is not None:
             kwargs.update(self.tls.redis_kwargs())
         return kwargs
@@ -149,6 +165,9 @@ class RedisEndpoint:
         if self.sentinels:
             hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
             return f"{'rediss' if self.tls else 'redis'}+sentinel://{hosts}/{self.service}/{self.db}"
+        if self.cluster_seeds:
+            hosts = ",".join(_host_port(host, port) for host, port in self.cluster_seeds)
+            return f"{'rediss' if self.tls else 'redis'}+cluster://{hosts}"
         return f"{'rediss' if self.tls else 'redis'}://{_host_port(self.host, self.port)}/{self.db}"
 
 
@@ -181,7 +200,8 @@ def _tls(options: dict[str, str]) -> RedisTLS:
 @functools.lru_cache(maxsize=16)
 def redis_endpoint(url: str) -> RedisEndpoint:
     """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://...[?tls options]``,
-    ``unix:///path[?db=N]`` or ``redis[s]+sentinel://[user:password@]host[:port],.../service[/db]``;
+    ``unix:///path[?db=N]``, ``redis[s]+sentinel://[user:password@]host[:port],.../service[/db]``
+    or ``redis[s]+cluster://[user:password@]host[:port],...``;
     raise `RedisURLError` naming what is wrong.
 
     Cached: every connection of a process built from the same URL shares one endpoint (and
@@ -191,13 +211,14 @@ def redis_endpoint(url: str) -> RedisEndpoint:
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme not in _SCHEMES:
         head = text.split(":", 1)[0] + ":..."  # never the rest: it may hold a password
-        raise RedisURLError("must start with redis://, rediss:// (TLS), unix://, redis+sentinel:// or "
-                            f"rediss+sentinel://, not {head!r}")
-    tls_scheme, sentinel = _SCHEMES[scheme]
+        raise RedisURLError("must start with redis://, rediss:// (TLS), unix://, redis+sentinel://, "
+                            f"rediss+sentinel://, redis+cluster:// or rediss+cluster://, not {head!r}")
+    tls_scheme, kind = _SCHEMES[scheme]
+    sentinel = kind == "sentinel"
     # a list of sentinels is no valid netloc for urlsplit (an IPv6 one among them even raises)
     rest = text.split("://", 1)[1]
     rest, _, query = rest.partition("?")
-    known = (*TLS_OPTIONS, "db", *(SENTINEL_OPTIONS if sentinel else ()))
+    known = (*TLS_OPTIONS, *(() if kind == "cluster" else ("db",)), *(SENTINEL_OPTIONS if sentinel else ()))
     options: dict[str, str] = {}
     for name, values in parse_qs(query, keep_blank_values=True).items():
         if name not in known:
@@ -208,6 +229,8 @@ def redis_endpoint(url: str) -> RedisEndpoint:
         raise RedisURLError(f"sets {', '.join(tls_given)}, which only a rediss:// (TLS) URL may")
     if sentinel:
         return _sentinel_endpoint(rest, options, tls_scheme)
+    if kind == "cluster":
+        return _cluster_endpoint(rest, options, tls_scheme)
     parts = urlsplit(text)
     try:
         port = parts.port
@@ -243,12 +266,7 @@ def _db(text: str | None) -> int:
 def _sentinel_endpoint(rest: str, options: dict[str, str], tls: bool) -> RedisEndpoint:
     """``[user:password@]host[:port],host[:port]/service[/db]`` (what follows the scheme)."""
     netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon and secret else None
+    username, password, hosts = _userinfo(netloc)
     sentinels = tuple(_address(item) for item in hosts.split(",") if item.strip())
     if not sentinels:
         raise RedisURLError("names no sentinel (redis+sentinel://host1:26379,host2:26379/mymaster)")
@@ -265,22 +283,44 @@ def _sentinel_endpoint(rest: str, options: dict[str, str], tls: bool) -> RedisEn
                          sentinel_password=options.get("sentinel_password") or None)
 
 
-def _address(item: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` of one sentinel."""
+def _userinfo(netloc: str) -> tuple[str | None, str | None, str]:
+    """(username, password, hosts) of ``[user:password@]hosts``."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return None, None, hosts
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon and secret else None, hosts
+
+
+def _cluster_endpoint(rest: str, options: dict[str, str], tls: bool) -> RedisEndpoint:
+    """``[user:password@]host[:port],host[:port]`` (what follows the scheme)."""
+    netloc, _, path = rest.partition("/")
+    if path.strip("/"):
+        raise RedisURLError(f"has a path after the hosts ({path!r}): a Redis Cluster has database 0 only")
+    username, password, hosts = _userinfo(netloc)
+    seeds = tuple(_address(item, "cluster node", 6379) for item in hosts.split(",") if item.strip())
+    if not seeds:
+        raise RedisURLError("names no cluster node (redis+cluster://host1:6379,host2:6379)")
+    return RedisEndpoint(host="", port=0, username=username, password=password,
+                         tls=_tls(options) if tls else None, cluster_seeds=seeds)
+
+
+def _address(item: str, what: str = "sentinel", default_port: int = SENTINEL_PORT) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` of one sentinel (or cluster node)."""
     item = item.strip()
     if item.startswith("["):
         host, bracket, after = item[1:].partition("]")
         if not bracket or (after and not after.startswith(":")):
-            raise RedisURLError(f"has a sentinel address that is not host:port: {item!r}")
+            raise RedisURLError(f"has a {what} address that is not host:port: {item!r}")
         port_text = after[1:]
     else:
         host, _, port_text = item.partition(":")
     if not host:
-        raise RedisURLError(f"has a sentinel without a host: {item!r}")
+        raise RedisURLError(f"has a {what} without a host: {item!r}")
     if not port_text:
-        return unquote(host), SENTINEL_PORT
+        return unquote(host), default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise RedisURLError(f"has a sentinel port that is not a number from 1 to 65535: {item!r}")
+        raise RedisURLError(f"has a {what} port that is not a number from 1 to 65535: {item!r}")
     return unquote(host), int(port_text)
 
 

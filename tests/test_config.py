@@ -21,8 +21,8 @@ BAD = [
     ({"COUP_DEMO": "maybe"}, "COUP_DEMO must be a boolean"),
     ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with redis://"),
     ({"REDIS_URL": "http://h:6379"},
-     "REDIS_URL must start with redis://, rediss:// .TLS., unix://, redis\\+sentinel:// or rediss\\+sentinel://, "
-     "not 'http:...'"),
+     "REDIS_URL must start with redis://, rediss:// .TLS., unix://, redis\\+sentinel://, rediss\\+sentinel://, "
+     "redis\\+cluster:// or rediss\\+cluster://, not 'http:...'"),
     ({"REDIS_URL": "redis://h:port"}, "REDIS_URL has a port that is not a number"),
     ({"REDIS_URL": "redis://h:6379/zero"}, "REDIS_URL has a database number that is not an integer"),
     ({"REDIS_URL": "redis://h:6379?ssl_cert_reqs=none"}, "REDIS_URL sets ssl_cert_reqs, which only a rediss://"),

@@ -129,6 +129,40 @@ def test_the_sentinel_url_shown_in_logs() -> None:
     assert "hunter" not in repr(endpoint)
 
 
+@pytest.mark.parametrize(("url", "seeds", "auth", "tls"), [
+    ("redis+cluster://r1", (("r1", 6379),), (None, None), False),
+    ("redis+cluster://u:p%40ss@r1:7000,[::1]:7001/", (("r1", 7000), ("::1", 7001)), ("u", "p@ss"), False),
+    ("rediss+cluster://:pw@r1:7000?ssl_cert_reqs=none", (("r1", 7000),), (None, "pw"), True),
+])
+def test_a_cluster_url(url: str, seeds: tuple[tuple[str, int], ...], auth: tuple[str | None, str | None],
+                       tls: bool) -> None:
+    endpoint = redis_endpoint(url)
+    assert endpoint.cluster and not endpoint.sentinel
+    assert endpoint.cluster_seeds == seeds and (endpoint.username, endpoint.password) == auth
+    assert (endpoint.tls is not None) == tls
+    kwargs = endpoint.redis_kwargs()
+    assert "host" not in kwargs and "db" not in kwargs  # the seeds say where; a cluster has db 0 only
+    if auth[1]:
+        assert auth[1] not in str(endpoint) and auth[1] not in repr(endpoint)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis+cluster://", "names no cluster node"),
+    ("redis+cluster://r1:7000/2", "database 0 only"),
+    ("redis+cluster://r1:7000?db=2", "unknown option 'db'"),
+    ("redis+cluster://r1:port", "cluster node port that is not a number"),
+    ("redis+cluster://:7000", "cluster node without a host"),
+])
+def test_a_wrong_cluster_url_says_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(RedisURLError, match=message):
+        redis_endpoint(url)
+
+
+def test_the_cluster_url_shown_in_logs() -> None:
+    endpoint = redis_endpoint("rediss+cluster://u:hunter2@r1,[::1]:7001")
+    assert str(endpoint) == "rediss+cluster://r1:6379,[::1]:7001"
+
+
 SENTINEL_POOLS = (redis.asyncio.sentinel.SentinelConnectionPool, redis.sentinel.SentinelConnectionPool)
 
 

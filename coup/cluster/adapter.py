@@ -30,11 +30,12 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus, channel_bytes, stop_tasks
 from coup.cluster.envelope import (
@@ -46,7 +47,8 @@ from coup.cluster.envelope import (
 from coup.cluster.options import ClusterOptions
 from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
-from coup.core.adapter import BroadcastOptions, LocalRooms, SocketInfo, gather_acks
+from coup.cluster.scripts import ONCE_PUBLISH
+from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout
 from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
@@ -128,10 +130,10 @@ class RedisAdapter(RecoveryCalls):
     the others, and `SessionRecovery` over the Redis recovery log."""
 
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
-                 request: Requester, inbox: Callable[[str], bytes], registry: dict[str, RedisAdapter]) -> None:
-        """`client` may retry idempotent commands (what must not be retried goes on the `bus`);
-        `inbox(node)` is a node's channel; the adapter adds itself to `registry` (by namespace)
-        while it serves."""
+                 once: redis.Redis, request: Requester, inbox: Callable[[str], bytes],
+                 registry: dict[str, RedisAdapter]) -> None:
+        """`client` may retry idempotent commands, `once` never does; `inbox(node)` is a node's
+        channel; the adapter adds itself to `registry` (by namespace) while it serves."""
         self.nsp = nsp
         self.node_id = node_id
         self.options = options
@@ -140,8 +142,11 @@ class RedisAdapter(RecoveryCalls):
         self._inbox = inbox
         self._registry = registry
         self._local = LocalRooms(nsp)
-        self.all_channel = channel_bytes(options.key("a", nsp.name))
-        self._room_prefix = options.key("r", nsp.name) + ":"
+        self.all_channel = channel_bytes(options.nsp_key("a", nsp.name))
+        self._room_prefix = options.nsp_key("r", nsp.name, "")
+        #: where a logged broadcast for this node's sockets only goes: our inbox, or on a Redis
+        #: Cluster our channel in the namespace's slot (the log script publishes in its slot only)
+        self._own_channel = channel_bytes(options.nsp_key("n", nsp.name, node_id)) if options.sharded else bus.inbox
         recovery = nsp.server.options.recovery
         #: the log and session records in Redis (None: recovery off)
         self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
@@ -159,6 +164,8 @@ class RedisAdapter(RecoveryCalls):
         #: sockets moving here: the message ids delivered to each while it joins its rooms
         self._adopting: dict[str, set[str]] = {}
         self._mids = itertools.count(1)
+        self._once_publish = once.register_script(ONCE_PUBLISH)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         registry[nsp.name] = self
 
@@ -180,14 +187,17 @@ class RedisAdapter(RecoveryCalls):
     async def init(self) -> None:
         if not self._started:
             self._started = True
-            await self.bus.acquire([self.all_channel])
+            await self.bus.acquire([self.all_channel] if self._own_channel == self.bus.inbox
+                                   else [self.all_channel, self._own_channel])
             if self.recovery_log is not None:
                 if self.bus.ready:  # later (re)connections load them in `link_up`
                     await self.recovery_log.load_scripts()
                 self._refresher = asyncio.get_running_loop().create_task(self._refresh_sessions())
 
     async def close(self) -> None:
-        await stop_tasks(self._refresher)
+        if self._tasks:  # broadcasts waiting for Redis's word go out (or not) before we stop
+            await asyncio.wait(list(self._tasks), timeout=self.options.connect_timeout)
+        await stop_tasks(self._refresher, *self._tasks)
         self._registry.pop(self.nsp.name, None)
 
     async def link_up(self) -> None:
@@ -236,16 +246,33 @@ class RedisAdapter(RecoveryCalls):
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.node_id}:{next(self._mids)}"
-        self._local.deliver(Outbound.message(encoded), opts)
-        if self._unsettled or self._adopting:
-            self._moving_sockets_heard(mid, encoded, None, opts)
         data = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
-        if opts.rooms:
-            for room in opts.rooms:
-                self.bus.publish_nowait(self.channel(room), data)
-        else:
-            self.bus.publish_nowait(self.all_channel, data)
+        channels = [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
+        if opts.once:
+            self._spawn(self._broadcast_once(mid, encoded, opts, data, channels))
+            return
+        self._deliver_unsent([(mid, encoded, opts)])
+        for channel in channels:
+            self.bus.publish_nowait(channel, data)
+
+    async def _broadcast_once(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, data: bytes,
+                              channels: list[bytes]) -> None:
+        """A broadcast with a `once` key while the recovery log is off: Redis decides whether it
+        goes out (`ONCE_PUBLISH`); our sockets get it when it did, or when Redis is away."""
+        try:
+            sent = await self._once_publish(keys=[self.options.key("once", self.nsp.name, opts.once)],
+                                            args=[int(ONCE_WINDOW * 1000), data, *channels])
+        except RedisError as exc:
+            log.warning("broadcast %s not published (%s); delivered to this node's sockets only", opts.once, exc)
+            sent = True
+        if sent:
+            self._deliver_unsent([(mid, encoded, opts)])
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _broadcast_logged(self, packet: SocketPacket, opts: BroadcastOptions, log: RedisRecoveryLog[_Unsent]) -> None:
         """With recovery on: through the log script; delivered here too when Redis hands it back
@@ -254,14 +281,14 @@ class RedisAdapter(RecoveryCalls):
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.node_id}:{next(self._mids)}"
         if opts.local:
-            channels = [self.bus.inbox]
+            channels = [self._own_channel]
         elif opts.rooms:
             channels = [self.channel(room) for room in opts.rooms]
         else:
             channels = [self.all_channel]
         envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                               tuple(opts.exclude), stamp, encoded))
-        if not log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts)):
+        if not log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts), opts.once):
             self._deliver_unsent([(mid, encoded, opts)])
 
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:

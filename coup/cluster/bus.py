@@ -12,11 +12,19 @@ Guarantees and non-guarantees:
   published after that reaches us. While disconnected it returns at once; the supervisor
   subscribes everything wanted when it reconnects, and `ready` stays False until it has.
 - A subscription that is connected but hears nothing ("deaf": a half-open TCP connection, a
-  proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt.
+  proxy that dropped it) is found by a self-probe every `probe_interval` and rebuilt (on a
+  Redis Cluster one probe per primary).
 - With Redis Sentinel (``redis+sentinel://``), each (re)connection asks the sentinels for
   the primary, and a watcher hears their ``+switch-master``: the end of a failover cuts the
   reconnect backoff short (every node reconnects at once, not within a second of each
   other), and a link still on another server (a demoted primary) is rebuilt.
+- With a Redis Cluster (``redis+cluster://``) channels are shard channels: the link holds a
+  publishing and a subscribing connection to every primary and sends each channel's
+  SSUBSCRIBE / SPUBLISH to the primary of its slot (a command with keys to the primary of
+  its first key), so one node's messages on one channel still arrive in order. A change of
+  the slot map (``MOVED`` / ``ASK`` answered, a subscription the server ends with
+  ``sunsubscribe``, a primary gone) rebuilds the whole link from a fresh slot map, like any
+  other break: re-subscribe, re-sync (docs/cluster.md#redis-cluster).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
+import hiredis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
-from coup.cluster.resp import RedisUnavailable, RespConnection, open_sentinel
+from coup.cluster.resp import SLOTS, RedisUnavailable, RespConnection, open_sentinel, slot_map
 from coup.metrics import Metrics
 from coup.redis_endpoint import redis_endpoint
 
@@ -49,6 +59,8 @@ BATCH = b"M"
 #: a batch stops growing at this size; the next message for its channel starts a new one
 _BATCH_BYTES = 256 * 1024
 _SUBSCRIBE_CHUNK = 500
+#: seconds between reconnections while a Redis Cluster fails a primary over (see `Bus._reconnect_cap`)
+_FAILOVER_POLL = 0.2
 
 
 def channel_bytes(name: str) -> bytes:
@@ -62,18 +74,29 @@ class Bus:
         self.options = options
         self.on_message = on_message
         #: this node's inbox: requests and replies addressed to it, and its own probes
-        self.inbox = channel_bytes(options.key("n", node_id))
+        self.inbox = channel_bytes(options.spread("n", node_id))
         self._refs: dict[bytes, int] = {self.inbox: 1}
         self._confirming: dict[bytes, deque[asyncio.Future[bool]]] = {}
         self._pub: RespConnection | None = None
         self._sub: RespConnection | None = None
+        #: Redis Cluster: shard channels, and per primary its (publishing, subscribing) connections
+        self.sharded = redis_endpoint(url).cluster
+        self._shards: dict[tuple[str, int], tuple[RespConnection, RespConnection]] = {}
+        #: Redis Cluster: per slot, the primary that serves it (as the last slot map said)
+        self._owners: list[tuple[str, int] | None] = []
+        #: Redis Cluster: channels we unsubscribed from whose ``sunsubscribe`` is still to come
+        self._leaving: dict[bytes, int] = {}
+        #: Redis Cluster: the last connection attempt got a slot map (the cluster answers)
+        self._slot_map_read = False
+        #: Redis Cluster: per primary, a channel of ours on it that the self-probe publishes on
+        self._probe_channels: dict[tuple[str, int], bytes] = {}
         #: this loop turn's publishes, in order: [channel, messages, future or None]
         self._outbox: list[list[Any]] = []
         #: the batch of each channel that may still take messages this turn
         self._open: dict[bytes | str, list[Any]] = {}
         self._flush_scheduled = False
         #: where this turn's plain publishes go while a folding command is open (see `open_command`)
-        self._fold: Callable[[bytes, bytes], None] | None = None
+        self._fold: Callable[[bytes, bytes], bool] | None = None
         self._broken = asyncio.Event()
         self._running = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -132,22 +155,23 @@ class Bus:
     async def stop(self) -> None:
         self._running = False
         self._flush()
-        pub = self._pub
-        if pub is not None and not pub.closed:
-            try:  # let queued publishes (a leaving node's last words) reach Redis
-                async with asyncio.timeout(1.0):
-                    await pub.call("PING")
-            except (RedisUnavailable, TimeoutError):
-                pass
+        pubs = [pub for pub, _ in self._shards.values()] if self.sharded else [self._pub]
+        try:  # let queued publishes (a leaving node's last words) reach Redis
+            async with asyncio.timeout(1.0):
+                await asyncio.gather(*(pub.call("PING") for pub in pubs if pub is not None and not pub.closed))
+        except (RedisUnavailable, TimeoutError):
+            pass
         await stop_tasks(self._prober, self._watcher, self._supervisor)
         self._drop_connections()
 
     def _drop_connections(self) -> None:
         self.ready = False
-        for conn in (self._pub, self._sub):
+        for conn in (self._pub, self._sub, *(c for pair in self._shards.values() for c in pair)):
             if conn is not None:
                 conn.close()
         self._pub = self._sub = None
+        self._shards = {}
+        self._leaving.clear()
         for waiters in self._confirming.values():
             for future in waiters:
                 if not future.done():
@@ -184,7 +208,16 @@ class Bus:
                     await self._wake.wait()
             except TimeoutError:
                 pass
-            delay = min(delay * 2, self.options.reconnect_max)
+            delay = min(delay * 2, self._reconnect_cap())
+
+    def _reconnect_cap(self) -> float:
+        """The longest wait between two reconnections. A Redis Cluster that answered with a slot
+        map while a primary did not is failing over: nothing tells us when the replica takes
+        over (Sentinel's ``+switch-master`` has no cluster twin), so we ask again often; slot
+        maps are cheap and end the wait within `_FAILOVER_POLL` of the promotion."""
+        if self._slot_map_read:
+            return min(self.options.reconnect_max, _FAILOVER_POLL)
+        return self.options.reconnect_max
 
     async def _watch_failovers(self) -> None:
         """Stay subscribed to ``+switch-master`` on one of the sentinels (another when it goes)."""
@@ -232,12 +265,15 @@ class Bus:
         self._broken.clear()
         opts = self.options
         name = f"{opts.prefix}:{self.node_id}"
-        self._pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=opts.connect_timeout,
-                                              on_lost=self._mark_broken)
-        self._sub = await RespConnection.open(self.url, name=f"{name}:sub", timeout=opts.connect_timeout,
-                                              on_push=self._on_push, on_lost=self._mark_broken)
+        if self.sharded:
+            await self._connect_shards(name)
+        else:
+            self._pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=opts.connect_timeout,
+                                                  on_lost=self._mark_broken)
+            self._sub = await RespConnection.open(self.url, name=f"{name}:sub", timeout=opts.connect_timeout,
+                                                  on_push=self._on_push, on_lost=self._mark_broken)
         self.connections += 1
-        wanted = list(self._refs)
+        wanted = [*self._refs, *self._probe_channels.values()]
         futures = []
         for i in range(0, len(wanted), _SUBSCRIBE_CHUNK):
             futures.extend(self._send_subscribe(wanted[i:i + _SUBSCRIBE_CHUNK]))
@@ -254,11 +290,61 @@ class Bus:
         self._first_ready.set()
         log.info("redis link up (connection #%d, %d channels)", self.connections, len(wanted))
 
+    async def _connect_shards(self, name: str) -> None:
+        """Redis Cluster: the slot map, then a publishing and a subscribing connection to each
+        primary. `_pub` / `_sub` are those of the primary of our inbox (they say "connected")."""
+        timeout = self.options.connect_timeout
+        self._slot_map_read = False
+        self._owners = owners = await slot_map(self.url, timeout)
+        self._slot_map_read = True
+        self._probe_channels = self._probe_channels_for(owners)
+        for address in dict.fromkeys(owner for owner in owners if owner is not None):
+            pub = await RespConnection.open(self.url, name=f"{name}:pub", timeout=timeout, address=address,
+                                            on_lost=self._mark_broken)
+            sub = await RespConnection.open(self.url, name=f"{name}:sub", timeout=timeout, address=address,
+                                            on_push=self._on_push, on_lost=self._mark_broken)
+            pub.on_redirect = sub.on_redirect = self._redirected
+            self._shards[address] = (pub, sub)
+        if None in owners:
+            raise RedisUnavailable("the Redis Cluster serves not every slot (a primary is failing over)")
+        self._pub, self._sub = self._shard(self.inbox)
+
+    def _probe_channels_for(self, owners: list[tuple[str, int] | None]) -> dict[tuple[str, int], bytes]:
+        """A probe channel per primary: our inbox's name with a hash tag that lands on that
+        primary's slots (the first of ``{0}``, ``{1}``, ... that does; a few tries each)."""
+        found: dict[tuple[str, int], bytes] = {}
+        wanted = {owner for owner in owners if owner is not None}
+        for i in range(SLOTS * 4):
+            if len(found) == len(wanted):
+                break
+            channel = self.inbox + b":probe{" + str(i).encode() + b"}"
+            owner = owners[key_slot(channel)]
+            if owner is not None and owner not in found:
+                found[owner] = channel
+        return found
+
+    def _shard(self, key: bytes) -> tuple[RespConnection, RespConnection]:
+        """The connections to the primary that serves `key`'s slot (a channel or a key)."""
+        owner = self._owners[key_slot(key)] if self._owners else None
+        pair = self._shards.get(owner) if owner is not None else None
+        if pair is None:
+            raise RedisUnavailable("no connection to the primary of this slot")
+        return pair
+
+    def _redirected(self, error: hiredis.ReplyError) -> None:
+        """A Redis Cluster answered MOVED, ASK or CLUSTERDOWN: its slot map changed (a failover,
+        a resharding) or is changing. Rebuilt from a new slot map, as after any break."""
+        if self.ready:
+            log.warning("redis cluster slot map changed (%s); rebuilding the link", str(error)[:120])
+        self._mark_broken()
+
     # ------------------------------------------------------------------ receiving
 
-    def _on_push(self, reply: list[Any]) -> None:
+    def _on_push(self, reply: Any) -> None:
+        if type(reply) is hiredis.ReplyError:  # a refused SSUBSCRIBE: `_redirected` has it
+            return
         kind = reply[0]
-        if kind == b"message":
+        if kind == b"message" or kind == b"smessage":
             self.stats["received"] += 1
             data = reply[2]
             if data[:1] == BATCH:
@@ -266,8 +352,22 @@ class Bus:
                     self._receive(reply[1], part)
             else:
                 self._receive(reply[1], data)
-        elif kind == b"subscribe":
+        elif kind == b"subscribe" or kind == b"ssubscribe":
             self._confirmed(reply[1])
+        elif kind == b"sunsubscribe":
+            self._shard_unsubscribed(reply[1])
+
+    def _shard_unsubscribed(self, channel: bytes) -> None:
+        """Ours (`release`), or the server's when the channel's slot moved to another primary."""
+        leaving = self._leaving.get(channel, 0)
+        if leaving:
+            if leaving == 1:
+                del self._leaving[channel]
+            else:
+                self._leaving[channel] = leaving - 1
+        elif channel in self._refs and self.ready:
+            log.warning("redis cluster moved the slot of a channel we hear; rebuilding the link")
+            self._mark_broken()
 
     def _receive(self, channel: bytes, data: bytes) -> None:
         self.stats["received_messages"] += 1
@@ -302,7 +402,14 @@ class Bus:
             future: asyncio.Future[bool] = loop.create_future()
             self._confirming.setdefault(channel, deque()).append(future)
             futures.append(future)
-        sub.send(("SUBSCRIBE", *channels))
+        if not self.sharded:
+            sub.send(("SUBSCRIBE", *channels))
+            return futures
+        by_shard: dict[RespConnection, list[tuple[Any, ...]]] = {}
+        for channel in channels:  # one SSUBSCRIBE per channel: one command may name one slot only
+            by_shard.setdefault(self._shard(channel)[1], []).append(("SSUBSCRIBE", channel))
+        for conn, commands in by_shard.items():
+            conn.send(*commands)
         return futures
 
     async def acquire(self, channels: Iterable[bytes]) -> None:
@@ -351,7 +458,12 @@ class Bus:
         sub = self._sub
         if gone and sub is not None and not sub.closed:
             try:
-                sub.send(("UNSUBSCRIBE", *gone))
+                if not self.sharded:
+                    sub.send(("UNSUBSCRIBE", *gone))
+                    return
+                for channel in gone:
+                    self._shard(channel)[1].send(("SUNSUBSCRIBE", channel))
+                    self._leaving[channel] = self._leaving.get(channel, 0) + 1
             except RedisUnavailable:
                 pass
 
@@ -379,11 +491,12 @@ class Bus:
         self._queue(channel, data, None)
 
     def open_command(self, key: str, head: tuple[Any, ...], done: Callable[[asyncio.Future[Any]], None],
-                     fold: Callable[[bytes, bytes], None] | None = None) -> list[Any] | None:
+                     fold: Callable[[bytes, bytes], bool] | None = None) -> list[Any] | None:
         """The argument list of this loop turn's command `key`, in publish order: the caller
         appends its arguments. The command starts as `head`; `done(future)` runs with its
         reply. None while disconnected (nothing is queued). With `fold`, the turn's later
-        `publish_nowait` calls go into the command too (`fold(channel, data)`), not after it.
+        `publish_nowait` calls go into the command too (`fold(channel, data)`), not after it,
+        unless `fold` says False (a channel of another Redis Cluster slot).
 
         This is how a script that appends to the recovery log and publishes (`LOG_PUBLISH`)
         takes every broadcast of one turn in one call, ordered with the plain publishes.
@@ -431,8 +544,7 @@ class Bus:
             self._dropped()
             return True
         if future is None:
-            if self._fold is not None:
-                self._fold(channel, data)
+            if self._fold is not None and self._fold(channel, data):
                 return False
             batch = self._open.get(channel)
             if batch is not None and batch[3] < _BATCH_BYTES:
@@ -459,18 +571,52 @@ class Bus:
                                                          else pack_batch(b[1])) for b in batches]
         futures: list[asyncio.Future[Any] | None] = [b[2] for b in batches]
         self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
+        if self.sharded:
+            self._write_sharded(batches, commands, futures)
+            return
         pub = self._pub
         try:
             if pub is None:
                 raise RedisUnavailable("redis is not connected")
             pub.write(commands, futures)
         except RedisUnavailable as exc:
-            for future in futures:
-                self._dropped()
-                if future is not None and not future.done():
-                    future.set_exception(exc)
+            self._failed(futures, exc)
             return
         self.stats["published"] += len(commands)
+
+    def _failed(self, futures: list[asyncio.Future[Any] | None], exc: RedisUnavailable) -> None:
+        for future in futures:
+            self._dropped()
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+    def _write_sharded(self, batches: list[list[Any]], commands: list[tuple[Any, ...]],
+                       futures: list[asyncio.Future[Any] | None]) -> None:
+        """Redis Cluster: each PUBLISH as the SPUBLISH of its channel's primary, each command to
+        the primary of its first key (a script's ``EVAL[SHA] script numkeys key ...``); the
+        order within one primary's connection is the order they were queued in."""
+        per_shard: dict[RespConnection, tuple[list[tuple[Any, ...]], list[asyncio.Future[Any] | None]]] = {}
+        for batch, command, future in zip(batches, commands, futures, strict=True):
+            if batch[0] is None:
+                key = command[3] if len(command) > 3 and str(command[0]).upper() in _SCRIPT_CALLS \
+                    and int(command[2]) > 0 else self.inbox
+            else:
+                key, command = batch[0], ("SPUBLISH", *command[1:])
+            try:
+                pub = self._shard(key if isinstance(key, bytes) else channel_bytes(str(key)))[0]
+            except RedisUnavailable as exc:
+                self._failed([future], exc)
+                continue
+            queued = per_shard.setdefault(pub, ([], []))
+            queued[0].append(command)
+            queued[1].append(future)
+        for pub, (shard_commands, shard_futures) in per_shard.items():
+            try:
+                pub.write(shard_commands, shard_futures)
+            except RedisUnavailable as exc:
+                self._failed(shard_futures, exc)
+                continue
+            self.stats["published"] += len(shard_commands)
 
     def _dropped(self) -> None:
         self.stats["publish_failed"] += 1
@@ -488,32 +634,43 @@ class Bus:
             await asyncio.sleep(opts.probe_interval)
             if not self.ready:
                 continue
-            nonce = secrets.token_bytes(8)
-            heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._probes[nonce] = heard
-            try:
-                started = time.perf_counter()
-                async with asyncio.timeout(opts.probe_timeout):
-                    receivers = await self.publish(self.inbox, PROBE + nonce)
-                answered = time.perf_counter()
-                if receivers == 0:
-                    raise _Deaf("redis has no subscription of ours")
-                async with asyncio.timeout(opts.probe_timeout):
-                    await heard
-                if self.metrics is not None:
-                    self.metrics.redis_roundtrip.observe(answered - started)
-                    self.metrics.pubsub_lag.observe(time.perf_counter() - started)
-            except (TimeoutError, _Deaf, RedisUnavailable) as exc:
-                if self.ready:  # a failure during a reconnect is not news
-                    self.stats["deaf_repairs"] += 1
-                    log.warning("redis subscription deaf (%s); rebuilding the link", exc or "probe not heard")
-                    self._mark_broken()
-            finally:
-                self._probes.pop(nonce, None)
+            # on a Redis Cluster one probe per primary: a subscription may go deaf on any of them
+            channels = list(self._probe_channels.values()) or [self.inbox]
+            await asyncio.gather(*(self._probe(channel) for channel in channels))
+
+    async def _probe(self, channel: bytes) -> None:
+        """Publish a probe on `channel` (ours) and hear it back; a deaf link is rebuilt."""
+        opts = self.options
+        nonce = secrets.token_bytes(8)
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = heard
+        try:
+            started = time.perf_counter()
+            async with asyncio.timeout(opts.probe_timeout):
+                receivers = await self.publish(channel, PROBE + nonce)
+            answered = time.perf_counter()
+            if receivers == 0:
+                raise _Deaf("redis has no subscription of ours")
+            async with asyncio.timeout(opts.probe_timeout):
+                await heard
+            if self.metrics is not None:
+                self.metrics.redis_roundtrip.observe(answered - started)
+                self.metrics.pubsub_lag.observe(time.perf_counter() - started)
+        except (TimeoutError, _Deaf, RedisUnavailable) as exc:
+            if self.ready:  # a failure during a reconnect is not news
+                self.stats["deaf_repairs"] += 1
+                log.warning("redis subscription deaf (%s); rebuilding the link", exc or "probe not heard")
+                self._mark_broken()
+        finally:
+            self._probes.pop(nonce, None)
 
 
 class _Deaf(Exception):
     pass
+
+
+#: commands whose first key follows the script and the key count
+_SCRIPT_CALLS = ("EVAL", "EVALSHA")
 
 
 def pack_batch(messages: list[bytes]) -> bytes:

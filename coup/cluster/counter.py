@@ -83,7 +83,7 @@ class RedisCounter:
         self.stats = {"went_back": 0}
 
     def _key(self, ident: int) -> str:
-        return self.options.key("seq", self.name, str(ident))
+        return self.options.spread("seq", self.name, str(ident))
 
     async def next(self, ident: int) -> int:
         """The next number; raises `UNAVAILABLE` (a retryable client error) while Redis is

@@ -52,7 +52,7 @@ class SessionHomes:
         self._sweeper: asyncio.Task[None] | None = None
 
     def _key(self, session: str) -> str:
-        return self.options.key("sockjs", session)
+        return self.options.spread("sockjs", session)
 
     async def claim(self, session: str) -> str:
         """The session's home; us, if no node had it."""

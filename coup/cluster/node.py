@@ -99,6 +99,8 @@ def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Red
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries) if retries else Retry(NoBackoff(), 0)
     client = async_client(url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout,
                           retry=retry, client_name=f"{options.prefix}:ctl")
+    if isinstance(client, redis.RedisCluster):  # a pool per cluster node, kept by redis-py
+        return client
     pool = client.connection_pool
     if type(pool) is redis.ConnectionPool:  # one server (Sentinel's pool finds the primary itself)
         waiting = redis.BlockingConnectionPool(max_connections=POOL_SIZE, timeout=POOL_WAIT,
@@ -107,13 +109,22 @@ def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Red
     return client
 
 
+async def disconnect_pooled(client: redis.Redis) -> None:
+    """Close `client`'s idle connections (a Redis Cluster's: those to every node it knows)."""
+    if isinstance(client, redis.RedisCluster):
+        for node in client.get_nodes():
+            await node.disconnect()
+    else:
+        await client.connection_pool.disconnect()
+
+
 class Cluster:
     def __init__(self, url: str, node_id: str, options: ClusterOptions | None = None) -> None:
         if SID_SEPARATOR in node_id or ":" in node_id:
             raise ValueError(f"node id may not contain {SID_SEPARATOR!r} or ':': {node_id!r}")
         self.url = url
         self.node_id = node_id
-        self.options = opts = options or ClusterOptions()
+        self.options = opts = (options or ClusterOptions()).for_url(url)
         #: retries idempotent commands (reads, heartbeats, SET of a session record)
         self.redis = make_client(url, opts, retries=2)
         #: never retries: presence transitions, GETDEL
@@ -146,12 +157,13 @@ class Cluster:
         self.registry.on_lost = self.presence.report_lost
         self.registry.on_zombie = self._drop_local_sockets
         self.registry.on_ring_change.append(self._ring_changed)
+        self.registry.on_ring_change.append(self.rooms.ring_changed)
 
     # ------------------------------------------------------------------ wiring into the core
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
-                            request=self.request, inbox=self.inbox, registry=self.adapters)
+                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
 
     def _room_channel(self, room: str) -> bytes | None:
         """The channel of `room` in the default namespace (where room commands' callers are)."""
@@ -180,7 +192,7 @@ class Cluster:
         return self.sockjs_homes.is_local(session)
 
     def inbox(self, node: str) -> bytes:
-        return channel_bytes(self.options.key("n", node))
+        return channel_bytes(self.options.spread("n", node))
 
     @property
     def ready(self) -> bool:
@@ -233,7 +245,7 @@ class Cluster:
         # pooled command connections from before the break may be dead without knowing it;
         # the non-retrying client would fail its next write on one
         for client in (self.redis, self.redis_once):
-            await client.connection_pool.disconnect()
+            await disconnect_pooled(client)
         await self.registry.on_link_up()
         await self.presence.resync()
         for adapter in list(self.adapters.values()):

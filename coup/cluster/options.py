@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+from coup.redis_endpoint import redis_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,47 @@ class ClusterOptions:
     #: virtual nodes per node on the consistent-hash ring
     vnodes: int = 160
 
+    #: Redis Cluster (``redis+cluster://``): keys carry hash tags and channels are sharded
+    #: (docs/cluster.md#redis-cluster says where each lives and why)
+    sharded: bool = False
+
+    def for_url(self, url: str) -> ClusterOptions:
+        """These options for the Redis of `url`: sharded on a Redis Cluster, whoever built them."""
+        sharded = redis_endpoint(url).cluster
+        return self if sharded == self.sharded else dataclasses.replace(self, sharded=sharded)
+
+    @property
+    def tagged_prefix(self) -> str:
+        """The prefix of the control plane's keys: ``{P}`` on a Redis Cluster, so the registry,
+        presence and their scripts (which reach keys of many nodes and users) share one slot."""
+        return "{" + self.prefix + "}" if self.sharded else self.prefix
+
     def key(self, *parts: str) -> str:
-        """A Redis key or channel name under our prefix."""
+        """A control-plane key or channel under our prefix (one slot on a Redis Cluster)."""
+        return ":".join((self.tagged_prefix, *parts))
+
+    def spread(self, *parts: str) -> str:
+        """A key or channel hashed by its whole name: on a Redis Cluster each lands on its own
+        slot (a node's inbox, a counter, a SockJS session's home). The same name as `key`
+        on one Redis."""
         return ":".join((self.prefix, *parts))
+
+    def nsp_key(self, kind: str, namespace: str, *parts: str) -> str:
+        """A key or channel of one namespace: ``P:kind:NSP:...``; on a Redis Cluster
+        ``{P:NSP}:kind:...``, so a namespace's recovery log, its session records and its room
+        channels share a slot and the script that appends to the log publishes on them."""
+        if self.sharded:
+            return ":".join(("{" + self.prefix + ":" + namespace + "}", kind, *parts))
+        return ":".join((self.prefix, kind, namespace, *parts))
+
+    def room_channel_parts(self, channel: str) -> tuple[str, str] | None:
+        """(namespace, room) of a room channel made by ``nsp_key("r", nsp, room)``, else None."""
+        if self.sharded:
+            head = "{" + self.prefix + ":"
+            tag, sep, rest = channel.partition("}:r:")
+            return (tag[len(head):], rest) if sep and tag.startswith(head) else None
+        head = self.prefix + ":r:"
+        if not channel.startswith(head):
+            return None
+        nsp, _, room = channel[len(head):].partition(":")
+        return nsp, room

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -54,8 +55,11 @@ class RedisPresence(PresenceGrace):
         #: this node's sockets per key: what re-syncs Redis after an outage
         self.local: dict[str, set[str]] = {}
         self._dirty = False
-        #: ids of transition calls: a retried call is answered as its first run was
+        #: ids of transition calls: a retried call is answered as its first run was. The
+        #: token keeps them unique per process: a node restarted under its id counts from 1
+        #: again, and was answered with its previous process's answers (its attach not recorded)
         self._calls = itertools.count(1)
+        self._calls_prefix = f"{node_id}:{secrets.token_hex(6)}"
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -67,7 +71,7 @@ class RedisPresence(PresenceGrace):
         return self.options.key("presence", key)
 
     def _call_id(self) -> str:
-        return f"{self.node_id}:{next(self._calls)}"
+        return f"{self._calls_prefix}:{next(self._calls)}"
 
     async def _add(self, key: str, sid: str) -> bool:
         sids = self.local.get(key)
@@ -150,7 +154,7 @@ class RedisPresence(PresenceGrace):
 
     async def resync(self) -> None:
         """Make Redis hold exactly this node's sockets (after a (re)connection)."""
-        args: list[str] = [self.options.prefix, self.node_id]
+        args: list[str] = [self.options.tagged_prefix, self.node_id]
         for key, sids in self.local.items():
             for sid in sids:
                 args += (key, sid)
@@ -177,7 +181,7 @@ class RedisPresence(PresenceGrace):
             if not here:
                 del self.local[key]
         if pairs:
-            args = [self.options.prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
+            args = [self.options.tagged_prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
             try:
                 await self._move(keys=[self._index, self.options.key("node", node, "presence")], args=args)
             except RedisError as exc:

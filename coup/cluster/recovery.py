@@ -24,14 +24,15 @@ from typing import Any, Generic, TypeVar
 
 import hiredis
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE
-from coup.core.adapter import BroadcastOptions
+from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_CLAIM, SESSION_SAVE, publishing
+from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
 from coup.protocol import jsonutil
@@ -45,7 +46,7 @@ LOGGED = b"L"
 
 _T = TypeVar("_T")
 
-#: decoded log entries a node keeps for replays (their count and their bytes); see `RedisRecoveryLog.after`
+#: decoded log entries a node keeps for replays (their count and their bytes); see `RedisRecoveryLog._decode`
 DECODED_ENTRIES = 4096
 DECODED_BYTES = 8 * 1024 * 1024
 
@@ -97,38 +98,41 @@ class RedisRecoveryLog(Generic[_T]):
         self.recovery = recovery
         self.on_unsent = on_unsent
         self.window_ms = int(recovery.max_disconnection_duration * 1000)
-        self.log_key = options.key("rlog", namespace)
-        meta_key = options.key("rlog", namespace, "m")
+        self.log_key = options.nsp_key("rlog", namespace)
+        meta_key = options.nsp_key("rlog", namespace, "m")
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
         # idle logs go away a minute after their window
-        self._head: tuple[Any, ...] = ("EVALSHA", _sha(LOG_PUBLISH), 2, self.log_key, meta_key, self.window_ms,
+        self._log_publish = publishing(LOG_PUBLISH, options.sharded)
+        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key, self.window_ms,
                                        recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
-                                       self.window_ms + 60_000)
+                                       self.window_ms + 60_000, int(ONCE_WINDOW * 1000))
         self._keys = [self.log_key, meta_key]
-        self._read_sha = _sha(LOG_READ)
+        #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
+        self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
         self._save_sha = _sha(SESSION_SAVE)
         self._batch: list[Any] | None = None
         self._tokens: list[_T] = []
-        #: origins refused since the last reset (each logged once)
-        self._refused: set[bytes] = set()
         #: offset -> a log entry as replayed (an offset always names the same entry), oldest first
         self._decoded: dict[int, tuple[BroadcastOptions, Outbound]] = {}
         self._decoded_bytes = 0
+        #: origins refused since the last reset (each logged once)
+        self._refused: set[bytes] = set()
         #: what the log costs: script calls and broadcasts they carried
         self.stats = {"calls": 0, "broadcasts": 0, "unsent": 0}
 
     async def load_scripts(self) -> None:
         """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (LOG_PUBLISH, SESSION_SAVE, LOG_READ):
+        for script in (self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM):
             await self.client.script_load(script)
 
     # ------------------------------------------------------------------ the log
 
     def publish(self, channels: Iterable[bytes], origin: str | None, stamp: bool, envelope: bytes,
-                token: _T) -> bool:
+                token: _T, once: str = "") -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        end of this loop turn with the turn's other broadcasts. False while disconnected."""
+        end of this loop turn with the turn's other broadcasts; with a `once` key, only if
+        no broadcast with that key went out before. False while disconnected."""
         call: _Call[_T] = _Call()
         batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
         if batch is None:
@@ -140,16 +144,20 @@ class RedisRecoveryLog(Generic[_T]):
         channels = list(channels)
         batch.append(len(channels))
         batch.extend(channels)
-        batch += (origin or "", b"1" if stamp else b"0", envelope)
+        batch += (origin or "", b"1" if stamp else b"0", once, envelope)
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
 
-    def _fold(self, channel: bytes, data: bytes) -> None:
+    def _fold(self, channel: bytes, data: bytes) -> bool:
         """A plain publish of this turn (a room command's answer, say): published by the same
-        call, after the broadcasts before it (``L SP DATA``)."""
+        call, after the broadcasts before it (``L SP DATA``). On a Redis Cluster only a channel
+        of the log's slot (the namespace's rooms) can be: False leaves it to the bus."""
         assert self._batch is not None
-        self._batch += (1, channel, "", b"0", data)
+        if self._slot is not None and key_slot(channel) != self._slot:
+            return False
+        self._batch += (1, channel, "", b"0", "", data)
+        return True
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
         if future.cancelled():
@@ -161,7 +169,7 @@ class RedisRecoveryLog(Generic[_T]):
             # send it again with the script's text, and load the scripts for the next ones
             call.retried = True
             asyncio.get_running_loop().create_task(self._reload())
-            self.bus.command("EVAL", LOG_PUBLISH, *call.args[2:]).add_done_callback(partial(self._done, call))
+            self.bus.command("EVAL", self._log_publish, *call.args[2:]).add_done_callback(partial(self._done, call))
             return
         tokens = call.tokens
         if isinstance(reply, (Exception, hiredis.ReplyError)):
@@ -184,13 +192,13 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.warning("recovery log scripts not loaded: %s", exc)
 
-    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Entries after `offset` (to whom, as sockets get them); None when the log lost some
         of them (or never gave `offset`): a client gets all it missed or a fresh session."""
         if not offset.isdigit():
             return None
         try:
-            reply = await self._log_read(offset, False)
+            reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
         except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("recovery log unreadable (%s): a fresh session instead", exc)
             return None
@@ -203,31 +211,6 @@ class RedisRecoveryLog(Generic[_T]):
             known = decoded.get(first + i)
             entries.append(known if known is not None else self._decode(first + i, entry))
         return entries
-
-    def _log_read(self, offset: str, check_only: bool) -> asyncio.Future[Any]:
-        """`LOG_READ` on the bus: a thousand clients coming back at once cost one write per loop
-        turn, not one pool checkout and round trip each (a quarter of the restore's CPU)."""
-        args = (2, *self._keys, offset, "1" if check_only else "0")
-        sent = self.bus.command("EVALSHA", self._read_sha, *args)
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(future: asyncio.Future[Any]) -> None:
-            if reply.done():
-                return
-            error = None if future.cancelled() else future.exception()
-            if error is not None or future.cancelled():
-                reply.set_exception(error or RedisUnavailable("cancelled"))
-                return
-            result = future.result()
-            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
-                self.bus.command("EVAL", LOG_READ, *args).add_done_callback(done)  # Redis lost it
-            elif isinstance(result, hiredis.ReplyError):
-                reply.set_exception(result)
-            else:
-                reply.set_result(result)
-
-        sent.add_done_callback(done)
-        return reply
 
     def _decode(self, offset: int, entry: bytes) -> tuple[BroadcastOptions, Outbound]:
         """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays.
@@ -243,14 +226,37 @@ class RedisRecoveryLog(Generic[_T]):
         cache[offset] = decoded
         self._decoded_bytes += decoded[1].size
         while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
-            oldest = next(iter(cache))
-            self._decoded_bytes -= cache.pop(oldest)[1].size
+            self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
         return decoded
+
+    def _script(self, script: str, *args: Any) -> asyncio.Future[Any]:
+        """`script` on the bus (to the primary of its first key on a Redis Cluster): the
+        restores of a loop turn go out in one write, with no redis-py pool checkout each (a
+        quarter of a restore's CPU). The script's text once when Redis lost it; an error
+        reply is raised."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return
+            if future.cancelled() or future.exception() is not None:
+                reply.set_exception(future.exception() or RedisUnavailable("cancelled"))
+                return
+            result = future.result()
+            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
+                self.bus.command("EVAL", script, *args).add_done_callback(done)  # loaded again on reconnect
+            elif isinstance(result, hiredis.ReplyError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+        self.bus.command("EVALSHA", _sha(script), *args).add_done_callback(done)
+        return reply
 
     # ------------------------------------------------------------------ session records
 
     def _session_key(self, pid: str) -> str:
-        return self.options.key("session", self.namespace, pid)
+        return self.options.nsp_key("session", self.namespace, pid)
 
     async def save(self, record: SessionRecord, mode: str) -> bool:
         try:
@@ -288,23 +294,16 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisUnavailable:
             pass  # it expires with the window
 
-    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
-        """Take the record of session `pid` (nobody else can restore it after this); None also
-        when the log no longer holds everything after `offset`. Both go out on the bus in the
-        same write: one round trip per restore, shared with the others of this loop turn."""
-        asked = [self.bus.command("GETDEL", self._session_key(pid))]
-        if offset.isdigit():
-            asked.append(self._log_read(offset, True))
-        replies = await asyncio.gather(*asked, return_exceptions=True)
-        raw = replies[0]
-        if isinstance(raw, (BaseException, hiredis.ReplyError)):
-            log.warning("session %s not restored: redis %s", pid, raw)
+    async def claim(self, pid: str) -> SessionRecord | None:
+        """Take the record of session `pid` (nobody else can restore it after this); on the
+        bus, so it shares a write with the log check `SessionRecovery.restore_session` asks
+        for at the same time."""
+        try:
+            raw = await self._script(SESSION_CLAIM, 1, self._session_key(pid))
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            log.warning("session %s not restored: redis %s", pid, exc)
             return None
-        if len(replies) < 2 or isinstance(replies[1], BaseException):
-            if len(replies) == 2:
-                log.warning("recovery log unreadable (%s): a fresh session instead", replies[1])
-            return None
-        if raw is None or not replies[1]:
+        if raw is None:
             return None
         _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
         stored = jsonutil.loads(body.decode())

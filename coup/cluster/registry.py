@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from coup.cluster.bus import stop_tasks
 from coup.cluster.options import ClusterOptions
 from coup.cluster.ring import Ring
-from coup.cluster.scripts import HEARTBEAT, REAP
+from coup.cluster.scripts import DRAIN, HEARTBEAT, MEMBERSHIP, REAP, publishing
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class Registry:
         self.addresses: dict[str, str] = {}
         self.registered = False
         self._registered_once = False
-        self._heartbeat = client.register_script(HEARTBEAT)
-        self._reap = once.register_script(REAP)
+        self._heartbeat = client.register_script(publishing(HEARTBEAT, options.sharded))
+        self._reap = once.register_script(publishing(REAP, options.sharded))
+        self._membership = client.register_script(MEMBERSHIP)
+        self._drain = once.register_script(DRAIN)
         self._nodes_key = options.key("nodes")
         self._epoch_key = options.key("epoch")
         self._draining_key = options.key("draining")
@@ -101,12 +103,10 @@ class Registry:
         own no room from now on. The others rebuild their ring at the announcement (or at
         their next check) and route new room commands to the survivors."""
         self.draining = True
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.sadd(self._draining_key, self.node_id)
-            pipe.incr(self._epoch_key)
-            _, epoch = await pipe.execute()
+        epoch = await self._drain(keys=[self._draining_key, self._epoch_key], args=[self.node_id])
         announcement = {"t": "node", "ev": "drain", "node": self.node_id, "epoch": int(epoch)}
-        await self.client.publish(self.announce_channel, JSON_KIND + json.dumps(announcement))
+        publish = self.client.spublish if self.options.sharded else self.client.publish
+        await publish(self.announce_channel, JSON_KIND + json.dumps(announcement))
         await self.refresh()
 
     async def leave(self) -> list[str]:
@@ -158,7 +158,8 @@ class Registry:
 
     def _reap_args(self, leaving: str = "") -> list[Any]:
         opts = self.options
-        return [opts.prefix, int(opts.dead_after * 1000), self.announce_channel, JSON_KIND, leaving, self.node_id]
+        return [opts.tagged_prefix, int(opts.dead_after * 1000), self.announce_channel, JSON_KIND, leaving,
+                self.node_id]
 
     async def reap(self) -> None:
         """Remove nodes silent for `dead_after`; report the keys they took offline."""
@@ -180,11 +181,8 @@ class Registry:
 
     async def refresh(self) -> None:
         """Re-read the live nodes and the epoch; rebuild the ring when they changed."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrange(self._nodes_key, 0, -1)
-            pipe.get(self._epoch_key)
-            pipe.smembers(self._draining_key)
-            nodes_raw, epoch_raw, draining_raw = await pipe.execute()
+        nodes_raw, epoch_raw, draining_raw = await self._membership(
+            keys=[self._nodes_key, self._epoch_key, self._draining_key])
         nodes = sorted(n.decode() for n in nodes_raw)
         epoch = int(epoch_raw or 0)
         draining = frozenset(n.decode() for n in draining_raw) & frozenset(nodes)
@@ -227,9 +225,11 @@ class Registry:
             except Exception:
                 log.exception("membership check failed")
 
-    def owner(self, key: str) -> str:
-        """The owner of `key` on our current ring (ourselves when the ring is empty)."""
-        return self.ring.owner(key) or self.node_id
+    def owner(self, key: str, without: frozenset[str] = frozenset()) -> str:
+        """The owner of `key` on our current ring (ourselves when the ring is empty); with
+        `without`, on the ring as it will be once those nodes are gone."""
+        ring = self.ring.without(without) if without else self.ring
+        return ring.owner(key) or self.node_id
 
     def describe(self) -> dict[str, Any]:
         return {

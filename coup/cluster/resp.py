@@ -52,6 +52,8 @@ class RespConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._on_push = on_push
         self._on_lost = on_lost
+        #: called with a redirection or cluster-state error reply (``MOVED``, ``ASK``, ``CLUSTERDOWN``)
+        self.on_redirect: Callable[[hiredis.ReplyError], None] | None = None
         self._closed = False
         self.name = ""
         #: the server: a unix path or (host, port) as dialled
@@ -61,18 +63,25 @@ class RespConnection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, url: str, *, name: str, timeout: float, on_push: Push | None = None,
-                   on_lost: Callable[[], None] | None = None) -> RespConnection:
+                   on_lost: Callable[[], None] | None = None,
+                   address: tuple[str, int] | None = None) -> RespConnection:
         """Connect, authenticate and name the connection (``CLIENT SETNAME`` helps operators).
 
         With a Sentinel URL the sentinels are asked for the primary first, and the server
         must say it is the primary (``ROLE``): during a failover the old address may answer
         as a replica, where our PUBLISHes would reach nobody on the new primary.
+
+        With a Redis Cluster URL, `address` says which node (a primary from `slot_map`).
         """
         endpoint = redis_endpoint(url)
         setup: list[tuple[Any, ...]] = [("CLIENT", "SETNAME", name)]
         try:
             async with asyncio.timeout(timeout):
-                conn = await cls._open_at(endpoint, setup, timeout)
+                if address is not None:
+                    conn, _ = await cls._handshake(endpoint, address, endpoint.username, endpoint.password, setup,
+                                                   f"{address[0]}:{address[1]} (of {endpoint})")
+                else:
+                    conn = await cls._open_at(endpoint, setup, timeout)
         except TimeoutError:
             raise RedisUnavailable(f"no answer from redis at {endpoint} within {timeout} s") from None
         conn.name = name
@@ -82,6 +91,8 @@ class RespConnection(asyncio.Protocol):
 
     @classmethod
     async def _open_at(cls, endpoint: RedisEndpoint, setup: list[tuple[Any, ...]], timeout: float) -> RespConnection:
+        if endpoint.cluster:
+            raise ValueError("a Redis Cluster connection needs the node's address (see slot_map)")
         if not endpoint.sentinel:
             conn, _ = await cls._handshake(endpoint, endpoint.path or (endpoint.host, endpoint.port),
                                            endpoint.username, endpoint.password, setup, str(endpoint))
@@ -143,6 +154,9 @@ class RespConnection(asyncio.Protocol):
         reader.feed(data)
         try:
             while (reply := reader.gets()) is not False:
+                if type(reply) is hiredis.ReplyError and self.on_redirect is not None \
+                        and str(reply).startswith(_REDIRECTS):
+                    self.on_redirect(reply)
                 push = self._on_push
                 if push is not None:
                     push(reply)
@@ -203,6 +217,45 @@ class RespConnection(asyncio.Protocol):
         """Drop the connection; pending replies fail and `on_lost` is not called."""
         self._on_lost = None
         self._lost()
+
+
+#: error replies that say a cluster's slot map changed (or is changing) under us
+_REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+#: slots of a Redis Cluster
+SLOTS = 16384
+
+
+async def slot_map(url: str, timeout: float) -> list[tuple[str, int] | None]:
+    """Per slot, the address of the primary that serves it (None: nobody), as the first
+    cluster node that answers says (``CLUSTER SLOTS``); the URL's seeds and the primaries
+    learnt last time are asked in turn, the last one that answered first."""
+    endpoint = redis_endpoint(url)
+    known = _cluster_order.get(endpoint, [])
+    candidates = [*known, *(seed for seed in endpoint.cluster_seeds if seed not in known)]
+    each = max(timeout / len(candidates), 0.5)
+    errors = []
+    for address in candidates:
+        where = f"{address[0]}:{address[1]} (of {endpoint})"
+        try:
+            async with asyncio.timeout(each):
+                conn, (reply,) = await RespConnection._handshake(
+                    endpoint, address, endpoint.username, endpoint.password, [("CLUSTER", "SLOTS")], where)
+        except (RedisUnavailable, TimeoutError) as exc:
+            errors.append(str(exc) or f"{where}: no answer")
+            continue
+        conn.close()
+        owners: list[tuple[str, int] | None] = [None] * SLOTS
+        for start, end, primary, *_ in reply:
+            host = primary[0].decode() or address[0]  # an empty host: the one we asked
+            owners[start:end + 1] = [(host, int(primary[1]))] * (end - start + 1)
+        primaries = list(dict.fromkeys(owner for owner in owners if owner is not None))
+        _cluster_order[endpoint] = [address, *(p for p in primaries if p != address)]
+        return owners
+    raise RedisUnavailable(f"no node of the Redis Cluster {endpoint} answered: {'; '.join(errors)}")
+
+
+#: per Redis Cluster endpoint, the node that answered last, then the primaries it named
+_cluster_order: dict[RedisEndpoint, list[tuple[str, int]]] = {}
 
 
 async def primary_address(endpoint: RedisEndpoint, timeout: float) -> tuple[str, int]:

@@ -17,7 +17,7 @@ class Ring:
     """`nodes`: the live nodes. Rooms are owned by those not `draining` (a node on its way
     out keeps serving its sessions but hands its rooms over); by all when all are draining."""
 
-    __slots__ = ("_ring", "draining", "epoch", "nodes", "vnodes")
+    __slots__ = ("_ring", "_without", "draining", "epoch", "nodes", "vnodes")
 
     def __init__(self, nodes: Iterable[str], epoch: int, vnodes: int = 160, draining: Iterable[str] = ()) -> None:
         self.nodes: tuple[str, ...] = tuple(sorted(set(nodes)))
@@ -27,6 +27,18 @@ class Ring:
         owners = [n for n in self.nodes if n not in self.draining] or self.nodes
         self._ring = HashRing(nodes={n: {"vnodes": vnodes} for n in owners}, hash_fn="ketama") \
             if owners else None
+        #: rings without some of our nodes (`without`), built once each
+        self._without: dict[frozenset[str], Ring] = {}
+
+    def without(self, nodes: frozenset[str]) -> Ring:
+        """This ring as it will be once `nodes` are gone (they died and are not reaped yet):
+        the owners it gives are the ones every node will agree on after the reap."""
+        if not nodes & set(self.nodes):
+            return self
+        ring = self._without.get(nodes)
+        if ring is None:
+            ring = self._without[nodes] = Ring(set(self.nodes) - nodes, self.epoch, self.vnodes, self.draining)
+        return ring
 
     def owner(self, key: str) -> str | None:
         """The node that owns `key`; None when no node is alive (the caller decides)."""

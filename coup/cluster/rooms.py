@@ -6,7 +6,11 @@ reply. Correctness never depends on the nodes agreeing on the owner:
 
 - a node runs every command it is sent, even for a room it no longer thinks it owns;
 - when the owner's inbox has no listener (it died, or is reconnecting to Redis) PUBLISH
-  says so at once and the caller runs the command itself;
+  says so at once and the caller sends the command to the room's owner on the ring without
+  that node: the owner every node will agree on once the dead node is reaped. Every caller
+  picks the same one, so a crashed owner's rooms keep one writer (when each caller ran such
+  a command itself, every node wrote the room at once until the reap, and its clients got
+  `seq` out of order); when Redis itself is unreachable, the caller runs it;
 - so during a ring change two nodes may run commands of one room at the same time, and the
   commands stay right because their state is atomic in Redis or the database (per-room
   sequence script, message ids, clientMessageId idempotency);
@@ -18,6 +22,13 @@ A draining node hands its rooms over without two writers at once (which would de
 room's messages out of `seq` order): it holds the commands that arrive for it, lets the ones
 it runs finish, takes itself off the ring, then answers the held ones "moved" and their
 callers send them to the new owner (`begin_handover` / `end_handover`).
+
+A room that moves for any other reason (a node joined, or one came back) is taken over with
+a fence: after each ring change, before an owner runs its first command of a room, it asks
+the room's previous owner (on the old ring, and on the ring without itself) to stop taking
+that room's commands (it re-reads the ring, answers "moved" from then on) and to finish the
+ones it runs. Callers whose ring is older reach the old owner, hear "moved" and follow. When
+the nodes' rings disagree for a moment, two writers remain possible, as before.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from coup.cluster.adapter import ClusterTimeout
 from coup.cluster.bus import Bus
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
+from coup.cluster.ring import Ring
 from coup.core.errors import INTERNAL_ERROR, ClientError
 from coup.core.rooms import LocalRoomRouter, RoomCommand, UnknownCommand
 from coup.protocol import jsonutil
@@ -46,6 +58,17 @@ UNAVAILABLE = ClientError("UNAVAILABLE", "The room is moving to another server; 
 
 #: a room's owner answered that it handed the room over
 _MOVED = object()
+#: nobody listens on the owner's inbox (it died, or its link to Redis is down)
+_UNHEARD = object()
+#: the command a new owner sends the previous one (see the module's docstring)
+FENCE = "room.fence"
+
+
+class OwnerOf(Protocol):
+    """The owner of a room on this node's ring (`coup.cluster.registry.Registry.owner`);
+    `without`: on the ring as it will be once those nodes are gone."""
+
+    def __call__(self, room: str, /, without: frozenset[str] = ...) -> str: ...
 
 
 class OwnerRequester(Protocol):
@@ -58,7 +81,7 @@ class OwnerRequester(Protocol):
 class RedisRoomRouter:
     """`coup.core.rooms.RoomRouter` across nodes; the commands run in a `LocalRoomRouter`."""
 
-    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: Callable[[str], str],
+    def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: OwnerOf,
                  request: OwnerRequester, inbox: Callable[[str], bytes],
                  room_channel: Callable[[str], bytes | None], refresh: Callable[[], Awaitable[None]]) -> None:
         """`owner(room)`: the owner on this node's ring; `inbox(node)`: a node's channel;
@@ -76,6 +99,13 @@ class RedisRoomRouter:
         self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0, "moved": 0}
         #: set while this draining node hands its rooms over; done when the others own them
         self._handover: asyncio.Event | None = None
+        #: the ring before the last change (who owned a room until then)
+        self._previous: Ring | None = None
+        #: rooms whose previous owners were fenced since the last ring change
+        self._settled: set[str] = set()
+        self._settling: dict[str, asyncio.Future[None]] = {}
+        #: rooms another node took over from us (fenced), by their new owner: we answer "moved"
+        self._fenced: dict[str, str] = {}
 
     def register(self, name: str, command: RoomCommand) -> None:
         self.local.register(name, command)
@@ -91,6 +121,50 @@ class RedisRoomRouter:
         """Hold every command that would run here from now on (see the module's docstring)."""
         self._handover = asyncio.Event()
 
+    def ring_changed(self, old: Ring, new: Ring) -> None:
+        """Rooms we own on the new ring are fenced again at their next command."""
+        self._previous = old
+        self._settled.clear()
+        self._fenced = {room: node for room, node in self._fenced.items() if new.owner(room) == node}
+
+    async def _run_as_owner(self, room: str, name: str, payload: dict[str, Any]) -> Any:
+        if room not in self._settled:
+            await self._settle(room)
+        return await self.run_locally(room, name, payload)
+
+    async def _settle(self, room: str) -> None:
+        """Fence the room's previous owners once (concurrent callers wait for the same fence).
+        Outside the room's lock: two nodes fencing each other must not wait on each other."""
+        pending = self._settling.get(room)
+        if pending is None:
+            pending = self._settling[room] = asyncio.ensure_future(self._fence(room))
+            pending.add_done_callback(lambda _: self._settling.pop(room, None))
+        await asyncio.shield(pending)
+
+    async def _fence(self, room: str) -> None:
+        previous = {self.owner(room, frozenset((self.node_id,)))}
+        if self._previous is not None:
+            previous.add(self._previous.owner(room) or self.node_id)
+        previous.discard(self.node_id)
+        message = {"t": "call", "room": room, "name": FENCE, "p": {}}
+        for node in sorted(previous):
+            try:
+                await self._request(self._inbox(node), message, self.options.call_timeout, first_only=True,
+                                    target=node)
+            except (ClusterTimeout, RedisUnavailable):  # gone, or unreachable: it runs nothing of ours
+                log.info("room %s: previous owner %s did not answer the fence", room, node)
+        self._settled.add(room)
+
+    async def _serve_fence(self, room: str) -> dict[str, Any]:
+        """Another node took `room` over: stop taking its commands, finish the running ones."""
+        await self._refresh()  # the new owner may have joined after our last look at the ring
+        owner = self.owner(room)
+        if owner != self.node_id:
+            self._fenced[room] = owner
+        if not await self.local.room_idle(room, self.options.call_timeout):
+            log.warning("room %s: commands still running here when %s took it over", room, owner)
+        return {"ok": True, "result": None}
+
     def end_handover(self) -> None:
         """The others own our rooms: held and later commands go to them."""
         if self._handover is not None:
@@ -99,23 +173,34 @@ class RedisRoomRouter:
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         if name not in self.local.commands:
             raise UnknownCommand(name)
-        for _ in range(MOVED_FOLLOWS):
-            owner = self.owner(room)
+        unheard: frozenset[str] = frozenset()  # owners asked that nobody listens for
+        moved = 0
+        while True:  # each turn either returns, or adds a node to `unheard` or to `moved`
+            owner = self.owner(room, unheard)
             if owner == self.node_id and self._handover is not None:
                 await self._handover.wait()  # then our ring no longer makes us the owner
-                owner = self.owner(room)
+                owner = self.owner(room, unheard)
             if owner == self.node_id:
                 self.stats["local"] += 1
-                return await self.run_locally(room, name, payload)
-            reply = await self._call_remote(owner, room, name, payload)
+                return await self._run_as_owner(room, name, payload)
+            reply = await self._call_remote(owner, room, name, payload, unheard)
+            if reply is _UNHEARD:
+                self.stats["fallback"] += 1
+                unheard |= {owner}
+                continue
             if reply is not _MOVED:
                 return reply
             self.stats["moved"] += 1
+            moved += 1
+            if moved >= MOVED_FOLLOWS:
+                raise UNAVAILABLE
             await self._refresh()  # the owner asked is draining: learn who took over
-        raise UNAVAILABLE
 
-    async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any]) -> Any:
+    async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any],
+                           unheard: frozenset[str] = frozenset()) -> Any:
         message: dict[str, Any] = {"t": "call", "room": room, "name": name, "p": payload}
+        if unheard:  # the node asked is their successor (it may have been fenced by one of them)
+            message["unheard"] = sorted(unheard)
         # When we hear the room (a member of it is here: the usual caller), the owner answers
         # on the room's channel: its broadcast and the answer then travel in one PUBLISH.
         room_channel = self._room_channel(room)
@@ -132,13 +217,15 @@ class RedisRoomRouter:
             log.warning("room command %s for %s: owner %s did not answer", name, room, owner)
             raise UNAVAILABLE from None
         except RedisUnavailable:
-            responses = []
+            responses = None
         finally:
             if room_channel is not None:
                 self.bus.release([room_channel])
-        if not responses:  # nobody listens on the owner's inbox: do it ourselves
+        if responses is None:  # no node can be asked: do it ourselves
             self.stats["fallback"] += 1
             return await self.run_locally(room, name, payload)
+        if not responses:
+            return _UNHEARD
         self.stats["remote"] += 1
         reply = responses[0]
         if reply.get("moved"):
@@ -151,11 +238,22 @@ class RedisRoomRouter:
     async def serve(self, message: dict[str, Any]) -> dict[str, Any]:
         """Run a command another node routed to us and say how it went."""
         self.stats["served"] += 1
+        room = str(message["room"])
+        if message.get("name") == FENCE:
+            return await self._serve_fence(room)
         if self._handover is not None:  # draining: the new owner runs it (after ours finished)
             await self._handover.wait()
             return {"ok": False, "moved": True}
+        fenced = self._fenced.get(room)
+        if fenced is not None:
+            if fenced not in message.get("unheard", ()):  # taken over: the caller's ring is older than ours
+                return {"ok": False, "moved": True}
+            del self._fenced[room]  # the node that took it over died: we are its successor
         try:
-            result = await self.run_locally(str(message["room"]), str(message["name"]), message.get("p") or {})
+            if self.owner(room) == self.node_id:
+                result = await self._run_as_owner(room, str(message["name"]), message.get("p") or {})
+            else:  # the caller thinks we own it: run it anyway (correctness never needs agreement)
+                result = await self.run_locally(room, str(message["name"]), message.get("p") or {})
             jsonutil.dumps(result)  # fail here, with a log, rather than in the reply
             return {"ok": True, "result": result}
         except ClientError as exc:

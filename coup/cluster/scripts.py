@@ -10,10 +10,20 @@ Keys used (``P`` is the prefix): ``P:nodes`` (zset node → last heartbeat ms),
 ``P:presence:KEY`` (hash sid → node), ``P:presence-done:KEY`` (recent transition answers
 per call), ``P:reaped:ID`` (marker: ID was declared dead),
 ``P:epoch`` (membership version), ``P:draining`` (live nodes handing their rooms over).
-Announcements are published on ``P:cluster``.
+Announcements are published on ``P:cluster``. On a Redis Cluster ``P`` is ``{P}`` for all of
+these (one slot: REAP and RESYNC reach keys they find inside the script, which must share
+the slot of the keys they are given); docs/cluster.md#redis-cluster has the whole layout.
 """
 
 from __future__ import annotations
+
+
+def publishing(script: str, sharded: bool) -> str:
+    """`script` with its PUBLISHes made SPUBLISHes on a Redis Cluster: there a script may
+    publish only on a shard channel of its own slot (classic PUBLISH would go to every node
+    of the cluster, the fan-out sharding exists to avoid). Redis < 7 has no SPUBLISH, so one
+    Redis keeps PUBLISH."""
+    return script.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'") if sharded else script
 
 # KEYS: nodes, node info, epoch, reaped marker
 # ARGV: node id, address, started, announce channel, announcement prefix byte
@@ -32,6 +42,20 @@ if redis.call('DEL', KEYS[4]) == 1 then state = 2 end
 local epoch = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. cjson.encode({t = 'node', ev = 'join', node = ARGV[1], epoch = epoch}))
 return {state, epoch, now}
+"""
+
+# The membership in one read (a script rather than MULTI: redis-py's cluster transactions
+# fail on ZRANGE's reply callback, and a script is one round trip on both kinds of Redis).
+# KEYS: nodes, epoch, draining   -> {live nodes, epoch or false, draining nodes}
+MEMBERSHIP = """
+return {redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('GET', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+"""
+
+# A node hands its rooms over: it joins the draining set and the membership version moves.
+# KEYS: draining, epoch   ARGV: node id   -> the new epoch
+DRAIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
 """
 
 # Remove dead nodes (or, with ARGV[5] set, this leaving node) and their presence entries.
@@ -66,8 +90,10 @@ for _, node in ipairs(dead) do
     local key = string.sub(member, 1, cut - 1)
     local sid = string.sub(member, cut + 1)
     local pkey = prefix .. ':presence:' .. key
-    if redis.call('HDEL', pkey, sid) == 1 and redis.call('HLEN', pkey) == 0 then
-      table.insert(lost, key)
+    -- only the node's own entry: the socket may have been restored elsewhere under its id
+    if redis.call('HGET', pkey, sid) == node then
+      redis.call('HDEL', pkey, sid)
+      if redis.call('HLEN', pkey) == 0 then table.insert(lost, key) end
     end
   end
   redis.call('DEL', index, prefix .. ':node:' .. node)
@@ -86,7 +112,9 @@ return out
 # -> 1 when KEY just came online (its first socket anywhere). The answer is remembered per
 # call for two minutes, so a call retried after a timeout returns the first run's answer
 # instead of a second, different one (a lost or doubled user-online). Per call, not per
-# socket: a recovered socket comes back with its old id and is a new attach.
+# socket: a recovered socket comes back with its old id and is a new attach. Call ids are
+# unique per process (`RedisPresence._call_id`), not per node id: a node restarted under
+# its id must not be answered with its previous process's answers.
 ATTACH = """
 local done = redis.call('HGET', KEYS[3], 'a' .. ARGV[4])
 if done then return tonumber(done) end
@@ -117,7 +145,9 @@ return last
 """
 
 # Make this node's presence entries exactly the given (key, sid) pairs (after a Redis outage
-# or restart). KEYS: node presence index   ARGV: prefix, node, key1, sid1, key2, sid2, ...
+# or restart). Entries another node holds are left alone: that node restored the socket
+# (same id) while ours lingered, or while this node id was a process that crashed.
+# KEYS: node presence index   ARGV: prefix, node, key1, sid1, key2, sid2, ...
 # -> {lost keys (no socket left anywhere), found keys (online again only through us)}
 RESYNC = """
 local prefix = ARGV[1]
@@ -127,20 +157,26 @@ local lost = {}
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not want[member] then
     local cut = string.find(member, '\\0', 1, true)
-    local key = string.sub(member, 1, cut - 1)
+    local key, sid = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
     local pkey = prefix .. ':presence:' .. key
     redis.call('SREM', KEYS[1], member)
-    if redis.call('HDEL', pkey, string.sub(member, cut + 1)) == 1 and redis.call('HLEN', pkey) == 0 then
-      table.insert(lost, key)
+    if redis.call('HGET', pkey, sid) == ARGV[2] then
+      redis.call('HDEL', pkey, sid)
+      if redis.call('HLEN', pkey) == 0 then table.insert(lost, key) end
     end
   end
 end
 local found = {}
 for member, pair in pairs(want) do
-  redis.call('SADD', KEYS[1], member)
   local pkey = prefix .. ':presence:' .. pair[1]
-  if redis.call('HSET', pkey, pair[2], ARGV[2]) == 1 and redis.call('HLEN', pkey) == 1 then
-    table.insert(found, pair[1])
+  local holder = redis.call('HGET', pkey, pair[2])
+  if not holder or holder == ARGV[2] then
+    redis.call('SADD', KEYS[1], member)
+    if redis.call('HSET', pkey, pair[2], ARGV[2]) == 1 and redis.call('HLEN', pkey) == 1 then
+      table.insert(found, pair[1])
+    end
+  else
+    redis.call('SREM', KEYS[1], member)
   end
 end
 return {lost, found}
@@ -178,8 +214,13 @@ return moved
 
 # Append broadcasts to the log and publish them, one script call per node per loop turn.
 # KEYS: log, meta
-# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, then per
-#       message: channel count N, N channels, origin ('' for none), stamp (1/0), data
+# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, once_ms, then
+#       per message: channel count N, N channels, origin ('' for none), stamp (1/0), once key
+#       ('' for none), data
+# A message with a once key is published (and kept) only if no message with that key was in
+# the last once_ms (``P:rlog:NSP:once:KEY``, set here, in the same step as the publish: so a
+# repeat of a broadcast the node died before publishing goes out, and one that was published
+# does not go out twice; see `coup.core.adapter.BroadcastOptions.once`).
 # A broadcast (stamp 1) the budget admits is published as ``L OFFSET SP DATA``; anything else
 # as ``L SP DATA`` (delivered, not kept: the node's other publishes of the turn ride along,
 # so they stay ordered with its broadcasts). Consecutive messages for one channel go out as
@@ -213,12 +254,16 @@ local function flush()
   end
   run_channel, run = nil, {}
 end
-local i = 7
+local i = 8
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local first_channel = i + 1
-  local origin, stamp, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]
-  i = i + n + 4
+  local origin, stamp, once, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3], ARGV[i + n + 4]
+  i = i + n + 5
+  repeat  -- `break` skips this message
+  if once ~= '' and not redis.call('SET', log .. ':once:' .. once, '1', 'NX', 'PX', ARGV[7]) then
+    break  -- published before (this is a repeat of it): not again
+  end
   local size = #data
   local payload = nil
   if stamp == '1' and size <= origin_bytes then
@@ -259,6 +304,7 @@ while i <= #ARGV do
       redis.call('PUBLISH', ARGV[c], payload)
     end
   end
+  until true
 end
 flush()
 if added > 0 then
@@ -331,6 +377,12 @@ return out
 # session (claimed it and connected it there) and we are a stale holder.
 # 'drop' deletes our own record (the socket left for good: nobody may restore it).
 # KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written (or dropped), 0 not ours
+# Take a session record for a restore (one node wins). A script, not a plain GETDEL, so the
+# bus sends it to the primary of the record's slot on a Redis Cluster. KEYS: record
+SESSION_CLAIM = """
+return redis.call('GETDEL', KEYS[1])
+"""
+
 SESSION_SAVE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -341,5 +393,14 @@ elseif ARGV[4] ~= 'live' and ARGV[4] ~= 'take' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# A broadcast with a once key while the recovery log is off (`LOG_PUBLISH` does this with it):
+# published on the channels only if no broadcast with that key was in the last once_ms.
+# KEYS: the once key   ARGV: once_ms, data, channels...   -> 1 published, 0 a repeat
+ONCE_PUBLISH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for c = 3, #ARGV do redis.call('PUBLISH', ARGV[c], ARGV[2]) end
 return 1
 """

@@ -71,8 +71,28 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def _room_channels(client: Any, options: ClusterOptions) -> tuple[list[str], dict[bytes, int]]:
+    """The room channels somebody hears, and how many nodes hear each. On a Redis Cluster they
+    are shard channels, each known to the primary of its slot only: every primary is asked."""
+    if not options.sharded:
+        pattern = options.nsp_key("r", "*", "*")
+        channels = sorted(_text(c) for c in await client.pubsub_channels(pattern))
+        return channels, dict(await client.pubsub_numsub(*channels)) if channels else {}
+    found: list[str] = []
+    hearing: dict[bytes, int] = {}
+    for primary in client.get_primaries():
+        names = [_text(c) for c in await client.execute_command(
+            "PUBSUB", "SHARDCHANNELS", "{" + options.prefix + ":*", target_nodes=primary)]
+        if names:
+            counts = await client.execute_command("PUBSUB", "SHARDNUMSUB", *names, target_nodes=primary)
+            hearing.update(zip(counts[::2], (int(n) for n in counts[1::2]), strict=True))
+        found.extend(names)
+    return sorted(found), hearing
+
+
 async def read_status(url: str, options: ClusterOptions, *, room_limit: int | None = None) -> dict[str, Any]:
     """Everything `coup status` shows, as plain data (what ``--json`` prints)."""
+    options = options.for_url(url)
     client = async_client(url, socket_timeout=options.connect_timeout, socket_connect_timeout=options.connect_timeout)
     try:
         seconds, micros = await client.time()
@@ -87,16 +107,17 @@ async def read_status(url: str, options: ClusterOptions, *, room_limit: int | No
                 pipe.hgetall(options.key("node", node))
                 pipe.get(options.key("node", node, "stats"))
             answers = await pipe.execute()
-        prefix = options.key("r") + ":"
-        channels = sorted(_text(c) for c in await client.pubsub_channels(prefix + "*"))
-        hearing = dict(await client.pubsub_numsub(*channels)) if channels else {}
+        channels, hearing = await _room_channels(client, options)
     finally:
         await client.aclose()
 
     rooms: list[dict[str, Any]] = []
     private = 0
     for channel in channels:
-        nsp, _, room = channel[len(prefix):].partition(":")
+        parts = options.room_channel_parts(channel)
+        if parts is None:
+            continue
+        nsp, room = parts
         if ":" not in room:  # a socket's own room (its id): one per socket, not worth a line
             private += 1
             continue

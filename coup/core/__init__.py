@@ -5,7 +5,7 @@ Everything here talks to rooms and other nodes through `Adapter`, `Presence` and
 Redis-backed ones. Nothing here knows whether Redis exists.
 """
 
-from coup.core.adapter import Adapter, BroadcastOptions, MemoryAdapter, SocketInfo
+from coup.core.adapter import ONCE_WINDOW, Adapter, BroadcastOptions, MemoryAdapter, SocketInfo
 from coup.core.broadcast import BroadcastOperator
 from coup.core.errors import AckTimeout, ClientError, ConnectRefused, SocketDisconnected
 from coup.core.namespace import Namespace
@@ -16,7 +16,7 @@ from coup.core.server import SocketServer
 from coup.core.socket import Socket
 
 __all__ = [
-    "AckTimeout", "Adapter", "BroadcastOperator", "BroadcastOptions", "ClientError", "ConnectRefused",
+    "ONCE_WINDOW", "AckTimeout", "Adapter", "BroadcastOperator", "BroadcastOptions", "ClientError", "ConnectRefused",
     "LocalRoomRouter", "MemoryAdapter", "MemoryPresence", "Namespace", "Presence", "RecoveryOptions",
     "RoomRouter", "ServerOptions", "Socket", "SocketDisconnected", "SocketInfo", "SocketServer",
 ]

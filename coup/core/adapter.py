@@ -13,6 +13,8 @@ local receiver, in call order; per socket, packets arrive in the order they were
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +34,30 @@ if TYPE_CHECKING:
     from coup.core.namespace import Namespace
 
 
+#: seconds a broadcast's `once` key is remembered
+ONCE_WINDOW = 120.0
+#: keys one process remembers at most (the oldest go first past it: a memory bound)
+ONCE_KEYS = 100_000
+
+
+class OnceKeys:
+    """The `once` keys of this process's broadcasts of the last `ONCE_WINDOW` seconds."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first(self, key: str) -> bool:
+        """Remember `key`; True when it was not seen within the window."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen and (len(seen) >= ONCE_KEYS or now - next(iter(seen.values())) >= ONCE_WINDOW):
+            seen.popitem(last=False)
+        if key in seen:
+            return False
+        seen[key] = now
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class BroadcastOptions:
     """Who receives: sockets in any of `rooms` (all sockets when empty), minus those in `exclude`."""
@@ -40,6 +66,12 @@ class BroadcastOptions:
     exclude: frozenset[str] = frozenset()
     #: only sockets of this process, even in a cluster
     local: bool = False
+    #: with a key: sent only if no broadcast with this key was sent in the last `ONCE_WINDOW`
+    #: seconds (cluster-wide), decided in the same step as the send. A command that stored
+    #: something and then broadcast it gives the broadcast a key; a repeat of the command
+    #: broadcasts again with the same key: it goes out only if the first never did (its node
+    #: died in between), so every receiver gets it exactly once.
+    once: str = ""
 
     def includes(self, socket_rooms: Iterable[str]) -> bool:
         """Would a socket in `socket_rooms` receive this broadcast?"""
@@ -274,6 +306,7 @@ class MemoryAdapter(RecoveryCalls):
         self._store = MemoryRecoveryStore(recovery) if recovery is not None else None
         self.recovery = SessionRecovery(self._store, nsp, self._local.socket_rooms) \
             if self._store is not None else None
+        self._once = OnceKeys()
 
     @property
     def local(self) -> LocalRooms:
@@ -301,6 +334,8 @@ class MemoryAdapter(RecoveryCalls):
         return self._local.local_room_sids(room)
 
     def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
+        if opts.once and not self._once.first(opts.once):
+            return
         store = self._store
         out = store.stamp(packet, opts) if store is not None else Outbound.message(encode(packet))
         self._local.deliver(out, opts)

@@ -32,6 +32,7 @@ class BroadcastOperator:
             rooms=changes.get("rooms", self.opts.rooms),
             exclude=changes.get("exclude", self.opts.exclude),
             local=changes.get("local", self.opts.local),
+            once=changes.get("once", self.opts.once),
         )
         return BroadcastOperator(self.nsp, opts, changes.get("ack_timeout", self.ack_timeout))
 
@@ -46,6 +47,10 @@ class BroadcastOperator:
     @property
     def local(self) -> BroadcastOperator:
         return self._with(local=True)
+
+    def once(self, key: str) -> BroadcastOperator:
+        """Sent only if no broadcast with `key` was sent lately (`BroadcastOptions.once`)."""
+        return self._with(once=key)
 
     def timeout(self, seconds: float) -> BroadcastOperator:
         return self._with(ack_timeout=seconds)

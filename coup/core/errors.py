@@ -65,5 +65,12 @@ def error_event(error: ClientError, event: str | None) -> dict[str, Any]:
 
 
 def error_ack(error: ClientError) -> dict[str, Any]:
-    """What a refused event's acknowledgement carries."""
-    return {"ok": False, "error": {"code": error.code, "message": error.message}}
+    """What a refused event's acknowledgement carries: {ok: false, error: {code, message, ...data}}.
+
+    The data travels too (as in the ``error`` event): ``retryable: true`` is how a client
+    knows that sending again, with the same ``clientMessageId``, is the right answer.
+    """
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data:
+        body.update(error.data)
+    return {"ok": False, "error": body}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,8 @@ from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
     from coup.core.adapter import BroadcastOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -59,18 +62,17 @@ class RecoveryStore(Protocol):
         """Keep `record` restorable for the recovery window; False when it was not written."""
         ...
 
-    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
-        """Take the record of `pid`, so nobody else restores it; None also when the store no
-        longer holds every packet after `offset` (the record is taken all the same)."""
+    async def claim(self, pid: str) -> SessionRecord | None:
+        """Take the record of `pid`, so nobody else restores it."""
         ...
 
     async def discard(self, pid: str) -> None:
         """Forget the record of `pid` (unless another node restored it meanwhile)."""
         ...
 
-    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Every stored packet after `offset` (to whom, as sockets get it), in order; None when
-        some of them are gone (or `offset` was never given)."""
+        some of them are gone (or `offset` was never given). `check_only`: [] or None."""
         ...
 
 
@@ -107,11 +109,27 @@ class SessionRecovery:
         return sum(written)
 
     async def restore_session(self, pid: str, offset: str) -> RestoredSession | None:
-        record = await self.store.claim(pid, offset)
+        # asked together: a store on Redis sends both in one write (with the other restores of
+        # this loop turn), one round trip instead of two for each of a drained node's clients
+        record, covered = await asyncio.gather(self.store.claim(pid), self.store.after(offset, check_only=True))
         if record is None:
+            log.info("no recovery for session %s: no record (expired, left, or claimed by another attempt)", pid)
             return None
-        if record.sid in self.nsp.sockets:
-            return None  # still connected here (its old connection is half-open): a fresh session
+        old = self.nsp.sockets.get(record.sid)
+        if old is not None:
+            # still connected here: its old connection is half-open (a request of it failed
+            # through a router, the client gave up on it); the client proved it is the same
+            # one (the pid is its secret), so the old connection ends and the session, with
+            # the rooms it is in now, is restored on the new one
+            log.info("session %s: its client is back on a new connection; closing the old one", pid)
+            record = self.record_of(record.sid) or record
+            await old.abandon()
+            if record.sid in self.nsp.sockets:
+                log.info("no recovery for session %s: the old connection did not let go", pid)
+                return None
+        if covered is None:
+            log.info("no recovery for session %s: offset %s is no longer in the log", pid, offset)
+            return None
         return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
 
     async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
@@ -194,21 +212,18 @@ class MemoryRecoveryStore:
         for pid in [pid for pid, s in self._sessions.items() if s.disconnected_at < horizon]:
             del self._sessions[pid]
 
-    async def claim(self, pid: str, offset: str) -> SessionRecord | None:
+    async def claim(self, pid: str) -> SessionRecord | None:
         self._expire()
-        record = self._sessions.pop(pid, None)
-        if record is None or stored_after(self._packets, self._next_offset - 1, offset) is None:
-            return None
-        return record
+        return self._sessions.pop(pid, None)
 
     async def discard(self, pid: str) -> None:
         self._sessions.pop(pid, None)
 
-    async def after(self, offset: str) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         packets = stored_after(self._packets, self._next_offset - 1, offset)
         if packets is None:
             return None
-        return [(p.opts, p.out) for p in packets]
+        return [] if check_only else [(p.opts, p.out) for p in packets]
 
 
 class _Stored(Protocol):

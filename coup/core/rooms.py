@@ -66,6 +66,15 @@ class LocalRoomRouter:
             await asyncio.sleep(0.01)
         return True
 
+    async def room_idle(self, room: str, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until no command of `room` runs or waits here."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while room in self._waiting:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         command = self.commands.get(name)
         if command is None:

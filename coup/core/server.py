@@ -15,7 +15,7 @@ from coup.core.hold import HeldPackets
 from coup.core.namespace import Namespace
 from coup.core.options import ServerOptions
 from coup.core.presence import MemoryPresence, Presence
-from coup.core.recovery import RestoredSession
+from coup.core.recovery import RestoredSession, SessionRecord
 from coup.core.rooms import LocalRoomRouter, RoomRouter
 from coup.core.socket import Socket, SocketContext
 from coup.engine.server import EngineServer
@@ -205,7 +205,7 @@ class SocketServer:
             if self._over_address_cap(client, name):
                 return
             made = await self._make_socket(nsp, client, auth)
-            if made is None or client.closed:
+            if made is None:
                 return
             socket, restored = made
             # from here on the socket receives, but into its hold (`coup.core.hold`) until
@@ -271,11 +271,27 @@ class SocketServer:
                 for middleware in nsp.middlewares:
                     await middleware(socket, auth)
                     if client.closed:
-                        return None
+                        break
             except ConnectRefused as exc:
                 if self.engine.metrics is not None:
                     self.engine.metrics.connect_refusals[nsp.name, "middleware"] += 1
                 if not client.closed:
                     client.send_packet(SocketPacket(SocketPacketType.CONNECT_ERROR, nsp.name, exc.payload()))
+                await self._give_back(nsp, restored)
                 return None
+        if client.closed:
+            await self._give_back(nsp, restored)
+            return None
         return socket, restored
+
+    @staticmethod
+    async def _give_back(nsp: Namespace, restored: RestoredSession | None) -> None:
+        """A claimed session whose connect did not finish is saved again for the next attempt.
+
+        Claiming takes the record (so no two connections restore one session); a connection
+        that then closes during the middleware (its client gave up, its node is draining)
+        would otherwise cost the client's next attempt its recovery.
+        """
+        if restored is not None:
+            await nsp.adapter.persist_session(SessionRecord(restored.sid, restored.pid, restored.rooms,
+                                                            dict(restored.data)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -63,10 +64,12 @@ class SocketContext:
 class _Disconnected:
     """Inbox marker: run the disconnect handlers after the events queued before it."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("handled", "reason")
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        #: done once the handlers ran (`Socket.abandon` waits for it)
+        self.handled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class Socket:
@@ -76,6 +79,7 @@ class Socket:
         "__weakref__",
         "_acks",
         "_busy",
+        "_closing",
         "_inbox",
         "_last_rooms",
         "auth",
@@ -115,6 +119,8 @@ class Socket:
         self._busy = False
         self._acks: dict[int, asyncio.Future[list[Any]]] = {}
         self._last_rooms: frozenset[str] = frozenset()
+        #: what `on_close` started (record saved, rooms left, disconnect handlers), for `abandon`
+        self._closing: list[asyncio.Future[Any]] = []
 
     def __repr__(self) -> str:
         return f"<Socket {self.id} {self.nsp.name}{'' if self.connected else ' disconnected'}>"
@@ -264,6 +270,16 @@ class Socket:
         if metrics is not None:
             metrics.event_seconds.observe(handler.event or UNHANDLED, time.perf_counter() - started)
 
+    async def abandon(self, timeout: float = 5.0) -> None:
+        """Its client came back on a new connection (with this socket's pid): this one is
+        half-open. End it as a dropped transport and wait until its session record is saved
+        again, its rooms are left and its disconnect handlers ran, so that the new connection
+        restores the session as after any drop (within the presence grace: no flap)."""
+        self.client.close("transport close")
+        with contextlib.suppress(TimeoutError):  # the caller finds the record missing
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*self._closing, return_exceptions=True)
+
     async def _drain(self, item: SocketPacket | _Disconnected) -> None:
         # a task of its own: what it logs is about this client, and what its handlers
         # broadcast is this socket's (the recovery store's per-origin share), to its end
@@ -272,7 +288,10 @@ class Socket:
         try:
             while True:
                 if isinstance(item, _Disconnected):
-                    await self.nsp.run_disconnect_handlers(self, item.reason)
+                    try:
+                        await self.nsp.run_disconnect_handlers(self, item.reason)
+                    finally:
+                        item.handled.set_result(None)
                 else:
                     await self._handle(item)
                 inbox = self._inbox
@@ -354,11 +373,13 @@ class Socket:
         self.client.remove(self)
         spawn = self.context.spawn
         if self.pid is not None and reason in RECOVERABLE_REASONS:
-            spawn(adapter.persist_session(SessionRecord(self.id, self.pid, self._last_rooms, dict(self.data))))
+            self._closing.append(spawn(adapter.persist_session(
+                SessionRecord(self.id, self.pid, self._last_rooms, dict(self.data)))))
         elif self.pid is not None:  # it left, or was put out: nobody may restore it
             spawn(adapter.discard_session(self.pid))
-        spawn(adapter.remove_all(self.id))
+        self._closing.append(spawn(adapter.remove_all(self.id)))
         marker = _Disconnected(reason)
+        self._closing.append(marker.handled)
         if self._busy:
             if self._inbox is None:
                 self._inbox = deque()

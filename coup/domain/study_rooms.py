@@ -13,13 +13,14 @@ before they get here; the command re-checks ACTIVE membership against the databa
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import peewee as pw
 
-from coup.core import ClientError, SocketServer
+from coup.core import ONCE_WINDOW, ClientError, SocketServer
 from coup.domain import queries
 from coup.domain.access import membership_error
 from coup.domain.auth import Actor
@@ -31,6 +32,11 @@ from coup.domain.roomnames import member_key, member_of, study_of, study_room, u
 from coup.domain.sequence import SequenceSource
 
 log = logging.getLogger(__name__)
+
+
+def _age(created_at: str) -> float:
+    """Seconds since an ISO 8601 `createdAt` (UTC)."""
+    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))).total_seconds()
 
 JOIN = "study.join"
 LEAVE = "study.leave"
@@ -263,12 +269,19 @@ class StudyRooms:
         if outcome in REFUSALS:
             return refusal(REFUSALS[outcome]())
         message = result["message"]
+        # Keyed by message id: a resend (same clientMessageId) broadcasts it again with the same
+        # key, which goes out only if the first broadcast never did (the owner died between
+        # storing and broadcasting), so every receiver gets the message once. Past the key's
+        # window it is not tried again (nobody could tell whether it went out).
+        room = self.nsp.to(study_room(message["studyId"])).once(f"message:{message['id']}")
         if outcome == "stored":
             evict = set(result.get("evict", ()))
             if evict:  # before the broadcast: someone no longer a member must not read it
                 await self.evict(message["studyId"], evict)
-            self.nsp.to(study_room(message["studyId"])).emit(ServerEvent.MESSAGE, message)
+            room.emit(ServerEvent.MESSAGE, message)
             for item in result["notifications"]:
                 self.nsp.to(user_room(item["userId"])).emit(ServerEvent.NOTIFICATION, item["notification"])
+        elif outcome == "duplicate" and _age(message["createdAt"]) < ONCE_WINDOW / 2:
+            room.emit(ServerEvent.MESSAGE, message)
         return {"ok": True, "id": message["id"], "studyId": message["studyId"], "seq": message["seq"],
                 "createdAt": message["createdAt"], "duplicate": outcome == "duplicate"}

@@ -6,6 +6,10 @@ import { ClientEvent } from "./events.js";
 
 const PAGE_SIZE = 30;
 const ACK_TIMEOUT_MS = 10_000;
+// a refusal marked retryable (a room moving to another server during a deploy) is sent
+// again by itself, same clientMessageId, after 0.2, 0.4, 0.8 ... s: the person sees nothing
+const RETRY_FIRST_MS = 200;
+const RETRIES = 6;
 const TYPING_SEND_EVERY_MS = 2_000;
 const TYPING_SHOW_MS = 3_500;
 const TYPING_RETRY_MS = 1_100;
@@ -206,6 +210,12 @@ export class Chat {
         this._setPendingState(pending, "queued");
       } else if (err) {
         this._setPendingState(pending, "failed", "No answer from the server.");
+      } else if (ack && ack.ok === false && ack.error && ack.error.retryable && (pending.retries || 0) < RETRIES) {
+        const delay = RETRY_FIRST_MS * 2 ** (pending.retries || 0);
+        pending.retries = (pending.retries || 0) + 1;
+        setTimeout(() => {
+          if (this._outboxOf(pending.studyId).has(pending.clientMessageId)) this._transmit(pending);
+        }, delay);
       } else if (!ack || ack.ok === false) {
         const reason = (ack && ack.error && ack.error.message) || "The server refused the message.";
         this._setPendingState(pending, "failed", reason);

@@ -83,6 +83,8 @@ def setup(node: CoupNode) -> None:
         target = nsp.to(*data["rooms"]) if data.get("rooms") else nsp.except_()
         if data.get("except"):
             target = target.except_(*data["except"])
+        if data.get("once"):
+            target = target.once(data["once"])
         for i in range(int(data.get("times", 1))):  # several in one loop turn: a batch in a cluster
             payload = data.get("data") if "times" not in data else i
             if data.get("from_socket"):

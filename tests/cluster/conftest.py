@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -28,7 +28,7 @@ from tests.cluster import cluster_testapp
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.rawclient import RawClient
 from tests.conftest import require, test_settings
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_TOKEN = "service-token-for-tests-0123456789"
@@ -112,9 +112,13 @@ class SentinelSet:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.primary = RedisServer("--dir", str(workdir))
-        # the replica writes the primary's snapshot to its directory
-        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port), "--dir", str(workdir))
+        # each in its own directory: a primary and a replica sharing one write and rename the
+        # same snapshot file during the full sync
+        for name in ("primary", "replica"):
+            (workdir / name).mkdir(exist_ok=True)
+        self.primary = RedisServer("--dir", str(workdir / "primary"))
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port),
+                                   "--dir", str(workdir / "replica"))
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
@@ -125,6 +129,10 @@ class SentinelSet:
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
+        # the replica in sync before the sentinels start: a sentinel's first INFO of the primary
+        # then lists it, instead of the next one 10 s later
+        self._wait(lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"), 20,
+                   "the replica never synced with the primary")
         for port in self.sentinel_ports:
             conf = self.workdir / f"sentinel-{port}.conf"
             conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
@@ -134,10 +142,17 @@ class SentinelSet:
             log = (self.workdir / f"sentinel-{port}.log").open("ab")
             self.sentinels.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=log,
                                                    stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 20
-        while not self._settled():
+        self._wait(self._settled, 40, "the sentinels never saw each other and the replica")
+
+    def _wait(self, settled: Callable[[], bool], seconds: float, failure: str) -> None:
+        """Poll `settled`; past the deadline, fail with what each process reported."""
+        deadline = time.monotonic() + seconds
+        while not settled():
             if time.monotonic() > deadline:
-                raise RuntimeError("the sentinels never saw each other and the replica")
+                states = [self.sentinel_cli(port, "SENTINEL", "MASTER", SERVICE).replace("\n", " ")
+                          for port in self.sentinel_ports[:len(self.sentinels)]]
+                replication = self.replica.cli("INFO", "replication").replace("\r\n", " ")
+                raise RuntimeError(f"{failure}; replica: {replication}; sentinels: {states}")
             time.sleep(0.1)
 
     def _settled(self) -> bool:
@@ -189,28 +204,144 @@ class SentinelSet:
         self.primary.kill()
 
 
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Startable)
+
+
+def _running(made: _S) -> Iterator[_S]:
+    """`made` started for the fixture's scope, stopped after it (also when starting failed half-way)."""
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     """A Sentinel-managed primary and replica for one test (it may kill the primary)."""
     require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
-    made = SentinelSet(tmp_path)
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(SentinelSet(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    """A Sentinel set-up shared by one test module (tests keep apart by key prefix)."""
+@pytest.fixture(scope="session")
+def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A Sentinel set-up shared by the whole run (tests keep apart by key prefix; one per
+    module cost 7 s of start-up each, six times)."""
     require(shutil.which("redis-sentinel") is not None, "redis-sentinel")
-    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel")))
+
+
+class RedisClusterSet:
+    """A Redis Cluster of three primaries with one replica each, on loopback ports (Redis >= 7:
+    sharded pub/sub).
+
+    Nodes time out after 1 s (``cluster-node-timeout``), so a killed primary's replica takes
+    over within a few seconds; ``cluster-require-full-coverage no`` keeps the other shards
+    serving meanwhile (what a deployment would want of a chat: most rooms go on).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: list[RedisServer] = []
+        for _ in range(6):
+            server = RedisServer("--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                                 "--cluster-require-full-coverage", "no", "--cluster-replica-validity-factor", "0")
+            # the bus port named: its default (port + 10000) is past 65535 for a free port above 55535
+            server.extra = (*server.extra, "--cluster-config-file", str(workdir / f"nodes-{server.port}.conf"),
+                            "--cluster-port", str(free_port()))
+            self.servers.append(server)
+
+    @property
+    def url(self) -> str:
+        """The seeds: every server, as an operator would list them (any one would do)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        result = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                                 "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
+                                timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        eventually_sync(self._settled, "the Redis Cluster settled", timeout=20, poll=0.1)
+
+    def _settled(self) -> bool:
+        """Every live server says the cluster is ok, knows all servers and three primaries."""
+        for server in self.servers:
+            if server.process is None:
+                continue
+            if "cluster_state:ok" not in server.cli("CLUSTER", "INFO"):
+                return False
+            nodes = [line for line in server.cli("CLUSTER", "NODES").splitlines() if "fail" not in line.split()[2]]
+            if len(nodes) != sum(s.process is not None for s in self.servers):
+                return False
+        return len(self.primaries()) == 3 and all(
+            "master_link_status:up" in s.cli("INFO", "replication") for s in self.servers
+            if s.process is not None and s not in self.primaries())
+
+    def primaries(self) -> list[RedisServer]:
+        """The live servers that are primaries owning slots, as the cluster sees it now."""
+        live = next(s for s in self.servers if s.process is not None)
+        ports = set()
+        for line in live.cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.add(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return [s for s in self.servers if s.port in ports and s.process is not None]
+
+    def owner(self, key: str) -> RedisServer:
+        """The primary that serves `key`'s slot now."""
+        live = next(s for s in self.primaries())
+        slot = int(live.cli("CLUSTER", "KEYSLOT", key))
+        for entry in live.cli("CLUSTER", "NODES").splitlines():
+            fields = entry.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(s for s in self.servers if s.port == port)
+        raise LookupError(f"no primary serves the slot of {key!r}")
+
+    def failed_over(self, killed: RedisServer) -> bool:
+        """Some replica took `killed`'s slots: three live primaries again, the cluster ok."""
+        live = [s for s in self.servers if s.process is not None]
+        return len(self.primaries()) == 3 and all("cluster_state:ok" in s.cli("CLUSTER", "INFO") for s in live)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+
+def redis_cluster_available() -> None:
+    """Skip (or fail under COUP_REQUIRE_ALL) without a redis-server that has sharded pub/sub."""
+    require(shutil.which("redis-server") is not None, "redis-server")
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    major = int(version.split("v=", 1)[1].split(".", 1)[0]) if "v=" in version else 0
+    require(major >= 7, "redis-server >= 7 (sharded pub/sub)")
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """A Redis Cluster for one test (it may kill a primary)."""
+    redis_cluster_available()
+    yield from _running(RedisClusterSet(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """A Redis Cluster shared by every test that does not kill a primary (they keep apart by
+    key prefix): started once, as it takes ~6 s (per module it cost 30 of the 44 s the
+    ``cluster`` parameter adds to the suite)."""
+    redis_cluster_available()
+    yield from _running(RedisClusterSet(tmp_path_factory.mktemp("rcluster")))
 
 
 # ---------------------------------------------------------------------------- in-process nodes
@@ -232,10 +363,15 @@ async def start_node(redis_url: str | None, prefix: str, node_id: str, **setting
     return Node(coup_node, port)
 
 
-@pytest_asyncio.fixture(params=["memory", "redis", "sentinel"])
+#: the Redis set-ups a `redis_nodes` / `nodes` parameter names, by the module fixture that starts each
+REDIS_KINDS = {"redis": "redis_server", "sentinel": "shared_sentinel_set", "cluster": "shared_redis_cluster"}
+
+
+@pytest_asyncio.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
     """Three handles to 'the cluster': one in-memory node three times, or three Redis-linked nodes
-    (one redis-server, or a Sentinel-managed primary and replica reached through the sentinels).
+    (one redis-server, a Sentinel-managed primary and replica reached through the sentinels, or
+    a Redis Cluster of three primaries with a replica each).
 
     The contract tests run unchanged against all: what holds for one process must hold
     across nodes, whichever way the nodes find their Redis.
@@ -247,12 +383,12 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
         finally:
             await single.node.stop()
         return
-    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    server = request.getfixturevalue(REDIS_KINDS[request.param])
     async for started in _redis_nodes(server, 3):
         yield started
 
 
-async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIterator[list[Node]]:
+async def _redis_nodes(server: RedisServer | SentinelSet | RedisClusterSet, count: int) -> AsyncIterator[list[Node]]:
     prefix = "t" + secrets.token_hex(4)
     started = [await start_node(server.url, prefix, f"n{i}") for i in range(count)]
     try:
@@ -264,10 +400,11 @@ async def _redis_nodes(server: RedisServer | SentinelSet, count: int) -> AsyncIt
             await n.node.stop()
 
 
-@pytest_asyncio.fixture(params=["redis", "sentinel"])
+@pytest_asyncio.fixture(params=list(REDIS_KINDS))
 async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[Node]]:
-    """Three in-process nodes linked by the module's redis-server, or by its Sentinel set-up."""
-    server = request.getfixturevalue("redis_server" if request.param == "redis" else "module_sentinel_set")
+    """Three in-process nodes linked by the module's redis-server, its Sentinel set-up or its
+    Redis Cluster."""
+    server = request.getfixturevalue(REDIS_KINDS[request.param])
     async for started in _redis_nodes(server, 3):
         yield started
 

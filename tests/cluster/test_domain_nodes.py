@@ -247,3 +247,46 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
     finally:
         for node in nodes:
             node.stop()
+
+
+def _store_without_broadcast(node: NodeProcess, seq: int, content: str, client_message_id: str) -> None:
+    """What an owner that died between storing a message and broadcasting it leaves behind."""
+    from coup.domain import queries
+    from coup.domain.database import Database
+
+    database = Database(node.env["DATABASE_URL"], workers=1)
+    try:
+        with database.db.connection_context():
+            new = queries.NewMessage(STUDY, ALICE, "Alice", content, None, client_message_id)
+            assert queries.store_message(new, seq, ())["outcome"] == "stored"
+    finally:
+        database.close()
+
+
+async def test_a_resend_of_a_message_stored_but_never_broadcast_is_announced_once(domain_cluster, redis_server,
+                                                                                 users):
+    """The owner stored Alice's message and was SIGKILLed before broadcasting it: her resend
+    (same clientMessageId) is acknowledged as a duplicate and announced to the room then, once.
+    Resending a message that was broadcast announces nothing."""
+    alice = await connect(users, ALICE, domain_cluster[0])
+    bob = await connect(users, BOB, domain_cluster[1])
+    for user in (alice, bob):
+        assert (await user.call("join-study", {"studyId": STUDY}))["ok"] is True
+    before = await alice.call("message", {"studyId": STUDY, "content": "before", "clientMessageId": "nb-before"})
+    # the dead owner had taken the next number from the study's counter and stored the message
+    prefix = domain_cluster[0].env["COUP_REDIS_PREFIX"]
+    seq = int(redis_server.cli("INCR", f"{prefix}:seq:study:{STUDY}"))
+    assert seq == before["seq"] + 1
+    await asyncio.to_thread(_store_without_broadcast, domain_cluster[0], seq, "lost in the crash", "nb-lost")
+    resend = {"studyId": STUDY, "content": "lost in the crash", "clientMessageId": "nb-lost"}
+    ack = await alice.call("message", resend)
+    assert ack["ok"] is True and ack["duplicate"] is True and ack["seq"] == seq
+    await wait_until(lambda: any(m["seq"] == seq for m in bob.events["message"]), what="the resent message")
+    again = await alice.call("message", resend)  # announced now: a further resend is not
+    assert again["duplicate"] is True
+    assert (await alice.call("message", {**resend, "clientMessageId": "nb-before"}))["duplicate"] is True
+    marker = await alice.call("message", {"studyId": STUDY, "content": "marker", "clientMessageId": "nb-marker"})
+    for user in (alice, bob):
+        await wait_until(lambda u=user: any(m["seq"] == marker["seq"] for m in u.events["message"]),
+                         what="the marker")
+        assert [m["seq"] for m in user.events["message"]] == [before["seq"], seq, marker["seq"]]

@@ -196,3 +196,39 @@ async def test_a_draining_node_persists_its_sockets_and_closes_them_recoverably(
     finally:
         await back.close()
         await client.close()
+
+
+async def test_a_client_back_while_its_old_connection_looks_alive_takes_its_session_over(redis_nodes, peers):
+    """A request of a client failed through the router (another node died while relaying it):
+    the client opens a new connection while its old one is still open on its node. The new one
+    gets the session (same socket id, what it missed, its rooms), the old one is closed, and
+    the room has the socket once. (Back on another node, the old connection lingers until its
+    ping timeout: docs/recovery.md.)"""
+    nodes = redis_nodes
+    sender = await peers("sender").connect(nodes[1].url)
+    await sender.call("join", {"room": "r"})
+    client = RawClient()
+    back = RawClient()
+    try:
+        await client.connect(nodes[0].url, {"user": "rc"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        sid, pid, offset = client.sid, client.pid, client.offset
+        await session_stored(nodes[0], pid)  # saved at connect, while the socket lives
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})
+        await wait_until(lambda: client.received("m") == [1, 2], what="second message, on the old connection")
+
+        reply = await back.connect(nodes[0].url, {"user": "rc", "pid": pid, "offset": offset})
+        assert reply["sid"] == sid
+        await wait_until(lambda: back.received("m") == [2], what="what the new connection had not seen")
+        await wait_until(lambda: client.ws is not None and client.ws.closed, what="the old connection closed")
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
+        await wait_until(lambda: back.received("m") == [2, 3], what="live traffic on the new connection")
+        found = await sender.call("fetch", {"room": "r"})
+        assert [s["id"] for s in found].count(sid) == 1
+        await quiet(nodes[1], back)
+        assert back.received("m") == [2, 3] and client.received("m") == [1, 2]
+    finally:
+        await back.close()
+        await client.close()

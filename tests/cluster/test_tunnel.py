@@ -65,8 +65,9 @@ async def test_a_home_that_hears_but_never_takes_costs_one_bounded_delay(redis_n
     raw = async_client(cluster.url)  # the nodes' Redis, whether named directly or by sentinels
     silent = raw.pubsub()
     try:
-        await silent.subscribe(cluster.options.key("n", "ghost"))
-        now_ms = int((await raw.time())[0] * 1000)
+        now_ms = int((await raw.time())[0] * 1000)  # before a cluster's pubsub: the slot map is read now
+        inbox = cluster.options.spread("n", "ghost")
+        await (silent.ssubscribe(inbox) if cluster.options.sharded else silent.subscribe(inbox))
         await raw.zadd(cluster.options.key("nodes"), {"ghost": now_ms})
         await raw.incr(cluster.options.key("epoch"))
         await wait_until(lambda: "ghost" in cluster.registry.ring.nodes, what="ghost on the ring")

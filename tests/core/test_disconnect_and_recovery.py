@@ -260,6 +260,38 @@ async def test_a_session_is_restored_once(recovery_server: RunningServer) -> Non
     await second.close()
 
 
+async def test_an_attempt_that_ends_during_the_middleware_leaves_the_session_to_the_next(
+        recovery_server: RunningServer) -> None:
+    nsp = recovery_server.sio.main
+    client, reply, offset = await joined_client(recovery_server, "study:1")
+    await drop(recovery_server, client)
+    nsp.to("study:1").emit("missed", 1)
+    in_middleware = asyncio.Event()
+    hold = {"on": True}
+
+    async def slow_check(socket: Socket, auth: Any) -> None:  # a token check that takes a while
+        if hold["on"]:
+            in_middleware.set()
+            await eventually(lambda: socket.client.closed, "the client to give up")
+
+    nsp.use(slow_check)
+    first = await SioClient.open(await recovery_server.websocket())
+    first.send(SocketPacket(T.CONNECT, "/", {"pid": reply["pid"], "offset": offset}))
+    await asyncio.wait_for(in_middleware.wait(), 3)
+    await first.close()  # the client gives up on this attempt (its node is draining, a timeout)
+    await eventually(lambda: pid_stored(recovery_server, reply["pid"]), "the claimed session given back")
+    hold["on"] = False
+
+    back, new_reply = await reconnect(recovery_server, {"pid": reply["pid"], "offset": offset})
+    assert new_reply == reply
+    assert (await back.event())[:2] == ["missed", 1]
+    await back.close()
+
+
+def pid_stored(server: RunningServer, pid: str) -> bool:
+    return pid in server.sio.main.adapter._store._sessions  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("auth", [
     {"pid": "unknown", "offset": "1"},
     {"pid": None, "offset": "1"},

@@ -134,7 +134,8 @@ async def test_client_error_gives_error_event_and_failed_ack(server: RunningServ
     client.emit("post", "hi", ack=9)
     assert await client.event() == ["error", {"message": "not a member of this study", "code": "FORBIDDEN",
                                               "event": "post", "study": 3}]
-    assert await ack_of(client, 9) == [{"ok": False, "error": {"code": "FORBIDDEN",
+    # the error's data travels in the ack too: `retryable: true` is how a client knows to send again
+    assert await ack_of(client, 9) == [{"ok": False, "error": {"code": "FORBIDDEN", "study": 3,
                                                                "message": "not a member of this study"}}]
     client.emit("post", "still connected", ack=10)
     assert (await ack_of(client, 10))[0]["ok"] is False

@@ -270,6 +270,47 @@ def test_failed_ack_offers_a_retry_that_reuses_the_client_message_id(open_page: 
     assert [m["content"] for m in history].count(text) == 1
 
 
+def test_a_retryable_refusal_is_sent_again_without_showing_anything(open_page: Any, server: DemoServer) -> None:
+    # during a deploy a send may be refused with UNAVAILABLE, retryable: true (its room is moving
+    # to another server); the page sends it again by itself, same clientMessageId
+    refused: list[str] = []
+
+    def moving(ws: Any) -> None:
+        upstream = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            match = re.match(r'42(\d+)\["message",', message) if isinstance(message, str) else None
+            if match and len(refused) < 2:
+                refused.append(message)
+                ws.send(f'43{match[1]}[{{"ok":false,"error":{{"code":"UNAVAILABLE",'
+                        f'"message":"The room is moving to another server; please retry","retryable":true}}}}]')
+                return
+            upstream.send(message)
+
+        ws.on_message(to_server)
+
+    alice = open_page(query="?transport=websocket")
+    alice.page.route_web_socket(SOCKET_IO, moving)
+    alice.page.reload()
+    alice.sign_in(1)
+    bob = open_page(2)
+    alice.page.evaluate("""() => {
+        window.seenStates = [];
+        new MutationObserver((changes) => changes.forEach((c) => window.seenStates.push(c.target.dataset.state)))
+            .observe(document.querySelector("#messages"),
+                     {attributes: true, subtree: true, attributeFilter: ["data-state"]});
+    }""")
+    text = "Sent during a deploy"
+    alice.send(text)
+    expect(alice.message(text)).to_have_attribute("data-state", "sent")
+    expect(bob.message(text)).to_have_count(1)
+    assert len(refused) == 2
+    sent = [re.sub(r"^42\d+", "", m) for m in refused]
+    assert sent[0] == sent[1]  # the same payload, clientMessageId included
+    assert "failed" not in alice.page.evaluate("window.seenStates")
+    expect(alice.page.locator(".retry-btn")).to_have_count(0)
+
+
 def test_banner_shows_connecting_until_the_handshake_answers(open_page: Any) -> None:
     held: list[Any] = []
     release = {"now": False}
