@@ -52,16 +52,17 @@ class Target:
 class Node(Server):
     """A cluster node (soak's server, with the cluster's environment instead of demo mode)."""
 
-    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], workdir: Path, tree: Path = ROOT) -> None:
         super().__init__(workdir, env["JWT_SECRET"])
         self.name = name
-        self.env = {**env, "COUP_NODE_ID": name}
+        self.tree = tree
+        self.env = {**env, "COUP_NODE_ID": name, "PYTHONPATH": str(tree)}
         self.log_path = workdir / f"{name}.log"
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--host", "127.0.0.1",
-                                          "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log,
+                                          "--port", str(self.port)], cwd=self.tree, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
         wait_ready(self.port, self.log_path)
 
@@ -79,18 +80,20 @@ class Client:
         self.back_at: float | None = None
         self.recovered: bool | None = None
         self.attempts = 0
+        #: loop times of the successful reconnect's phases ("attempt", "tcp", "upgraded", "opened")
+        self.marks: dict[str, float] = {}
         self.error: str | None = None
         self.got_message = asyncio.Event()
         self.gone = asyncio.Event()
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def connect(self, target: Target) -> bool:
+    async def connect(self, target: Target, marks: dict[str, float] | None = None) -> bool:
         """Connect (with pid and offset when it has them); True when the session was recovered."""
         auth: dict[str, Any] = {"userId": self.user_id, "token": self.token}
         if self.pid is not None and self.offset is not None:
             auth.update(pid=self.pid, offset=self.offset)
-        ws, reply = await sio_socket(target, auth, local_addr=self.address)  # type: ignore[arg-type]
+        ws, reply = await sio_socket(target, auth, local_addr=self.address, marks=marks)  # type: ignore[arg-type]
         recovered = self.pid is not None and reply.get("pid") == self.pid
         self.pid = reply.get("pid")
         self.ws = ws
@@ -122,9 +125,11 @@ class Client:
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             self.attempts += 1
+            marks = {"attempt": time.monotonic()}
             try:
-                self.recovered = await self.connect(target)
+                self.recovered = await self.connect(target, marks)
                 self.back_at = time.monotonic()
+                self.marks = marks
                 return
             except Exception as exc:  # counted and retried, as the client does
                 self.error = f"{type(exc).__name__}: {str(exc)[:80]}"
@@ -135,6 +140,104 @@ class Client:
             self._reader.cancel()
         if self.ws is not None:
             await self.ws.close()
+
+
+PHASES = (("backoff", "closed", "attempt"), ("tcp connect", "attempt", "tcp"), ("ws upgrade", "tcp", "upgraded"),
+          ("engine open", "upgraded", "opened"), ("sio connect", "opened", "back"))
+
+
+def _ticks(pid: int) -> int:
+    """utime + stime of `pid` in clock ticks (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the loopback listener on `port` (rx_queue of LISTEN)."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/tcp") as table:
+        for line in table:
+            fields = line.split()
+            if fields[3] == "0A" and fields[1].endswith(suffix):
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters that say a SYN or an accept was dropped (machine-wide)."""
+    with open("/proc/net/netstat") as netstat:
+        lines = netstat.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return {k: row.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "TCPSynRetrans")}
+    return {}
+
+
+class Sampler:
+    """Every 0.1 s: the CPU of each process of the run and B's accept queue, for the timeline."""
+
+    def __init__(self, pids: dict[str, int], port: int) -> None:
+        self.pids = pids
+        self.port = port
+        self.samples: list[tuple[float, dict[str, int], int]] = []
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), {name: _ticks(pid) for name, pid in self.pids.items()},
+                                 _accept_queue(self.port)))
+            await asyncio.sleep(0.1)
+
+    def cpu_seconds(self, name: str, start: float, end: float) -> float:
+        """CPU seconds process `name` used between `start` and `end` (the samples nearest inside)."""
+        inside = [s for s in self.samples if start <= s[0] <= end and s[1][name]]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1][1][name] - inside[0][1][name]) / os.sysconf("SC_CLK_TCK")
+
+    def timeline(self, term: float, clients: list[Client], step: float = 0.5) -> None:
+        """Per `step` s after the SIGTERM: closes, attempts, connects, CPU % of each process, accept queue."""
+        hz = os.sysconf("SC_CLK_TCK")
+        names = list(self.pids)
+        print("t after SIGTERM | closed | attempts | back | " + " | ".join(f"{n} CPU %" for n in names)
+              + " | B accept queue max")
+        end = max(c.back_at or term for c in clients) + step
+        at = term
+        while at < end:
+            inside = [s for s in self.samples if at <= s[0] < at + step]
+            cpu = []
+            for name in names:
+                if len(inside) < 2 or inside[-1][1][name] == 0:
+                    cpu.append("-")
+                else:
+                    used = (inside[-1][1][name] - inside[0][1][name]) / hz
+                    cpu.append(f"{100 * used / (inside[-1][0] - inside[0][0]):.0f}")
+
+            def count(times: list[float | None], lo: float = at) -> int:
+                return sum(1 for t in times if t is not None and lo <= t < lo + step)
+            print(f"{at - term:4.1f}-{at - term + step:4.1f} s | {count([c.closed_at for c in clients]):6} | "
+                  f"{count([c.marks.get('attempt') for c in clients]):8} | {count([c.back_at for c in clients]):4} | "
+                  + " | ".join(f"{v:>{len(n) + 6}}" for v, n in zip(cpu, names, strict=True))
+                  + f" | {max((s[2] for s in inside), default=0)}")
+            at += step
+
+
+def phases(clients: list[Client], term: float) -> None:
+    """Where each client's time went, p50 / p95 / max per phase, and the same for the slowest 5 %."""
+    back = [c for c in clients if c.back_at is not None and c.closed_at is not None]
+    for c in back:
+        c.marks.update(closed=c.closed_at or 0.0, back=c.back_at or 0.0)
+    tail = sorted(back, key=lambda c: c.marks["back"])[-max(1, len(back) // 20):]
+    print("phase | p50 | p95 | max | mean in the slowest 5 %")
+    for name, start, end in (("SIGTERM -> closed", "", "closed"), *PHASES):
+        values = [c.marks[end] - (c.marks[start] if start else term) for c in back]
+        slow = [c.marks[end] - (c.marks[start] if start else term) for c in tail]
+        print(f"{name} | {percentile(values, 0.5):.3f} | {percentile(values, 0.95):.3f} | {max(values):.3f} | "
+              f"{sum(slow) / len(slow):.3f}")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -153,7 +256,7 @@ async def main_async(args: argparse.Namespace) -> int:
         env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "DATABASE_URL": url, "REDIS_URL": redis_url,
                     "JWT_SECRET": secret, "COUP_LOG_LEVEL": "INFO", "COUP_DRAIN_SPREAD": str(args.spread),
                     "COUP_PRESENCE_GRACE": str(args.grace), "COUP_REDIS_PREFIX": "drain" + secrets.token_hex(3)})
-        nodes = [Node("A", env, workdir), Node("B", env, workdir)]
+        nodes = [Node("A", env, workdir, args.server_tree), Node("B", env, workdir, args.server_tree)]
         try:
             for node in nodes:
                 node.start()
@@ -172,12 +275,30 @@ async def main_async(args: argparse.Namespace) -> int:
             assert all(c.offset is not None for c in clients), "a client holds no recovery offset"
             deadline = time.monotonic() + 60
             back = [asyncio.get_running_loop().create_task(c.come_back(b, deadline)) for c in clients]
+            assert nodes[0].proc is not None and nodes[1].proc is not None
+            pids = {"A": nodes[0].proc.pid, "B": nodes[1].proc.pid, "redis": redis_pid(redis_url),
+                    "bench": os.getpid()}
+            sampler = Sampler(pids, b.port)
+            sampling = asyncio.get_running_loop().create_task(sampler.run())
+            counters = tcp_counters()
+            logged = log_length(redis_url, env["COUP_REDIS_PREFIX"])
+            profiler = None
+            if args.profile:  # B's stacks from the SIGTERM on, for bench/pyspy_top.py
+                profiler = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(nodes[1].proc.pid), "-r", "200",
+                    "-d", "6", "--format", "raw", "-o", args.profile, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
             term = time.monotonic()
             assert nodes[0].proc is not None
             nodes[0].proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(nodes[0].proc.wait, 40)
             drain = time.monotonic() - term
             await asyncio.gather(*back)
+            await asyncio.sleep(0.2)
+            sampling.cancel()
+            dropped_syn = {k: v - counters[k] for k, v in tcp_counters().items()}
+            if profiler is not None:
+                await asyncio.wait_for(profiler.wait(), 30)
             from_term = [c.back_at - term for c in clients if c.back_at is not None]
             from_drop = [c.back_at - c.closed_at for c in clients if c.back_at is not None and c.closed_at]
             dropped = [c.closed_at - term for c in clients if c.closed_at is not None]
@@ -193,8 +314,21 @@ async def main_async(args: argparse.Namespace) -> int:
                   f"p90 {percentile(from_term, 0.9):.2f} s, max {max(from_term):.2f} s")
             print(f"own disconnect -> connected again: p50 {percentile(from_drop, 0.5):.2f} s, "
                   f"max {max(from_drop):.2f} s (includes the client's own 0.5-1.5 s first delay)")
+            print(f"SIGTERM -> connected again, p50 / p95 / max: {percentile(from_term, 0.5):.2f} / "
+                  f"{percentile(from_term, 0.95):.2f} / {max(from_term):.2f} s")
             print(f"reconnect attempts: {sum(c.attempts for c in clients)}; "
                   f"all back and recovered within 5 s: {recovered == len(clients) and max(from_term) <= 5.0}")
+            print(f"kernel TCP counters during the drain (machine-wide): {dropped_syn}")
+            print(f"recovery log entries: {logged} at the SIGTERM, "
+                  f"{log_length(redis_url, env['COUP_REDIS_PREFIX'])} when all were back, appended meanwhile: "
+                  f"{logged_events(redis_url, env['COUP_REDIS_PREFIX'], logged)}")
+            first_try = min(c.marks["attempt"] for c in clients if "attempt" in c.marks)
+            last_back = max(c.back_at for c in clients if c.back_at is not None)
+            print("CPU per client back, from the first attempt to the last one back: " + ", ".join(
+                f"{name} {sampler.cpu_seconds(name, first_try - 0.1, last_back + 0.1) * 1000 / len(from_term):.2f} ms"
+                for name in pids))
+            phases(clients, term)
+            sampler.timeline(term, clients)
         finally:
             for client in clients:
                 await client.close()
@@ -203,12 +337,45 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_pid(url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(url).info("server")["process_id"])
+
+
+def log_length(url: str, prefix: str) -> int:
+    """Entries in the main namespace's recovery log: what each restore reads past its offset."""
+    import redis
+
+    return int(redis.Redis.from_url(url).llen(f"{prefix}:rlog:/"))
+
+
+def logged_events(url: str, prefix: str, start: int) -> dict[str, int]:
+    """How many entries of each event name the log holds from index `start` on."""
+    import json
+
+    import redis
+
+    names: dict[str, int] = {}
+    entries: list[bytes] = redis.Redis.from_url(url).lrange(f"{prefix}:rlog:/", start, -1)  # type: ignore[assignment]
+    for entry in entries:
+        text = entry.split(b"\n", 1)[1].decode()
+        name = str(json.loads(text[text.index("["):])[0])
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--grace", type=float, default=3.0)
-    return asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--server-tree", metavar="DIR", help="run the nodes from this checkout (an A/B against "
+                        "another commit: `git archive COMMIT | tar -x -C DIR`), this bench's clients either way")
+    parser.add_argument("--profile", metavar="PATH", help="py-spy B for 6 s from the SIGTERM (raw stacks to PATH)")
+    args = parser.parse_args()
+    args.server_tree = Path(args.server_tree).resolve() if args.server_tree else ROOT
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

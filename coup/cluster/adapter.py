@@ -152,7 +152,7 @@ class RedisAdapter(RecoveryCalls):
         self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
         self.recovery: SessionRecovery | None = None
         if recovery is not None:
-            self.recovery_log = RedisRecoveryLog(bus, client, once, options, nsp.name, node_id, recovery,
+            self.recovery_log = RedisRecoveryLog(bus, client, options, nsp.name, node_id, recovery,
                                                  self._deliver_unsent)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None

@@ -31,7 +31,7 @@ from coup.cluster.bus import Bus
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_SAVE, publishing
+from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_CLAIM, SESSION_SAVE, publishing
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 LOGGED = b"L"
 
 _T = TypeVar("_T")
+
+#: decoded log entries a node keeps for replays (their count and their bytes); see `RedisRecoveryLog._decode`
+DECODED_ENTRIES = 4096
+DECODED_BYTES = 8 * 1024 * 1024
 
 
 def _sha(script: str) -> str:
@@ -83,12 +87,11 @@ class RedisRecoveryLog(Generic[_T]):
     `on_unsent(tokens)` gets them back, so the node can still deliver them to its own sockets.
     """
 
-    def __init__(self, bus: Bus, client: redis.Redis, once: redis.Redis, options: ClusterOptions,
+    def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions,
                  on_unsent: Callable[[list[_T]], None]) -> None:
         self.bus = bus
         self.client = client
-        self.once = once
         self.options = options
         self.namespace = namespace
         self.node_id = node_id
@@ -107,10 +110,12 @@ class RedisRecoveryLog(Generic[_T]):
         self._keys = [self.log_key, meta_key]
         #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
         self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
-        self._read = client.register_script(LOG_READ)
         self._save_sha = _sha(SESSION_SAVE)
         self._batch: list[Any] | None = None
         self._tokens: list[_T] = []
+        #: offset -> a log entry as replayed (an offset always names the same entry), oldest first
+        self._decoded: dict[int, tuple[BroadcastOptions, Outbound]] = {}
+        self._decoded_bytes = 0
         #: origins refused since the last reset (each logged once)
         self._refused: set[bytes] = set()
         #: what the log costs: script calls and broadcasts they carried
@@ -118,7 +123,7 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def load_scripts(self) -> None:
         """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (self._log_publish, SESSION_SAVE):
+        for script in (self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM):
             await self.client.script_load(script)
 
     # ------------------------------------------------------------------ the log
@@ -193,20 +198,60 @@ class RedisRecoveryLog(Generic[_T]):
         if not offset.isdigit():
             return None
         try:
-            reply = await self._read(keys=self._keys, args=[offset, "1" if check_only else "0"])
-        except RedisError as exc:
+            reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("recovery log unreadable (%s): a fresh session instead", exc)
             return None
         if not reply:
             return None
         first = int(reply[0])
+        decoded = self._decoded
         entries = []
         for i, entry in enumerate(reply[1:]):
-            # AT_MS SP ORIGIN SP ENVELOPE
-            message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
-            opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
-            entries.append((opts, logged_out(message.packet, first + i)))
+            known = decoded.get(first + i)
+            entries.append(known if known is not None else self._decode(first + i, entry))
         return entries
+
+    def _decode(self, offset: int, entry: bytes) -> tuple[BroadcastOptions, Outbound]:
+        """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays.
+
+        The clients of a drained node come back within a second or two, each asking for the
+        same tail of the log: decoding it once per node instead of once per client took the
+        replay from a quarter of the survivor's CPU to a few percent (bench/README.md, "A
+        drained node's clients coming back"). The same `Outbound` also keeps its encoded frame."""
+        message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
+        decoded = (BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude)),
+                   logged_out(message.packet, offset))
+        cache = self._decoded
+        cache[offset] = decoded
+        self._decoded_bytes += decoded[1].size
+        while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
+            self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
+        return decoded
+
+    def _script(self, script: str, *args: Any) -> asyncio.Future[Any]:
+        """`script` on the bus (to the primary of its first key on a Redis Cluster): the
+        restores of a loop turn go out in one write, with no redis-py pool checkout each (a
+        quarter of a restore's CPU). The script's text once when Redis lost it; an error
+        reply is raised."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return
+            if future.cancelled() or future.exception() is not None:
+                reply.set_exception(future.exception() or RedisUnavailable("cancelled"))
+                return
+            result = future.result()
+            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
+                self.bus.command("EVAL", script, *args).add_done_callback(done)  # loaded again on reconnect
+            elif isinstance(result, hiredis.ReplyError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+        self.bus.command("EVALSHA", _sha(script), *args).add_done_callback(done)
+        return reply
 
     # ------------------------------------------------------------------ session records
 
@@ -250,15 +295,16 @@ class RedisRecoveryLog(Generic[_T]):
             pass  # it expires with the window
 
     async def claim(self, pid: str) -> SessionRecord | None:
-        """Take the record of session `pid` (nobody else can restore it after this)."""
+        """Take the record of session `pid` (nobody else can restore it after this); on the
+        bus, so it shares a write with the log check `SessionRecovery.restore_session` asks
+        for at the same time."""
         try:
-            raw = await self.once.getdel(self._session_key(pid))
-        except RedisError as exc:
+            raw = await self._script(SESSION_CLAIM, 1, self._session_key(pid))
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("session %s not restored: redis %s", pid, exc)
             return None
         if raw is None:
             return None
         _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
         stored = jsonutil.loads(body.decode())
-        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]),
-                                            dict(stored["data"]))
+        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]), dict(stored["data"]))

@@ -377,6 +377,12 @@ return out
 # session (claimed it and connected it there) and we are a stale holder.
 # 'drop' deletes our own record (the socket left for good: nobody may restore it).
 # KEYS: record   ARGV: node, json, ttl_ms, mode   -> 1 written (or dropped), 0 not ours
+# Take a session record for a restore (one node wins). A script, not a plain GETDEL, so the
+# bus sends it to the primary of the record's slot on a Redis Cluster. KEYS: record
+SESSION_CLAIM = """
+return redis.call('GETDEL', KEYS[1])
+"""
+
 SESSION_SAVE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then

@@ -87,7 +87,8 @@ class StudyRooms:
     # ------------------------------------------------------------------ callers
 
     async def join(self, actor: Actor, study_id: int, sid: str, *, recovered: bool = False) -> dict[str, Any]:
-        """Put socket `sid` (held by this node) in the study room; ``{ok, studyId, online}``.
+        """Put socket `sid` (held by this node) in the study room; ``{ok, studyId, online}``
+        (without `online` for a `recovered` socket whose user was present all along).
 
         `recovered`: the socket is back in the room through connection state recovery.
         member-joined is announced when this is the user's first socket in the room anywhere,
@@ -174,6 +175,12 @@ class StudyRooms:
             # a socket whose membership ended must not stay in the room
             await self.nsp.in_(sid).sockets_leave(room)
             return refusal(refused)
+        if p.get("recovered") and p.get("announce") is False:
+            # a recovered socket whose user stayed present: nothing to announce, and its caller
+            # (`SocketEvents._rejoin_recovered`) has no use for `online`; the room's sockets,
+            # a question to every node, are not asked for a thousand clients coming back at once
+            await self.nsp.in_(sid).sockets_join(room)
+            return {"ok": True, "studyId": study_id}
         sockets = await self._room_sockets(study_id)
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)

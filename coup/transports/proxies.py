@@ -33,6 +33,8 @@ class TrustedProxies:
         return self.any or bool(self.networks)
 
     def _listed(self, ip: str) -> bool:
+        if not self.networks:  # no proxy listed (the default): nothing to parse, once per connection
+            return False
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

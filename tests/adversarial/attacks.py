@@ -41,10 +41,15 @@ class Refused(Exception):
 
 
 async def sio_socket(a: Attacker, auth: dict[str, Any], *, local_addr: str | None = None,
-                     headers: dict[str, str] | None = None) -> tuple[RawWebSocket, dict[str, Any]]:
-    """A raw WebSocket with the main namespace connected; returns it with the CONNECT reply."""
-    ws = await raw_ws(a, local_addr, headers)
+                     headers: dict[str, str] | None = None,
+                     marks: dict[str, float] | None = None) -> tuple[RawWebSocket, dict[str, Any]]:
+    """A raw WebSocket with the main namespace connected; returns it with the CONNECT reply.
+
+    `marks` (a benchmark's phase timings) gets the loop time of "tcp", "upgraded" and "opened"."""
+    ws = await raw_ws(a, local_addr, headers, marks)
     opened = await ws.recv_text(5)
+    if marks is not None:
+        marks["opened"] = asyncio.get_running_loop().time()
     assert opened.startswith("0"), opened
     ws.send_text("40" + json.dumps(auth))
     while True:
@@ -56,19 +61,27 @@ async def sio_socket(a: Attacker, auth: dict[str, Any], *, local_addr: str | Non
             raise Refused(json.loads(reply[2:]))
 
 
-async def raw_ws(a: Attacker, local_addr: str | None = None, headers: dict[str, str] | None = None) -> RawWebSocket:
-    """A WebSocket upgraded at the Engine.IO path, from `local_addr` (any 127.x.y.z), with extra `headers`."""
+async def raw_ws(a: Attacker, local_addr: str | None = None, headers: dict[str, str] | None = None,
+                 marks: dict[str, float] | None = None) -> RawWebSocket:
+    """A WebSocket upgraded at the Engine.IO path, from `local_addr` (any 127.x.y.z), with extra `headers`.
+
+    `marks`: loop times of "tcp" (connected) and "upgraded" (the 101 read), for benchmarks."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if local_addr is not None:
         sock.bind((local_addr, 0))
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (a.host, a.port))
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (a.host, a.port))
+    if marks is not None:
+        marks["tcp"] = loop.time()
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**22)
     key = base64.b64encode(os.urandom(16)).decode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     writer.write((f"GET {WS} HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
     head = await reader.readuntil(b"\r\n\r\n")
+    if marks is not None:
+        marks["upgraded"] = loop.time()
     assert head.startswith(b"HTTP/1.1 101"), head
     return RawWebSocket(reader, writer)
 
