@@ -65,3 +65,6 @@ class Prepared(PreparedBatch):
     def first(self, *params: Any) -> Sequence[Any] | None:
         row: Sequence[Any] | None = self.execute(*params).fetchone()
         return row
+
+    def all(self, *params: Any) -> list[Sequence[Any]]:
+        return self.rows(1, params)
