@@ -85,10 +85,7 @@ async def test_broadcasts_during_the_middleware_reach_a_recovering_client(nodes,
     client = RawClient()
     back = RawClient()
     try:
-        await client.connect(nodes[0].url, {"user": "rc"})
-        await client.call("join", {"room": "r"})
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
-        await wait_until(lambda: client.received("m") == [1], what="first message")
+        await in_room_r_with_a_first_message(client, nodes[0], sender)
         pid, offset = client.pid, client.offset
         await client.drop()
         await session_stored(nodes[0], pid)
@@ -210,10 +207,7 @@ async def test_a_client_back_while_its_old_connection_looks_alive_takes_its_sess
     client = RawClient()
     back = RawClient()
     try:
-        await client.connect(nodes[0].url, {"user": "rc"})
-        await client.call("join", {"room": "r"})
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
-        await wait_until(lambda: client.received("m") == [1], what="first message")
+        await in_room_r_with_a_first_message(client, nodes[0], sender)
         sid, pid, offset = client.sid, client.pid, client.offset
         await session_stored(nodes[0], pid)  # saved at connect, while the socket lives
         await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})
@@ -232,3 +226,11 @@ async def test_a_client_back_while_its_old_connection_looks_alive_takes_its_sess
     finally:
         await back.close()
         await client.close()
+
+
+async def in_room_r_with_a_first_message(client: RawClient, node, sender) -> None:
+    """`client` connected to `node`, in room "r", has received `sender`'s message 1."""
+    await client.connect(node.url, {"user": "rc"})
+    await client.call("join", {"room": "r"})
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+    await wait_until(lambda: client.received("m") == [1], what="first message")

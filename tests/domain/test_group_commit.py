@@ -67,6 +67,17 @@ def more_studies() -> None:
             StudyMember.create(study=study_id, user=user_id, status="ACTIVE")
 
 
+async def clients_in_three_rooms(node: DomainNode, connect: ClientFactory, *,
+                                 second_tab: bool = False) -> tuple[Client, ...]:
+    """Alice in study 1, Bob in 3, Dan in 2 (and, with `second_tab`, Dan again in 4: a socket
+    handles its events in order, so one socket cannot have two sends in one batch)."""
+    await node.db(more_studies)
+    clients = [await connect(1, join=(1,)), await connect(2, join=(3,)), await connect(4, join=(2,))]
+    if second_tab:
+        clients.append(await connect(4, join=(4,)))
+    return tuple(clients)
+
+
 async def queued_behind_a_blocked_batch(node: DomainNode, url: str, first: Client,
                                         sends: list[tuple[Client, dict[str, Any]]]) -> list[Any]:
     """`first` sends to study 1; its batch waits on a held write lock while `sends` queue up
@@ -126,10 +137,7 @@ async def test_a_failing_batch_stores_nothing(domain_node: DomainNode) -> None:
 @pytest.mark.errors_logged
 async def test_a_failing_batch_acks_nothing_and_gives_its_seqs_back(
         domain_node: DomainNode, connect: ClientFactory, database_url: str) -> None:
-    await domain_node.db(more_studies)
-    alice = await connect(1, join=(1,))
-    bob = await connect(2, join=(3,))
-    dan = await connect(4, join=(2,))
+    alice, bob, dan = await clients_in_three_rooms(domain_node, connect)
     async with boom_refused(domain_node):
         *refusals, first = await queued_behind_a_blocked_batch(domain_node, database_url, alice, [
                 (dan, {"studyId": 2, "content": "boom", "clientMessageId": "d"}),
@@ -149,11 +157,7 @@ async def test_a_failing_batch_acks_nothing_and_gives_its_seqs_back(
 @pytest.mark.errors_logged
 async def test_one_bad_message_fails_alone_and_its_batch_mates_are_stored_and_acked(
         domain_node: DomainNode, connect: ClientFactory, database_url: str) -> None:
-    await domain_node.db(more_studies)
-    alice = await connect(1, join=(1,))
-    bob = await connect(2, join=(3,))
-    dan = await connect(4, join=(2,))
-    dan_tab = await connect(4, join=(4,))  # a socket handles its events in order: a tab per room
+    alice, bob, dan, dan_tab = await clients_in_three_rooms(domain_node, connect, second_tab=True)
     async with boom_refused(domain_node):
         failed, from_bob, from_dan, first = await queued_behind_a_blocked_batch(domain_node, database_url, alice, [
                 (dan, {"studyId": 2, "content": "boom"}),
@@ -172,11 +176,7 @@ async def test_one_bad_message_fails_alone_and_its_batch_mates_are_stored_and_ac
 
 async def test_one_users_client_message_id_in_two_rooms_of_one_batch_is_stored_once(
         domain_node: DomainNode, connect: ClientFactory, database_url: str) -> None:
-    await domain_node.db(more_studies)
-    alice = await connect(1, join=(1,))
-    bob = await connect(2, join=(3,))
-    dan = await connect(4, join=(2,))
-    dan_tab = await connect(4, join=(4,))  # a socket handles its events in order: a tab per room
+    alice, bob, dan, dan_tab = await clients_in_three_rooms(domain_node, connect, second_tab=True)
     in_2, in_4, from_bob, first = await queued_behind_a_blocked_batch(domain_node, database_url, alice, [
             (dan, {"studyId": 2, "content": "dan", "clientMessageId": "x"}),
             (dan_tab, {"studyId": 4, "content": "dan", "clientMessageId": "x"}),
