@@ -385,7 +385,9 @@ class CoupNode:
             log.info("draining: %d polling clients did not fetch their last packets (gone?)",
                      len(self.engine.sessions))
         await self.sio.wait_tasks(left())  # disconnect handlers, sessions kept for recovery
-        if not await self.sio.presence.settle(left()):
+        # the grace of the dropped sockets runs out and their offline is announced to the users
+        # on the other nodes; alone, nobody is left to hear it (every client here was closed)
+        if self.cluster is not None and not await self.sio.presence.settle(left()):
             log.warning("draining: presence grace not over in time; leaving reports the rest offline")
         took = loop.time() - started
         log.info("drained in %.2f s: %d connections closed, %d sessions left", took, closed,

@@ -69,6 +69,9 @@ class DemoServer:
             "DATABASE_URL": f"sqlite:///{self.database}",
             "COUP_SERVICE_TOKEN": SERVICE_TOKEN,
             "PYTHONUNBUFFERED": "1",
+            # a closed page's user goes offline after 0.5 s instead of the default grace's 3 s
+            # (the grace itself is tested in tests/domain and tests/paas)
+            "COUP_PRESENCE_GRACE": "0.5",
             **self.env,
         })
         with self.log_path.open("ab") as log:
