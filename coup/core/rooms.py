@@ -59,20 +59,21 @@ class LocalRoomRouter:
 
     async def finish(self, timeout: float) -> bool:
         """A draining node, once the others own its rooms, lets the commands it took finish."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._waiting:
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+        return await self._until(lambda: not self._waiting, timeout, 0.01)
 
     async def room_idle(self, room: str, timeout: float) -> bool:
         """Wait (at most `timeout` s) until no command of `room` runs or waits here."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while room in self._waiting:
-            if asyncio.get_running_loop().time() >= deadline:
+        return await self._until(lambda: room not in self._waiting, timeout, 0.005)
+
+    @staticmethod
+    async def _until(done: Callable[[], bool], timeout: float, poll: float) -> bool:
+        """Poll `done` every `poll` s; False when `timeout` s passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done():
+            if loop.time() >= deadline:
                 return False
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(poll)
         return True
 
     async def run_locally(self, room: str, name: str, payload: dict[str, Any]) -> Any:
