@@ -248,7 +248,7 @@ class RedisAdapter(RecoveryCalls):
         mid = f"{self.node_id}:{next(self._mids)}"
         data = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
-        channels = [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
+        channels = self._channels(opts)
         if opts.once:
             self._spawn(self._broadcast_once(mid, encoded, opts, data, channels))
             return
@@ -269,6 +269,13 @@ class RedisAdapter(RecoveryCalls):
         if sent:
             self._deliver_unsent([(mid, encoded, opts)])
 
+    def _channels(self, opts: BroadcastOptions) -> list[bytes]:
+        """Where a broadcast is published: its rooms' channels, the namespace's, or (local, with
+        the log: only we may hear it) our own."""
+        if opts.local:
+            return [self._own_channel]
+        return [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -280,12 +287,7 @@ class RedisAdapter(RecoveryCalls):
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
         mid = f"{self.node_id}:{next(self._mids)}"
-        if opts.local:
-            channels = [self._own_channel]
-        elif opts.rooms:
-            channels = [self.channel(room) for room in opts.rooms]
-        else:
-            channels = [self.all_channel]
+        channels = self._channels(opts)
         envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                               tuple(opts.exclude), stamp, encoded))
         if not log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts), opts.once):
