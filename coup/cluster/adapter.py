@@ -30,14 +30,14 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import Bus, channel_bytes, stop_tasks
+from coup.cluster.bus import Bus, channel_bytes, spawn_kept, stop_tasks
 from coup.cluster.envelope import (
     Broadcast,
     decode_packet,
@@ -250,7 +250,7 @@ class RedisAdapter(RecoveryCalls):
                                           tuple(opts.exclude), stamp, encoded))
         channels = self._channels(opts)
         if opts.once:
-            self._spawn(self._broadcast_once(mid, encoded, opts, data, channels))
+            spawn_kept(self._tasks, self._broadcast_once(mid, encoded, opts, data, channels))
             return
         self._deliver_unsent([(mid, encoded, opts)])
         for channel in channels:
@@ -275,11 +275,6 @@ class RedisAdapter(RecoveryCalls):
         if opts.local:
             return [self._own_channel]
         return [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _broadcast_logged(self, packet: SocketPacket, opts: BroadcastOptions, log: RedisRecoveryLog[_Unsent]) -> None:
         """With recovery on: through the log script; delivered here too when Redis hands it back

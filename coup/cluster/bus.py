@@ -35,7 +35,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, cast
 
 import hiredis
@@ -686,6 +686,15 @@ def unpack_batch(data: bytes) -> list[bytes]:
         parts.append(bytes(view[i + 4:i + 4 + size]))
         i += 4 + size
     return parts
+
+
+def spawn_kept(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run `coro` as a task held in `tasks` until it ends (the loop keeps only a weak
+    reference: an unheld task can be collected mid-run), so its owner can wait for or stop it."""
+    task = asyncio.get_running_loop().create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
 
 
 async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:

@@ -19,14 +19,14 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from coup.cluster.bus import spawn_kept
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
 from coup.core.presence import PresenceGrace
@@ -61,11 +61,6 @@ class RedisPresence(PresenceGrace):
         self._calls = itertools.count(1)
         self._calls_prefix = f"{node_id}:{secrets.token_hex(6)}"
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _key(self, key: str) -> str:
         return self.options.key("presence", key)
@@ -141,7 +136,7 @@ class RedisPresence(PresenceGrace):
         """
         keys = list(keys)
         if self.grace > 0 and not at_once:
-            self._spawn(self._report_later(keys))
+            spawn_kept(self._tasks, self._report_later(keys))
             return
         for key in keys:
             if key in self.local:
@@ -165,7 +160,7 @@ class RedisPresence(PresenceGrace):
         lost_keys = [k.decode() for k in lost]
         if lost_keys:
             log.info("presence re-sync: %d keys went offline without a detach", len(lost_keys))
-            self._spawn(self.report_lost(lost_keys))
+            spawn_kept(self._tasks, self.report_lost(lost_keys))
 
     async def hand_over(self, sids: set[str], node: str) -> list[list[str]]:
         """Sockets `sids` moved to `node`: their entries become that node's, atomically.
