@@ -176,6 +176,8 @@ class CoupNode:
         #: routes matched before the Engine.IO ones (the cluster forwards other nodes' sessions)
         self._front_rules: list[Any] = []
         self.http_server: HTTPServer | None = None
+        #: accepts the connections (when `front_door`); serves WebSocket upgrades and polling itself
+        self._front_door: FrontDoor | None = None
         #: built by `application()`, inside the running loop (sockjs-tornado needs that)
         self.sockjs: SockJSEndpoint | None = None
         #: started (in order) before the Socket.IO server, stopped after it
@@ -329,7 +331,9 @@ class CoupNode:
         server.proxies = self.proxies
         if self.front_door:
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
-                             head_timeout=self.settings.head_timeout)
+                             head_timeout=self.settings.head_timeout, body_timeout=self.settings.body_timeout,
+                             access=self.access_log())
+            self._front_door = door
             self._listeners = await door.serve(sockets, backlog=self.settings.listen_backlog)
         else:
             for sock in sockets:
@@ -411,6 +415,8 @@ class CoupNode:
             if self._stats_reporter is not None:
                 await self._stats_reporter.stop()
             await self.cluster.stop()
+        if self._front_door is not None:
+            self._front_door.close_idle()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None

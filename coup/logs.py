@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 #: (sid, user) of the client whose request is being handled, when there is one
@@ -150,8 +150,11 @@ class AccessLog:
 
     def __call__(self, handler: Any) -> None:
         request = handler.request
-        status = handler.get_status()
-        path = request.path  # no query string: it may carry what does not belong in a log
+        # no query string in the path: it may carry what does not belong in a log
+        self.entry(request.method, request.path, handler.get_status(), request.request_time, request.remote_ip)
+
+    def entry(self, method: str, path: str, status: int, seconds: Callable[[], float], remote_ip: Any) -> None:
+        """One request's line (Tornado's requests through `__call__`, the front door's directly)."""
         if status == 503 and self.quiet(path):
             level = logging.INFO  # a probe or a handshake told "not now" (not ready, draining): no error
         elif status >= 500:
@@ -162,10 +165,10 @@ class AccessLog:
             level = logging.WARNING if status >= 400 else logging.INFO
         if not self.log.isEnabledFor(level):
             return
-        duration = 1000.0 * request.request_time()
-        self.log.log(level, "%d %s %s %.1fms", status, request.method, path, duration, extra={
-            "method": request.method, "path": path, "status": status, "duration_ms": round(duration, 2),
-            "remote_ip": request.remote_ip})
+        duration = 1000.0 * seconds()
+        self.log.log(level, "%d %s %s %.1fms", status, method, path, duration, extra={
+            "method": method, "path": path, "status": status, "duration_ms": round(duration, 2),
+            "remote_ip": remote_ip})
 
 
 __all__ = ["AccessLog", "ContextFilter", "JsonFormatter", "TextFormatter", "bind_user", "configure_logging",

@@ -115,6 +115,21 @@ class PollingTransport:
 
     async def poll(self) -> str:
         """Serve one GET: the queued packets now, or as soon as there are some."""
+        waiter = self.begin_poll()
+        if waiter is not None:
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._drain()
+
+    def begin_poll(self) -> asyncio.Future[None] | None:
+        """Start serving one GET without a coroutine (the front door's fast path).
+
+        None: the answer is ready, `end_poll()` gives it. Otherwise the future to wait on; once
+        it is done (not cancelled: `cancel_poll` cancels it), `end_poll(waiter)` gives the answer.
+        """
         if self.discarded:
             raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "polling after upgrade")
         session = self.session
@@ -128,13 +143,14 @@ class PollingTransport:
                 session.close("transport error", graceful=False)
             raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "overlapping poll")
         if self._queue or self._closed or self._upgrading:
-            return self._drain()
+            return None
         waiter = self._waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
+        return waiter
+
+    def end_poll(self, waiter: asyncio.Future[None] | None = None) -> str:
+        """The answer to the GET `begin_poll` started (with the future it returned, if any)."""
+        if waiter is not None and self._waiter is waiter:
+            self._waiter = None
         return self._drain()
 
     def cancel_poll(self) -> None:

@@ -17,6 +17,15 @@ from coup.transports.origins import OriginPolicy
 log = logging.getLogger(__name__)
 
 
+def log_refusal(method: str | None, uri: str | None, error: EngineRequestError) -> None:
+    log.info("refused %s %s: %s", method, uri, error.detail or error)
+
+
+def refusal_body(error: EngineRequestError) -> bytes:
+    """The reference server's error body; the detail goes to our log only (`log_refusal`)."""
+    return json.dumps(error.body()).encode()
+
+
 class EngineRequestHandler(RequestHandler):
     """Base of the handlers mounted at the Engine.IO path (``/socket.io/``)."""
 
@@ -34,11 +43,9 @@ class EngineRequestHandler(RequestHandler):
         return self.origins.allows(self.request.headers.get("Origin"), self.request.headers.get("Host"))
 
     def set_cors_headers(self) -> None:
-        origin = self.request.headers.get("Origin")
-        if origin is not None and self.origin_allowed():
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Allow-Credentials", "true")
-            self.add_header("Vary", "Origin")
+        headers = self.request.headers
+        for name, value in self.origins.cors_headers(headers.get("Origin"), headers.get("Host")):
+            self.add_header(name, value)
 
     def handshake_info(self) -> HandshakeInfo:
         request = self.request
@@ -55,12 +62,12 @@ class EngineRequestHandler(RequestHandler):
 
     def refuse(self, error: EngineRequestError) -> None:
         """Answer with the reference server's error body; the detail goes to our log only."""
-        log.info("refused %s %s: %s", self.request.method, self.request.uri, error.detail or error)
+        log_refusal(self.request.method, self.request.uri, error)
         self.clear()
         self.set_status(error.status)
         self.set_cors_headers()
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error.body()))
+        self.finish(refusal_body(error))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         code = EngineErrorCode.BAD_REQUEST

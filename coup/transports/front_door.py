@@ -20,14 +20,15 @@ import socket
 import time
 from typing import cast
 
-from tornado.escape import parse_qs_bytes
 from tornado.httpserver import HTTPServer
 
 from coup.engine.errors import EngineRequestError
-from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
+from coup.logs import AccessLog
 from coup.transports.arrival import ArrivalIOStream
+from coup.transports.http1 import FrontRequest, NotFast
 from coup.transports.origins import OriginPolicy
+from coup.transports.polling import HeldPoll, PollingDoor
 from coup.transports.proxies import TrustedProxies
 from coup.transports.websocket import UpgradeRequired, check_upgrade, start_websocket
 
@@ -39,25 +40,31 @@ MAX_HEAD = 16 * 1024
 _HEAD_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
-class _NotFast(Exception):
-    """This request is not for the fast path: hand it to Tornado."""
-
-
 class FrontDoor:
     """What the front-door protocols of one node share."""
 
-    __slots__ = ("engine", "head_timeout", "http_server", "origins", "path", "proxies")
+    __slots__ = ("body_timeout", "closing", "connections", "engine", "head_timeout", "http_server", "origins",
+                 "path", "polling", "proxies")
 
     def __init__(self, engine: EngineServer, origins: OriginPolicy, http_server: HTTPServer,
-                 path: str, *, proxies: TrustedProxies | None = None, head_timeout: float = 10.0) -> None:
+                 path: str, *, proxies: TrustedProxies | None = None, head_timeout: float = 10.0,
+                 body_timeout: float = 10.0, access: AccessLog | None = None) -> None:
         self.engine = engine
         self.origins = origins
         self.http_server = http_server
         self.path = path.rstrip("/") + "/"
         #: whose forwarded headers to believe (`coup.transports.proxies`); nobody's by default
         self.proxies = proxies or TrustedProxies()
-        #: seconds a new connection has to send its first request head; then 408 and close
+        #: seconds a connection has to send a request head (the first, or the next on keep-alive)
         self.head_timeout = head_timeout
+        #: seconds a POST's body has to arrive after its head
+        self.body_timeout = body_timeout
+        #: long-polling requests served here, not by Tornado
+        self.polling = PollingDoor(engine, origins, self.proxies, access)
+        #: connections this door still serves (keep-alive polling; not yet handed on)
+        self.connections: set[FrontDoorProtocol] = set()
+        #: the node is stopping: each connection closes after its answer
+        self.closing = False
 
     def protocol(self) -> FrontDoorProtocol:
         return FrontDoorProtocol(self)
@@ -70,57 +77,36 @@ class FrontDoor:
         loop = asyncio.get_running_loop()
         return [await loop.create_server(self.protocol, sock=sock, backlog=backlog) for sock in sockets]
 
-    def _matches_path(self, path: str) -> bool:
+    def close_idle(self) -> None:
+        """Close the connections between two requests (as Tornado's `close_all_connections`);
+        a held poll's connection closes once it is answered."""
+        self.closing = True
+        for connection in list(self.connections):
+            connection.close_if_idle()
+
+    def matches_path(self, path: str) -> bool:
         return path == self.path or path == self.path[:-1] or path.startswith(self.path)
 
-    def try_upgrade(self, head: bytes, transport: asyncio.Transport, rest: bytes) -> bool:
-        """Serve `head` as a WebSocket upgrade if it is a plain one; False hands it to Tornado."""
+    def try_upgrade(self, request: FrontRequest, transport: asyncio.Transport, rest: bytes) -> bool:
+        """Serve `request` as a WebSocket upgrade if it is a plain one; False hands it to Tornado."""
+        headers = request.headers
+        query = request.query
         try:
-            text = head.decode("latin-1")
-            request_line, _, header_block = text.partition("\r\n")
-            method, target, version = request_line.split(" ")
-            if method != "GET" or version != "HTTP/1.1":
-                raise _NotFast()
-            path, _, query_text = target.partition("?")
-            if not self._matches_path(path):
-                raise _NotFast()
-            headers: dict[str, str] = {}
-            for line in header_block.split("\r\n"):
-                name, colon, value = line.partition(":")
-                lower = name.lower()
-                if not colon or not name or name[0] in " \t" or name != name.strip() or lower in headers:
-                    raise _NotFast()  # folded, malformed or repeated header: Tornado's rules apply
-                headers[lower] = value.strip()
+            if request.method != "GET" or query.get("transport") != "websocket":
+                raise NotFast()
             if "content-length" in headers or "transfer-encoding" in headers:
-                raise _NotFast()
-            arguments = parse_qs_bytes(query_text, keep_blank_values=True)
-            query = {k: v[-1].decode("utf-8", "replace") for k, v in arguments.items()}
-            if query.get("transport") != "websocket":
-                raise _NotFast()
-            key, probe = check_upgrade(self.engine, self.origins, query,
-                                       lambda name: headers.get(name.lower()))
-        except (_NotFast, ValueError, UpgradeRequired, EngineRequestError):
+                raise NotFast()
+            key, probe = check_upgrade(self.engine, self.origins, query, request.header)
+        except (NotFast, UpgradeRequired, EngineRequestError):
             return False  # Tornado answers it, refusals included, exactly as it always does
-
-        def handshake() -> HandshakeInfo:
-            address, secure = self._client_address(transport, headers)
-            return HandshakeInfo(headers=headers, query=query, address=address, url=target,
-                                 secure=secure, issued=time.time(), xdomain="origin" in headers)
-
-        ws = start_websocket(self.engine, key, probe, handshake, headers.get("sec-websocket-extensions"))
+        proxies = self.proxies
+        ws = start_websocket(self.engine, key, probe, lambda: request.handshake_info(proxies),
+                             headers.get("sec-websocket-extensions"))
         transport.set_protocol(ws)
         ws.connection_made(transport)
         if rest:
             ws.data_received(rest)
         return True
-
-    def _client_address(self, transport: asyncio.Transport, headers: dict[str, str]) -> tuple[str, bool]:
-        """The client's IP and whether it came over TLS, believing forwarded headers only from
-        trusted proxies (the same rule as Tornado's side, `ArrivalHTTPServer`)."""
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if isinstance(peer, tuple) and peer else "0.0.0.0"
-        ip, scheme = self.proxies.client(ip, lambda name: headers.get(name.lower()))
-        return ip, scheme == "https"
 
     def to_tornado(self, transport: asyncio.Transport, data: bytes) -> None:
         """Give the connection, with the bytes read so far, to Tornado's HTTP server."""
@@ -150,61 +136,196 @@ class FrontDoor:
 
 
 class FrontDoorProtocol(asyncio.Protocol):
-    """Reads a connection's first request head, then becomes a WebSocket or hands over."""
+    """Reads a connection's request heads: a WebSocket upgrade switches protocol, a polling
+    request is served here (and the next head read, keep-alive), anything else goes to Tornado
+    with the bytes read so far, and with it the rest of the connection.
 
-    __slots__ = ("_buffer", "_deadline", "_door", "_transport")
+    One request at a time, as HTTP/1.1 has it: bytes that come while a poll is held wait in
+    the buffer for its answer. The read interest is never flipped (Tornado's was, per request).
+    """
+
+    __slots__ = (
+        "_body_wait",
+        "_buffer",
+        "_deadline",
+        "_door",
+        "_held",
+        "_paused",
+        "_peer",
+        "_served",
+        "_serving",
+        "_transport",
+    )
 
     def __init__(self, door: FrontDoor) -> None:
         self._door = door
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._peer = "0.0.0.0"
+        #: the GET waiting for its session's packets, if any
+        self._held: HeldPoll | None = None
+        #: inside `_serve`: an answer written now does not start the next request itself
+        self._serving = False
+        #: requests answered on this connection (after the first, a silent close on idle timeout)
+        self._served = 0
+        #: the deadline armed is the body's (`body_timeout`), not the head's
+        self._body_wait = False
+        #: reading paused: too much came behind a held poll
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = peer[0]
+        self._door.connections.add(self)
         # a connection that never finishes its head would otherwise be held open for ever
-        self._deadline = asyncio.get_running_loop().call_later(self._door.head_timeout, self._timed_out)
+        self._arm(self._door.head_timeout)
 
     def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             return
-        buffer = self._buffer + data if self._buffer else data
+        buffer = self._buffer = self._buffer + data if self._buffer else data
+        if self._held is None and not self._serving:
+            self._serve()
+        elif len(buffer) > MAX_HEAD + self._door.polling.max_body and not self._paused:
+            self._paused = True  # a client sending on and on behind its held poll: wait for its answer
+            self._transport.pause_reading()
+
+    def _serve(self) -> None:
+        """Serve the requests complete in the buffer, until one is held or handed on."""
+        self._serving = True
+        try:
+            while self._transport is not None and self._held is None and self._buffer:
+                if not self._next():
+                    break
+        finally:
+            self._serving = False
+
+    def _next(self) -> bool:
+        """Serve the request at the start of the buffer; False: it is not all there yet."""
+        transport = self._transport
+        assert transport is not None
+        door = self._door
+        buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(buffer) > MAX_HEAD:
-                self._release()
-                self._door.to_tornado(transport, buffer)
-            else:
-                self._buffer = buffer
-            return
-        self._release()
-        if not self._door.try_upgrade(buffer[:end], transport, buffer[end + 4:]):
-            self._door.to_tornado(transport, buffer)
+                self._hand_on(buffer)
+            elif self._deadline is None:
+                self._arm(door.head_timeout)
+            return False
+        try:
+            request = FrontRequest(buffer[:end], self._peer, time.monotonic())
+            if not door.matches_path(request.path):
+                raise NotFast()
+            length = request.body_length()
+        except (NotFast, ValueError):
+            self._hand_on(buffer)
+            return False
+        if request.query.get("transport") == "websocket":
+            self._release()
+            if not door.try_upgrade(request, transport, buffer[end + 4:]):
+                door.to_tornado(transport, buffer)
+            return False
+        polling = door.polling
+        if length > polling.max_body:
+            self._hand_on(buffer)  # Tornado's handler refuses it and ends the session
+            return False
+        start = end + 4
+        if len(buffer) < start + length:  # the body is still coming
+            if not self._body_wait:
+                self._arm(door.body_timeout)
+                self._body_wait = True
+            return False
+        answer = polling.serve(request, buffer[start:start + length])
+        if answer is None:
+            self._hand_on(buffer)
+            return False
+        self._disarm()
+        self._buffer = buffer[start + length:]
+        if isinstance(answer, HeldPoll):
+            self._held = answer
+            answer.waiter.add_done_callback(self._poll_released)
+            return True
+        self._answer(answer, request.keeps_alive())
+        return True
 
-    def _release(self) -> None:
-        """The head is read (or handed on): this protocol is done with the connection."""
-        self._buffer = b""
-        self._transport = None
+    def _poll_released(self, waiter: asyncio.Future[None]) -> None:
+        held = self._held
+        if held is None or held.waiter is not waiter or waiter.cancelled():
+            return  # the client hung up: what was queued waits for its next GET
+        self._held = None
+        if self._transport is None:
+            return
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+        self._answer(self._door.polling.answer_held(held), held.request.keeps_alive())
+        if self._transport is not None and not self._serving:
+            self._serve()
+
+    def _answer(self, data: bytes, keep_alive: bool) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(data)
+        self._served += 1
+        if not keep_alive or self._door.closing:
+            self._release()
+            transport.close()
+        elif not self._buffer:
+            self._arm(self._door.head_timeout)
+
+    def _hand_on(self, buffer: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._release()
+        self._door.to_tornado(transport, buffer)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        self._body_wait = False
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
+    def _release(self) -> None:
+        """This protocol is done with the connection (closed, upgraded or handed on)."""
+        self._buffer = b""
+        self._transport = None
+        self._disarm()
+        self._door.connections.discard(self)
+        held, self._held = self._held, None
+        if held is not None:
+            held.transport.cancel_poll()
+
+    def close_if_idle(self) -> None:
+        transport = self._transport
+        if transport is not None and self._held is None and not self._serving:
+            self._release()
+            transport.close()
+
     def _timed_out(self) -> None:
         self._deadline = None
         transport = self._transport
-        if transport is None:
+        if transport is None or self._held is not None:
             return
-        log.info("front door: no complete request head from %s within %.1f s; closing",
-                 transport.get_extra_info("peername"), self._door.head_timeout)
+        partial = bool(self._buffer) and not self._body_wait
+        log.info("front door: no complete request from %s within its time; closing", self._peer)
         self._release()
-        transport.write(_HEAD_TIMED_OUT)
+        if partial or not self._served:
+            transport.write(_HEAD_TIMED_OUT)
+        # else an idle keep-alive connection or a late body: closed without a word, as Tornado does
         transport.close()
 
     def eof_received(self) -> bool | None:
         transport = self._transport
         if transport is not None:
-            self._release()
+            self._release()  # a held poll is cancelled, as Tornado does when its stream closes
             transport.close()
         return None
 

@@ -34,5 +34,12 @@ class OriginPolicy:
             return False
         return urlsplit(origin).netloc == host.strip().lower()
 
+    def cors_headers(self, origin: str | None, host: str | None) -> tuple[tuple[str, str], ...]:
+        """The CORS headers of an answer to a request from `origin` (none if it is not allowed)."""
+        if origin is None or not self.allows(origin, host):
+            return ()
+        return (("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"),
+                ("Vary", "Origin"))
+
     def __repr__(self) -> str:
         return f"OriginPolicy({'*' if self._any else sorted(self._allowed)})"

@@ -10,14 +10,50 @@ is read makes Tornado close the keep-alive connection, which clients then trip o
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tornado.web import stream_request_body
 
 from coup.engine.errors import EngineErrorCode, EngineRequestError
 from coup.engine.polling import PollingTransport
-from coup.engine.session import Session
+from coup.engine.server import EngineServer
+from coup.engine.session import Session, SessionState
+from coup.logs import AccessLog
 from coup.protocol.errors import PayloadTooLarge
-from coup.transports.base import EngineRequestHandler
+from coup.transports.base import EngineRequestHandler, log_refusal, refusal_body
+from coup.transports.http1 import FrontRequest, response
+from coup.transports.origins import OriginPolicy
+from coup.transports.proxies import TrustedProxies
+
+
+def request_error(engine: EngineServer, origins: OriginPolicy, method: str | None, query: dict[str, str],
+                  origin: str | None, host: str | None) -> EngineRequestError | None:
+    """Why a request at the Engine.IO path must be refused before it is served, if it must."""
+    if method not in ("GET", "POST", "OPTIONS"):
+        code = EngineErrorCode.BAD_REQUEST if "sid" in query else EngineErrorCode.BAD_HANDSHAKE_METHOD
+        return EngineRequestError(code, f"method {method}")
+    try:
+        engine.check_request(query)
+    except EngineRequestError as exc:
+        return exc
+    if method != "OPTIONS" and not origins.allows(origin, host):
+        return EngineRequestError(EngineErrorCode.FORBIDDEN, f"origin {origin!r}")
+    return None
+
+
+def polling_transport(engine: EngineServer, sid: str, *, closing: bool = False) -> PollingTransport:
+    session: Session = engine.get(sid, closing=closing)
+    transport = session.transport
+    if not isinstance(transport, PollingTransport):
+        raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "session is not on polling")
+    return transport
+
+
+def _counted(engine: EngineServer, body: str) -> bytes:
+    data = body.encode("utf-8")
+    if engine.metrics is not None:
+        engine.metrics.bytes_sent["polling"] += len(data)
+    return data
 
 
 class PollingHandler(EngineRequestHandler):
@@ -31,24 +67,17 @@ class PollingHandler(EngineRequestHandler):
             self.refuse(error)
 
     def request_error(self) -> EngineRequestError | None:
-        if self.request.method not in ("GET", "POST", "OPTIONS"):
-            code = EngineErrorCode.BAD_REQUEST if "sid" in self.request.query_arguments \
-                else EngineErrorCode.BAD_HANDSHAKE_METHOD
-            return EngineRequestError(code, f"method {self.request.method}")
-        try:
-            self.engine.check_request(self.query())
-        except EngineRequestError as exc:
-            return exc
-        if self.request.method != "OPTIONS" and not self.origin_allowed():
-            return EngineRequestError(EngineErrorCode.FORBIDDEN, f"origin {self.request.headers.get('Origin')!r}")
-        return None
+        request = self.request
+        return request_error(self.engine, self.origins, request.method, self.query(),
+                             request.headers.get("Origin"), request.headers.get("Host"))
 
     def polling_transport(self, sid: str, *, closing: bool = False) -> PollingTransport:
-        session: Session = self.engine.get(sid, closing=closing)
-        transport = session.transport
-        if not isinstance(transport, PollingTransport):
-            raise EngineRequestError(EngineErrorCode.BAD_REQUEST, "session is not on polling")
-        return transport
+        return polling_transport(self.engine, sid, closing=closing)
+
+    def compute_etag(self) -> None:
+        """No Etag: a long-poll's answer is never cached (``no-store``), and the front door's
+        fast path (`PollingDoor`) answers the same without one."""
+        return None
 
     async def get(self) -> None:
         sid = self.get_query_argument("sid", None)
@@ -72,10 +101,7 @@ class PollingHandler(EngineRequestHandler):
         self.set_cors_headers()
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
-        data = body.encode("utf-8")
-        if self.engine.metrics is not None:
-            self.engine.metrics.bytes_sent["polling"] += len(data)
-        self.finish(data)
+        self.finish(_counted(self.engine, body))
 
     def options(self) -> None:
         if not self.origin_allowed():
@@ -153,3 +179,103 @@ class PollingPostHandler(PollingHandler):
         self.set_cors_headers()
         self.set_header("Content-Type", "text/html")
         self.finish(b"ok")
+
+
+class HeldPoll:
+    """A GET the front door holds until its session has packets (`PollingDoor.answer_held`)."""
+
+    __slots__ = ("request", "transport", "waiter")
+
+    def __init__(self, request: FrontRequest, transport: PollingTransport, waiter: asyncio.Future[None]) -> None:
+        self.request = request
+        self.transport = transport
+        self.waiter = waiter
+
+
+class PollingDoor:
+    """Long-polling without Tornado: the front door's keep-alive connections bring it each
+    request of a local polling session (and each polling handshake).
+
+    It serves only what `PollingHandler` / `PollingPostHandler` would serve, with their
+    answers byte for byte (headers, CORS, refusals, access log, metrics); whatever they would
+    refuse before touching a session, or anything else, it declines (None) before doing
+    anything, and Tornado answers it.
+    """
+
+    __slots__ = ("access", "engine", "origins", "proxies")
+
+    def __init__(self, engine: EngineServer, origins: OriginPolicy, proxies: TrustedProxies,
+                 access: AccessLog | None) -> None:
+        self.engine = engine
+        self.origins = origins
+        self.proxies = proxies
+        self.access = access
+
+    @property
+    def max_body(self) -> int:
+        """A POST body over this goes to Tornado (`PollingPostHandler` refuses it and ends the session)."""
+        return self.engine.options.max_payload
+
+    def serve(self, request: FrontRequest, body: bytes) -> bytes | HeldPoll | None:
+        """The answer now, a held GET, or None: Tornado's to serve."""
+        method = request.method
+        query = request.query
+        if method not in ("GET", "POST") or query.get("transport") != "polling":
+            return None
+        engine = self.engine
+        headers = request.headers
+        if request_error(engine, self.origins, method, query, headers.get("origin"), headers.get("host")):
+            return None
+        sid = query.get("sid")
+        if sid is None:  # a handshake
+            if method != "GET" or body:
+                return None
+            session = engine.open_polling(request.handshake_info(self.proxies))
+            transport = session.transport
+            assert isinstance(transport, PollingTransport)
+        else:
+            found = engine.sessions.get(sid)
+            if found is None:
+                return None
+            session = found
+            session.run_overdue_timer()  # as `engine.get` does: the deadline decides
+            transport = session.transport
+            if not isinstance(transport, PollingTransport) or transport.discarded:
+                return None
+            if method == "POST":
+                if not session.open or len(body) > self.max_body:
+                    return None
+                try:
+                    transport.receive_payload(body)
+                except EngineRequestError as exc:
+                    return self.refusal(request, exc)
+                return self.answer(request, 200, "text/html", b"ok")
+            if body or transport.waiting or not (session.open or session.state is SessionState.CLOSING):
+                return None
+        waiter = transport.begin_poll()
+        if waiter is None:
+            return self.poll_answer(request, transport.end_poll())
+        return HeldPoll(request, transport, waiter)
+
+    def answer_held(self, held: HeldPoll) -> bytes:
+        """The answer to a held GET whose waiter is done (not cancelled)."""
+        return self.poll_answer(held.request, held.transport.end_poll(held.waiter))
+
+    def poll_answer(self, request: FrontRequest, text: str) -> bytes:
+        return self.answer(request, 200, "text/plain; charset=UTF-8", _counted(self.engine, text),
+                           (("Cache-Control", "no-store"),))
+
+    def refusal(self, request: FrontRequest, error: EngineRequestError) -> bytes:
+        log_refusal(request.method, request.target, error)
+        return self.answer(request, error.status, "application/json", refusal_body(error))
+
+    def answer(self, request: FrontRequest, status: int, content_type: str, body: bytes,
+               extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        headers = request.headers
+        data = response(status, content_type, self.origins.cors_headers(headers.get("origin"), headers.get("host"))
+                        + extra, body)
+        if self.access is not None:
+            started = request.started
+            self.access.entry(request.method, request.path, status, lambda: time.monotonic() - started,
+                              request.client(self.proxies)[0])
+        return data
