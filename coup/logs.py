@@ -141,12 +141,12 @@ class AccessLog:
     def __init__(self, quiet_prefixes: Iterable[str], quiet_paths: Iterable[str]) -> None:
         #: transport requests: a long-polling client makes one every few seconds
         self.quiet_prefixes = tuple(p.rstrip("/") for p in quiet_prefixes)
-        self.quiet_paths = frozenset(quiet_paths)
+        self.quiet_paths = frozenset(quiet_paths) | frozenset(self.quiet_prefixes)
+        self._under = tuple(prefix + "/" for prefix in self.quiet_prefixes)
         self.log = logging.getLogger("coup.access")
 
     def quiet(self, path: str) -> bool:
-        return path in self.quiet_paths or any(
-            path == prefix or path.startswith(prefix + "/") for prefix in self.quiet_prefixes)
+        return path in self.quiet_paths or path.startswith(self._under)
 
     def __call__(self, handler: Any) -> None:
         request = handler.request

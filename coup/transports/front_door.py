@@ -149,6 +149,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         "_buffer",
         "_deadline",
         "_door",
+        "_due",
         "_held",
         "_paused",
         "_peer",
@@ -162,6 +163,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        #: `loop.time()` by which the next request must be complete; 0: none due (`_arm`)
+        self._due = 0.0
         self._peer = "0.0.0.0"
         #: the GET waiting for its session's packets, if any
         self._held: HeldPoll | None = None
@@ -213,7 +216,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         if end < 0:
             if len(buffer) > MAX_HEAD:
                 self._hand_on(buffer)
-            elif self._deadline is None:
+            elif not self._due:
                 self._arm(door.head_timeout)
             return False
         try:
@@ -284,20 +287,43 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._door.to_tornado(transport, buffer)
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._deadline = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+        """Close the connection unless a request is complete within `seconds`.
+
+        Lazily: a request or answer per poll only moves `_due`; the loop timer behind it
+        (one per connection) is created when none runs and, when it fires early, set again.
+        """
+        loop = asyncio.get_running_loop()
+        due = self._due = loop.time() + seconds
+        self._body_wait = False
+        timer = self._deadline
+        if timer is not None and timer.when() > due:
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._deadline = loop.call_at(due, self._check_due)
 
     def _disarm(self) -> None:
         self._body_wait = False
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = 0.0
+
+    def _check_due(self) -> None:
+        self._deadline = None
+        if self._transport is None or not self._due:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._due:
+            self._deadline = loop.call_at(self._due, self._check_due)
+            return
+        self._timed_out()
 
     def _release(self) -> None:
         """This protocol is done with the connection (closed, upgraded or handed on)."""
         self._buffer = b""
         self._transport = None
         self._disarm()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._door.connections.discard(self)
         held, self._held = self._held, None
         if held is not None:
@@ -310,7 +336,6 @@ class FrontDoorProtocol(asyncio.Protocol):
             transport.close()
 
     def _timed_out(self) -> None:
-        self._deadline = None
         transport = self._transport
         if transport is None or self._held is not None:
             return
