@@ -151,6 +151,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         "_door",
         "_due",
         "_held",
+        "_loop",
         "_paused",
         "_peer",
         "_served",
@@ -178,6 +179,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # once per connection: on CPython 3.11 `get_running_loop` is a getpid() system call
+        self._loop = asyncio.get_running_loop()
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
@@ -292,7 +295,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         Lazily: a request or answer per poll only moves `_due`; the loop timer behind it
         (one per connection) is created when none runs and, when it fires early, set again.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         due = self._due = loop.time() + seconds
         self._body_wait = False
         timer = self._deadline
@@ -310,7 +313,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._deadline = None
         if self._transport is None or not self._due:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self._due:
             self._deadline = loop.call_at(self._due, self._check_due)
             return
