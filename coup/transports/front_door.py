@@ -1,14 +1,18 @@
-"""The front door: accepts TCP connections and serves WebSocket upgrades without Tornado's HTTP stack.
+"""The front door: accepts TCP connections and serves WebSocket upgrades and Engine.IO
+long-polling without Tornado's HTTP stack.
 
 Profiled at 2000 connects/s, Tornado's HTTP/1.1 machinery (stream reads with timeouts, header
 parsing, routing, a RequestHandler, then detaching the stream, duplicating the descriptor and
-registering it again with the loop) was most of the server's time per WebSocket connection.
-Here the first request of a connection is read by a small asyncio protocol: when it is a plain
-upgrade at the Engine.IO path that `check_upgrade` accepts, the same loop transport switches to
-`WebSocketTransport` (no second registration, no descriptor copy). Everything else (polling,
-static files, the API, any upgrade that would be refused, anything unusual in the request) goes
-to Tornado's `HTTPServer` with the bytes already read, so it gets exactly Tornado's answer.
-Figures: docs/transports.md, "The front door", and bench/README.md.
+registering it again with the loop) was most of the server's time per WebSocket connection,
+and 85-90 % of it per long-poll. Here each request head of a connection is read by a small
+asyncio protocol: a plain upgrade at the Engine.IO path that `check_upgrade` accepts switches
+the same loop transport to `WebSocketTransport` (no second registration, no descriptor copy);
+a polling request of a local session is answered by `PollingDoor` on the same keep-alive
+connection. Everything else (static files, the API, SockJS, any request that would be refused,
+anything unusual in the request) goes, with the rest of the connection, to Tornado's
+`HTTPServer` with the bytes already read, so it gets exactly Tornado's answer.
+Figures: docs/transports.md, "The front door" and "Long-polling through the front door", and
+bench/README.md.
 """
 
 from __future__ import annotations
