@@ -30,6 +30,8 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
     """A SockJS session of any HTTP or WebSocket transport."""
 
     _heartbeat_handle: asyncio.TimerHandle | None = None
+    #: set by the library: a flush is on the loop already
+    _pending_flush: bool
     #: the HTTP request that opened the session (its transport handler may be gone by on_open)
     request: Any = None
 
@@ -59,6 +61,27 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
             handler.send_pack("h")
         if self.handler is handler:
             self.start_heartbeat()
+
+    # ------------------------------------------------------------------ sending
+
+    def send_jsonified(self, msg: str, stats: bool = True) -> None:
+        """The library's, with the deferred flush put on the asyncio loop directly.
+
+        Tornado's `IOLoop.add_callback` asks `asyncio.get_running_loop()` (a getpid() system
+        call on CPython 3.11) and wraps the callback twice: 25 % of the server's samples at
+        40k xhr-streaming deliveries/s (py-spy), one call per message a busy stream queues.
+        """
+        if self._immediate_flush:
+            super().send_jsonified(msg, stats)
+            return
+        if self.send_queue:
+            self.send_queue += ","
+        self.send_queue += msg
+        if not self._pending_flush:
+            self._pending_flush = True
+            self.server.io_loop.asyncio_loop.call_soon(self.flush)
+        if stats:
+            self.stats.on_pack_sent(1)
 
     # ------------------------------------------------------------------ close
 
