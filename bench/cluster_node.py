@@ -50,10 +50,10 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     counts = {"messages": 0}
     # COUP_BENCH_RECOVERY_WINDOW=0 turns connection state recovery off (the default is on, 120 s)
     window = float(os.environ.get("COUP_BENCH_RECOVERY_WINDOW", "120"))
+    backlog = {"listen_backlog": int(os.environ["COUP_LISTEN_BACKLOG"])} if "COUP_LISTEN_BACKLOG" in os.environ else {}
     settings = Settings(demo=True, host="127.0.0.1", port=args.port, redis_url=args.redis_url or None,
                         node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING",
-                        recovery_window=window, listen_backlog=int(os.environ.get("COUP_LISTEN_BACKLOG", "1024")),
-                        ).validated()
+                        recovery_window=window, **backlog).validated()
     node = CoupNode(settings)
     node.extra_rules.append((r"/bench/stats", StatsHandler, {"node": node, "counts": counts}))
     sio, nsp = node.sio, node.sio.main

@@ -297,7 +297,8 @@ class NodeClients:
 async def storm(peer: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load = loadavg()
     async with redis_server() as (redis_url, _):
-        cluster = Cluster(peer, redis_url, workdir, args.backlog)
+        name, _, backlog = peer.partition(":")  # ours:4096 - this run's COUP_LISTEN_BACKLOG
+        cluster = Cluster(name, redis_url, workdir, int(backlog) if backlog else args.backlog)
         generator = NodeClients(args.clients) if args.client == "node" else PythonClients(args.clients)
         try:
             await asyncio.to_thread(cluster.start)
@@ -312,12 +313,20 @@ async def storm(peer: str, args: argparse.Namespace, workdir: Path) -> dict[str,
             await asyncio.sleep(0.3)
             rss_before = {n: rss_kb(p) / 1024 for n, p in pids.items()}
             counters = tcp_counters()
+            profiler = None
+            if args.profile and cluster.peer == "ours":  # survivor 1's stacks from the kill on, for bench/pyspy_top.py
+                profiler = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pids["node1"]), "-r", "200",
+                    "-d", "8", "--format", "raw", "-o", args.profile, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
             killed = time.monotonic()
             cluster.procs[0].kill()
             clients = await generator.outcomes()
             await asyncio.sleep(0.2)
             sampling.cancel()
             dropped = {k: v - counters[k] for k, v in tcp_counters().items()}
+            if profiler is not None:
+                await asyncio.wait_for(profiler.wait(), 30)
             if args.timeline:
                 sampler.timeline(killed, clients, args.timeline)
         finally:
@@ -389,7 +398,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--peers", type=lambda s: s.split(","), default=["node", "ours"])
+    parser.add_argument("--peers", type=lambda s: s.split(","), default=["node", "ours"],
+                        help="node, ours, or ours:BACKLOG (COUP_LISTEN_BACKLOG for that run: an A/B in one run)")
     parser.add_argument("--in-flight", type=int, default=200, help="handshakes in flight while connecting to node 0")
     parser.add_argument("--backlog", type=int, help="COUP_LISTEN_BACKLOG for our nodes (default: the setting's)")
     parser.add_argument("--timeout", type=float, default=90, help="seconds a client keeps trying")
@@ -397,6 +407,7 @@ def main() -> int:
                         help="print drain.py's timeline per STEP s after the kill (attempts, joined, CPU %%)")
     parser.add_argument("--client", choices=["node", "python"], default="node",
                         help="the clients: bench/storm_ref/stormgen.js (default), or drain.py's in this process")
+    parser.add_argument("--profile", metavar="PATH", help="py-spy our survivor 1 for 8 s from the kill (raw stacks)")
     parser.add_argument("--json", metavar="PATH", help="append one JSON line per run")
     parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
                         help="run the clients on uvloop (cheaper per connect)")
