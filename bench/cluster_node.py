@@ -50,9 +50,10 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     counts = {"messages": 0}
     # COUP_BENCH_RECOVERY_WINDOW=0 turns connection state recovery off (the default is on, 120 s)
     window = float(os.environ.get("COUP_BENCH_RECOVERY_WINDOW", "120"))
+    backlog = {"listen_backlog": int(os.environ["COUP_LISTEN_BACKLOG"])} if "COUP_LISTEN_BACKLOG" in os.environ else {}
     settings = Settings(demo=True, host="127.0.0.1", port=args.port, redis_url=args.redis_url or None,
                         node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING",
-                        recovery_window=window).validated()
+                        recovery_window=window, **backlog).validated()
     node = CoupNode(settings)
     node.extra_rules.append((r"/bench/stats", StatsHandler, {"node": node, "counts": counts}))
     sio, nsp = node.sio, node.sio.main
@@ -66,10 +67,12 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
 
     sio.rooms.register("message", message)
 
-    async def on_join(socket: Socket, args_: list[Any]) -> None:
+    async def on_join(socket: Socket, args_: list[Any]) -> bool:
         data = args_[0] if args_ else None
         if isinstance(data, dict) and data.get("studyId") is not None:
             await socket.join(f"study:{data['studyId']}")
+            return True  # the ack bench/reconnect_storm.py waits for (the harness asks for none)
+        return False
 
     async def on_message(socket: Socket, args_: list[Any]) -> None:
         data = args_[0] if args_ else None
@@ -97,7 +100,7 @@ async def main() -> None:
     async def open_shared_port() -> None:  # through the front door, as CoupNode.start does
         assert node.http_server is not None
         door = FrontDoor(node.engine, node.origins, node.http_server, SOCKET_IO_PATH, proxies=node.proxies)
-        await door.serve(bind_sockets(args.port, "127.0.0.1", reuse_port=True))
+        await door.serve(bind_sockets(args.port, "127.0.0.1", reuse_port=True), backlog=node.settings.listen_backlog)
 
     await serve_until_stopped(args.go, open_shared_port)
     await node.stop()

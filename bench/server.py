@@ -98,6 +98,9 @@ async def serve(host: str, port: int, metrics_port: int | None = None) -> None:
     node = CoupNode(settings)
     install_chat(node)
     await node.start()
+    delay_ms = float(os.environ.get("COUP_BENCH_FLUSH_DELAY_MS", "0"))
+    if delay_ms > 0:
+        delay_flushes(node, delay_ms / 1000)
     if os.environ.get("COUP_BENCH_NO_FREEZE") != "1":
         freeze_startup_heap()
     print(f"coup bench server (pid {os.getpid()}) listening on {host}:{port}", flush=True)
@@ -108,6 +111,24 @@ async def serve(host: str, port: int, metrics_port: int | None = None) -> None:
     await stop.wait()
     await node.stop()
     print(f"exit: {process_stats()}", flush=True)
+
+
+class _LaterLoop:
+    """The loop as the write coalescer sees it, with `call_soon` turned into `call_later(delay)`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._loop = loop
+        self._delay = delay
+
+    def call_soon(self, callback: Any) -> asyncio.TimerHandle:
+        return self._loop.call_later(self._delay, callback)
+
+
+def delay_flushes(node: CoupNode, delay: float) -> None:
+    """COUP_BENCH_FLUSH_DELAY_MS (an experiment, issue 18.4): hold each turn's writes `delay` s, so
+    that at a light load several broadcasts share one write per receiver, as they do at saturation."""
+    coalescer = node.engine.coalescer
+    coalescer._loop = _LaterLoop(coalescer._loop, delay)  # type: ignore[assignment]
 
 
 class CollectorPauses:

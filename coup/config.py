@@ -326,9 +326,9 @@ class Settings:
     host: str = setting("HOST", "127.0.0.1", _text, "interface to listen on (`0.0.0.0` for all)", "general")
     port: int = setting("PORT", 8000, _integer(0, 65535), "port to listen on", "general")
     listen_backlog: int = setting(
-        "COUP_LISTEN_BACKLOG", 1024, _integer(1, 65535), "connections the kernel queues before they are accepted "
-        "(capped by `net.core.somaxconn`); a full queue drops SYNs, and each drop costs a client a 1 s retransmit "
-        "in a reconnect storm", "general")
+        "COUP_LISTEN_BACKLOG", 4096, _integer(1, 65535), "connections the kernel queues before they are accepted "
+        "(capped by `net.core.somaxconn`, 4096 on Linux 5.4+); a full queue drops SYNs, and each drop costs a client "
+        "a 1 s retransmit in a reconnect storm (docs/operations.md)", "general")
     jwt_secret: Secret | None = setting(
         "JWT_SECRET", None, _secret, "secret for signing tokens, at least 32 bytes and not guessable (`aaaa…`, a "
         "repeated piece: refused); required unless demo mode", "general")
