@@ -6,7 +6,7 @@ when the database's unique (study, seq) constraint says another writer already t
 (two owners during a ring change, a counter that lost its state). The writer then asks again.
 
 `DatabaseSequence` (the default) remembers the last number per study in memory and reads
-`MAX(seq)` from the database the first time and after a `resync`; a cluster plugs in a
+`MAX(seq)` from the database the first time, and raises its number to it at a `resync`; a cluster plugs in a
 Redis counter (`coup.app` wires the cluster's generic counter in) behind the same three
 methods, which is why this is a `Protocol`: the cluster never imports the domain.
 """
@@ -54,4 +54,7 @@ class DatabaseSequence(SequenceSource):
             self._last[study_id] = seq - 1
 
     async def resync(self, study_id: int) -> None:
-        self._last.pop(study_id, None)
+        # raised to what is stored, never lowered: numbers handed out may still be in flight
+        # (a room numbers its next message before the last one committed)
+        stored = await self._read_max(study_id)
+        self._last[study_id] = max(stored, self._last.get(study_id, 0))
