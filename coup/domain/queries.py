@@ -48,7 +48,8 @@ def message_payload(message: Message, user_name: str) -> dict[str, Any]:
 
 
 def _message_body(message_id: int, study_id: int, seq: int, content: str, file_id: int | None, user_id: int,
-                  user_name: str, created_at: dt.datetime, client_message_id: str | None) -> dict[str, Any]:
+                  user_name: str, created_at: dt.datetime | str, client_message_id: str | None) -> dict[str, Any]:
+    """A message's payload; `created_at` as a datetime, or already in `iso` form."""
     return {
         "id": message_id,
         "studyId": study_id,
@@ -56,7 +57,7 @@ def _message_body(message_id: int, study_id: int, seq: int, content: str, file_i
         "content": content,
         "fileId": file_id,
         "user": {"id": user_id, "name": user_name},
-        "createdAt": iso(created_at),
+        "createdAt": created_at if isinstance(created_at, str) else iso(created_at),
         "clientMessageId": client_message_id,
     }
 
@@ -400,6 +401,7 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
     #: the result each row's notification belongs to
     owners: list[dict[str, Any]] = []
     results: list[tuple[int, dict[str, Any]]] = []
+    created_iso = str(iso(created_at))  # one time for the whole batch
     for i, message_id in stored:
         write = writes[i]
         new = write.new
@@ -408,14 +410,17 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
         #: users with a socket in the room who are no longer ACTIVE members: the room evicts them
         evict = sorted(present - members)
         present.add(new.user_id)
+        message = _message_body(message_id, new.study_id, seqs[i], new.content, new.file_id, new.user_id,
+                                new.user_name, created_iso, new.client_message_id)
+        result = {"outcome": "stored", "message": message, "notifications": [], "evict": evict}
+        results.append((i, result))
+        away = members - present
+        if not away:  # everyone is in the room (the usual chat): no notification to render
+            continue
         preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
         text = f"{new.user_name}: {preview}"
         stored_data = Notification.data.db_value({"messageId": message_id})
-        message = _message_body(message_id, new.study_id, seqs[i], new.content, new.file_id, new.user_id,
-                                new.user_name, created_at, new.client_message_id)
-        result = {"outcome": "stored", "message": message, "notifications": [], "evict": evict}
-        results.append((i, result))
-        for uid in sorted(members - present):
+        for uid in sorted(away):
             rows.append((uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at))
             owners.append(result)
     if rows:
@@ -426,7 +431,7 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
                 by_row[(uid, data)] = nid
         for (uid, _, text, study_id, data, _), owner in zip(rows, owners, strict=True):
             owner["notifications"].append({"userId": uid, "notification": {
-                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at),
+                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": created_iso,
                 "readAt": None, "studyId": study_id, "data": {"messageId": owner["message"]["id"]}}})
     return results
 
