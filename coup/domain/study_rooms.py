@@ -2,7 +2,10 @@
 
 `server.rooms.call("study:{id}", name, payload)` runs the command where the room is owned,
 one at a time per room. That single writer is what makes `seq` gap-free, member-joined /
-member-left exactly once per user, and a retried `clientMessageId` stored once. In one
+member-left exactly once per user, and a retried `clientMessageId` stored once. The message
+command lets the room go once its message is numbered and handed to the writer (`Detached`):
+the room's next message is numbered while this one is written, and the writer keeps the
+stored ones gap-free when one in between is refused (`_Line`, `coup.domain.writer`). In one
 process the owner is us; a cluster routes the call without this module changing, which is
 why payloads and results are plain JSON and refusals come back as ``{"ok": false, ...}``.
 

@@ -17,7 +17,9 @@ Guarantees the callers rely on:
 - writes are handed to `write` in submission order (per-room `seq` order in the INSERT);
 - a failed batch is written again one write at a time, so a single bad write (a row the
   database refuses) fails alone, and its neighbours are still stored; the bad one's future
-  gets the exception (its caller refuses with RETRY, gives its `seq` back, acks nothing).
+  gets the exception (its caller refuses with RETRY, gives its `seq` back, acks nothing);
+- with a `Numbering`, the writes of a series that are stored carry consecutive numbers,
+  whatever writes before them gave theirs up (see below).
 
 Numbered writes (`Numbering`): a room may submit its next message before the last one
 committed (each with the next `seq` of its study), so one batch holds several messages of a

@@ -59,8 +59,8 @@ def write(user_id: int, name: str, study_id: int, seq: int, content: str, cmid: 
 
 
 def more_studies() -> None:
-    """Studies 3 and 4, Alice, Bob and Dan ACTIVE in both: rooms enough for a batch (one
-    message per room is in flight at a time, so a batch holds one per room)."""
+    """Studies 3 and 4, Alice, Bob and Dan ACTIVE in both: a room each for the messages of a
+    batch (several messages of one room in a batch: tests/domain/test_room_pipeline.py)."""
     for study_id in (3, 4):
         Study.create(id=study_id, group=1, name=f"study {study_id}")
         for user_id in (1, 2, 4):
