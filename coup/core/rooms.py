@@ -27,7 +27,7 @@ class Detached:
 
     __slots__ = ("rest",)
 
-    def __init__(self, rest: asyncio.Future[Any]) -> None:
+    def __init__(self, rest: Awaitable[Any]) -> None:
         self.rest = rest
 
 
@@ -100,8 +100,7 @@ class LocalRoomRouter:
             async with lock:
                 result = await command(room, payload)
             if isinstance(result, Detached):
-                # shielded: a caller that gives up does not stop what the room's order waits for
-                return await asyncio.shield(result.rest)
+                return await result.rest
             return result
         finally:
             left = self._waiting[room] - 1

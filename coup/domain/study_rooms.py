@@ -317,22 +317,25 @@ class StudyRooms:
             line = self._lines[new.study_id] = _Line()
         line.open += 1
         try:
-            place = await self._number(line, MessageWrite(new, 0, present))
+            place = await self._number(line, new, present)
         except BaseException:
             self._close(line, new.study_id)
             raise
-        return Detached(asyncio.ensure_future(self._finish(line, new, present, place)))
+        # the caller awaits the rest itself (no task of its own): only the server's shutdown
+        # cancels a command, and a cancelled one releases its place in the room's order
+        return Detached(self._finish(line, new, present, place))
 
-    async def _number(self, line: _Line, write: MessageWrite, *, resync: bool = False) -> _Place:
-        """The study's next number for `write`, which goes to the writer at once (so the
+    async def _number(self, line: _Line, new: NewMessage, present: frozenset[int], *,
+                      resync: bool = False) -> _Place:
+        """The study's next number for `new`, which goes to the writer at once (so the
         writer gets a study's messages in number order) and takes the last place in the
         room's broadcast order."""
-        study_id = write.new.study_id
+        study_id = new.study_id
         async with line.lock:
             if resync:
                 await self.sequence.resync(study_id)
             seq = line.last = await self.sequence.next(study_id)
-            written = self.messages.enqueue(dataclasses.replace(write, seq=seq))
+            written = self.messages.enqueue(MessageWrite(new, seq, present))
             place = _Place(written, line.tail, asyncio.get_running_loop().create_future())
             line.tail = place.turn
         return place
@@ -351,8 +354,10 @@ class StudyRooms:
             for _ in range(SEQ_ATTEMPTS):
                 try:  # resolves once its batch committed: the ack and the broadcast come after
                     result = await place.written
-                except pw.PeeweeException:
+                except Exception as failed:  # the writer counted its number as given up
                     await self._give_back(line, new.study_id)
+                    if not isinstance(failed, pw.PeeweeException):
+                        raise
                     log.exception("storing a message in study %d failed", new.study_id)
                     return refusal(client_error("RETRY"))
                 outcome = result["outcome"]
@@ -362,7 +367,7 @@ class StudyRooms:
                     if outcome == "seq_clash":
                         log.warning("study %d: a seq was taken by another writer; resyncing", new.study_id)
                     place.release()  # our place in the room's order goes to the messages after us
-                    place = await self._number(line, MessageWrite(new, 0, present), resync=outcome == "seq_clash")
+                    place = await self._number(line, new, present, resync=outcome == "seq_clash")
                     continue
                 if place.after is not None:
                     await place.after  # the room's previous message is broadcast first
