@@ -11,12 +11,12 @@ from coup.core.errors import AckTimeout, ClientError, ConnectRefused, SocketDisc
 from coup.core.namespace import Namespace
 from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.presence import MemoryPresence, Presence
-from coup.core.rooms import LocalRoomRouter, RoomRouter
+from coup.core.rooms import Detached, LocalRoomRouter, RoomRouter
 from coup.core.server import SocketServer
 from coup.core.socket import Socket
 
 __all__ = [
     "ONCE_WINDOW", "AckTimeout", "Adapter", "BroadcastOperator", "BroadcastOptions", "ClientError", "ConnectRefused",
-    "LocalRoomRouter", "MemoryAdapter", "MemoryPresence", "Namespace", "Presence", "RecoveryOptions",
+    "Detached", "LocalRoomRouter", "MemoryAdapter", "MemoryPresence", "Namespace", "Presence", "RecoveryOptions",
     "RoomRouter", "ServerOptions", "Socket", "SocketDisconnected", "SocketInfo", "SocketServer",
 ]

@@ -19,6 +19,18 @@ class UnknownCommand(LookupError):
     pass
 
 
+class Detached:
+    """A command's result that is not ready yet but needs the room no more: the room's next
+    command may start while the caller still waits for `rest` (the command's own ordering
+    then keeps the room's effects in order; see `coup.domain.study_rooms`). The router
+    still counts the command as running until `rest` is done (`finish`, `room_idle`)."""
+
+    __slots__ = ("rest",)
+
+    def __init__(self, rest: Awaitable[Any]) -> None:
+        self.rest = rest
+
+
 class RoomRouter(Protocol):
     """Where room commands run: `register` them once, `call` them from anywhere."""
 
@@ -86,7 +98,10 @@ class LocalRoomRouter:
         self._waiting[room] = self._waiting.get(room, 0) + 1
         try:
             async with lock:
-                return await command(room, payload)
+                result = await command(room, payload)
+            if isinstance(result, Detached):
+                return await result.rest
+            return result
         finally:
             left = self._waiting[room] - 1
             if left:

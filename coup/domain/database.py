@@ -25,7 +25,7 @@ from playhouse.db_url import connect
 from coup.config import StartError, database_kind, url_for_logs
 from coup.domain.migrations import MigrationReport, migrate
 from coup.domain.models import database_proxy
-from coup.domain.writer import BatchWriter
+from coup.domain.writer import BatchWriter, Numbering
 
 if TYPE_CHECKING:
     from coup.metrics import Metrics
@@ -81,9 +81,10 @@ class Database:
         finally:  # observed here, on the loop thread: the histograms take no lock
             self.metrics.db_query(getattr(fn, "__name__", "query"), timed.seconds, failed=timed.failed)
 
-    def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str) -> BatchWriter[W, T]:
+    def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str,
+               numbering: Numbering[W, T] | None = None) -> BatchWriter[W, T]:
         """A group-committing writer for `write` on a thread of its own, stopped by `close`."""
-        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name)
+        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering)
         self._writers.append(writer)
         return writer
 

@@ -48,7 +48,8 @@ def message_payload(message: Message, user_name: str) -> dict[str, Any]:
 
 
 def _message_body(message_id: int, study_id: int, seq: int, content: str, file_id: int | None, user_id: int,
-                  user_name: str, created_at: dt.datetime, client_message_id: str | None) -> dict[str, Any]:
+                  user_name: str, created_at: dt.datetime | str, client_message_id: str | None) -> dict[str, Any]:
+    """A message's payload; `created_at` as a datetime, or already in `iso` form."""
     return {
         "id": message_id,
         "studyId": study_id,
@@ -56,7 +57,7 @@ def _message_body(message_id: int, study_id: int, seq: int, content: str, file_i
         "content": content,
         "fileId": file_id,
         "user": {"id": user_id, "name": user_name},
-        "createdAt": iso(created_at),
+        "createdAt": created_at if isinstance(created_at, str) else iso(created_at),
         "clientMessageId": client_message_id,
     }
 
@@ -258,23 +259,55 @@ def _active_members(study_ids: Sequence[int]) -> dict[int, set[int]]:
     return active
 
 
+#: outcomes of a write that used its `seq` (stored, or another writer's message holds it)
+NUMBERED = frozenset({"stored", "seq_clash"})
+
+
+def uses_number(outcome: dict[str, Any] | BaseException) -> bool:
+    """Whether a message write's outcome used its `seq` (the later ones of its study keep theirs)."""
+    return not isinstance(outcome, BaseException) and outcome.get("outcome") in NUMBERED
+
+
+class _Renumber(Exception):
+    """Some writes turned out to be duplicates only at the INSERT, after later writes of their
+    study were numbered past them: the transaction is rolled back and written again with
+    these outcomes known."""
+
+    def __init__(self, decided: dict[int, dict[str, Any]]) -> None:
+        super().__init__(f"{len(decided)} duplicates found at the INSERT")
+        self.decided = decided
+
+
 def store_messages(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
     """Store a batch of messages in one transaction (the group commit of `BatchWriter`): each
     with its `seq`, and a NEW_MESSAGE notification for every ACTIVE member of its study not in
     its room (`present`) nor its author. A handful of statements for the whole batch.
 
+    A study may have several writes in a batch, with consecutive numbers (its room submits
+    its next message before the last one committed). A write that is not stored gives its
+    number up, and the later stored writes of its study move down to close the gap: a
+    study's stored messages keep consecutive numbers.
+
     One result per write, in order: ``{"outcome": ...}``, ``stored`` (with `message`,
     `notifications` and `evict`: users in the room who are no longer ACTIVE members),
     ``duplicate`` (this user already stored that clientMessageId, in this batch or before:
     `message` is the first one), ``reused`` (that clientMessageId belongs to another study),
-    ``no_study``, ``not_member``, or ``seq_clash`` (another writer took `seq`).
+    ``no_study``, ``not_member``, ``seq_clash`` (another writer took `seq`), or ``again``
+    (its clientMessageId's first write in this batch was not stored: number it and write it
+    again).
     """
-    with database_proxy.atomic():
-        return _store_round(writes)
+    decided: dict[int, dict[str, Any]] = {}
+    while True:  # each turn decides at least one more write, so this ends
+        try:
+            with database_proxy.atomic():
+                return _store_round(writes, decided)
+        except _Renumber as redo:
+            decided.update(redo.decided)
 
 
-def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
-    outcomes: list[dict[str, Any] | None] = [None] * len(writes)
+def _store_round(writes: Sequence[MessageWrite], decided: dict[int, dict[str, Any]], *,
+                 second: bool = False) -> list[dict[str, Any]]:
+    outcomes: list[dict[str, Any] | None] = [decided.get(i) for i in range(len(writes))]
     # a clientMessageId twice in one batch (two tabs retrying at once): the later ones wait
     # for a second round in the same transaction, which finds the first one stored
     seen: set[ClientKey] = set()
@@ -282,7 +315,7 @@ def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
     for i, write in enumerate(writes):
         key = _client_key(write.new)
         if key is not None:
-            if key in seen:
+            if key in seen and outcomes[i] is None:
                 later.append(i)
                 outcomes[i] = {}
             seen.add(key)
@@ -300,7 +333,11 @@ def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
             continue
         study_id = write.new.study_id
         if write.new.user_id in active.get(study_id, ()):
-            inserting.append(i)
+            if second:  # its number was given up in the first round: stored already, or again
+                refused.append(i)
+                outcomes[i] = {"outcome": "again"}
+            else:
+                inserting.append(i)
         else:
             refused.append(i)
             outcomes[i] = {"outcome": "not_member" if study_id in active or study_id in existing else "no_study"}
@@ -309,49 +346,62 @@ def _store_round(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
         key = _client_key(writes[i].new)
         if key is not None and key in stored_before:
             outcomes[i] = _duplicate(stored_before[key], writes[i].new)
+    # the numbers: each write not inserted gives its number up to the later writes of its study
+    seqs: dict[int, int] = {}
+    given_up: dict[int, int] = {}
+    inserting_now = set(inserting)
+    for i, write in enumerate(writes):
+        study_id = write.new.study_id
+        if i in inserting_now:
+            seqs[i] = write.seq - given_up.get(study_id, 0)
+        else:
+            given_up[study_id] = given_up.get(study_id, 0) + 1
     created_at = utcnow()
     ids: dict[tuple[int, int, int], int] = {}
     if inserting:
         params: list[Any] = []
         for i in inserting:
             new = writes[i].new
-            params += (new.study_id, new.user_id, writes[i].seq, new.content, new.file_id, new.client_message_id,
+            params += (new.study_id, new.user_id, seqs[i], new.content, new.file_id, new.client_message_id,
                        created_at)
         for message_id, study_id, seq, user_id in _INSERT_MESSAGES.rows(len(inserting), params):
             ids[(study_id, seq, user_id)] = message_id
-    skipped = [writes[i].new for i in inserting
-               if (writes[i].new.study_id, writes[i].seq, writes[i].new.user_id) not in ids]
-    stored_now = _stored_by_client(skipped) if skipped else {}
+    skipped = [i for i in inserting if (writes[i].new.study_id, seqs[i], writes[i].new.user_id) not in ids]
+    stored_now = _stored_by_client([writes[i].new for i in skipped]) if skipped else {}
+    duplicates: dict[int, dict[str, Any]] = {}
+    for i in skipped:
+        key = _client_key(writes[i].new)
+        if key is not None and key in stored_now:  # a concurrent duplicate won the race
+            duplicates[i] = _duplicate(stored_now[key], writes[i].new)
+    if any(j > i and writes[j].new.study_id == writes[i].new.study_id for i in duplicates for j in inserting):
+        raise _Renumber(duplicates)  # later writes of its study were numbered past it
     stored: list[tuple[int, int]] = []
     for i in inserting:
         write = writes[i]
-        message_id_or_none = ids.get((write.new.study_id, write.seq, write.new.user_id))
+        message_id_or_none = ids.get((write.new.study_id, seqs[i], write.new.user_id))
         if message_id_or_none is not None:
             stored.append((i, message_id_or_none))
-            continue
-        key = _client_key(write.new)
-        if key is not None and key in stored_now:  # a concurrent duplicate won the race
-            outcomes[i] = _duplicate(stored_now[key], write.new)
         else:
-            outcomes[i] = {"outcome": "seq_clash"}
-    for i, result in _with_notifications(writes, stored, active, created_at):
+            outcomes[i] = duplicates.get(i) or {"outcome": "seq_clash"}
+    for i, result in _with_notifications(writes, stored, seqs, active, created_at):
         outcomes[i] = result
     if later:
-        for i, result in zip(later, _store_round([writes[i] for i in later]), strict=True):
+        for i, result in zip(later, _store_round([writes[i] for i in later], {}, second=True), strict=True):
             outcomes[i] = result
     done = [outcome for outcome in outcomes if outcome]
     assert len(done) == len(writes), "every write has an outcome"
     return done
 
 
-def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, int]], active: dict[int, set[int]],
-                        created_at: dt.datetime) -> list[tuple[int, dict[str, Any]]]:
+def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, int]], seqs: dict[int, int],
+                        active: dict[int, set[int]], created_at: dt.datetime) -> list[tuple[int, dict[str, Any]]]:
     """The stored messages' results, their NEW_MESSAGE notifications stored (one INSERT per
     `NOTIFICATION_CHUNK` rows for the whole batch)."""
     rows: list[tuple[int, str, str, int, str | None, dt.datetime]] = []
     #: the result each row's notification belongs to
     owners: list[dict[str, Any]] = []
     results: list[tuple[int, dict[str, Any]]] = []
+    created_iso = str(iso(created_at))  # one time for the whole batch
     for i, message_id in stored:
         write = writes[i]
         new = write.new
@@ -360,14 +410,17 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
         #: users with a socket in the room who are no longer ACTIVE members: the room evicts them
         evict = sorted(present - members)
         present.add(new.user_id)
+        message = _message_body(message_id, new.study_id, seqs[i], new.content, new.file_id, new.user_id,
+                                new.user_name, created_iso, new.client_message_id)
+        result = {"outcome": "stored", "message": message, "notifications": [], "evict": evict}
+        results.append((i, result))
+        away = members - present
+        if not away:  # everyone is in the room (the usual chat): no notification to render
+            continue
         preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
         text = f"{new.user_name}: {preview}"
         stored_data = Notification.data.db_value({"messageId": message_id})
-        message = _message_body(message_id, new.study_id, write.seq, new.content, new.file_id, new.user_id,
-                                new.user_name, created_at, new.client_message_id)
-        result = {"outcome": "stored", "message": message, "notifications": [], "evict": evict}
-        results.append((i, result))
-        for uid in sorted(members - present):
+        for uid in sorted(away):
             rows.append((uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at))
             owners.append(result)
     if rows:
@@ -378,7 +431,7 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
                 by_row[(uid, data)] = nid
         for (uid, _, text, study_id, data, _), owner in zip(rows, owners, strict=True):
             owner["notifications"].append({"userId": uid, "notification": {
-                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": iso(created_at),
+                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": created_iso,
                 "readAt": None, "studyId": study_id, "data": {"messageId": owner["message"]["id"]}}})
     return results
 

@@ -1,12 +1,16 @@
 """Per-study message sequence numbers (`seq`): monotonic and gap-free within a study.
 
 The room's single writer (the `study.message` room command) asks for a number, stores the
-message with it, and reports back: `give_back` when the message was not stored, `resync`
+message with it, and reports back: `give_back` when a message was not stored, `resync`
 when the database's unique (study, seq) constraint says another writer already took it
 (two owners during a ring change, a counter that lost its state). The writer then asks again.
+A room has several numbered messages in flight (`coup.domain.study_rooms`): when one is not
+stored, the writer moves the later ones down and the room gives back the *last* number it
+was handed (`give_back(study, last)`), so the source's next number follows the stored ones.
 
 `DatabaseSequence` (the default) remembers the last number per study in memory and reads
-`MAX(seq)` from the database the first time and after a `resync`; a cluster plugs in a
+`MAX(seq)` from the database the first time, and raises its number to it at a `resync`
+(never lowers it: numbers handed out may still be in flight); a cluster plugs in a
 Redis counter (`coup.app` wires the cluster's generic counter in) behind the same three
 methods, which is why this is a `Protocol`: the cluster never imports the domain.
 """
@@ -54,4 +58,7 @@ class DatabaseSequence(SequenceSource):
             self._last[study_id] = seq - 1
 
     async def resync(self, study_id: int) -> None:
-        self._last.pop(study_id, None)
+        # raised to what is stored, never lowered: numbers handed out may still be in flight
+        # (a room numbers its next message before the last one committed)
+        stored = await self._read_max(study_id)
+        self._last[study_id] = max(stored, self._last.get(study_id, 0))

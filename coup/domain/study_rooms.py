@@ -2,7 +2,10 @@
 
 `server.rooms.call("study:{id}", name, payload)` runs the command where the room is owned,
 one at a time per room. That single writer is what makes `seq` gap-free, member-joined /
-member-left exactly once per user, and a retried `clientMessageId` stored once. In one
+member-left exactly once per user, and a retried `clientMessageId` stored once. The message
+command lets the room go once its message is numbered and handed to the writer (`Detached`):
+the room's next message is numbered while this one is written, and the writer keeps the
+stored ones gap-free when one in between is refused (`_Line`, `coup.domain.writer`). In one
 process the owner is us; a cluster routes the call without this module changing, which is
 why payloads and results are plain JSON and refusals come back as ``{"ok": false, ...}``.
 
@@ -13,6 +16,8 @@ before they get here; the command re-checks ACTIVE membership against the databa
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -20,7 +25,7 @@ from typing import Any
 
 import peewee as pw
 
-from coup.core import ONCE_WINDOW, ClientError, SocketServer
+from coup.core import ONCE_WINDOW, ClientError, Detached, SocketServer
 from coup.domain import queries
 from coup.domain.access import membership_error
 from coup.domain.auth import Actor
@@ -30,6 +35,7 @@ from coup.domain.event_names import ServerEvent
 from coup.domain.queries import MessageWrite, NewMessage
 from coup.domain.roomnames import member_key, member_of, study_of, study_room, user_room
 from coup.domain.sequence import SequenceSource
+from coup.domain.writer import Numbering
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,57 @@ REFUSALS: dict[str, Callable[[], ClientError]] = {
 }
 
 
+class MessageNumbering:
+    """A study's messages are numbered in one series (`coup.domain.writer.Numbering`)."""
+
+    def series(self, item: MessageWrite) -> int:
+        return item.new.study_id
+
+    def shifted(self, item: MessageWrite, by: int) -> MessageWrite:
+        return dataclasses.replace(item, seq=item.seq - by)
+
+    def gives_up(self, outcome: dict[str, Any] | BaseException) -> bool:
+        return not queries.uses_number(outcome)
+
+
+class _Place:
+    """A numbered message's place in its room: its write, and the turns to broadcast."""
+
+    __slots__ = ("after", "turn", "written")
+
+    def __init__(self, written: asyncio.Future[dict[str, Any]], after: asyncio.Future[None] | None,
+                 turn: asyncio.Future[None]) -> None:
+        self.written = written
+        #: done once the room's previous message was broadcast (or refused)
+        self.after = after
+        #: done once this one was broadcast (or refused): the next one's `after`
+        self.turn = turn
+
+    def release(self) -> None:
+        if not self.turn.done():
+            self.turn.set_result(None)
+
+
+class _Line:
+    """A study's messages between their number and their broadcast, on the room's owner.
+
+    The room command numbers a message and hands it to the writer, then lets the room go:
+    up to a batch of a room's messages are written together instead of one per commit.
+    `lock` keeps a number and its hand-over together (the writer gets them in number
+    order) and a give-back and its `adjust` together; `tail` chains the broadcasts in
+    number order (batches commit in order; a message waits for the one before it)."""
+
+    __slots__ = ("last", "lock", "open", "tail")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        #: the last number handed out
+        self.last = 0
+        self.tail: asyncio.Future[None] | None = None
+        #: messages numbered and not finished
+        self.open = 0
+
+
 class StudyRooms:
     def __init__(self, server: SocketServer, db: Database, sequence: SequenceSource) -> None:
         self.server = server
@@ -67,7 +124,10 @@ class StudyRooms:
         self.db = db
         self.sequence = sequence
         #: chat messages are group-committed across rooms on a writer thread (coup/domain/writer.py)
-        self.messages = db.writer(queries.store_messages, name="store_messages")
+        numbering: Numbering[MessageWrite, dict[str, Any]] = MessageNumbering()
+        self.messages = db.writer(queries.store_messages, name="store_messages", numbering=numbering)
+        #: studies with messages numbered and not finished, on their owner
+        self._lines: dict[int, _Line] = {}
         router = server.rooms
         router.register(JOIN, self._join)
         router.register(LEAVE, self._leave)
@@ -242,30 +302,85 @@ class StudyRooms:
         for uid in sorted(user_ids):
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": uid})
 
-    async def _message(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
+    async def _message(self, room: str, p: dict[str, Any]) -> Detached | dict[str, Any]:
+        """Number the message and hand it to the writer, then let the room go: its next message
+        is numbered while this one is being written (`_Line`). The ack and the broadcast
+        come once it committed (`_finish`), in the room's `seq` order."""
         new = NewMessage(study_id=int(p["studyId"]), user_id=int(p["userId"]), user_name=str(p["userName"]),
                          content=str(p["content"]), file_id=p.get("fileId"),
                          client_message_id=p.get("clientMessageId"))
         if study_of(room) != new.study_id:
             return refusal(client_error("BAD_REQUEST"))
         present = frozenset(await self.users_in(new.study_id))
-        for _ in range(SEQ_ATTEMPTS):
-            seq = await self.sequence.next(new.study_id)
-            try:  # resolves once its batch committed: the ack and the broadcast come after
-                result = await self.messages.submit(MessageWrite(new, seq, present))
-            except pw.PeeweeException:
-                await self.sequence.give_back(new.study_id, seq)
-                log.exception("storing a message in study %d failed", new.study_id)
-                return refusal(client_error("RETRY"))
-            outcome = result["outcome"]
-            if outcome == "seq_clash":
-                log.warning("study %d: seq %d was taken by another writer; resyncing", new.study_id, seq)
-                await self.sequence.resync(new.study_id)
-                continue
-            if outcome != "stored":
-                await self.sequence.give_back(new.study_id, seq)
-            return await self._message_outcome(outcome, result)
-        return refusal(client_error("RETRY"))
+        line = self._lines.get(new.study_id)
+        if line is None:
+            line = self._lines[new.study_id] = _Line()
+        line.open += 1
+        try:
+            place = await self._number(line, new, present)
+        except BaseException:
+            self._close(line, new.study_id)
+            raise
+        # the caller awaits the rest itself (no task of its own): only the server's shutdown
+        # cancels a command, and a cancelled one releases its place in the room's order
+        return Detached(self._finish(line, new, present, place))
+
+    async def _number(self, line: _Line, new: NewMessage, present: frozenset[int], *,
+                      resync: bool = False) -> _Place:
+        """The study's next number for `new`, which goes to the writer at once (so the
+        writer gets a study's messages in number order) and takes the last place in the
+        room's broadcast order."""
+        study_id = new.study_id
+        async with line.lock:
+            if resync:
+                await self.sequence.resync(study_id)
+            seq = line.last = await self.sequence.next(study_id)
+            written = self.messages.enqueue(MessageWrite(new, seq, present))
+            place = _Place(written, line.tail, asyncio.get_running_loop().create_future())
+            line.tail = place.turn
+        return place
+
+    async def _give_back(self, line: _Line, study_id: int) -> None:
+        """A message of the room left its number unused: the writer moved the room's later
+        messages down (`coup.domain.writer`), so the last number handed out goes back to the
+        source, and the writer hears it after every message numbered so far."""
+        async with line.lock:
+            await self.sequence.give_back(study_id, line.last)
+            line.last -= 1
+            self.messages.adjust(study_id, -1)
+
+    async def _finish(self, line: _Line, new: NewMessage, present: frozenset[int], place: _Place) -> dict[str, Any]:
+        try:
+            for _ in range(SEQ_ATTEMPTS):
+                try:  # resolves once its batch committed: the ack and the broadcast come after
+                    result = await place.written
+                except Exception as failed:  # the writer counted its number as given up
+                    await self._give_back(line, new.study_id)
+                    if not isinstance(failed, pw.PeeweeException):
+                        raise
+                    log.exception("storing a message in study %d failed", new.study_id)
+                    return refusal(client_error("RETRY"))
+                outcome = result["outcome"]
+                if not queries.uses_number(result):
+                    await self._give_back(line, new.study_id)
+                if outcome in ("seq_clash", "again"):
+                    if outcome == "seq_clash":
+                        log.warning("study %d: a seq was taken by another writer; resyncing", new.study_id)
+                    place.release()  # our place in the room's order goes to the messages after us
+                    place = await self._number(line, new, present, resync=outcome == "seq_clash")
+                    continue
+                if place.after is not None:
+                    await place.after  # the room's previous message is broadcast first
+                return await self._message_outcome(outcome, result)
+            return refusal(client_error("RETRY"))
+        finally:
+            place.release()
+            self._close(line, new.study_id)
+
+    def _close(self, line: _Line, study_id: int) -> None:
+        line.open -= 1
+        if not line.open and self._lines.get(study_id) is line:
+            del self._lines[study_id]
 
     async def _message_outcome(self, outcome: str, result: dict[str, Any]) -> dict[str, Any]:
         if outcome in REFUSALS:

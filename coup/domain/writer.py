@@ -17,7 +17,18 @@ Guarantees the callers rely on:
 - writes are handed to `write` in submission order (per-room `seq` order in the INSERT);
 - a failed batch is written again one write at a time, so a single bad write (a row the
   database refuses) fails alone, and its neighbours are still stored; the bad one's future
-  gets the exception (its caller refuses with RETRY, gives its `seq` back, acks nothing).
+  gets the exception (its caller refuses with RETRY, gives its `seq` back, acks nothing);
+- with a `Numbering`, the writes of a series that are stored carry consecutive numbers,
+  whatever writes before them gave theirs up (see below).
+
+Numbered writes (`Numbering`): a room may submit its next message before the last one
+committed (each with the next `seq` of its study), so one batch holds several messages of a
+room. When a write gives its number up (refused, a duplicate, failed alone), the later
+writes of its study must close the gap: inside one batch the write function does it (it
+numbers a study's stored writes consecutively from the first one's number); across batches
+this thread keeps a shift per study, subtracted from every later write's number, until the
+loop has given the number back to its source and says so with `adjust` (through the same
+queue, so every write numbered before the give-back is shifted, none after).
 
 The IOLoop only enqueues (`queue.SimpleQueue.put` never blocks) and is woken once per batch.
 """
@@ -29,8 +40,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from coup.domain.database import Database
@@ -39,9 +50,36 @@ log = logging.getLogger(__name__)
 
 W = TypeVar("W")
 R = TypeVar("R")
+R_in = TypeVar("R_in", contravariant=True)
 
 #: writes per transaction at most (bounds the statement size: SQLite allows 32,766 parameters)
 MAX_BATCH = 256
+
+
+class Numbering(Protocol[W, R_in]):
+    """How a writer renumbers writes of a numbered series (a study's messages)."""
+
+    def series(self, item: W) -> Hashable:
+        """The series `item` is numbered in."""
+        ...
+
+    def shifted(self, item: W, by: int) -> W:
+        """`item` with its number lowered by `by`."""
+        ...
+
+    def gives_up(self, outcome: R_in | BaseException) -> bool:
+        """Whether the write whose outcome this is left its number unused."""
+        ...
+
+
+class _Adjust:
+    """`shift[series] += delta` for the writes after this one (see `BatchWriter.adjust`)."""
+
+    __slots__ = ("delta", "series")
+
+    def __init__(self, series: Hashable, delta: int) -> None:
+        self.series = series
+        self.delta = delta
 
 
 class _Stop:
@@ -70,14 +108,17 @@ class BatchWriter(Generic[W, R]):
     """
 
     def __init__(self, database: Database, write: Callable[[Sequence[W]], list[R]], *, name: str,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, numbering: Numbering[W, R] | None = None) -> None:
         self.database = database
         self.write = write
         self.name = name
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[list[_Pending[W, R]] | _Stop] = queue.SimpleQueue()
+        self.numbering = numbering
+        self._queue: queue.SimpleQueue[list[_Pending[W, R] | _Adjust] | _Stop] = queue.SimpleQueue()
         #: submitted in this loop turn, handed to the thread at its end (`_hand_over`)
-        self._turn: list[_Pending[W, R]] = []
+        self._turn: list[_Pending[W, R] | _Adjust] = []
+        #: on the thread: numbers given up per series and not yet `adjust`ed by the loop
+        self._shift: dict[Hashable, int] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
@@ -93,25 +134,38 @@ class BatchWriter(Generic[W, R]):
 
     async def submit(self, item: W) -> R:
         """Write `item` in the next batch; its result once that batch committed."""
+        return await self.enqueue(item)
+
+    def enqueue(self, item: W) -> asyncio.Future[R]:
+        """Write `item` in the next batch, after everything enqueued before it (synchronous:
+        the order of the calls is the order of the writes); resolves once that batch committed."""
         if self._closed:
             raise RuntimeError(f"the {self.name} writer is closed")
         pending: _Pending[W, R] = _Pending(item, asyncio.get_running_loop())
+        self._put(pending, pending.loop)
+        return pending.future
+
+    def adjust(self, series: Hashable, delta: int) -> None:
+        """The loop gave numbers of `series` back to their source (`delta` < 0): writes
+        enqueued from now on carry numbers that need no shift for them."""
+        self._put(_Adjust(series, delta), asyncio.get_running_loop())
+
+    def _put(self, entry: _Pending[W, R] | _Adjust, loop: asyncio.AbstractEventLoop) -> None:
         if self._thread is None:
             self._start()
-        self._turn.append(pending)
+        self._turn.append(entry)
         if len(self._turn) == 1:
-            pending.loop.call_soon(self._hand_over)
-        return await pending.future
+            loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
         """At the end of the loop turn: this turn's writes go to the thread as one piece."""
         turn, self._turn = self._turn, []
         if self._closed:  # the thread may have taken its stop already: nobody would write these
             for pending in turn:
-                if not pending.future.done():
+                if isinstance(pending, _Pending) and not pending.future.done():
                     pending.future.set_exception(RuntimeError(f"the {self.name} writer is closed"))
             return
-        self.handed += len(turn)
+        self.handed += sum(1 for entry in turn if isinstance(entry, _Pending))
         self._queue.put(turn)
 
     def _start(self) -> None:
@@ -149,7 +203,7 @@ class BatchWriter(Generic[W, R]):
                     waiting += more
                 for start in range(0, len(waiting), self.max_batch):
                     batch = waiting[start:start + self.max_batch]
-                    self.writing = len(batch)
+                    self.writing = sum(1 for entry in batch if isinstance(entry, _Pending))
                     try:
                         self._write(batch)
                     finally:
@@ -159,22 +213,65 @@ class BatchWriter(Generic[W, R]):
             if not db.is_closed():  # this thread's connection
                 db.close()
 
-    def _write(self, batch: list[_Pending[W, R]]) -> None:
+    def _numbered(self, entries: list[_Pending[W, R] | _Adjust]) -> tuple[list[_Pending[W, R]], list[W]]:
+        """The batch's writes, each with the shift of its series at its place in the queue
+        (an `_Adjust` changes the shift for the writes after it)."""
+        pendings: list[_Pending[W, R]] = []
+        items: list[W] = []
+        shift = self._shift
+        for entry in entries:
+            if isinstance(entry, _Adjust):
+                shift[entry.series] = shift.get(entry.series, 0) + entry.delta
+                if not shift[entry.series]:
+                    del shift[entry.series]
+                continue
+            pendings.append(entry)
+            item = entry.item
+            if self.numbering is not None:
+                by = shift.get(self.numbering.series(item), 0)
+                if by:
+                    item = self.numbering.shifted(item, by)
+            items.append(item)
+        return pendings, items
+
+    def _gave_up(self, items: Sequence[W], outcomes: Sequence[R | BaseException]) -> None:
+        """Numbers the written batch left unused: the later writes of their series close the gap."""
+        if self.numbering is None:
+            return
+        for item, outcome in zip(items, outcomes, strict=True):
+            if self.numbering.gives_up(outcome):
+                series = self.numbering.series(item)
+                self._shift[series] = self._shift.get(series, 0) + 1
+
+    def _write(self, entries: list[_Pending[W, R] | _Adjust]) -> None:
         started = time.perf_counter()
+        shift_before = dict(self._shift)
+        batch, items = self._numbered(entries)
+        if not batch:
+            return
         outcomes: list[R | BaseException]
         failed = False
         try:
-            outcomes = list(self.database.call(self.write, [p.item for p in batch]))
+            outcomes = list(self.database.call(self.write, items))
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{self.name}: {len(outcomes)} results for {len(batch)} writes")
+            self._gave_up(items, outcomes)
         except Exception as exc:
             failed = True
+            self._shift = shift_before  # nothing of it was written: number it again, write by write
             if len(batch) == 1:
+                self._numbered(entries)
                 outcomes = [exc]
+                self._gave_up(items, outcomes)
             else:
                 log.warning("a batch of %d %s writes failed (%s); writing them one at a time",
                             len(batch), self.name, exc)
-                outcomes = [self._write_alone(p.item) for p in batch]
+                outcomes = []
+                for entry in entries:
+                    alone, item = self._numbered([entry])
+                    if alone:
+                        outcomes.append(self._write_alone(item[0]))
+                        self._gave_up(item, outcomes[-1:])
         seconds = time.perf_counter() - started
         self.batches += 1
         self.writes += len(batch)
@@ -210,4 +307,4 @@ class BatchWriter(Generic[W, R]):
                 pending.future.set_result(outcome)
 
 
-__all__ = ["MAX_BATCH", "BatchWriter"]
+__all__ = ["MAX_BATCH", "BatchWriter", "Numbering"]

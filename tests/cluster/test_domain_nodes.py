@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import secrets
 import signal
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -291,3 +292,49 @@ async def test_a_resend_of_a_message_stored_but_never_broadcast_is_announced_onc
         await wait_until(lambda u=user: any(m["seq"] == marker["seq"] for m in u.events["message"]),
                          what="the marker")
         assert [m["seq"] for m in user.events["message"]] == [before["seq"], seq, marker["seq"]]
+
+
+REFUSE_BOOM = """CREATE TRIGGER IF NOT EXISTS refuse_boom BEFORE INSERT ON messages
+WHEN substr(NEW.content, 1, 4) = 'boom' BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"""
+
+
+async def test_a_refused_message_mid_pipeline_leaves_no_gap_in_the_counter(domain_cluster, redis_server, users):
+    """Five messages of study 1, sent through three nodes, are numbered by the room's owner
+    while the shared database's write lock is held (the Redis counter moves while nothing is
+    committed); the database refuses one of them. The other four get consecutive `seq`,
+    reach every node in that order, and the next message follows without a gap: the owner
+    gave the counter its last number back and moved the later messages down."""
+    path = domain_cluster[0].env["DATABASE_URL"].removeprefix("sqlite:///")
+    counter = f"{domain_cluster[0].env['COUP_REDIS_PREFIX']}:seq:study:{STUDY}"
+    senders = [await connect(users, user_id, domain_cluster[i % 3])
+               for i, user_id in enumerate((ALICE, BOB, CHLOE, ALICE, BOB))]
+    for user in senders:
+        assert (await user.call("join-study", {"studyId": STUDY}))["ok"] is True
+    start = (await senders[0].call("message", {"studyId": STUDY, "content": "start"}))["seq"]
+    lite = sqlite3.connect(path, isolation_level=None)
+    try:
+        lite.execute(REFUSE_BOOM)
+        lite.execute("BEGIN IMMEDIATE")  # the owner's writer waits for it (busy timeout 10 s)
+        try:
+            contents = ["a", "boom", "b", "c", "d"]
+            sending = [asyncio.ensure_future(user.call("message", {"studyId": STUDY, "content": content}))
+                       for user, content in zip(senders, contents, strict=True)]
+            await wait_until(lambda: int(redis_server.cli("GET", counter)) == start + 5,
+                             what="five numbers handed out before any commit", poll=0.05)
+            assert not any(s.done() for s in sending), "acked before its commit"
+        finally:
+            lite.execute("ROLLBACK")
+        acks = dict(zip(contents, await asyncio.gather(*sending), strict=True))
+    finally:
+        lite.execute("DROP TRIGGER IF EXISTS refuse_boom")
+        lite.close()
+    assert acks.pop("boom")["error"]["code"] == "RETRY"
+    assert sorted(ack["seq"] for ack in acks.values()) == [start + 1, start + 2, start + 3, start + 4]
+    assert int(redis_server.cli("GET", counter)) == start + 4  # the refused one's number went back
+    after = await senders[1].call("message", {"studyId": STUDY, "content": "after"})
+    assert after["seq"] == start + 5
+    for user in senders[:3]:
+        await wait_until(lambda u=user: any(m["seq"] == after["seq"] for m in u.events["message"]),
+                         what="the message after")
+        seqs = [m["seq"] for m in user.events["message"] if m["seq"] > start]
+        assert seqs == list(range(start + 1, start + 6)), seqs

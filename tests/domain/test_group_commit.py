@@ -59,8 +59,8 @@ def write(user_id: int, name: str, study_id: int, seq: int, content: str, cmid: 
 
 
 def more_studies() -> None:
-    """Studies 3 and 4, Alice, Bob and Dan ACTIVE in both: rooms enough for a batch (one
-    message per room is in flight at a time, so a batch holds one per room)."""
+    """Studies 3 and 4, Alice, Bob and Dan ACTIVE in both: a room each for the messages of a
+    batch (several messages of one room in a batch: tests/domain/test_room_pipeline.py)."""
     for study_id in (3, 4):
         Study.create(id=study_id, group=1, name=f"study {study_id}")
         for user_id in (1, 2, 4):
@@ -119,8 +119,10 @@ async def test_a_duplicate_client_message_id_inside_one_batch_is_stored_once(dom
     note = results[4]["notifications"][0]["notification"]
     assert note["data"] == {"messageId": results[4]["message"]["id"]} and note["message"] == "Alice: second"
     rows = await domain_node.db(stored_messages)
+    # the numbers the duplicate and the reused id left unused went to the later messages of their study
     assert [(r["study"], r["seq"], r["user"], r["cmid"]) for r in rows] == [
-        (1, 1, 1, "tab"), (1, 3, 2, "tab"), (2, 2, 1, None)]
+        (1, 1, 1, "tab"), (1, 2, 2, "tab"), (2, 1, 1, None)]
+    assert (results[2]["message"]["seq"], results[4]["message"]["seq"]) == (2, 1)
     # written again (a batch retried one write at a time): the same answers, nothing more stored
     again = await domain_node.db(queries.store_messages, [write(1, "Alice", 1, 5, "first", "tab")])
     assert again[0]["outcome"] == "duplicate" and again[0]["message"] == results[0]["message"]
