@@ -36,6 +36,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from functools import partial
 from typing import Any, cast
 
 import hiredis
@@ -553,10 +554,23 @@ class Bus:
                 return False
             batch = [channel, [data], None, len(data)]
             self._open[channel] = batch
-        else:  # its receiver count is asked for: a PUBLISH of its own, after what came before
-            batch = [channel, [data], future, len(data)]
-            self._open.pop(channel, None)
-            self._fold = None  # and nothing queued after it may fold into a command before it
+        else:  # its receiver count is asked for: never folded into a command
+            batch = self._open.get(channel)
+            if batch is not None and batch[3] < _BATCH_BYTES:
+                # requests to one inbox in one turn share a PUBLISH (one push to decode, not
+                # one each): everything in it reached the same subscribers, so each gets its count
+                batch[1].append(data)
+                batch[3] += len(data)
+            else:
+                batch = [channel, [data], None, len(data)]
+                self._open[channel] = batch
+                self._outbox.append(batch)
+                self._schedule_flush()
+            if batch[2] is None:  # the bus's own: a caller that gives up cancels only its own
+                batch[2] = asyncio.get_running_loop().create_future()
+            batch[2].add_done_callback(partial(_same_reply, future))
+            self._fold = None  # nothing queued after it may fold into a command before it
+            return False
         self._outbox.append(batch)
         self._schedule_flush()
         return False
@@ -671,6 +685,18 @@ class _Deaf(Exception):
 
 #: commands whose first key follows the script and the key count
 _SCRIPT_CALLS = ("EVAL", "EVALSHA")
+
+
+def _same_reply(to: asyncio.Future[Any], reply: asyncio.Future[Any]) -> None:
+    """A request that joined another's PUBLISH gets that PUBLISH's reply."""
+    if to.done():
+        return
+    if reply.cancelled():
+        to.cancel()
+    elif (exc := reply.exception()) is not None:
+        to.set_exception(exc)
+    else:
+        to.set_result(reply.result())
 
 
 def pack_batch(messages: list[bytes]) -> bytes:
