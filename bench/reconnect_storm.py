@@ -153,7 +153,8 @@ class Cluster:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "REDIS_"))}
+        env = {k: v for k, v in os.environ.items()  # COUP_BENCH_* pass: bench/cluster_node.py's experiments
+               if k.startswith("COUP_BENCH_") or not k.startswith(("COUP_", "REDIS_"))}
         env.update(PYTHONPATH=str(ROOT), REDIS_URL=self.redis_url, PYTHONUNBUFFERED="1")
         if self.backlog is not None:
             env["COUP_LISTEN_BACKLOG"] = str(self.backlog)
