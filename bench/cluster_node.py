@@ -86,6 +86,40 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     return node, counts
 
 
+def coalesce_redis_writes() -> None:
+    """COUP_BENCH_COALESCE_REDIS=1, an experiment (bench/README.md, "Reconnect storm"): each Redis
+    connection's writes of one loop turn go out in one `write`, not one per command (in a storm,
+    one SUBSCRIBE per connecting socket)."""
+    import asyncio
+
+    import hiredis
+
+    from coup.cluster import resp
+
+    pending: dict[resp.RespConnection, list[bytes]] = {}
+
+    def flush(conn: resp.RespConnection) -> None:
+        chunks = pending.pop(conn)
+        if not conn._closed and conn._transport is not None:
+            conn._transport.write(b"".join(chunks))
+
+    def write(self: resp.RespConnection, commands: list[tuple[Any, ...]],
+              waiters: list[asyncio.Future[Any] | None]) -> None:
+        if self._closed or self._transport is None:
+            raise resp.RedisUnavailable("redis connection is closed")
+        if self._on_push is None:
+            self._waiters.extend(waiters)
+        data = b"".join([hiredis.pack_command(c) for c in commands])
+        chunks = pending.get(self)
+        if chunks is None:
+            pending[self] = [data]
+            asyncio.get_running_loop().call_soon(flush, self)
+        else:
+            chunks.append(data)
+
+    resp.RespConnection.write = write  # type: ignore[method-assign]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -94,6 +128,8 @@ async def main() -> None:
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--go", required=True)
     args = parser.parse_args()
+    if os.environ.get("COUP_BENCH_COALESCE_REDIS") == "1":
+        coalesce_redis_writes()
     node, _ = build(args)
     await node.start(bind_sockets(args.private_port, "127.0.0.1"))
 

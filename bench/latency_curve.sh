@@ -12,8 +12,10 @@
 # server CPU %, CPU µs per delivery, p50/p99 ms, foreign CPU % (other processes; > 30 means
 # disturbed) and, from `perf stat` on the server over 3 s of the load (SYSCALLS=0 skips it):
 # event-loop turns per second (epoll_wait calls), deliveries per turn, write syscalls per delivery
-# (write + writev), all syscalls per delivery. Those say why a light load costs more CPU per
-# delivery: see bench/README.md "Same offered load for Node and us".
+# (write + writev), all syscalls per delivery, wakeups of another task the server's writes cause
+# per delivery (sched_waking in the server's context: the generator asleep in epoll), and the
+# server's own context switches per second (it slept between turns). Those say why a light load
+# costs more CPU per delivery: see bench/README.md "Same offered load for Node and us".
 #
 # Env: BENCH (the shared harness, /work/shared/bench), PY (python with coup's deps), OURS_ENV
 # (extra environment for our server), PEERS ("node ours"; add `oursB` for ours with OURS_B_ENV, e.g.
@@ -29,7 +31,7 @@ CHAT="${CHAT:-1}"
 DURATION="${DURATION:-8}"
 OURS="env ${OURS_ENV:-} $PY $HERE/server.py --port {PORT}"
 TMP="$(mktemp -d /tmp/latency-curve.XXXXXX)"
-EVENTS="raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_read"
+EVENTS="raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_read,sched:sched_waking,context-switches"
 
 OURS_B="env ${OURS_B_ENV:-} $PY $HERE/server.py --port {PORT}"
 command_of() { # peer -> "command|port"; peer `oursB` is ours with OURS_B_ENV (an A/B in one run)
@@ -81,19 +83,21 @@ try:
     for line in open(perf):
         parts = line.strip().split(",")
         if len(parts) > 2 and parts[0].isdigit():
-            counts[parts[2].split(":")[-1]] = int(parts[0])
+            counts[parts[2].split(":")[-1]] = int(parts[0])  # sys_enter_write, sched_waking, context-switches
 except OSError:
     pass
-turns = writes = calls = per_turn = None
+turns = writes = calls = per_turn = wakes = switches = None
 if counts and deliv:
     window = 3 * deliv  # deliveries in the 3 s counted (the load is open-loop at the fixed rate)
     turns = (counts.get("sys_enter_epoll_wait", 0) + counts.get("sys_enter_epoll_pwait", 0)) / 3
     writes = (counts.get("sys_enter_write", 0) + counts.get("sys_enter_writev", 0)) / window
     calls = counts.get("sys_enter", 0) / window
     per_turn = deliv / turns if turns else None
+    wakes = counts.get("sched_waking", 0) / window
+    switches = counts.get("context-switches", 0) / 3
 cols = [f(deliv, 0), f(cpu), f(us, 2), f(d.get("p50_ms"), 2), f(d.get("p99_ms"), 2), f(d.get("foreign_cpu_pct")),
-        f(turns, 0), f(per_turn, 1), f(writes, 3), f(calls, 3)]
-print("%-6s %6s %9s %6s %7s %8s %8s %8s %8s %9s %8s %8s" % (peer, rate, *cols))
+        f(turns, 0), f(per_turn, 1), f(writes, 3), f(calls, 3), f(wakes, 3), f(switches, 0)]
+print("%-6s %6s %9s %6s %7s %8s %8s %8s %8s %9s %8s %8s %8s %6s" % (peer, rate, *cols))
 ' "$1" "$2" "$TMP/perf-$1"
 }
 
@@ -105,8 +109,8 @@ else
   RATES="$("$PY" -c 'import sys; m = float(sys.argv[1]); print(" ".join(str(round(m * p / 10000)) for p in (20, 40, 60, 80, 100)))' "$max")"
 fi
 echo "rates (msg/s into rooms of 100): $RATES; kernel: somaxconn $(cat /proc/sys/net/core/somaxconn)"
-printf '%-6s %6s %9s %6s %7s %8s %8s %8s %8s %9s %8s %8s\n' peer msg/s deliv/s cpu% us/deliv p50ms p99ms foreign% \
-  turns/s deliv/turn writes/d sysc/d
+printf '%-6s %6s %9s %6s %7s %8s %8s %8s %8s %9s %8s %8s %8s %6s\n' peer msg/s deliv/s cpu% us/deliv p50ms p99ms \
+  foreign% turns/s deliv/turn writes/d sysc/d wakes/d cs/s
 for rate in $RATES; do
   for peer in $PEERS; do
     run "$peer" fixed --rate "$rate" --duration "$DURATION" | row "$peer" "$rate"
