@@ -190,7 +190,7 @@ async def emit_with_ack(ws: RawWebSocket, acks: dict[int, asyncio.Future[Any]], 
 
 
 def settle_ack(waiting: dict[int, asyncio.Future[Any]], message: str) -> None:
-    """An ACK packet ("43<id>[...]"): hand its first argument to whoever waits for that id."""
+    """An ACK packet ("43<id>[...]"): hand its first argument (None for an empty ack) to whoever waits for that id."""
     digits = ""
     for ch in message[2:]:
         if not ch.isdigit():
@@ -198,7 +198,8 @@ def settle_ack(waiting: dict[int, asyncio.Future[Any]], message: str) -> None:
         digits += ch
     future = waiting.get(int(digits)) if digits else None
     if future is not None and not future.done():
-        future.set_result(json.loads(message[2 + len(digits):])[0])
+        args = json.loads(message[2 + len(digits):])
+        future.set_result(args[0] if args else None)
 
 
 async def socketio_events(ws: RawWebSocket, acks: dict[int, asyncio.Future[Any]],
