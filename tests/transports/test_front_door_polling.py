@@ -158,6 +158,14 @@ async def test_keep_alive_polls_stay_off_tornado(node: RunningNode) -> None:
 
 
 @pytest.mark.asyncio
+async def test_connection_close_is_honoured(node: RunningNode) -> None:
+    conn = await Conn.open(node.port)
+    url = f"{PATH}&sid={_sid(await conn.request('GET', PATH))}"
+    assert (await conn.request("POST", url, b"40", headers="Connection: close\r\n")).endswith(b"ok")
+    assert await conn.closed()
+
+
+@pytest.mark.asyncio
 async def test_pipelined_requests_are_answered_in_order(node: RunningNode) -> None:
     """Requests written together are answered one after the other, a held GET's answer first."""
     conn = await Conn.open(node.port)
@@ -257,3 +265,32 @@ def test_query_is_read_as_tornado_reads_it(parts: list[str]) -> None:
     text = "".join(parts)
     expected = {k: v[-1].decode("utf-8", "replace") for k, v in parse_qs_bytes(text, keep_blank_values=True).items()}
     assert parse_query(text) == expected
+
+
+@pytest.mark.asyncio
+async def test_drain_answers_the_held_poll_and_lets_the_client_fetch_the_rest() -> None:
+    """SIGTERM's drain: the held GET gets its last packets at once, and the drain does not wait
+    out the fetch deadline."""
+    sock, port = bind_unused_port()
+    node = CoupNode(settings_for_tests(recovery_window=0.0, drain_spread=0.05, drain_timeout=5.0))
+    await node.start([sock])
+    running = RunningNode(node, port)
+    try:
+        conn = await Conn.open(port)
+        sid = _sid(await conn.request("GET", PATH))
+        url = f"{PATH}&sid={sid}"
+        assert (await conn.request("POST", url, b"40")).endswith(b"ok")
+        assert b'\r\n\r\n40{"sid":' in await conn.request("GET", url)
+        conn.send("GET", url)  # held
+        await eventually(lambda: node.engine.sessions[sid].transport.waiting, "the GET is held")  # type: ignore[attr-defined]
+        draining = asyncio.ensure_future(node.drain())
+        answer = await conn.answer()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        # NOOP on shutdown: the client's next poll fails and it reconnects (elsewhere)
+        assert answer.split(b"\r\n\r\n", 1)[1].split(b"\x1e")[-1] == b"6"
+        took = await asyncio.wait_for(draining, 5)
+        assert took < 1.5 and not node.engine.sessions  # fetched: the drain did not wait for the deadline
+        assert _tornado_connections(node) == 0
+        conn.close()
+    finally:
+        await running.stop()
