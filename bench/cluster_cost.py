@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--roots", default=str(HERE.parent),
                         help="checkouts to compare (comma-separated; each config runs once per root, alternating)")
     args = parser.parse_args()
-    print(f"{'config':7} {'root':>10} {'rate':>5} {'deliv/s':>9} {'µs/deliv':>8} {'node usr':>8} {'node sys':>8} {'redis':>6} "
-          f"{'wr/100':>6} {'foreign%':>8} {'p99 ms':>8}", flush=True)
+    print(f"{'config':7} {'root':>10} {'rate':>5} {'deliv/s':>9} {'µs/deliv':>8} {'node usr':>8} {'node sys':>8} "
+          f"{'redis':>6} {'wr/100':>6} {'foreign%':>8} {'p99 ms':>8}", flush=True)
     port = args.port
     for _ in range(args.rounds):
         for rate in (int(r) for r in args.rates.split(",")):
