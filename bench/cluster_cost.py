@@ -49,14 +49,14 @@ def sample(pid: int) -> tuple[int, int, int, int]:
     return int(fields[11]), int(fields[12]), int(io["syscr"]), int(io["syscw"])
 
 
-def run(config: str, rate: int, window: float, port: int, root: Path) -> dict[str, Any]:
+def run(config: str, rate: int, window: float, port: int, root: Path, senders: int) -> dict[str, Any]:
     nodes = int(config.split("-")[1])
     stats = f"/tmp/coup-cluster-cost-{port}.json"
     launch = f"{PYTHON} {root / 'bench' / 'cluster_launch.py'} --impl coup --nodes {nodes} --stats {stats}"
     log_path = Path(f"/tmp/coup-cluster-cost-{port}.log")
     with log_path.open("w") as log:
         harness = subprocess.Popen([str(SHARED / "run.sh"), launch, str(port), "fixed", "--rate", str(rate),
-                                    "--duration", str(int(window + 7))],
+                                    "--duration", str(int(window + 7)), "--senders", str(senders)],
                                    stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "LABEL": config})
         deadline = time.monotonic() + 60
         while "warm-up probe" not in log_path.read_text() and time.monotonic() < deadline:
@@ -92,18 +92,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--port", type=int, default=27340)
+    parser.add_argument("--senders", default="50", help="sending clients (comma-separated: alternated)")
     parser.add_argument("--roots", default=str(HERE.parent),
                         help="checkouts to compare (comma-separated; each config runs once per root, alternating)")
     args = parser.parse_args()
-    print(f"{'config':7} {'root':>10} {'rate':>5} {'deliv/s':>9} {'µs/deliv':>8} {'node usr':>8} {'node sys':>8} "
+    print(f"{'config':7} {'root':>10} {'snd':>4} {'rate':>5} {'deliv/s':>9} {'µs/deliv':>8} {'node usr':>8} "
+          f"{'node sys':>8} "
           f"{'redis':>6} {'wr/100':>6} {'foreign%':>8} {'p99 ms':>8}", flush=True)
     port = args.port
     for _ in range(args.rounds):
         for rate in (int(r) for r in args.rates.split(",")):
-            for config, root in ((c, Path(r)) for c in args.configs.split(",") for r in args.roots.split(",")):
-                r = run(config, rate, args.window, port, root)
+            for config, root, senders in ((c, Path(r), int(n)) for c in args.configs.split(",")
+                                          for r in args.roots.split(",") for n in args.senders.split(",")):
+                r = run(config, rate, args.window, port, root, senders)
                 port += 1
-                print(f"{r['config']:7} {root.name[:10]:>10} {rate:>5} {r['deliveries_per_s']:>9} "
+                print(f"{r['config']:7} {root.name[:10]:>10} {senders:>4} {rate:>5} {r['deliveries_per_s']:>9} "
                       f"{r['node_user_us'] + r['node_sys_us'] + r['redis_us']:>8.2f} {r['node_user_us']:>8.2f} "
                       f"{r['node_sys_us']:>8.2f} {r['redis_us']:>6.2f} {r['writes_per_100'] or 0:>6.1f} "
                       f"{r['foreign_cpu_pct']!s:>8} {r['p99_ms']!s:>8}", flush=True)
