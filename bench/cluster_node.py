@@ -13,10 +13,12 @@ is in the cluster.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import itertools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,26 @@ def coalesce_redis_writes() -> None:
     resp.RespConnection.write = write  # type: ignore[method-assign]
 
 
+def _profile_later(out: Path) -> None:
+    """COUP_BENCH_CPROFILE=DIR: cProfile (CPU time of the node's Python code, unlike py-spy's
+    wall-clock samples, which on a shared core charge a node for the time it waited) from
+    COUP_BENCH_CPROFILE_AFTER s after start (default 12: the harness has connected and loads)
+    for COUP_BENCH_CPROFILE_FOR s (default 4), written to DIR/<node id>.prof."""
+    import cProfile
+
+    profiler = cProfile.Profile(time.process_time)
+    after = float(os.environ.get("COUP_BENCH_CPROFILE_AFTER", "12"))
+    duration = float(os.environ.get("COUP_BENCH_CPROFILE_FOR", "4"))
+
+    def stop() -> None:
+        profiler.disable()
+        profiler.dump_stats(out)
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(after, profiler.enable)
+    loop.call_later(after + duration, stop)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -138,6 +160,9 @@ async def main() -> None:
         door = FrontDoor(node.engine, node.origins, node.http_server, SOCKET_IO_PATH, proxies=node.proxies)
         await door.serve(bind_sockets(args.port, "127.0.0.1", reuse_port=True), backlog=node.settings.listen_backlog)
 
+    profile_dir = os.environ.get("COUP_BENCH_CPROFILE")
+    if profile_dir:
+        _profile_later(Path(profile_dir) / f"{args.node_id}.prof")
     await serve_until_stopped(args.go, open_shared_port)
     await node.stop()
 

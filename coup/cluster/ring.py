@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 from uhashring import HashRing
 
-
 #: owners a ring remembers (rooms); past that it starts again
 _OWNERS_KEPT = 100_000
 
@@ -55,11 +54,11 @@ class Ring:
         ring = self._ring
         if ring is None:
             return None
-        node = ring.get_node(key)
+        found: str = ring.get_node(key)
         if len(self._owners) >= _OWNERS_KEPT:
             self._owners.clear()
-        self._owners[key] = node
-        return node
+        self._owners[key] = found
+        return found
 
     def moved(self, other: Ring, keys: Iterable[str]) -> float:
         """The share of `keys` whose owner differs between this ring and `other`."""
