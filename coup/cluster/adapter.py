@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import Bus, channel_bytes, spawn_kept, stop_tasks
+from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.envelope import (
     Broadcast,
     decode_packet,
@@ -54,6 +54,7 @@ from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
 from coup.protocol.wire import Outbound
+from coup.tasks import spawn_kept, stop_tasks
 
 if TYPE_CHECKING:
     from coup.core.namespace import Namespace

@@ -35,7 +35,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, cast
 
@@ -47,6 +47,7 @@ from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import SLOTS, RedisUnavailable, RespConnection, open_sentinel, slot_map
 from coup.metrics import Metrics
 from coup.redis_endpoint import redis_endpoint
+from coup.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -712,28 +713,3 @@ def unpack_batch(data: bytes) -> list[bytes]:
         parts.append(bytes(view[i + 4:i + 4 + size]))
         i += 4 + size
     return parts
-
-
-def spawn_kept(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    """Run `coro` as a task held in `tasks` until it ends (the loop keeps only a weak
-    reference: an unheld task can be collected mid-run), so its owner can wait for or stop it."""
-    task = asyncio.get_running_loop().create_task(coro)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
-
-
-async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel background loops and wait until they are gone.
-
-    `asyncio.gather` rather than awaiting each in ``try/except CancelledError``: that would
-    also swallow a cancellation of the caller itself. The loops also check a running flag:
-    on Python 3.11 a cancellation that lands while a timeout around an await expires can be
-    lost (seen in our tests: a loop kept waiting, "cancelling", forever).
-    """
-    running = [t for t in tasks if t is not None]
-    for task in running:
-        task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
-
-

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import stop_tasks
 from coup.cluster.options import ClusterOptions
+from coup.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 

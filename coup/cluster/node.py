@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from coup.cluster.adapter import ClusterTimeout, RedisAdapter
 from coup.cluster.alarms import Alarms
-from coup.cluster.bus import Bus, channel_bytes, stop_tasks
+from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.counter import MaxReader, RedisCounter
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
 from coup.cluster.homes import SessionHomes
@@ -38,6 +38,7 @@ from coup.cluster.rooms import RedisRoomRouter
 from coup.cluster.tunnel import TUNNEL, Tunnel
 from coup.protocol.errors import EncodeError
 from coup.redis_clients import async_client
+from coup.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from coup.core.namespace import Namespace

@@ -26,10 +26,10 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from coup.cluster.bus import spawn_kept
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import ATTACH, DETACH, MOVE, RESYNC
 from coup.core.presence import PresenceGrace
+from coup.tasks import spawn_kept
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import stop_tasks
 from coup.cluster.options import ClusterOptions
 from coup.cluster.ring import Ring
 from coup.redis_clients import async_client
+from coup.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 

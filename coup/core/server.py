@@ -24,6 +24,7 @@ from coup.logs import log_context
 from coup.metrics import Metrics
 from coup.protocol.socketio import SocketPacket, SocketPacketType
 from coup.protocol.wire import Outbound
+from coup.tasks import spawn_kept
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,7 @@ class SocketServer:
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return spawn_kept(self._tasks, coro)
 
     def start_connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         self.spawn(self._connect(client, name, auth))
