@@ -36,6 +36,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 W = TypeVar("W")
 
+#: a numbered writer's commits in flight on PostgreSQL (`coup.domain.writer`): the next batch
+#: is written while the last one's WAL flush is under way
+WRITER_CONNECTIONS = 2
+
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
@@ -83,8 +87,11 @@ class Database:
 
     def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str,
                numbering: Numbering[W, T] | None = None) -> BatchWriter[W, T]:
-        """A group-committing writer for `write` on a thread of its own, stopped by `close`."""
-        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering)
+        """A group-committing writer for `write` on threads of its own, stopped by `close`
+        (with a `numbering`, on PostgreSQL, `WRITER_CONNECTIONS` commits in flight)."""
+        connections = WRITER_CONNECTIONS if isinstance(self.db, pw.PostgresqlDatabase) else 1
+        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering,
+                                                connections=connections)
         self._writers.append(writer)
         return writer
 
