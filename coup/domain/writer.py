@@ -1,10 +1,10 @@
-"""Group commit: the writes of many rooms in one transaction, on a thread of their own.
+"""Group commit: the writes of many rooms in one transaction, on threads of their own.
 
 A chat message used to be one transaction on a pool thread: about ten round trips and a WAL
 flush each, so the database's commit rate, not the product, set the message rate (737
 persisted messages/s on PostgreSQL against a bare INSERT rate of 2,752/s). A `BatchWriter`
-runs one thread with one connection: whatever was submitted while the previous batch was
-being written becomes the next batch, written by one call of `write` (one transaction, a
+runs a thread with its connection (two on PostgreSQL, below): whatever was submitted while
+the previous batch was being written becomes the next batch, written by one call of `write` (one transaction, a
 few statements for the whole batch). Nothing waits for a batch to fill: under light load a
 batch is one write and costs what it did before; under load batches grow by themselves, up
 to `max_batch`. The loop hands its writes over once per loop turn, not one by one: when a
