@@ -38,8 +38,8 @@ W = TypeVar("W")
 
 #: a numbered writer's commits in flight on PostgreSQL (`coup.domain.writer`). Two (the next
 #: batch written while the last one's WAL flush is under way) measured worse in a process at
-#: its CPU ceiling: smaller batches, more commits (PostgreSQL 26-27 % of a core instead of
-#: 21-22 %), ack p50 at 1,300 messages/s 17-39 ms against 14-24 with one (docs/domain.md)
+#: its CPU ceiling: smaller batches, more commits (PostgreSQL 26-28 % of a core instead of
+#: 21-24 %), 426 against 354 us of CPU per message (docs/domain.md)
 WRITER_CONNECTIONS = 1
 
 SQLITE_PRAGMAS = (
