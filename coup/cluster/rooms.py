@@ -97,6 +97,8 @@ class RedisRoomRouter:
         self.local = LocalRoomRouter(node_id)
         self._refresh = refresh
         self.stats = {"local": 0, "remote": 0, "fallback": 0, "served": 0, "timeout": 0, "moved": 0}
+        #: ring changes seen (`coup.core.RoomRouter.moves`)
+        self.moves = 0
         #: set while this draining node hands its rooms over; done when the others own them
         self._handover: asyncio.Event | None = None
         #: the ring before the last change (who owned a room until then)
@@ -123,6 +125,7 @@ class RedisRoomRouter:
 
     def ring_changed(self, old: Ring, new: Ring) -> None:
         """Rooms we own on the new ring are fenced again at their next command."""
+        self.moves += 1
         self._previous = old
         self._settled.clear()
         self._fenced = {room: node for room, node in self._fenced.items() if new.owner(room) == node}

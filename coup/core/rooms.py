@@ -36,6 +36,10 @@ class RoomRouter(Protocol):
 
     #: commands by where they ran ("local"; a cluster router adds its own kinds)
     stats: dict[str, int]
+    #: ring changes seen here: what an owner keeps about its rooms between commands (the
+    #: users in a room, `coup.domain.study_rooms`) holds only while this is unchanged, since
+    #: another node may have run the room's commands in between
+    moves: int
 
     def register(self, name: str, command: RoomCommand) -> None: ...
 
@@ -54,6 +58,8 @@ class LocalRoomRouter:
     def __init__(self, node_id: str = "local") -> None:
         self.commands: dict[str, RoomCommand] = {}
         self.stats: dict[str, int] = {"local": 0}
+        #: one process owns every room for good
+        self.moves = 0
         self.node_id = node_id
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}

@@ -54,6 +54,9 @@ READ = "study.read"
 #: attempts at storing one message when its seq clashes with another writer's
 SEQ_ATTEMPTS = 3
 
+#: rooms whose users present the owner keeps between commands at most (`_present`)
+PRESENT_KEPT = 10_000
+
 #: refusals of a join after which the owner has taken the socket out of the room
 MEMBERSHIP_REFUSALS = ("NOT_MEMBER", "NOT_FOUND")
 
@@ -128,6 +131,11 @@ class StudyRooms:
         self.messages = db.writer(queries.store_messages, name="store_messages", numbering=numbering)
         #: studies with messages numbered and not finished, on their owner
         self._lines: dict[int, _Line] = {}
+        #: on the owner: the users present in a study room, asked of every node once and then
+        #: kept by the room's own join / leave / evict commands (`_present_users`)
+        self._present: dict[int, frozenset[int]] = {}
+        #: the router's `moves` when `_present` was last valid
+        self._present_moves = server.rooms.moves
         router = server.rooms
         router.register(JOIN, self._join)
         router.register(LEAVE, self._leave)
@@ -226,25 +234,61 @@ class StudyRooms:
 
     # ------------------------------------------------------------------ commands (on the owner)
 
+    async def _present_users(self, study_id: int) -> frozenset[int]:
+        """The users with a socket in the study room, for a message's notifications and evictions.
+
+        Every change of who is in a room goes through a command of the room on its owner
+        (join; leave, also for a user's last socket gone and, after the presence grace, one
+        lost with its node; evict), and each of them leaves here what it saw, so a message
+        asks every node for the room's sockets only the first time, not once per message
+        (`fetch_sockets` was 10 % of the server's CPU per message). A ring change may have
+        let another node run the room's commands in between: then everything kept is dropped.
+        A user whose last socket dropped less than the presence grace ago counts as present
+        until member-left is announced, as for member-joined / member-left."""
+        moves = self.server.rooms.moves
+        if moves != self._present_moves:
+            self._present.clear()
+            self._present_moves = moves
+        present = self._present.get(study_id)
+        if present is None:
+            present = frozenset(await self.users_in(study_id))
+            self._keep_present(study_id, present, moves)
+        return present
+
+    def _keep_present(self, study_id: int, present: frozenset[int] | None, moves: int) -> None:
+        """What a command of the room saw present (None: it cannot tell; ask again next time),
+        seen before the ring changed to `moves`."""
+        self._present.pop(study_id, None)
+        if present is None or not present or moves != self.server.rooms.moves:
+            return
+        if len(self._present) >= PRESENT_KEPT:
+            del self._present[next(iter(self._present))]  # the one kept longest ago
+        self._present[study_id] = present
+
     async def _join(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
         if study_of(room) != study_id:
             return refusal(client_error("BAD_REQUEST"))
+        moves = self.server.rooms.moves
         refused = await membership_error(self.db, study_id, user_id)
         if refused is not None:
             # a socket whose membership ended must not stay in the room
             await self.nsp.in_(sid).sockets_leave(room)
+            self._keep_present(study_id, None, moves)
             return refusal(refused)
         if p.get("recovered") and p.get("announce") is False:
             # a recovered socket whose user stayed present: nothing to announce, and its caller
             # (`SocketEvents._rejoin_recovered`) has no use for `online`; the room's sockets,
             # a question to every node, are not asked for a thousand clients coming back at once
             await self.nsp.in_(sid).sockets_join(room)
+            kept = self._present.get(study_id)
+            self._keep_present(study_id, None if kept is None else kept | {user_id}, moves)
             return {"ok": True, "studyId": study_id}
         sockets = await self._room_sockets(study_id)
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
+        self._keep_present(study_id, frozenset(present | {user_id}), moves)
         announce = p.get("announce")
         if announce is None:  # a caller from before the presence grace
             announce = p.get("recovered") or not already_in
@@ -256,9 +300,12 @@ class StudyRooms:
 
     async def _leave(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
+        moves = self.server.rooms.moves
         if not p.get("gone"):
             await self.nsp.in_(sid).sockets_leave(room)
-        if user_id not in await self.users_in(study_id, without_sid=sid):
+        present = await self.users_in(study_id, without_sid=sid)
+        self._keep_present(study_id, frozenset(present), moves)
+        if user_id not in present:
             self._count_member("left")
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": user_id})
         return {"ok": True, "studyId": study_id}
@@ -292,6 +339,7 @@ class StudyRooms:
         """On the room's owner: take every socket of `user_ids` (no longer ACTIVE members) out of the
         study room, telling each socket (`removed-from-study`) and the room (`member-left`)."""
         room = study_room(study_id)
+        self._keep_present(study_id, None, self.server.rooms.moves)
         notice = {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message}
         for sid, uid in await self._room_sockets(study_id):
             if uid in user_ids:
@@ -299,6 +347,9 @@ class StudyRooms:
                          study_id, uid, sid)
                 self.nsp.to(sid).emit(ServerEvent.REMOVED_FROM_STUDY, notice)
                 await self.nsp.in_(sid).sockets_leave(room)
+        # a message numbered meanwhile (this runs after a message's commit, with the room
+        # free) may have asked who is present while they were still in: ask again next time
+        self._keep_present(study_id, None, self.server.rooms.moves)
         for uid in sorted(user_ids):
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": uid})
 
@@ -311,7 +362,7 @@ class StudyRooms:
                          client_message_id=p.get("clientMessageId"))
         if study_of(room) != new.study_id:
             return refusal(client_error("BAD_REQUEST"))
-        present = frozenset(await self.users_in(new.study_id))
+        present = await self._present_users(new.study_id)
         line = self._lines.get(new.study_id)
         if line is None:
             line = self._lines[new.study_id] = _Line()

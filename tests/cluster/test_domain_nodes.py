@@ -338,3 +338,39 @@ async def test_a_refused_message_mid_pipeline_leaves_no_gap_in_the_counter(domai
                          what="the message after")
         seqs = [m["seq"] for m in user.events["message"] if m["seq"] > start]
         assert seqs == list(range(start + 1, start + 6)), seqs
+
+
+async def _notified_of(node: NodeProcess, user_id: int, message_id: int) -> bool:
+    """Whether `user_id` has a notification of message `message_id` (the members API's node)."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{node.url}/api/notifications?limit=100", headers={"Authorization": f"Bearer {token(user_id)}"}) as reply:
+        assert reply.status == 200, await reply.text()
+        return any(n["data"] == {"messageId": message_id} for n in (await reply.json())["items"])
+
+
+async def test_who_is_away_follows_sockets_on_other_nodes(domain_cluster, users):
+    """The room's owner keeps who is in the room from the room's joins and leaves wherever
+    their sockets live: each changes who Alice's next message notifies."""
+    alice = await connect(users, ALICE, domain_cluster[0])
+    assert (await alice.call("join-study", {"studyId": STUDY}))["ok"] is True
+
+    async def chloe_notified(content: str) -> bool:
+        ack = await alice.call("message", {"studyId": STUDY, "content": content})
+        assert ack["ok"] is True, ack
+        return await _notified_of(domain_cluster[0], CHLOE, ack["id"])
+
+    assert await chloe_notified("before Chloe joined")
+    tab1 = await connect(users, CHLOE, domain_cluster[1])
+    tab2 = await connect(users, CHLOE, domain_cluster[2])
+    for tab in (tab1, tab2):
+        assert (await tab.call("join-study", {"studyId": STUDY}))["ok"] is True
+    assert not await chloe_notified("Chloe is in on two nodes")
+    await tab1.close()  # her tab on the other node is still in the room
+    assert not await chloe_notified("one tab left")
+    assert (await tab2.call("leave-study", {"studyId": STUDY}))["ok"] is True
+    assert await chloe_notified("Chloe left")
+    assert (await tab2.call("join-study", {"studyId": STUDY}))["ok"] is True
+    assert not await chloe_notified("Chloe back")
+    await tab2.close()  # closed on purpose: she leaves at once
+    await wait_until(lambda: alice.count("member-left", CHLOE) >= 2, what="member-left")
+    assert await chloe_notified("Chloe closed her last tab")

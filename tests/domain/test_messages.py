@@ -175,6 +175,36 @@ async def test_new_message_notifies_active_members_not_in_the_room(
     assert (await bob.wait("notification"))["data"] == {"messageId": second["id"]}
 
 
+async def test_who_is_away_follows_joins_and_leaves_between_messages(
+        domain_node: DomainNode, connect: ClientFactory) -> None:
+    """The room's owner keeps who is in the room from its joins and leaves, not by asking at
+    every message: a join after a message, a leave, a closed tab and the other tab still in
+    each change who the next message notifies."""
+    alice = await connect(1, join=(1,))
+
+    async def notified(content: str) -> bool:
+        """Whether Chloe got a notification of Alice's message (stored with it, before the ack)."""
+        ack = await alice.call("message", {"studyId": 1, "content": content})
+        assert ack["ok"] is True, ack
+        return [n["user"] for n in await domain_node.db(stored_notifications)
+                if n["data"] == {"messageId": ack["id"]}].count(3) == 1
+
+    assert await notified("before Chloe joined")
+    tab1 = await connect(3, join=(1,))
+    tab2 = await connect(3, join=(1,))
+    assert not await notified("Chloe is in")
+    await tab1.close()                  # her other tab is still in the room
+    assert not await notified("one tab left")
+    await tab2.call("leave-study", {"studyId": 1})
+    assert await notified("Chloe left")
+    await tab2.call("join-study", {"studyId": 1})
+    assert not await notified("Chloe back")
+    await tab2.close()                  # closed on purpose: she leaves at once
+    # the room heard it (a disconnect is handled after the close)
+    await alice.wait("member-left", lambda _: [m["userId"] for m in alice.got("member-left")].count(3) == 2)
+    assert await notified("Chloe closed her last tab")
+
+
 async def test_membership_is_rechecked_when_the_message_is_stored(
         domain_node: DomainNode, connect: ClientFactory) -> None:
     alice = await connect(1, join=(1,))
