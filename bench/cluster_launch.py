@@ -198,8 +198,9 @@ def main() -> None:
             after = redis_counters(clients)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})
             usec = redis_command_usec(clients)
-            stats["redis_command_usec"] = {k: [v[0] - usec_before.get(k, [0, 0])[0], v[1] - usec_before.get(k, [0, 0])[1]]
-                                           for k, v in usec.items() if v[0] > usec_before.get(k, [0, 0])[0]}
+            zero = [0, 0]
+            stats["redis_command_usec"] = {k: [v[0] - usec_before.get(k, zero)[0], v[1] - usec_before.get(k, zero)[1]]
+                                           for k, v in usec.items() if v[0] > usec_before.get(k, zero)[0]}
             stats["redis_cpu_us"] = [a - b for a, b in zip(redis_cpu_us(clients), cpu_before, strict=True)]
             if args.impl == "coup":
                 stats["redis_deliveries"] = sum(n["redis"].get("received", 0) for n in per_node)

@@ -95,7 +95,8 @@ def main(paths: list[str]) -> None:
             messages = r["cluster"]["messages"]
             print(f"  {r.get('label')} {r.get('scenario')}: " + ", ".join(
                 f"{name} {calls / messages:.2f} / {spent / messages:.1f}"
-                for name, (calls, spent) in sorted(r["cluster"]["redis_command_usec"].items(), key=lambda kv: -kv[1][1])))
+                for name, (calls, spent) in sorted(r["cluster"]["redis_command_usec"].items(),
+                                                   key=lambda kv: -kv[1][1])))
     calls = [(r.get("label"), r.get("scenario"), r["cluster"].get("room_calls")) for r in lines
              if r.get("cluster", {}).get("room_calls")]
     if calls:
