@@ -50,6 +50,19 @@ def redis_cpu_us(clients: list[redis.Redis]) -> list[int]:
             for cpu in (client.info("cpu") for client in clients)]
 
 
+def proc_figures(pid: int) -> dict[str, int]:
+    """One node process's CPU (user + system µs), read / write syscalls and context switches,
+    from /proc: where a node's CPU goes that a Python profile does not show (I/O, waits)."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return {"cpu_us": (int(stat[11]) + int(stat[12])) * 1_000_000 // tick, "syscr": int(io["syscr"]),
+            "syscw": int(io["syscw"]), "vcsw": int(status["voluntary_ctxt_switches"]),
+            "ivcsw": int(status["nonvoluntary_ctxt_switches"])}
+
+
 def redis_counters(clients: list[redis.Redis]) -> dict[str, int]:
     """Commands, publishes and script calls, summed over the servers (a cluster's primaries)."""
     total = {"commands": 0, "publish": 0, "evalsha": 0}
@@ -61,6 +74,18 @@ def redis_counters(clients: list[redis.Redis]) -> dict[str, int]:
         total["commands"] += int(stats["total_commands_processed"])
         total["publish"] += calls["publish"] + calls["spublish"]
         total["evalsha"] += calls["evalsha"]
+    return total
+
+
+def redis_command_usec(clients: list[redis.Redis]) -> dict[str, list[int]]:
+    """Per command: calls and µs Redis spent in it, summed over the servers (a script's time
+    includes its inner calls, which are counted on their own too)."""
+    total: dict[str, list[int]] = {}
+    for client in clients:
+        for name, figures in client.info("commandstats").items():
+            entry = total.setdefault(name.removeprefix("cmdstat_"), [0, 0])
+            entry[0] += int(figures["calls"])
+            entry[1] += int(figures["usec"])
     return total
 
 
@@ -148,6 +173,9 @@ def main() -> None:
         time.sleep(0.1)
     before = redis_counters(clients) if clients else {}
     cpu_before = redis_cpu_us(clients)
+    usec_before = redis_command_usec(clients)
+    nodes = children[-args.nodes:]
+    procs_before = [proc_figures(c.pid) for c in nodes]
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stopping.update(now=True))
@@ -160,11 +188,19 @@ def main() -> None:
                              "redis_shards": args.redis_shards}
     try:
         per_node = [get_json(f"http://127.0.0.1:{p}/bench/stats") for p in private]
+        # each node's figures from the start of the load to its end (summed over the nodes)
+        procs = [proc_figures(c.pid) for c in nodes]
+        stats["nodes_proc"] = {k: sum(a[k] - b[k] for a, b in zip(procs, procs_before, strict=True))
+                               for k in procs[0]}
         stats["messages"] = sum(n["messages"] for n in per_node)
         stats["messages_per_node"] = [n["messages"] for n in per_node]
         if clients:
             after = redis_counters(clients)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})
+            usec = redis_command_usec(clients)
+            zero = [0, 0]
+            stats["redis_command_usec"] = {k: [v[0] - usec_before.get(k, zero)[0], v[1] - usec_before.get(k, zero)[1]]
+                                           for k, v in usec.items() if v[0] > usec_before.get(k, zero)[0]}
             stats["redis_cpu_us"] = [a - b for a, b in zip(redis_cpu_us(clients), cpu_before, strict=True)]
             if args.impl == "coup":
                 stats["redis_deliveries"] = sum(n["redis"].get("received", 0) for n in per_node)

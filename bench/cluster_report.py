@@ -77,6 +77,26 @@ def main(paths: list[str]) -> None:
             messages = r["cluster"]["messages"]
             print(f"  {r.get('label')} {r.get('scenario')}: {sum(spent) / messages:.1f} µs/msg; per server "
                   + " / ".join(f"{s / messages:.1f}" for s in spent))
+    procs = [r for r in lines if r.get("cluster", {}).get("nodes_proc") and r["cluster"].get("messages")]
+    if procs:
+        print()
+        print("Nodes per message a client sent (summed over the nodes, /proc, from the load's start to its end): "
+              "CPU µs, read / write syscalls, voluntary / involuntary context switches")
+        for r in procs:
+            p, messages = r["cluster"]["nodes_proc"], r["cluster"]["messages"]
+            print(f"  {r.get('label')} {r.get('scenario')}: {p['cpu_us'] / messages:.1f} µs/msg; syscalls r "
+                  f"{p['syscr'] / messages:.2f} w {p['syscw'] / messages:.2f}; ctxsw {p['vcsw'] / messages:.2f} / "
+                  f"{p['ivcsw'] / messages:.2f}")
+    usec = [r for r in lines if r.get("cluster", {}).get("redis_command_usec") and r["cluster"].get("messages")]
+    if usec:
+        print()
+        print("Redis commands per message a client sent: calls, µs (a script's µs include its inner calls)")
+        for r in usec:
+            messages = r["cluster"]["messages"]
+            print(f"  {r.get('label')} {r.get('scenario')}: " + ", ".join(
+                f"{name} {calls / messages:.2f} / {spent / messages:.1f}"
+                for name, (calls, spent) in sorted(r["cluster"]["redis_command_usec"].items(),
+                                                   key=lambda kv: -kv[1][1])))
     calls = [(r.get("label"), r.get("scenario"), r["cluster"].get("room_calls")) for r in lines
              if r.get("cluster", {}).get("room_calls")]
     if calls:

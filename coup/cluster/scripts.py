@@ -227,35 +227,26 @@ return moved
 # one PUBLISH (``M`` + 4-byte length + message, each), so a room command's broadcast and its
 # answer on the room's channel make one push; order across channels is never changed, which
 # keeps each node's view of the log in offset order. -> the origins refused this call
+# The script runs once per node per loop turn and most turns carry one broadcast, so its cost
+# is per call: the fewest inner calls (an origin is charged with two HINCRBYs and given back
+# in the rare refusal, not read first), trimming in chunks a 64th below the bound once it is
+# reached (not one LPOP and its give-back per append), and numbers formatted as integers
+# (Lua's float formatting showed in Redis's profile). docs/architecture.md has the figures.
 LOG_PUBLISH = """
 local log, meta = KEYS[1], KEYS[2]
 local max_packets, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 local origin_packets, origin_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+-- Redis's clock in ms, as text: numbers are formatted as integers ('%d'), never as floats
+local now = t[1] .. string.sub(t[2] + 1000000, 2, 4)
 local refused = {}
-local added = 0
-local count = 0
-local last_offset, calls_offsets = 0, 0
+local added, count, admitted = 0, 0, 0
+local last_offset = 0
 local created = false
-local run_channel, run = nil, {}
-local function flush()
-  if run_channel then
-    if #run == 1 then
-      redis.call('PUBLISH', run_channel, run[1])
-    else
-      local parts = {'M'}
-      for _, p in ipairs(run) do
-        parts[#parts + 1] = struct.pack('>I4', #p)
-        parts[#parts + 1] = p
-      end
-      redis.call('PUBLISH', run_channel, table.concat(parts))
-    end
-  end
-  run_channel, run = nil, {}
-end
+local run_channel, run, runs = nil, nil, 0
 local i = 8
-while i <= #ARGV do
+local last_arg = #ARGV
+while i <= last_arg do
   local n = tonumber(ARGV[i])
   local first_channel = i + 1
   local origin, stamp, once, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3], ARGV[i + n + 4]
@@ -265,86 +256,139 @@ while i <= #ARGV do
     break  -- published before (this is a repeat of it): not again
   end
   local size = #data
-  local payload = nil
+  local payload
   if stamp == '1' and size <= origin_bytes then
     local admit = true
-    if origin ~= '' then
-      local held = redis.call('HMGET', meta, 'p:' .. origin, 'b:' .. origin)
-      admit = tonumber(held[1] or '0') < origin_packets and tonumber(held[2] or '0') + size <= origin_bytes
-      if not admit then refused[#refused + 1] = origin end
+    if origin ~= '' then  -- charged at once; given back when that puts it over its share (rare)
+      local packets = redis.call('HINCRBY', meta, 'p:' .. origin, '1')
+      local held = redis.call('HINCRBY', meta, 'b:' .. origin, string.format('%d', size))
+      if packets > origin_packets or held > origin_bytes then
+        admit = false
+        refused[#refused + 1] = origin
+        if packets <= 1 then
+          redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
+        else
+          redis.call('HINCRBY', meta, 'p:' .. origin, '-1')
+          redis.call('HINCRBY', meta, 'b:' .. origin, string.format('%d', -size))
+        end
+      end
     end
     if admit then
-      local offset = redis.call('HINCRBY', meta, 'last', 1)
+      local offset = redis.call('HINCRBY', meta, 'last', '1')
       if offset == 1 then  -- a new log: start above every offset an earlier one gave
         offset = t[1] * 1000000 + t[2]
-        redis.call('HSET', meta, 'last', string.format('%.0f', offset))
+        redis.call('HSET', meta, 'last', string.format('%d', offset))
         created = true
       end
       count = redis.call('RPUSH', log, now .. ' ' .. origin .. ' ' .. data)
       added = added + size
       last_offset = offset
-      calls_offsets = calls_offsets + 1
-      if origin ~= '' then
-        redis.call('HINCRBY', meta, 'p:' .. origin, 1)
-        redis.call('HINCRBY', meta, 'b:' .. origin, size)
-      end
-      payload = 'L' .. string.format('%.0f', offset) .. ' ' .. data
+      admitted = admitted + 1
+      payload = 'L' .. string.format('%d', offset) .. ' ' .. data
     end
   end
   payload = payload or ('L ' .. data)
-  if n == 1 then
-    if ARGV[first_channel] ~= run_channel then
-      flush()
-      run_channel = ARGV[first_channel]
-    end
-    run[#run + 1] = payload
+  if n == 1 and ARGV[first_channel] == run_channel then
+    runs = runs + 1
+    run[runs] = payload
   else
-    flush()
-    for c = first_channel, first_channel + n - 1 do
-      redis.call('PUBLISH', ARGV[c], payload)
+    if runs == 1 then
+      redis.call('PUBLISH', run_channel, run[1])
+    elseif runs > 1 then
+      local parts = {'M'}
+      for r = 1, runs do
+        parts[#parts + 1] = struct.pack('>I4', #run[r])
+        parts[#parts + 1] = run[r]
+      end
+      redis.call('PUBLISH', run_channel, table.concat(parts))
+    end
+    if n == 1 then
+      run_channel, run, runs = ARGV[first_channel], {payload}, 1
+    else
+      run_channel, run, runs = nil, nil, 0
+      for c = first_channel, first_channel + n - 1 do
+        redis.call('PUBLISH', ARGV[c], payload)
+      end
     end
   end
   until true
 end
-flush()
-if added > 0 then
-  local bytes = redis.call('HINCRBY', meta, 'bytes', added)
-  local horizon = now - tonumber(ARGV[1])
-  -- the age is looked at every 16th offset (a memory bound, not a promise: sessions expire
-  -- with the window); the count and the bytes every call
-  local check_age = last_offset % 16 < calls_offsets
+if runs == 1 then
+  redis.call('PUBLISH', run_channel, run[1])
+elseif runs > 1 then
+  local parts = {'M'}
+  for r = 1, runs do
+    parts[#parts + 1] = struct.pack('>I4', #run[r])
+    parts[#parts + 1] = run[r]
+  end
+  redis.call('PUBLISH', run_channel, table.concat(parts))
+end
+if admitted == 0 then return refused end
+local bytes = redis.call('HINCRBY', meta, 'bytes', string.format('%d', added))
+-- over a bound, the log is trimmed a 64th below it: one LPOP (and one give-back per origin)
+-- every few hundred broadcasts instead of an LPOP and its give-back with each one. The age
+-- is looked at every 16th offset (a memory bound, not a promise: sessions expire with the
+-- window); the count and the bytes every call
+local check_age = last_offset % 16 < admitted
+local over = count > max_packets or bytes > max_bytes
+if over or check_age then
+  local keep_packets = max_packets - math.floor(max_packets / 64)
+  local keep_bytes = max_bytes - math.floor(max_bytes / 64)
+  local horizon = tonumber(now) - tonumber(ARGV[1])
+  local gone = {}
   local trimmed = false
   while count > 0 do
-    local head
-    if count > max_packets or bytes > max_bytes then
-      head = redis.call('LPOP', log)
+    local heads
+    if over and (count > keep_packets or bytes > keep_bytes) then
+      local n = count - keep_packets
+      if bytes > keep_bytes then  -- as many entries as the excess bytes take, on average
+        n = math.max(n, math.ceil((bytes - keep_bytes) * count / bytes))
+      end
+      heads = redis.call('LPOP', log, math.max(1, math.min(count, n)))
     elseif check_age then
-      head = redis.call('LINDEX', log, 0)
-      if tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1)) >= horizon then break end
-      redis.call('LPOP', log)
+      heads = redis.call('LRANGE', log, 0, 15)
+      local old = 0
+      for _, head in ipairs(heads) do
+        if tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1)) >= horizon then break end
+        old = old + 1
+      end
+      if old == 0 then break end
+      redis.call('LTRIM', log, old, -1)
+      if old < 16 then check_age = false end
+      heads = {unpack(heads, 1, old)}
     else
       break
     end
-    local sp = string.find(head, ' ', 1, true)
-    local sp2 = string.find(head, ' ', sp + 1, true)
-    local size = #head - sp2
-    local origin = string.sub(head, sp + 1, sp2 - 1)
-    count = count - 1
-    bytes = bytes - size
-    trimmed = true
-    if origin ~= '' then
-      if redis.call('HINCRBY', meta, 'p:' .. origin, -1) <= 0 then
-        redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
-      else
-        redis.call('HINCRBY', meta, 'b:' .. origin, -size)
+    for _, head in ipairs(heads) do
+      local sp = string.find(head, ' ', 1, true)
+      local sp2 = string.find(head, ' ', sp + 1, true)
+      local size = #head - sp2
+      local origin = string.sub(head, sp + 1, sp2 - 1)
+      bytes = bytes - size
+      if origin ~= '' then
+        local g = gone[origin]
+        if g then
+          g[1], g[2] = g[1] + 1, g[2] + size
+        else
+          gone[origin] = {1, size}
+        end
       end
     end
+    count = count - #heads
+    trimmed = true
   end
-  if trimmed then redis.call('HSET', meta, 'bytes', bytes) end
-  if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
-    redis.call('PEXPIRE', log, ARGV[6])
-    redis.call('PEXPIRE', meta, ARGV[6])
+  for origin, g in pairs(gone) do
+    if redis.call('HINCRBY', meta, 'p:' .. origin, string.format('%d', -g[1])) <= 0 then
+      redis.call('HDEL', meta, 'p:' .. origin, 'b:' .. origin)
+    else
+      redis.call('HINCRBY', meta, 'b:' .. origin, string.format('%d', -g[2]))
+    end
   end
+  if trimmed then redis.call('HSET', meta, 'bytes', string.format('%d', bytes)) end
+end
+if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
+  redis.call('PEXPIRE', log, ARGV[6])
+  redis.call('PEXPIRE', meta, ARGV[6])
 end
 return refused
 """
