@@ -244,6 +244,19 @@ local added, count, admitted = 0, 0, 0
 local last_offset = 0
 local created = false
 local run_channel, run, runs = nil, nil, 0
+-- a run of consecutive messages for one channel goes out as one PUBLISH ('M' + length-prefixed parts)
+local function publish_run()
+  if runs == 1 then
+    redis.call('PUBLISH', run_channel, run[1])
+  elseif runs > 1 then
+    local parts = {'M'}
+    for r = 1, runs do
+      parts[#parts + 1] = struct.pack('>I4', #run[r])
+      parts[#parts + 1] = run[r]
+    end
+    redis.call('PUBLISH', run_channel, table.concat(parts))
+  end
+end
 local i = 8
 local last_arg = #ARGV
 while i <= last_arg do
@@ -292,16 +305,7 @@ while i <= last_arg do
     runs = runs + 1
     run[runs] = payload
   else
-    if runs == 1 then
-      redis.call('PUBLISH', run_channel, run[1])
-    elseif runs > 1 then
-      local parts = {'M'}
-      for r = 1, runs do
-        parts[#parts + 1] = struct.pack('>I4', #run[r])
-        parts[#parts + 1] = run[r]
-      end
-      redis.call('PUBLISH', run_channel, table.concat(parts))
-    end
+    publish_run()
     if n == 1 then
       run_channel, run, runs = ARGV[first_channel], {payload}, 1
     else
@@ -313,16 +317,7 @@ while i <= last_arg do
   end
   until true
 end
-if runs == 1 then
-  redis.call('PUBLISH', run_channel, run[1])
-elseif runs > 1 then
-  local parts = {'M'}
-  for r = 1, runs do
-    parts[#parts + 1] = struct.pack('>I4', #run[r])
-    parts[#parts + 1] = run[r]
-  end
-  redis.call('PUBLISH', run_channel, table.concat(parts))
-end
+publish_run()
 if admitted == 0 then return refused end
 local bytes = redis.call('HINCRBY', meta, 'bytes', string.format('%d', added))
 -- over a bound, the log is trimmed a 64th below it: one LPOP (and one give-back per origin)
