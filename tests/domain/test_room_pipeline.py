@@ -129,14 +129,13 @@ def study_row_locked(url: str, study_id: int) -> Iterator[None]:
         conn.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite: one writer at a time
 async def test_another_rooms_message_commits_while_a_rooms_batch_waits(
         domain_node: DomainNode, connect: ClientFactory, database_url: str) -> None:
     """PostgreSQL, a writer with two connections: two batches in flight. Study 1's batch waits on its
     study's row; Dan's message to study 2 is written on the other connection and acked
     meanwhile; Alice's next message to study 1 waits for her room's batch (a room's
     messages are never in two batches at once), then both are stored in order."""
-    if not database_url.startswith("postgres"):
-        pytest.skip("SQLite has one writer at a time: one connection")
     writer = domain_node.domain.rooms.messages
     assert writer.handed == 0  # its threads start at the first write
     writer.connections = 2     # `WRITER_CONNECTIONS` is 1 by default (docs/domain.md)
