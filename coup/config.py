@@ -335,6 +335,9 @@ class Settings:
     jwt_algorithm: str = setting("JWT_ALGORITHM", "HS256", _choice(("HS256", "HS384", "HS512"),
                                                                    "one of HS256, HS384, HS512"),
                                  "`HS256`, `HS384` or `HS512`", "general")
+    jwt_leeway: float = setting(
+        "JWT_LEEWAY", 10.0, _number(0.0), "seconds of clock skew tolerated on a token's `exp` (the issuer's clock "
+        "may run ahead of ours); a live socket is closed at `exp` plus this", "general")
     #: demo mode: embedded defaults, a made-up JWT secret, demo data, /api/dev/token
     demo: bool = setting(
         "COUP_DEMO", False, _bool, "demo mode: embedded defaults, and a random `JWT_SECRET` when none is set; it "
@@ -493,8 +496,6 @@ class Settings:
     #: True when demo mode made the JWT secret up; the domain then keeps one secret stable
     #: in the demo database, so a separate `coup token` process signs tokens it accepts
     jwt_secret_generated: bool = False
-    #: seconds of clock skew tolerated on a token's `exp`
-    jwt_leeway: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
