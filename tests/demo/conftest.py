@@ -224,18 +224,22 @@ def server(tmp_path: Path, request: pytest.FixtureRequest, browser: Any,
 
 @pytest.fixture
 def open_page(browser: Any, server: DemoServer) -> Iterator[Callable[..., DemoPage]]:
-    """open_page(user_id=None, layout=DESKTOP, query="", context=None, base=None) -> a signed-in DemoPage.
+    """open_page(user_id=None, layout=DESKTOP, query="", context=None, base=None, clock=False) -> a signed-in DemoPage.
 
     `base` opens the page through another address than the server's (a proxy in front of it).
+    `clock` installs Playwright's clock in a new context: time runs as usual until the test
+    moves it on (`page.clock.fast_forward`), so it need not wait out the client's backoff.
     """
     pages: list[DemoPage] = []
     contexts: list[Any] = []
 
     def open_(user_id: int | None = None, layout: dict[str, Any] = DESKTOP, query: str = "",
-              context: Any = None, base: str | None = None) -> DemoPage:
+              context: Any = None, base: str | None = None, clock: bool = False) -> DemoPage:
         if context is None:
             context = browser.new_context(**layout)
             contexts.append(context)
+            if clock:
+                context.clock.install()
         page = context.new_page()
         page.set_default_timeout(20_000)
         demo = DemoPage(context, page)
