@@ -243,7 +243,7 @@ def test_failed_ack_offers_a_retry_that_reuses_the_client_message_id(open_page: 
 
         upstream.on_message(to_page)
 
-    alice = open_page(query="?transport=websocket")
+    alice = open_page(query="?transport=websocket", clock=True)
     alice.page.route_web_socket(SOCKET_IO, lossy)
     alice.page.reload()  # routing applies to pages loaded after it is set up
     alice.sign_in(1)
@@ -253,7 +253,9 @@ def test_failed_ack_offers_a_retry_that_reuses_the_client_message_id(open_page: 
     alice.send(text)
     expect(bob.message(text)).to_be_visible()
     mine = alice.message(text)
-    expect(mine).to_have_attribute("data-state", "failed", timeout=25_000)  # no ack within 10 s
+    expect(mine).to_have_attribute("data-state", "sending")
+    alice.page.clock.fast_forward(10_500)  # no ack within 10 s (the page's clock; not 10 s of the suite)
+    expect(mine).to_have_attribute("data-state", "failed")
     expect(mine.locator(".retry-btn")).to_be_visible()
     alice.shot("16-failed-send")
     assert dropped
