@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,18 +209,27 @@ async def test_a_removed_member_leaves_the_room_within_the_check_interval(arena:
 
 
 def _serve(env: dict[str, str], tmp: Path, wait: float = 15) -> subprocess.CompletedProcess[str] | str:
-    """Run `coup serve` with `env`; its output once it exits, or once it logged that it serves."""
+    """Run `coup serve` with `env`; its output once it exits, or (a str) once it logged that it
+    serves and what follows at once (the start summary), then stopped."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "JWT_", "DATABASE_", "REDIS_"))}
     full.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env})
     proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--port", "0"], cwd=tmp, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=wait)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=15)
-        return out
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + wait
+    while proc.poll() is None and time.monotonic() < deadline and not any("coup serving on" in x for x in lines):
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        reader.join(5)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), "")
+    time.sleep(0.5)  # the lines logged right after it (the start summary)
+    proc.terminate()
+    proc.wait(timeout=15)
+    reader.join(5)
+    return "".join(lines)
 
 
 @pytest.mark.parametrize(("variable", "value"), [("JWT_SECRET", "a" * 32), ("COUP_SERVICE_TOKEN", "a" * 16)])
