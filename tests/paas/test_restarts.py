@@ -307,12 +307,17 @@ async def check(bed: Bed, chatters: list[Chatter], load: Load, seq_before: int,
 
 
 async def stop_gracefully(node: CoupServe, label: str) -> float:
-    """SIGTERM: /readyz 503 and handshakes refused at once, then the drain; its duration."""
+    """SIGTERM: /readyz 503 at once and from then on handshakes refused, then the drain; its
+    duration. (A request the node reads in the loop turn that also reads the signal is served
+    before the handler runs, as asyncio calls signal handlers in the next turn; so the
+    handshake is tried once /readyz has said 503, not at the same time.)"""
     started = time.monotonic()
     os.kill(node.pid, signal.SIGTERM)
-    ready, handshake = await asyncio.gather(
-        asyncio.to_thread(lambda: http_get(f"{node.url}/readyz", timeout=1.0)[0]),
-        asyncio.to_thread(lambda: http_get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=1.0)[0]))
+    ready = await asyncio.to_thread(lambda: http_get(f"{node.url}/readyz", timeout=1.0)[0])
+    if ready != 503:  # read with the signal (see above): the next one must say it
+        ready = await asyncio.to_thread(lambda: http_get(f"{node.url}/readyz", timeout=1.0)[0])
+    handshake = await asyncio.to_thread(
+        lambda: http_get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=1.0)[0])
     assert node.process is not None
     code = await asyncio.to_thread(node.process.wait, 30)
     took = time.monotonic() - started
