@@ -85,12 +85,21 @@ class Leases:
         """We hold the room's lease, as far as we know."""
         return self._holders.get(room) == self.node_id
 
+    def live_holder(self, room: str, without: frozenset[str] = frozenset(), ring: Ring | None = None) -> str | None:
+        """The room's holder as far as we know, while it is on `ring` (ours by default), not
+        draining and not one of `without`; else None."""
+        ring = ring if ring is not None else self._ring()
+        holder = self._holders.get(room)
+        if holder is not None and holder in ring.nodes and holder not in ring.draining and holder not in without:
+            return holder
+        return None
+
     def owner(self, room: str, without: frozenset[str] = frozenset(), ring: Ring | None = None) -> str:
         """The room's owner on `ring` (ours by default) once `without` are gone: its holder
         while that one is live and not draining, else the ring's owner."""
         ring = ring if ring is not None else self._ring()
-        holder = self._holders.get(room)
-        if holder is not None and holder in ring.nodes and holder not in ring.draining and holder not in without:
+        holder = self.live_holder(room, without, ring)
+        if holder is not None:
             return holder
         if without:
             ring = ring.without(without)
@@ -137,6 +146,13 @@ class Leases:
         """The room's holder may have changed (its owner answered "moved"): ask Redis again."""
         self._holders.pop(room, None)
         self._renewed.pop(room, None)
+
+    def forget_holders(self, nodes: set[str]) -> None:
+        """`nodes` left the ring: what we remember of their leases may be old when they come back
+        (their rooms' leases go to the ring's owners meanwhile)."""
+        if nodes:
+            for room in [r for r, holder in self._holders.items() if holder in nodes]:
+                self.forget(room)
 
     def forget_all(self) -> None:
         """Redis came back (maybe without its data): every lease is checked again."""

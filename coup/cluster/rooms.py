@@ -1,6 +1,8 @@
 """Room commands run on the room's owner node (its single writer), wherever the caller is.
 
-`call(room, name, payload)` looks the owner up on this node's ring. Ours: run here,
+`call(room, name, payload)` looks the owner up: the holder of the room's lease
+(`coup.cluster.leases`; the first node that needed the room), or, when that one is gone or
+leases are off, the owner on this node's ring. Ours: run here,
 serialised per room. Another node's: publish the command to its inbox and wait for its
 reply. Correctness never depends on the nodes agreeing on the owner:
 
@@ -134,6 +136,8 @@ class RedisRoomRouter:
         self._previous = old
         self._settled.clear()
         self._fenced = {room: node for room, node in self._fenced.items() if self._owner_on(new, room) == node}
+        if self.leases is not None:
+            self.leases.forget_holders(set(old.nodes) - set(new.nodes))
 
     def _owner(self, room: str, without: frozenset[str] = frozenset()) -> str:
         """The room's owner as this node sees it now (its lease's holder, or the ring's)."""
@@ -277,6 +281,15 @@ class RedisRoomRouter:
         error = reply.get("error") or {}
         raise ClientError(str(error.get("code", "INTERNAL")), str(error.get("message", "")), error.get("data"))
 
+    async def _held_elsewhere(self, room: str, unheard: frozenset[str]) -> bool:
+        """A live node other than us holds the room's lease (a caller that remembers an older
+        holder, us before we restarted, reads it again). Our ring is re-read first: it may be
+        behind the caller's (a holder that began to drain, whose rooms are the ring's now)."""
+        if self.leases is None or self.leases.live_holder(room, unheard) in (None, self.node_id):
+            return False
+        await self._refresh()
+        return self.leases.live_holder(room, unheard) not in (None, self.node_id)
+
     async def serve(self, message: dict[str, Any]) -> dict[str, Any]:
         """Run a command another node routed to us and say how it went."""
         self.stats["served"] += 1
@@ -296,6 +309,8 @@ class RedisRoomRouter:
             else:
                 del self._fenced[room]  # the node that took it over died: we are its successor
         try:
+            if await self._held_elsewhere(room, frozenset(message.get("unheard", ()))):
+                return {"ok": False, "moved": True}
             if self._owner(room) == self.node_id:
                 result = await self._run_as_owner(room, str(message["name"]), message.get("p") or {})
                 if result is _MOVED:  # the room's lease is another node's: the caller asks it

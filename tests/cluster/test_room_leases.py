@@ -102,3 +102,24 @@ async def test_without_leases_the_ring_decides(redis_server, peers):
     finally:
         for node in nodes:
             await node.node.stop()
+
+
+async def test_a_node_back_under_its_id_sends_callers_that_remember_its_old_lease_on(redis_nodes, peers):
+    """A holder restarted under its id after its rooms went to others (it drained, or died and
+    was reaped): callers that remember it as the holder reach it, and it sends them on instead
+    of writing the room beside the new holder."""
+    old, caller, new = redis_nodes
+    room = room_owned_by_ring(caller, [old, new])
+    first = await peers("first").connect(old.url)
+    asker = await peers("asker").connect(caller.url)
+    for peer in (first, asker):
+        await peer.call("join", {"room": room})
+    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
+    assert (await asker.call("say", {"room": room}))["owner"] == node_id(old)
+    cluster = new.node.cluster
+    assert cluster is not None
+    await cluster.redis.set(cluster.options.spread("lease", room), node_id(new))  # the lease went on meanwhile
+    old.node.cluster.leases.forget_all()  # type: ignore[union-attr]  # a new process knows no lease
+    replies = [await asker.call("say", {"room": room}), await first.call("say", {"room": room})]
+    assert {r["owner"] for r in replies} == {node_id(new)}
+    assert replies[0]["seq"] < replies[1]["seq"]
