@@ -8,6 +8,7 @@ node that ran it and the room's `seq`.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import pytest
 
@@ -21,15 +22,29 @@ def node_id(node: Node) -> str:
     return node.node.sio.node_id
 
 
-def room_owned_by_ring(node: Node, others: list[Node]) -> str:
-    """A room the ring gives to `node` (so a lease held by one of `others` shows)."""
+def room_owned_by_ring(node: Node) -> str:
+    """A room the ring gives to `node` (so a lease held by another node shows)."""
     registry = node.node.cluster.registry  # type: ignore[union-attr]
     return next(r for r in (f"leased-{i}" for i in range(1000)) if registry.owner(r) == node_id(node))
 
 
+async def room_held_by_old_and_known_elsewhere(nodes: list[Node], peers: Any) -> tuple[str, Any, Any]:
+    """(room, a member on nodes[0], a member on nodes[1]): nodes[0] holds the room's lease and
+    nodes[1] knows it (its member's command went there)."""
+    old, caller, _ = nodes
+    room = room_owned_by_ring(caller)
+    first = await peers("first").connect(old.url)
+    asker = await peers("asker").connect(caller.url)
+    for peer in (first, asker):
+        await peer.call("join", {"room": room})
+    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
+    assert (await asker.call("say", {"room": room}))["owner"] == node_id(old)
+    return room, first, asker
+
+
 async def test_a_rooms_commands_run_on_the_node_of_its_first_caller(redis_nodes, peers):
     ring_owner, first, other = redis_nodes
-    room = room_owned_by_ring(ring_owner, [first, other])
+    room = room_owned_by_ring(ring_owner)
     alice = await peers("alice").connect(first.url)
     bob = await peers("bob").connect(first.url)
     carol = await peers("carol").connect(other.url)
@@ -45,18 +60,13 @@ async def test_a_rooms_commands_run_on_the_node_of_its_first_caller(redis_nodes,
 
 
 async def test_a_drained_holders_rooms_go_to_the_ring_and_their_lease_with_them(redis_nodes, peers):
-    ring_owner, holder, other = redis_nodes
-    room = room_owned_by_ring(ring_owner, [holder, other])
-    here = await peers("here").connect(holder.url)
-    there = await peers("there").connect(other.url)
-    for peer in (here, there):
-        await peer.call("join", {"room": room})
-    before = await here.call("say", {"room": room})
-    assert before["owner"] == node_id(holder)
+    holder, ring_owner, _ = redis_nodes
+    room, _, asker = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
+    before = await asker.call("say", {"room": room})
     await holder.node.cluster.drain(5.0)  # type: ignore[union-attr]
     await wait_until(lambda: all(node_id(holder) in n.node.cluster.registry.ring.draining  # type: ignore[union-attr]
                                  for n in redis_nodes), what="every node seeing the holder drain")
-    after = [await there.call("say", {"room": room}) for _ in range(2)]
+    after = [await asker.call("say", {"room": room}) for _ in range(2)]
     assert {r["owner"] for r in after} == {node_id(ring_owner)}
     assert [before["seq"]] + [r["seq"] for r in after] == sorted([before["seq"]] + [r["seq"] for r in after])
     cluster = ring_owner.node.cluster
@@ -68,14 +78,8 @@ async def test_a_holder_whose_lease_went_to_another_node_sends_callers_on(redis_
     """A lease runs out when its holder ran no command of the room for 3/4 of its TTL; another
     node may take it then, and a caller that still knows the old holder is sent on."""
     monkeypatch.setattr(leases, "RENEW_AFTER", 0.0)  # every command checks its lease
-    old, caller, new = redis_nodes
-    room = room_owned_by_ring(caller, [old, new])
-    first = await peers("first").connect(old.url)
-    asker = await peers("asker").connect(caller.url)
-    for peer in (first, asker):
-        await peer.call("join", {"room": room})
-    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
-    assert (await asker.call("say", {"room": room}))["owner"] == node_id(old)
+    old, _, new = redis_nodes
+    room, first, asker = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
     cluster = new.node.cluster
     assert cluster is not None
     # as if the lease had expired and `new` had been the next to need the room
@@ -92,7 +96,7 @@ async def test_without_leases_the_ring_decides(redis_server, peers):
     try:
         await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 2 for n in nodes),  # type: ignore[union-attr]
                          what="both nodes on both rings")
-        room = room_owned_by_ring(nodes[0], [nodes[1]])
+        room = room_owned_by_ring(nodes[0])
         peer = await peers("p").connect(nodes[1].url)
         await peer.call("join", {"room": room})
         assert (await peer.call("say", {"room": room}))["owner"] == "n0"
@@ -108,14 +112,8 @@ async def test_a_node_back_under_its_id_sends_callers_that_remember_its_old_leas
     """A holder restarted under its id after its rooms went to others (it drained, or died and
     was reaped): callers that remember it as the holder reach it, and it sends them on instead
     of writing the room beside the new holder."""
-    old, caller, new = redis_nodes
-    room = room_owned_by_ring(caller, [old, new])
-    first = await peers("first").connect(old.url)
-    asker = await peers("asker").connect(caller.url)
-    for peer in (first, asker):
-        await peer.call("join", {"room": room})
-    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
-    assert (await asker.call("say", {"room": room}))["owner"] == node_id(old)
+    old, _, new = redis_nodes
+    room, first, asker = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
     cluster = new.node.cluster
     assert cluster is not None
     await cluster.redis.set(cluster.options.spread("lease", room), node_id(new))  # the lease went on meanwhile
