@@ -10,14 +10,19 @@ a command of the room (``SET NX``) and kept alive by its holder while it runs th
 commands. Every node resolves a room's owner the same way from what it knows:
 
 - the holder, while it is on the ring and not draining;
-- otherwise the ring's owner (as without leases), and that node takes the lease over when
-  it runs its first command of the room (a compare-and-set on the holder it saw).
+- while the holder drains (after it let its running commands finish and before it leaves),
+  the node that needs the room: the first to run a command takes the lease over (a
+  compare-and-set on the holder it saw), the others find the lease taken and are sent on, so
+  the room stays with a member's node through a rolling restart;
+- otherwise (the holder died or left) the ring's owner, as without leases: the successor on
+  the ring without it, the one every node picks from the same lease and ring; it takes the
+  lease over (the same compare-and-set) at its first command of the room.
 
-So a holder that dies or drains goes exactly the way of a ring owner today (successor on the
-ring without it, fences, the drain's hold), and every node picks the same successor from the
-same lease and ring. A lease is never taken from a live holder: a holder whose lease expired
-(no command for 3/4 of `LEASE_TTL`) checks it before its next command and answers "moved"
-when another node took the room meanwhile. Without Redis the ring decides, as before.
+So a dead holder's rooms go exactly the way of a ring owner's today (the successor, fences),
+and a draining one's keep the drain's hold (no command of them runs while it runs one). A
+lease is never taken from a holder that is live and not draining: a holder whose lease
+expired (no command for 3/4 of `LEASE_TTL`) checks it before its next command and answers
+"moved" when another node took the room meanwhile. Without Redis the ring decides, as before.
 """
 
 from __future__ import annotations
@@ -96,11 +101,18 @@ class Leases:
 
     def owner(self, room: str, without: frozenset[str] = frozenset(), ring: Ring | None = None) -> str:
         """The room's owner on `ring` (ours by default) once `without` are gone: its holder
-        while that one is live and not draining, else the ring's owner."""
+        while that one is live and not draining; we, when it drains (the first node to run a
+        command takes the lease over, `hold`, and the others are sent to it); else the ring's
+        owner (a holder that died or left: the successor every node agrees on)."""
         ring = ring if ring is not None else self._ring()
         holder = self.live_holder(room, without, ring)
         if holder is not None:
             return holder
+        holder = self._holders.get(room)
+        me = self.node_id
+        if holder is not None and holder in ring.draining and holder not in without and me not in without \
+                and me in ring.nodes and me not in ring.draining:
+            return me
         if without:
             ring = ring.without(without)
         return ring.owner(room) or self.node_id

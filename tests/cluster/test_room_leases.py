@@ -7,6 +7,7 @@ node that ran it and the room's `seq`.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -59,19 +60,38 @@ async def test_a_rooms_commands_run_on_the_node_of_its_first_caller(redis_nodes,
     assert await first.node.cluster.rooms.current_owner(room) == node_id(first)  # type: ignore[union-attr]
 
 
-async def test_a_drained_holders_rooms_go_to_the_ring_and_their_lease_with_them(redis_nodes, peers):
-    holder, ring_owner, _ = redis_nodes
+async def test_a_draining_holders_room_goes_to_the_first_node_that_needs_it(redis_nodes, peers):
+    """Not to the ring's owner: through a rolling restart a room stays with a member's node."""
+    holder, ring_owner, third = redis_nodes
     room, _, asker = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
+    late = await peers("late").connect(third.url)
+    await late.call("join", {"room": room})
     before = await asker.call("say", {"room": room})
     await holder.node.cluster.drain(5.0)  # type: ignore[union-attr]
     await wait_until(lambda: all(node_id(holder) in n.node.cluster.registry.ring.draining  # type: ignore[union-attr]
                                  for n in redis_nodes), what="every node seeing the holder drain")
-    after = [await asker.call("say", {"room": room}) for _ in range(2)]
-    assert {r["owner"] for r in after} == {node_id(ring_owner)}
+    after = [await late.call("say", {"room": room}), await asker.call("say", {"room": room}),
+             await late.call("say", {"room": room})]
+    assert {r["owner"] for r in after} == {node_id(third)}
     assert [before["seq"]] + [r["seq"] for r in after] == sorted([before["seq"]] + [r["seq"] for r in after])
     cluster = ring_owner.node.cluster
     assert cluster is not None
-    assert await cluster.redis.get(cluster.options.spread("lease", room)) == node_id(ring_owner).encode()
+    assert await cluster.redis.get(cluster.options.spread("lease", room)) == node_id(third).encode()
+
+
+async def test_nodes_that_need_a_draining_holders_room_at_once_agree_on_one_owner(redis_nodes, peers):
+    holder, _, third = redis_nodes
+    room, _, asker = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
+    late = await peers("late").connect(third.url)
+    await late.call("join", {"room": room})
+    await holder.node.cluster.drain(5.0)  # type: ignore[union-attr]
+    await wait_until(lambda: all(node_id(holder) in n.node.cluster.registry.ring.draining  # type: ignore[union-attr]
+                                 for n in redis_nodes), what="every node seeing the holder drain")
+    raced = await asyncio.gather(*[peer.call("say", {"room": room}) for peer in (late, asker) for _ in range(3)])
+    assert len({r["owner"] for r in raced}) == 1
+    assert len({r["seq"] for r in raced}) == 6
+    orders = [[m["seq"] for m in await peer.wait_for("said", count)][-6:] for peer, count in ((late, 6), (asker, 8))]
+    assert orders[0] == orders[1] == sorted(r["seq"] for r in raced)  # one writer: `seq` order everywhere
 
 
 async def test_a_holder_whose_lease_went_to_another_node_sends_callers_on(redis_nodes, peers, monkeypatch):
