@@ -152,7 +152,8 @@ class CoupNode:
             from coup.cluster.node import Cluster
             from coup.cluster.options import ClusterOptions
 
-            options = ClusterOptions(prefix=settings.redis_prefix, presence_grace=settings.presence_grace)
+            options = ClusterOptions(prefix=settings.redis_prefix, presence_grace=settings.presence_grace,
+                                     room_leases=settings.room_leases)
             self.cluster = Cluster(settings.redis_url, node_id, options)
         self.engine = EngineServer(EngineOptions(
             ping_interval=settings.ping_interval,

@@ -181,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("coup: REDIS_URL is not set: without it there is no cluster (one process serves everything)",
               file=sys.stderr)
         return 2
-    options = ClusterOptions(prefix=settings.redis_prefix)
+    options = ClusterOptions(prefix=settings.redis_prefix, room_leases=settings.room_leases)
     try:
         status = asyncio.run(read_status(settings.redis_url, options, room_limit=None if args.json else args.rooms))
     except (RedisError, OSError) as exc:

@@ -445,6 +445,10 @@ class Settings:
     redis_prefix: str = setting(
         "COUP_REDIS_PREFIX", "coup", _name, "first part of every Redis key and channel, so several apps can share "
         "one Redis", "cluster")
+    room_leases: bool = setting(
+        "COUP_ROOM_LEASES", True, _bool, "a room's commands run on the node that first needed the room (a lease "
+        "in Redis, handed on when that node drains or dies) rather than on the consistent-hash ring's choice: "
+        "fewer Redis round trips for rooms whose members share a node; `0`: the ring decides", "cluster")
     # --- domain
     service_token: Secret | None = setting(
         "COUP_SERVICE_TOKEN", None, _secret, "bearer token (at least 16 bytes, not guessable) trusted backends use "

@@ -145,12 +145,12 @@ class ClusterInfoHandler(ServiceHandler):
 class OwnerHandler(ServiceHandler):
     """``GET /api/cluster/owner?room=study:1``: ``{room, node, epoch}``."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         room = self.get_query_argument("room", "")
         if not room:
             self.fail(400, "BAD_REQUEST", "query parameter 'room' is required")
             return
-        self.finish({"room": room, "node": self.cluster.registry.owner(room),
+        self.finish({"room": room, "node": await self.cluster.rooms.current_owner(room),
                      "epoch": self.cluster.registry.ring.epoch})
 
 

@@ -27,6 +27,7 @@ from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.counter import MaxReader, RedisCounter
 from coup.cluster.envelope import BROADCAST, JSON, decode_broadcast, decode_json, encode_json, origin_prefix
 from coup.cluster.homes import SessionHomes
+from coup.cluster.leases import Leases
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
 from coup.cluster.presence import RedisPresence
@@ -133,9 +134,12 @@ class Cluster:
         self.bus = Bus(url, node_id, opts, self._dispatch)
         self.registry = Registry(self.redis, self.redis_once, node_id, opts)
         self.presence = RedisPresence(self.redis, self.redis_once, node_id, opts, grace=opts.presence_grace)
+        #: who owns which room, when rooms are leased (`ClusterOptions.room_leases`)
+        self.leases = Leases(self.redis, node_id, opts, lambda: self.registry.ring,
+                             lambda: self.registry.draining) if opts.room_leases else None
         self.rooms = RedisRoomRouter(node_id, options=opts, bus=self.bus, owner=self.registry.owner,
                                      request=self.request, inbox=self.inbox, room_channel=self._room_channel,
-                                     refresh=self.registry.refresh)
+                                     refresh=self.registry.refresh, leases=self.leases)
         #: every failure to serve a session, counted by reason (shown by `GET /api/cluster`)
         self.alarms = Alarms()
         #: requests for sessions held by other nodes, carried through Redis
@@ -247,6 +251,8 @@ class Cluster:
         # the non-retrying client would fail its next write on one
         for client in (self.redis, self.redis_once):
             await disconnect_pooled(client)
+        if self.leases is not None:  # Redis may have restarted without them: every lease is read again
+            self.leases.forget_all()
         await self.registry.on_link_up()
         await self.presence.resync()
         for adapter in list(self.adapters.values()):

@@ -34,6 +34,8 @@ class ClusterOptions:
     presence_grace: float = 0.0
     #: virtual nodes per node on the consistent-hash ring
     vnodes: int = 160
+    #: rooms are owned by the node that first needed them (`coup.cluster.leases`), not the ring
+    room_leases: bool = True
 
     #: Redis Cluster (``redis+cluster://``): keys carry hash tags and channels are sharded
     #: (docs/cluster.md#redis-cluster says where each lives and why)

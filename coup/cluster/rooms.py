@@ -1,6 +1,8 @@
 """Room commands run on the room's owner node (its single writer), wherever the caller is.
 
-`call(room, name, payload)` looks the owner up on this node's ring. Ours: run here,
+`call(room, name, payload)` looks the owner up: the holder of the room's lease
+(`coup.cluster.leases`; the first node that needed the room), or, when that one is gone or
+leases are off, the owner on this node's ring. Ours: run here,
 serialised per room. Another node's: publish the command to its inbox and wait for its
 reply. Correctness never depends on the nodes agreeing on the owner:
 
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 
 from coup.cluster.adapter import ClusterTimeout
 from coup.cluster.bus import Bus
+from coup.cluster.leases import Leases
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.ring import Ring
@@ -83,11 +86,15 @@ class RedisRoomRouter:
 
     def __init__(self, node_id: str, *, options: ClusterOptions, bus: Bus, owner: OwnerOf,
                  request: OwnerRequester, inbox: Callable[[str], bytes],
-                 room_channel: Callable[[str], bytes | None], refresh: Callable[[], Awaitable[None]]) -> None:
+                 room_channel: Callable[[str], bytes | None], refresh: Callable[[], Awaitable[None]],
+                 leases: Leases | None = None) -> None:
         """`owner(room)`: the owner on this node's ring; `inbox(node)`: a node's channel;
         `room_channel(room)`: the channel a member of `room` here hears it on, if any;
-        `refresh()`: re-read the ring (an owner answered that it handed the room over)."""
+        `refresh()`: re-read the ring (an owner answered that it handed the room over);
+        `leases`: rooms are owned by their lease's holder, the ring deciding only for a room
+        whose holder is gone (`coup.cluster.leases`); without, by the ring alone."""
         self.node_id = node_id
+        self.leases = leases
         self.options = options
         self.bus = bus
         self.owner = owner
@@ -128,11 +135,38 @@ class RedisRoomRouter:
         self.moves += 1
         self._previous = old
         self._settled.clear()
-        self._fenced = {room: node for room, node in self._fenced.items() if new.owner(room) == node}
+        self._fenced = {room: node for room, node in self._fenced.items() if self._owner_on(new, room) == node}
+        if self.leases is not None:
+            self.leases.forget_holders(set(old.nodes) - set(new.nodes))
+
+    def _owner(self, room: str, without: frozenset[str] = frozenset()) -> str:
+        """The room's owner as this node sees it now (its lease's holder, or the ring's)."""
+        if self.leases is not None:
+            return self.leases.owner(room, without)
+        return self.owner(room, without)
+
+    def _owner_on(self, ring: Ring, room: str) -> str:
+        """The room's owner on `ring` (another view than this node's current one)."""
+        if self.leases is not None:
+            return self.leases.owner(room, ring=ring)
+        return ring.owner(room) or self.node_id
+
+    async def current_owner(self, room: str) -> str:
+        """Who runs `room`'s commands now, as this node sees it (reads its lease, takes none)."""
+        await self._learn_holder(room, claim=False)
+        return self._owner(room)
+
+    async def _learn_holder(self, room: str, *, claim: bool = True) -> None:
+        """Read the room's lease if we do not know it (and take it when nobody holds it, if `claim`)."""
+        if self.leases is not None and not self.leases.known(room):
+            await self.leases.claim(room, read_only=not claim)
 
     async def _run_as_owner(self, room: str, name: str, payload: dict[str, Any]) -> Any:
-        if room not in self._settled:
+        """Run a command of a room we own; `_MOVED` when its lease turned out to be another node's."""
+        if room not in self._settled:  # before `hold`: the fence goes to the holder we saw go
             await self._settle(room)
+        if self.leases is not None and not await self.leases.hold(room):
+            return _MOVED
         return await self.run_locally(room, name, payload)
 
     async def _settle(self, room: str) -> None:
@@ -145,9 +179,9 @@ class RedisRoomRouter:
         await asyncio.shield(pending)
 
     async def _fence(self, room: str) -> None:
-        previous = {self.owner(room, frozenset((self.node_id,)))}
+        previous = {self._owner(room, frozenset((self.node_id,)))}
         if self._previous is not None:
-            previous.add(self._previous.owner(room) or self.node_id)
+            previous.add(self._owner_on(self._previous, room))
         previous.discard(self.node_id)
         message = {"t": "call", "room": room, "name": FENCE, "p": {}}
         for node in sorted(previous):
@@ -161,7 +195,10 @@ class RedisRoomRouter:
     async def _serve_fence(self, room: str) -> dict[str, Any]:
         """Another node took `room` over: stop taking its commands, finish the running ones."""
         await self._refresh()  # the new owner may have joined after our last look at the ring
-        owner = self.owner(room)
+        if self.leases is not None:  # and the room's lease may have changed hands
+            self.leases.forget(room)
+            await self._learn_holder(room, claim=False)
+        owner = self._owner(room)
         if owner != self.node_id:
             self._fenced[room] = owner
         if not await self.local.room_idle(room, self.options.call_timeout):
@@ -179,24 +216,30 @@ class RedisRoomRouter:
         unheard: frozenset[str] = frozenset()  # owners asked that nobody listens for
         moved = 0
         while True:  # each turn either returns, or adds a node to `unheard` or to `moved`
-            owner = self.owner(room, unheard)
+            await self._learn_holder(room)
+            owner = self._owner(room, unheard)
             if owner == self.node_id and self._handover is not None:
                 await self._handover.wait()  # then our ring no longer makes us the owner
-                owner = self.owner(room, unheard)
+                owner = self._owner(room, unheard)
             if owner == self.node_id:
-                self.stats["local"] += 1
-                return await self._run_as_owner(room, name, payload)
-            reply = await self._call_remote(owner, room, name, payload, unheard)
-            if reply is _UNHEARD:
-                self.stats["fallback"] += 1
-                unheard |= {owner}
-                continue
-            if reply is not _MOVED:
-                return reply
+                reply = await self._run_as_owner(room, name, payload)
+                if reply is not _MOVED:
+                    self.stats["local"] += 1
+                    return reply
+            else:
+                reply = await self._call_remote(owner, room, name, payload, unheard)
+                if reply is _UNHEARD:
+                    self.stats["fallback"] += 1
+                    unheard |= {owner}
+                    continue
+                if reply is not _MOVED:
+                    return reply
             self.stats["moved"] += 1
             moved += 1
             if moved >= MOVED_FOLLOWS:
                 raise UNAVAILABLE
+            if self.leases is not None:  # its lease may have changed hands: read it again
+                self.leases.forget(room)
             await self._refresh()  # the owner asked is draining: learn who took over
 
     async def _call_remote(self, owner: str, room: str, name: str, payload: dict[str, Any],
@@ -238,6 +281,15 @@ class RedisRoomRouter:
         error = reply.get("error") or {}
         raise ClientError(str(error.get("code", "INTERNAL")), str(error.get("message", "")), error.get("data"))
 
+    async def _held_elsewhere(self, room: str, unheard: frozenset[str]) -> bool:
+        """A live node other than us holds the room's lease (a caller that remembers an older
+        holder, us before we restarted, reads it again). Our ring is re-read first: it may be
+        behind the caller's (a holder that began to drain, whose rooms are the ring's now)."""
+        if self.leases is None or self.leases.live_holder(room, unheard) in (None, self.node_id):
+            return False
+        await self._refresh()
+        return self.leases.live_holder(room, unheard) not in (None, self.node_id)
+
     async def serve(self, message: dict[str, Any]) -> dict[str, Any]:
         """Run a command another node routed to us and say how it went."""
         self.stats["served"] += 1
@@ -247,14 +299,22 @@ class RedisRoomRouter:
         if self._handover is not None:  # draining: the new owner runs it (after ours finished)
             await self._handover.wait()
             return {"ok": False, "moved": True}
+        await self._learn_holder(room)
         fenced = self._fenced.get(room)
         if fenced is not None:
-            if fenced not in message.get("unheard", ()):  # taken over: the caller's ring is older than ours
+            if self.leases is not None and self.leases.holds(room):
+                del self._fenced[room]  # fenced while the room was another's; we took its lease since
+            elif fenced not in message.get("unheard", ()):  # taken over: the caller's ring is older than ours
                 return {"ok": False, "moved": True}
-            del self._fenced[room]  # the node that took it over died: we are its successor
+            else:
+                del self._fenced[room]  # the node that took it over died: we are its successor
         try:
-            if self.owner(room) == self.node_id:
+            if await self._held_elsewhere(room, frozenset(message.get("unheard", ()))):
+                return {"ok": False, "moved": True}
+            if self._owner(room) == self.node_id:
                 result = await self._run_as_owner(room, str(message["name"]), message.get("p") or {})
+                if result is _MOVED:  # the room's lease is another node's: the caller asks it
+                    return {"ok": False, "moved": True}
             else:  # the caller thinks we own it: run it anyway (correctness never needs agreement)
                 result = await self.run_locally(room, str(message["name"]), message.get("p") or {})
             jsonutil.dumps(result)  # fail here, with a log, rather than in the reply

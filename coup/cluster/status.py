@@ -90,6 +90,16 @@ async def _room_channels(client: Any, options: ClusterOptions) -> tuple[list[str
     return sorted(found), hearing
 
 
+async def _lease_holders(client: Any, options: ClusterOptions, channels: list[str]) -> dict[str, str]:
+    """room -> its lease's holder, for the rooms of `channels` that have one."""
+    rooms = sorted({parts[1] for parts in map(options.room_channel_parts, channels) if parts is not None})
+    async with client.pipeline(transaction=False) as pipe:
+        for room in rooms:
+            pipe.get(options.spread("lease", room))
+        holders = await pipe.execute()
+    return {room: _text(holder) for room, holder in zip(rooms, holders, strict=True) if holder is not None}
+
+
 async def read_status(url: str, options: ClusterOptions, *, room_limit: int | None = None) -> dict[str, Any]:
     """Everything `coup status` shows, as plain data (what ``--json`` prints)."""
     options = options.for_url(url)
@@ -108,6 +118,7 @@ async def read_status(url: str, options: ClusterOptions, *, room_limit: int | No
                 pipe.get(options.key("node", node, "stats"))
             answers = await pipe.execute()
         channels, hearing = await _room_channels(client, options)
+        holders = await _lease_holders(client, options, channels) if options.room_leases else {}
     finally:
         await client.aclose()
 
@@ -121,7 +132,8 @@ async def read_status(url: str, options: ClusterOptions, *, room_limit: int | No
         if ":" not in room:  # a socket's own room (its id): one per socket, not worth a line
             private += 1
             continue
-        rooms.append({"namespace": nsp, "room": room, "owner": ring.owner(room),
+        holder = holders.get(room)  # a live holder owns its room (`coup.cluster.leases`)
+        rooms.append({"namespace": nsp, "room": room, "owner": holder if holder in last else ring.owner(room),
                       "nodes": int(hearing.get(channel.encode(), 0))})
     owned: dict[str, int] = {}
     for entry in rooms:

@@ -172,7 +172,8 @@ async def test_sigkill_of_a_node(own_redis, fresh, peers):
     doomed = await peers("doomed").connect(victim.url)  # a user whose only socket is on the victim
     for peer in (watcher, talker, doomed):
         await peer.call("join", {"room": room})
-    first = await talker.call("say", {"room": room, "text": "before"})
+    # the victim's member needs the room first: n2 holds its lease (and is its ring owner)
+    first = await doomed.call("say", {"room": room, "text": "before"})
     assert first["owner"] == "n2"
     await wait_until(lambda: any(e["user"] == "doomed" for e in watcher.events["user-online"]), what="online")
 

@@ -40,10 +40,10 @@ class Pair:
     def metrics_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.nodes[i].node.metrics_port}/metrics"
 
-    def owner_index(self, room: str) -> int:
+    async def owner_index(self, room: str) -> int:
         cluster = self.nodes[0].node.cluster
         assert cluster is not None
-        owner = cluster.registry.owner(room)
+        owner = await cluster.rooms.current_owner(room)
         return next(i for i, n in enumerate(self.nodes) if n.node.sio.node_id == owner)
 
 
@@ -71,7 +71,7 @@ async def pair(make_node: NodeFactory, redis_server: RedisServer) -> AsyncIterat
 
 
 async def test_every_node_exposes_its_own_counts(pair: Pair) -> None:
-    owner = pair.owner_index("study:1")
+    owner = await pair.owner_index("study:1")
     caller = 1 - owner
     await pair.clients[caller].call("message", {"studyId": 1, "content": "through the owner"})
     await pair.clients[owner].wait("message", lambda m: m["content"] == "through the owner")
@@ -120,7 +120,7 @@ def coup_status(pair: Pair, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_coup_status_reads_the_cluster_from_redis(pair: Pair) -> None:
-    owner = pair.nodes[pair.owner_index("study:1")].node.sio.node_id
+    owner = pair.nodes[await pair.owner_index("study:1")].node.sio.node_id
     epoch = pair.nodes[0].node.cluster.registry.ring.epoch  # type: ignore[union-attr]
     loop = asyncio.get_running_loop()
     status: dict[str, Any] = {}

@@ -497,6 +497,13 @@ class Bed:
         assert status == 200, (status, body)
         return dict(json.loads(body))
 
+    def room_owner(self, node: CoupServe, room: str) -> str:
+        """The node that runs `room`'s commands, as `node` sees it (its lease's holder, or the ring's)."""
+        status, body = http_get(f"{node.url}/api/cluster/owner?room={room}",
+                                headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
+        assert status == 200, (status, body)
+        return str(json.loads(body)["node"])
+
     def diagnosis(self, since: int = 0) -> str:
         """For a failing test: the router's answers since request `since`, and the nodes' warnings."""
         requests = self.router.requests()[since:]

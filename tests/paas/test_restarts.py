@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from coup.cluster.ring import Ring
 from tests.clients.jsclient import JsClient, node_available
 from tests.conftest import require
 from tests.paas.bed import Bed, CoupServe, http_get
@@ -354,8 +353,7 @@ async def test_rolling_restart(restart_bed: Bed, chatters: list[Chatter]) -> Non
 
 async def test_owner_of_study_1_crashes(restart_bed: Bed, chatters: list[Chatter]) -> None:
     bed = restart_bed
-    view = await asyncio.to_thread(bed.cluster_view, bed.nodes[0])
-    owner_id = Ring([n["id"] for n in view["nodes"]], 0).owner(f"study:{STUDY}")
+    owner_id = await asyncio.to_thread(bed.room_owner, bed.nodes[0], f"study:{STUDY}")
     owner = next(n for n in bed.nodes if n.name == owner_id)
     seq_before = await asyncio.to_thread(bed.last_seq, STUDY)
     connects_before = connects_so_far(chatters)
