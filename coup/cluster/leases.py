@@ -27,6 +27,7 @@ expired (no command for 3/4 of `LEASE_TTL`) checks it before its next command an
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -78,6 +79,9 @@ class Leases:
         self._holders: dict[str, str] = {}
         #: rooms we hold -> when we last renewed the lease (monotonic)
         self._renewed: dict[str, float] = {}
+        #: rooms we hold -> a number new each time we came to hold it (`tenure`)
+        self._tenures: dict[str, int] = {}
+        self._tenure_numbers = itertools.count(1)
         self.stats = {"claimed": 0, "taken_over": 0, "lost": 0}
 
     def _key(self, room: str) -> str:
@@ -154,10 +158,19 @@ class Leases:
         self._renewed[room] = now
         return True
 
+    def tenure(self, room: str) -> int:
+        """A number that stays the same while we hold the room's lease without a break. What
+        we keep about a room we own (the users in it) holds only within one tenure: between
+        two, another node ran its commands. A room we do not know we hold: a number never
+        given before, so nothing kept matches it."""
+        tenure = self._tenures.get(room)
+        return tenure if tenure is not None else next(self._tenure_numbers)
+
     def forget(self, room: str) -> None:
         """The room's holder may have changed (its owner answered "moved"): ask Redis again."""
         self._holders.pop(room, None)
         self._renewed.pop(room, None)
+        self._tenures.pop(room, None)
 
     def forget_holders(self, nodes: set[str]) -> None:
         """`nodes` left the ring: what we remember of their leases may be old when they come back
@@ -170,9 +183,13 @@ class Leases:
         """Redis came back (maybe without its data): every lease is checked again."""
         self._holders.clear()
         self._renewed.clear()
+        self._tenures.clear()
 
     def _remember(self, room: str, holder: str) -> None:
         if len(self._holders) >= _HOLDERS_KEPT:
-            self._holders.clear()
-            self._renewed.clear()
+            self.forget_all()
         self._holders[room] = holder
+        if holder != self.node_id:
+            self._tenures.pop(room, None)
+        elif room not in self._tenures:
+            self._tenures[room] = next(self._tenure_numbers)

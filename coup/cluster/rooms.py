@@ -151,6 +151,11 @@ class RedisRoomRouter:
             return self.leases.owner(room, ring=ring)
         return ring.owner(room) or self.node_id
 
+    def tenure(self, room: str) -> int:
+        """`coup.core.rooms.RoomRouter.tenure`: a room's lease may go to another node and come
+        back with no ring change; by the ring alone, only `moves` says that."""
+        return self.leases.tenure(room) if self.leases is not None else 0
+
     async def current_owner(self, room: str) -> str:
         """Who runs `room`'s commands now, as this node sees it (reads its lease, takes none)."""
         await self._learn_holder(room, claim=False)

@@ -47,6 +47,12 @@ class RoomRouter(Protocol):
         """The node that owns `room`."""
         ...
 
+    def tenure(self, room: str) -> int:
+        """Changes when this node comes to own `room` again after another node may have run
+        its commands (a room lease changing hands) without a ring change; with `moves`, what
+        an owner may keep about the room between its commands."""
+        ...
+
     async def call(self, room: str, name: str, payload: dict[str, Any]) -> Any:
         """Run command `name` for `room` on its owner and return its result."""
         ...
@@ -69,6 +75,9 @@ class LocalRoomRouter:
 
     def owner(self, room: str) -> str:
         return self.node_id
+
+    def tenure(self, room: str) -> int:
+        return 0
 
     @property
     def running(self) -> int:

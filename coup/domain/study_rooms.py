@@ -133,7 +133,7 @@ class StudyRooms:
         self._lines: dict[int, _Line] = {}
         #: on the owner: the users present in a study room, asked of every node once and then
         #: kept by the room's own join / leave / evict commands (`_present_users`)
-        self._present: dict[int, frozenset[int]] = {}
+        self._present: dict[int, tuple[int, frozenset[int]]] = {}  # study -> (the room's tenure, users)
         #: the router's `moves` when `_present` was last valid
         self._present_moves = server.rooms.moves
         router = server.rooms
@@ -244,51 +244,63 @@ class StudyRooms:
         (`fetch_sockets` was 10 % of the server's CPU per message). A ring change may have
         let another node run the room's commands in between: then everything kept is dropped.
         A user whose last socket dropped less than the presence grace ago counts as present
-        until member-left is announced, as for member-joined / member-left."""
+        until member-left is announced, as for member-joined / member-left. The same when this
+        node's hold on the room was broken (`RoomRouter.tenure`: its lease went elsewhere)."""
         moves = self.server.rooms.moves
         if moves != self._present_moves:
             self._present.clear()
             self._present_moves = moves
-        present = self._present.get(study_id)
+        seen = self._seen(study_id)
+        present = self._kept(study_id, seen)
         if present is None:
             present = frozenset(await self.users_in(study_id))
-            self._keep_present(study_id, present, moves)
+            self._keep_present(study_id, present, seen)
         return present
 
-    def _keep_present(self, study_id: int, present: frozenset[int] | None, moves: int) -> None:
+    def _seen(self, study_id: int) -> tuple[int, int]:
+        """When a command looks: the ring changes and the room's tenure (what it keeps is
+        kept only if neither changed before it is done)."""
+        rooms = self.server.rooms
+        return rooms.moves, rooms.tenure(study_room(study_id))
+
+    def _kept(self, study_id: int, seen: tuple[int, int]) -> frozenset[int] | None:
+        kept = self._present.get(study_id)
+        return kept[1] if kept is not None and kept[0] == seen[1] else None
+
+    def _keep_present(self, study_id: int, present: frozenset[int] | None, seen: tuple[int, int]) -> None:
         """What a command of the room saw present (None: it cannot tell; ask again next time),
-        seen before the ring changed to `moves`."""
+        when the router said `seen` (`_seen`)."""
         self._present.pop(study_id, None)
-        if present is None or not present or moves != self.server.rooms.moves:
+        if present is None or not present or seen != self._seen(study_id):
             return
         if len(self._present) >= PRESENT_KEPT:
             del self._present[next(iter(self._present))]  # the one kept longest ago
-        self._present[study_id] = present
+        self._present[study_id] = (seen[1], present)
 
     async def _join(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
         if study_of(room) != study_id:
             return refusal(client_error("BAD_REQUEST"))
-        moves = self.server.rooms.moves
+        seen = self._seen(study_id)
         refused = await membership_error(self.db, study_id, user_id)
         if refused is not None:
             # a socket whose membership ended must not stay in the room
             await self.nsp.in_(sid).sockets_leave(room)
-            self._keep_present(study_id, None, moves)
+            self._keep_present(study_id, None, seen)
             return refusal(refused)
         if p.get("recovered") and p.get("announce") is False:
             # a recovered socket whose user stayed present: nothing to announce, and its caller
             # (`SocketEvents._rejoin_recovered`) has no use for `online`; the room's sockets,
             # a question to every node, are not asked for a thousand clients coming back at once
             await self.nsp.in_(sid).sockets_join(room)
-            kept = self._present.get(study_id)
-            self._keep_present(study_id, None if kept is None else kept | {user_id}, moves)
+            kept = self._kept(study_id, seen)
+            self._keep_present(study_id, None if kept is None else kept | {user_id}, seen)
             return {"ok": True, "studyId": study_id}
         sockets = await self._room_sockets(study_id)
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
-        self._keep_present(study_id, frozenset(present | {user_id}), moves)
+        self._keep_present(study_id, frozenset(present | {user_id}), seen)
         announce = p.get("announce")
         if announce is None:  # a caller from before the presence grace
             announce = p.get("recovered") or not already_in
@@ -300,11 +312,11 @@ class StudyRooms:
 
     async def _leave(self, room: str, p: dict[str, Any]) -> dict[str, Any]:
         study_id, user_id, sid = int(p["studyId"]), int(p["userId"]), str(p["sid"])
-        moves = self.server.rooms.moves
+        seen = self._seen(study_id)
         if not p.get("gone"):
             await self.nsp.in_(sid).sockets_leave(room)
         present = await self.users_in(study_id, without_sid=sid)
-        self._keep_present(study_id, frozenset(present), moves)
+        self._keep_present(study_id, frozenset(present), seen)
         if user_id not in present:
             self._count_member("left")
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": user_id})
@@ -339,7 +351,7 @@ class StudyRooms:
         """On the room's owner: take every socket of `user_ids` (no longer ACTIVE members) out of the
         study room, telling each socket (`removed-from-study`) and the room (`member-left`)."""
         room = study_room(study_id)
-        self._keep_present(study_id, None, self.server.rooms.moves)
+        self._keep_present(study_id, None, self._seen(study_id))
         notice = {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message}
         for sid, uid in await self._room_sockets(study_id):
             if uid in user_ids:
@@ -349,7 +361,7 @@ class StudyRooms:
                 await self.nsp.in_(sid).sockets_leave(room)
         # a message numbered meanwhile (this runs after a message's commit, with the room
         # free) may have asked who is present while they were still in: ask again next time
-        self._keep_present(study_id, None, self.server.rooms.moves)
+        self._keep_present(study_id, None, self._seen(study_id))
         for uid in sorted(user_ids):
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": uid})
 

@@ -110,6 +110,27 @@ async def test_a_holder_whose_lease_went_to_another_node_sends_callers_on(redis_
     assert old.node.cluster.leases.stats["lost"] >= 1  # type: ignore[union-attr]
 
 
+async def test_a_holders_tenure_breaks_when_its_lease_went_elsewhere_and_came_back(redis_nodes, peers, monkeypatch):
+    """What an owner keeps about a room (the users present, coup.domain.study_rooms) holds only
+    while it holds the lease without a break: in between another node ran the room's commands,
+    with no ring change to say so."""
+    monkeypatch.setattr(leases, "RENEW_AFTER", 0.0)  # every command checks its lease
+    old, _, new = redis_nodes
+    room, first, _ = await room_held_by_old_and_known_elsewhere(redis_nodes, peers)
+    router = old.node.cluster.rooms  # type: ignore[union-attr]
+    held, moves = router.tenure(room), router.moves
+    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
+    assert router.tenure(room) == held  # held all along
+    key = old.node.cluster.options.spread("lease", room)  # type: ignore[union-attr]
+    await old.node.cluster.redis.set(key, node_id(new))  # type: ignore[union-attr]  # it lapsed; `new` took it
+    assert (await first.call("say", {"room": room}))["owner"] == node_id(new)
+    await old.node.cluster.redis.set(key, node_id(old))  # type: ignore[union-attr]  # and it came back
+    router.leases.forget(room)
+    assert (await first.call("say", {"room": room}))["owner"] == node_id(old)
+    assert router.tenure(room) == router.tenure(room) != held
+    assert router.moves == moves  # no ring change said it
+
+
 async def test_without_leases_the_ring_decides(redis_server, peers):
     prefix = "nl" + secrets.token_hex(3)
     nodes = [await start_node(redis_server.url, prefix, f"n{i}", room_leases=False) for i in range(2)]
