@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sockjs.tornado.session import ConnectionInfo
 from tornado.escape import parse_qs_bytes
 from tornado.httputil import HTTPHeaders, parse_cookie
 
@@ -122,7 +123,6 @@ class DoorStream:
     # ------------------------------------------------------------------ what the session calls
 
     def get_conn_info(self) -> Any:
-        from sockjs.tornado.session import ConnectionInfo
         request = self.request
         return ConnectionInfo(request.remote_ip, request.cookies, request.arguments, request.headers, request.path)
 
