@@ -130,9 +130,9 @@ class DoorStream:
         transport = self._transport
         if transport is None or self._finished:
             return
-        frame = (message + "\n").encode()
-        transport.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-        self.amount_limit -= len(frame)
+        data = message.encode()  # the frame is the message and "\n", written as one chunk
+        transport.write(b"%x\r\n%s\n\r\n" % (len(data) + 1, data))
+        self.amount_limit -= len(data) + 1
         if self.amount_limit <= 0 and self.active:
             # as the library: frames queued meanwhile wait for the next request, a close
             # frame still goes behind this one, and the answer ends once this turn is over
