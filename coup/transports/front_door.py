@@ -286,23 +286,25 @@ class FrontDoorProtocol(asyncio.Protocol):
         if held is None or held.waiter is not waiter or waiter.cancelled():
             return  # the client hung up: what was queued waits for its next GET
         self._held = None
-        if self._transport is None:
-            return
-        if self._paused:
-            self._paused = False
-            self._transport.resume_reading()
-        self._answer(self._door.polling.answer_held(held), held.request.keeps_alive())
-        if self._transport is not None and not self._serving:
-            self._serve()
+        if self._transport is not None:
+            self._waited(self._door.polling.answer_held(held), held.request.keeps_alive())
 
     def _stream_ended(self, keep_alive: bool) -> None:
         """The SockJS stream wrote its last chunk: on to the next request, as after any answer."""
         self._stream = None
-        if self._transport is None:
-            return
+        if self._transport is not None:
+            self._waited(None, keep_alive)
+
+    def _waited(self, answer: bytes | None, keep_alive: bool) -> None:
+        """The request that kept this connection waiting is answered (`answer` is written here;
+        None: it was written already): reading resumes, and the next request is served."""
+        transport = self._transport
+        assert transport is not None
         if self._paused:
             self._paused = False
-            self._transport.resume_reading()
+            transport.resume_reading()
+        if answer is not None:
+            transport.write(answer)
         self._answered(keep_alive)
         if self._transport is not None and not self._serving:
             self._serve()

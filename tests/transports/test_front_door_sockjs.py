@@ -20,6 +20,8 @@ from tornado.testing import bind_unused_port
 from coup.app import CoupNode
 from tests.conftest import RunningNode
 from tests.conftest import test_settings as settings_for_tests
+from tests.transports.test_front_door_polling import Conn as PollingConn
+from tests.transports.test_front_door_polling import _tornado_connections
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -47,25 +49,16 @@ async def door_node() -> AsyncIterator[RunningNode]:
         await running.stop()
 
 
-class Conn:
-    """One client connection: requests written raw; a stream read chunk by chunk."""
+class Conn(PollingConn):
+    """One client connection: POSTs written raw; a stream read chunk by chunk."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Conn:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    def send(self, target: str, body: bytes = b"", headers: str = "") -> None:
-        self.writer.write(f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    def send(self, target: str, body: bytes = b"", headers: str = "") -> None:  # type: ignore[override]
+        super().send("POST", target, body, headers)
 
     async def head(self) -> bytes:
         return await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
 
-    async def answer(self, target: str, body: bytes = b"", headers: str = "") -> bytes:
+    async def answer(self, target: str, body: bytes = b"", headers: str = "") -> bytes:  # type: ignore[override]
         """A whole answer with a Content-Length (or none, a 204)."""
         self.send(target, body, headers)
         head = await self.head()
@@ -84,18 +77,9 @@ class Conn:
             chunks.append(await self.chunk())
         return chunks
 
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _normal(data: bytes) -> bytes:
     data = re.sub(rb"Date: [^\r]*\r\n", b"Date: -\r\n", data)
     return re.sub(rb'\\"(sid|pid)\\":\\"[^\\]*\\"', rb'\\"\1\\":\\"-\\"', data)
-
-
-def _tornado_connections(node: CoupNode) -> int:
-    assert node.http_server is not None
-    return len(node.http_server._connections)  # type: ignore[attr-defined]
 
 
 async def _script(node: RunningNode) -> tuple[list[bytes], int]:
