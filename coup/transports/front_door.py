@@ -34,7 +34,7 @@ from coup.transports.http1 import FrontRequest, NotFast
 from coup.transports.origins import OriginPolicy
 from coup.transports.polling import HeldPoll, PollingDoor
 from coup.transports.proxies import TrustedProxies
-from coup.transports.sockjs.door import DoorStream, SockJSDoor
+from coup.transports.sockjs.door import DoorAnswer, SockJSDoor
 from coup.transports.websocket import UpgradeRequired, check_upgrade, start_websocket
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._peer = "0.0.0.0"
         #: the GET waiting for its session's packets, if any
         self._held: HeldPoll | None = None
-        #: the SockJS stream this connection is answering, if any
-        self._stream: DoorStream | None = None
+        #: the SockJS stream or poll this connection is answering, if any
+        self._stream: DoorAnswer | None = None
         #: inside `_serve`: an answer written now does not start the next request itself
         self._serving = False
         #: requests answered on this connection (after the first, a silent close on idle timeout)
@@ -270,7 +270,7 @@ class FrontDoorProtocol(asyncio.Protocol):
             return False
         self._disarm()
         self._buffer = buffer[start + length:]
-        if isinstance(answer, DoorStream):
+        if isinstance(answer, DoorAnswer):
             self._stream = answer
             answer.start(transport, self._stream_ended)
             return True

@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -113,24 +113,92 @@ async def _script(node: RunningNode) -> tuple[list[bytes], int]:
     return [_normal(a) for a in answers], served_by_tornado
 
 
-@pytest.mark.asyncio
-async def test_answers_are_tornados_byte_for_byte() -> None:
-    """The same requests get the same bytes with and without the front door, and with it the
-    stream and the send are not Tornado's."""
+Script = Callable[[RunningNode], Awaitable[tuple[list[bytes], int]]]
+
+
+async def _both_ways(script: Script) -> tuple[dict[bool, list[bytes]], dict[bool, int]]:
+    """`script`'s answers and Tornado's connection count, with the front door (True) and without."""
     scripts: dict[bool, list[bytes]] = {}
     tornado: dict[bool, int] = {}
     for front_door in (True, False):
         running = await _start(front_door)
         try:
-            scripts[front_door], tornado[front_door] = await _script(running)
+            scripts[front_door], tornado[front_door] = await script(running)
         finally:
             await running.stop()
+    return scripts, tornado
+
+
+@pytest.mark.asyncio
+async def test_answers_are_tornados_byte_for_byte() -> None:
+    """The same requests get the same bytes with and without the front door, and with it the
+    stream and the send are not Tornado's."""
+    scripts, tornado = await _both_ways(_script)
     assert scripts[True] == scripts[False]
     statuses = [a.split(b" ", 2)[1] for a in scripts[True] if a.startswith(b"HTTP/1.1")]
     assert statuses == [b"200", b"204", b"500", b"404", b"403", b"200", b"403"]
     assert b'c[2010,"Another connection still open"]\n' in b"".join(scripts[True])
     assert scripts[True][-2:] == [b'1f\r\nc[4000,"server shutting down"]\n\r\n', LAST_CHUNK]
     assert tornado == {True: 0, False: 2}
+
+
+POLL = "/sockjs/000/{sid}/xhr"
+
+
+async def _polling_script(node: RunningNode) -> tuple[list[bytes], int]:
+    """xhr polling: the open frame, a held poll answered by the auth's frame, an overlapping
+    poll refused, a held poll answered with the close frame on shutdown."""
+    origin = f"Origin: {GOOD}\r\n"
+    answers: list[bytes] = []
+    poll = await Conn.open(node.port)
+    poll.send(POLL.format(sid="p1"), headers=origin)
+    answers.append(await poll.head())
+    answers.extend(await poll.chunks_until(LAST_CHUNK))  # o
+    poll.send(POLL.format(sid="p1"), headers=origin)  # held: nothing queued
+    session = _session(node, "p1")
+    await eventually(lambda: session.handler is not None, "the poll held")
+    sender = await Conn.open(node.port)
+    answers.append(await sender.answer(SEND.format(sid="p1"), AUTH))
+    answers.append(await poll.head())
+    answers.extend(await poll.chunks_until(LAST_CHUNK))  # the connect frame
+    poll.send(POLL.format(sid="p1"))  # held again
+    await eventually(lambda: session.handler is not None, "the poll held")
+    second = await Conn.open(node.port)
+    second.send(POLL.format(sid="p1"))  # the session has its poll: 2010
+    answers.append(await second.head())
+    answers.extend(await second.chunks_until(LAST_CHUNK))
+    served_by_tornado = _tornado_connections(node.node)
+    await node.stop()  # the held poll gets the close frame
+    answers.append(await poll.head())
+    answers.extend(await poll.chunks_until(LAST_CHUNK))
+    for conn in (poll, sender, second):
+        conn.close()
+    return [_normal(a) for a in answers], served_by_tornado
+
+
+@pytest.mark.asyncio
+async def test_polling_answers_are_tornados_byte_for_byte() -> None:
+    scripts, tornado = await _both_ways(_polling_script)
+    assert scripts[True] == scripts[False]
+    text = b"".join(scripts[True])
+    assert b"\r\n2\r\no\n\r\n" in text and b'c[2010,"Another connection still open"]' in text
+    assert scripts[True][-2:] == [b'1f\r\nc[4000,"server shutting down"]\n\r\n', LAST_CHUNK]
+    assert tornado == {True: 0, False: 3}
+
+
+@pytest.mark.asyncio
+async def test_hang_up_of_a_held_poll_closes_the_session(door_node: RunningNode) -> None:
+    conn = await Conn.open(door_node.port)
+    conn.send(POLL.format(sid="hp"))
+    await conn.head()
+    await conn.chunks_until(LAST_CHUNK)
+    conn.send(POLL.format(sid="hp"))
+    session = _session(door_node, "hp")
+    await eventually(lambda: session.handler is not None, "the poll held")
+    assert _tornado_connections(door_node.node) == 0  # held by the front door
+    conn.close()
+    await eventually(lambda: session.is_closed, "the session closed")
+    assert session.close_reason == (1002, "Connection interrupted")
 
 
 def _session(node: RunningNode, sid: str) -> Any:

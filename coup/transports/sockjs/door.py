@@ -1,10 +1,12 @@
-"""SockJS xhr-streaming and xhr_send without Tornado: the front door serves them for local sessions.
+"""SockJS xhr-streaming, xhr polling and xhr_send without Tornado: the front door serves them for
+local sessions.
 
 Through Tornado every flush of a stream was `RequestHandler.flush` → `HTTP1Connection.write`
 → `IOStream.write`, a `Future` each (a getpid() each on CPython 3.11): 35 % of the server's
 samples at 15k xhr-streaming deliveries/s. Here a stream is a `DoorStream`, a stand-in for the
 library's transport handler that the session (`SockJSSession`) drives exactly as it drives
-`XhrStreamingHandler`, writing each frame as one chunk with one `transport.write`.
+`XhrStreamingHandler`, writing each frame as one chunk with one `transport.write`; a poll is a
+`DoorPoll`, its answer one `transport.write`.
 
 Only what those handlers would serve is taken, with their bytes on the wire (headers, CORS,
 prelude, frames, the response limit, close frames); anything else (refusals, OPTIONS, cookies,
@@ -73,17 +75,17 @@ class DoorRequest:
         self.cookies = cookies
 
 
-class DoorStream:
-    """One xhr-streaming answer on a front-door connection, attached to its session as the
-    library's handler would be (`send_pack`, `active`, `session_closed`, ...)."""
+class DoorAnswer:
+    """One answer of a session request on a front-door connection, attached to its session as
+    the library's transport handler would be (`send_pack`, `active`, `session_closed`, ...)."""
 
-    name = "xhr_streaming"
+    name = "override"
     #: when the server read the request (`coup.transports.arrival`): not known, so it never
-    #: overtakes a waiting poll
+    #: overtakes a waiting poll, and a poll waiting here is never overtaken
     arrival = None
 
     __slots__ = ("_door", "_ended", "_finished", "_keep_alive", "_session_id", "_started", "_transport",
-                 "active", "amount_limit", "front", "request", "session")
+                 "active", "front", "request", "session")
 
     def __init__(self, door: SockJSDoor, front: FrontRequest, session_id: str) -> None:
         self._door = door
@@ -96,29 +98,30 @@ class DoorStream:
         self._ended: StreamEnded | None = None
         self._finished = False
         self.session: Any = None
-        #: the session may send now (False while the limit's end is pending or the client is gone)
+        #: the session may send now
         self.active = True
-        #: bytes of frames still allowed before the answer ends (the library's `response_limit`)
-        self.amount_limit: int = door.router.settings["response_limit"]
 
     def start(self, transport: asyncio.Transport, ended: StreamEnded) -> None:
-        """Write the head and prelude, then attach to (or open) the session, as `stream()` does."""
+        """Attach to (or open) the session, as the Tornado handler's `_attach_session` does."""
         self._transport = transport
         self._ended = ended
-        door = self._door
-        transport.write(chunked_head(200, JAVASCRIPT, door.session_headers(self.front))
-                        + chunk(XHR_STREAMING_PRELUDE.encode()))
-        router = door.router
+        router = self._door.router
         session = router.get_session(self._session_id)
         if session is None:
             session = router.create_session(self._session_id)
-        if not session.set_handler(self, True):  # answered with a close frame
+        if not session.set_handler(self, self.heartbeats):  # answered with a close frame
             self.finish()
             return
         self.session = session
         session.verify_state()
-        if self.session is not None:
-            session.flush()
+        if self.session is not None:  # not answered (an `o` frame answers a poll)
+            self.attached(session)
+
+    #: does the session send heartbeats from the start (streams), or only once idle (polls)?
+    heartbeats = True
+
+    def attached(self, session: Any) -> None:
+        session.flush()
 
     # ------------------------------------------------------------------ what the session calls
 
@@ -127,19 +130,7 @@ class DoorStream:
         return ConnectionInfo(request.remote_ip, request.cookies, request.arguments, request.headers, request.path)
 
     def send_pack(self, message: str, binary: bool = False) -> None:
-        transport = self._transport
-        if transport is None or self._finished:
-            return
-        data = message.encode()  # the frame is the message and "\n", written as one chunk
-        transport.write(b"%x\r\n%s\n\r\n" % (len(data) + 1, data))
-        self.amount_limit -= len(data) + 1
-        if self.amount_limit <= 0 and self.active:
-            # as the library: frames queued meanwhile wait for the next request, a close
-            # frame still goes behind this one, and the answer ends once this turn is over
-            self.active = False
-            asyncio.get_running_loop().call_soon(self._limit_reached)
-        elif transport.get_write_buffer_size() > self._door.max_buffer:
-            self._slow_consumer(transport)
+        raise NotImplementedError
 
     def can_send_close(self) -> bool:
         return self._transport is not None and not self._finished
@@ -150,17 +141,20 @@ class DoorStream:
 
     # ------------------------------------------------------------------ ending
 
-    def _limit_reached(self) -> None:
-        self._detach()
-        self.finish()
-
     def _detach(self) -> None:
         session, self.session = self.session, None
         if session is not None:
             session.remove_handler(self)
 
     def finish(self) -> None:
-        """End the answer (the last chunk); the connection serves its next request."""
+        """End the answer with nothing more to say (`ending`)."""
+        self._end(self.ending())
+
+    def ending(self) -> bytes:
+        raise NotImplementedError
+
+    def _end(self, data: bytes) -> None:
+        """Write the answer's last bytes; the connection then serves its next request."""
         if self._finished:
             return
         self._finished = True
@@ -169,7 +163,7 @@ class DoorStream:
         ended, self._ended = self._ended, None
         if transport is None:
             return
-        transport.write(LAST_CHUNK)
+        transport.write(data)
         self._door.logged(self.front, 200, self._started)
         if ended is not None:
             ended(self._keep_alive)
@@ -188,6 +182,47 @@ class DoorStream:
             session.close(1002, "Connection interrupted")
         self._detach()
 
+
+class DoorStream(DoorAnswer):
+    """An xhr-streaming answer: the prelude, then frame after frame, one chunk each, until
+    `response_limit` bytes went out (`XhrStreamingHandler`)."""
+
+    name = "xhr_streaming"
+
+    __slots__ = ("amount_limit",)
+
+    def __init__(self, door: SockJSDoor, front: FrontRequest, session_id: str) -> None:
+        super().__init__(door, front, session_id)
+        #: bytes of frames still allowed before the answer ends (the library's `response_limit`)
+        self.amount_limit: int = door.router.settings["response_limit"]
+
+    def start(self, transport: asyncio.Transport, ended: StreamEnded) -> None:
+        transport.write(chunked_head(200, JAVASCRIPT, self._door.session_headers(self.front))
+                        + chunk(XHR_STREAMING_PRELUDE.encode()))
+        super().start(transport, ended)
+
+    def send_pack(self, message: str, binary: bool = False) -> None:
+        transport = self._transport
+        if transport is None or self._finished:
+            return
+        data = message.encode()  # the frame is the message and "\n", written as one chunk
+        transport.write(b"%x\r\n%s\n\r\n" % (len(data) + 1, data))
+        self.amount_limit -= len(data) + 1
+        if self.amount_limit <= 0 and self.active:
+            # as the library: frames queued meanwhile wait for the next request, a close
+            # frame still goes behind this one, and the answer ends once this turn is over
+            self.active = False
+            asyncio.get_running_loop().call_soon(self._limit_reached)
+        elif transport.get_write_buffer_size() > self._door.max_buffer:
+            self._slow_consumer(transport)
+
+    def ending(self) -> bytes:
+        return LAST_CHUNK
+
+    def _limit_reached(self) -> None:
+        self._detach()
+        self.finish()
+
     def _slow_consumer(self, transport: asyncio.Transport) -> None:
         """More than `max_buffered_bytes` unsent: the client does not read; cut it off."""
         log.warning("sockjs session %s: slow consumer, %d bytes unsent on xhr_streaming; closing",
@@ -197,6 +232,34 @@ class DoorStream:
             metrics.slow_consumer("sockjs")
         self.hang_up()
         transport.abort()
+
+
+class DoorPoll(DoorAnswer):
+    """An xhr-polling request: what is queued, or a wait for the next frame (`XhrPollingHandler`)."""
+
+    name = "xhr"
+    heartbeats = False
+
+    __slots__ = ()
+
+    def attached(self, session: Any) -> None:
+        if session.send_queue:
+            session.flush()
+        else:
+            session.start_heartbeat()
+
+    def send_pack(self, message: str, binary: bool = False) -> None:
+        if self._transport is None or self._finished:
+            return
+        # the session is free at once for the client's next poll (`_PollingMixin.write_frame`)
+        self._detach()
+        # chunked, as Tornado frames it (the handler flushes the frame, then finishes)
+        self._end(chunked_head(200, JAVASCRIPT, self._door.session_headers(self.front))
+                  + chunk((message + "\n").encode()) + LAST_CHUNK)
+
+    def ending(self) -> bytes:
+        # closed without a frame: Tornado's empty answer (its default type, no body)
+        return response(200, "text/html; charset=UTF-8", self._door.session_headers(self.front), b"")
 
 
 class SockJSDoor:
@@ -217,7 +280,7 @@ class SockJSDoor:
         self.metrics = metrics
         self.prefix = router.prefix
         # the routes of `SockJSRouter._routes`, session id as Tornado passes it (no escapes)
-        self._session_url = re.compile(re.escape(self.prefix) + r"/[^/.]+/([^/.%]+)/(xhr_streaming|xhr_send)")
+        self._session_url = re.compile(re.escape(self.prefix) + r"/[^/.]+/([^/.%]+)/(xhr_streaming|xhr_send|xhr)")
 
     @property
     def max_body(self) -> int:
@@ -234,7 +297,7 @@ class SockJSDoor:
         cors.append(("Cache-Control", NO_CACHE))
         return cors
 
-    def serve(self, request: FrontRequest, body: bytes) -> bytes | DoorStream | None:
+    def serve(self, request: FrontRequest, body: bytes) -> bytes | DoorAnswer | None:
         """An answer now, a stream to start, or None: Tornado's to serve."""
         if request.method != "POST":
             return None
@@ -252,11 +315,11 @@ class SockJSDoor:
         session = router.get_session(session_id)
         if kind == "xhr_send":
             return self.send(request, session, body)
-        if "xhr_streaming" in settings["disabled_transports"] or body:
+        if kind in settings["disabled_transports"] or body:
             return None
         if session is None and not self.creates:
             return None
-        return DoorStream(self, request, session_id)
+        return DoorStream(self, request, session_id) if kind == "xhr_streaming" else DoorPoll(self, request, session_id)
 
     def send(self, request: FrontRequest, session: Any, body: bytes) -> bytes | None:
         """``xhr_send``: the body's messages to the session; refusals are Tornado's to give."""
@@ -279,4 +342,4 @@ class SockJSDoor:
                               request.client(self.proxies)[0])
 
 
-__all__ = ["DoorStream", "SockJSDoor"]
+__all__ = ["DoorAnswer", "DoorPoll", "DoorStream", "SockJSDoor"]
