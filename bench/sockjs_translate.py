@@ -37,7 +37,7 @@ def main() -> None:
     context = BridgeContext(EngineServer(), 1_000_000)
 
     def fresh() -> None:
-        context._last_out = None
+        context.last_out = None
         context.frame(out)
 
     translate = best_us(fresh, 20_000)

@@ -31,6 +31,7 @@ from coup.transports.origins import OriginPolicy
 from coup.transports.proxies import TrustedProxies
 from coup.transports.routing import engine_rules
 from coup.transports.sockjs import SockJSEndpoint
+from coup.transports.sockjs.door import SockJSDoor
 from coup.transports.static import PageFileHandler, SecurityHeaders
 from coup.transports.websocket import native_unmask
 
@@ -331,9 +332,13 @@ class CoupNode:
                                    body_timeout=self.settings.body_timeout)
         server.proxies = self.proxies
         if self.front_door:
+            access = self.access_log()
+            assert self.sockjs is not None
+            sockjs = SockJSDoor(self.sockjs.router, self.proxies, access, creates=self.cluster is None,
+                                max_buffer=self.engine.options.max_buffered_bytes, metrics=self.metrics)
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout, body_timeout=self.settings.body_timeout,
-                             access=self.access_log())
+                             access=access, sockjs=sockjs)
             self._front_door = door
             self._listeners = await door.serve(sockets, backlog=self.settings.listen_backlog)
         else:

@@ -34,6 +34,7 @@ from coup.transports.http1 import FrontRequest, NotFast
 from coup.transports.origins import OriginPolicy
 from coup.transports.polling import HeldPoll, PollingDoor
 from coup.transports.proxies import TrustedProxies
+from coup.transports.sockjs.door import DoorAnswer, SockJSDoor
 from coup.transports.websocket import UpgradeRequired, check_upgrade, start_websocket
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ class FrontDoor:
     """What the front-door protocols of one node share."""
 
     __slots__ = ("body_timeout", "closing", "connections", "engine", "head_timeout", "http_server", "origins",
-                 "path", "polling", "proxies")
+                 "path", "polling", "proxies", "sockjs")
 
     def __init__(self, engine: EngineServer, origins: OriginPolicy, http_server: HTTPServer,
                  path: str, *, proxies: TrustedProxies | None = None, head_timeout: float = 10.0,
-                 body_timeout: float = 10.0, access: AccessLog | None = None) -> None:
+                 body_timeout: float = 10.0, access: AccessLog | None = None,
+                 sockjs: SockJSDoor | None = None) -> None:
         self.engine = engine
         self.origins = origins
         self.http_server = http_server
@@ -65,6 +67,8 @@ class FrontDoor:
         self.body_timeout = body_timeout
         #: long-polling requests served here, not by Tornado
         self.polling = PollingDoor(engine, origins, self.proxies, access)
+        #: SockJS xhr-streaming and xhr_send served here, not by Tornado (None: all to Tornado)
+        self.sockjs = sockjs
         #: connections this door still serves (keep-alive polling; not yet handed on)
         self.connections: set[FrontDoorProtocol] = set()
         #: the node is stopping: each connection closes after its answer
@@ -90,6 +94,15 @@ class FrontDoor:
 
     def matches_path(self, path: str) -> bool:
         return path == self.path or path == self.path[:-1] or path.startswith(self.path)
+
+    def service(self, path: str) -> PollingDoor | SockJSDoor:
+        """Who serves a request for `path` here; `NotFast`: nobody, Tornado does."""
+        if self.matches_path(path):
+            return self.polling
+        sockjs = self.sockjs
+        if sockjs is not None and sockjs.matches_path(path):
+            return sockjs
+        raise NotFast()
 
     def try_upgrade(self, request: FrontRequest, transport: asyncio.Transport, rest: bytes) -> bool:
         """Serve `request` as a WebSocket upgrade if it is a plain one; False hands it to Tornado."""
@@ -144,8 +157,9 @@ class FrontDoorProtocol(asyncio.Protocol):
     request is served here (and the next head read, keep-alive), anything else goes to Tornado
     with the bytes read so far, and with it the rest of the connection.
 
-    One request at a time, as HTTP/1.1 has it: bytes that come while a poll is held wait in
-    the buffer for its answer. The read interest is never flipped (Tornado's was, per request).
+    One request at a time, as HTTP/1.1 has it: bytes that come while a poll is held (or a
+    SockJS stream runs) wait in the buffer for its answer. The read interest is never flipped
+    (Tornado's was, per request).
     """
 
     __slots__ = (
@@ -160,6 +174,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         "_peer",
         "_served",
         "_serving",
+        "_stream",
         "_transport",
     )
 
@@ -173,6 +188,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._peer = "0.0.0.0"
         #: the GET waiting for its session's packets, if any
         self._held: HeldPoll | None = None
+        #: the SockJS stream or poll this connection is answering, if any
+        self._stream: DoorAnswer | None = None
         #: inside `_serve`: an answer written now does not start the next request itself
         self._serving = False
         #: requests answered on this connection (after the first, a silent close on idle timeout)
@@ -197,7 +214,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         if self._transport is None:
             return
         buffer = self._buffer = self._buffer + data if self._buffer else data
-        if self._held is None and not self._serving:
+        if self._held is None and self._stream is None and not self._serving:
             self._serve()
         elif len(buffer) > MAX_HEAD + self._door.polling.max_body and not self._paused:
             self._paused = True  # a client sending on and on behind its held poll: wait for its answer
@@ -207,7 +224,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         """Serve the requests complete in the buffer, until one is held or handed on."""
         self._serving = True
         try:
-            while self._transport is not None and self._held is None and self._buffer:
+            while self._transport is not None and self._held is None and self._stream is None and self._buffer:
                 if not self._next():
                     break
         finally:
@@ -228,19 +245,17 @@ class FrontDoorProtocol(asyncio.Protocol):
             return False
         try:
             request = FrontRequest(buffer[:end], self._peer, time.monotonic())
-            if not door.matches_path(request.path):
-                raise NotFast()
+            service = door.service(request.path)
             length = request.body_length()
         except (NotFast, ValueError):
             self._hand_on(buffer)
             return False
-        if request.query.get("transport") == "websocket":
+        if service is door.polling and request.query.get("transport") == "websocket":
             self._release()
             if not door.try_upgrade(request, transport, buffer[end + 4:]):
                 door.to_tornado(transport, buffer)
             return False
-        polling = door.polling
-        if length > polling.max_body:
+        if length > service.max_body:
             self._hand_on(buffer)  # Tornado's handler refuses it and ends the session
             return False
         start = end + 4
@@ -249,12 +264,16 @@ class FrontDoorProtocol(asyncio.Protocol):
                 self._arm(door.body_timeout)
                 self._body_wait = True
             return False
-        answer = polling.serve(request, buffer[start:start + length])
+        answer = service.serve(request, buffer[start:start + length])
         if answer is None:
             self._hand_on(buffer)
             return False
         self._disarm()
         self._buffer = buffer[start + length:]
+        if isinstance(answer, DoorAnswer):
+            self._stream = answer
+            answer.start(transport, self._stream_ended)
+            return True
         if isinstance(answer, HeldPoll):
             self._held = answer
             answer.waiter.add_done_callback(self._poll_released)
@@ -267,12 +286,26 @@ class FrontDoorProtocol(asyncio.Protocol):
         if held is None or held.waiter is not waiter or waiter.cancelled():
             return  # the client hung up: what was queued waits for its next GET
         self._held = None
-        if self._transport is None:
-            return
+        if self._transport is not None:
+            self._waited(self._door.polling.answer_held(held), held.request.keeps_alive())
+
+    def _stream_ended(self, keep_alive: bool) -> None:
+        """The SockJS stream wrote its last chunk: on to the next request, as after any answer."""
+        self._stream = None
+        if self._transport is not None:
+            self._waited(None, keep_alive)
+
+    def _waited(self, answer: bytes | None, keep_alive: bool) -> None:
+        """The request that kept this connection waiting is answered (`answer` is written here;
+        None: it was written already): reading resumes, and the next request is served."""
+        transport = self._transport
+        assert transport is not None
         if self._paused:
             self._paused = False
-            self._transport.resume_reading()
-        self._answer(self._door.polling.answer_held(held), held.request.keeps_alive())
+            transport.resume_reading()
+        if answer is not None:
+            transport.write(answer)
+        self._answered(keep_alive)
         if self._transport is not None and not self._serving:
             self._serve()
 
@@ -280,6 +313,11 @@ class FrontDoorProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         transport.write(data)
+        self._answered(keep_alive)
+
+    def _answered(self, keep_alive: bool) -> None:
+        transport = self._transport
+        assert transport is not None
         self._served += 1
         if not keep_alive or self._door.closing:
             self._release()
@@ -335,16 +373,19 @@ class FrontDoorProtocol(asyncio.Protocol):
         held, self._held = self._held, None
         if held is not None:
             held.transport.cancel_poll()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.hang_up()
 
     def close_if_idle(self) -> None:
         transport = self._transport
-        if transport is not None and self._held is None and not self._serving:
+        if transport is not None and self._held is None and self._stream is None and not self._serving:
             self._release()
             transport.close()
 
     def _timed_out(self) -> None:
         transport = self._transport
-        if transport is None or self._held is not None:
+        if transport is None or self._held is not None or self._stream is not None:
             return
         partial = bool(self._buffer) and not self._body_wait
         log.info("front door: no complete request from %s within its time; closing", self._peer)

@@ -109,12 +109,41 @@ def http_date() -> bytes:
     return _date[1]
 
 
-def response(status: int, content_type: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A whole answer as Tornado's `RequestHandler` writes it in our application (the same
-    headers in the same order, `SecurityHeaders` applied: no Server, nosniff)."""
+#: the last header of every answer (`SecurityHeaders`), before the framing Tornado adds itself
+NOSNIFF = b"X-Content-Type-Options: nosniff\r\n"
+
+
+def response_head(status: int, content_type: str, headers: Iterable[tuple[str, str]]) -> list[bytes]:
+    """The status line and headers of an answer as Tornado's `RequestHandler` writes them in our
+    application (the same headers in the same order, no Server), up to its framing (`response`,
+    `chunked_head`, `empty_head`)."""
     lines = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nDate: %s\r\n"
              % (status, HTTPStatus(status).phrase.encode(), content_type.encode(), http_date())]
     lines.extend(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
-    lines.append(b"Content-Length: %d\r\nX-Content-Type-Options: nosniff\r\n\r\n" % len(body))
+    return lines
+
+
+def response(status: int, content_type: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A whole answer with a body (`SecurityHeaders` applied: nosniff after the length)."""
+    lines = response_head(status, content_type, headers)
+    lines.append(b"Content-Length: %d\r\n%s\r\n" % (len(body), NOSNIFF))
     lines.append(body)
     return b"".join(lines)
+
+
+def empty_head(status: int, content_type: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A whole answer without a body or a length (a 204: Tornado writes no Content-Length)."""
+    return b"".join(response_head(status, content_type, headers)) + NOSNIFF + b"\r\n"
+
+
+def chunked_head(status: int, content_type: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """The head of an answer whose body follows in chunks (`chunk`), as Tornado frames a flushed one."""
+    return b"".join(response_head(status, content_type, headers)) + NOSNIFF + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+#: the end of a chunked body
+LAST_CHUNK = b"0\r\n\r\n"

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from sockjs.tornado import SockJSConnection
+from sockjs.tornado.session import CLOSING as SOCKJS_CLOSING
 
 from coup.engine.handshake import HandshakeInfo
 from coup.engine.server import EngineServer
@@ -55,23 +56,24 @@ class BridgeContext:
     last translation makes a room-wide broadcast cost one translation, not one per socket.
     """
 
-    __slots__ = ("_last_frame", "_last_out", "engine", "max_message_size")
+    __slots__ = ("engine", "last_frame", "last_out", "max_message_size")
 
     def __init__(self, engine: EngineServer, max_message_size: int) -> None:
         self.engine = engine
         self.max_message_size = max_message_size
-        self._last_out: Outbound | None = None
-        self._last_frame: Frame | None = None
+        #: the last `Outbound` translated, and its frame (`CoreBridge.deliver` reads them first)
+        self.last_out: Outbound | None = None
+        self.last_frame: Frame | None = None
 
     def frame(self, out: Outbound) -> Frame | None:
-        if out is self._last_out:
-            return self._last_frame
+        if out is self.last_out:
+            return self.last_frame
         packet = envelope.outbound_packet(out)
         frame = None
         if packet is not None:
             body = envelope.packet_envelope(packet)
             frame = Frame(body["type"], envelope.dumps(body))
-        self._last_out, self._last_frame = out, frame
+        self.last_out, self.last_frame = out, frame
         return frame
 
 
@@ -191,7 +193,9 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
             self.core.receive_text("4" + encode(packet).text)
 
     def deliver(self, out: Outbound) -> None:
-        frame = self.context.frame(out)
+        context = self.context
+        # once per receiver of a broadcast: the cached frame without a call
+        frame = context.last_frame if out is context.last_out else context.frame(out)
         if frame is None or self.closing:
             return
         kind = frame.kind
@@ -216,7 +220,7 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
 
     def send_frame(self, frame: Frame) -> None:
         session = self.session
-        if session is None or session.is_closed:
+        if session is None or session.state >= SOCKJS_CLOSING:  # `is_closed` without the property
             return
         if session.send_expects_json:
             session.send_jsonified(frame.quoted, False)

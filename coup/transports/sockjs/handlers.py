@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 31536000
+#: what an xhr-streaming answer starts with, so that browsers hand the stream over at once
+XHR_STREAMING_PRELUDE = "h" * 2048 + "\n"
 NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 TEXT = "text/plain; charset=UTF-8"
 JAVASCRIPT = "application/javascript; charset=UTF-8"
@@ -92,6 +94,21 @@ def _consume(future: Any) -> None:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def cors_headers(origin: str | None, allowed: bool, requested: str | None) -> list[tuple[str, str]]:
+    """The CORS headers of a session or info answer (`_ProtocolMixin.preflight`, the front door's
+    `SockJSDoor`), in the order they are written."""
+    headers = [("Vary", "Origin")]
+    if origin is None:
+        headers.append(("Access-Control-Allow-Origin", "*"))
+    elif allowed:
+        headers += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true")]
+    else:
+        return headers
+    if requested:
+        headers.append(("Access-Control-Allow-Headers", requested))
+    return headers
 
 
 class _ProtocolMixin:
@@ -134,18 +151,10 @@ class _ProtocolMixin:
         current protocol revision says (0.3.3 answered ``null`` with ``*``, which browsers
         refuse together with credentials).
         """
-        self.set_header("Vary", "Origin")
-        origin = self.request.headers.get("Origin")
-        if origin is None:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        elif self.origin_allowed():
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Allow-Credentials", "true")
-        else:
-            return
-        requested = self.request.headers.get("Access-Control-Request-Headers")
-        if requested:
-            self.set_header("Access-Control-Allow-Headers", requested)
+        headers = self.request.headers
+        for name, value in cors_headers(headers.get("Origin"), self.origin_allowed(),
+                                        headers.get("Access-Control-Request-Headers")):
+            self.set_header(name, value)
 
     def refuse(self, status: int, text: str) -> None:
         self.set_status(status)
@@ -384,14 +393,23 @@ class _SendMixin(_ProtocolMixin):
         if isinstance(messages, str):
             self.refuse(500, messages)
             return False
-        try:
-            session.on_messages(messages)
-        except Exception:
-            log.exception("sockjs: message handler failed")
-            session.close()
-            self.refuse(500, "Message handler failed.")
+        failure = deliver_messages(session, messages)
+        if failure is not None:
+            self.refuse(500, failure)
             return False
         return True
+
+
+def deliver_messages(session: Any, messages: list[Any]) -> str | None:
+    """Hand a send request's messages to its session; the 500's text if the handler failed
+    (the session is closed then)."""
+    try:
+        session.on_messages(messages)
+    except Exception:
+        log.exception("sockjs: message handler failed")
+        session.close()
+        return "Message handler failed."
+    return None
 
 
 class XhrSendHandler(_SendMixin, sockjs_transports.XhrSendHandler):  # type: ignore[misc]
@@ -469,7 +487,7 @@ class XhrStreamingHandler(_StreamingMixin, sockjs_transports.XhrStreamingTranspo
         await self.stream(session_id)
 
     def prelude(self) -> str:
-        return "h" * 2048 + "\n"
+        return XHR_STREAMING_PRELUDE
 
     def frame(self, message: str) -> str:
         return message + "\n"

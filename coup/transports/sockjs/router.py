@@ -60,6 +60,8 @@ class SockJSRouter(LibraryRouter):  # type: ignore[misc]
         self.max_message_size = max_message_size
         #: whatever the connection class needs (the bridge: the Engine.IO server)
         self.context = context
+        #: where its URLs start, e.g. ``/sockjs``
+        self.prefix = prefix.rstrip("/")
         self._transport_urls = self._routes(prefix)
 
     def _routes(self, prefix: str) -> list[tuple[str, type[Any], dict[str, Any]]]:
