@@ -128,6 +128,8 @@ class BatchWriter(Generic[W, R]):
         self._stopping = False
         #: submitted in this loop turn, handed to the thread at its end (`_hand_over`)
         self._turn: list[_Pending[W, R] | _Adjust] = []
+        #: the loop this turn's writes were submitted on (valid while `_turn` is not empty)
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
         #: on the thread: numbers given up per series and not yet `adjust`ed by the loop
         self._shift: dict[Hashable, int] = {}
         self._threads: list[threading.Thread] = []
@@ -152,20 +154,27 @@ class BatchWriter(Generic[W, R]):
         the order of the calls is the order of the writes); resolves once that batch committed."""
         if self._closed:
             raise RuntimeError(f"the {self.name} writer is closed")
-        pending: _Pending[W, R] = _Pending(item, asyncio.get_running_loop())
+        pending: _Pending[W, R] = _Pending(item, self._loop())
         self._put(pending, pending.loop)
         return pending.future
 
     def adjust(self, series: Hashable, delta: int) -> None:
         """The loop gave numbers of `series` back to their source (`delta` < 0): writes
         enqueued from now on carry numbers that need no shift for them."""
-        self._put(_Adjust(series, delta), asyncio.get_running_loop())
+        self._put(_Adjust(series, delta), self._loop())
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; within a turn that already submitted, the one it was taken from
+        (`asyncio.get_running_loop` is a getpid system call each time on Python 3.11)."""
+        loop = self._turn_loop
+        return loop if loop is not None and self._turn else asyncio.get_running_loop()
 
     def _put(self, entry: _Pending[W, R] | _Adjust, loop: asyncio.AbstractEventLoop) -> None:
         if not self._threads:
             self._start()
         self._turn.append(entry)
         if len(self._turn) == 1:
+            self._turn_loop = loop
             loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
