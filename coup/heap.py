@@ -13,7 +13,7 @@ still alive at most collections, so they were walked and promoted, and the older
 generations filled with them: under the product path benchmark the collector took 17 % of
 the server's CPU, a full pass (65 ms: the replay buffer's packets) every second or so.
 With 10,000 most of them die by reference count before a collection sees them
-(bench/README.md, "The collector's young threshold").
+(bench/README.md, "The collector's young threshold and one commit in flight").
 """
 
 from __future__ import annotations
