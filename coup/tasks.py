@@ -12,10 +12,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 
-def spawn_kept(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+def spawn_kept(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any],
+               loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any]:
     """Run `coro` as a task held in `tasks` until it ends (the loop keeps only a weak
-    reference: an unheld task can be collected mid-run), so its owner can wait for or stop it."""
-    task = asyncio.get_running_loop().create_task(coro)
+    reference: an unheld task can be collected mid-run), so its owner can wait for or stop it.
+    `loop`: the running loop, when the caller has it (finding it is a getpid system call on
+    Python 3.11, and a socket spawns a task per event)."""
+    task = (loop or asyncio.get_running_loop()).create_task(coro)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task

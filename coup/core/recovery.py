@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coup.core.options import RecoveryOptions
@@ -191,7 +191,9 @@ class MemoryRecoveryStore:
         if packet.type is SocketPacketType.EVENT and packet.id is None:
             origin = current_origin.get()
             offset = self._next_offset
-            stamped = Outbound.message(encode(replace(packet, data=[*packet.data, str(offset)])))
+            # built directly: `dataclasses.replace` walks the fields on every call (hot path)
+            stamped = Outbound.message(encode(SocketPacket(packet.type, packet.namespace,
+                                                           [*packet.data, str(offset)])))
             budget = self._budget
             if budget.admit(origin, stamped.size):
                 self._next_offset += 1

@@ -163,7 +163,7 @@ class SocketServer:
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""
-        return spawn_kept(self._tasks, coro)
+        return spawn_kept(self._tasks, coro, self.engine.loop)
 
     def start_connect(self, client: Client, name: str, auth: dict[str, Any]) -> None:
         self.spawn(self._connect(client, name, auth))

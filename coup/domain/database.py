@@ -36,12 +36,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 W = TypeVar("W")
 
-#: a numbered writer's commits in flight on PostgreSQL (`coup.domain.writer`). Two (the next
-#: batch written while the last one's WAL flush is under way) measured worse in a process at
-#: its CPU ceiling: smaller batches, more commits (PostgreSQL 26-28 % of a core instead of
-#: 21-24 %), 426 against 354 us of CPU per message (docs/domain.md)
-WRITER_CONNECTIONS = 1
-
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
@@ -89,11 +83,8 @@ class Database:
 
     def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str,
                numbering: Numbering[W, T] | None = None) -> BatchWriter[W, T]:
-        """A group-committing writer for `write` on threads of its own, stopped by `close`
-        (with a `numbering`, on PostgreSQL, `WRITER_CONNECTIONS` commits in flight)."""
-        connections = WRITER_CONNECTIONS if isinstance(self.db, pw.PostgresqlDatabase) else 1
-        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering,
-                                                connections=connections)
+        """A group-committing writer for `write` on a thread of its own, stopped by `close`."""
+        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering)
         self._writers.append(writer)
         return writer
 

@@ -399,7 +399,7 @@ class StudyRooms:
                 await self.sequence.resync(study_id)
             seq = line.last = await self.sequence.next(study_id)
             written = self.messages.enqueue(MessageWrite(new, seq, present))
-            place = _Place(written, line.tail, asyncio.get_running_loop().create_future())
+            place = _Place(written, line.tail, written.get_loop().create_future())
             line.tail = place.turn
         return place
 

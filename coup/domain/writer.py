@@ -1,10 +1,10 @@
-"""Group commit: the writes of many rooms in one transaction, on threads of their own.
+"""Group commit: the writes of many rooms in one transaction, on a thread of their own.
 
 A chat message used to be one transaction on a pool thread: about ten round trips and a WAL
 flush each, so the database's commit rate, not the product, set the message rate (737
 persisted messages/s on PostgreSQL against a bare INSERT rate of 2,752/s). A `BatchWriter`
-runs a thread with its connection (two on PostgreSQL, below): whatever was submitted while
-the previous batch was being written becomes the next batch, written by one call of `write` (one transaction, a
+runs one thread with one connection: whatever was submitted while the previous batch was
+being written becomes the next batch, written by one call of `write` (one transaction, a
 few statements for the whole batch). Nothing waits for a batch to fill: under light load a
 batch is one write and costs what it did before; under load batches grow by themselves, up
 to `max_batch`. The loop hands its writes over once per loop turn, not one by one: when a
@@ -30,23 +30,19 @@ this thread keeps a shift per study, subtracted from every later write's number,
 loop has given the number back to its source and says so with `adjust` (through the same
 queue, so every write numbered before the give-back is shifted, none after).
 
-Two commits in flight (`connections`, PostgreSQL): a batch's COMMIT waits for its WAL flush
-(1.6-2.9 ms here), and with one connection every message waited for the batch being written
-and then its own. With two threads, each with its connection, the next batch starts while
-the last one commits, and PostgreSQL merges flushes that come close together. A batch
-takes no write of a series (study) that is in the other thread's batch, nor any later write
-of that series: a room's writes commit in its order, and a series' shift is only ever
-touched by the one thread that has the series. SQLite has one writer at a time anyway; a
-writer without a `Numbering` keeps one thread (its callers rely on the submission order).
+One connection, one commit in flight: a second thread with its own connection (the next
+batch written while the last one's WAL flush is under way) was built and measured; in a
+process at its one-GIL CPU ceiling it halved the batches and doubled the commits, and cost
+more per message than it saved in waiting (docs/domain.md, "One commit in flight").
 
-The IOLoop only appends to a list under a lock the threads hold for their bookkeeping only
-(never during a query), and is woken once per batch.
+The IOLoop only enqueues (`queue.SimpleQueue.put` never blocks) and is woken once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -91,6 +87,13 @@ class _Adjust:
         self.delta = delta
 
 
+class _Stop:
+    """Put on the queue by `close`: the thread finishes what came before it, then ends."""
+
+
+_STOP = _Stop()
+
+
 class _Pending(Generic[W, R]):
     __slots__ = ("future", "item", "loop")
 
@@ -110,27 +113,20 @@ class BatchWriter(Generic[W, R]):
     """
 
     def __init__(self, database: Database, write: Callable[[Sequence[W]], list[R]], *, name: str,
-                 max_batch: int = MAX_BATCH, numbering: Numbering[W, R] | None = None,
-                 connections: int = 1) -> None:
+                 max_batch: int = MAX_BATCH, numbering: Numbering[W, R] | None = None) -> None:
         self.database = database
         self.write = write
         self.name = name
         self.max_batch = max_batch
         self.numbering = numbering
-        #: threads (each with its connection), so batches (commits) in flight at once
-        self.connections = connections if numbering is not None else 1
-        #: guards `_waiting`, `_busy`, `_stopping`, `writing`; the threads wait on it for work
-        self._work = threading.Condition()
-        #: handed to the threads and not yet in a batch, in submission order
-        self._waiting: list[_Pending[W, R] | _Adjust] = []
-        #: series in a batch being written: their later writes wait for it (`_take`)
-        self._busy: set[Hashable] = set()
-        self._stopping = False
+        self._queue: queue.SimpleQueue[list[_Pending[W, R] | _Adjust] | _Stop] = queue.SimpleQueue()
         #: submitted in this loop turn, handed to the thread at its end (`_hand_over`)
         self._turn: list[_Pending[W, R] | _Adjust] = []
+        #: the loop this turn's writes were submitted on (valid while `_turn` is not empty)
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
         #: on the thread: numbers given up per series and not yet `adjust`ed by the loop
         self._shift: dict[Hashable, int] = {}
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
         #: batches written and writes in them (the mean batch size tells how much grouping helps)
@@ -140,7 +136,7 @@ class BatchWriter(Generic[W, R]):
         self.handed = 0
         #: seconds spent writing (busy / wall time: how close the writer is to its limit)
         self.busy = 0.0
-        #: writes in the batches being written now (0: waiting for work)
+        #: writes in the batch being written now (0: waiting for work)
         self.writing = 0
 
     async def submit(self, item: W) -> R:
@@ -152,20 +148,27 @@ class BatchWriter(Generic[W, R]):
         the order of the calls is the order of the writes); resolves once that batch committed."""
         if self._closed:
             raise RuntimeError(f"the {self.name} writer is closed")
-        pending: _Pending[W, R] = _Pending(item, asyncio.get_running_loop())
+        pending: _Pending[W, R] = _Pending(item, self._loop())
         self._put(pending, pending.loop)
         return pending.future
 
     def adjust(self, series: Hashable, delta: int) -> None:
         """The loop gave numbers of `series` back to their source (`delta` < 0): writes
         enqueued from now on carry numbers that need no shift for them."""
-        self._put(_Adjust(series, delta), asyncio.get_running_loop())
+        self._put(_Adjust(series, delta), self._loop())
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; within a turn that already submitted, the one it was taken from
+        (`asyncio.get_running_loop` is a getpid system call each time on Python 3.11)."""
+        loop = self._turn_loop
+        return loop if loop is not None and self._turn else asyncio.get_running_loop()
 
     def _put(self, entry: _Pending[W, R] | _Adjust, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._threads:
+        if self._thread is None:
             self._start()
         self._turn.append(entry)
         if len(self._turn) == 1:
+            self._turn_loop = loop
             loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
@@ -177,85 +180,52 @@ class BatchWriter(Generic[W, R]):
                     pending.future.set_exception(RuntimeError(f"the {self.name} writer is closed"))
             return
         self.handed += sum(1 for entry in turn if isinstance(entry, _Pending))
-        with self._work:
-            self._waiting += turn
-            self._work.notify_all()
+        self._queue.put(turn)
 
     def _start(self) -> None:
         with self._start_lock:
-            if not self._threads:
-                self._threads = [threading.Thread(target=self._run, name=f"coup-db-{self.name}-{i}", daemon=True)
-                                 for i in range(self.connections)]
-                for thread in self._threads:
-                    thread.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"coup-db-{self.name}", daemon=True)
+                self._thread.start()
 
     def close(self) -> None:
-        """Write what was submitted, then stop the threads (blocking: call it off the loop)."""
+        """Write what was submitted, then stop the thread (blocking: call it off the loop)."""
         self._closed = True
-        with self._work:
-            self._stopping = True
-            self._work.notify_all()
-        for thread in self._threads:
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
             thread.join()
 
     # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
         try:
-            while True:
-                with self._work:
-                    while not (batch := self._take()):
-                        if self._stopping and not self._waiting:
-                            return
-                        self._work.wait()
-                    series = self._series(batch)
-                    writes = sum(1 for entry in batch if isinstance(entry, _Pending))
-                    self._busy |= series
-                    self.writing += writes
-                try:
-                    self._write(batch, series)
-                finally:
-                    with self._work:
-                        self._busy -= series
-                        self.writing -= writes
-                        self._work.notify_all()  # the series' later writes may go now
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if isinstance(first, _Stop):
+                    break
+                waiting = list(first)
+                while len(waiting) < self.max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, _Stop):
+                        stopping = True
+                        break
+                    waiting += more
+                for start in range(0, len(waiting), self.max_batch):
+                    batch = waiting[start:start + self.max_batch]
+                    self.writing = sum(1 for entry in batch if isinstance(entry, _Pending))
+                    try:
+                        self._write(batch)
+                    finally:
+                        self.writing = 0
         finally:
             db = self.database.db
             if not db.is_closed():  # this thread's connection
                 db.close()
-
-    def _series_of(self, entry: _Pending[W, R] | _Adjust) -> Hashable:
-        if isinstance(entry, _Adjust):
-            return entry.series
-        return None if self.numbering is None else self.numbering.series(entry.item)
-
-    def _series(self, entries: list[_Pending[W, R] | _Adjust]) -> set[Hashable]:
-        return {self._series_of(entry) for entry in entries} if self.numbering is not None else set()
-
-    def _take(self) -> list[_Pending[W, R] | _Adjust]:
-        """(Holding `_work`.) The next batch: the waiting writes in order, up to `max_batch`,
-        leaving those of a series in the other thread's batch and every later one of it."""
-        if not self._waiting:
-            return []
-        if self.numbering is None or not self._busy:
-            held: set[Hashable] = set()
-        else:
-            held = set(self._busy)
-        taken: list[_Pending[W, R] | _Adjust] = []
-        left: list[_Pending[W, R] | _Adjust] = []
-        writes = 0
-        for at, entry in enumerate(self._waiting):
-            if writes >= self.max_batch:
-                left += self._waiting[at:]
-                break
-            if held and self._series_of(entry) in held:
-                left.append(entry)
-                continue
-            taken.append(entry)
-            if isinstance(entry, _Pending):
-                writes += 1
-        self._waiting = left
-        return taken
 
     def _numbered(self, entries: list[_Pending[W, R] | _Adjust]) -> tuple[list[_Pending[W, R]], list[W]]:
         """The batch's writes, each with the shift of its series at its place in the queue
@@ -287,10 +257,9 @@ class BatchWriter(Generic[W, R]):
                 series = self.numbering.series(item)
                 self._shift[series] = self._shift.get(series, 0) + 1
 
-    def _write(self, entries: list[_Pending[W, R] | _Adjust], series: set[Hashable]) -> None:
+    def _write(self, entries: list[_Pending[W, R] | _Adjust]) -> None:
         started = time.perf_counter()
-        # only this thread touches the shifts of these series while the batch is written
-        shift_before = {key: self._shift[key] for key in series if key in self._shift}
+        shift_before = dict(self._shift)
         batch, items = self._numbered(entries)
         if not batch:
             return
@@ -303,11 +272,7 @@ class BatchWriter(Generic[W, R]):
             self._gave_up(items, outcomes)
         except Exception as exc:
             failed = True
-            for key in series:  # nothing of it was written: number it again, write by write
-                if key in shift_before:
-                    self._shift[key] = shift_before[key]
-                else:
-                    self._shift.pop(key, None)
+            self._shift = shift_before  # nothing of it was written: number it again, write by write
             if len(batch) == 1:
                 self._numbered(entries)
                 outcomes = [exc]

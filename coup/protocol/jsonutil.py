@@ -35,6 +35,8 @@ def _finite_float(text: str) -> float:
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode = _decoder.decode
+#: the C scanner under `JSONDecoder.decode`, which also matches a whitespace regex at both ends
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]
 
 # The C encoder built once (JSONEncoder.encode builds one per call; bench/README.md has the
 # figure). Without the markers dict a circular value ends in RecursionError instead of
@@ -69,8 +71,18 @@ def encode_plain(value: Any) -> str:
 
 
 def loads(text: str) -> Any:
-    """Parse JSON text from a peer; any failure is a `DecodeError`."""
+    """Parse JSON text from a peer; any failure is a `DecodeError`.
+
+    A text that is one JSON value without surrounding whitespace (every packet a client
+    library sends) is parsed by the scanner alone; anything else by `JSONDecoder.decode`,
+    which gives the same value or the same refusal."""
     try:
-        return _decode(text)
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:  # not a value at 0 (whitespace first, or invalid): decode says which
+            return _decode(text)
+        if end != len(text):  # whitespace or more after the value
+            return _decode(text)
+        return value
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise DecodeError(f"invalid JSON: {type(exc).__name__}") from None

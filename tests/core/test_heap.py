@@ -8,14 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from coup.heap import freeze_startup_heap
+from coup.heap import YOUNG_THRESHOLD, freeze_startup_heap
 
 
 @pytest.fixture
 def frozen() -> Iterator[int]:
+    thresholds = gc.get_threshold()
     count = freeze_startup_heap()
     yield count
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 class Node:
@@ -28,6 +30,10 @@ def test_startup_objects_are_frozen(frozen: int) -> None:
     assert gc.get_freeze_count() > 1000  # they stay out of the collections that follow
     gc.collect()
     assert gc.get_freeze_count() > 1000
+
+
+def test_the_young_generation_is_collected_less_often(frozen: int) -> None:
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD > 700
 
 
 def test_cycles_made_after_the_freeze_are_still_collected(frozen: int) -> None:
