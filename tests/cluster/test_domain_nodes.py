@@ -152,12 +152,17 @@ async def test_messages_carry_consecutive_seq_in_one_order_on_every_node(domain_
     assert [m["seq"] for m in alice.events["message"]] == [*orders[0], marker["seq"]]
 
 
-async def test_presence_of_a_user_with_tabs_on_two_nodes(domain_cluster, users):
+async def test_presence_of_a_user_with_tabs_on_two_nodes(domain_cluster, redis_server, users):
     alice = await connect(users, ALICE, domain_cluster[2])
     await alice.call("join-study", {"studyId": STUDY})
     tab1 = await connect(users, CHLOE, domain_cluster[0])
     tab2 = await connect(users, CHLOE, domain_cluster[1])
     await wait_until(lambda: alice.count("user-online", CHLOE) == 1, what="user-online")
+    # the CONNECT reply goes out before the connect handler counts the socket in (as Node's
+    # server does): wait until both tabs are counted, or tab1's close is rightly the last one
+    prefix = domain_cluster[0].env["COUP_REDIS_PREFIX"]
+    await wait_until(lambda: int(redis_server.cli("HLEN", f"{prefix}:presence:{CHLOE}")) == 2,
+                     what="both tabs counted", poll=0.05)
     await tab1.close()
     await asyncio.sleep(0.5)  # a watch (no hook in a node process): tab1's close announces nothing
     assert alice.count("user-offline", CHLOE) == 0  # the other tab still holds her online
