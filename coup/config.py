@@ -459,6 +459,12 @@ class Settings:
         "`sqlite:////absolute/path.db`, or `postgresql://user:pass@host:5432/db`", "domain")
     db_workers: int = setting("COUP_DB_WORKERS", 4, _integer(1, 64),
                               "database threads (queries never run on the event loop)", "domain")
+    db_prepare: bool = setting(
+        "COUP_DB_PREPARE", True, _bool, "PostgreSQL: the chat message writer prepares its one-statement batch "
+        "on the server once per connection; `0` behind PgBouncer in transaction or statement pooling mode (a "
+        "prepared statement does not follow the client to its next server connection): the statement is then "
+        "sent whole with each batch ([docs/domain.md](docs/domain.md#one-statement-per-batch-on-postgresql))",
+        "domain")
     message_rate: float = setting(
         "COUP_MESSAGE_RATE", 5.0, _number(0.01), "chat messages per user, sustained per second; beyond that and "
         "the burst, `RATE_LIMITED` (HTTP 429)", "domain")

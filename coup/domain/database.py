@@ -60,8 +60,10 @@ def open_database(url: str) -> pw.Database:
 class Database:
     """One database and its worker threads. Models are bound to it on construction."""
 
-    def __init__(self, url: str, *, workers: int = 4, metrics: Metrics | None = None) -> None:
+    def __init__(self, url: str, *, workers: int = 4, metrics: Metrics | None = None, prepare: bool = True) -> None:
         self.url = url
+        #: whether statements may be prepared on the server (`COUP_DB_PREPARE`: off behind PgBouncer)
+        self.prepare = prepare
         #: query times by query function name (measured on the database thread)
         self.metrics = metrics
         self.db = open_database(url)

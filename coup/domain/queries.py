@@ -10,12 +10,14 @@ answered from the row that won.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
 
+from coup.domain import message_statement
 from coup.domain.models import (
     Group,
     GroupMember,
@@ -32,6 +34,8 @@ from coup.domain.models import (
     utcnow,
 )
 from coup.domain.prepared import Prepared, PreparedBatch
+
+log = logging.getLogger(__name__)
 
 ACTIVE = "ACTIVE"
 NEW_MESSAGE = "NEW_MESSAGE"
@@ -278,7 +282,80 @@ class _Renumber(Exception):
         self.decided = decided
 
 
-def store_messages(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
+def store_messages(writes: Sequence[MessageWrite], *, prepare: bool = True) -> list[dict[str, Any]]:
+    """Store a batch of messages (the group commit of `BatchWriter`), answering as
+    `store_messages_in_transaction` does.
+
+    On PostgreSQL, outside a transaction, the batch is one statement (`message_statement`: one
+    round trip, one WAL flush; `prepare`: prepared on the server, `COUP_DB_PREPARE`); when that
+    statement fails (the database refuses a row, or a write was skipped at the INSERT, which
+    one snapshot cannot explain), nothing of it was stored and the batch is written the
+    transactional way, which answers every case. SQLite always takes the transactional way.
+    """
+    if message_statement.applies() and not database_proxy.in_transaction():
+        try:
+            results = _store_in_one_statement(writes, prepare=prepare)
+        except pw.DatabaseError as exc:
+            message_statement.COUNTS.fallbacks += 1
+            log.debug("the one-statement write of %d messages failed (%s): writing them in a transaction",
+                      len(writes), " ".join(str(exc).split()))
+        else:
+            message_statement.COUNTS.batches += 1
+            return results
+    return store_messages_in_transaction(writes)
+
+
+def _store_in_one_statement(writes: Sequence[MessageWrite], *, prepare: bool) -> list[dict[str, Any]]:
+    """`message_statement.run`'s rows as `_store_round`'s outcomes."""
+    created_at = utcnow()
+    created_iso = str(iso(created_at))
+    rows = message_statement.run(writes, created_at, prepare=prepare)
+    if len(rows) != len(writes):
+        raise pw.DatabaseError(f"{len(rows)} rows for {len(writes)} writes")
+    results: list[dict[str, Any]] = []
+    first: dict[ClientKey, dict[str, Any]] = {}  # the stored result of each key's first write
+    for i, (row, write) in enumerate(zip(rows, writes, strict=True)):
+        ordinal, outcome, message_id, seq, e_study, e_seq, e_content, e_file, e_created, evict, users, ids = row
+        assert ordinal == i + 1, "the statement answers in order"
+        new = write.new
+        key = _client_key(new)
+        result: dict[str, Any]
+        if outcome == "stored":
+            assert message_id is not None
+            message = _message_body(message_id, new.study_id, seq, new.content, new.file_id, new.user_id,
+                                    new.user_name, created_iso, new.client_message_id)
+            result = {"outcome": "stored", "message": message, "evict": list(evict or ()),
+                      "notifications": _notified(new, message_id, users or (), ids or (), created_iso)}
+            if key is not None:
+                first[key] = result
+        elif outcome == "existing":
+            assert message_id is not None and e_study is not None and e_seq is not None and e_content is not None
+            result = _duplicate(_message_body(
+                message_id, e_study, e_seq, e_content, e_file, new.user_id, new.user_name,
+                Message.created_at.python_value(e_created), new.client_message_id), new)  # type: ignore[no-untyped-call]
+        elif outcome == "repeat":  # the first write of its clientMessageId in this batch was stored
+            assert key is not None
+            stored = first[key]["message"]
+            result = _duplicate({**stored, "user": {"id": new.user_id, "name": new.user_name}}, new)
+        else:  # again, not_member, no_study
+            result = {"outcome": outcome}
+        results.append(result)
+    return results
+
+
+def _notified(new: NewMessage, message_id: int, users: Sequence[int], ids: Sequence[int],
+              created_iso: str) -> list[dict[str, Any]]:
+    """A stored message's NEW_MESSAGE notifications, as `_with_notifications` shapes them."""
+    if not users:
+        return []
+    preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
+    text = f"{new.user_name}: {preview}"
+    return [{"userId": uid, "notification": {
+        "id": nid, "type": NEW_MESSAGE, "message": text, "createdAt": created_iso, "readAt": None,
+        "studyId": new.study_id, "data": {"messageId": message_id}}} for uid, nid in zip(users, ids, strict=True)]
+
+
+def store_messages_in_transaction(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
     """Store a batch of messages in one transaction (the group commit of `BatchWriter`): each
     with its `seq`, and a NEW_MESSAGE notification for every ACTIVE member of its study not in
     its room (`present`) nor its author. A handful of statements for the whole batch.

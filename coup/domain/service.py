@@ -42,7 +42,8 @@ class CoupDomain:
         self.settings = settings
         self.server = server
         self.origin_allowed = origin_allowed
-        self.db = Database(settings.database_url, workers=settings.db_workers, metrics=server.metrics)
+        self.db = Database(settings.database_url, workers=settings.db_workers, metrics=server.metrics,
+                           prepare=settings.db_prepare)
         self.sequence: SequenceSource = sequence or DatabaseSequence(self._max_seq)
         self.service_token = ServiceToken(settings.service_token.reveal() if settings.service_token else None)
         self.rooms = StudyRooms(server, self.db, self.sequence)

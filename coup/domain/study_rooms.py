@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -128,7 +129,8 @@ class StudyRooms:
         self.sequence = sequence
         #: chat messages are group-committed across rooms on a writer thread (coup/domain/writer.py)
         numbering: Numbering[MessageWrite, dict[str, Any]] = MessageNumbering()
-        self.messages = db.writer(queries.store_messages, name="store_messages", numbering=numbering)
+        self.messages = db.writer(functools.partial(queries.store_messages, prepare=db.prepare),
+                                  name="store_messages", numbering=numbering)
         #: studies with messages numbered and not finished, on their owner
         self._lines: dict[int, _Line] = {}
         #: on the owner: the users present in a study room, asked of every node once and then

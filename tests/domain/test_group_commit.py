@@ -9,8 +9,9 @@ write lock while messages queue behind the first batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,8 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 import peewee as pw
 import pytest
 
-from coup.domain import queries
-from coup.domain.models import Study, StudyMember
+from coup.domain import message_statement, queries
+from coup.domain.demo import seed_demo
+from coup.domain.models import Notification, Study, StudyMember, database_proxy
 from coup.domain.queries import MessageWrite, NewMessage
 from tests.domain.support import Client, ClientFactory, DomainNode, boom_refused
 from tests.domain.test_messages import stored_messages
@@ -202,3 +204,135 @@ async def test_a_retry_is_answered_with_the_stored_message_even_after_membership
         write(2, "Bob", 1, 2, "hi", "b-1"), write(2, "Bob", 1, 2, "new one", "b-2")])
     assert again[0] == {"outcome": "duplicate", "message": first[0]["message"]}
     assert again[1] == {"outcome": "not_member"}
+
+
+# ---------------------------------------------------------------------- one statement (PostgreSQL)
+
+LONG = "긴 메시지 " * 20  # 120 characters, past the notification preview's 100
+
+
+def all_notifications() -> list[dict[str, Any]]:
+    return [{"id": n.id, "user": n.user_id, "type": n.type, "message": n.message, "study": n.study_id,
+             "data": n.data, "read": n.read_at} for n in Notification.select().order_by(Notification.id)]
+
+
+def comparable(case: dict[str, Any]) -> Any:
+    """`every_case`'s answer without what two equal runs may differ in: the time, and the message
+    ids' values (a skipped INSERT row or a rolled-back one uses an id up), kept in their order."""
+    rank = {row["id"]: place for place, row in enumerate(case["messages"], 1)}
+
+    def walk(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            message = "clientMessageId" in value  # a message payload: its id is a message id
+            return {k: walk(v, "messageId" if message and k == "id" else k) for k, v in value.items()
+                    if k != "createdAt"}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return rank.get(value, ("gone", value)) if key == "messageId" else value
+
+    messages = [{**row, "id": rank[row["id"]]} for row in case["messages"]]
+    results = walk(case["results"])
+    return {"results": results, "messages": messages, "notifications": walk(case["notifications"])}
+
+
+def every_case(store: Callable[[Sequence[MessageWrite]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """On the demo data afresh (ids from 1): Bob's "b-1" and Alice's "a-x" (study 2) stored, Bob
+    no longer a member of study 1, then one batch with every outcome `store` can give; what it
+    answered and what the tables hold after it."""
+    seed_demo(reset=True)
+    queries.store_messages_in_transaction([write(2, "Bob", 1, 1, "hi", "b-1"), write(1, "Alice", 2, 1, "x", "a-x")])
+    StudyMember.update(status="INACTIVE").where((StudyMember.study == 1) & (StudyMember.user == 2)).execute()
+    results = store([
+        write(1, "Alice", 1, 2, "first", "tab", frozenset({1})),   # stored; Chloe notified
+        write(1, "Alice", 1, 3, "first", "tab", frozenset({1})),   # the first one again, same batch: duplicate
+        write(2, "Bob", 1, 4, "hi", "b-1"),                        # a retry after his membership ended: duplicate
+        write(4, "Dan", 1, 5, "pending", None),                    # PENDING in study 1: not_member
+        write(1, "Alice", 1, 6, LONG, None, frozenset({1})),       # stored as seq 3, a cut preview
+        write(1, "Alice", 1, 7, "x", "a-x"),                       # that id is stored in study 2: reused
+        #    (found by the transaction's INSERT after later rows were numbered past it: written again)
+        write(1, "Alice", 1, 8, "who", None, frozenset({1, 2, 4})),  # Bob and Dan present, not ACTIVE: evicted
+        write(4, "Dan", 2, 2, "dan", "d-1"),                       # stored; Alice notified
+        write(4, "Dan", 2, 3, "dan", "d-1"),                       # duplicate of the one above
+        write(1, "Alice", 99, 1, "nowhere", None),                 # no_study
+        write(4, "Dan", 1, 9, "z", "z"),                           # not_member ...
+        write(4, "Dan", 2, 4, "z", "z"),                           # ... so its repeat is to be written again
+        write(4, "Dan", 2, 5, "last", None),                       # stored as seq 3
+    ])
+    return {"results": results, "messages": stored_messages(), "notifications": all_notifications()}
+
+
+async def test_the_one_statement_answers_and_stores_as_the_transaction_does(domain_node: DomainNode) -> None:
+    counts = message_statement.COUNTS
+    batches, fallbacks = counts.batches, counts.fallbacks
+    transactional = await domain_node.db(every_case, queries.store_messages_in_transaction)
+    one = await domain_node.db(every_case, queries.store_messages)
+    unprepared = await domain_node.db(every_case, functools.partial(queries.store_messages, prepare=False))
+    postgres = domain_node.domain.settings.database_url.startswith("postgresql")
+    # PostgreSQL took the statement both times (SQLite keeps the transaction)
+    assert (counts.batches - batches, counts.fallbacks - fallbacks) == ((2, 0) if postgres else (0, 0))
+    results = transactional["results"]
+    assert [r["outcome"] for r in results] == [
+        "stored", "duplicate", "duplicate", "not_member", "stored", "reused", "stored", "stored", "duplicate",
+        "no_study", "not_member", "again", "stored"]
+    assert [results[i]["message"]["seq"] for i in (0, 4, 6, 7, 12)] == [2, 3, 4, 2, 3]
+    assert results[1]["message"] == results[0]["message"] and results[8]["message"] == results[7]["message"]
+    assert results[2]["message"]["seq"] == 1 and results[2]["message"]["content"] == "hi"
+    assert [[n["userId"] for n in results[i]["notifications"]] for i in (0, 4, 6, 7, 12)] == [[3], [3], [3], [1], [1]]
+    assert results[4]["notifications"][0]["notification"]["message"] == f"Alice: {LONG[:100]}…"
+    assert results[6]["evict"] == [2, 4] and results[0]["evict"] == []
+    assert len(transactional["notifications"]) == 3 + 5  # the first two messages notified Alice, Chloe and Dan
+    for other in (one, unprepared):
+        assert comparable(other) == comparable(transactional)
+        assert other["results"][0]["message"]["createdAt"] == other["results"][1]["message"]["createdAt"]
+
+
+def clash_then_fine() -> list[dict[str, Any]]:
+    """Study 1's seq 1 is taken (no clientMessageId to explain it): the statement cannot answer
+    the batch that writes seq 1 again."""
+    queries.store_messages_in_transaction([write(2, "Bob", 1, 1, "taken", None)])
+    return queries.store_messages([write(1, "Alice", 1, 1, "clash", None), write(1, "Alice", 2, 1, "fine", "f"),
+                                   write(4, "Dan", 2, 2, "fine too", None)])
+
+
+async def test_a_batch_the_statement_cannot_answer_is_written_in_a_transaction(domain_node: DomainNode) -> None:
+    counts = message_statement.COUNTS
+    batches, fallbacks = counts.batches, counts.fallbacks
+    results = await domain_node.db(clash_then_fine)
+    if domain_node.domain.settings.database_url.startswith("postgresql"):
+        assert (counts.batches - batches, counts.fallbacks - fallbacks) == (0, 1)
+    assert [r["outcome"] for r in results] == ["seq_clash", "stored", "stored"]
+    assert [(r["message"]["seq"], r["message"]["content"]) for r in results[1:]] == [(1, "fine"), (2, "fine too")]
+    # nothing the failed statement wrote is left: each message stored once, under the transaction's ids
+    rows = await domain_node.db(stored_messages)
+    assert [(r["study"], r["seq"], r["content"]) for r in rows] == [(1, 1, "taken"), (2, 1, "fine"), (2, 2, "fine too")]
+    assert [r["id"] for r in rows[1:]] == [results[1]["message"]["id"], results[2]["message"]["id"]]
+
+
+def prepared_statement_lost() -> list[list[dict[str, Any]]]:
+    """Three batches on one connection; the prepared statement is dropped behind the writer's
+    back after the first (what a pooler in transaction mode does by moving us elsewhere)."""
+    first = queries.store_messages([write(1, "Alice", 1, 1, "one", None)])
+    database_proxy.execute_sql(f"DEALLOCATE {message_statement.NAME}")
+    second = queries.store_messages([write(1, "Alice", 1, 2, "two", None)])
+    third = queries.store_messages([write(1, "Alice", 1, 3, "three", None)])
+    return [first, second, third]
+
+
+@pytest.mark.errors_logged
+async def test_a_vanished_prepared_statement_turns_preparing_off(
+        domain_node: DomainNode, caplog: pytest.LogCaptureFixture) -> None:
+    if not domain_node.domain.settings.database_url.startswith("postgresql"):
+        pytest.skip("prepared statements: PostgreSQL")
+    counts = message_statement.COUNTS
+    message_statement.forget_prepared()
+    batches, fallbacks = counts.batches, counts.fallbacks
+    try:
+        results = await domain_node.db(prepared_statement_lost)
+        assert message_statement.prepare_off()
+    finally:
+        message_statement.forget_prepared()
+    # the second batch fell back to the transaction, the third was the statement sent whole
+    assert (counts.batches - batches, counts.fallbacks - fallbacks) == (2, 1)
+    assert [[r["outcome"] for r in batch] for batch in results] == [["stored"], ["stored"], ["stored"]]
+    assert [r["seq"] for r in await domain_node.db(stored_messages)] == [1, 2, 3]
+    assert any("COUP_DB_PREPARE=0" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,225 @@
+"""A batch of chat messages stored by one PostgreSQL statement: one round trip, one WAL flush.
+
+The transactional group commit (`queries.store_messages_in_transaction`) costs four round
+trips per batch (BEGIN, the ACTIVE members, the INSERT, COMMIT) and a message waits for them
+once or twice: on this machine our p50 was twice Node's one INSERT. Here the whole batch is
+one statement run in autocommit, its parameters passed as arrays (`unnest`): CTEs check each
+sender is an ACTIVE member of its study, look its clientMessageId up, number the study's
+stored rows consecutively, insert the messages (`ON CONFLICT DO NOTHING`) and the NEW_MESSAGE
+notifications, and return one row per write for `queries` to turn into the same outcomes.
+
+It answers what the transactional path answers, decided the same way (README of the rules:
+`queries.store_messages`), with one difference in *when* a duplicate is found: a
+clientMessageId stored before the batch is seen by the statement's lookup, so the writes
+after it are numbered right the first time (the transactional path finds it at the INSERT
+and writes the batch again). A case it cannot answer from one snapshot (a row skipped at the
+INSERT: a clientMessageId or a `seq` another writer committed while the statement ran) makes
+it fail on purpose (`CANNOT_ANSWER`): nothing of it is stored, and the caller writes the
+batch the transactional way, which can.
+
+Prepared on the server once per connection (`PREPARE`, then `EXECUTE` per batch: no parse
+and plan of a large statement per batch). A pooler in transaction mode (PgBouncer) hands
+each statement to any server connection, where the prepared statement may not exist:
+`COUP_DB_PREPARE=0` sends the statement whole with each batch instead, and a missing one is
+noticed (SQLSTATE 26000), logged once, and preparing turned off for the process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import peewee as pw
+
+from coup.domain.models import database_proxy
+
+if TYPE_CHECKING:
+    from coup.domain.queries import MessageWrite
+
+log = logging.getLogger(__name__)
+
+NAME = "coup_store_messages"
+#: what the statement raises (a failed cast, the only way plain SQL has) when it cannot answer
+CANNOT_ANSWER = "coup: a write was skipped at the INSERT"
+#: SQLSTATE of "prepared statement does not exist" (a pooler moved us to another server connection)
+MISSING_PREPARED = "26000"
+
+PARAMETER_TYPES = ("int[]", "int[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "text[]", "timestamp")
+
+#: $1 study, $2 user, $3 seq, $4 content, $5 file id, $6 clientMessageId, $7 present users
+#: (an int[] literal per write), $8 author's name, $9 created_at (one for the batch)
+STATEMENT = """
+WITH w AS (
+    SELECT w.ord, w.study_id, w.user_id, w.seq, w.content, w.file_id, w.cmid, w.present::int[] AS present, w.name,
+           min(w.ord) OVER (PARTITION BY w.user_id, w.cmid) AS first
+    FROM unnest($1::int[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])
+         WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, ord)
+), checked AS (
+    SELECT w.*, w.cmid IS NOT NULL AND w.ord <> w.first AS repeat,
+           EXISTS (SELECT 1 FROM study_members m
+                   WHERE m.study_id = w.study_id AND m.user_id = w.user_id AND m.status = 'ACTIVE') AS active,
+           EXISTS (SELECT 1 FROM studies s WHERE s.id = w.study_id) AS study_exists,
+           e.id AS e_id, e.study_id AS e_study, e.seq AS e_seq, e.content AS e_content, e.file_id AS e_file,
+           e.created_at AS e_created
+    FROM w LEFT JOIN messages e ON e.user_id = w.user_id AND e.client_message_id = w.cmid
+), numbered AS (
+    SELECT c.*, c.seq - count(*) FILTER (WHERE NOT c.inserting) OVER (
+               PARTITION BY c.study_id ORDER BY c.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS new_seq
+    FROM (SELECT checked.*, e_id IS NULL AND NOT repeat AND active AS inserting FROM checked) c
+), inserted AS (
+    INSERT INTO messages (study_id, user_id, seq, content, file_id, client_message_id, created_at)
+    SELECT study_id, user_id, new_seq, content, file_id, cmid, $9 FROM numbered WHERE inserting ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING id, study_id, seq
+), stored AS (
+    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.name, n.content
+    FROM numbered n JOIN inserted i ON n.inserting AND i.study_id = n.study_id AND i.seq = n.new_seq
+), notes AS (
+    INSERT INTO notifications (user_id, type, message, study_id, data, created_at)
+    -- queries.NEW_MESSAGE, and its text as queries._with_notifications writes it (PREVIEW_CHARS = 100)
+    SELECT m.user_id, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= 100 THEN s.content
+                                                          ELSE left(s.content, 100) || '…' END,
+           s.study_id, '{"messageId":' || s.id || '}', $9
+    FROM stored s JOIN study_members m ON m.study_id = s.study_id AND m.status = 'ACTIVE'
+    WHERE m.user_id <> s.user_id AND m.user_id <> ALL (s.present)
+    ORDER BY s.ord, m.user_id
+    RETURNING id, user_id, data
+), noted AS (
+    SELECT data, array_agg(user_id ORDER BY user_id) AS users, array_agg(id ORDER BY user_id) AS ids
+    FROM notes GROUP BY data
+)
+SELECT n.ord,
+       CASE WHEN s.id IS NOT NULL THEN 'stored'
+            WHEN n.inserting THEN ('""" + CANNOT_ANSWER + """ (write ' || n.ord || ')')::int::text
+            WHEN n.e_id IS NOT NULL THEN 'existing'
+            WHEN n.repeat AND EXISTS (SELECT 1 FROM stored f WHERE f.ord = n.first) THEN 'repeat'
+            WHEN n.repeat AND n.active THEN 'again'
+            WHEN n.study_exists THEN 'not_member'
+            ELSE 'no_study' END,
+       coalesce(s.id, n.e_id), coalesce(n.new_seq, 0), n.e_study, n.e_seq, n.e_content, n.e_file, n.e_created,
+       CASE WHEN s.id IS NOT NULL THEN ARRAY(
+           SELECT p FROM unnest(n.present) p
+           WHERE NOT EXISTS (SELECT 1 FROM study_members m
+                             WHERE m.study_id = n.study_id AND m.user_id = p AND m.status = 'ACTIVE')
+           ORDER BY p) END,
+       t.users, t.ids
+FROM numbered n
+LEFT JOIN stored s ON s.ord = n.ord
+LEFT JOIN noted t ON s.id IS NOT NULL AND t.data = '{"messageId":' || s.id || '}'
+ORDER BY n.ord
+"""
+
+#: the statement sent whole (`COUP_DB_PREPARE=0`): psycopg2's placeholders, cast as PREPARE declares them
+UNPREPARED = re.sub(r"\$(\d+)", lambda m: f"(%(p{m.group(1)})s::{PARAMETER_TYPES[int(m.group(1)) - 1]})", STATEMENT)
+EXECUTE = f"EXECUTE {NAME} (" + ", ".join(f"%s::{kind}" for kind in PARAMETER_TYPES) + ")"
+PREPARE = f"PREPARE {NAME} ({', '.join(PARAMETER_TYPES)}) AS {STATEMENT}"
+
+#: (ord, outcome, id, seq, existing study, seq, content, file id, created_at, evict, notified users, their ids)
+Row = tuple[int, str, int | None, int, int | None, int | None, str | None, int | None, dt.datetime | None,
+            list[int] | None, list[int] | None, list[int] | None]
+
+
+class Counts:
+    """Batches this process stored with the statement, and those it left to the transaction."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.fallbacks = 0
+
+
+COUNTS = Counts()
+
+
+class _Preparing:
+    """Which connections hold the prepared statement, and whether to prepare at all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: turned off by the first missing prepared statement (a pooler in transaction mode)
+        self.broken = False
+
+
+_PREPARING = _Preparing()
+
+
+def applies() -> bool:
+    """Whether the current database can run the statement (PostgreSQL; SQLite keeps the
+    transactional path: its writes are local and it has no `unnest`)."""
+    return isinstance(database_proxy.obj, pw.PostgresqlDatabase)
+
+
+def run(writes: Sequence[MessageWrite], created_at: dt.datetime, *, prepare: bool = True) -> list[Row]:
+    """Store `writes` with one statement on this thread's connection (autocommit); one row per
+    write, in order. Raises (storing nothing) when the database refuses a row or the
+    statement cannot answer (`CANNOT_ANSWER`)."""
+    db: pw.Database = database_proxy.obj
+    params = _parameters(writes, created_at)
+    if not prepare or _PREPARING.broken:
+        named = {f"p{number}": value for number, value in enumerate(params, 1)}
+        return list(db.execute_sql(UNPREPARED, named).fetchall())  # type: ignore[no-untyped-call]
+    connection = db.connection()  # type: ignore[no-untyped-call]
+    if connection not in _PREPARING.connections:
+        db.execute_sql(PREPARE)  # type: ignore[no-untyped-call]
+        _PREPARING.connections.add(connection)
+    try:
+        return list(db.execute_sql(EXECUTE, params).fetchall())  # type: ignore[no-untyped-call]
+    except pw.DatabaseError as exc:
+        if _sqlstate(exc) == MISSING_PREPARED:
+            _PREPARING.connections.discard(connection)
+            with _PREPARING.lock:
+                if not _PREPARING.broken:
+                    _PREPARING.broken = True
+                    log.warning("the prepared message statement vanished from its connection (a pooler in "
+                                "transaction mode?): sending it whole from now on; set COUP_DB_PREPARE=0")
+        raise
+
+
+def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list[Any]:
+    studies: list[int] = []
+    users: list[int] = []
+    seqs: list[int] = []
+    contents: list[str] = []
+    files: list[int | None] = []
+    cmids: list[str | None] = []
+    present: list[str] = []
+    names: list[str] = []
+    for write in writes:
+        new = write.new
+        studies.append(new.study_id)
+        users.append(new.user_id)
+        seqs.append(write.seq)
+        contents.append(new.content)
+        files.append(new.file_id)
+        cmids.append(new.client_message_id)
+        present.append("{" + ",".join(map(str, write.present)) + "}")
+        names.append(new.user_name)
+    return [studies, users, seqs, contents, files, cmids, present, names, created_at]
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The driver's SQLSTATE behind a peewee error (peewee wraps the psycopg2 exception)."""
+    for cause in (exc, getattr(exc, "orig", None), exc.__cause__, exc.__context__):
+        code = getattr(cause, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
+def prepare_off() -> bool:
+    """Whether a vanished prepared statement turned preparing off for this process."""
+    return _PREPARING.broken
+
+
+def forget_prepared() -> None:
+    """Prepare again on every connection, and try preparing again (tests, a changed pooler)."""
+    _PREPARING.connections = weakref.WeakSet()
+    _PREPARING.broken = False
+
+
+__all__ = ["CANNOT_ANSWER", "COUNTS", "Row", "applies", "forget_prepared", "prepare_off", "run"]
