@@ -59,14 +59,16 @@ WITH w AS (
            min(w.ord) OVER (PARTITION BY w.user_id, w.cmid) AS first
     FROM unnest($1::int[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])
          WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, ord)
-), checked AS (
+), checked AS MATERIALIZED (
+    -- lookups one write at a time (LIMIT 1: never flattened into a join), so each is an index
+    -- probe whatever the tables' size when the plan was made (a hash join would scan them)
     SELECT w.*, w.cmid IS NOT NULL AND w.ord <> w.first AS repeat,
-           EXISTS (SELECT 1 FROM study_members m
-                   WHERE m.study_id = w.study_id AND m.user_id = w.user_id AND m.status = 'ACTIVE') AS active,
-           EXISTS (SELECT 1 FROM studies s WHERE s.id = w.study_id) AS study_exists,
+           coalesce((SELECT m.status = 'ACTIVE' FROM study_members m
+                     WHERE m.study_id = w.study_id AND m.user_id = w.user_id LIMIT 1), false) AS active,
            e.id AS e_id, e.study_id AS e_study, e.seq AS e_seq, e.content AS e_content, e.file_id AS e_file,
            e.created_at AS e_created
-    FROM w LEFT JOIN messages e ON e.user_id = w.user_id AND e.client_message_id = w.cmid
+    FROM w LEFT JOIN LATERAL (
+        SELECT * FROM messages e WHERE e.user_id = w.user_id AND e.client_message_id = w.cmid LIMIT 1) e ON true
 ), numbered AS (
     SELECT c.*, c.seq - count(*) FILTER (WHERE NOT c.inserting) OVER (
                PARTITION BY c.study_id ORDER BY c.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS new_seq
@@ -77,19 +79,19 @@ WITH w AS (
     ON CONFLICT DO NOTHING
     RETURNING id, study_id, seq
 ), stored AS (
-    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.name, n.content
+    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.name, n.content, '{"messageId":' || i.id || '}' AS data
     FROM numbered n JOIN inserted i ON n.inserting AND i.study_id = n.study_id AND i.seq = n.new_seq
 ), notes AS (
     INSERT INTO notifications (user_id, type, message, study_id, data, created_at)
     -- queries.NEW_MESSAGE, and its text as queries._with_notifications writes it (PREVIEW_CHARS = 100)
     SELECT m.user_id, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= 100 THEN s.content
                                                           ELSE left(s.content, 100) || '…' END,
-           s.study_id, '{"messageId":' || s.id || '}', $9
+           s.study_id, s.data, $9
     FROM stored s JOIN study_members m ON m.study_id = s.study_id AND m.status = 'ACTIVE'
     WHERE m.user_id <> s.user_id AND m.user_id <> ALL (s.present)
     ORDER BY s.ord, m.user_id
     RETURNING id, user_id, data
-), noted AS (
+), noted AS MATERIALIZED (
     SELECT data, array_agg(user_id ORDER BY user_id) AS users, array_agg(id ORDER BY user_id) AS ids
     FROM notes GROUP BY data
 )
@@ -99,7 +101,7 @@ SELECT n.ord,
             WHEN n.e_id IS NOT NULL THEN 'existing'
             WHEN n.repeat AND EXISTS (SELECT 1 FROM stored f WHERE f.ord = n.first) THEN 'repeat'
             WHEN n.repeat AND n.active THEN 'again'
-            WHEN n.study_exists THEN 'not_member'
+            WHEN EXISTS (SELECT 1 FROM studies s WHERE s.id = n.study_id) THEN 'not_member'
             ELSE 'no_study' END,
        coalesce(s.id, n.e_id), coalesce(n.new_seq, 0), n.e_study, n.e_seq, n.e_content, n.e_file, n.e_created,
        CASE WHEN s.id IS NOT NULL THEN ARRAY(
@@ -110,7 +112,7 @@ SELECT n.ord,
        t.users, t.ids
 FROM numbered n
 LEFT JOIN stored s ON s.ord = n.ord
-LEFT JOIN noted t ON s.id IS NOT NULL AND t.data = '{"messageId":' || s.id || '}'
+LEFT JOIN noted t ON t.data = s.data
 ORDER BY n.ord
 """
 
@@ -165,6 +167,9 @@ def run(writes: Sequence[MessageWrite], created_at: dt.datetime, *, prepare: boo
         return list(db.execute_sql(UNPREPARED, named).fetchall())  # type: ignore[no-untyped-call]
     connection = db.connection()  # type: ignore[no-untyped-call]
     if connection not in _PREPARING.connections:
+        # one plan for every batch: planning this statement took longer than running it, and
+        # its lookups are index probes in any plan (only prepared statements follow this)
+        db.execute_sql("SET plan_cache_mode = force_generic_plan")  # type: ignore[no-untyped-call]
         db.execute_sql(PREPARE)  # type: ignore[no-untyped-call]
         _PREPARING.connections.add(connection)
     try:
