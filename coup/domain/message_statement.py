@@ -49,25 +49,31 @@ CANNOT_ANSWER = "coup: a write was skipped at the INSERT"
 #: SQLSTATE of "prepared statement does not exist" (a pooler moved us to another server connection)
 MISSING_PREPARED = "26000"
 
-PARAMETER_TYPES = ("int[]", "int[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "text[]", "timestamp")
+PARAMETER_TYPES = ("int[]", "int[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "text[]", "timestamp",
+                   "int[]")
 
 #: $1 study, $2 user, $3 seq, $4 content, $5 file id, $6 clientMessageId, $7 present users
-#: (an int[] literal per write), $8 author's name, $9 created_at (one for the batch)
+#: (an int[] literal per write), $8 author's name, $9 created_at (one for the batch), $10 the place
+#: (from 1) of the first write in the batch with this write's clientMessageId (its own without one)
 STATEMENT = """
 WITH w AS (
     SELECT w.ord, w.study_id, w.user_id, w.seq, w.content, w.file_id, w.cmid, w.present::int[] AS present, w.name,
-           min(w.ord) OVER (PARTITION BY w.user_id, w.cmid) AS first
-    FROM unnest($1::int[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])
-         WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, ord)
+           w.first
+    FROM unnest($1::int[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
+                $10::int[]) WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, first, ord)
+), members AS MATERIALIZED (
+    -- the ACTIVE members of the batch's studies: one index scan for the batch, as the
+    -- transaction's query (every later use reads these arrays, not the table)
+    SELECT study_id, array_agg(user_id) AS users FROM study_members
+    WHERE study_id = ANY ($1::int[]) AND status = 'ACTIVE' GROUP BY study_id
 ), checked AS MATERIALIZED (
-    -- lookups one write at a time (LIMIT 1: never flattened into a join), so each is an index
-    -- probe whatever the tables' size when the plan was made (a hash join would scan them)
-    SELECT w.*, w.cmid IS NOT NULL AND w.ord <> w.first AS repeat,
-           coalesce((SELECT m.status = 'ACTIVE' FROM study_members m
-                     WHERE m.study_id = w.study_id AND m.user_id = w.user_id LIMIT 1), false) AS active,
+    -- the clientMessageId lookup one write at a time (LIMIT 1: never flattened into a join),
+    -- an index probe whatever the table's size when the plan was made (a hash join scans it)
+    SELECT w.*, w.ord <> w.first AS repeat,
+           coalesce(w.user_id = ANY (m.users), false) AS active, coalesce(m.users, '{}') AS users,
            e.id AS e_id, e.study_id AS e_study, e.seq AS e_seq, e.content AS e_content, e.file_id AS e_file,
            e.created_at AS e_created
-    FROM w LEFT JOIN LATERAL (
+    FROM w LEFT JOIN members m ON m.study_id = w.study_id LEFT JOIN LATERAL (
         SELECT * FROM messages e WHERE e.user_id = w.user_id AND e.client_message_id = w.cmid LIMIT 1) e ON true
 ), numbered AS (
     SELECT c.*, c.seq - count(*) FILTER (WHERE NOT c.inserting) OVER (
@@ -79,17 +85,17 @@ WITH w AS (
     ON CONFLICT DO NOTHING
     RETURNING id, study_id, seq
 ), stored AS (
-    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.name, n.content, '{"messageId":' || i.id || '}' AS data
+    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.users, n.name, n.content, '{"messageId":' || i.id || '}' AS data
     FROM numbered n JOIN inserted i ON n.inserting AND i.study_id = n.study_id AND i.seq = n.new_seq
 ), notes AS (
     INSERT INTO notifications (user_id, type, message, study_id, data, created_at)
     -- queries.NEW_MESSAGE, and its text as queries._with_notifications writes it (PREVIEW_CHARS = 100)
-    SELECT m.user_id, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= 100 THEN s.content
+    SELECT u, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= 100 THEN s.content
                                                           ELSE left(s.content, 100) || '…' END,
            s.study_id, s.data, $9
-    FROM stored s JOIN study_members m ON m.study_id = s.study_id AND m.status = 'ACTIVE'
-    WHERE m.user_id <> s.user_id AND m.user_id <> ALL (s.present)
-    ORDER BY s.ord, m.user_id
+    FROM stored s, unnest(s.users) u
+    WHERE u <> s.user_id AND u <> ALL (s.present)
+    ORDER BY s.ord, u
     RETURNING id, user_id, data
 ), noted AS MATERIALIZED (
     SELECT data, array_agg(user_id ORDER BY user_id) AS users, array_agg(id ORDER BY user_id) AS ids
@@ -104,11 +110,8 @@ SELECT n.ord,
             WHEN EXISTS (SELECT 1 FROM studies s WHERE s.id = n.study_id) THEN 'not_member'
             ELSE 'no_study' END,
        coalesce(s.id, n.e_id), coalesce(n.new_seq, 0), n.e_study, n.e_seq, n.e_content, n.e_file, n.e_created,
-       CASE WHEN s.id IS NOT NULL THEN ARRAY(
-           SELECT p FROM unnest(n.present) p
-           WHERE NOT EXISTS (SELECT 1 FROM study_members m
-                             WHERE m.study_id = n.study_id AND m.user_id = p AND m.status = 'ACTIVE')
-           ORDER BY p) END,
+       CASE WHEN s.id IS NULL THEN NULL WHEN n.present <@ n.users THEN '{}'
+            ELSE ARRAY(SELECT p FROM unnest(n.present) p WHERE p <> ALL (n.users) ORDER BY p) END,
        t.users, t.ids
 FROM numbered n
 LEFT JOIN stored s ON s.ord = n.ord
@@ -194,7 +197,9 @@ def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list
     cmids: list[str | None] = []
     present: list[str] = []
     names: list[str] = []
-    for write in writes:
+    firsts: list[int] = []
+    first_of: dict[tuple[int, str], int] = {}
+    for place, write in enumerate(writes, 1):
         new = write.new
         studies.append(new.study_id)
         users.append(new.user_id)
@@ -204,7 +209,9 @@ def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list
         cmids.append(new.client_message_id)
         present.append("{" + ",".join(map(str, write.present)) + "}")
         names.append(new.user_name)
-    return [studies, users, seqs, contents, files, cmids, present, names, created_at]
+        cmid = new.client_message_id
+        firsts.append(place if cmid is None else first_of.setdefault((new.user_id, cmid), place))
+    return [studies, users, seqs, contents, files, cmids, present, names, created_at, firsts]
 
 
 def _sqlstate(exc: BaseException) -> str | None:
