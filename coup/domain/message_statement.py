@@ -60,32 +60,29 @@ WITH w AS (
     SELECT w.ord, w.study_id, w.user_id, w.seq, w.content, w.file_id, w.cmid, w.present::int[] AS present, w.name,
            w.first
     FROM unnest($1::int[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
-                $10::int[]) WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, first, ord)
+                $10::int[])
+         WITH ORDINALITY AS w(study_id, user_id, seq, content, file_id, cmid, present, name, first, ord)
 ), members AS MATERIALIZED (
     -- the ACTIVE members of the batch's studies: one index scan for the batch, as the
     -- transaction's query (every later use reads these arrays, not the table)
     SELECT study_id, array_agg(user_id) AS users FROM study_members
     WHERE study_id = ANY ($1::int[]) AND status = 'ACTIVE' GROUP BY study_id
 ), checked AS MATERIALIZED (
-    -- the clientMessageId lookup one write at a time (LIMIT 1: never flattened into a join),
-    -- an index probe whatever the table's size when the plan was made (a hash join scans it)
-    SELECT w.*, w.ord <> w.first AS repeat,
-           coalesce(w.user_id = ANY (m.users), false) AS active, coalesce(m.users, '{}') AS users,
-           e.id AS e_id, e.study_id AS e_study, e.seq AS e_seq, e.content AS e_content, e.file_id AS e_file,
-           e.created_at AS e_created
-    FROM w LEFT JOIN members m ON m.study_id = w.study_id LEFT JOIN LATERAL (
-        SELECT * FROM messages e WHERE e.user_id = w.user_id AND e.client_message_id = w.cmid LIMIT 1) e ON true
+    SELECT w.*, w.ord <> w.first AS repeat, coalesce(w.user_id = ANY (m.users), false) AS active,
+           coalesce(m.users, '{}') AS users
+    FROM w LEFT JOIN members m ON m.study_id = w.study_id
 ), numbered AS (
     SELECT c.*, c.seq - count(*) FILTER (WHERE NOT c.inserting) OVER (
                PARTITION BY c.study_id ORDER BY c.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS new_seq
-    FROM (SELECT checked.*, e_id IS NULL AND NOT repeat AND active AS inserting FROM checked) c
+    FROM (SELECT checked.*, NOT repeat AND active AS inserting FROM checked) c
 ), inserted AS (
     INSERT INTO messages (study_id, user_id, seq, content, file_id, client_message_id, created_at)
     SELECT study_id, user_id, new_seq, content, file_id, cmid, $9 FROM numbered WHERE inserting ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING id, study_id, seq
 ), stored AS (
-    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.users, n.name, n.content, '{"messageId":' || i.id || '}' AS data
+    SELECT n.ord, i.id, n.study_id, n.user_id, n.present, n.users, n.name, n.content,
+           '{"messageId":' || i.id || '}' AS data
     FROM numbered n JOIN inserted i ON n.inserting AND i.study_id = n.study_id AND i.seq = n.new_seq
 ), notes AS (
     INSERT INTO notifications (user_id, type, message, study_id, data, created_at)
@@ -103,19 +100,28 @@ WITH w AS (
 )
 SELECT n.ord,
        CASE WHEN s.id IS NOT NULL THEN 'stored'
-            WHEN n.inserting THEN ('""" + CANNOT_ANSWER + """ (write ' || n.ord || ')')::int::text
-            WHEN n.e_id IS NOT NULL THEN 'existing'
+            -- skipped at the INSERT: a clientMessageId stored before the batch, answered as a
+            -- duplicate when no later row of its study was numbered past it; anything else
+            -- (a seq taken, a row committed while this ran, a gap to close) the transaction answers
+            WHEN n.inserting AND (e.id IS NULL OR EXISTS (
+                     SELECT 1 FROM numbered x WHERE x.study_id = n.study_id AND x.ord > n.ord AND x.inserting))
+                THEN ('""" + CANNOT_ANSWER + """ (write ' || n.ord || ')')::int::text
+            WHEN e.id IS NOT NULL THEN 'existing'
             WHEN n.repeat AND EXISTS (SELECT 1 FROM stored f WHERE f.ord = n.first) THEN 'repeat'
             WHEN n.repeat AND n.active THEN 'again'
             WHEN EXISTS (SELECT 1 FROM studies s WHERE s.id = n.study_id) THEN 'not_member'
             ELSE 'no_study' END,
-       coalesce(s.id, n.e_id), coalesce(n.new_seq, 0), n.e_study, n.e_seq, n.e_content, n.e_file, n.e_created,
+       coalesce(s.id, e.id), n.new_seq, e.study_id, e.seq, e.content, e.file_id, e.created_at,
        CASE WHEN s.id IS NULL THEN NULL WHEN n.present <@ n.users THEN '{}'
             ELSE ARRAY(SELECT p FROM unnest(n.present) p WHERE p <> ALL (n.users) ORDER BY p) END,
        t.users, t.ids
 FROM numbered n
 LEFT JOIN stored s ON s.ord = n.ord
 LEFT JOIN noted t ON t.data = s.data
+-- a write not stored: its clientMessageId stored before? (a duplicate is found by the INSERT's
+-- conflict, as in the transaction: no lookup for the rows stored; LIMIT 1 keeps it an index probe)
+LEFT JOIN LATERAL (SELECT * FROM messages e WHERE s.id IS NULL AND e.user_id = n.user_id
+                   AND e.client_message_id = n.cmid LIMIT 1) e ON true
 ORDER BY n.ord
 """
 
