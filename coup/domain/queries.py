@@ -282,17 +282,26 @@ class _Renumber(Exception):
         self.decided = decided
 
 
-def store_messages(writes: Sequence[MessageWrite], *, prepare: bool = True) -> list[dict[str, Any]]:
+#: writes from which a batch is one statement on PostgreSQL (docs/domain.md): below, at a moderate
+#: load, the transaction's extra round trips cost the idle loop nothing, and it had the lower ack
+#: p50 at 1,300 messages/s (batches of 2-3) in every A/B round (bench/README.md)
+ONE_STATEMENT_FROM = 8
+
+
+def store_messages(writes: Sequence[MessageWrite], *, prepare: bool = True,
+                   one_statement_from: int = ONE_STATEMENT_FROM) -> list[dict[str, Any]]:
     """Store a batch of messages (the group commit of `BatchWriter`), answering as
     `store_messages_in_transaction` does.
 
-    On PostgreSQL, outside a transaction, the batch is one statement (`message_statement`: one
-    round trip, one WAL flush; `prepare`: prepared on the server, `COUP_DB_PREPARE`); when that
-    statement fails (the database refuses a row, or a write was skipped at the INSERT, which
-    one snapshot cannot explain), nothing of it was stored and the batch is written the
-    transactional way, which answers every case. SQLite always takes the transactional way.
+    On PostgreSQL, outside a transaction, a batch of `one_statement_from` writes or more is one
+    statement (`message_statement`: one round trip, one WAL flush; `prepare`: prepared on the
+    server, `COUP_DB_PREPARE`); when that statement fails (the database refuses a row, or a
+    write was skipped at the INSERT, which one snapshot cannot explain), nothing of it was
+    stored and the batch is written the transactional way, which answers every case. SQLite
+    always takes the transactional way.
     """
-    if message_statement.applies() and not database_proxy.in_transaction():
+    if (len(writes) >= one_statement_from and message_statement.applies()
+            and not database_proxy.in_transaction()):
         try:
             results = _store_in_one_statement(writes, prepare=prepare)
         except pw.DatabaseError as exc:

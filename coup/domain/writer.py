@@ -5,7 +5,8 @@ flush each, so the database's commit rate, not the product, set the message rate
 persisted messages/s on PostgreSQL against a bare INSERT rate of 2,752/s). A `BatchWriter`
 runs one thread with one connection: whatever was submitted while the previous batch was
 being written becomes the next batch, written by one call of `write` (one transaction, a
-few statements for the whole batch; on PostgreSQL one statement, `coup.domain.message_statement`). Nothing waits for a batch to fill: under light load a
+few statements for the whole batch; on PostgreSQL a large batch is one statement,
+`coup.domain.message_statement`). Nothing waits for a batch to fill: under light load a
 batch is one write and costs what it did before; under load batches grow by themselves, up
 to `max_batch`. The loop hands its writes over once per loop turn, not one by one: when a
 batch commits, the rooms it unblocks submit their next messages in the same turn, and they

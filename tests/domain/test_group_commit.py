@@ -264,8 +264,9 @@ async def test_the_one_statement_answers_and_stores_as_the_transaction_does(doma
     counts = message_statement.COUNTS
     batches, fallbacks = counts.batches, counts.fallbacks
     transactional = await domain_node.db(every_case, queries.store_messages_in_transaction)
-    one = await domain_node.db(every_case, queries.store_messages)
-    unprepared = await domain_node.db(every_case, functools.partial(queries.store_messages, prepare=False))
+    one = await domain_node.db(every_case, functools.partial(queries.store_messages, one_statement_from=1))
+    unprepared = await domain_node.db(every_case, functools.partial(
+        queries.store_messages, prepare=False, one_statement_from=1))
     postgres = domain_node.domain.settings.database_url.startswith("postgresql")
     # PostgreSQL took the statement both times (SQLite keeps the transaction)
     assert (counts.batches - batches, counts.fallbacks - fallbacks) == ((2, 0) if postgres else (0, 0))
@@ -290,7 +291,7 @@ def clash_then_fine() -> list[dict[str, Any]]:
     the batch that writes seq 1 again."""
     queries.store_messages_in_transaction([write(2, "Bob", 1, 1, "taken", None)])
     return queries.store_messages([write(1, "Alice", 1, 1, "clash", None), write(1, "Alice", 2, 1, "fine", "f"),
-                                   write(4, "Dan", 2, 2, "fine too", None)])
+                                   write(4, "Dan", 2, 2, "fine too", None)], one_statement_from=1)
 
 
 async def test_a_batch_the_statement_cannot_answer_is_written_in_a_transaction(domain_node: DomainNode) -> None:
@@ -312,7 +313,7 @@ def resent_mid_batch() -> dict[str, Any]:
     seed_demo(reset=True)
     queries.store_messages_in_transaction([write(1, "Alice", 1, 1, "resent", "r")])
     results = queries.store_messages([write(1, "Alice", 1, 2, "resent", "r", frozenset({1, 2, 3})),
-                                      write(1, "Alice", 1, 3, "new", "n", frozenset({1, 2, 3}))])
+                                      write(1, "Alice", 1, 3, "new", "n", frozenset({1, 2, 3}))], one_statement_from=1)
     return {"results": results, "messages": stored_messages(), "notifications": all_notifications()}
 
 
@@ -333,10 +334,11 @@ async def test_a_duplicate_found_at_the_insert_before_a_later_message_is_written
 def prepared_statement_lost() -> list[list[dict[str, Any]]]:
     """Three batches on one connection; the prepared statement is dropped behind the writer's
     back after the first (what a pooler in transaction mode does by moving us elsewhere)."""
-    first = queries.store_messages([write(1, "Alice", 1, 1, "one", None)])
+    store = functools.partial(queries.store_messages, one_statement_from=1)
+    first = store([write(1, "Alice", 1, 1, "one", None)])
     database_proxy.execute_sql(f"DEALLOCATE {message_statement.NAME}")
-    second = queries.store_messages([write(1, "Alice", 1, 2, "two", None)])
-    third = queries.store_messages([write(1, "Alice", 1, 3, "three", None)])
+    second = store([write(1, "Alice", 1, 2, "two", None)])
+    third = store([write(1, "Alice", 1, 3, "three", None)])
     return [first, second, third]
 
 
@@ -358,3 +360,21 @@ async def test_a_vanished_prepared_statement_turns_preparing_off(
     assert [[r["outcome"] for r in batch] for batch in results] == [["stored"], ["stored"], ["stored"]]
     assert [r["seq"] for r in await domain_node.db(stored_messages)] == [1, 2, 3]
     assert any("COUP_DB_PREPARE=0" in r.getMessage() for r in caplog.records)
+
+
+def small_then_large() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    small = [write(1, "Alice", 2, seq, f"small {seq}", None) for seq in range(1, queries.ONE_STATEMENT_FROM)]
+    large = [write(1, "Alice", 2, seq, f"large {seq}", None)
+             for seq in range(queries.ONE_STATEMENT_FROM, 2 * queries.ONE_STATEMENT_FROM)]
+    return queries.store_messages(small), queries.store_messages(large)
+
+
+async def test_a_batch_takes_the_statement_from_its_threshold_on(domain_node: DomainNode) -> None:
+    counts = message_statement.COUNTS
+    batches, fallbacks = counts.batches, counts.fallbacks
+    small, large = await domain_node.db(small_then_large)
+    postgres = domain_node.domain.settings.database_url.startswith("postgresql")
+    assert (counts.batches - batches, counts.fallbacks - fallbacks) == ((1, 0) if postgres else (0, 0))
+    assert [r["message"]["seq"] for r in small + large] == list(range(1, 2 * queries.ONE_STATEMENT_FROM))
+    # Dan, ACTIVE in study 2 and not in its room, is notified of each, by either path
+    assert [[n["userId"] for n in r["notifications"]] for r in small + large] == [[4]] * len(small + large)
