@@ -195,29 +195,47 @@ def run(writes: Sequence[MessageWrite], created_at: dt.datetime, *, prepare: boo
 
 
 def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list[Any]:
-    studies: list[int] = []
-    users: list[int] = []
-    seqs: list[int] = []
+    """The statement's parameters, each array as one literal in PostgreSQL's array syntax
+    (`{1,2}`, `{"a","b"}`): parsed by `array_in` at run time, where psycopg2's own adaptation
+    (`ARRAY[...]`) made the server parse and coerce every element as a constant of the
+    statement (about 10 % of the statement's server CPU for a batch of 50)."""
+    studies: list[str] = []
+    users: list[str] = []
+    seqs: list[str] = []
     contents: list[str] = []
-    files: list[int | None] = []
-    cmids: list[str | None] = []
+    files: list[str] = []
+    cmids: list[str] = []
     present: list[str] = []
     names: list[str] = []
-    firsts: list[int] = []
+    firsts: list[str] = []
     first_of: dict[tuple[int, str], int] = {}
     for place, write in enumerate(writes, 1):
         new = write.new
-        studies.append(new.study_id)
-        users.append(new.user_id)
-        seqs.append(write.seq)
-        contents.append(new.content)
-        files.append(new.file_id)
-        cmids.append(new.client_message_id)
-        present.append("{" + ",".join(map(str, write.present)) + "}")
-        names.append(new.user_name)
         cmid = new.client_message_id
-        firsts.append(place if cmid is None else first_of.setdefault((new.user_id, cmid), place))
-    return [studies, users, seqs, contents, files, cmids, present, names, created_at, firsts]
+        studies.append(str(new.study_id))
+        users.append(str(new.user_id))
+        seqs.append(str(write.seq))
+        contents.append(_quoted(new.content))
+        files.append("NULL" if new.file_id is None else str(new.file_id))
+        cmids.append("NULL" if cmid is None else _quoted(cmid))
+        present.append('"{' + ",".join(map(str, write.present)) + '}"')
+        names.append(_quoted(new.user_name))
+        firsts.append(str(place if cmid is None else first_of.setdefault((new.user_id, cmid), place)))
+    return [_array(studies), _array(users), _array(seqs), _array(contents), _array(files), _array(cmids),
+            _array(present), _array(names), created_at, _array(firsts)]
+
+
+def _array(elements: list[str]) -> str:
+    return "{" + ",".join(elements) + "}"
+
+
+def _quoted(text: str) -> str:
+    """`text` as an element of an array literal: double-quoted, `\\` and `"` escaped."""
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if '"' in text:
+        text = text.replace('"', '\\"')
+    return f'"{text}"'
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -209,6 +209,8 @@ async def test_a_retry_is_answered_with_the_stored_message_even_after_membership
 # ---------------------------------------------------------------------- one statement (PostgreSQL)
 
 LONG = "긴 메시지 " * 20  # 120 characters, past the notification preview's 100
+#: what an array literal must quote (the statement takes its arrays in PostgreSQL's array syntax)
+TRICKY = 'first "quoted", {braced} \\ back\\slash NULL'
 
 
 def all_notifications() -> list[dict[str, Any]]:
@@ -243,8 +245,8 @@ def every_case(store: Callable[[Sequence[MessageWrite]], list[dict[str, Any]]]) 
     queries.store_messages_in_transaction([write(2, "Bob", 1, 1, "hi", "b-1"), write(1, "Alice", 2, 1, "x", "a-x")])
     StudyMember.update(status="INACTIVE").where((StudyMember.study == 1) & (StudyMember.user == 2)).execute()
     results = store([
-        write(1, "Alice", 1, 2, "first", "tab", frozenset({1})),   # stored; Chloe notified
-        write(1, "Alice", 1, 3, "first", "tab", frozenset({1})),   # the first one again, same batch: duplicate
+        write(1, "Alice", 1, 2, TRICKY, "tab", frozenset({1})),    # stored; Chloe notified
+        write(1, "Alice", 1, 3, TRICKY, "tab", frozenset({1})),    # the first one again, same batch: duplicate
         write(2, "Bob", 1, 4, "hi", "b-1"),                        # a retry after his membership ended: duplicate
         write(4, "Dan", 1, 5, "pending", None),                    # PENDING in study 1: not_member
         write(1, "Alice", 1, 6, LONG, None, frozenset({1})),       # stored as seq 3, a cut preview
@@ -252,9 +254,9 @@ def every_case(store: Callable[[Sequence[MessageWrite]], list[dict[str, Any]]]) 
         write(4, "Dan", 2, 2, "dan", "d-1"),                       # stored; Alice notified
         write(4, "Dan", 2, 3, "dan", "d-1"),                       # duplicate of the one above
         write(1, "Alice", 99, 1, "nowhere", None),                 # no_study
-        write(4, "Dan", 1, 8, "z", "z"),                           # not_member ...
-        write(4, "Dan", 2, 4, "z", "z"),                           # ... so its repeat is to be written again
-        write(4, "Dan", 2, 5, "last", None),                       # stored as seq 3
+        write(4, "Dan", 1, 8, "z", 'z "\\,}'),                   # not_member ...
+        write(4, "Dan", 2, 4, "z", 'z "\\,}'),                   # ... so its repeat is to be written again
+        write(4, "Dan", 2, 5, "NULL", None),                       # stored as seq 3 (a text, not a NULL)
         write(1, "Alice", 1, 9, "x", "a-x"),                       # that id is stored in study 2: reused
     ])
     return {"results": results, "messages": stored_messages(), "notifications": all_notifications()}
@@ -280,6 +282,7 @@ async def test_the_one_statement_answers_and_stores_as_the_transaction_does(doma
     assert [[n["userId"] for n in results[i]["notifications"]] for i in (0, 4, 5, 6, 11)] == [[3], [3], [3], [1], [1]]
     assert results[4]["notifications"][0]["notification"]["message"] == f"Alice: {LONG[:100]}…"
     assert results[5]["evict"] == [2, 4] and results[0]["evict"] == []
+    assert (results[0]["message"]["content"], results[11]["message"]["content"]) == (TRICKY, "NULL")
     assert len(transactional["notifications"]) == 3 + 5  # the first two messages notified Alice, Chloe and Dan
     for other in (one, unprepared):
         assert comparable(other) == comparable(transactional)
