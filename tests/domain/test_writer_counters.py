@@ -44,7 +44,7 @@ class PromptLoop(asyncio.SelectorEventLoop):
         self.observe: Callable[[], Counters] | None = None
         self.observed: list[Counters] = []
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,  # type: ignore[override]
                              context: Any = None) -> asyncio.Handle:
         if threading.get_ident() == self._home:
             return super().call_soon_threadsafe(callback, *args, context=context)
@@ -73,7 +73,7 @@ def stored(items: Sequence[int]) -> list[int]:
 
 def test_a_batch_whose_results_the_loop_sees_is_counted_as_written(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'writer.db'}", workers=1)
-    database.db.execute_sql("CREATE TABLE numbers (n INTEGER)")
+    database.db.execute_sql("CREATE TABLE numbers (n INTEGER)")  # type: ignore[no-untyped-call]
     writer = database.writer(stored, name="numbers")
 
     async def written() -> list[int]:
@@ -82,7 +82,7 @@ def test_a_batch_whose_results_the_loop_sees_is_counted_as_written(tmp_path: Pat
         loop.observe = lambda: (writer.handed, writer.writes, writer.writing, writer.batches)
         one_by_one = [await writer.submit(n) for n in (1, 2)]
         together = await asyncio.gather(writer.submit(3), writer.submit(4))  # one loop turn: one batch
-        return one_by_one + together
+        return one_by_one + list(together)
 
     try:
         with asyncio.Runner(loop_factory=PromptLoop) as runner:
