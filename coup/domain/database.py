@@ -36,11 +36,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 W = TypeVar("W")
 
-#: a numbered writer's commits in flight on PostgreSQL (`coup.domain.writer`), and how long a
-#: batch is in flight before the second may start (being measured: docs/domain.md)
-WRITER_CONNECTIONS = 1
-WRITER_OVERLAP_AFTER = 0.0
-
 SQLITE_PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
@@ -90,11 +85,8 @@ class Database:
 
     def writer(self, write: Callable[[Sequence[W]], list[T]], *, name: str,
                numbering: Numbering[W, T] | None = None) -> BatchWriter[W, T]:
-        """A group-committing writer for `write` on a thread of its own, stopped by `close`
-        (with a `numbering`, on PostgreSQL, `WRITER_CONNECTIONS` commits in flight)."""
-        connections = WRITER_CONNECTIONS if isinstance(self.db, pw.PostgresqlDatabase) else 1
-        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering,
-                                                connections=connections, overlap_after=WRITER_OVERLAP_AFTER)
+        """A group-committing writer for `write` on a thread of its own, stopped by `close`."""
+        writer: BatchWriter[W, T] = BatchWriter(self, write, name=name, numbering=numbering)
         self._writers.append(writer)
         return writer
 

@@ -31,25 +31,19 @@ this thread keeps a shift per study, subtracted from every later write's number,
 loop has given the number back to its source and says so with `adjust` (through the same
 queue, so every write numbered before the give-back is shifted, none after).
 
-A second commit in flight (`connections=2`, PostgreSQL): a batch's COMMIT waits for its WAL
-flush, and with one connection a message that arrives during a slow flush waits for it, then
-for its own batch to be built, executed and flushed. A second thread with its own connection
-may start the next batch while the last one is in flight, but only once that one has been
-in flight for `overlap_after` seconds (a slow flush): under load the batches stay as large as
-with one connection instead of halving. A batch takes no write of a series (study) that is
-in the other thread's batch, nor any later write or `adjust` of that series: a study's writes
-commit in its order, and a series' shift is only ever touched by the thread that has the
-series. SQLite has one writer at a time anyway; a writer without a `Numbering` keeps one
-thread (its callers rely on the submission order).
+One connection, one commit in flight: a second thread with its own connection (the next
+batch written while the last one's WAL flush is under way) was built and measured; in a
+process at its one-GIL CPU ceiling it halved the batches and doubled the commits, and cost
+more per message than it saved in waiting (docs/domain.md, "One commit in flight").
 
-The IOLoop only appends to a list under a lock the threads hold for their bookkeeping only
-(never during a query), and is woken once per batch.
+The IOLoop only enqueues (`queue.SimpleQueue.put` never blocks) and is woken once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -94,6 +88,13 @@ class _Adjust:
         self.delta = delta
 
 
+class _Stop:
+    """Put on the queue by `close`: the thread finishes what came before it, then ends."""
+
+
+_STOP = _Stop()
+
+
 class _Pending(Generic[W, R]):
     __slots__ = ("future", "item", "loop")
 
@@ -113,46 +114,30 @@ class BatchWriter(Generic[W, R]):
     """
 
     def __init__(self, database: Database, write: Callable[[Sequence[W]], list[R]], *, name: str,
-                 max_batch: int = MAX_BATCH, numbering: Numbering[W, R] | None = None,
-                 connections: int = 1, overlap_after: float = 0.0) -> None:
+                 max_batch: int = MAX_BATCH, numbering: Numbering[W, R] | None = None) -> None:
         self.database = database
         self.write = write
         self.name = name
         self.max_batch = max_batch
         self.numbering = numbering
-        #: threads (each with its connection), so batches (commits) in flight at once
-        self.connections = connections if numbering is not None else 1
-        #: seconds a batch is in flight before another thread may start the next one
-        self.overlap_after = overlap_after
-        #: guards `_waiting`, `_busy`, `_started`, `_stopping` and the counters; the threads
-        #: wait on it for work
-        self._work = threading.Condition()
-        #: handed to the threads and not yet in a batch, in submission order
-        self._waiting: list[_Pending[W, R] | _Adjust] = []
-        #: series in a batch being written: their later writes wait for it (`_take`)
-        self._busy: set[Hashable] = set()
-        #: when each batch in flight started (`time.monotonic`), by its thread's ident
-        self._started: dict[int, float] = {}
-        self._stopping = False
-        #: submitted in this loop turn, handed to the threads at its end (`_hand_over`)
+        self._queue: queue.SimpleQueue[list[_Pending[W, R] | _Adjust] | _Stop] = queue.SimpleQueue()
+        #: submitted in this loop turn, handed to the thread at its end (`_hand_over`)
         self._turn: list[_Pending[W, R] | _Adjust] = []
         #: the loop this turn's writes were submitted on (valid while `_turn` is not empty)
         self._turn_loop: asyncio.AbstractEventLoop | None = None
-        #: on the threads: numbers given up per series and not yet `adjust`ed by the loop
+        #: on the thread: numbers given up per series and not yet `adjust`ed by the loop
         self._shift: dict[Hashable, int] = {}
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
         #: batches written and writes in them (the mean batch size tells how much grouping helps)
         self.batches = 0
         self.writes = 0
-        #: batches started while another was in flight
-        self.overlapped = 0
-        #: writes handed to the threads (minus `writes` and `writing`: waiting for a batch)
+        #: writes handed to the thread (minus `writes` and `writing`: waiting for a batch)
         self.handed = 0
         #: seconds spent writing (busy / wall time: how close the writer is to its limit)
         self.busy = 0.0
-        #: writes in the batches being written now (0: waiting for work)
+        #: writes in the batch being written now (0: waiting for work)
         self.writing = 0
 
     async def submit(self, item: W) -> R:
@@ -180,7 +165,7 @@ class BatchWriter(Generic[W, R]):
         return loop if loop is not None and self._turn else asyncio.get_running_loop()
 
     def _put(self, entry: _Pending[W, R] | _Adjust, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._threads:
+        if self._thread is None:
             self._start()
         self._turn.append(entry)
         if len(self._turn) == 1:
@@ -188,109 +173,60 @@ class BatchWriter(Generic[W, R]):
             loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
-        """At the end of the loop turn: this turn's writes go to the threads as one piece."""
+        """At the end of the loop turn: this turn's writes go to the thread as one piece."""
         turn, self._turn = self._turn, []
-        if self._closed:  # the threads may have stopped already: nobody would write these
+        if self._closed:  # the thread may have taken its stop already: nobody would write these
             for pending in turn:
                 if isinstance(pending, _Pending) and not pending.future.done():
                     pending.future.set_exception(RuntimeError(f"the {self.name} writer is closed"))
             return
-        with self._work:
-            self.handed += sum(1 for entry in turn if isinstance(entry, _Pending))
-            self._waiting += turn
-            self._work.notify_all()
+        self.handed += sum(1 for entry in turn if isinstance(entry, _Pending))
+        self._queue.put(turn)
 
     def _start(self) -> None:
         with self._start_lock:
-            if not self._threads:
-                self._threads = [threading.Thread(target=self._run, name=f"coup-db-{self.name}-{i}", daemon=True)
-                                 for i in range(self.connections)]
-                for thread in self._threads:
-                    thread.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"coup-db-{self.name}", daemon=True)
+                self._thread.start()
 
     def close(self) -> None:
-        """Write what was submitted, then stop the threads (blocking: call it off the loop)."""
+        """Write what was submitted, then stop the thread (blocking: call it off the loop)."""
         self._closed = True
-        with self._work:
-            self._stopping = True
-            self._work.notify_all()
-        for thread in self._threads:
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
             thread.join()
 
-    # ------------------------------------------------------------------ the writer threads
+    # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        me = threading.get_ident()
         try:
-            while True:
-                with self._work:
-                    while not (batch := self._next_batch()):
-                        if self._stopping and not self._waiting and not self._started:
-                            return
-                        self._work.wait(self._overlap_in())
-                    series = self._series(batch)
-                    writes = sum(1 for entry in batch if isinstance(entry, _Pending))
-                    if self._started:
-                        self.overlapped += 1
-                    self._busy |= series
-                    self._started[me] = time.monotonic()
-                    self.writing += writes
-                try:
-                    self._write(batch, series)
-                finally:
-                    with self._work:
-                        self._busy -= series
-                        del self._started[me]
-                        self.writing -= writes
-                        self._work.notify_all()  # the series' later writes may go now
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if isinstance(first, _Stop):
+                    break
+                waiting = list(first)
+                while len(waiting) < self.max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, _Stop):
+                        stopping = True
+                        break
+                    waiting += more
+                for start in range(0, len(waiting), self.max_batch):
+                    batch = waiting[start:start + self.max_batch]
+                    self.writing = sum(1 for entry in batch if isinstance(entry, _Pending))
+                    try:
+                        self._write(batch)
+                    finally:
+                        self.writing = 0
         finally:
             db = self.database.db
             if not db.is_closed():  # this thread's connection
                 db.close()
-
-    def _overlap_in(self) -> float | None:
-        """(Holding `_work`.) Seconds until the batch in flight has been so for `overlap_after`
-        (None: nothing to wait for but a notification)."""
-        if not self._waiting or not self._started:
-            return None
-        return max(0.0, max(self._started.values()) + self.overlap_after - time.monotonic()) or None
-
-    def _next_batch(self) -> list[_Pending[W, R] | _Adjust]:
-        """(Holding `_work`.) The next batch for this idle thread, or nothing: no write waiting,
-        or another batch in flight for less than `overlap_after`, or every waiting write held."""
-        if not self._waiting:
-            return []
-        if self._started and time.monotonic() < max(self._started.values()) + self.overlap_after:
-            return []
-        return self._take()
-
-    def _series_of(self, entry: _Pending[W, R] | _Adjust) -> Hashable:
-        if isinstance(entry, _Adjust):
-            return entry.series
-        return None if self.numbering is None else self.numbering.series(entry.item)
-
-    def _series(self, entries: list[_Pending[W, R] | _Adjust]) -> set[Hashable]:
-        return {self._series_of(entry) for entry in entries} if self.numbering is not None else set()
-
-    def _take(self) -> list[_Pending[W, R] | _Adjust]:
-        """(Holding `_work`.) The waiting writes in order, up to `max_batch`, leaving those of
-        a series in another thread's batch and every later one of that series."""
-        held = self._busy
-        taken: list[_Pending[W, R] | _Adjust] = []
-        left: list[_Pending[W, R] | _Adjust] = []
-        writes = 0
-        for at, entry in enumerate(self._waiting):
-            if writes >= self.max_batch:
-                left += self._waiting[at:]
-                break
-            if held and self._series_of(entry) in held:
-                left.append(entry)
-                continue
-            taken.append(entry)
-            if isinstance(entry, _Pending):
-                writes += 1
-        self._waiting = left
-        return taken
 
     def _numbered(self, entries: list[_Pending[W, R] | _Adjust]) -> tuple[list[_Pending[W, R]], list[W]]:
         """The batch's writes, each with the shift of its series at its place in the queue
@@ -322,10 +258,9 @@ class BatchWriter(Generic[W, R]):
                 series = self.numbering.series(item)
                 self._shift[series] = self._shift.get(series, 0) + 1
 
-    def _write(self, entries: list[_Pending[W, R] | _Adjust], series: set[Hashable]) -> None:
+    def _write(self, entries: list[_Pending[W, R] | _Adjust]) -> None:
         started = time.perf_counter()
-        # only this thread touches the shifts of these series while the batch is written
-        shift_before = {key: self._shift[key] for key in series if key in self._shift}
+        shift_before = dict(self._shift)
         batch, items = self._numbered(entries)
         if not batch:
             return
@@ -338,11 +273,7 @@ class BatchWriter(Generic[W, R]):
             self._gave_up(items, outcomes)
         except Exception as exc:
             failed = True
-            for key in series:  # nothing of it was written: number it again, write by write
-                if key in shift_before:
-                    self._shift[key] = shift_before[key]
-                else:
-                    self._shift.pop(key, None)
+            self._shift = shift_before  # nothing of it was written: number it again, write by write
             if len(batch) == 1:
                 self._numbered(entries)
                 outcomes = [exc]
@@ -357,10 +288,9 @@ class BatchWriter(Generic[W, R]):
                         outcomes.append(self._write_alone(item[0]))
                         self._gave_up(item, outcomes[-1:])
         seconds = time.perf_counter() - started
-        with self._work:
-            self.batches += 1
-            self.writes += len(batch)
-            self.busy += seconds
+        self.batches += 1
+        self.writes += len(batch)
+        self.busy += seconds
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[W, R], R | BaseException]]] = {}
         for pending, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending, outcome))

@@ -86,10 +86,6 @@ async def queued_behind_a_blocked_batch(node: DomainNode, url: str, first: Clien
     behind it (each in a room of its own), then the lock goes. Returns the acks of `sends`
     and `first`'s last, once the queued messages were written as one batch."""
     writer = node.domain.rooms.messages
-    # one batch in flight (PostgreSQL's second connection would take the queued messages once
-    # the first batch is slow, and wait on the same lock): set before the first write starts the threads
-    assert writer.handed == 0
-    writer.connections = 1
     batches = writer.batches
     with write_lock(url):
         blocked = asyncio.ensure_future(first.call("message", {"studyId": 1, "content": "first"}))

@@ -10,10 +10,7 @@ one room's messages, from several sockets, are numbered behind the first batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -109,53 +106,3 @@ async def test_a_room_has_several_messages_in_one_batch(
     assert writer.batches == batches + 2, "the room's four queued messages were written as one batch"
     assert [ack["seq"] for ack in acks] == [2, 3, 4, 5, 1]
     assert await received_in_order(chloe, 5) == [(1, "first")] + [(i + 2, f"m{i}") for i in range(4)]
-
-
-@contextmanager
-def study_row_locked(url: str, study_id: int) -> Iterator[None]:
-    """Another connection holds study `study_id`'s row FOR UPDATE: an INSERT of a message of
-    that study waits (its foreign key check), one of another study does not."""
-    import psycopg2
-
-    parts = urlsplit(url)
-    options = parse_qs(parts.query).get("options", [""])[0]
-    conn = psycopg2.connect(parts._replace(query="").geturl(), options=options)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT id FROM studies WHERE id = %s FOR UPDATE", (study_id,))
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite: one writer at a time
-@pytest.mark.parametrize("overlap_after", [0.0, 0.02], ids=["at-once", "once-slow"])
-async def test_another_rooms_message_commits_while_a_rooms_batch_waits(
-        domain_node: DomainNode, connect: ClientFactory, database_url: str, overlap_after: float) -> None:
-    """A writer with two connections: two batches in flight. Study 1's batch waits on its
-    study's row; Dan's message to study 2 is written on the other connection (once the first
-    batch has been in flight for `overlap_after`) and acked meanwhile; Alice's next message to
-    study 1 waits for her room's batch (a study's writes are never in two batches at once, so
-    they commit in its order), then both are stored in order."""
-    writer = domain_node.domain.rooms.messages
-    assert writer.handed == 0  # its threads start at the first write
-    writer.connections, writer.overlap_after = 2, overlap_after
-    alice, alice2 = await connect(1, join=(1,)), await connect(1, join=(1,))
-    dan = await connect(4, join=(2,))
-    with study_row_locked(database_url, 1):
-        first = asyncio.ensure_future(alice.call("message", {"studyId": 1, "content": "first"}))
-        await eventually(lambda: writer.writing == 1, "study 1's batch started")
-        second = asyncio.ensure_future(alice2.call("message", {"studyId": 1, "content": "second"}))
-        await eventually(lambda: writer.handed - writer.writes - writer.writing == 1, "study 1's next one waits")
-        elsewhere = await dan.call("message", {"studyId": 2, "content": "elsewhere"})
-        assert (elsewhere["ok"], elsewhere["seq"]) == (True, 1)
-        assert writer.overlapped == 1
-        # the other connection is free again; study 1's next message still waits for its room's batch
-        await eventually(lambda: writer.writing == 1 and writer.handed - writer.writes - writer.writing == 1,
-                         "study 1's batch alone in flight")
-        assert not first.done() and not second.done()
-    acks = await asyncio.gather(first, second)
-    assert [(ack["ok"], ack["seq"]) for ack in acks] == [(True, 1), (True, 2)]
-    assert [(r["study"], r["seq"], r["content"]) for r in await domain_node.db(stored_messages)] == [
-        (1, 1, "first"), (2, 1, "elsewhere"), (1, 2, "second")]
