@@ -8,16 +8,17 @@ order rotated each round, and the medians over the rounds are compared.
 
 A variant is CoUp from this tree with extra environment variables, or at another commit:
 
-    python bench/product_ab.py --rounds 4 --rate 1300 \\
-        --variant one=COUP_WRITER_CONNECTIONS=1 \\
-        --variant two=COUP_WRITER_CONNECTIONS=2,COUP_WRITER_OVERLAP_MS=1.5 \\
+    python bench/product_ab.py --rounds 4 --rate 1300 --closed \\
+        --variant prepared=COUP_DB_PREPARE=1 --variant whole=COUP_DB_PREPARE=0 \\
         --before productrt --node
+
+(bench/README.md, "A second commit in flight, measured again": the writer's connections were
+variants through three measurement-only environment variables.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import statistics
 import sys
@@ -31,13 +32,14 @@ from bench.product_path import (
     REF,
     ROOT,
     Target,
+    coup_environment,
     export_commit,
     run_phase,
     schemas,
     seed,
     with_schema,
+    write_users,
 )
-from coup.domain.auth import TokenService
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -61,21 +63,14 @@ def main() -> None:
     parser.add_argument("--closed", action="store_true", help="also a closed-loop phase per round")
     args = parser.parse_args()
     secret = secrets.token_urlsafe(48)
-    tokens = TokenService(secret, "HS256", 10.0)
     variants = [parse_variant(spec) for spec in args.variant]
     names = [name for name, _ in variants] + (["before"] if args.before else []) + (["node"] if args.node else [])
     with schemas(args.database, names) as made, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        users_file = tmp / "users.json"
-        users_file.write_text(json.dumps([
-            {"userId": u, "token": tokens.issue(u, ttl=3600), "studyId": (u - 1) % args.studies + 1}
-            for u in range(1, args.users + 1)]))
+        users_file = write_users(tmp / "users.json", secret, args.users, args.studies)
         for schema in made.values():
             seed(with_schema(args.database, schema), args.users, args.studies)
-        coup_env = {"JWT_SECRET": secret, "HOST": "127.0.0.1", "COUP_LOG_LEVEL": "WARNING",
-                    "COUP_MESSAGE_RATE": "1000000", "COUP_MESSAGE_BURST": "1000000", "COUP_JOIN_RATE": "1000000",
-                    "COUP_JOIN_BURST": "1000000", "COUP_MAX_CONNECTIONS_PER_ADDRESS": "100000",
-                    "PYTHONPATH": str(ROOT)}
+        coup_env = coup_environment(secret)
         targets = [Target(name, made[name], [sys.executable, "-m", "coup", "serve"],
                           {**coup_env, **env, "DATABASE_URL": with_schema(args.database, made[name])}, ROOT)
                    for name, env in variants]
