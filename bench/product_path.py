@@ -231,6 +231,22 @@ def export_commit(ref: str, into: Path) -> Path:
     return into
 
 
+def write_users(path: Path, secret: str, users: int, studies: int) -> Path:
+    """The loadgen's users: a JWT each (signed with the servers' `secret`) and the study it chats in."""
+    tokens = TokenService(secret, "HS256", 10.0)
+    path.write_text(json.dumps([
+        {"userId": u, "token": tokens.issue(u, ttl=3600), "studyId": (u - 1) % studies + 1}
+        for u in range(1, users + 1)]))
+    return path
+
+
+def coup_environment(secret: str) -> dict[str, str]:
+    """CoUp as the product runs, its rate limits lifted: the load is the point here."""
+    return {"JWT_SECRET": secret, "HOST": "127.0.0.1", "COUP_LOG_LEVEL": "WARNING",
+            "COUP_MESSAGE_RATE": "1000000", "COUP_MESSAGE_BURST": "1000000", "COUP_JOIN_RATE": "1000000",
+            "COUP_JOIN_BURST": "1000000", "COUP_MAX_CONNECTIONS_PER_ADDRESS": "100000", "PYTHONPATH": str(ROOT)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -247,21 +263,14 @@ def main() -> None:
     if not (REF / "node_modules" / "pg").is_dir():
         sys.exit("run `npm ci` in bench/product_ref first")
     secret = secrets.token_urlsafe(48)
-    tokens = TokenService(secret, "HS256", 10.0)
     names = ["bare", "ours", "node"] + (["before"] if args.before else [])
     with schemas(args.database, names) as made, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        users_file = tmp / "users.json"
-        users_file.write_text(json.dumps([
-            {"userId": u, "token": tokens.issue(u, ttl=3600), "studyId": (u - 1) % args.studies + 1}
-            for u in range(1, args.users + 1)]))
+        users_file = write_users(tmp / "users.json", secret, args.users, args.studies)
         for name, schema in made.items():
             seed(with_schema(args.database, schema), args.users if name != "bare" else args.bare_threads,
                  args.studies if name != "bare" else args.bare_threads)
-        coup_env = {"JWT_SECRET": secret, "HOST": "127.0.0.1", "COUP_LOG_LEVEL": "WARNING",
-                    "COUP_MESSAGE_RATE": "1000000", "COUP_MESSAGE_BURST": "1000000", "COUP_JOIN_RATE": "1000000",
-                    "COUP_JOIN_BURST": "1000000", "COUP_MAX_CONNECTIONS_PER_ADDRESS": "100000",
-                    "PYTHONPATH": str(ROOT)}
+        coup_env = coup_environment(secret)
         targets = []
         if args.only != "node":
             targets.append(Target("ours", made["ours"], [sys.executable, "-m", "coup", "serve"],
