@@ -346,10 +346,9 @@ def prepared_statement_lost() -> list[list[dict[str, Any]]]:
 
 
 @pytest.mark.errors_logged
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # prepared statements: PostgreSQL
 async def test_a_vanished_prepared_statement_turns_preparing_off(
         domain_node: DomainNode, caplog: pytest.LogCaptureFixture) -> None:
-    if not domain_node.domain.settings.database_url.startswith("postgresql"):
-        pytest.skip("prepared statements: PostgreSQL")
     counts = message_statement.COUNTS
     message_statement.forget_prepared()
     batches, fallbacks = counts.batches, counts.fallbacks
