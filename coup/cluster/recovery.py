@@ -102,11 +102,13 @@ class RedisRecoveryLog(Generic[_T]):
         meta_key = options.nsp_key("rlog", namespace, "m")
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
-        # idle logs go away a minute after their window
+        #: how long the log outlives the last node that kept it alive (`refresh`): a minute
+        #: past the window, so a client of the last node gone can still come back within it
+        self.log_ttl_ms = self.window_ms + 60_000
         self._log_publish = publishing(LOG_PUBLISH, options.sharded)
         self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key, self.window_ms,
                                        recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
-                                       self.window_ms + 60_000, int(ONCE_WINDOW * 1000))
+                                       self.log_ttl_ms, int(ONCE_WINDOW * 1000))
         self._keys = [self.log_key, meta_key]
         #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
         self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
@@ -281,7 +283,7 @@ class RedisRecoveryLog(Generic[_T]):
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in self._keys:
-                    pipe.pexpire(key, self._head[-1])
+                    pipe.pexpire(key, self.log_ttl_ms)
                 for pid in pids:
                     pipe.pexpire(self._session_key(pid), self.window_ms)
                 await pipe.execute()
