@@ -521,6 +521,12 @@ class Bus:
         self._schedule_flush()
         return cast(list[Any], batch[1])
 
+    def open_arguments(self, key: str) -> list[Any] | None:
+        """The argument list of this loop turn's command `key` if it is still open (nothing
+        queued since would be overtaken by adding to it), else None: `open_command` then."""
+        batch = self._open.get(key)
+        return None if batch is None else cast(list[Any], batch[1])
+
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command after everything published so far; the future gives its reply
         (a Redis error reply is returned, not raised). Fails with `RedisUnavailable` while

@@ -135,11 +135,12 @@ class RedisRecoveryLog(Generic[_T]):
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
         end of this loop turn with the turn's other broadcasts; with a `once` key, only if
         no broadcast with that key went out before. False while disconnected."""
-        call: _Call[_T] = _Call()
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
-        if batch is None:
-            return False
-        if batch is not self._batch:
+        batch = self.bus.open_arguments(self.log_key)
+        if batch is None or batch is not self._batch:
+            call: _Call[_T] = _Call()
+            batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
+            if batch is None:
+                return False
             call.args = batch
             self._batch, self._tokens = batch, call.tokens
             self.stats["calls"] += 1
