@@ -56,7 +56,9 @@ class OwnBroadcasts(Generic[_O]):
         return number, f"{self.node_id}:{number}"
 
     def keep(self, number: int, sender: _O, mid: str, packet: EncodedPacket, opts: BroadcastOptions) -> None:
-        size = len(packet.text) + sum(len(a) for a in packet.attachments)
+        size = len(packet.text)
+        if packet.attachments:
+            size += sum(len(a) for a in packet.attachments)
         if size > self.max_bytes // 16:
             return  # a large one is decoded again when it comes back rather than crowd out the rest
         kept = self._kept

@@ -168,6 +168,8 @@ class RedisRecoveryLog(Generic[_T]):
         return True
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result() == []:
+            return  # the usual answer: published, nobody refused
         if future.cancelled():
             reply: Any = RedisUnavailable("cancelled")
         else:
