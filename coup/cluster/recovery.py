@@ -132,8 +132,8 @@ class RedisRecoveryLog(Generic[_T]):
     def publish(self, channels: Sequence[bytes], origin: str | None, stamp: bool, envelope: bytes,
                 token: _T, once: str = "") -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        end of this loop turn with the turn's other broadcasts; with a `once` key, only if
-        no broadcast with that key went out before. False while disconnected."""
+        bus's next flush with the other broadcasts until then (one script call); with a
+        `once` key, only if no broadcast with that key went out before. False while disconnected."""
         batch = self.bus.open_arguments(self.log_key)
         if batch is None or batch is not self._batch:
             call: _Call[_T] = _Call()
