@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +31,7 @@ from coup.cluster.bus import Bus
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_CLAIM, SESSION_SAVE, publishing
+from coup.cluster.scripts import LOG_READ, SESSION_CLAIM, SESSION_SAVE, log_publish
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
@@ -102,11 +102,12 @@ class RedisRecoveryLog(Generic[_T]):
         meta_key = options.nsp_key("rlog", namespace, "m")
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
-        # idle logs go away a minute after their window
-        self._log_publish = publishing(LOG_PUBLISH, options.sharded)
-        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key, self.window_ms,
-                                       recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
-                                       self.window_ms + 60_000, int(ONCE_WINDOW * 1000))
+        #: how long the log outlives the last node that kept it alive (`refresh`): a minute
+        #: past the window, so a client of the last node gone can still come back within it
+        self.log_ttl_ms = self.window_ms + 60_000
+        self._log_publish = log_publish(self.window_ms, recovery.max_packets, recovery.max_bytes, origin_packets,
+                                        origin_bytes, self.log_ttl_ms, int(ONCE_WINDOW * 1000), options.sharded)
+        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key)
         self._keys = [self.log_key, meta_key]
         #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
         self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
@@ -128,23 +129,30 @@ class RedisRecoveryLog(Generic[_T]):
 
     # ------------------------------------------------------------------ the log
 
-    def publish(self, channels: Iterable[bytes], origin: str | None, stamp: bool, envelope: bytes,
+    def publish(self, channels: Sequence[bytes], origin: str | None, stamp: bool, envelope: bytes,
                 token: _T, once: str = "") -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        end of this loop turn with the turn's other broadcasts; with a `once` key, only if
-        no broadcast with that key went out before. False while disconnected."""
-        call: _Call[_T] = _Call()
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
-        if batch is None:
-            return False
-        if batch is not self._batch:
+        bus's next flush with the other broadcasts until then (one script call); with a
+        `once` key, only if no broadcast with that key went out before. False while disconnected."""
+        batch = self.bus.open_arguments(self.log_key)
+        if batch is None or batch is not self._batch:
+            call: _Call[_T] = _Call()
+            batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
+            if batch is None:
+                return False
             call.args = batch
             self._batch, self._tokens = batch, call.tokens
             self.stats["calls"] += 1
-        channels = list(channels)
-        batch.append(len(channels))
-        batch.extend(channels)
-        batch += (origin or "", b"1" if stamp else b"0", once, envelope)
+        if len(channels) == 1:  # a list, a tuple: `_channels` gives lists
+            batch += (1, channels[0])
+        else:
+            channels = list(channels)
+            batch.append(len(channels))
+            batch.extend(channels)
+        if once:
+            batch += (("3" if stamp else "2") + (origin or ""), once, envelope)
+        else:
+            batch += (("1" if stamp else "0") + (origin or ""), envelope)
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
@@ -156,10 +164,12 @@ class RedisRecoveryLog(Generic[_T]):
         assert self._batch is not None
         if self._slot is not None and key_slot(channel) != self._slot:
             return False
-        self._batch += (1, channel, "", b"0", "", data)
+        self._batch += (1, channel, b"0", data)
         return True
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result() == []:
+            return  # the usual answer: published, nobody refused
         if future.cancelled():
             reply: Any = RedisUnavailable("cancelled")
         else:
@@ -281,7 +291,7 @@ class RedisRecoveryLog(Generic[_T]):
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in self._keys:
-                    pipe.pexpire(key, self._head[-1])
+                    pipe.pexpire(key, self.log_ttl_ms)
                 for pid in pids:
                     pipe.pexpire(self._session_key(pid), self.window_ms)
                 await pipe.execute()

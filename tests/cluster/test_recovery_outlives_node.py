@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from coup.core.adapter import ONCE_WINDOW
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import NodeProcess, Peer, RedisServer, api, wait_until
+from tests.cluster.conftest import NodeProcess, Peer, RedisServer, api, start_node, wait_until
 from tests.cluster.rawclient import RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -298,3 +299,24 @@ async def test_the_stock_client_behind_a_router_comes_back_recovered_after_a_sig
     finally:
         await js.close()  # its WebSocket through the router first: the router waits for open ones
         await router.stop()
+
+
+async def test_the_nodes_keep_the_log_a_minute_past_a_long_window(own_redis):
+    """A window longer than the once-window (120 s): the log a node keeps alive must still live
+    the window plus a minute after that node's last refresh, not the once-window's 120 s.
+    The node's refresher runs `refresh` every quarter window (30 s at most): the test calls the
+    method it calls instead of waiting for it."""
+    window_s = 300
+    prefix = "r" + secrets.token_hex(3)
+    node = await start_node(own_redis.url, prefix, "n0", recovery_window=float(window_s))
+    try:
+        recovery_log = node.node.sio.of(NAMESPACE).adapter.recovery_log  # type: ignore[attr-defined]
+        log_key = f"{prefix}:rlog:{NAMESPACE}"
+        node.node.sio.of(NAMESPACE).to("study:1").emit("said", {"text": "kept"})
+        await wait_until(lambda: own_redis.cli("EXISTS", log_key) == "1", what="the log created")
+        await recovery_log.refresh([])
+        log_ttl_ms = (window_s + 60) * 1000
+        for key in (log_key, log_key + ":m"):
+            assert ONCE_WINDOW * 1000 < int(own_redis.cli("PTTL", key)) <= log_ttl_ms, key
+    finally:
+        await node.node.stop()
