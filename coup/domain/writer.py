@@ -137,7 +137,9 @@ class BatchWriter(Generic[W, R]):
         self.handed = 0
         #: seconds spent writing (busy / wall time: how close the writer is to its limit)
         self.busy = 0.0
-        #: writes in the batch being written now (0: waiting for work)
+        #: writes in the batch being written now (0: waiting for work). The counters are
+        #: brought up to date before the loop hears of a batch's results (`_write`): whoever
+        #: sees a result sees its batch counted in `writes` and no longer in `writing`
         self.writing = 0
 
     async def submit(self, item: W) -> R:
@@ -291,6 +293,9 @@ class BatchWriter(Generic[W, R]):
         self.batches += 1
         self.writes += len(batch)
         self.busy += seconds
+        # done before the results go out: the loop may run `_settle` (and whatever its
+        # futures wake) before this thread takes another step
+        self.writing = 0
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[W, R], R | BaseException]]] = {}
         for pending, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending, outcome))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 import time
 from typing import cast
@@ -169,6 +170,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         "_door",
         "_due",
         "_held",
+        "_idle",
         "_loop",
         "_paused",
         "_peer",
@@ -196,6 +198,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._served = 0
         #: the deadline armed is the body's (`body_timeout`), not the head's
         self._body_wait = False
+        #: the deadline armed is the keep-alive idle one: no byte of the next request yet
+        self._idle = False
         #: reading paused: too much came behind a held poll
         self._paused = False
 
@@ -240,7 +244,9 @@ class FrontDoorProtocol(asyncio.Protocol):
         if end < 0:
             if len(buffer) > MAX_HEAD:
                 self._hand_on(buffer)
-            elif not self._due:
+            elif not self._due or self._idle:
+                # a request has begun: its head gets its own head_timeout from its first
+                # byte, not what was left of the idle time (as Node's keepAliveTimeout)
                 self._arm(door.head_timeout)
             return False
         try:
@@ -323,7 +329,7 @@ class FrontDoorProtocol(asyncio.Protocol):
             self._release()
             transport.close()
         elif not self._buffer:
-            self._arm(self._door.head_timeout)
+            self._arm(self._door.head_timeout, idle=True)
 
     def _hand_on(self, buffer: bytes) -> None:
         transport = self._transport
@@ -331,8 +337,9 @@ class FrontDoorProtocol(asyncio.Protocol):
         self._release()
         self._door.to_tornado(transport, buffer)
 
-    def _arm(self, seconds: float) -> None:
-        """Close the connection unless a request is complete within `seconds`.
+    def _arm(self, seconds: float, *, idle: bool = False) -> None:
+        """Close the connection unless a request is complete within `seconds` (`idle`: the
+        connection is between two requests, and the next one's first byte re-arms it).
 
         Lazily: a request or answer per poll only moves `_due`; the loop timer behind it
         (one per connection) is created when none runs and, when it fires early, set again.
@@ -340,6 +347,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         loop = self._loop
         due = self._due = loop.time() + seconds
         self._body_wait = False
+        self._idle = idle
         timer = self._deadline
         if timer is not None and timer.when() > due:
             timer.cancel()
@@ -349,6 +357,7 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     def _disarm(self) -> None:
         self._body_wait = False
+        self._idle = False
         self._due = 0.0
 
     def _check_due(self) -> None:
@@ -388,6 +397,13 @@ class FrontDoorProtocol(asyncio.Protocol):
         if transport is None or self._held is not None or self._stream is not None:
             return
         partial = bool(self._buffer) and not self._body_wait
+        if not self._buffer and _unread(transport):
+            # a request came in before its connection's deadline fired but after the loop
+            # last looked (a loaded loop runs its timers late): closing now would drop a
+            # request the client has sent, which it must not resend if it is a POST. The
+            # loop reads it next; it gets a head deadline of its own
+            self._arm(self._door.head_timeout)
+            return
         log.info("front door: no complete request from %s within its time; closing", self._peer)
         self._release()
         if partial or not self._served:
@@ -404,3 +420,15 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Whether the kernel holds bytes of this connection (or its peer's close) that the loop
+    has not read yet (one poll system call: only when a deadline fires)."""
+    raw = transport.get_extra_info("socket")
+    fd = raw.fileno() if raw is not None else -1
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
