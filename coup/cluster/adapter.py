@@ -155,7 +155,7 @@ class RedisAdapter(RecoveryCalls):
         self.recovery: SessionRecovery | None = None
         if recovery is not None:
             self.recovery_log = RedisRecoveryLog(bus, client, options, nsp.name, node_id, recovery,
-                                                 self._deliver_unsent)
+                                                 self._deliver_unsent, self._own_channel)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None
         self._seen: OrderedDict[str, float] = OrderedDict()

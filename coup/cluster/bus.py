@@ -97,6 +97,8 @@ class Bus:
         #: the batch of each channel that may still take messages this turn
         self._open: dict[bytes | str, list[Any]] = {}
         self._flush_scheduled = False
+        #: the last marker `heard_so_far` queued (its batch, heard when it comes back)
+        self._marker: tuple[list[Any], asyncio.Future[None]] | None = None
         #: where this turn's plain publishes go while a folding command is open (see `open_command`)
         self._fold: Callable[[bytes, bytes], bool] | None = None
         self._broken = asyncio.Event()
@@ -491,6 +493,35 @@ class Bus:
         order; under load that divides Redis commands and pushes per message.
         """
         self._queue(channel, data, None)
+
+    def heard_so_far(self, channel: bytes) -> asyncio.Future[None]:
+        """Done once a marker published on `channel` (one we hear) after everything queued so
+        far has come back to us: every push Redis sent us before it ran has been handled by then.
+
+        A reply on the publishing connection can overtake a push on the subscribing one (two
+        sockets), so a command's answer says nothing about what we have heard. Redis runs one
+        connection's commands in order and pushes to a subscriber in order: the marker is the
+        barrier. Markers asked in a row share one PUBLISH. Fails with `RedisUnavailable`
+        while disconnected; a marker that never comes back (the link broke) never completes.
+        """
+        outbox = self._outbox
+        last = self._marker
+        if last is not None and outbox and outbox[-1] is last[0] and last[0][0] == channel and not last[1].done():
+            return last[1]
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pub = self._pub
+        if pub is None or pub.closed:
+            heard.set_exception(RedisUnavailable("redis is not connected"))
+            return heard
+        nonce = secrets.token_bytes(8)
+        self._probes[nonce] = heard
+        heard.add_done_callback(lambda _: self._probes.pop(nonce, None))
+        # a batch of its own, named in no `_open`: nothing queued later joins it ahead of its place
+        batch = [channel, [PROBE + nonce], None, 0]
+        self._marker = (batch, heard)
+        outbox.append(batch)
+        self._schedule_flush()
+        return heard
 
     def open_command(self, key: str, head: tuple[Any, ...], done: Callable[[asyncio.Future[Any]], None],
                      fold: Callable[[bytes, bytes], bool] | None = None) -> list[Any] | None:

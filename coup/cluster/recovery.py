@@ -89,8 +89,10 @@ class RedisRecoveryLog(Generic[_T]):
 
     def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions,
-                 on_unsent: Callable[[list[_T]], None]) -> None:
+                 on_unsent: Callable[[list[_T]], None], heard_on: bytes) -> None:
         self.bus = bus
+        #: a channel of ours the log script's pushes share a Redis with (see `after`)
+        self.heard_on = heard_on
         self.client = client
         self.options = options
         self.namespace = namespace
@@ -204,13 +206,21 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Entries after `offset` (to whom, as sockets get them); None when the log lost some
-        of them (or never gave `offset`): a client gets all it missed or a fresh session."""
+        of them (or never gave `offset`): a client gets all it missed or a fresh session.
+
+        Returned (unless `check_only`) once this node has also heard the pushes of every entry
+        read: the read's reply can overtake them (another connection), and a push handled
+        after the replay went out would reach the restored socket a second time, live, past
+        the hold that drops a replayed packet's live copy (`coup.core.hold`)."""
         if not offset.isdigit():
             return None
         try:
             reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
-            log.warning("recovery log unreadable (%s): a fresh session instead", exc)
+            if reply and not check_only:
+                async with asyncio.timeout(self.options.probe_timeout):
+                    await self.bus.heard_so_far(self.heard_on)
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
             return None
         if not reply:
             return None
