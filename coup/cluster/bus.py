@@ -109,6 +109,8 @@ class Bus:
         #: set by a Sentinel failover's end: the reconnect backoff stops waiting
         self._wake = asyncio.Event()
         self._probes: dict[bytes, asyncio.Future[None]] = {}
+        #: markers of `heard_so_far` on their way, by nonce (failed when the link breaks)
+        self._markers: dict[bytes, asyncio.Future[None]] = {}
         self._reconnect_hooks: list[ReconnectHook] = []
         self._down_callbacks: list[Callable[[], None]] = []
         self._first_ready = asyncio.Event()
@@ -181,6 +183,10 @@ class Bus:
                 if not future.done():
                     future.set_result(False)
         self._confirming.clear()
+        for marker in self._markers.values():
+            if not marker.done():
+                marker.set_exception(RedisUnavailable("the link to redis broke"))
+        self._markers.clear()
 
     def _mark_broken(self) -> None:
         self.ready = False
@@ -376,7 +382,7 @@ class Bus:
     def _receive(self, channel: bytes, data: bytes) -> None:
         self.stats["received_messages"] += 1
         if data[:1] == PROBE:
-            heard = self._probes.pop(data[1:], None)
+            heard = self._probes.pop(data[1:], None) or self._markers.pop(data[1:], None)
             if heard is not None and not heard.done():
                 heard.set_result(None)
             return
@@ -501,8 +507,8 @@ class Bus:
         A reply on the publishing connection can overtake a push on the subscribing one (two
         sockets), so a command's answer says nothing about what we have heard. Redis runs one
         connection's commands in order and pushes to a subscriber in order: the marker is the
-        barrier. Markers asked in a row share one PUBLISH. Fails with `RedisUnavailable`
-        while disconnected; a marker that never comes back (the link broke) never completes.
+        barrier. Markers asked in a row share one future and one PUBLISH (await it shielded).
+        Fails with `RedisUnavailable` while disconnected, or when the link breaks before it is heard.
         """
         outbox = self._outbox
         last = self._marker
@@ -514,8 +520,7 @@ class Bus:
             heard.set_exception(RedisUnavailable("redis is not connected"))
             return heard
         nonce = secrets.token_bytes(8)
-        self._probes[nonce] = heard
-        heard.add_done_callback(lambda _: self._probes.pop(nonce, None))
+        self._markers[nonce] = heard
         # a batch of its own, named in no `_open`: nothing queued later joins it ahead of its place
         batch = [channel, [PROBE + nonce], None, 0]
         self._marker = (batch, heard)

@@ -218,7 +218,7 @@ class RedisRecoveryLog(Generic[_T]):
             reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
             if reply and not check_only:
                 async with asyncio.timeout(self.options.probe_timeout):
-                    await self.bus.heard_so_far(self.heard_on)
+                    await asyncio.shield(self.bus.heard_so_far(self.heard_on))  # shared by the restores of a turn
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
             log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
             return None
