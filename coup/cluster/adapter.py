@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -45,6 +44,7 @@ from coup.cluster.envelope import (
     encode_json,
 )
 from coup.cluster.options import ClusterOptions
+from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ONCE_PUBLISH
@@ -132,9 +132,10 @@ class RedisAdapter(RecoveryCalls):
 
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
                  once: redis.Redis, request: Requester, inbox: Callable[[str], bytes],
-                 registry: dict[str, RedisAdapter]) -> None:
+                 registry: dict[str, RedisAdapter], own: OwnBroadcasts[RedisAdapter]) -> None:
         """`client` may retry idempotent commands, `once` never does; `inbox(node)` is a node's
-        channel; the adapter adds itself to `registry` (by namespace) while it serves."""
+        channel; the adapter adds itself to `registry` (by namespace) while it serves; `own`
+        gives the node's message ids and keeps its logged broadcasts until Redis hands them back."""
         self.nsp = nsp
         self.node_id = node_id
         self.options = options
@@ -154,7 +155,7 @@ class RedisAdapter(RecoveryCalls):
         self.recovery: SessionRecovery | None = None
         if recovery is not None:
             self.recovery_log = RedisRecoveryLog(bus, client, options, nsp.name, node_id, recovery,
-                                                 self._deliver_unsent)
+                                                 self._deliver_unsent, self._own_channel)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -164,7 +165,7 @@ class RedisAdapter(RecoveryCalls):
         self._unsettled: dict[str, _Stub] = {}
         #: sockets moving here: the message ids delivered to each while it joins its rooms
         self._adopting: dict[str, set[str]] = {}
-        self._mids = itertools.count(1)
+        self._own = own
         self._once_publish = once.register_script(ONCE_PUBLISH)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -246,7 +247,7 @@ class RedisAdapter(RecoveryCalls):
             return
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
-        mid = f"{self.node_id}:{next(self._mids)}"
+        _, mid = self._own.next_mid()
         data = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                           tuple(opts.exclude), stamp, encoded))
         channels = self._channels(opts)
@@ -282,11 +283,13 @@ class RedisAdapter(RecoveryCalls):
         (a local broadcast travels on our own inbox, which only we hear)."""
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
-        mid = f"{self.node_id}:{next(self._mids)}"
+        number, mid = self._own.next_mid()
         channels = self._channels(opts)
         envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
                                               tuple(opts.exclude), stamp, encoded))
-        if not log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts), opts.once):
+        if log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts), opts.once):
+            self._own.keep(number, self, mid, encoded, opts)
+        else:
             self._deliver_unsent([(mid, encoded, opts)])
 
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:
@@ -299,12 +302,16 @@ class RedisAdapter(RecoveryCalls):
     def on_broadcast(self, message: Broadcast, offset: int | None = None) -> None:
         """A broadcast from another node, an emitter or (through the recovery log) ourselves
         arrived on one of our channels; `offset` when the recovery log kept it."""
-        if len(message.rooms) > 1 and self._duplicate(message.mid):
+        self.on_logged(message.mid, message.packet, BroadcastOptions(frozenset(message.rooms),
+                                                                     frozenset(message.exclude)), offset)
+
+    def on_logged(self, mid: str, packet: EncodedPacket, opts: BroadcastOptions, offset: int | None) -> None:
+        """A broadcast as it arrived (or, one of ours through the recovery log, as we kept it)."""
+        if len(opts.rooms) > 1 and self._duplicate(mid):
             return
-        opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
-        self._local.deliver(logged_out(message.packet, offset), opts)
+        self._local.deliver(logged_out(packet, offset), opts)
         if self._unsettled or self._adopting:
-            self._moving_sockets_heard(message.mid, message.packet, offset, opts)
+            self._moving_sockets_heard(mid, packet, offset, opts)
 
     def _duplicate(self, mid: str) -> bool:
         seen = self._seen

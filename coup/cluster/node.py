@@ -30,6 +30,7 @@ from coup.cluster.homes import SessionHomes
 from coup.cluster.leases import Leases
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
+from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.presence import RedisPresence
 from coup.cluster.recovery import LOGGED, split_logged
 from coup.cluster.registry import Registry
@@ -154,6 +155,8 @@ class Cluster:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._own_broadcasts = origin_prefix(node_id)
+        #: this node's message ids, and its logged broadcasts until Redis hands them back
+        self.own: OwnBroadcasts[RedisAdapter] = OwnBroadcasts(node_id)
         self._maintenance: asyncio.Task[None] | None = None
         self.bus.fixed(channel_bytes(self.registry.announce_channel))
         self.bus.on_reconnect(self._link_up)
@@ -168,7 +171,8 @@ class Cluster:
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
-                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters)
+                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters,
+                            own=self.own)
 
     def _room_channel(self, room: str) -> bytes | None:
         """The channel of `room` in the default namespace (where room commands' callers are)."""
@@ -346,6 +350,12 @@ class Cluster:
             offset, envelope = split_logged(data)
             if offset is None and envelope[:1] != BROADCAST:
                 self._dispatch(channel, envelope)  # a plain message that rode with the broadcasts
+                return
+            own = self.own.take(envelope)
+            if own is not None:  # ours, as we kept it: nothing to decode
+                sender, mid, packet, opts = own
+                if self.adapters.get(sender.nsp.name) is sender:
+                    sender.on_logged(mid, packet, opts, offset)
                 return
             broadcast = decode_broadcast(envelope)
             adapter = self.adapters.get(broadcast.nsp)

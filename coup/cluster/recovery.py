@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +31,7 @@ from coup.cluster.bus import Bus
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ, SESSION_CLAIM, SESSION_SAVE, publishing
+from coup.cluster.scripts import LOG_READ, SESSION_CLAIM, SESSION_SAVE, log_publish
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
@@ -89,8 +89,10 @@ class RedisRecoveryLog(Generic[_T]):
 
     def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions,
-                 on_unsent: Callable[[list[_T]], None]) -> None:
+                 on_unsent: Callable[[list[_T]], None], heard_on: bytes) -> None:
         self.bus = bus
+        #: a channel of ours the log script's pushes share a Redis with (see `after`)
+        self.heard_on = heard_on
         self.client = client
         self.options = options
         self.namespace = namespace
@@ -105,10 +107,9 @@ class RedisRecoveryLog(Generic[_T]):
         #: how long the log outlives the last node that kept it alive (`refresh`): a minute
         #: past the window, so a client of the last node gone can still come back within it
         self.log_ttl_ms = self.window_ms + 60_000
-        self._log_publish = publishing(LOG_PUBLISH, options.sharded)
-        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key, self.window_ms,
-                                       recovery.max_packets, recovery.max_bytes, origin_packets, origin_bytes,
-                                       self.log_ttl_ms, int(ONCE_WINDOW * 1000))
+        self._log_publish = log_publish(self.window_ms, recovery.max_packets, recovery.max_bytes, origin_packets,
+                                        origin_bytes, self.log_ttl_ms, int(ONCE_WINDOW * 1000), options.sharded)
+        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key)
         self._keys = [self.log_key, meta_key]
         #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
         self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
@@ -130,23 +131,30 @@ class RedisRecoveryLog(Generic[_T]):
 
     # ------------------------------------------------------------------ the log
 
-    def publish(self, channels: Iterable[bytes], origin: str | None, stamp: bool, envelope: bytes,
+    def publish(self, channels: Sequence[bytes], origin: str | None, stamp: bool, envelope: bytes,
                 token: _T, once: str = "") -> bool:
         """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        end of this loop turn with the turn's other broadcasts; with a `once` key, only if
-        no broadcast with that key went out before. False while disconnected."""
-        call: _Call[_T] = _Call()
-        batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
-        if batch is None:
-            return False
-        if batch is not self._batch:
+        bus's next flush with the other broadcasts until then (one script call); with a
+        `once` key, only if no broadcast with that key went out before. False while disconnected."""
+        batch = self.bus.open_arguments(self.log_key)
+        if batch is None or batch is not self._batch:
+            call: _Call[_T] = _Call()
+            batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
+            if batch is None:
+                return False
             call.args = batch
             self._batch, self._tokens = batch, call.tokens
             self.stats["calls"] += 1
-        channels = list(channels)
-        batch.append(len(channels))
-        batch.extend(channels)
-        batch += (origin or "", b"1" if stamp else b"0", once, envelope)
+        if len(channels) == 1:  # a list, a tuple: `_channels` gives lists
+            batch += (1, channels[0])
+        else:
+            channels = list(channels)
+            batch.append(len(channels))
+            batch.extend(channels)
+        if once:
+            batch += (("3" if stamp else "2") + (origin or ""), once, envelope)
+        else:
+            batch += (("1" if stamp else "0") + (origin or ""), envelope)
         self._tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
@@ -158,10 +166,12 @@ class RedisRecoveryLog(Generic[_T]):
         assert self._batch is not None
         if self._slot is not None and key_slot(channel) != self._slot:
             return False
-        self._batch += (1, channel, "", b"0", "", data)
+        self._batch += (1, channel, b"0", data)
         return True
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result() == []:
+            return  # the usual answer: published, nobody refused
         if future.cancelled():
             reply: Any = RedisUnavailable("cancelled")
         else:
@@ -196,13 +206,21 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Entries after `offset` (to whom, as sockets get them); None when the log lost some
-        of them (or never gave `offset`): a client gets all it missed or a fresh session."""
+        of them (or never gave `offset`): a client gets all it missed or a fresh session.
+
+        Returned (unless `check_only`) once this node has also heard the pushes of every entry
+        read: the read's reply can overtake them (another connection), and a push handled
+        after the replay went out would reach the restored socket a second time, live, past
+        the hold that drops a replayed packet's live copy (`coup.core.hold`)."""
         if not offset.isdigit():
             return None
         try:
             reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
-            log.warning("recovery log unreadable (%s): a fresh session instead", exc)
+            if reply and not check_only:
+                async with asyncio.timeout(self.options.probe_timeout):
+                    await asyncio.shield(self.bus.heard_so_far(self.heard_on))  # shared by the restores of a turn
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
             return None
         if not reply:
             return None

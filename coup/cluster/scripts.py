@@ -214,9 +214,11 @@ return moved
 
 # Append broadcasts to the log and publish them, one script call per node per loop turn.
 # KEYS: log, meta
-# ARGV: window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, once_ms, then
-#       per message: channel count N, N channels, origin ('' for none), stamp (1/0), once key
-#       ('' for none), data
+# ARGV: per message: channel count N, N channels, FLAGS, (a once key when FLAGS says so,) data.
+#       FLAGS: one digit, then the origin socket ('' for none): 0 delivered only, 1 kept (a
+#       recovery offset), 2 / 3 the same with a once key.
+# The log's limits (window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms,
+# once_ms) are written into the script's first line (`log_publish`), not sent with each call.
 # A message with a once key is published (and kept) only if no message with that key was in
 # the last once_ms (``P:rlog:NSP:once:KEY``, set here, in the same step as the publish: so a
 # repeat of a broadcast the node died before publishing goes out, and one that was published
@@ -231,14 +233,14 @@ return moved
 # is per call: the fewest inner calls (an origin is charged with two HINCRBYs and given back
 # in the rare refusal, not read first), trimming in chunks a 64th below the bound once it is
 # reached (not one LPOP and its give-back per append), and numbers formatted as integers
-# (Lua's float formatting showed in Redis's profile). docs/architecture.md has the figures.
+# (Lua's float formatting showed in Redis's profile; a Lua number given to `redis.call` is
+# formatted as a float too, hence `string.format('%d', ...)`); the limits in the text and two
+# arguments per message, not six. docs/architecture.md has the figures.
 LOG_PUBLISH = """
 local log, meta = KEYS[1], KEYS[2]
-local max_packets, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local origin_packets, origin_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
--- Redis's clock in ms, as text: numbers are formatted as integers ('%d'), never as floats
-local now = t[1] .. string.sub(t[2] + 1000000, 2, 4)
+-- Redis's clock in ms, as text, by string operations alone (TIME's microseconds are not padded)
+local now = t[1] .. string.sub('00000' .. t[2], -6, -4)
 local refused = {}
 local added, count, admitted = 0, 0, 0
 local last_offset = 0
@@ -257,21 +259,30 @@ local function publish_run()
     redis.call('PUBLISH', run_channel, table.concat(parts))
   end
 end
-local i = 8
+local i = 1
 local last_arg = #ARGV
 while i <= last_arg do
   local n = tonumber(ARGV[i])
   local first_channel = i + 1
-  local origin, stamp, once, data = ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3], ARGV[i + n + 4]
-  i = i + n + 5
+  local flags = ARGV[i + n + 1]
+  local kind = string.byte(flags)  -- '0' 48, '1' 49, '2' 50, '3' 51
+  local once = nil
+  i = i + n + 2
+  if kind > 49 then
+    once = ARGV[i]
+    i = i + 1
+  end
+  local data = ARGV[i]
+  i = i + 1
   repeat  -- `break` skips this message
-  if once ~= '' and not redis.call('SET', log .. ':once:' .. once, '1', 'NX', 'PX', ARGV[7]) then
+  if once and not redis.call('SET', log .. ':once:' .. once, '1', 'NX', 'PX', once_ms) then
     break  -- published before (this is a repeat of it): not again
   end
   local size = #data
   local payload
-  if stamp == '1' and size <= origin_bytes then
+  if (kind == 49 or kind == 51) and size <= origin_bytes then
     local admit = true
+    local origin = string.sub(flags, 2)
     if origin ~= '' then  -- charged at once; given back when that puts it over its share (rare)
       local packets = redis.call('HINCRBY', meta, 'p:' .. origin, '1')
       local held = redis.call('HINCRBY', meta, 'b:' .. origin, string.format('%d', size))
@@ -329,7 +340,7 @@ local over = count > max_packets or bytes > max_bytes
 if over or check_age then
   local keep_packets = max_packets - math.floor(max_packets / 64)
   local keep_bytes = max_bytes - math.floor(max_bytes / 64)
-  local horizon = tonumber(now) - tonumber(ARGV[1])
+  local horizon = tonumber(now) - window_ms
   local gone = {}
   local trimmed = false
   while count > 0 do
@@ -382,11 +393,20 @@ if over or check_age then
   if trimmed then redis.call('HSET', meta, 'bytes', string.format('%d', bytes)) end
 end
 if created then  -- kept alive by the nodes' refresh (`RedisRecoveryLog.refresh`) from now on
-  redis.call('PEXPIRE', log, ARGV[6])
-  redis.call('PEXPIRE', meta, ARGV[6])
+  redis.call('PEXPIRE', log, ttl_ms)
+  redis.call('PEXPIRE', meta, ttl_ms)
 end
 return refused
 """
+
+def log_publish(window_ms: int, max_packets: int, max_bytes: int, origin_packets: int, origin_bytes: int,
+                ttl_ms: int, once_ms: int, sharded: bool) -> str:
+    """`LOG_PUBLISH` for one log's limits (its first line; every call of it the same), with
+    SPUBLISH on a Redis Cluster (`publishing`)."""
+    limits = (window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, once_ms)
+    return ("local window_ms, max_packets, max_bytes, origin_packets, origin_bytes, ttl_ms, once_ms = "
+            + ", ".join(str(int(v)) for v in limits) + publishing(LOG_PUBLISH, sharded))
+
 
 # What a client at offset X missed: {first offset returned, entries...}; {} when the log no
 # longer holds all of it (or never gave X): never a partial replay. With ARGV[2] = '1' only

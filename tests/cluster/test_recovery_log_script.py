@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from coup.cluster.scripts import LOG_PUBLISH, LOG_READ
+from coup.cluster.scripts import LOG_READ, log_publish
 from tests.cluster.conftest import RedisServer
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -41,10 +41,12 @@ class Log:
 
     def publish(self, *messages: tuple[str, bytes], window_ms: int = 120_000) -> list[bytes]:
         """One script call carrying `messages` ((origin, data) each, stamped); -> refused origins."""
-        args: list[Any] = [window_ms, MAX_PACKETS, MAX_BYTES, ORIGIN_PACKETS, ORIGIN_BYTES, 180_000, 120_000]
+        script = log_publish(window_ms, MAX_PACKETS, MAX_BYTES, ORIGIN_PACKETS, ORIGIN_BYTES, 180_000, 120_000,
+                             sharded=False)
+        args: list[Any] = []
         for origin, data in messages:
-            args += [1, self.channel, origin, b"1", "", data]
-        return list(self.client.eval(LOG_PUBLISH, 2, self.key, self.meta, *args))
+            args += [1, self.channel, "1" + origin, data]
+        return list(self.client.eval(script, 2, self.key, self.meta, *args))
 
     def heard(self) -> list[bytes]:
         out = []

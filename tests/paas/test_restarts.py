@@ -74,6 +74,10 @@ class Chatter:
     def connects(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def timeline(self) -> list[dict[str, Any]]:
+        """Its connects, disconnects and events in the order it saw them (for diagnostics)."""
+        raise NotImplementedError
+
     @property
     def connected(self) -> bool:
         raise NotImplementedError
@@ -108,6 +112,10 @@ class SocketIoChatter(Chatter):
 
     def connects(self) -> list[dict[str, Any]]:
         return self.js.seen("connect", socket=self.name)
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return [r for r in self.js.records if r.get("socket") == self.name
+                and r["type"] in ("connect", "disconnect", "event")]
 
     @property
     def connected(self) -> bool:
@@ -145,6 +153,9 @@ class SockJSChatter(Chatter):
 
     def connects(self) -> list[dict[str, Any]]:
         return self.client.log.seen("connect")
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return [r for r in self.client.log.records if r["type"] in ("connect", "disconnect", "event")]
 
     @property
     def connected(self) -> bool:
@@ -247,6 +258,34 @@ def connects_so_far(chatters: list[Chatter]) -> dict[str, int]:
     return {c.name: len(c.connects()) for c in chatters}
 
 
+def moment(record: dict[str, Any], by_id: dict[int, dict[str, Any]]) -> str:
+    """One record of a client's timeline, short: ``s<seq>@<offset>`` for a message (the
+    offset the client keeps for recovery, when the server sent one), ``C``/``C+`` for a
+    connect (recovered), ``D`` for a disconnect."""
+    if record["type"] == "connect":
+        return "C+" if record.get("recovered") else "C"
+    if record["type"] == "disconnect":
+        return f"D({record.get('reason')})"
+    args = record.get("args") or [{}]
+    if record.get("event") != "message" or not isinstance(args[0], dict):
+        return str(record.get("event"))
+    row = by_id.get(args[0].get("id"))
+    offset = args[-1] if len(args) > 1 and isinstance(args[-1], str) else "-"
+    return f"s{row['seq'] if row else '?'}@{offset}"
+
+
+def around_duplicates(chatter: Chatter, duplicated: set[int], by_id: dict[int, dict[str, Any]]) -> str:
+    """Where each copy of a duplicated message came in its client's timeline, with what came around it."""
+    timeline = chatter.timeline()
+    copies = [i for i, r in enumerate(timeline) if r["type"] == "event" and r.get("event") == "message"
+              and isinstance((r.get("args") or [None])[0], dict) and r["args"][0].get("id") in duplicated]
+    if not copies:
+        return ""
+    start, end = max(0, copies[0] - 8), min(len(timeline), copies[-1] + 4)
+    marks = set(copies)
+    return " ".join(("*" if i in marks else "") + moment(timeline[i], by_id) for i in range(start, end))
+
+
 async def check(bed: Bed, chatters: list[Chatter], load: Load, seq_before: int,
                 connects_before: dict[str, int], *, crashed: bool) -> None:
     rows = await asyncio.to_thread(bed.messages, STUDY, seq_before)
@@ -293,6 +332,10 @@ async def check(bed: Bed, chatters: list[Chatter], load: Load, seq_before: int,
               f"out of seq order {len(inversions)} times {inversions[:4]}; "
               f"reconnects {len(reconnects)}, recovered {recovered}; "
               f"heard {dict(flaps) or 'no user-offline / member-left'}")
+        duplicated = {i for i, n in counts.items() if n > 1}
+        if duplicated:
+            print(f"[{label}]     duplicated seqs {sorted(by_id[i]['seq'] for i in duplicated if i in by_id)}; "
+                  f"around them (*: a copy): {around_duplicates(chatter, duplicated, by_id)}")
         if sorted(got) != sorted(expected):
             failures.append(f"{chatter.name} did not get every stored message exactly once")
         if recovered != len(reconnects):
