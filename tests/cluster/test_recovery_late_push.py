@@ -12,6 +12,7 @@ is answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -83,4 +84,59 @@ async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_
         assert back.received("m") == [2, 3, 4]
     finally:
         await back.close()
+        await client.close()
+
+
+async def test_a_restore_whose_pushes_are_not_heard_in_time_is_closed_and_the_next_one_recovers(
+        redis_nodes, peers, monkeypatch):
+    """The replay waits for the node to hear its marker; when it does not within the probe
+    timeout (the subscriptions stalled), that attempt is closed with nothing delivered (its
+    socket had joined its rooms already); the session record is still there, so the client's
+    next attempt with the same pid and offset, the node hearing Redis again, recovers with
+    what it missed: nothing partial, nothing twice."""
+    nodes = redis_nodes
+    sender = await peers("sender").connect(nodes[1].url)
+    await sender.call("join", {"room": "r"})
+    client, deaf, back = RawClient(), RawClient(), RawClient()
+    log: Any = nodes[2].node.sio.of(NAMESPACE).adapter.recovery_log
+    monkeypatch.setattr(log, "options", dataclasses.replace(log.options, probe_timeout=0.3))
+    read = log.after
+
+    async def read_while_deaf(offset: str, check_only: bool = False) -> Any:
+        if check_only:
+            return await read(offset, check_only)
+        transports = subscribing_transports(nodes[2])
+        for transport in transports:
+            transport.pause_reading()
+        try:
+            return await read(offset, check_only)  # its marker cannot be heard: it gives up
+        finally:
+            for transport in transports:
+                transport.resume_reading()
+
+    try:
+        await client.connect(nodes[0].url, {"user": "rc"})
+        await client.call("join", {"room": "r"})
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="first message")
+        pid, offset = client.pid, client.offset
+        await client.drop()
+        await session_stored(nodes[0], pid)
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+
+        monkeypatch.setattr(log, "after", read_while_deaf)
+        attempt = asyncio.ensure_future(deaf.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset}))
+        await wait_until(lambda: deaf.ws is not None and deaf.ws.closed, what="the deaf attempt closed")
+        attempt.cancel()
+        assert deaf.transcript == []  # no CONNECT, nothing replayed
+        monkeypatch.setattr(log, "after", read)
+        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid  # recovered
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
+        await wait_until(lambda: 3 in back.received("m"), what="live traffic after recovery")
+        await quiet(nodes[2], back)
+        assert back.received("m") == [2, 3]
+    finally:
+        await back.close()
+        await deaf.close()
         await client.close()
