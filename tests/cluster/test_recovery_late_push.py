@@ -34,6 +34,19 @@ def subscribing_transports(node: Node) -> list[asyncio.Transport]:
     return [c._transport for c in connections]
 
 
+async def away_with_one_missed(node: Node, client: RawClient, sender: Any) -> tuple[str, str | None]:
+    """`client` on `node` in room r gets message 1, drops, and misses 2: its pid and offset."""
+    await client.connect(node.url, {"user": "rc"})
+    await client.call("join", {"room": "r"})
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+    await wait_until(lambda: client.received("m") == [1], what="first message")
+    pid, offset = client.pid, client.offset
+    await client.drop()
+    await session_stored(node, pid)
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+    return pid, offset
+
+
 @pytest.mark.parametrize("sent_from", [1, 2], ids=["another-node", "the-restoring-node"])
 async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_nodes, peers, monkeypatch,
                                                                           sent_from):
@@ -66,14 +79,7 @@ async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_
         return await reading
 
     try:
-        await client.connect(nodes[0].url, {"user": "rc"})
-        await client.call("join", {"room": "r"})
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
-        await wait_until(lambda: client.received("m") == [1], what="first message")
-        pid, offset = client.pid, client.offset
-        await client.drop()
-        await session_stored(nodes[0], pid)
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+        pid, offset = await away_with_one_missed(nodes[0], client, sender)
 
         monkeypatch.setattr(log, "after", read_while_the_push_is_late)
         reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
@@ -115,14 +121,7 @@ async def test_a_restore_whose_pushes_are_not_heard_in_time_is_closed_and_the_ne
                 transport.resume_reading()
 
     try:
-        await client.connect(nodes[0].url, {"user": "rc"})
-        await client.call("join", {"room": "r"})
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
-        await wait_until(lambda: client.received("m") == [1], what="first message")
-        pid, offset = client.pid, client.offset
-        await client.drop()
-        await session_stored(nodes[0], pid)
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+        pid, offset = await away_with_one_missed(nodes[0], client, sender)
 
         monkeypatch.setattr(log, "after", read_while_deaf)
         attempt = asyncio.ensure_future(deaf.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset}))
