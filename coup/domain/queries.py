@@ -357,11 +357,23 @@ def _notified(new: NewMessage, message_id: int, users: Sequence[int], ids: Seque
     """A stored message's NEW_MESSAGE notifications, as `_with_notifications` shapes them."""
     if not users:
         return []
+    text = _new_message_text(new)
+    return [_new_message_notification(uid, nid, text, new.study_id, message_id, created_iso)
+            for uid, nid in zip(users, ids, strict=True)]
+
+
+def _new_message_text(new: NewMessage) -> str:
+    """A NEW_MESSAGE notification's text (message_statement's SQL writes the same)."""
     preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
-    text = f"{new.user_name}: {preview}"
-    return [{"userId": uid, "notification": {
-        "id": nid, "type": NEW_MESSAGE, "message": text, "createdAt": created_iso, "readAt": None,
-        "studyId": new.study_id, "data": {"messageId": message_id}}} for uid, nid in zip(users, ids, strict=True)]
+    return f"{new.user_name}: {preview}"
+
+
+def _new_message_notification(user_id: int, notification_id: int, text: str, study_id: int, message_id: int,
+                              created_iso: str) -> dict[str, Any]:
+    """A stored NEW_MESSAGE notification as the results carry it to its user."""
+    return {"userId": user_id, "notification": {
+        "id": notification_id, "type": NEW_MESSAGE, "message": text, "createdAt": created_iso, "readAt": None,
+        "studyId": study_id, "data": {"messageId": message_id}}}
 
 
 def store_messages_in_transaction(writes: Sequence[MessageWrite]) -> list[dict[str, Any]]:
@@ -503,8 +515,7 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
         away = members - present
         if not away:  # everyone is in the room (the usual chat): no notification to render
             continue
-        preview = new.content if len(new.content) <= PREVIEW_CHARS else new.content[:PREVIEW_CHARS] + "…"
-        text = f"{new.user_name}: {preview}"
+        text = _new_message_text(new)
         stored_data = Notification.data.db_value({"messageId": message_id})
         for uid in sorted(away):
             rows.append((uid, NEW_MESSAGE, text, new.study_id, stored_data, created_at))
@@ -516,9 +527,8 @@ def _with_notifications(writes: Sequence[MessageWrite], stored: list[tuple[int, 
             for nid, uid, data in _INSERT_NOTIFICATIONS.rows(len(chunk), [v for row in chunk for v in row]):
                 by_row[(uid, data)] = nid
         for (uid, _, text, study_id, data, _), owner in zip(rows, owners, strict=True):
-            owner["notifications"].append({"userId": uid, "notification": {
-                "id": by_row[(uid, data)], "type": NEW_MESSAGE, "message": text, "createdAt": created_iso,
-                "readAt": None, "studyId": study_id, "data": {"messageId": owner["message"]["id"]}}})
+            owner["notifications"].append(_new_message_notification(
+                uid, by_row[(uid, data)], text, study_id, owner["message"]["id"], created_iso))
     return results
 
 
