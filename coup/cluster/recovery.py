@@ -216,7 +216,7 @@ class RedisRecoveryLog(Generic[_T]):
             return None
         try:
             reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
-            if reply and not check_only:
+            if reply and len(reply) > 1 and not check_only:  # entries to replay (nothing missed: no copy to drop)
                 async with asyncio.timeout(self.options.probe_timeout):
                     await asyncio.shield(self.bus.heard_so_far(self.heard_on))  # shared by the restores of a turn
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
