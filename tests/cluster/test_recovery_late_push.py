@@ -12,7 +12,9 @@ is answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,10 +30,19 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 PAUSE = 0.5
 
 
-def subscribing_transports(node: Node) -> list[asyncio.Transport]:
+@contextlib.contextmanager
+def subscriptions_unread(node: Node) -> Iterator[None]:
+    """`node` reads none of its subscribing connections meanwhile (Redis's pushes wait)."""
     bus: Any = node.node.cluster.bus  # type: ignore[union-attr]
     connections = [bus._sub] if not bus._shards else [sub for _, sub in bus._shards.values()]
-    return [c._transport for c in connections]
+    transports: list[asyncio.Transport] = [c._transport for c in connections]
+    for transport in transports:
+        transport.pause_reading()
+    try:
+        yield
+    finally:
+        for transport in transports:
+            transport.resume_reading()
 
 
 async def away_with_one_missed(node: Node, client: RawClient, sender: Any) -> tuple[str, str | None]:
@@ -65,17 +76,11 @@ async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_
     async def read_while_the_push_is_late(offset: str, check_only: bool = False) -> Any:
         if check_only:  # the restore's first look, before the socket joins its rooms
             return await read(offset, check_only)
-        transports = subscribing_transports(nodes[2])
-        for transport in transports:
-            transport.pause_reading()
-        try:
+        with subscriptions_unread(nodes[2]):
             await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
             await witness.wait_for("m", 3)  # logged and pushed, to node 2 too (unread there)
             reading = asyncio.ensure_future(read(offset, check_only))
             await asyncio.wait({reading}, timeout=PAUSE)
-        finally:
-            for transport in transports:
-                transport.resume_reading()
         return await reading
 
     try:
@@ -111,14 +116,8 @@ async def test_a_restore_whose_pushes_are_not_heard_in_time_is_closed_and_the_ne
     async def read_while_deaf(offset: str, check_only: bool = False) -> Any:
         if check_only:
             return await read(offset, check_only)
-        transports = subscribing_transports(nodes[2])
-        for transport in transports:
-            transport.pause_reading()
-        try:
+        with subscriptions_unread(nodes[2]):
             return await read(offset, check_only)  # its marker cannot be heard: it gives up
-        finally:
-            for transport in transports:
-                transport.resume_reading()
 
     try:
         pid, offset = await away_with_one_missed(nodes[0], client, sender)
