@@ -50,11 +50,12 @@ CANNOT_ANSWER = "coup: a write was skipped at the INSERT"
 MISSING_PREPARED = "26000"
 
 PARAMETER_TYPES = ("int[]", "int[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "text[]", "timestamp",
-                   "int[]")
+                   "int[]", "int")
 
 #: $1 study, $2 user, $3 seq, $4 content, $5 file id, $6 clientMessageId, $7 present users
 #: (an int[] literal per write), $8 author's name, $9 created_at (one for the batch), $10 the place
-#: (from 1) of the first write in the batch with this write's clientMessageId (its own without one)
+#: (from 1) of the first write in the batch with this write's clientMessageId (its own without one),
+#: $11 the characters of a notification's preview (the caller's rule, `queries.PREVIEW_CHARS`)
 STATEMENT = """
 WITH w AS (
     SELECT w.ord, w.study_id, w.user_id, w.seq, w.content, w.file_id, w.cmid, w.present::int[] AS present, w.name,
@@ -86,9 +87,9 @@ WITH w AS (
     FROM numbered n JOIN inserted i ON n.inserting AND i.study_id = n.study_id AND i.seq = n.new_seq
 ), notes AS (
     INSERT INTO notifications (user_id, type, message, study_id, data, created_at)
-    -- queries.NEW_MESSAGE, and its text as queries._with_notifications writes it (PREVIEW_CHARS = 100)
-    SELECT u, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= 100 THEN s.content
-                                                          ELSE left(s.content, 100) || '…' END,
+    -- queries.NEW_MESSAGE, and its text as queries._with_notifications writes it ($11: PREVIEW_CHARS)
+    SELECT u, 'NEW_MESSAGE', s.name || ': ' || CASE WHEN char_length(s.content) <= $11 THEN s.content
+                                                          ELSE left(s.content, $11) || '…' END,
            s.study_id, s.data, $9
     FROM stored s, unnest(s.users) u
     WHERE u <> s.user_id AND u <> ALL (s.present)
@@ -165,12 +166,13 @@ def applies() -> bool:
     return isinstance(database_proxy.obj, pw.PostgresqlDatabase)
 
 
-def run(writes: Sequence[MessageWrite], created_at: dt.datetime, *, prepare: bool = True) -> list[Row]:
+def run(writes: Sequence[MessageWrite], created_at: dt.datetime, preview_chars: int, *,
+        prepare: bool = True) -> list[Row]:
     """Store `writes` with one statement on this thread's connection (autocommit); one row per
     write, in order. Raises (storing nothing) when the database refuses a row or the
     statement cannot answer (`CANNOT_ANSWER`)."""
     db: pw.Database = database_proxy.obj
-    params = _parameters(writes, created_at)
+    params = _parameters(writes, created_at, preview_chars)
     if not prepare or _PREPARING.broken:
         named = {f"p{number}": value for number, value in enumerate(params, 1)}
         return list(db.execute_sql(UNPREPARED, named).fetchall())  # type: ignore[no-untyped-call]
@@ -194,7 +196,7 @@ def run(writes: Sequence[MessageWrite], created_at: dt.datetime, *, prepare: boo
         raise
 
 
-def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list[Any]:
+def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime, preview_chars: int) -> list[Any]:
     """The statement's parameters, each array as one literal in PostgreSQL's array syntax
     (`{1,2}`, `{"a","b"}`): parsed by `array_in` at run time, where psycopg2's own adaptation
     (`ARRAY[...]`) made the server parse and coerce every element as a constant of the
@@ -222,7 +224,7 @@ def _parameters(writes: Sequence[MessageWrite], created_at: dt.datetime) -> list
         names.append(_quoted(new.user_name))
         firsts.append(str(place if cmid is None else first_of.setdefault((new.user_id, cmid), place)))
     return [_array(studies), _array(users), _array(seqs), _array(contents), _array(files), _array(cmids),
-            _array(present), _array(names), created_at, _array(firsts)]
+            _array(present), _array(names), created_at, _array(firsts), preview_chars]
 
 
 def _array(elements: list[str]) -> str:

@@ -318,7 +318,7 @@ def _store_in_one_statement(writes: Sequence[MessageWrite], *, prepare: bool) ->
     """`message_statement.run`'s rows as `_store_round`'s outcomes."""
     created_at = utcnow()
     created_iso = str(iso(created_at))
-    rows = message_statement.run(writes, created_at, prepare=prepare)
+    rows = message_statement.run(writes, created_at, PREVIEW_CHARS, prepare=prepare)
     if len(rows) != len(writes):
         raise pw.DatabaseError(f"{len(rows)} rows for {len(writes)} writes")
     results: list[dict[str, Any]] = []
