@@ -222,8 +222,12 @@ class SocketServer:
                 # after it is held too (`release` sends each packet once)
                 replay = await nsp.adapter.replay(restored)
                 if replay is None:
-                    log.warning("session %s: the recovery buffer moved past socket %s's offset while it "
-                                "connected; closing, its next attempt starts afresh", client.session.sid, socket.id)
+                    # the buffer moved past the offset, or (in a cluster) the log could not be
+                    # read or its pushes were not heard in time: no partial replay; the session's
+                    # record is kept again when this connection closes, so the next attempt
+                    # recovers if the buffer still holds the offset, and starts afresh if not
+                    log.warning("session %s: socket %s's missed packets could not be replayed while it "
+                                "connected; closing without a partial replay", client.session.sid, socket.id)
                     client.session.close("transport error", graceful=False)
                     return
                 missed = replay
