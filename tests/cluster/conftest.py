@@ -643,3 +643,20 @@ class TcpProxy:
         for down, up, _ in self.links:
             down.close()
             up.close()
+
+
+async def say_retrying(peer: Peer, room: str, text: str, within: float = 10.0) -> dict[str, Any]:
+    """A chat message through the room's owner, retried as a client does with a retryable
+    error: the same idempotency key, after a pause (a node whose link to Redis is coming back,
+    or whose room is changing owner, answers UNAVAILABLE at once: retries without a pause all
+    landed within milliseconds)."""
+    key = secrets.token_hex(8)
+    deadline = time.monotonic() + within
+    while True:
+        reply = await peer.call("say", {"room": room, "text": text, "key": key})
+        if "seq" in reply:
+            return dict(reply)
+        assert reply["error"]["code"] == "UNAVAILABLE", reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no acknowledgement in {within} s: {reply}")
+        await asyncio.sleep(0.2)

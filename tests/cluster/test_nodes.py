@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import SERVICE_TOKEN, NodeProcess, Peer, RedisServer, api, wait_until
+from tests.cluster.conftest import SERVICE_TOKEN, NodeProcess, Peer, RedisServer, api, say_retrying, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -81,17 +81,6 @@ def fresh(tmp_path: Path) -> Iterator[Callable[[RedisServer, int], Cluster]]:
     yield make
     for cluster in made:
         cluster.stop()
-
-
-async def say_retrying(peer: Peer, room: str, text: str) -> dict:
-    """What a client does with a retryable error: send again with the same idempotency key."""
-    key = secrets.token_hex(8)
-    for _ in range(5):
-        reply = await peer.call("say", {"room": room, "text": text, "key": key})
-        if "seq" in reply:
-            return dict(reply)
-        assert reply["error"]["code"] == "UNAVAILABLE", reply
-    raise AssertionError("no acknowledgement after five tries")
 
 
 async def owned_room(node: NodeProcess, owner: str) -> str:

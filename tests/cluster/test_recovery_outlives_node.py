@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from coup.core.adapter import ONCE_WINDOW
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import NodeProcess, Peer, RedisServer, api, start_node, wait_until
+from tests.cluster.conftest import NodeProcess, Peer, RedisServer, api, say_retrying, start_node, wait_until
 from tests.cluster.rawclient import RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -85,19 +85,8 @@ async def raw() -> AsyncIterator[Callable[[], RawClient]]:
 
 
 async def say(peer: Peer, room: str, text: str) -> int:
-    """A chat message through the room's owner (per-room seq), retried as a client does: with
-    the same key, after a pause (a node whose link to a restarted Redis is still coming back
-    answers UNAVAILABLE at once; ten immediate retries gave up within milliseconds)."""
-    key = secrets.token_hex(8)
-    deadline = time.monotonic() + 10
-    while True:
-        reply = await peer.call("say", {"room": room, "text": text, "key": key})
-        if "seq" in reply:
-            return int(reply["seq"])
-        assert reply["error"]["code"] == "UNAVAILABLE", reply
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no acknowledgement in 10 s: {reply}")
-        await asyncio.sleep(0.2)
+    """A chat message through the room's owner (per-room seq)."""
+    return int((await say_retrying(peer, room, text))["seq"])
 
 
 async def ring_size(node: NodeProcess) -> int:
