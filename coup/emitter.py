@@ -12,9 +12,9 @@ It is synchronous (redis-py's blocking client), for any kind of backend; from as
 call it through `asyncio.to_thread`. A publish is never retried: when Redis is unreachable
 `emit` raises `redis.ConnectionError` and the caller decides (a retry may deliver twice).
 Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`, and on a Redis Cluster the same
-``log_groups`` as their `COUP_RECOVERY_LOG_GROUPS` (it says which slot a room's channel is in). Any `REDIS_URL` a node takes works,
-``redis+sentinel://`` included: during a failover `emit` raises, and the next one reaches the
-new primary.
+``log_groups`` as their `COUP_RECOVERY_LOG_GROUPS` (it says which slot a room's channel is
+in). Any `REDIS_URL` a node takes works, ``redis+sentinel://`` included: during a failover
+`emit` raises, and the next one reaches the new primary.
 """
 
 from __future__ import annotations

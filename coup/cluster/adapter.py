@@ -219,7 +219,8 @@ class RedisAdapter(RecoveryCalls):
         """After a (re)connection to Redis: a restarted Redis lost our scripts and records."""
         if self.recovery_log is not None:
             await self.recovery_log.load_scripts()
-            await self.recovery_log.sync_all()
+            if self._started:  # our channels the markers travel on are subscribed (`init`)
+                await self.recovery_log.sync_all()
             for sid in list(self.nsp.sockets):
                 self._save_session(sid)
 

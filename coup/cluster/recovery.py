@@ -70,6 +70,11 @@ def split_logged(data: bytes) -> tuple[int | None, bytes]:
     return (int(data[1:space]) if space > 1 else None), data[space + 1:]
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _Call(Generic[_T]):
     """One `LOG_PUBLISH` call: its arguments, and the tokens of the broadcasts it carries."""
 
@@ -235,9 +240,11 @@ class RedisRecoveryLog(Generic[_T]):
         behind = [(g, head) for g, head in heads.items() if head > self.vector[g]]
         if not behind:
             return
+        markers = [self.bus.heard_so_far(self.groups[g].own_channel) for g, _ in behind]
+        for marker in markers:  # shared with other restores; a link that breaks later fails them unheard
+            marker.add_done_callback(_retrieved)
         async with asyncio.timeout(self.options.probe_timeout):
-            await asyncio.gather(*(asyncio.shield(self.bus.heard_so_far(self.groups[g].own_channel))
-                                   for g, _ in behind))
+            await asyncio.gather(*(asyncio.shield(marker) for marker in markers))
         for g, head in behind:
             if head > self.vector[g]:
                 self._raise(g, head)
