@@ -206,22 +206,3 @@ async def test_entries_of_two_groups_logged_during_the_restore_reach_the_client_
     finally:
         await back.close()
         await client.close()
-
-
-@pytest.mark.parametrize("offset", ["12345", "1.2.3", "1.2.3.4.5", "a.b.c.d", "1..2.3", "", "1.2.3.-4"])
-async def test_an_offset_of_another_layout_or_garbage_gives_a_fresh_session(spread, peers, offset):
-    nodes, _options = spread
-    client, back = RawClient(), RawClient()
-    try:
-        await client.connect(nodes[0].url, {"user": "rc"})
-        await client.call("join", {"room": "r"})
-        pid = client.pid
-        await client.drop()
-        await session_stored(nodes[0], pid)
-        reply = await back.connect(nodes[1].url, {"user": "rc", "pid": pid, "offset": offset})
-        assert reply["sid"] != client.sid  # a fresh session, and the node still serves
-        assert await back.call("join", {"room": "r"}) == {"node": "n1"}
-    finally:
-        await back.close()
-        await client.close()
-
