@@ -11,6 +11,8 @@ another node (docs/cluster.md#redis-cluster, "Log groups").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from coup.cluster.options import ClusterOptions
+from tests.clients.jsclient import JsClient, node_available
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.conftest import (
     CLUSTER_LOG_GROUPS,
@@ -31,8 +34,10 @@ from tests.cluster.conftest import (
     wait_until,
 )
 from tests.cluster.rawclient import RawClient
+from tests.cluster.roundrobin import RoundRobinRouter
 from tests.cluster.test_recovery_late_push import subscriptions_unread
 from tests.cluster.test_redis_cluster import shard_channels
+from tests.conftest import require
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -206,3 +211,69 @@ async def test_entries_of_two_groups_logged_during_the_restore_reach_the_client_
     finally:
         await back.close()
         await client.close()
+
+
+def non_decreasing(stamps: list[str]) -> bool:
+    """Each stamp at least the one before, group by group: a lower one would make the next
+    restore replay what the client already has."""
+    vectors = [tuple(int(p) for p in stamp.split(".")) for stamp in stamps]
+    return all(all(b >= a for a, b in zip(x, y, strict=True)) for x, y in itertools.pairwise(vectors))
+
+
+async def test_a_session_that_moved_between_nodes_and_drops_gets_every_broadcast_once(spread, peers):
+    """The stock client opens on polling and upgrades on another node (the session moves
+    there, `coup.cluster.moves`), then its transport is cut and it recovers through the
+    router (on whichever node, moving again): a stream of broadcasts to rooms of two groups
+    meanwhile reaches it once each, in order per room, and its offsets never go down."""
+    require(node_available(), "node and npm socket.io-client (npm ci --prefix tests/js)")
+    nodes, options = spread
+    rooms = rooms_of_groups(options)[1:3]
+    sender = await peers("sender").connect(nodes[1].url)
+    router = RoundRobinRouter({n.node.sio.node_id: n.url for n in nodes})
+    await router.start()
+    js = await JsClient.start()
+    stop = asyncio.Event()
+    sent = {room: 0 for room in rooms}
+
+    async def stream() -> None:
+        while not stop.is_set():
+            for room in rooms:
+                await sender.call("emit", {"rooms": [room], "event": "tick", "data": [room, sent[room]]})
+                sent[room] += 1
+            await asyncio.sleep(0.01)
+
+    streamer: asyncio.Task[None] | None = None
+    try:
+        connected = await js.connect("a", router.url, namespace=NAMESPACE, auth={"user": "js"},
+                                     reconnectionDelay=100, randomizationFactor=0)
+        assert connected["type"] == "connect"
+        for room in rooms:
+            assert await js.emit_with_ack("a", "join", {"room": room}) != []
+        streamer = asyncio.create_task(stream())
+        assert (await js.expect("upgrade", timeout=10))["transport"] == "websocket"
+        await wait_until(lambda: len(js.events("a", "tick")) >= 20, timeout=10, what="ticks after the upgrade")
+        await js.command("drop", socket="a")
+        again = await js.expect(lambda r: r["type"] == "connect" and r.get("socket") == "a" and r is not connected,
+                                timeout=15)
+        assert again["recovered"], again
+        await wait_until(lambda: len(js.events("a", "tick")) >= 60, timeout=15, what="ticks after the recovery")
+        stop.set()
+        await streamer
+        for room in rooms:
+            await sender.call("emit", {"rooms": [room], "event": "tick", "data": [room, "end"]})
+        await wait_until(lambda: sum(e["args"][0][1] == "end" for e in js.events("a", "tick")) == len(rooms),
+                         timeout=10, what="the last ticks")
+        ticks = [e["args"] for e in js.events("a", "tick")]
+        for room in rooms:
+            got = [data[1] for data, *_ in ticks if data[0] == room][:-1]
+            # from its first tick on (it joined mid-stream), every one exactly once and in order
+            assert got == list(range(got[0], sent[room])), (room, got)
+        stamps = [args[-1] for args in ticks if len(args) > 1]
+        assert stamps and non_decreasing(stamps), stamps
+    finally:
+        stop.set()
+        if streamer is not None:
+            with contextlib.suppress(Exception):
+                await streamer
+        await js.close()
+        await router.stop()
