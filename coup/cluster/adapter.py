@@ -583,13 +583,19 @@ class RedisAdapter(RecoveryCalls):
                 .add_done_callback(_ignore_result)
 
     async def _refresh_sessions(self) -> None:
-        """Records of connected sockets live one window past their last refresh: a quarter window apart."""
+        """Records of connected sockets live one window past their last refresh: a quarter window apart.
+
+        With log groups every group's offset is synced as often: a group this node hears
+        nothing of (no member in its rooms here) would otherwise keep the offset of the link's
+        start in every stamp, and once the log trimmed past it no client of ours could restore
+        (the check reads every group's log)."""
         assert self.recovery_log is not None
         interval = max(0.5, min(30.0, self.recovery_log.window_ms / 4000))
         while True:
             await asyncio.sleep(interval)
             if self.bus.ready:
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
+                await self.recovery_log.sync_all()
 
     def expire_holds(self) -> None:
         if self._stubs:

@@ -277,3 +277,40 @@ async def test_a_session_that_moved_between_nodes_and_drops_gets_every_broadcast
                 await streamer
         await js.close()
         await router.stop()
+
+
+async def test_a_group_this_node_never_hears_does_not_keep_its_clients_from_restoring(shared_redis_cluster, peers):
+    """Node 0 has no member in group 2's rooms, so it hears none of that log's pushes; its
+    offset of group 2 (in every stamp it gives) must still move on, or once group 2's log
+    trimmed past it (here: entries older than a 2 s window) its clients could not restore."""
+    prefix = spread_prefix(shared_redis_cluster)
+    options = ClusterOptions(prefix=prefix, sharded=True, log_groups=CLUSTER_LOG_GROUPS)
+    quiet_room, busy_room = rooms_of_groups(options)[1:3]
+    nodes = [await start_node(shared_redis_cluster.url, prefix, f"n{i}", recovery_window=2.0) for i in range(3)]
+    client, back = RawClient(), RawClient()
+    try:
+        await wait_until(lambda: all(len(n.node.cluster.registry.ring.nodes) == 3  # type: ignore[union-attr]
+                                     for n in nodes), what="every node on every ring")
+        busy = await peers("busy").connect(nodes[1].url)
+        await busy.call("join", {"room": busy_room})
+        await client.connect(nodes[0].url, {"user": "rc"})
+        await client.call("join", {"room": quiet_room})
+        for round_ in range(2):  # the first round's entries are past the window when the second is logged
+            await busy.call("emit", {"rooms": [busy_room], "event": "b", "times": 40})
+            await busy.wait_for("b", 40 * (round_ + 1))
+            if round_ == 0:
+                await asyncio.sleep(2.5)
+        log = options.nsp_key("rlog", NAMESPACE, group=2)
+        assert int(shared_redis_cluster.owner(log).cli("LLEN", log)) < 80  # trimmed by age
+        await busy.call("emit", {"rooms": [quiet_room], "event": "m", "data": 1})
+        await wait_until(lambda: client.received("m") == [1], what="a message in the quiet room")
+        pid, offset = client.pid, client.offset
+        await client.drop()
+        await session_stored(nodes[0], pid)
+        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid  # recovered
+    finally:
+        await back.close()
+        await client.close()
+        for node in nodes:
+            await node.node.stop()
