@@ -63,7 +63,8 @@ async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_
                                                                           sent_from):
     """From another node the live copy is decoded from the push; from the node the client
     comes back to, it is the broadcast the node kept (`coup.cluster.own_broadcasts`): either
-    way its text is the replayed one's, which is how the hold drops it."""
+    way it names the replayed one's entry (its text with one log; with log groups the texts
+    differ and the hold compares (group, offset)), which is how the hold drops it."""
     nodes = redis_nodes
     sender = await peers("sender").connect(nodes[sent_from].url)
     await sender.call("join", {"room": "r"})
