@@ -55,7 +55,9 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     backlog = {"listen_backlog": int(os.environ["COUP_LISTEN_BACKLOG"])} if "COUP_LISTEN_BACKLOG" in os.environ else {}
     settings = Settings(demo=True, host="127.0.0.1", port=args.port, redis_url=args.redis_url or None,
                         node_id=args.node_id, service_token=Secret(TOKEN), log_level="WARNING",
-                        recovery_window=window, **backlog).validated()
+                        recovery_window=window, **backlog,
+                        # COUP_BENCH_LOG_GROUPS=4: one namespace over 4 Redis Cluster slots (issue 17)
+                        recovery_log_groups=int(os.environ.get("COUP_BENCH_LOG_GROUPS", "1"))).validated()
     node = CoupNode(settings)
     node.extra_rules.append((r"/bench/stats", StatsHandler, {"node": node, "counts": counts}))
     sio, nsp = node.sio, node.sio.main

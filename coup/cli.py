@@ -181,7 +181,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("coup: REDIS_URL is not set: without it there is no cluster (one process serves everything)",
               file=sys.stderr)
         return 2
-    options = ClusterOptions(prefix=settings.redis_prefix, room_leases=settings.room_leases)
+    options = ClusterOptions(prefix=settings.redis_prefix, room_leases=settings.room_leases,
+                             log_groups=settings.recovery_log_groups)
     try:
         status = asyncio.run(read_status(settings.redis_url, options, room_limit=None if args.json else args.rooms))
     except (RedisError, OSError) as exc:

@@ -445,6 +445,11 @@ class Settings:
     redis_prefix: str = setting(
         "COUP_REDIS_PREFIX", "coup", _name, "first part of every Redis key and channel, so several apps can share "
         "one Redis", "cluster")
+    recovery_log_groups: int = setting(
+        "COUP_RECOVERY_LOG_GROUPS", 1, _integer(1, 64), "Redis Cluster only: a namespace's rooms, recovery log "
+        "and offsets are spread over this many slots (hence primaries) instead of one; every node of a deployment "
+        "must use the same value (changing it makes clients' offsets unknown, like a Redis restart); ignored on "
+        "one Redis or Sentinel ([docs/cluster.md](docs/cluster.md#redis-cluster))", "cluster")
     room_leases: bool = setting(
         "COUP_ROOM_LEASES", True, _bool, "a room's commands run on the node that first needed the room (a lease "
         "in Redis, handed on when that node drains or dies) rather than on the consistent-hash ring's choice: "

@@ -11,9 +11,10 @@ channels, so only the nodes with members in those rooms receive it (`coup.cluste
 It is synchronous (redis-py's blocking client), for any kind of backend; from asyncio code,
 call it through `asyncio.to_thread`. A publish is never retried: when Redis is unreachable
 `emit` raises `redis.ConnectionError` and the caller decides (a retry may deliver twice).
-Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`. Any `REDIS_URL` a node takes works,
-``redis+sentinel://`` included: during a failover `emit` raises, and the next one reaches the
-new primary.
+Use the same ``prefix`` as the nodes' `COUP_REDIS_PREFIX`, and on a Redis Cluster the same
+``log_groups`` as their `COUP_RECOVERY_LOG_GROUPS` (it says which slot a room's channel is
+in). Any `REDIS_URL` a node takes works, ``redis+sentinel://`` included: during a failover
+`emit` raises, and the next one reaches the new primary.
 """
 
 from __future__ import annotations
@@ -48,20 +49,22 @@ class _Link:
         return int(self.client.publish(channel, data))
 
     def room_channel(self, nsp: str, room: str) -> bytes:
-        return self.options.nsp_key("r", nsp, room).encode("utf-8", "surrogatepass")
+        return self.options.nsp_key("r", nsp, room, group=self.options.group_of(room)).encode("utf-8", "surrogatepass")
 
     def all_channel(self, nsp: str) -> bytes:
         return self.options.nsp_key("a", nsp).encode("utf-8", "surrogatepass")
 
 
 class Emitter:
-    def __init__(self, redis_url: str | redis.Redis, *, prefix: str = "coup", namespace: str = "/") -> None:
+    def __init__(self, redis_url: str | redis.Redis, *, prefix: str = "coup", namespace: str = "/",
+                 log_groups: int = 1) -> None:
         if isinstance(redis_url, str):
             client = sync_client(redis_url, retry=Retry(NoBackoff(), 0), socket_timeout=5, socket_connect_timeout=5)
         else:
             client = redis_url
         # a Redis Cluster's room channels are shard channels, named with the namespace's hash tag
-        self._link = _Link(client, ClusterOptions(prefix=prefix, sharded=isinstance(client, redis.RedisCluster)))
+        self._link = _Link(client, ClusterOptions(prefix=prefix, sharded=isinstance(client, redis.RedisCluster),
+                                                          log_groups=log_groups))
         self.namespace = namespace if namespace.startswith("/") else "/" + namespace
         self.rooms: frozenset[str] = frozenset()
         self.exclude: frozenset[str] = frozenset()

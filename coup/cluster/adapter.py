@@ -50,6 +50,7 @@ from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout
+from coup.core.hold import Stamped
 from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
@@ -144,8 +145,11 @@ class RedisAdapter(RecoveryCalls):
         self._inbox = inbox
         self._registry = registry
         self._local = LocalRooms(nsp)
+        #: log groups (docs/cluster.md#redis-cluster): 1, or the slots this namespace spreads over
+        self._groups = options.groups
         self.all_channel = channel_bytes(options.nsp_key("a", nsp.name))
         self._room_prefix = options.nsp_key("r", nsp.name, "")
+        self._room_prefixes = [options.nsp_key("r", nsp.name, "", group=g) for g in range(self._groups)]
         #: where a logged broadcast for this node's sockets only goes: our inbox, or on a Redis
         #: Cluster our channel in the namespace's slot (the log script publishes in its slot only)
         self._own_channel = channel_bytes(options.nsp_key("n", nsp.name, node_id)) if options.sharded else bus.inbox
@@ -182,18 +186,27 @@ class RedisAdapter(RecoveryCalls):
         return self._local.local_room_sids(room)
 
     def channel(self, room: str) -> bytes:
+        if self._groups > 1:
+            return channel_bytes(self._room_prefixes[self.options.group_of(room)] + room)
         return channel_bytes(self._room_prefix + room)
+
+    def _own_channels(self) -> list[bytes]:
+        """Our channels for logged broadcasts to our own sockets (and markers): one per log
+        group; with one group our inbox on one Redis, on a Redis Cluster one in the log's slot."""
+        if self.recovery_log is not None and self._groups > 1:
+            return [group.own_channel for group in self.recovery_log.groups]
+        return [] if self._own_channel == self.bus.inbox else [self._own_channel]
 
     # ------------------------------------------------------------------ lifecycle
 
     async def init(self) -> None:
         if not self._started:
             self._started = True
-            await self.bus.acquire([self.all_channel] if self._own_channel == self.bus.inbox
-                                   else [self.all_channel, self._own_channel])
+            await self.bus.acquire([self.all_channel, *self._own_channels()])
             if self.recovery_log is not None:
                 if self.bus.ready:  # later (re)connections load them in `link_up`
                     await self.recovery_log.load_scripts()
+                    await self.recovery_log.sync_all()
                 self._refresher = asyncio.get_running_loop().create_task(self._refresh_sessions())
 
     async def close(self) -> None:
@@ -206,6 +219,8 @@ class RedisAdapter(RecoveryCalls):
         """After a (re)connection to Redis: a restarted Redis lost our scripts and records."""
         if self.recovery_log is not None:
             await self.recovery_log.load_scripts()
+            if self._started:  # our channels the markers travel on are subscribed (`init`)
+                await self.recovery_log.sync_all()
             for sid in list(self.nsp.sockets):
                 self._save_session(sid)
 
@@ -271,26 +286,49 @@ class RedisAdapter(RecoveryCalls):
         if sent:
             self._deliver_unsent([(mid, encoded, opts)])
 
-    def _channels(self, opts: BroadcastOptions) -> list[bytes]:
+    def _channels(self, opts: BroadcastOptions, group: int = 0) -> list[bytes]:
         """Where a broadcast is published: its rooms' channels, the namespace's, or (local, with
-        the log: only we may hear it) our own."""
+        the log: only we may hear it) our own (in log `group`)."""
         if opts.local:
-            return [self._own_channel]
+            return [self.recovery_log.groups[group].own_channel
+                    if self._groups > 1 and self.recovery_log is not None else self._own_channel]
         return [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
+
+    def _parts(self, opts: BroadcastOptions) -> list[tuple[int, BroadcastOptions]]:
+        """A broadcast as one broadcast per log group it touches: the part of group g goes to
+        its rooms of g and excludes its rooms of lower groups, so a socket in rooms of several
+        groups gets one copy, that of the lowest group it shares with it, live and on replay
+        alike (each part is logged, offset and replayed on its own)."""
+        if not opts.rooms:
+            return [(0, opts)]
+        group_of = self.options.group_of
+        by_group: dict[int, list[str]] = {}
+        for room in opts.rooms:
+            by_group.setdefault(group_of(room), []).append(room)
+        if len(by_group) == 1:
+            return [(next(iter(by_group)), opts)]
+        parts = []
+        lower: set[str] = set()
+        for group in sorted(by_group):
+            parts.append((group, BroadcastOptions(frozenset(by_group[group]), opts.exclude | lower, opts.local,
+                                                  opts.once)))
+            lower.update(by_group[group])
+        return parts
 
     def _broadcast_logged(self, packet: SocketPacket, opts: BroadcastOptions, log: RedisRecoveryLog[_Unsent]) -> None:
         """With recovery on: through the log script; delivered here too when Redis hands it back
         (a local broadcast travels on our own inbox, which only we hear)."""
         encoded = encode(packet)
         stamp = packet.type is SocketPacketType.EVENT and packet.id is None
-        number, mid = self._own.next_mid()
-        channels = self._channels(opts)
-        envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
-                                              tuple(opts.exclude), stamp, encoded))
-        if log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, opts), opts.once):
-            self._own.keep(number, self, mid, encoded, opts)
-        else:
-            self._deliver_unsent([(mid, encoded, opts)])
+        for group, part in self._parts(opts) if self._groups > 1 else ((0, opts),):
+            number, mid = self._own.next_mid()
+            channels = self._channels(part, group)
+            envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(part.rooms),
+                                                  tuple(part.exclude), stamp, encoded))
+            if log.publish(channels, current_origin.get(), stamp, envelope, (mid, encoded, part), part.once, group):
+                self._own.keep(number, self, mid, encoded, part)
+            else:
+                self._deliver_unsent([(mid, encoded, part)])
 
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:
         """Broadcasts Redis did not take: this node's sockets still get them (without offset)."""
@@ -299,14 +337,28 @@ class RedisAdapter(RecoveryCalls):
             if self._unsettled or self._adopting:
                 self._moving_sockets_heard(mid, encoded, None, opts)
 
-    def on_broadcast(self, message: Broadcast, offset: int | None = None) -> None:
+    def on_broadcast(self, message: Broadcast, offset: int | None = None, channel: bytes = b"") -> None:
         """A broadcast from another node, an emitter or (through the recovery log) ourselves
-        arrived on one of our channels; `offset` when the recovery log kept it."""
+        arrived on `channel`, one of ours; `offset` when the recovery log kept it."""
         self.on_logged(message.mid, message.packet, BroadcastOptions(frozenset(message.rooms),
-                                                                     frozenset(message.exclude)), offset)
+                                                                     frozenset(message.exclude)), offset, channel)
 
-    def on_logged(self, mid: str, packet: EncodedPacket, opts: BroadcastOptions, offset: int | None) -> None:
+    def on_logged(self, mid: str, packet: EncodedPacket, opts: BroadcastOptions, offset: int | None,
+                  channel: bytes = b"") -> None:
         """A broadcast as it arrived (or, one of ours through the recovery log, as we kept it)."""
+        if offset is not None and self._groups > 1 and self.recovery_log is not None:
+            # log groups: this node's offset of the channel's group moves first (also for a
+            # copy dropped below), and the packet carries the whole vector
+            group = self.options.group_of_channel(channel)
+            log = self.recovery_log
+            stamp = log.heard(group, offset)
+            if len(opts.rooms) > 1 and self._duplicate(mid):
+                return
+            stamped = Stamped(packet, (group, offset), log.vector, stamp)
+            self._local.deliver(stamped, opts)
+            if self._unsettled or self._adopting:
+                self._moving_sockets_heard(mid, packet, [group, offset, list(log.vector)], opts)
+            return
         if len(opts.rooms) > 1 and self._duplicate(mid):
             return
         self._local.deliver(logged_out(packet, offset), opts)
@@ -328,7 +380,7 @@ class RedisAdapter(RecoveryCalls):
 
     # ------------------------------------------------------------------ sockets moving between nodes
 
-    def _moving_sockets_heard(self, mid: str, packet: EncodedPacket, offset: int | None,
+    def _moving_sockets_heard(self, mid: str, packet: EncodedPacket, offset: _Kept,
                               opts: BroadcastOptions) -> None:
         """A broadcast while sockets move: keep it for those that left, note it for those arriving."""
         if self._unsettled:
@@ -337,7 +389,7 @@ class RedisAdapter(RecoveryCalls):
             if opts.includes(self.socket_rooms(sid)):
                 heard.add(mid)
 
-    def _keep_for_stubs(self, mid: str, packet: EncodedPacket, offset: int | None, opts: BroadcastOptions) -> None:
+    def _keep_for_stubs(self, mid: str, packet: EncodedPacket, offset: _Kept, opts: BroadcastOptions) -> None:
         """Broadcasts are kept for unsettled stubs only (a settled one's new node hears its rooms);
         a local one (`mid` empty: an emit from a handler still running here) for any stub it names,
         so a broadcast never walks the stubs that stay settled for the grace period."""
@@ -358,7 +410,7 @@ class RedisAdapter(RecoveryCalls):
         await self.bus.acquire(channels)  # already ours (the socket is in them): counts, waits for nothing
         return _StubSink(self, sid)
 
-    def keep_for_moved(self, sid: str, mid: str, packet: EncodedPacket, offset: int | None) -> None:
+    def keep_for_moved(self, sid: str, mid: str, packet: EncodedPacket, offset: _Kept) -> None:
         stub = self._stubs.get(sid)
         if stub is None or stub.overflowed:
             return
@@ -386,6 +438,9 @@ class RedisAdapter(RecoveryCalls):
         self.bus.release(stub.channels)
         stub.channels = []
         packets, stub.packets = stub.packets, []
+        if self._groups > 1 and self.recovery_log is not None:
+            # the offsets the socket may hold from us: its new node stamps nothing below them
+            packets.append(["", "", [], [-1, 0, list(self.recovery_log.vector)]])
         return None if stub.overflowed else packets
 
     def expect_moved(self, sid: str) -> None:
@@ -395,8 +450,20 @@ class RedisAdapter(RecoveryCalls):
     def take_kept(self, sid: str, kept: list[list[Any]]) -> list[Outbound]:
         """What the old node kept for `sid`, minus what we delivered ourselves, as this node delivers it."""
         heard = self._adopting.pop(sid, set())
-        return [logged_out(_packet(text, attachments), int(offset) or None)
-                for mid, text, attachments, offset in kept if not (mid and mid in heard)]
+        return [_kept_out(_packet(text, attachments), offset)
+                for mid, text, attachments, offset in kept if not (mid and mid in heard) and _packet_kept(offset)]
+
+    async def floor_of(self, kept: list[list[Any]]) -> tuple[int, ...] | None:
+        """Log groups: the offsets the old node says the socket may hold (`settle`), once this
+        node's are at least those (so nothing it stamps for the socket is lower); None without
+        groups, or when this node could not catch up (it then stamps as it can)."""
+        if self._groups == 1 or self.recovery_log is None:
+            return None
+        floors = [tuple(offset[2]) for *_, offset in kept if isinstance(offset, list) and offset[0] == -1]
+        if not floors:
+            return None
+        await self.recovery_log.catch_up(floors[-1])
+        return floors[-1]
 
     def on_forwarded(self, sid: str, kept: list[list[Any]]) -> None:
         """Packets from a handler that still ran on the node `sid` left."""
@@ -516,18 +583,40 @@ class RedisAdapter(RecoveryCalls):
                 .add_done_callback(_ignore_result)
 
     async def _refresh_sessions(self) -> None:
-        """Records of connected sockets live one window past their last refresh: a quarter window apart."""
+        """Records of connected sockets live one window past their last refresh: a quarter window apart.
+
+        With log groups every group's offset is synced as often: a group this node hears
+        nothing of (no member in its rooms here) would otherwise keep the offset of the link's
+        start in every stamp, and once the log trimmed past it no client of ours could restore
+        (the check reads every group's log)."""
         assert self.recovery_log is not None
         interval = max(0.5, min(30.0, self.recovery_log.window_ms / 4000))
         while True:
             await asyncio.sleep(interval)
             if self.bus.ready:
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
+                await self.recovery_log.sync_all()
 
     def expire_holds(self) -> None:
         if self._stubs:
             self._expire_stubs(time.monotonic())
 
+
+
+#: what is kept with a broadcast for a moving socket: its offset, with log groups [group,
+#: offset, vector] ([-1, 0, vector]: no packet, the old node's offsets when it settled)
+_Kept = int | list[Any] | None
+
+
+def _packet_kept(offset: _Kept) -> bool:
+    return not (isinstance(offset, list) and offset[0] == -1)
+
+
+def _kept_out(packet: EncodedPacket, offset: _Kept) -> Outbound:
+    """A kept broadcast as the socket's new node delivers it, with the stamp the old node gave it."""
+    if isinstance(offset, list):
+        return Stamped(packet, (int(offset[0]), int(offset[1])), tuple(int(v) for v in offset[2]))
+    return logged_out(packet, int(offset) if offset else None)
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

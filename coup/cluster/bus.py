@@ -550,7 +550,14 @@ class Bus:
         future.add_done_callback(done)
         batch = [None, list(head), future, 0]
         # publishes queued after this command start new batches (or fold into it): none overtakes it
-        self._open.clear()
+        if self.options.groups > 1:
+            # log groups: only those of its slot; another group's call this turn stays open, so a
+            # turn makes one call per group (the order across slots is no promise anyway)
+            slot = key_slot(channel_bytes(key))
+            for other in [k for k in self._open if key_slot(k if isinstance(k, bytes) else channel_bytes(k)) == slot]:
+                del self._open[other]
+        else:
+            self._open.clear()
         self._open[key] = batch
         self._fold = fold
         self._outbox.append(batch)

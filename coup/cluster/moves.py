@@ -136,7 +136,8 @@ class SessionMoves:
                 self._failed(session.sid, home, "move-settle", settled)
                 moves.release(socket, ())
                 return False
-            moves.release(socket, adapter.take_kept(socket.id, packets))
+            missed = adapter.take_kept(socket.id, packets)
+            moves.release(socket, missed, await adapter.floor_of(packets))
         self.stats["moved_in"] += 1
         log.info("session %s moved here from %s (%d sockets)", session.sid, home, len(sockets))
         return True

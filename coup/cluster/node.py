@@ -355,12 +355,12 @@ class Cluster:
             if own is not None:  # ours, as we kept it: nothing to decode
                 sender, mid, packet, opts = own
                 if self.adapters.get(sender.nsp.name) is sender:
-                    sender.on_logged(mid, packet, opts, offset)
+                    sender.on_logged(mid, packet, opts, offset, channel)
                 return
             broadcast = decode_broadcast(envelope)
             adapter = self.adapters.get(broadcast.nsp)
             if adapter is not None:
-                adapter.on_broadcast(broadcast, offset)
+                adapter.on_broadcast(broadcast, offset, channel)
         elif kind == BROADCAST:
             if data.startswith(self._own_broadcasts):
                 return  # delivered locally when it was sent

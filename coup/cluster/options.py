@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 
 from coup.redis_endpoint import redis_endpoint
@@ -40,6 +41,9 @@ class ClusterOptions:
     #: Redis Cluster (``redis+cluster://``): keys carry hash tags and channels are sharded
     #: (docs/cluster.md#redis-cluster says where each lives and why)
     sharded: bool = False
+    #: Redis Cluster: a namespace's rooms, recovery log and offsets in this many slots
+    #: (docs/cluster.md#redis-cluster, "Log groups"); 1 on one Redis or Sentinel whatever is asked
+    log_groups: int = 1
 
     def for_url(self, url: str) -> ClusterOptions:
         """These options for the Redis of `url`: sharded on a Redis Cluster, whoever built them."""
@@ -62,12 +66,34 @@ class ClusterOptions:
         on one Redis."""
         return ":".join((self.prefix, *parts))
 
-    def nsp_key(self, kind: str, namespace: str, *parts: str) -> str:
+    @property
+    def groups(self) -> int:
+        """How many log groups a namespace has: `log_groups` on a Redis Cluster, else 1."""
+        return self.log_groups if self.sharded and self.log_groups > 1 else 1
+
+    def group_of(self, room: str) -> int:
+        """The log group of `room` (0 with one group): a stable hash, the same on every node
+        and in the emitter."""
+        groups = self.groups
+        return zlib.crc32(room.encode("utf-8", "surrogatepass")) % groups if groups > 1 else 0
+
+    def group_of_channel(self, channel: bytes) -> int:
+        """The log group of a channel made by `nsp_key` (``{P:NSP:g}:...``; 0 with one group)."""
+        if self.groups == 1:
+            return 0
+        close = channel.index(b"}:")
+        return int(channel[channel.rindex(b":", 0, close) + 1:close])
+
+    def nsp_key(self, kind: str, namespace: str, *parts: str, group: int = 0) -> str:
         """A key or channel of one namespace: ``P:kind:NSP:...``; on a Redis Cluster
         ``{P:NSP}:kind:...``, so a namespace's recovery log, its session records and its room
-        channels share a slot and the script that appends to the log publishes on them."""
+        channels share a slot and the script that appends to the log publishes on them. With
+        several log groups, ``{P:NSP:g}:kind:...``: one slot per group."""
         if self.sharded:
-            return ":".join(("{" + self.prefix + ":" + namespace + "}", kind, *parts))
+            tag = self.prefix + ":" + namespace
+            if self.groups > 1:
+                tag += ":" + str(group)
+            return ":".join(("{" + tag + "}", kind, *parts))
         return ":".join((self.prefix, kind, namespace, *parts))
 
     def room_channel_parts(self, channel: str) -> tuple[str, str] | None:
@@ -75,7 +101,12 @@ class ClusterOptions:
         if self.sharded:
             head = "{" + self.prefix + ":"
             tag, sep, rest = channel.partition("}:r:")
-            return (tag[len(head):], rest) if sep and tag.startswith(head) else None
+            if not (sep and tag.startswith(head)):
+                return None
+            nsp = tag[len(head):]
+            if self.groups > 1:
+                nsp = nsp.rpartition(":")[0]
+            return nsp, rest
         head = self.prefix + ":r:"
         if not channel.startswith(head):
             return None

@@ -27,12 +27,13 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import Bus
+from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.envelope import decode_broadcast, stamp_offset
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import LOG_READ, SESSION_CLAIM, SESSION_SAVE, log_publish
+from coup.cluster.scripts import LOG_HEAD, LOG_READ, SESSION_CLAIM, SESSION_SAVE, log_publish
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
+from coup.core.hold import Stamped
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
 from coup.protocol import jsonutil
@@ -69,6 +70,11 @@ def split_logged(data: bytes) -> tuple[int | None, bytes]:
     return (int(data[1:space]) if space > 1 else None), data[space + 1:]
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _Call(Generic[_T]):
     """One `LOG_PUBLISH` call: its arguments, and the tokens of the broadcasts it carries."""
 
@@ -78,6 +84,32 @@ class _Call(Generic[_T]):
         self.args: list[Any] = []
         self.tokens: list[_T] = []
         self.retried = False
+
+
+class _Group:
+    """One log of a namespace (with one group, the namespace's only one, under today's names)."""
+
+    __slots__ = ("batch", "head", "index", "keys", "log_key", "own_channel", "slot", "tokens")
+
+    def __init__(self, index: int, options: ClusterOptions, namespace: str, node_id: str, sha: str) -> None:
+        self.index = index
+        self.log_key = options.nsp_key("rlog", namespace, group=index)
+        self.keys = [self.log_key, options.nsp_key("rlog", namespace, "m", group=index)]
+        self.head: tuple[Any, ...] = ("EVALSHA", sha, 2, *self.keys)
+        #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
+        self.slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
+        #: this node's channel in the group's slot: logged broadcasts for its own sockets, markers
+        self.own_channel = channel_bytes(options.nsp_key("n", namespace, node_id, group=index))
+        self.batch: list[Any] | None = None
+        self.tokens: list[Any] = []
+
+
+def parse_vector(offset: str, groups: int) -> tuple[int, ...] | None:
+    """A client's offset with log groups (``o0.o1...``, one per group), None when it is not one."""
+    parts = offset.split(".")
+    if len(parts) != groups or not all(part.isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
 
 
 class RedisRecoveryLog(Generic[_T]):
@@ -100,8 +132,6 @@ class RedisRecoveryLog(Generic[_T]):
         self.recovery = recovery
         self.on_unsent = on_unsent
         self.window_ms = int(recovery.max_disconnection_duration * 1000)
-        self.log_key = options.nsp_key("rlog", namespace)
-        meta_key = options.nsp_key("rlog", namespace, "m")
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
         #: how long the log outlives the last node that kept it alive (`refresh`): a minute
@@ -109,15 +139,19 @@ class RedisRecoveryLog(Generic[_T]):
         self.log_ttl_ms = self.window_ms + 60_000
         self._log_publish = log_publish(self.window_ms, recovery.max_packets, recovery.max_bytes, origin_packets,
                                         origin_bytes, self.log_ttl_ms, int(ONCE_WINDOW * 1000), options.sharded)
-        self._head: tuple[Any, ...] = ("EVALSHA", _sha(self._log_publish), 2, self.log_key, meta_key)
-        self._keys = [self.log_key, meta_key]
-        #: on a Redis Cluster, the slot of the log (its script publishes on that slot's channels only)
-        self._slot = key_slot(self.log_key.encode("utf-8", "surrogatepass")) if options.sharded else None
+        #: the namespace's logs: one, or one per log group (docs/cluster.md#redis-cluster)
+        self.groups = [_Group(g, options, namespace, node_id, _sha(self._log_publish)) for g in range(options.groups)]
+        self.log_key = self.groups[0].log_key
+        self._keys = self.groups[0].keys
+        self._by_slot = {group.slot: group for group in self.groups}
+        #: log groups: per group the last offset this node handled (pushes, syncs), and as the
+        #: text every packet is stamped with (docs/cluster.md#redis-cluster, "Offsets")
+        self.vector: tuple[int, ...] = (0,) * len(self.groups)
+        self._parts = ["0"] * len(self.groups)
+        self.stamp = ".".join(self._parts)
         self._save_sha = _sha(SESSION_SAVE)
-        self._batch: list[Any] | None = None
-        self._tokens: list[_T] = []
-        #: offset -> a log entry as replayed (an offset always names the same entry), oldest first
-        self._decoded: dict[int, tuple[BroadcastOptions, Outbound]] = {}
+        #: offset (with groups: (group, offset)) -> a log entry as replayed, oldest first
+        self._decoded: dict[Any, tuple[BroadcastOptions, Outbound, EncodedPacket]] = {}
         self._decoded_bytes = 0
         #: origins refused since the last reset (each logged once)
         self._refused: set[bytes] = set()
@@ -126,24 +160,26 @@ class RedisRecoveryLog(Generic[_T]):
 
     async def load_scripts(self) -> None:
         """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM):
+        for script in (self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM, LOG_HEAD):
             await self.client.script_load(script)
 
     # ------------------------------------------------------------------ the log
 
     def publish(self, channels: Sequence[bytes], origin: str | None, stamp: bool, envelope: bytes,
-                token: _T, once: str = "") -> bool:
-        """Append (when `stamp` and the budget admits it) and publish on `channels`, at the
-        bus's next flush with the other broadcasts until then (one script call); with a
-        `once` key, only if no broadcast with that key went out before. False while disconnected."""
-        batch = self.bus.open_arguments(self.log_key)
-        if batch is None or batch is not self._batch:
+                token: _T, once: str = "", group: int = 0) -> bool:
+        """Append (when `stamp` and the budget admits it) to the log of `group` and publish on
+        `channels` (of that group), at the bus's next flush with the group's other broadcasts
+        until then (one script call per group and turn); with a `once` key, only if no
+        broadcast with that key went out before. False while disconnected."""
+        log = self.groups[group]
+        batch = self.bus.open_arguments(log.log_key)
+        if batch is None or batch is not log.batch:
             call: _Call[_T] = _Call()
-            batch = self.bus.open_command(self.log_key, self._head, partial(self._done, call), self._fold)
+            batch = self.bus.open_command(log.log_key, log.head, partial(self._done, call), self._fold)
             if batch is None:
                 return False
             call.args = batch
-            self._batch, self._tokens = batch, call.tokens
+            log.batch, log.tokens = batch, call.tokens
             self.stats["calls"] += 1
         if len(channels) == 1:  # a list, a tuple: `_channels` gives lists
             batch += (1, channels[0])
@@ -155,19 +191,89 @@ class RedisRecoveryLog(Generic[_T]):
             batch += (("3" if stamp else "2") + (origin or ""), once, envelope)
         else:
             batch += (("1" if stamp else "0") + (origin or ""), envelope)
-        self._tokens.append(token)
+        log.tokens.append(token)
         self.stats["broadcasts"] += 1
         return True
 
     def _fold(self, channel: bytes, data: bytes) -> bool:
         """A plain publish of this turn (a room command's answer, say): published by the same
         call, after the broadcasts before it (``L SP DATA``). On a Redis Cluster only a channel
-        of the log's slot (the namespace's rooms) can be: False leaves it to the bus."""
-        assert self._batch is not None
-        if self._slot is not None and key_slot(channel) != self._slot:
-            return False
-        self._batch += (1, channel, b"0", data)
+        of a log's slot (the rooms of its group) can be, and only while that log's call of
+        this turn still takes arguments: False leaves it to the bus."""
+        if len(self.groups) == 1:
+            log = self.groups[0]
+            if log.slot is not None and key_slot(channel) != log.slot:
+                return False
+        else:
+            found = self._by_slot.get(key_slot(channel))
+            if found is None or found.batch is None or self.bus.open_arguments(found.log_key) is not found.batch:
+                return False
+            log = found
+        assert log.batch is not None
+        log.batch += (1, channel, b"0", data)
         return True
+
+    # ------------------------------------------------------------------ log groups: offsets as vectors
+
+    def heard(self, group: int, offset: int) -> str:
+        """A push of `group`'s log at `offset` is being handled: the stamp of its packet."""
+        if offset > self.vector[group]:
+            self._raise(group, offset)
+        return self.stamp
+
+    def _raise(self, group: int, offset: int) -> None:
+        vector = list(self.vector)
+        vector[group] = offset
+        self.vector = tuple(vector)
+        self._parts[group] = str(offset)
+        self.stamp = ".".join(self._parts)
+
+    async def sync(self, heads: dict[int, int] | None = None) -> None:
+        """Make this node's offset of each group in `heads` (None: every group, heads read
+        here) at least that head: a marker published on our channel of the group after the
+        head was read comes back once every push up to the head was handled. Raises
+        `RedisUnavailable`, a script's error, or `TimeoutError` when a marker is not heard."""
+        if heads is None:
+            replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *log.keys, "", self.log_ttl_ms)
+                                             for log in self.groups))
+            heads = {g: int(reply[0]) for g, reply in enumerate(replies)}
+        behind = [(g, head) for g, head in heads.items() if head > self.vector[g]]
+        if not behind:
+            return
+        markers = [self.bus.heard_so_far(self.groups[g].own_channel) for g, _ in behind]
+        for marker in markers:  # shared with other restores; a link that breaks later fails them unheard
+            marker.add_done_callback(_retrieved)
+        async with asyncio.timeout(self.options.probe_timeout):
+            await asyncio.gather(*(asyncio.shield(marker) for marker in markers))
+        for g, head in behind:
+            if head > self.vector[g]:
+                self._raise(g, head)
+
+    async def sync_all(self) -> None:
+        """When the link comes up: every group's offset defined before sockets are stamped with it."""
+        if len(self.groups) > 1:
+            try:
+                await self.sync()
+            except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+                log.warning("recovery log groups not synced (%s): offsets start at 0 (no recovery from them)",
+                            exc or "a marker not heard")
+
+    async def catch_up(self, floor: Sequence[int]) -> bool:
+        """Make this node's offsets at least `floor` (a client's vector: what another node gave
+        it) before its socket gets packets stamped here; False when that could not be done."""
+        if len(floor) != len(self.groups):
+            return False
+        behind = [g for g, known in enumerate(floor) if known > self.vector[g]]
+        if not behind:
+            return True
+        try:
+            replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *self.groups[g].keys, "", self.log_ttl_ms)
+                                             for g in behind))
+            await self.sync({g: int(reply[0]) for g, reply in zip(behind, replies, strict=True)})
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log groups not caught up (%s)", exc or "a marker not heard")
+            return False
+        return all(known <= self.vector[g] for g, known in enumerate(floor))
 
     def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None and future.result() == []:
@@ -204,14 +310,20 @@ class RedisRecoveryLog(Generic[_T]):
         except RedisError as exc:
             log.warning("recovery log scripts not loaded: %s", exc)
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False,
+                    rooms: frozenset[str] | None = None) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Entries after `offset` (to whom, as sockets get them); None when the log lost some
         of them (or never gave `offset`): a client gets all it missed or a fresh session.
 
         Returned (unless `check_only`) once this node has also heard the pushes of every entry
         read: the read's reply can overtake them (another connection), and a push handled
         after the replay went out would reach the restored socket a second time, live, past
-        the hold that drops a replayed packet's live copy (`coup.core.hold`)."""
+        the hold that drops a replayed packet's live copy (`coup.core.hold`).
+
+        With log groups `offset` is a vector and only the groups of `rooms` (and group 0) are
+        read (`_after_groups`)."""
+        if len(self.groups) > 1:
+            return await self._after_groups(offset, check_only, rooms)
         if not offset.isdigit():
             return None
         try:
@@ -225,25 +337,64 @@ class RedisRecoveryLog(Generic[_T]):
         if not reply:
             return None
         first = int(reply[0])
-        decoded = self._decoded
         entries = []
         for i, entry in enumerate(reply[1:]):
-            known = decoded.get(first + i)
-            entries.append(known if known is not None else self._decode(first + i, entry))
+            opts, out, _packet = self._decoded.get(first + i) or self._decode(first + i, entry)
+            entries.append((opts, out))
         return entries
 
-    def _decode(self, offset: int, entry: bytes) -> tuple[BroadcastOptions, Outbound]:
-        """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays.
+    async def _after_groups(self, offset: str, check_only: bool,
+                            rooms: frozenset[str] | None) -> list[tuple[BroadcastOptions, Outbound]] | None:
+        """`after` with log groups. The check (before the socket joins its rooms) reads every
+        group's head and syncs the groups where this node is behind the client, so no packet
+        stamped here afterwards carries a lower offset than the client holds (the next restore
+        would replay what it has). The replay reads the groups of `rooms` and group 0, syncs
+        those whose head this node has not heard (their late pushes would be duplicates), and
+        stamps each entry per socket: the client's vector, raised entry by entry."""
+        vector = parse_vector(offset, len(self.groups))
+        if vector is None:
+            return None
+        try:
+            if check_only:
+                replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *log.keys, str(vector[log.index]),
+                                                              self.log_ttl_ms) for log in self.groups))
+                if not all(int(reply[1]) for reply in replies):
+                    return None
+                await self.sync({g: int(reply[0]) for g, reply in enumerate(replies) if vector[g] > self.vector[g]})
+                return []
+            wanted = sorted({0, *(self.options.group_of(room) for room in rooms)} if rooms is not None
+                            else range(len(self.groups)))
+            replies = await asyncio.gather(*(self._script(LOG_READ, 2, *self.groups[g].keys, str(vector[g]), "0")
+                                             for g in wanted))
+            if not all(replies):
+                return None
+            await self.sync({g: int(reply[0]) + len(reply) - 2 for g, reply in zip(wanted, replies, strict=True)})
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
+            return None
+        known = list(vector)
+        entries: list[tuple[BroadcastOptions, Outbound]] = []
+        for g, reply in zip(wanted, replies, strict=True):
+            first = int(reply[0])
+            for i, entry in enumerate(reply[1:]):
+                opts, _out, packet = self._decoded.get((g, first + i)) or self._decode((g, first + i), entry)
+                known[g] = first + i
+                entries.append((opts, Stamped(packet, (g, first + i), tuple(known))))
+        return entries
+
+    def _decode(self, key: Any, entry: bytes) -> tuple[BroadcastOptions, Outbound, EncodedPacket]:
+        """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays
+        (`key`: its offset, with log groups (group, offset): replays stamp it per socket).
 
         The clients of a drained node come back within a second or two, each asking for the
         same tail of the log: decoding it once per node instead of once per client took the
         replay from a quarter of the survivor's CPU to a few percent (bench/README.md, "A
         drained node's clients coming back"). The same `Outbound` also keeps its encoded frame."""
         message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
-        decoded = (BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude)),
-                   logged_out(message.packet, offset))
+        opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
+        decoded = (opts, logged_out(message.packet, key if isinstance(key, int) else None), message.packet)
         cache = self._decoded
-        cache[offset] = decoded
+        cache[key] = decoded
         self._decoded_bytes += decoded[1].size
         while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
             self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
@@ -300,8 +451,9 @@ class RedisRecoveryLog(Generic[_T]):
         and the log while any node lives (a minute past the window after the last one)."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key in self._keys:
-                    pipe.pexpire(key, self.log_ttl_ms)
+                for group in self.groups:
+                    for key in group.keys:
+                        pipe.pexpire(key, self.log_ttl_ms)
                 for pid in pids:
                     pipe.pexpire(self._session_key(pid), self.window_ms)
                 await pipe.execute()

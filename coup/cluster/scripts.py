@@ -429,6 +429,26 @@ end
 return out
 """
 
+# Log groups (several logs per namespace, docs/cluster.md#redis-cluster): the last offset a
+# group's log gave, made when it has none yet (Redis's clock in microseconds, as a new log
+# starts), so every group has a head a client's vector can name before its first broadcast;
+# and whether everything after a client's offset is still in the log.
+# KEYS: log, meta   ARGV: offset ('' for none), ttl_ms   -> {last, 1 when the log holds all after the offset}
+LOG_HEAD = """
+local last = redis.call('HGET', KEYS[2], 'last')
+if not last then
+  local t = redis.call('TIME')
+  last = t[1] .. string.sub('000000' .. t[2], -6)
+  redis.call('HSET', KEYS[2], 'last', last)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local wanted = tonumber(ARGV[1])
+if not wanted then return {last, 0} end
+local head = tonumber(last)
+if wanted < head - redis.call('LLEN', KEYS[1]) or wanted > head then return {last, 0} end
+return {last, 1}
+"""
+
 # Write a session record ``NODE \\n JSON`` (``P:session:NSP:PID``) with the recovery window as
 # its time to live. ARGV[4] = 'live' (a connected socket: create or refresh), 'take' (a socket
 # that moved here from another node: overwrite) or 'left' (it disconnected: refresh only our

@@ -135,6 +135,7 @@ async def read_status(url: str, options: ClusterOptions, *, room_limit: int | No
         holder = holders.get(room)  # a live holder owns its room (`coup.cluster.leases`)
         rooms.append({"namespace": nsp, "room": room, "owner": holder if holder in last else ring.owner(room),
                       "nodes": int(hearing.get(channel.encode(), 0))})
+    rooms.sort(key=lambda entry: (entry["namespace"], entry["room"]))  # log groups' channels sort by group first
     owned: dict[str, int] = {}
     for entry in rooms:
         owned[entry["owner"]] = owned.get(entry["owner"], 0) + 1

@@ -104,12 +104,13 @@ async def take_in(server: SocketServer, session: Session, moved: Sequence[MovedS
     return sockets
 
 
-def release(socket: Socket, missed: Sequence[Outbound]) -> None:
-    """Send what the old node kept for `socket` (`missed`), then what it got here meanwhile."""
+def release(socket: Socket, missed: Sequence[Outbound], floor: tuple[int, ...] | None = None) -> None:
+    """Send what the old node kept for `socket` (`missed`), then what it got here meanwhile
+    (with log groups, none stamped below `floor`, the old node's offsets: `HeldPackets.release`)."""
     held = socket.sink
     socket.sink = socket.session
     if isinstance(held, HeldPackets):
-        held.release(missed)
+        held.release(missed, floor)
     else:
         for out in missed:
             socket.session.send(out)

@@ -70,9 +70,11 @@ class RecoveryStore(Protocol):
         """Forget the record of `pid` (unless another node restored it meanwhile)."""
         ...
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False,
+                    rooms: frozenset[str] | None = None) -> list[tuple[BroadcastOptions, Outbound]] | None:
         """Every stored packet after `offset` (to whom, as sockets get it), in order; None when
-        some of them are gone (or `offset` was never given). `check_only`: [] or None."""
+        some of them are gone (or `offset` was never given). `check_only`: [] or None. `rooms`:
+        the session's rooms, where a store keeps its packets apart by room (log groups)."""
         ...
 
 
@@ -133,7 +135,7 @@ class SessionRecovery:
         return RestoredSession(record.sid, pid, record.rooms, record.data, offset)
 
     async def replay(self, restored: RestoredSession) -> tuple[Outbound, ...] | None:
-        entries = await self.store.after(restored.offset)
+        entries = await self.store.after(restored.offset, rooms=restored.rooms)
         if entries is None:
             return None
         return tuple(out for opts, out in entries if opts.includes(restored.rooms))
@@ -221,7 +223,8 @@ class MemoryRecoveryStore:
     async def discard(self, pid: str) -> None:
         self._sessions.pop(pid, None)
 
-    async def after(self, offset: str, check_only: bool = False) -> list[tuple[BroadcastOptions, Outbound]] | None:
+    async def after(self, offset: str, check_only: bool = False,
+                    rooms: frozenset[str] | None = None) -> list[tuple[BroadcastOptions, Outbound]] | None:
         packets = stored_after(self._packets, self._next_offset - 1, offset)
         if packets is None:
             return None

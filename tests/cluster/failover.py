@@ -17,7 +17,7 @@ import redis
 
 from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
-from tests.cluster.conftest import NodeProcess, wait_until
+from tests.cluster.conftest import NodeProcess, log_groups_for, wait_until
 from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, token
 
 #: kills a primary; returns (monotonic time of the kill, monotonic time the failover ended)
@@ -105,7 +105,8 @@ async def chat_through_a_failover(url: str, prefix: str, tmp_path: Path, fail_ov
 
         chatting = [asyncio.create_task(chat(p, f"u{p.user_id}")) for p in people]
         await wait_until(lambda: len(acked) >= 15, timeout=10, what="chat going")
-        emitter = Emitter(url, prefix=prefix)  # a backend, connected before the failover
+        # a backend, connected before the failover
+        emitter = Emitter(url, prefix=prefix, log_groups=log_groups_for(url))
         assert await asyncio.to_thread(emitter.to(study_room(STUDY)).emit, "notice", "before") == 3
 
         killed_at, switched_at = await fail_over()

@@ -18,6 +18,12 @@ from tests.cluster.cluster_testapp import NAMESPACE
 _PREFIX = NAMESPACE + ","
 
 
+def is_offset(value: object) -> bool:
+    """A recovery offset as the last argument of an event: digits, or with recovery log groups
+    one number per group joined by dots (docs/cluster.md#redis-cluster)."""
+    return isinstance(value, str) and bool(value) and all(part.isdigit() for part in value.split("."))
+
+
 class RawClient:
     def __init__(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -65,7 +71,7 @@ class RawClient:
                 self._connected.set_exception(AssertionError(text))
             elif kind == "42":
                 args = json.loads(body)
-                if args and isinstance(args[-1], str) and args[-1].isdigit():
+                if args and is_offset(args[-1]):
                     self.offset = args[-1]
                     args = args[:-1]
                 self.events.append((args[0], args[1:]))

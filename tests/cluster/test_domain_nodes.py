@@ -25,6 +25,7 @@ import pytest_asyncio
 import socketio
 
 from tests.cluster.conftest import JWT_SECRET, NodeProcess, RedisServer, wait_until
+from tests.cluster.rawclient import is_offset
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -49,7 +50,7 @@ class User:
         self.sio.on("*", self._record)
 
     async def _record(self, event: str, *args: Any) -> None:
-        if args and isinstance(args[-1], str) and args[-1].isdigit():
+        if args and is_offset(args[-1]):
             args = args[:-1]  # recovery offset
         self.events[event].append(args[0] if args else None)
 

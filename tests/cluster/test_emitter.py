@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 def emitter_for(nodes) -> Emitter:
     cluster = nodes[0].node.cluster
-    return Emitter(cluster.url, prefix=cluster.options.prefix).of(NAMESPACE)
+    return Emitter(cluster.url, prefix=cluster.options.prefix, log_groups=cluster.options.log_groups).of(NAMESPACE)
 
 
 async def emitter_quiet(emitter: Emitter, *watched) -> None:

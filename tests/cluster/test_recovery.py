@@ -49,7 +49,10 @@ async def test_a_dropped_client_recovers_on_another_node_with_what_it_missed(nod
         await client.close()
 
 
-async def test_an_unknown_offset_gives_a_fresh_session(nodes, peers):
+@pytest.mark.parametrize("offset", ["999999", "1.2.3.4", "1.2.3", "1.2.3.4.5", "a.b.c.d", "1..2.3", "", "1.2.3.-4"])
+async def test_an_unknown_offset_gives_a_fresh_session(nodes, peers, offset):
+    """Never given, or of another layout (one number where the nodes have log groups, a vector
+    of another length, garbage): a fresh session, and the node serves it."""
     client = RawClient()
     try:
         await client.connect(nodes[0].url, {"user": "rc"})
@@ -59,8 +62,9 @@ async def test_an_unknown_offset_gives_a_fresh_session(nodes, peers):
         await session_stored(nodes[0], pid)
         back = RawClient()
         try:
-            reply = await back.connect(nodes[1].url, {"user": "rc", "pid": pid, "offset": "999999"})
+            reply = await back.connect(nodes[1].url, {"user": "rc", "pid": pid, "offset": offset})
             assert reply["sid"] != client.sid
+            assert await back.call("join", {"room": "r"}) == {"node": client_node(nodes, 1)}
         finally:
             await back.close()
     finally:

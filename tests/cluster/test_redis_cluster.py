@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from redis.crc import key_slot
 from coup.cluster.options import ClusterOptions
 from coup.cluster.scripts import HEARTBEAT, LOG_PUBLISH, REAP, publishing
 from coup.cluster.status import read_status
+from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
 from tests.cluster.cluster_testapp import NAMESPACE
-from tests.cluster.conftest import Peer, RedisClusterSet, RedisServer, wait_until
+from tests.cluster.conftest import CLUSTER_LOG_GROUPS, Peer, RedisClusterSet, RedisServer, wait_until
 from tests.cluster.failover import chat_through_a_failover
+from tests.cluster.test_domain_nodes import STUDY
 from tests.cluster.test_sentinel import chat_and_emit, client_names, three_nodes_in_a_room
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -47,6 +50,23 @@ def test_names_carry_hash_tags_only_on_a_cluster(sharded: bool, names: list[str]
     assert not ClusterOptions(sharded=True).for_url("redis://h").sharded
 
 
+def test_log_groups_tag_a_namespace_per_group_only_on_a_cluster() -> None:
+    """With log groups a room's channel, its group's log and our channel in it share
+    ``{P:NSP:g}``; one Redis (and one group) keep the names above."""
+    spread = ClusterOptions(sharded=True, log_groups=4)
+    group = spread.group_of("study:1")
+    assert group == zlib.crc32(b"study:1") % 4
+    channel = spread.nsp_key("r", "/chat", "study:1", group=group)
+    assert channel == "{coup:/chat:" + str(group) + "}:r:study:1"
+    assert spread.room_channel_parts(channel) == ("/chat", "study:1")
+    assert spread.group_of_channel(channel.encode()) == group
+    assert spread.nsp_key("rlog", "/chat", group=group) == "{coup:/chat:" + str(group) + "}:rlog"
+    assert key_slot(channel.encode()) == key_slot(spread.nsp_key("rlog", "/chat", group=group).encode())
+    one = ClusterOptions(sharded=False, log_groups=4)
+    assert one.groups == 1 and one.nsp_key("r", "/chat", "study:1", group=0) == "coup:r:/chat:study:1"
+    assert ClusterOptions(sharded=True).nsp_key("r", "/chat", "x") == "{coup:/chat}:r:x"
+
+
 def test_scripts_publish_on_shard_channels_on_a_cluster() -> None:
     for script in (HEARTBEAT, REAP, LOG_PUBLISH):
         assert "'SPUBLISH'" in publishing(script, True) and "'PUBLISH'" not in publishing(script, True)
@@ -61,19 +81,20 @@ def shard_channels(server: RedisServer, prefix: str) -> set[str]:
 async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster: RedisClusterSet, peers):
     cluster = shared_redis_cluster
     prefix = "k" + secrets.token_hex(3)
-    options = ClusterOptions(prefix=prefix, sharded=True)
-    emitter = Emitter(cluster.url, prefix=prefix, namespace=NAMESPACE)
+    options = ClusterOptions(prefix=prefix, sharded=True, log_groups=CLUSTER_LOG_GROUPS)
+    emitter = Emitter(cluster.url, prefix=prefix, namespace=NAMESPACE, log_groups=CLUSTER_LOG_GROUPS)
     try:
         async with three_nodes_in_a_room(cluster.url, prefix, peers) as (_nodes, members):
             await chat_and_emit(members, emitter)
-            # the room's channel is a shard channel on the primary of the namespace's slot, next to its log
-            room = options.nsp_key("r", NAMESPACE, "chat")
-            assert room.startswith("{" + prefix + ":" + NAMESPACE + "}")
+            # the room's channel is a shard channel on the primary of its log group's slot, next to its log
+            group = options.group_of("chat")
+            room = options.nsp_key("r", NAMESPACE, "chat", group=group)
+            assert room.startswith("{" + prefix + ":" + NAMESPACE + ":" + str(group) + "}")
             home = cluster.owner(room)
-            assert home is cluster.owner(options.nsp_key("rlog", NAMESPACE))
+            assert home is cluster.owner(options.nsp_key("rlog", NAMESPACE, group=group))
             assert room in shard_channels(home, prefix)
             assert not any(room in shard_channels(s, prefix) for s in cluster.primaries() if s is not home)
-            assert home.cli("EXISTS", options.nsp_key("rlog", NAMESPACE)) == "1"
+            assert home.cli("EXISTS", options.nsp_key("rlog", NAMESPACE, group=group)) == "1"
             # the control plane in one slot; each inbox on the primary of its own slot
             control = cluster.owner(options.key("nodes"))
             assert control.cli("ZCARD", options.key("nodes")) == "3"
@@ -87,7 +108,7 @@ async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster
                     assert f"{prefix}:n{i}:pub" in names and f"{prefix}:n{i}:sub" in names
             for server in set(cluster.servers) - set(cluster.primaries()):
                 assert not [n for n in client_names(server) if n.startswith(f"{prefix}:n")]
-            status = await read_status(cluster.url, ClusterOptions(prefix=prefix))
+            status = await read_status(cluster.url, ClusterOptions(prefix=prefix, log_groups=CLUSTER_LOG_GROUPS))
             assert [n["id"] for n in status["nodes"]] == ["n0", "n1", "n2"]
             assert [(r["room"], r["nodes"]) for r in status["rooms"]] == [(f"user:{prefix}-{i}", 1) for i in range(3)]
     finally:
@@ -101,9 +122,9 @@ async def test_a_slot_that_moves_rebuilds_the_link(redis_cluster: RedisClusterSe
     subscribes on the new owner, and chat goes on."""
     cluster = redis_cluster
     prefix = "m" + secrets.token_hex(3)
-    options = ClusterOptions(prefix=prefix, sharded=True)
+    options = ClusterOptions(prefix=prefix, sharded=True, log_groups=CLUSTER_LOG_GROUPS)
     async with three_nodes_in_a_room(cluster.url, prefix, peers) as (nodes, members):
-        room = options.nsp_key("r", NAMESPACE, "chat")
+        room = options.nsp_key("r", NAMESPACE, "chat", group=options.group_of("chat"))
         source = cluster.owner(room)
         target = next(s for s in cluster.primaries() if s is not source)
         slot = source.cli("CLUSTER", "KEYSLOT", room)
@@ -135,7 +156,9 @@ async def test_the_primary_of_the_chat_killed_during_chat(redis_cluster: RedisCl
     prefix = "cf" + secrets.token_hex(3)
 
     async def fail_over() -> tuple[float, float]:
-        victim = redis_cluster.owner(ClusterOptions(prefix=prefix, sharded=True).nsp_key("rlog", "/"))
+        options = ClusterOptions(prefix=prefix, sharded=True, log_groups=CLUSTER_LOG_GROUPS)
+        study = options.group_of(study_room(STUDY))
+        victim = redis_cluster.owner(options.nsp_key("rlog", "/", group=study))
         victim.kill()
         killed_at = time.monotonic()
         await wait_until(lambda: asyncio.to_thread(redis_cluster.failed_over, victim), timeout=30, poll=0.1,
