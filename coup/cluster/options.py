@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import zlib
 from dataclasses import dataclass
 
+from redis.crc import key_slot
+
 from coup.redis_endpoint import redis_endpoint
+
+#: hash slots of a Redis Cluster
+SLOTS = 16384
+
+
+@functools.lru_cache(maxsize=1024)
+def group_tag(prefix: str, namespace: str, group: int, groups: int) -> str:
+    """The hash tag of log group `group` of `groups`: ``P:NSP:g``, or ``P:NSP:g.k`` with the
+    smallest k whose slot lies in the middle half of the group's equal share of the slots.
+
+    Why: a cluster of S primaries made by ``redis-cli --cluster create`` (or a managed offer)
+    gives each primary one equal run of slots, so G a multiple of S then puts G/S groups on
+    every primary. Hashing ``P:NSP:g`` alone put two of four groups on one primary and none
+    of the namespace's work on another (bench/README.md, "One namespace over several Redis
+    Cluster slots"). The middle half keeps a group clear of the runs' edges."""
+    width = SLOTS / groups
+    low, high = group * width + width / 4, group * width + 3 * width / 4
+    base = f"{prefix}:{namespace}:{group}"
+    for k in itertools.count():
+        tag = base if k == 0 else f"{base}.{k}"
+        if low <= key_slot(tag.encode("utf-8", "surrogatepass")) < high:
+            return tag
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +109,17 @@ class ClusterOptions:
         if self.groups == 1:
             return 0
         close = channel.index(b"}:")
-        return int(channel[channel.rindex(b":", 0, close) + 1:close])
+        return int(channel[channel.rindex(b":", 0, close) + 1:close].partition(b".")[0])
 
     def nsp_key(self, kind: str, namespace: str, *parts: str, group: int = 0) -> str:
         """A key or channel of one namespace: ``P:kind:NSP:...``; on a Redis Cluster
         ``{P:NSP}:kind:...``, so a namespace's recovery log, its session records and its room
         channels share a slot and the script that appends to the log publishes on them. With
-        several log groups, ``{P:NSP:g}:kind:...``: one slot per group."""
+        several log groups, ``{P:NSP:g}:kind:...`` (or ``g.k``, `group_tag`): one slot per group,
+        spread evenly over the slot space."""
         if self.sharded:
-            tag = self.prefix + ":" + namespace
-            if self.groups > 1:
-                tag += ":" + str(group)
+            groups = self.groups
+            tag = group_tag(self.prefix, namespace, group, groups) if groups > 1 else self.prefix + ":" + namespace
             return ":".join(("{" + tag + "}", kind, *parts))
         return ":".join((self.prefix, kind, namespace, *parts))
 

@@ -11,6 +11,7 @@ The contract tests also run here (the ``cluster`` parameter of `nodes` / `redis_
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
 import time
 import zlib
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from coup.cluster.options import ClusterOptions
+from coup.cluster.options import SLOTS, ClusterOptions, group_tag
 from coup.cluster.scripts import HEARTBEAT, LOG_PUBLISH, REAP, publishing
 from coup.cluster.status import read_status
 from coup.domain.roomnames import study_room
@@ -57,14 +58,40 @@ def test_log_groups_tag_a_namespace_per_group_only_on_a_cluster() -> None:
     group = spread.group_of("study:1")
     assert group == zlib.crc32(b"study:1") % 4
     channel = spread.nsp_key("r", "/chat", "study:1", group=group)
-    assert channel == "{coup:/chat:" + str(group) + "}:r:study:1"
+    tag = group_tag("coup", "/chat", group, 4)
+    assert tag.split(".")[0] == "coup:/chat:" + str(group)
+    assert channel == "{" + tag + "}:r:study:1"
     assert spread.room_channel_parts(channel) == ("/chat", "study:1")
     assert spread.group_of_channel(channel.encode()) == group
-    assert spread.nsp_key("rlog", "/chat", group=group) == "{coup:/chat:" + str(group) + "}:rlog"
+    assert spread.nsp_key("rlog", "/chat", group=group) == "{" + tag + "}:rlog"
     assert key_slot(channel.encode()) == key_slot(spread.nsp_key("rlog", "/chat", group=group).encode())
     one = ClusterOptions(sharded=False, log_groups=4)
     assert one.groups == 1 and one.nsp_key("r", "/chat", "study:1", group=0) == "coup:r:/chat:study:1"
     assert ClusterOptions(sharded=True).nsp_key("r", "/chat", "x") == "{coup:/chat}:r:x"
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4, 6, 64])
+def test_each_log_group_takes_the_middle_of_its_share_of_the_slots(groups: int) -> None:
+    """So equal runs of slots per primary (how clusters are made) carry equal numbers of groups."""
+    options = ClusterOptions(prefix="p" + secrets.token_hex(2), sharded=True, log_groups=groups)
+    width = SLOTS / groups
+    for group in range(groups):
+        slot = key_slot(options.nsp_key("rlog", "/", group=group).encode())
+        assert group * width + width / 4 <= slot < group * width + 3 * width / 4
+        assert key_slot(options.nsp_key("r", "/", "room", group=group).encode()) == slot
+
+
+@pytest.mark.parametrize("groups", [3, 6])
+def test_log_groups_share_the_primaries_of_a_cluster_evenly(shared_redis_cluster: RedisClusterSet,
+                                                            groups: int) -> None:
+    """On the tests' 3-primary cluster (made by ``redis-cli --cluster create``), G = 3 or 6 puts
+    G/3 groups on each primary, whatever the prefix (hashing ``P:NSP:g`` alone put two of four
+    groups of the bench's names on one primary)."""
+    for _ in range(3):
+        options = ClusterOptions(prefix="e" + secrets.token_hex(3), sharded=True, log_groups=groups)
+        owners = [shared_redis_cluster.owner(options.nsp_key("rlog", NAMESPACE, group=g)).port
+                  for g in range(groups)]
+        assert sorted(collections.Counter(owners).values()) == [groups // 3] * 3, owners
 
 
 def test_scripts_publish_on_shard_channels_on_a_cluster() -> None:
@@ -89,7 +116,7 @@ async def test_keys_and_channels_land_where_the_layout_says(shared_redis_cluster
             # the room's channel is a shard channel on the primary of its log group's slot, next to its log
             group = options.group_of("chat")
             room = options.nsp_key("r", NAMESPACE, "chat", group=group)
-            assert room.startswith("{" + prefix + ":" + NAMESPACE + ":" + str(group) + "}")
+            assert room.startswith("{" + group_tag(prefix, NAMESPACE, group, CLUSTER_LOG_GROUPS) + "}")
             home = cluster.owner(room)
             assert home is cluster.owner(options.nsp_key("rlog", NAMESPACE, group=group))
             assert room in shard_channels(home, prefix)
