@@ -447,7 +447,8 @@ class Settings:
         "one Redis", "cluster")
     recovery_log_groups: int = setting(
         "COUP_RECOVERY_LOG_GROUPS", 1, _integer(1, 64), "Redis Cluster only: a namespace's rooms, recovery log "
-        "and offsets are spread over this many slots (hence primaries) instead of one; every node of a deployment "
+        "and offsets are spread over this many slots (hence primaries) instead of one, best a multiple of the "
+        "primaries (each gets as many); every node of a deployment "
         "must use the same value (changing it makes clients' offsets unknown, like a Redis restart); ignored on "
         "one Redis or Sentinel ([docs/cluster.md](docs/cluster.md#redis-cluster))", "cluster")
     room_leases: bool = setting(
