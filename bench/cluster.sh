@@ -7,6 +7,7 @@
 #   bench/cluster.sh                       # fanout: coup-1 coup-3 pysio-1 pysio-3; chat: coup-3 pysio-3
 #   CONFIGS="coup-3 pysio-3" SCENARIOS=chat bench/cluster.sh
 #   SHARED_BENCH=/path/to/shared/bench bench/cluster.sh
+#   LOADGEN_ARGS="--duration 30" SCENARIOS=chat bench/cluster.sh   # extra load generator arguments
 #
 # Every server process (Redis and all nodes) runs on the harness's server core (SERVER_CPU,
 # default 0), the generator on the other: 3 nodes cannot use more CPU than 1 here, so the
@@ -36,7 +37,7 @@ for scen in $SCENARIOS; do
     echo "== $cfg $scen" >&2
     LINE=$(LABEL="$cfg" SERVER_LOG="$BENCH_STATE/results/logs/$cfg-$scen.log" \
       "$SHARED_BENCH/run.sh" "$PY $HERE/cluster_launch.py --impl $impl --nodes $n $extra --stats $STATS" \
-      "$PORT" "$scen" | tail -n 1)
+      "$PORT" "$scen" ${LOADGEN_ARGS:-} | tail -n 1)
     PORT=$((PORT + 1))
     printf '%s\n' "$LINE" | "$PY" -c '
 import json, sys, pathlib
