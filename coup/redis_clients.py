@@ -70,7 +70,7 @@ def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
     if not endpoint.sentinel:
         return redis.asyncio.Redis(**endpoint.redis_kwargs(), **kwargs)
     once = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs, once))
     client: redis.asyncio.Redis = sentinel.master_for(endpoint.service, redis_class=_AsyncPrimary,
                                                       **endpoint.redis_kwargs(), **kwargs)
@@ -81,13 +81,13 @@ def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     """A blocking redis-py client for `url` (the emitter's)."""
     endpoint = redis_endpoint(url)
     if endpoint.cluster:
-        nodes = [redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+        nodes = [redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
                  for host, port in endpoint.cluster_seeds]
         return cast(redis.Redis, redis.RedisCluster(startup_nodes=nodes, **endpoint.redis_kwargs(), **kwargs))
     if not endpoint.sentinel:
         return redis.Redis(**endpoint.redis_kwargs(), **kwargs)
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         endpoint.sentinels, sentinel_kwargs=_sentinel_kwargs(endpoint, kwargs, redis.retry.Retry(NoBackoff(), 0)))
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         endpoint.service, redis_class=_Primary, **endpoint.redis_kwargs(), **kwargs)
     return client
