@@ -71,6 +71,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _numsub(reply: Any) -> dict[bytes, int]:
+    """``PUBSUB SHARDNUMSUB``'s answer as channel -> subscribers, flat (``[c, n, ...]``) or in
+    pairs, as redis-py versions give it."""
+    if reply and isinstance(reply[0], (list, tuple)):
+        return {channel: int(count) for channel, count in reply}
+    return dict(zip(reply[::2], (int(n) for n in reply[1::2]), strict=True))
+
+
 async def _room_channels(client: Any, options: ClusterOptions) -> tuple[list[str], dict[bytes, int]]:
     """The room channels somebody hears, and how many nodes hear each. On a Redis Cluster they
     are shard channels, each known to the primary of its slot only: every primary is asked."""
@@ -84,8 +92,9 @@ async def _room_channels(client: Any, options: ClusterOptions) -> tuple[list[str
         names = [_text(c) for c in await client.execute_command(
             "PUBSUB", "SHARDCHANNELS", "{" + options.prefix + ":*", target_nodes=primary)]
         if names:
-            counts = await client.execute_command("PUBSUB", "SHARDNUMSUB", *names, target_nodes=primary)
-            hearing.update(zip(counts[::2], (int(n) for n in counts[1::2]), strict=True))
+            # asked of the node itself: redis-py 8.2's cluster-level parser of this reply
+            # expects pairs and fails on the flat list a primary sends
+            hearing.update(_numsub(await primary.execute_command("PUBSUB", "SHARDNUMSUB", *names)))
         found.extend(names)
     return sorted(found), hearing
 
