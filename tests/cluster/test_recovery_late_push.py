@@ -142,3 +142,53 @@ async def test_a_restore_whose_pushes_are_not_heard_in_time_is_closed_and_the_ne
         await back.close()
         await deaf.close()
         await client.close()
+
+
+async def test_a_restore_whose_link_breaks_while_it_waits_is_closed_and_the_next_one_recovers(
+        redis_nodes, peers, monkeypatch):
+    """The link to Redis breaks while the replay waits for its marker (the probe timeout is far
+    off): the marker fails at once with the link, that attempt is closed with nothing delivered,
+    and once the node's link is back the client's next attempt recovers exactly what it missed."""
+    nodes = redis_nodes
+    sender = await peers("sender").connect(nodes[1].url)
+    await sender.call("join", {"room": "r"})
+    client, cut, back = RawClient(), RawClient(), RawClient()
+    log: Any = nodes[2].node.sio.of(NAMESPACE).adapter.recovery_log
+    monkeypatch.setattr(log, "options", dataclasses.replace(log.options, probe_timeout=30.0))
+    bus: Any = nodes[2].node.cluster.bus  # type: ignore[union-attr]
+    read = log.after
+
+    async def read_and_break(offset: str, check_only: bool = False, **rooms: Any) -> Any:
+        if check_only:
+            return await read(offset, check_only)
+        with subscriptions_unread(nodes[2]):
+            await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
+            reading = asyncio.ensure_future(read(offset, check_only, **rooms))
+            await asyncio.wait({reading}, timeout=PAUSE)
+            assert not reading.done()  # waiting for its marker
+            subscribed = [bus._sub] if not bus._shards else [sub for _, sub in bus._shards.values()]
+            for connection in subscribed:
+                connection._transport.abort()  # the link breaks under the waiting replay
+            return await reading
+
+    try:
+        pid, offset = await away_with_one_missed(nodes[0], client, sender)
+
+        monkeypatch.setattr(log, "after", read_and_break)
+        attempt = asyncio.ensure_future(cut.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset}))
+        # well before the 30 s probe timeout: the broken link, not the timeout, ended the wait
+        await wait_until(lambda: cut.ws is not None and cut.ws.closed, timeout=10, what="the attempt closed")
+        attempt.cancel()
+        assert cut.transcript == []  # no CONNECT, nothing replayed
+        monkeypatch.setattr(log, "after", read)
+        await wait_until(lambda: bus.ready, timeout=10, what="the node's link to Redis back")
+        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid  # recovered
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
+        await wait_until(lambda: 4 in back.received("m"), what="live traffic after recovery")
+        await quiet(nodes[2], back)
+        assert back.received("m") == [2, 3, 4]
+    finally:
+        await back.close()
+        await cut.close()
+        await client.close()
