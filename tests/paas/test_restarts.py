@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -382,7 +383,11 @@ async def stop_gracefully(node: CoupServe, label: str) -> float:
         ready = await asyncio.to_thread(lambda: http_get(f"{node.url}/readyz", timeout=1.0)[0])
     handshake = await asyncio.to_thread(handshake_answer, node.url)
     assert node.process is not None
-    code = await asyncio.to_thread(node.process.wait, 30)
+    try:
+        code = await asyncio.to_thread(node.process.wait, 30)
+    except subprocess.TimeoutExpired:  # what it was doing says why: its log's end
+        tail = node.log_tail(40)
+        raise AssertionError(f"{node.name} still running 30 s after SIGTERM; its log ends:\n{tail}") from None
     took = time.monotonic() - started
     print(f"[{label}] {node.name}: SIGTERM -> /readyz {ready}, new handshake {handshake}; "
           f"exited with {code} after {took:.2f} s")
