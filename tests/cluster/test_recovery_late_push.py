@@ -58,6 +58,18 @@ async def away_with_one_missed(node: Node, client: RawClient, sender: Any) -> tu
     return pid, offset
 
 
+async def recovers_once(node: Node, back: RawClient, client: RawClient, sender: Any, pid: str,
+                        offset: str | None) -> None:
+    """`client`'s session comes back to `node` as `back`: recovered, with messages 2 and 3
+    (missed, and logged during the restore or a failed attempt) once each, then live traffic."""
+    reply = await back.connect(node.url, {"user": "rc", "pid": pid, "offset": offset})
+    assert reply["sid"] == client.sid  # recovered
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
+    await wait_until(lambda: 4 in back.received("m"), what="live traffic after recovery")
+    await quiet(node, back)
+    assert back.received("m") == [2, 3, 4]
+
+
 @pytest.mark.parametrize("sent_from", [1, 2], ids=["another-node", "the-restoring-node"])
 async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_nodes, peers, monkeypatch,
                                                                           sent_from):
@@ -88,12 +100,7 @@ async def test_an_entry_logged_during_the_restore_reaches_the_client_once(redis_
         pid, offset = await away_with_one_missed(nodes[0], client, sender)
 
         monkeypatch.setattr(log, "after", read_while_the_push_is_late)
-        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
-        assert reply["sid"] == client.sid  # recovered
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
-        await wait_until(lambda: 4 in back.received("m"), what="live traffic after recovery")
-        await quiet(nodes[2], back)
-        assert back.received("m") == [2, 3, 4]
+        await recovers_once(nodes[2], back, client, sender, pid, offset)
     finally:
         await back.close()
         await client.close()
@@ -132,12 +139,7 @@ async def test_a_restore_whose_pushes_are_not_heard_in_time_is_closed_and_the_ne
         attempt.cancel()
         assert deaf.transcript == []  # no CONNECT, nothing replayed
         monkeypatch.setattr(log, "after", read)
-        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
-        assert reply["sid"] == client.sid  # recovered
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
-        await wait_until(lambda: 4 in back.received("m"), what="live traffic after recovery")
-        await quiet(nodes[2], back)
-        assert back.received("m") == [2, 3, 4]
+        await recovers_once(nodes[2], back, client, sender, pid, offset)
     finally:
         await back.close()
         await deaf.close()
@@ -182,12 +184,7 @@ async def test_a_restore_whose_link_breaks_while_it_waits_is_closed_and_the_next
         assert cut.transcript == []  # no CONNECT, nothing replayed
         monkeypatch.setattr(log, "after", read)
         await wait_until(lambda: bus.ready, timeout=10, what="the node's link to Redis back")
-        reply = await back.connect(nodes[2].url, {"user": "rc", "pid": pid, "offset": offset})
-        assert reply["sid"] == client.sid  # recovered
-        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
-        await wait_until(lambda: 4 in back.received("m"), what="live traffic after recovery")
-        await quiet(nodes[2], back)
-        assert back.received("m") == [2, 3, 4]
+        await recovers_once(nodes[2], back, client, sender, pid, offset)
     finally:
         await back.close()
         await cut.close()
