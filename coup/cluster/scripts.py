@@ -231,16 +231,19 @@ return moved
 # keeps each node's view of the log in offset order. -> the origins refused this call
 # The script runs once per node per loop turn and most turns carry one broadcast, so its cost
 # is per call: the fewest inner calls (an origin is charged with two HINCRBYs and given back
-# in the rare refusal, not read first), trimming in chunks a 64th below the bound once it is
-# reached (not one LPOP and its give-back per append), and numbers formatted as integers
+# in the rare refusal, not read first), the age looked at through the oldest entry alone until
+# one is old (LINDEX: one Lua string, not sixteen), trimming in chunks a 64th below the bound
+# once it is reached (not one LPOP and its give-back per append), and numbers formatted as integers
 # (Lua's float formatting showed in Redis's profile; a Lua number given to `redis.call` is
 # formatted as a float too, hence `string.format('%d', ...)`); the limits in the text and two
-# arguments per message, not six. docs/architecture.md has the figures.
+# arguments per message, not six. In Redis's profile under chat load a fifth of its CPU was
+# Lua itself: making strings (Redis's Lua hashes every byte of each) and collecting them, so
+# fewer strings per call count as much as fewer inner calls. docs/architecture.md has the figures.
 LOG_PUBLISH = """
 local log, meta = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
--- Redis's clock in ms, as text, by string operations alone (TIME's microseconds are not padded)
-local now = t[1] .. string.sub('00000' .. t[2], -6, -4)
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = string.format('%d', now_ms)
 local refused = {}
 local added, count, admitted = 0, 0, 0
 local last_offset = 0
@@ -282,8 +285,9 @@ while i <= last_arg do
   local payload
   if (kind == 49 or kind == 51) and size <= origin_bytes then
     local admit = true
-    local origin = string.sub(flags, 2)
-    if origin ~= '' then  -- charged at once; given back when that puts it over its share (rare)
+    local origin = ''
+    if #flags > 1 then  -- charged at once; given back when that puts it over its share (rare)
+      origin = string.sub(flags, 2)
       local packets = redis.call('HINCRBY', meta, 'p:' .. origin, '1')
       local held = redis.call('HINCRBY', meta, 'b:' .. origin, string.format('%d', size))
       if packets > origin_packets or held > origin_bytes then
@@ -340,9 +344,10 @@ local over = count > max_packets or bytes > max_bytes
 if over or check_age then
   local keep_packets = max_packets - math.floor(max_packets / 64)
   local keep_bytes = max_bytes - math.floor(max_bytes / 64)
-  local horizon = tonumber(now) - window_ms
+  local horizon = now_ms - window_ms
   local gone = {}
   local trimmed = false
+  local head_checked = false
   while count > 0 do
     local heads
     if over and (count > keep_packets or bytes > keep_bytes) then
@@ -352,6 +357,12 @@ if over or check_age then
       end
       heads = redis.call('LPOP', log, math.max(1, math.min(count, n)))
     elseif check_age then
+      if not head_checked then  -- the oldest entry first: one string, not sixteen, while none is old
+        head_checked = true
+        local oldest = redis.call('LINDEX', log, 0)
+        if not oldest then break end
+        if tonumber(string.sub(oldest, 1, string.find(oldest, ' ', 1, true) - 1)) >= horizon then break end
+      end
       heads = redis.call('LRANGE', log, 0, 15)
       local old = 0
       for _, head in ipairs(heads) do

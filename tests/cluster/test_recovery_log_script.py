@@ -11,6 +11,7 @@ without an offset.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,6 +117,24 @@ def test_past_its_packet_bound_the_log_is_trimmed_in_chunks_and_its_books_stay_e
     replay = log.client.eval(LOG_READ, 2, log.key, log.meta, str(kept_from - 1), "0")
     assert int(replay[0]) == kept_from and len(replay) == 1 + len(entries)
     assert log.client.eval(LOG_READ, 2, log.key, log.meta, str(kept_from - 2), "0") == []
+
+
+def test_entries_older_than_the_window_are_trimmed_once_an_offset_is_looked_at_and_only_they(log: Log) -> None:
+    # (origins of their own or none: no share refuses one, so each takes an offset)
+    for i in range(40):
+        log.publish((f"s{i % 5}" if i % 2 else "", f"old {i}".encode()), window_ms=300)
+    time.sleep(0.4)
+    # the age is looked at every 16th offset: within 16 more, all 40 old ones go (in chunks of 16)
+    for i in range(16):
+        assert log.publish((f"n{i}", f"new {i}".encode()), window_ms=300) == []
+    entries = [data for _, data in log.entries()]
+    assert entries and all(data.startswith(b"new ") for data in entries)
+    assert_books_match_the_list(log)
+    # while the oldest is young nothing is trimmed
+    for i in range(16, 48):
+        assert log.publish((f"n{i}", f"new {i}".encode()), window_ms=300) == []
+    assert [data for _, data in log.entries()][:len(entries)] == entries
+    assert_books_match_the_list(log)
 
 
 def test_past_its_byte_bound_the_log_drops_its_oldest_entries(log: Log) -> None:
