@@ -44,7 +44,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.options import ClusterOptions
-from coup.cluster.resp import SLOTS, RedisUnavailable, RespConnection, open_sentinel, slot_map
+from coup.cluster.resp import SLOTS, RedisUnavailable, RespConnection, Waiter, open_sentinel, slot_map
 from coup.metrics import Metrics
 from coup.redis_endpoint import redis_endpoint
 from coup.tasks import stop_tasks
@@ -528,11 +528,12 @@ class Bus:
         self._schedule_flush()
         return heard
 
-    def open_command(self, key: str, head: tuple[Any, ...], done: Callable[[asyncio.Future[Any]], None],
+    def open_command(self, key: str, head: tuple[Any, ...], waiter: Waiter,
                      fold: Callable[[bytes, bytes], bool] | None = None) -> list[Any] | None:
         """The argument list of this loop turn's command `key`, in publish order: the caller
-        appends its arguments. The command starts as `head`; `done(future)` runs with its
-        reply. None while disconnected (nothing is queued). With `fold`, the turn's later
+        appends its arguments. The command starts as `head`; `waiter` gets its reply
+        (`coup.cluster.resp.Waiter`; an exception when it cannot be sent). None while
+        disconnected (nothing is queued). With `fold`, the turn's later
         `publish_nowait` calls go into the command too (`fold(channel, data)`), not after it,
         unless `fold` says False (a channel of another Redis Cluster slot).
 
@@ -546,9 +547,7 @@ class Bus:
         if pub is None or pub.closed:
             self._dropped()
             return None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(done)
-        batch = [None, list(head), future, 0]
+        batch = [None, list(head), waiter, 0]
         # publishes queued after this command start new batches (or fold into it): none overtakes it
         if self.options.groups > 1:
             # log groups: only those of its slot; another group's call this turn stays open, so a
@@ -638,7 +637,7 @@ class Bus:
         self._outbox, self._open, self._fold = [], {}, None
         commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
                                                          else pack_batch(b[1])) for b in batches]
-        futures: list[asyncio.Future[Any] | None] = [b[2] for b in batches]
+        futures: list[Waiter | None] = [b[2] for b in batches]
         self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
         if self.sharded:
             self._write_sharded(batches, commands, futures)
@@ -653,18 +652,18 @@ class Bus:
             return
         self.stats["published"] += len(commands)
 
-    def _failed(self, futures: list[asyncio.Future[Any] | None], exc: RedisUnavailable) -> None:
+    def _failed(self, futures: list[Waiter | None], exc: RedisUnavailable) -> None:
         for future in futures:
             self._dropped()
             if future is not None and not future.done():
                 future.set_exception(exc)
 
     def _write_sharded(self, batches: list[list[Any]], commands: list[tuple[Any, ...]],
-                       futures: list[asyncio.Future[Any] | None]) -> None:
+                       futures: list[Waiter | None]) -> None:
         """Redis Cluster: each PUBLISH as the SPUBLISH of its channel's primary, each command to
         the primary of its first key (a script's ``EVAL[SHA] script numkeys key ...``); the
         order within one primary's connection is the order they were queued in."""
-        per_shard: dict[RespConnection, tuple[list[tuple[Any, ...]], list[asyncio.Future[Any] | None]]] = {}
+        per_shard: dict[RespConnection, tuple[list[tuple[Any, ...]], list[Waiter | None]]] = {}
         for batch, command, future in zip(batches, commands, futures, strict=True):
             if batch[0] is None:
                 key = command[3] if len(command) > 3 and str(command[0]).upper() in _SCRIPT_CALLS \

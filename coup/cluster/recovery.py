@@ -76,14 +76,34 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 
 
 class _Call(Generic[_T]):
-    """One `LOG_PUBLISH` call: its arguments, and the tokens of the broadcasts it carries."""
+    """One `LOG_PUBLISH` call: its arguments, the tokens of the broadcasts it carries, and what
+    takes its reply (a `coup.cluster.resp.Waiter`, not a future: the usual reply, nobody
+    refused, is looked at where it is read, with no callback scheduled for it; any other
+    reply goes to `on_reply` in a later step of the loop, as a future's callback would)."""
 
-    __slots__ = ("args", "retried", "tokens")
+    __slots__ = ("_finished", "args", "on_reply", "retried", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, on_reply: Callable[[_Call[_T], Any], None]) -> None:
         self.args: list[Any] = []
         self.tokens: list[_T] = []
         self.retried = False
+        self.on_reply = on_reply
+        self._finished = False
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, result: Any, /) -> None:
+        self._finished = True
+        if result != []:
+            asyncio.get_running_loop().call_soon(self.on_reply, self, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._finished = True
+        asyncio.get_running_loop().call_soon(self.on_reply, self, exception)
+
+    def exception(self) -> BaseException | None:
+        return None
 
 
 class _Group:
@@ -174,8 +194,8 @@ class RedisRecoveryLog(Generic[_T]):
         log = self.groups[group]
         batch = self.bus.open_arguments(log.log_key)
         if batch is None or batch is not log.batch:
-            call: _Call[_T] = _Call()
-            batch = self.bus.open_command(log.log_key, log.head, partial(self._done, call), self._fold)
+            call: _Call[_T] = _Call(self._done)
+            batch = self.bus.open_command(log.log_key, log.head, call, self._fold)
             if batch is None:
                 return False
             call.args = batch
@@ -275,19 +295,14 @@ class RedisRecoveryLog(Generic[_T]):
             return False
         return all(known <= self.vector[g] for g, known in enumerate(floor))
 
-    def _done(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is None and future.result() == []:
-            return  # the usual answer: published, nobody refused
-        if future.cancelled():
-            reply: Any = RedisUnavailable("cancelled")
-        else:
-            reply = future.exception() or future.result()
+    def _done(self, call: _Call[_T], reply: Any) -> None:
+        """A script call's reply other than the usual (nobody refused): an error, or the refused origins."""
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT") and not call.retried:
             # a Redis that lost our scripts (a failover, SCRIPT FLUSH): the call did not run;
             # send it again with the script's text, and load the scripts for the next ones
             call.retried = True
             asyncio.get_running_loop().create_task(self._reload())
-            self.bus.command("EVAL", self._log_publish, *call.args[2:]).add_done_callback(partial(self._done, call))
+            self.bus.command("EVAL", self._log_publish, *call.args[2:]).add_done_callback(partial(self._retried, call))
             return
         tokens = call.tokens
         if isinstance(reply, (Exception, hiredis.ReplyError)):
@@ -303,6 +318,11 @@ class RedisRecoveryLog(Generic[_T]):
                 self._refused.add(origin)
                 log.warning("socket %s holds its share of the recovery log: its further broadcasts are not kept "
                             "for replay", origin.decode(errors="replace"))
+
+    def _retried(self, call: _Call[_T], future: asyncio.Future[Any]) -> None:
+        reply = RedisUnavailable("cancelled") if future.cancelled() else future.exception() or future.result()
+        if reply != []:
+            self._done(call, reply)
 
     async def _reload(self) -> None:
         try:

@@ -14,7 +14,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 
@@ -41,6 +41,20 @@ def _tls_failure(endpoint: RedisEndpoint, exc: ssl.SSLCertVerificationError) -> 
                             f"({exc.verify_message}); {hint}")
 
 
+class Waiter(Protocol):
+    """What waits for a command's reply: an asyncio future, or an object that takes it at once
+    (the recovery log's script call, `coup.cluster.recovery`: one per loop turn, where a
+    future's scheduled callback was a measurable part of what the log adds per message)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+    def exception(self) -> BaseException | None: ...
+
+
 class RespConnection(asyncio.Protocol):
     """One RESP2 connection. In push mode every reply goes to `on_push` (a subscriber);
     otherwise replies resolve the futures of the commands, in order (a pipeline)."""
@@ -48,7 +62,7 @@ class RespConnection(asyncio.Protocol):
     def __init__(self, on_push: Push | None, on_lost: Callable[[], None] | None) -> None:
         self._reader = hiredis.Reader()
         #: one entry per command in flight; None for a reply nobody waits for
-        self._waiters: deque[asyncio.Future[Any] | None] = deque()
+        self._waiters: deque[Waiter | None] = deque()
         self._transport: asyncio.Transport | None = None
         self._on_push = on_push
         self._on_lost = on_lost
@@ -192,7 +206,7 @@ class RespConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, commands: list[tuple[Any, ...]], waiters: list[asyncio.Future[Any] | None]) -> None:
+    def write(self, commands: list[tuple[Any, ...]], waiters: list[Waiter | None]) -> None:
         """Pipeline `commands`; each reply resolves the waiter at the same index (None: ignored)."""
         if self._closed or self._transport is None:
             raise RedisUnavailable("redis connection is closed")
