@@ -65,15 +65,6 @@ def decode_json(data: bytes) -> dict[str, Any]:
     return message
 
 
-def stamp_offset(text: str, offset: int) -> str:
-    """Append a recovery offset as the event's last argument, without re-encoding it.
-
-    An EVENT's data is a JSON array, so its text ends with ``]``: ``2["a",1]`` becomes
-    ``2["a",1,"7"]`` (the same bytes `encode` would give for the packet with the offset).
-    """
-    return f'{text[:-1]},"{offset}"]'
-
-
 def decode_packet(packet: EncodedPacket) -> SocketPacket:
     """The packet an encoded text (and attachments) stands for."""
     decoder = SocketDecoder(max_attachments=max(len(packet.attachments), 1))

@@ -28,7 +28,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus, channel_bytes
-from coup.cluster.envelope import decode_broadcast, stamp_offset
+from coup.cluster.envelope import decode_broadcast
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import LOG_HEAD, LOG_READ, SESSION_CLAIM, SESSION_SAVE, log_publish
@@ -37,7 +37,7 @@ from coup.core.hold import Stamped
 from coup.core.options import RecoveryOptions
 from coup.core.recovery import SessionRecord
 from coup.protocol import jsonutil
-from coup.protocol.socketio import EncodedPacket
+from coup.protocol.socketio import EncodedPacket, stamp_offset
 from coup.protocol.wire import Outbound
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from coup.protocol.socketio import EncodedPacket
+from coup.protocol.socketio import EncodedPacket, stamp_offset
 from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Stamped(Outbound):
                  stamp: str | None = None) -> None:
         """`stamp`: `vector` as text when the caller has it (the live path builds it once per push)."""
         text = stamp if stamp is not None else ".".join(map(str, vector))
-        super().__init__(f'4{packet.text[:-1]},"{text}"]', packet.attachments)
+        super().__init__("4" + stamp_offset(packet.text, text), packet.attachments)
         self.source = packet
         self.entry = entry
         self.vector = vector

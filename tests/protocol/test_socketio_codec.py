@@ -24,6 +24,7 @@ from coup.protocol.socketio import (
     decode_text,
     encode,
     encode_event,
+    stamp_offset,
 )
 from coup.protocol.websocket import BinaryMessage, FrameReader, TextMessage
 from tests.wsclient import binary, text
@@ -150,6 +151,23 @@ def test_tuples_and_memoryviews_are_encoded_like_lists_and_bytes() -> None:
 @pytest.mark.parametrize("ack_id", [None, 0, 12])
 def test_encode_event_shortcut_matches_encode(args: list[Any], namespace: str, ack_id: int | None) -> None:
     assert encode_event(namespace, args, ack_id) == encode(SocketPacket(T.EVENT, namespace, list(args), ack_id))
+
+
+@pytest.mark.parametrize(("wire", "offset", "stamped"), [
+    ('2["message",{"id":1}]', 17, '2["message",{"id":1},"17"]'),
+    ('2["a"]', "1733300000000001.0.42", '2["a","1733300000000001.0.42"]'),
+    ('2/admin,["a",1]', 7, '2/admin,["a",1,"7"]'),
+    ('51-["file",{"_placeholder":true,"num":0}]', 3, '51-["file",{"_placeholder":true,"num":0},"3"]'),
+])
+def test_a_recovery_offset_is_stamped_as_the_events_last_argument(wire: str, offset: int | str, stamped: str) -> None:
+    assert stamp_offset(wire, offset) == stamped
+    # the same text the encoder gives the packet with the offset appended
+    decoder = SocketDecoder(max_attachments=1)
+    packet = decoder.feed_text(wire)
+    if packet is None:
+        packet = decoder.feed_binary(b"x")
+    assert packet is not None
+    assert encode(SocketPacket(packet.type, packet.namespace, [*packet.data, str(offset)], packet.id)).text == stamped
 
 
 @pytest.mark.parametrize(("wire", "packet"), [
