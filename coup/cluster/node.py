@@ -327,6 +327,10 @@ class Cluster:
             else:
                 adapter = self.adapters.get(message.get("n", "/"))
                 data = await adapter.serve(message) if adapter is not None else {}
+        except (RedisError, RedisUnavailable) as exc:
+            # Redis away while serving (a failover: a fence reading the ring): the caller retries
+            log.warning("cluster request %s failed: redis %s", message.get("op") or message.get("name"), exc)
+            data = {"error": "failed"}
         except Exception:
             log.exception("cluster request %s failed", message.get("op") or message.get("name"))
             data = {"error": "failed"}

@@ -81,7 +81,7 @@ class _Call(Generic[_T]):
     refused, is looked at where it is read, with no callback scheduled for it; any other
     reply goes to `on_reply` in a later step of the loop, as a future's callback would)."""
 
-    __slots__ = ("_finished", "args", "on_reply", "retried", "tokens")
+    __slots__ = ("_finished", "_loop", "args", "on_reply", "retried", "tokens")
 
     def __init__(self, on_reply: Callable[[_Call[_T], Any], None]) -> None:
         self.args: list[Any] = []
@@ -89,6 +89,8 @@ class _Call(Generic[_T]):
         self.retried = False
         self.on_reply = on_reply
         self._finished = False
+        #: the loop the call was made in (a connection closed outside it still fails it there)
+        self._loop = asyncio.get_running_loop()
 
     def done(self) -> bool:
         return self._finished
@@ -96,11 +98,11 @@ class _Call(Generic[_T]):
     def set_result(self, result: Any, /) -> None:
         self._finished = True
         if result != []:
-            asyncio.get_running_loop().call_soon(self.on_reply, self, result)
+            self._loop.call_soon(self.on_reply, self, result)
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._finished = True
-        asyncio.get_running_loop().call_soon(self.on_reply, self, exception)
+        self._loop.call_soon(self.on_reply, self, exception)
 
     def exception(self) -> BaseException | None:
         return None
