@@ -19,18 +19,18 @@ worth under load (there the same call costs ~3 times as much).
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+for path in (HERE.parent, HERE):  # the package, and the cluster benchmark's helpers
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-import redis  # noqa: E402
+from cluster_launch import start_redis  # noqa: E402
 
 from coup.cluster.scripts import log_publish  # noqa: E402
 
@@ -48,12 +48,6 @@ while i <= #ARGV do
 end
 return {}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _cpu_ns(pid: int) -> int:
@@ -74,18 +68,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10_000)
     args = parser.parse_args()
-    port = _free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    children: list[subprocess.Popen[bytes]] = []
     listeners: list[subprocess.Popen[bytes]] = []
     try:
-        client = redis.Redis(port=port)
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+        client = start_redis(children)
+        server = children[0]
+        port = client.connection_pool.connection_kwargs["port"]
         channels = [f"P:r:/:study:{i}" for i in range(ROOMS)]
         listeners = [subprocess.Popen(["redis-cli", "-p", str(port), "subscribe", *channels],
                                       stdout=subprocess.DEVNULL) for _ in range(2)]
@@ -111,11 +99,9 @@ def main() -> None:
         for name, values in figures.items():
             print(f"{name:<14} | {min(values):4.2f} | {statistics.median(values):4.2f}")
     finally:
-        for listener in listeners:
-            listener.terminate()
-            listener.wait()
-        server.terminate()
-        server.wait()
+        for child in (*listeners, *children):
+            child.terminate()
+            child.wait()
 
 
 if __name__ == "__main__":
