@@ -637,34 +637,34 @@ class Bus:
         self._outbox, self._open, self._fold = [], {}, None
         commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
                                                          else pack_batch(b[1])) for b in batches]
-        futures: list[Waiter | None] = [b[2] for b in batches]
+        waiters: list[Waiter | None] = [b[2] for b in batches]
         self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
         if self.sharded:
-            self._write_sharded(batches, commands, futures)
+            self._write_sharded(batches, commands, waiters)
             return
         pub = self._pub
         try:
             if pub is None:
                 raise RedisUnavailable("redis is not connected")
-            pub.write(commands, futures)
+            pub.write(commands, waiters)
         except RedisUnavailable as exc:
-            self._failed(futures, exc)
+            self._failed(waiters, exc)
             return
         self.stats["published"] += len(commands)
 
-    def _failed(self, futures: list[Waiter | None], exc: RedisUnavailable) -> None:
-        for future in futures:
+    def _failed(self, waiters: list[Waiter | None], exc: RedisUnavailable) -> None:
+        for waiter in waiters:
             self._dropped()
-            if future is not None and not future.done():
-                future.set_exception(exc)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
 
     def _write_sharded(self, batches: list[list[Any]], commands: list[tuple[Any, ...]],
-                       futures: list[Waiter | None]) -> None:
+                       waiters: list[Waiter | None]) -> None:
         """Redis Cluster: each PUBLISH as the SPUBLISH of its channel's primary, each command to
         the primary of its first key (a script's ``EVAL[SHA] script numkeys key ...``); the
         order within one primary's connection is the order they were queued in."""
         per_shard: dict[RespConnection, tuple[list[tuple[Any, ...]], list[Waiter | None]]] = {}
-        for batch, command, future in zip(batches, commands, futures, strict=True):
+        for batch, command, waiter in zip(batches, commands, waiters, strict=True):
             if batch[0] is None:
                 key = command[3] if len(command) > 3 and str(command[0]).upper() in _SCRIPT_CALLS \
                     and int(command[2]) > 0 else self.inbox
@@ -673,16 +673,16 @@ class Bus:
             try:
                 pub = self._shard(key if isinstance(key, bytes) else channel_bytes(str(key)))[0]
             except RedisUnavailable as exc:
-                self._failed([future], exc)
+                self._failed([waiter], exc)
                 continue
             queued = per_shard.setdefault(pub, ([], []))
             queued[0].append(command)
-            queued[1].append(future)
-        for pub, (shard_commands, shard_futures) in per_shard.items():
+            queued[1].append(waiter)
+        for pub, (shard_commands, shard_waiters) in per_shard.items():
             try:
-                pub.write(shard_commands, shard_futures)
+                pub.write(shard_commands, shard_waiters)
             except RedisUnavailable as exc:
-                self._failed(shard_futures, exc)
+                self._failed(shard_waiters, exc)
                 continue
             self.stats["published"] += len(shard_commands)
 

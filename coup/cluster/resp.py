@@ -57,7 +57,7 @@ class Waiter(Protocol):
 
 class RespConnection(asyncio.Protocol):
     """One RESP2 connection. In push mode every reply goes to `on_push` (a subscriber);
-    otherwise replies resolve the futures of the commands, in order (a pipeline)."""
+    otherwise replies resolve the waiters of the commands (`Waiter`), in order (a pipeline)."""
 
     def __init__(self, on_push: Push | None, on_lost: Callable[[], None] | None) -> None:
         self._reader = hiredis.Reader()
