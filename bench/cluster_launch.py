@@ -176,6 +176,7 @@ def main() -> None:
     usec_before = redis_command_usec(clients)
     nodes = children[-args.nodes:]
     procs_before = [proc_figures(c.pid) for c in nodes]
+    nodes_before = [get_json(f"http://127.0.0.1:{p}/bench/stats") for p in private] if args.impl == "coup" else []
     stopping = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stopping.update(now=True))
@@ -194,6 +195,10 @@ def main() -> None:
                                for k in procs[0]}
         stats["messages"] = sum(n["messages"] for n in per_node)
         stats["messages_per_node"] = [n["messages"] for n in per_node]
+        if nodes_before:  # the cyclic collector's passes and time per generation, summed over the nodes
+            for key in ("gc_seconds", "gc_passes"):
+                stats[key] = [sum(a[key][g] - b[key][g] for a, b in zip(per_node, nodes_before, strict=True))
+                              for g in range(3)]
         if clients:
             after = redis_counters(clients)
             stats.update({f"redis_{k}": after[k] - before[k] for k in after})
