@@ -154,7 +154,8 @@ class CoupNode:
             from coup.cluster.options import ClusterOptions
 
             options = ClusterOptions(prefix=settings.redis_prefix, presence_grace=settings.presence_grace,
-                                     room_leases=settings.room_leases, log_groups=settings.recovery_log_groups)
+                                     room_leases=settings.room_leases, log_groups=settings.recovery_log_groups,
+                                     request_timeout=settings.request_timeout)
             self.cluster = Cluster(settings.redis_url, node_id, options)
         self.engine = EngineServer(EngineOptions(
             ping_interval=settings.ping_interval,

@@ -455,6 +455,10 @@ class Settings:
         "COUP_ROOM_LEASES", True, _bool, "a room's commands run on the node that first needed the room (a lease "
         "in Redis, handed on when that node drains or dies) rather than on the consistent-hash ring's choice: "
         "fewer Redis round trips for rooms whose members share a node; `0`: the ring decides", "cluster")
+    request_timeout: float = setting(
+        "COUP_REQUEST_TIMEOUT", 5.0, _number(0.1), "seconds a question to every node (`fetch_sockets`, a remote "
+        "join, leave or disconnect) waits for all of them, as the Node Redis adapter's `requestsTimeout`; past "
+        "it what came is used (a stalled node's sockets left out)", "cluster")
     # --- domain
     service_token: Secret | None = setting(
         "COUP_SERVICE_TOKEN", None, _secret, "bearer token (at least 16 bytes, not guessable) trusted backends use "

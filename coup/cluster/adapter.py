@@ -49,7 +49,7 @@ from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
-from coup.core.errors import AckTimeout
+from coup.core.errors import AckTimeout, FetchTimeout
 from coup.core.hold import Stamped
 from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
@@ -518,6 +518,11 @@ class RedisAdapter(RecoveryCalls):
         except RedisUnavailable:
             log.warning("fetch_sockets while redis is unreachable: this node's sockets only")
             return await self._local.fetch_sockets(opts)
+        except ClusterTimeout as exc:
+            raise FetchTimeout(self._sockets_of(exc.responses)) from None
+        return self._sockets_of(responses)
+
+    def _sockets_of(self, responses: list[Any]) -> list[SocketInfo]:
         return [SocketInfo(s[0], self.nsp.name, frozenset(s[1]), s[2], s[3])
                 for response in responses for s in response.get("sockets", ())]
 

@@ -7,7 +7,7 @@ Redis-backed ones. Nothing here knows whether Redis exists.
 
 from coup.core.adapter import ONCE_WINDOW, Adapter, BroadcastOptions, MemoryAdapter, SocketInfo
 from coup.core.broadcast import BroadcastOperator
-from coup.core.errors import AckTimeout, ClientError, ConnectRefused, SocketDisconnected
+from coup.core.errors import AckTimeout, ClientError, ConnectRefused, FetchTimeout, SocketDisconnected
 from coup.core.namespace import Namespace
 from coup.core.options import RecoveryOptions, ServerOptions
 from coup.core.presence import MemoryPresence, Presence
@@ -17,6 +17,6 @@ from coup.core.socket import Socket
 
 __all__ = [
     "ONCE_WINDOW", "AckTimeout", "Adapter", "BroadcastOperator", "BroadcastOptions", "ClientError", "ConnectRefused",
-    "Detached", "LocalRoomRouter", "MemoryAdapter", "MemoryPresence", "Namespace", "Presence", "RecoveryOptions",
-    "RoomRouter", "ServerOptions", "Socket", "SocketDisconnected", "SocketInfo", "SocketServer",
+    "Detached", "FetchTimeout", "LocalRoomRouter", "MemoryAdapter", "MemoryPresence", "Namespace", "Presence",
+    "RecoveryOptions", "RoomRouter", "ServerOptions", "Socket", "SocketDisconnected", "SocketInfo", "SocketServer",
 ]

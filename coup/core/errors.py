@@ -44,6 +44,15 @@ class AckTimeout(Exception):
         self.responses = responses or []
 
 
+class FetchTimeout(TimeoutError):
+    """Not every node answered `fetch_sockets` in time (one stalled, or its link to the others
+    was being rebuilt); `sockets` holds those of the nodes that did."""
+
+    def __init__(self, sockets: list[Any]) -> None:
+        super().__init__("not every node answered fetch_sockets in time")
+        self.sockets = sockets
+
+
 class SocketDisconnected(Exception):
     """The socket went away while we were waiting for its acknowledgement."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import peewee as pw
 
-from coup.core import ONCE_WINDOW, ClientError, Detached, SocketServer
+from coup.core import ONCE_WINDOW, ClientError, Detached, FetchTimeout, SocketServer
 from coup.domain import queries
 from coup.domain.access import membership_error
 from coup.domain.auth import Actor
@@ -228,11 +228,24 @@ class StudyRooms:
 
     async def users_in(self, study_id: int, *, without_sid: str | None = None) -> set[int]:
         """Ids of the users with a socket in the study room (cluster-wide)."""
-        return {uid for sid, uid in await self._room_sockets(study_id) if sid != without_sid}
+        return (await self._users_in(study_id, without_sid))[0]
 
-    async def _room_sockets(self, study_id: int) -> list[tuple[str, int]]:
-        sockets = await self.nsp.in_(study_room(study_id)).fetch_sockets()
-        return [(s.id, s.data["userId"]) for s in sockets if isinstance(s.data.get("userId"), int)]
+    async def _users_in(self, study_id: int, without_sid: str | None = None) -> tuple[set[int], bool]:
+        sockets, complete = await self._room_sockets(study_id)
+        return {uid for sid, uid in sockets if sid != without_sid}, complete
+
+    async def _room_sockets(self, study_id: int) -> tuple[list[tuple[str, int]], bool]:
+        """The room's sockets (id, user id) on every node, and whether every node answered. A
+        node that did not in time (stalled, or its link to the others being rebuilt in a
+        Redis failover) leaves its sockets out rather than fail the message or join that
+        asked; what a command saw from such an answer is not kept for the next one."""
+        try:
+            sockets, complete = await self.nsp.in_(study_room(study_id)).fetch_sockets(), True
+        except FetchTimeout as exc:
+            log.warning("study %d: not every node said in time which sockets it holds in the room; "
+                        "going on with those that did", study_id)
+            sockets, complete = exc.sockets, False
+        return [(s.id, s.data["userId"]) for s in sockets if isinstance(s.data.get("userId"), int)], complete
 
     # ------------------------------------------------------------------ commands (on the owner)
 
@@ -255,8 +268,9 @@ class StudyRooms:
         seen = self._seen(study_id)
         present = self._kept(study_id, seen)
         if present is None:
-            present = frozenset(await self.users_in(study_id))
-            self._keep_present(study_id, present, seen)
+            users, complete = await self._users_in(study_id)
+            present = frozenset(users)
+            self._keep_present(study_id, present if complete else None, seen)
         return present
 
     def _seen(self, study_id: int) -> tuple[int, int]:
@@ -298,11 +312,11 @@ class StudyRooms:
             kept = self._kept(study_id, seen)
             self._keep_present(study_id, None if kept is None else kept | {user_id}, seen)
             return {"ok": True, "studyId": study_id}
-        sockets = await self._room_sockets(study_id)
+        sockets, complete = await self._room_sockets(study_id)
         present = {uid for other, uid in sockets if other != sid}
         already_in = any(other == sid for other, _ in sockets)
         await self.nsp.in_(sid).sockets_join(room)
-        self._keep_present(study_id, frozenset(present | {user_id}), seen)
+        self._keep_present(study_id, frozenset(present | {user_id}) if complete else None, seen)
         announce = p.get("announce")
         if announce is None:  # a caller from before the presence grace
             announce = p.get("recovered") or not already_in
@@ -317,8 +331,8 @@ class StudyRooms:
         seen = self._seen(study_id)
         if not p.get("gone"):
             await self.nsp.in_(sid).sockets_leave(room)
-        present = await self.users_in(study_id, without_sid=sid)
-        self._keep_present(study_id, frozenset(present), seen)
+        present, complete = await self._users_in(study_id, sid)
+        self._keep_present(study_id, frozenset(present) if complete else None, seen)
         if user_id not in present:
             self._count_member("left")
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": user_id})
@@ -355,7 +369,8 @@ class StudyRooms:
         room = study_room(study_id)
         self._keep_present(study_id, None, self._seen(study_id))
         notice = {"studyId": study_id, "code": "NOT_MEMBER", "message": client_error("NOT_MEMBER").message}
-        for sid, uid in await self._room_sockets(study_id):
+        # a node that does not answer in time keeps its sockets until the next membership check
+        for sid, uid in (await self._room_sockets(study_id))[0]:
             if uid in user_ids:
                 log.info("study %d: user %d is no longer an ACTIVE member; socket %s leaves the room",
                          study_id, uid, sid)

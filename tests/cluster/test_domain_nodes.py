@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 import socketio
 
-from tests.cluster.conftest import JWT_SECRET, NodeProcess, RedisServer, wait_until
+from tests.cluster.conftest import JWT_SECRET, NodeProcess, RedisServer, api, wait_until
 from tests.cluster.rawclient import is_offset
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -252,6 +252,66 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
         reply = await alice.call("join-study", {"studyId": STUDY})
         assert CHLOE in reply["online"] and BOB not in reply["online"]
     finally:
+        for node in nodes:
+            node.stop()
+
+
+#: what the owner logs when a node did not say in time which sockets it holds in a room
+NOT_IN_TIME = "not every node said in time"
+
+
+async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_but_fails_neither(
+        redis_server, tmp_path: Path, users):
+    """The room's owner asks every node which sockets are in the room (for a join; for a message
+    when it does not know). A node that does not answer (SIGSTOP here; in a Redis failover, one
+    whose link is being rebuilt) is left out once `COUP_REQUEST_TIMEOUT` passed: the join and
+    the message go through, nobody's copy is lost, nothing is logged as a crash. Each stop is
+    shorter than the 3 s after which a silent node is declared dead."""
+    prefix = "ds" + secrets.token_hex(3)
+    nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path, COUP_REQUEST_TIMEOUT="1") for i in range(3)]
+    stalled: NodeProcess | None = None
+    try:
+        nodes[0].start()
+        await nodes[0].wait_ready()
+        for node in nodes[1:]:
+            node.start()
+        await _all_ready(nodes)
+        alice = await connect(users, ALICE, nodes[0])
+        assert (await alice.call("join-study", {"studyId": STUDY}))["ok"] is True
+        owner_id = (await api(nodes[0], f"/api/cluster/owner?room=study:{STUDY}"))[1]["node"]
+        owner = next(n for n in nodes if n.node_id == owner_id)
+        stalled, other = [n for n in nodes if n is not owner]
+        bob = await connect(users, BOB, stalled)
+        assert (await bob.call("join-study", {"studyId": STUDY}))["ok"] is True
+        chloe = await connect(users, CHLOE, other)
+        assert NOT_IN_TIME not in owner.log_text()
+
+        stalled.signal(signal.SIGSTOP)
+        try:
+            joined = await chloe.call("join-study", {"studyId": STUDY})
+        finally:
+            stalled.signal(signal.SIGCONT)
+        assert joined["ok"] is True, joined
+        assert owner.log_text().count(NOT_IN_TIME) == 1
+        await wait_until(lambda: bob.count("member-joined", CHLOE) == 1, what="bob hears of chloe once awake")
+
+        # what the join saw was incomplete, so it was not kept: the message asks again
+        stalled.signal(signal.SIGSTOP)
+        try:
+            sent = await chloe.call("message", {"studyId": STUDY, "content": "while one node stalls",
+                                                "clientMessageId": "stall-1"})
+        finally:
+            stalled.signal(signal.SIGCONT)
+        assert sent["ok"] is True, sent
+        assert owner.log_text().count(NOT_IN_TIME) == 2
+        for person in (alice, bob, chloe):
+            await wait_until(lambda p=person: [m["seq"] for m in p.events["message"]] == [sent["seq"]],
+                             what=f"user {person.user_id} has the message once")
+        for node in nodes:
+            assert "Traceback" not in node.log_text(), node.log_text()[-3000:]
+    finally:
+        if stalled is not None:
+            stalled.signal(signal.SIGCONT)
         for node in nodes:
             node.stop()
 
