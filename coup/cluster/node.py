@@ -113,10 +113,12 @@ def make_client(url: str, options: ClusterOptions, *, retries: int) -> redis.Red
 
 
 async def disconnect_pooled(client: redis.Redis) -> None:
-    """Close `client`'s idle connections (a Redis Cluster's: those to every node it knows)."""
+    """Close `client`'s idle connections. A Redis Cluster client is closed altogether, so its
+    next command reads the slot map again: the bus has just read a complete one, while
+    redis-py, after refreshes that failed during a failover, can wait out a backoff before its
+    own next one and meanwhile keep sending a slot's commands to the primary that died."""
     if isinstance(client, redis.RedisCluster):
-        for node in client.get_nodes():
-            await node.disconnect()
+        await client.aclose()
     else:
         await client.connection_pool.disconnect()
 

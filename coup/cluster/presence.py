@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: a transition script is asked at most this often when Redis does not answer in time
 TRANSITION_ATTEMPTS = 3
+#: seconds after a transition Redis did not take before Redis is re-synced (then doubled while it fails)
+RESYNC_FIRST_WAIT = 0.25
 
 
 class RedisPresence(PresenceGrace):
@@ -61,6 +63,8 @@ class RedisPresence(PresenceGrace):
         self._calls = itertools.count(1)
         self._calls_prefix = f"{node_id}:{secrets.token_hex(6)}"
         self._tasks: set[asyncio.Task[None]] = set()
+        #: re-syncs Redis after a transition it did not take (`_failed`)
+        self._resyncing: asyncio.Task[None] | None = None
 
     def _key(self, key: str) -> str:
         return self.options.key("presence", key)
@@ -78,7 +82,7 @@ class RedisPresence(PresenceGrace):
             return await self._transition(self._attach, key,
                                           [sid, self.node_id, f"{key}\0{sid}", self._call_id()])
         except RedisError as exc:
-            self._dirty = True
+            self._failed()
             log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
             return first_here
 
@@ -109,9 +113,31 @@ class RedisPresence(PresenceGrace):
             return await self._transition(self._detach, key,
                                           [sid, f"{key}\0{sid}", self.node_id, self._call_id()])
         except RedisError as exc:
-            self._dirty = True
+            self._failed()
             log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
             return False
+
+    def _failed(self) -> None:
+        """A transition Redis did not take: Redis is re-synced from this node's view soon, not
+        only when the bus next comes up. The bus may be up already: after a Redis Cluster
+        failover a command client can still be on the old primary after the bus moved on (a
+        user who left then stayed online until the next outage)."""
+        self._dirty = True
+        if self._resyncing is None:
+            self._resyncing = asyncio.get_running_loop().create_task(self._resync_soon())
+
+    async def _resync_soon(self) -> None:
+        wait = RESYNC_FIRST_WAIT
+        try:
+            while self._dirty:
+                await asyncio.sleep(wait)
+                try:
+                    await self.resync()
+                except RedisError as exc:
+                    log.info("presence re-sync failed (%s); trying again", exc)
+                    wait = min(wait * 2, max(self.options.reconnect_max, RESYNC_FIRST_WAIT))
+        finally:
+            self._resyncing = None
 
     async def online(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)
@@ -191,5 +217,9 @@ class RedisPresence(PresenceGrace):
             self.local.setdefault(key, set()).add(sid)
 
     def forget_local(self) -> None:
-        """A zombie node's sockets were already reported offline by the cluster."""
+        """A zombie node's sockets were already reported offline by the cluster (or this node
+        is leaving, and reports them itself): nothing is re-synced any more."""
         self.local.clear()
+        self._dirty = False
+        if self._resyncing is not None:
+            self._resyncing.cancel()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as redis_client
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coup.cluster.presence import RedisPresence
+from tests.cluster.conftest import start_node, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,3 +67,37 @@ async def test_a_socket_attached_again_is_no_second_transition(redis_nodes):
     assert await presence.detach("retry-same", "s1", linger=False) is True
     assert await presence.detach("retry-same", "s1", linger=False) is False
     assert await presence.attach("retry-same", "s1") is True  # back after it went offline: online again
+
+
+async def test_a_detach_redis_refused_is_re_synced_while_the_link_stays_up(own_redis):
+    """Redis refuses a detach's connection (its client limit reached here; after a Redis Cluster
+    failover, a command client still on the old primary) while the node's pub/sub link stays
+    up, so no reconnection re-syncs presence: the node re-syncs it itself shortly after, and
+    the user goes offline."""
+    node = await start_node(own_redis.url, "pr" + secrets.token_hex(3), "n0")
+    admin = redis_client.Redis.from_url(own_redis.url)
+    try:
+        cluster = node.node.cluster
+        assert cluster is not None
+        presence: RedisPresence = node.node.sio.presence  # type: ignore[assignment]
+        links = cluster.bus.connections
+        assert await presence.attach("resync-a", "s1") is True
+        limit = (await admin.config_get("maxclients"))["maxclients"]
+        await admin.config_set("maxclients", 1)  # no new connection from now on
+        try:
+            for client in await admin.client_list():  # the command clients' pooled connections
+                if not client["name"].endswith((":pub", ":sub")):  # not the link's (nor ours: skipped)
+                    await admin.client_kill_filter(_id=client["id"])
+            assert await presence.detach("resync-a", "s1", linger=False) is False  # refused: not announced
+            assert cluster.bus.ready
+        finally:
+            await admin.config_set("maxclients", limit)
+
+        async def offline() -> bool:
+            return await presence.online(["resync-a"]) == set()
+
+        await wait_until(offline, what="the refused detach re-synced", timeout=5, poll=0.05)
+        assert cluster.bus.connections == links  # the link never broke
+    finally:
+        await admin.aclose()
+        await node.node.stop()
