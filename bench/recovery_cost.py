@@ -21,17 +21,18 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+for path in (HERE.parent, HERE):  # the package, and the cluster benchmark's helpers
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import redis  # noqa: E402
+from cluster_launch import start_redis  # noqa: E402
 
 from bench.micro import PAYLOAD, FanoutRig  # noqa: E402
 from coup.cluster.node import Cluster  # noqa: E402
@@ -40,12 +41,6 @@ from coup.core.options import RecoveryOptions, ServerOptions  # noqa: E402
 from coup.core.server import SocketServer  # noqa: E402
 from coup.engine.options import EngineOptions  # noqa: E402
 from coup.engine.server import EngineServer  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ClusterRig(FanoutRig):
@@ -116,24 +111,15 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+    children: list[subprocess.Popen[bytes]] = []
     try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        client = start_redis(children, "--loglevel", "warning")
+        port = client.connection_pool.connection_kwargs["port"]
         best, log_len = asyncio.run(measure(f"redis://127.0.0.1:{port}", client, args))
     finally:
-        server.kill()
-        server.wait()
+        for child in children:
+            child.kill()
+            child.wait()
     print(f"room of {args.room}, {args.messages} broadcasts per round, one per loop turn, best of {args.rounds}")
     print("recovery | node µs/msg | redis µs/msg | total µs/msg")
     for mode, (node, in_redis) in best.items():
