@@ -92,8 +92,12 @@ def redis_command_usec(clients: list[redis.Redis]) -> dict[str, list[int]]:
 def start_redis(children: list[subprocess.Popen[bytes]], *extra: str) -> redis.Redis:
     """A redis-server on a free port in its own process group (added to `children`), answering."""
     port = free_port()
+    # COUP_BENCH_REDIS_CPU=1: Redis on that core instead of the nodes' (a deployment's Redis has
+    # its own machine; on a shared core its work also slows the nodes: bench/README.md)
+    cpu = os.environ.get("COUP_BENCH_REDIS_CPU")
     children.append(subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
+        [*(["taskset", "-c", cpu] if cpu else []),
+         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra],
         stdout=subprocess.DEVNULL, process_group=0))
     client = redis.Redis(port=port)
     for _ in range(100):
