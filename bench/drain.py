@@ -1,6 +1,7 @@
 """Drain: how fast the clients of a SIGTERM'd node are back, recovered, on another node.
 
     python bench/drain.py [--clients 1000] [--spread 1.0] [--grace 3.0]
+    python bench/drain.py --redis-shards 3 --log-groups 6      # on a Redis Cluster, log groups
 
 Two `coup serve` nodes (A, B) on one redis-server and one SQLite database seeded with
 `--clients` users in studies of 20. Every client (a raw WebSocket speaking Engine.IO /
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,11 +254,13 @@ async def main_async(args: argparse.Namespace) -> int:
     url = f"sqlite:///{workdir / 'coup.db'}"
     users = seed(url, args.clients)
     clients = [Client(uid, sid, ADDRESSES[i % len(ADDRESSES)], secret) for i, (uid, sid) in enumerate(users.items())]
-    async with redis_server() as (redis_url, _):
+    async with redis_for(args) as redis_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "REDIS_", "DATABASE_", "JWT_"))}
         env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "DATABASE_URL": url, "REDIS_URL": redis_url,
                     "JWT_SECRET": secret, "COUP_LOG_LEVEL": "INFO", "COUP_DRAIN_SPREAD": str(args.spread),
-                    "COUP_PRESENCE_GRACE": str(args.grace), "COUP_REDIS_PREFIX": "drain" + secrets.token_hex(3)})
+                    "COUP_PRESENCE_GRACE": str(args.grace), "COUP_REDIS_PREFIX": "drain" + secrets.token_hex(3),
+                    "COUP_RECOVERY_LOG_GROUPS": str(args.log_groups)})
+        log = RecoveryLogs(redis_url, env["COUP_REDIS_PREFIX"], args.log_groups)
         nodes = [Node("A", env, workdir, args.server_tree), Node("B", env, workdir, args.server_tree)]
         try:
             for node in nodes:
@@ -276,12 +281,11 @@ async def main_async(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + 60
             back = [asyncio.get_running_loop().create_task(c.come_back(b, deadline)) for c in clients]
             assert nodes[0].proc is not None and nodes[1].proc is not None
-            pids = {"A": nodes[0].proc.pid, "B": nodes[1].proc.pid, "redis": redis_pid(redis_url),
-                    "bench": os.getpid()}
+            pids = {"A": nodes[0].proc.pid, "B": nodes[1].proc.pid, **log.redis_pids(), "bench": os.getpid()}
             sampler = Sampler(pids, b.port)
             sampling = asyncio.get_running_loop().create_task(sampler.run())
             counters = tcp_counters()
-            logged = log_length(redis_url, env["COUP_REDIS_PREFIX"])
+            logged = log.lengths()
             profiler = None
             if args.profile:  # B's stacks from the SIGTERM on, for bench/pyspy_top.py
                 profiler = await asyncio.create_subprocess_exec(
@@ -319,9 +323,8 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"reconnect attempts: {sum(c.attempts for c in clients)}; "
                   f"all back and recovered within 5 s: {recovered == len(clients) and max(from_term) <= 5.0}")
             print(f"kernel TCP counters during the drain (machine-wide): {dropped_syn}")
-            print(f"recovery log entries: {logged} at the SIGTERM, "
-                  f"{log_length(redis_url, env['COUP_REDIS_PREFIX'])} when all were back, appended meanwhile: "
-                  f"{logged_events(redis_url, env['COUP_REDIS_PREFIX'], logged)}")
+            print(f"recovery log entries: {sum(logged)} at the SIGTERM, {sum(log.lengths())} when all were back "
+                  f"({args.log_groups} log group(s)), appended meanwhile: {log.events_since(logged)}")
             first_try = min(c.marks["attempt"] for c in clients if "attempt" in c.marks)
             last_back = max(c.back_at for c in clients if c.back_at is not None)
             print("CPU per client back, from the first attempt to the last one back: " + ", ".join(
@@ -337,32 +340,68 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
-def redis_pid(url: str) -> int:
-    import redis
+@contextlib.asynccontextmanager
+async def redis_for(args: argparse.Namespace) -> AsyncIterator[str]:
+    """One redis-server, or (``--redis-shards S``) a Redis Cluster of S primaries: its URL."""
+    if not args.redis_shards:
+        async with redis_server() as (url, _):
+            yield url
+        return
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))  # cluster_launch imports its neighbours by name
+    from cluster_launch import start_redis_cluster
 
-    return int(redis.Redis.from_url(url).info("server")["process_id"])
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        url, _clients = await asyncio.to_thread(start_redis_cluster, children, args.redis_shards)
+        yield url
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
-def log_length(url: str, prefix: str) -> int:
-    """Entries in the main namespace's recovery log: what each restore reads past its offset."""
-    import redis
+class RecoveryLogs:
+    """The main namespace's recovery logs (one per log group) on one Redis or a Redis Cluster."""
 
-    return int(redis.Redis.from_url(url).llen(f"{prefix}:rlog:/"))
+    def __init__(self, url: str, prefix: str, groups: int) -> None:
+        import redis
 
+        from coup.cluster.options import ClusterOptions
+        from coup.redis_endpoint import redis_endpoint
 
-def logged_events(url: str, prefix: str, start: int) -> dict[str, int]:
-    """How many entries of each event name the log holds from index `start` on."""
-    import json
+        self.cluster = redis_endpoint(url).cluster
+        options = ClusterOptions(prefix=prefix, sharded=self.cluster, log_groups=groups)
+        self.keys = [options.nsp_key("rlog", "/", group=g) for g in range(options.groups)]
+        if self.cluster:
+            first = url.split("://", 1)[1].split(",")[0]
+            host, port = first.rsplit(":", 1)
+            self.client: Any = redis.RedisCluster(host=host, port=int(port))
+        else:
+            self.client = redis.Redis.from_url(url)
 
-    import redis
+    def redis_pids(self) -> dict[str, int]:
+        """Each redis-server's pid, by name (``redis``; on a cluster ``redis0``, ``redis1``, ...)."""
+        if not self.cluster:
+            return {"redis": int(self.client.info("server")["process_id"])}
+        servers = self.client.info("server", target_nodes=self.client.get_primaries())
+        return {f"redis{i}": int(info["process_id"]) for i, info in enumerate(servers.values())}
 
-    names: dict[str, int] = {}
-    entries: list[bytes] = redis.Redis.from_url(url).lrange(f"{prefix}:rlog:/", start, -1)  # type: ignore[assignment]
-    for entry in entries:
-        text = entry.split(b"\n", 1)[1].decode()
-        name = str(json.loads(text[text.index("["):])[0])
-        names[name] = names.get(name, 0) + 1
-    return names
+    def lengths(self) -> list[int]:
+        """Entries in each log: what a restore reads past its offset (in the groups of its rooms)."""
+        return [int(self.client.llen(key)) for key in self.keys]
+
+    def events_since(self, start: list[int]) -> dict[str, int]:
+        """How many entries of each event name the logs hold past `start` (one index per log)."""
+        import json
+
+        names: dict[str, int] = {}
+        for key, first in zip(self.keys, start, strict=True):
+            for entry in self.client.lrange(key, first, -1):
+                text = entry.split(b"\n", 1)[1].decode()
+                name = str(json.loads(text[text.index("["):])[0])
+                names[name] = names.get(name, 0) + 1
+        return names
 
 
 def main() -> int:
@@ -370,6 +409,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--grace", type=float, default=3.0)
+    parser.add_argument("--redis-shards", type=int, default=0, help="a Redis Cluster of this many primaries")
+    parser.add_argument("--log-groups", type=int, default=1, help="COUP_RECOVERY_LOG_GROUPS (with --redis-shards)")
     parser.add_argument("--server-tree", metavar="DIR", help="run the nodes from this checkout (an A/B against "
                         "another commit: `git archive COMMIT | tar -x -C DIR`), this bench's clients either way")
     parser.add_argument("--profile", metavar="PATH", help="py-spy B for 6 s from the SIGTERM (raw stacks to PATH)")
