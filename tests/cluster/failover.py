@@ -18,7 +18,7 @@ import redis
 from coup.domain.roomnames import study_room
 from coup.emitter import Emitter
 from tests.cluster.conftest import NodeProcess, log_groups_for, wait_until
-from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, token
+from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, start_all, token
 
 #: kills a primary; returns (monotonic time of the kill, monotonic time the failover ended)
 FailOver = Callable[[], Awaitable[tuple[float, float]]]
@@ -65,11 +65,7 @@ async def chat_through_a_failover(url: str, prefix: str, tmp_path: Path, fail_ov
     chatting: list[asyncio.Task[None]] = []
     people: list[TimedUser] = []
     try:
-        nodes[0].start()  # the first one creates and seeds the shared database
-        await nodes[0].wait_ready()
-        for node in nodes[1:]:
-            node.start()
-        await asyncio.gather(*[n.wait_ready() for n in nodes])
+        await start_all(nodes)
         for user_id, node in zip((ALICE, BOB, CHLOE), nodes, strict=True):
             person = TimedUser(user_id)
             await person.connect(node)

@@ -93,6 +93,15 @@ async def _all_ready(nodes: list[NodeProcess]) -> None:
     await asyncio.gather(*[n.wait_ready() for n in nodes])
 
 
+async def start_all(nodes: list[NodeProcess]) -> None:
+    """The first node creates and seeds the shared database; the others start once it has."""
+    nodes[0].start()
+    await nodes[0].wait_ready()
+    for node in nodes[1:]:
+        node.start()
+    await _all_ready(nodes)
+
+
 @pytest_asyncio.fixture
 async def users() -> AsyncIterator[list[User]]:
     made: list[User] = []
@@ -199,10 +208,7 @@ async def test_sigkill_takes_its_users_offline_within_five_seconds(redis_server,
     prefix = "dk" + secrets.token_hex(3)
     nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path) for i in range(2)]
     try:
-        nodes[0].start()
-        await nodes[0].wait_ready()
-        nodes[1].start()
-        await nodes[1].wait_ready()
+        await start_all(nodes)
         alice = await connect(users, ALICE, nodes[0])
         await alice.call("join-study", {"studyId": STUDY})
         await connect(users, BOB, nodes[1])
@@ -224,11 +230,7 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
     prefix = "dl" + secrets.token_hex(3)
     nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path) for i in range(3)]
     try:
-        nodes[0].start()
-        await nodes[0].wait_ready()
-        for node in nodes[1:]:
-            node.start()
-        await _all_ready(nodes)
+        await start_all(nodes)
         alice = await connect(users, ALICE, nodes[0])
         await alice.call("join-study", {"studyId": STUDY})
         bob = await connect(users, BOB, nodes[1])
@@ -271,11 +273,7 @@ async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_b
     nodes = [NodeProcess(redis_server.url, prefix, f"n{i}", tmp_path, COUP_REQUEST_TIMEOUT="1") for i in range(3)]
     stalled: NodeProcess | None = None
     try:
-        nodes[0].start()
-        await nodes[0].wait_ready()
-        for node in nodes[1:]:
-            node.start()
-        await _all_ready(nodes)
+        await start_all(nodes)
         alice = await connect(users, ALICE, nodes[0])
         assert (await alice.call("join-study", {"studyId": STUDY}))["ok"] is True
         owner_id = (await api(nodes[0], f"/api/cluster/owner?room=study:{STUDY}"))[1]["node"]

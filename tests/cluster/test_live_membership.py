@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import NodeProcess, RedisServer, wait_until
-from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, connect
+from tests.cluster.test_domain_nodes import ALICE, BOB, CHLOE, STUDY, User, connect, start_all
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -30,10 +30,7 @@ async def test_a_removed_member_leaves_the_room_on_every_node(redis_server: Redi
              for i in range(2)]
     users: list[User] = []
     try:
-        nodes[0].start()
-        await nodes[0].wait_ready()
-        nodes[1].start()
-        await nodes[1].wait_ready()
+        await start_all(nodes)
         alice = await connect(users, ALICE, nodes[0])
         bob = await connect(users, BOB, nodes[1])
         chloe_here = await connect(users, CHLOE, nodes[0])
