@@ -16,10 +16,11 @@ keys that really went offline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
@@ -37,6 +38,50 @@ log = logging.getLogger(__name__)
 TRANSITION_ATTEMPTS = 3
 #: seconds after a transition Redis did not take before Redis is re-synced (then doubled while it fails)
 RESYNC_FIRST_WAIT = 0.25
+
+
+class _Gate:
+    """Transitions run side by side; a re-sync runs alone. A re-sync sends this node's whole
+    view: a transition that reached Redis while it was on its way would be undone by it (a
+    socket that left shown online again, one that came reported offline), and one whose
+    socket entered the view after it was read would find its work done (an online never
+    announced). Entering an open gate does not yield, so a transition's change of the view
+    stays in the step that asked for it."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def enter(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+        self._running += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._running -= 1
+        if self._running == 0:
+            self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def alone(self, wait: float) -> AsyncIterator[None]:
+        """No transition runs or starts inside; those running are waited for at most `wait`
+        seconds (a link that comes up has closed their connections: they fail at once)."""
+        while not self._open.is_set():  # another re-sync
+            await self._open.wait()
+        self._open.clear()
+        try:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.info("presence re-sync: %d transitions still running; going ahead", self._running)
+            yield
+        finally:
+            self._open.set()
 
 
 class RedisPresence(PresenceGrace):
@@ -65,6 +110,7 @@ class RedisPresence(PresenceGrace):
         self._tasks: set[asyncio.Task[None]] = set()
         #: re-syncs Redis after a transition it did not take (`_failed`)
         self._resyncing: asyncio.Task[None] | None = None
+        self._gate = _Gate()
 
     def _key(self, key: str) -> str:
         return self.options.key("presence", key)
@@ -73,18 +119,22 @@ class RedisPresence(PresenceGrace):
         return f"{self._calls_prefix}:{next(self._calls)}"
 
     async def _add(self, key: str, sid: str) -> bool:
-        sids = self.local.get(key)
-        first_here = not sids
-        if sids is None:
-            sids = self.local[key] = set()
-        sids.add(sid)
+        await self._gate.enter()
         try:
-            return await self._transition(self._attach, key,
-                                          [sid, self.node_id, f"{key}\0{sid}", self._call_id()])
-        except RedisError as exc:
-            self._failed()
-            log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
-            return first_here
+            sids = self.local.get(key)
+            first_here = not sids
+            if sids is None:
+                sids = self.local[key] = set()
+            sids.add(sid)
+            try:
+                return await self._transition(self._attach, key,
+                                              [sid, self.node_id, f"{key}\0{sid}", self._call_id()])
+            except RedisError as exc:
+                self._failed()
+                log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
+                return first_here
+        finally:
+            self._gate.leave()
 
     async def _transition(self, script: AsyncScript, key: str, args: list[str]) -> bool:
         """Run a transition script; after a timeout, run it again.
@@ -104,18 +154,22 @@ class RedisPresence(PresenceGrace):
         raise AssertionError("unreachable")
 
     async def _remove(self, key: str, sid: str) -> bool:
-        sids = self.local.get(key)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
-                del self.local[key]
+        await self._gate.enter()
         try:
-            return await self._transition(self._detach, key,
-                                          [sid, f"{key}\0{sid}", self.node_id, self._call_id()])
-        except RedisError as exc:
-            self._failed()
-            log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
-            return False
+            sids = self.local.get(key)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del self.local[key]
+            try:
+                return await self._transition(self._detach, key,
+                                              [sid, f"{key}\0{sid}", self.node_id, self._call_id()])
+            except RedisError as exc:
+                self._failed()
+                log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
+                return False
+        finally:
+            self._gate.leave()
 
     def _failed(self) -> None:
         """A transition Redis did not take: Redis is re-synced from this node's view soon, not
@@ -174,12 +228,14 @@ class RedisPresence(PresenceGrace):
         await self.report_lost(keys, at_once=True)
 
     async def resync(self) -> None:
-        """Make Redis hold exactly this node's sockets (after a (re)connection)."""
-        args: list[str] = [self.options.tagged_prefix, self.node_id]
-        for key, sids in self.local.items():
-            for sid in sids:
-                args += (key, sid)
-        lost, found = await self._resync(keys=[self._index], args=args)
+        """Make Redis hold exactly this node's sockets (after a (re)connection), with no
+        transition of this node in between (`_Gate`)."""
+        async with self._gate.alone(self.options.connect_timeout):
+            args: list[str] = [self.options.tagged_prefix, self.node_id]
+            for key, sids in self.local.items():
+                for sid in sids:
+                    args += (key, sid)
+            lost, found = await self._resync(keys=[self._index], args=args)
         if found and self._dirty:
             log.info("presence re-sync: %d keys came online while redis was unreachable", len(found))
         self._dirty = False
@@ -194,21 +250,25 @@ class RedisPresence(PresenceGrace):
         Returns the (key, sid) pairs, which the new node adds to its own view (`take_over`).
         """
         pairs: list[list[str]] = []
-        for key in list(self.local):
-            here = self.local[key]
-            for sid in here & sids:
-                pairs.append([key, sid])
-                here.discard(sid)
-            if not here:
-                del self.local[key]
-        if pairs:
-            args = [self.options.tagged_prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
-            try:
-                await self._move(keys=[self._index, self.options.key("node", node, "presence")], args=args)
-            except RedisError as exc:
-                # the new node's re-sync after the next outage repairs it; until then our death
-                # would report these keys offline (a user-offline too many, never one too few)
-                log.warning("moving presence of %d sockets to %s failed: %s", len(pairs), node, exc)
+        await self._gate.enter()
+        try:
+            for key in list(self.local):
+                here = self.local[key]
+                for sid in here & sids:
+                    pairs.append([key, sid])
+                    here.discard(sid)
+                if not here:
+                    del self.local[key]
+            if pairs:
+                args = [self.options.tagged_prefix, self.node_id, node, *(part for pair in pairs for part in pair)]
+                try:
+                    await self._move(keys=[self._index, self.options.key("node", node, "presence")], args=args)
+                except RedisError as exc:
+                    # the new node's re-sync after the next outage repairs it; until then our death
+                    # would report these keys offline (a user-offline too many, never one too few)
+                    log.warning("moving presence of %d sockets to %s failed: %s", len(pairs), node, exc)
+        finally:
+            self._gate.leave()
         return pairs
 
     def take_over(self, pairs: Iterable[list[str]]) -> None:

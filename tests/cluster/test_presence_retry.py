@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,4 +101,33 @@ async def test_a_detach_redis_refused_is_re_synced_while_the_link_stays_up(own_r
         assert cluster.bus.connections == links  # the link never broke
     finally:
         await admin.aclose()
+        await node.node.stop()
+
+
+async def test_a_detach_while_a_re_sync_is_on_its_way_is_not_undone_by_it(own_redis):
+    """A re-sync sends the node's whole view; a detach that reached Redis before it would be
+    undone (the user shown online for good). The detach waits for the re-sync instead."""
+    node = await start_node(own_redis.url, "pr" + secrets.token_hex(3), "n0")
+    try:
+        presence: RedisPresence = node.node.sio.presence  # type: ignore[assignment]
+        assert await presence.attach("resync-race", "s1") is True
+        on_its_way, arrive = asyncio.Event(), asyncio.Event()
+        script = presence._resync
+
+        async def slow(**kwargs: Any) -> Any:  # the re-sync's call, held between the node and Redis
+            on_its_way.set()
+            await arrive.wait()
+            return await script(**kwargs)
+
+        presence._resync = slow  # type: ignore[assignment]
+        resync = asyncio.create_task(presence.resync())
+        await on_its_way.wait()
+        detach = asyncio.create_task(presence.detach("resync-race", "s1", linger=False))
+        await asyncio.sleep(0.1)
+        assert not detach.done()  # it waits for the re-sync
+        arrive.set()
+        await resync
+        assert await detach is True  # the user's last socket: offline, announced once
+        assert await presence.online(["resync-race"]) == set()
+    finally:
         await node.node.stop()
