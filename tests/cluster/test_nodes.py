@@ -165,6 +165,10 @@ async def test_sigkill_of_a_node(own_redis, fresh, peers):
     first = await doomed.call("say", {"room": room, "text": "before"})
     assert first["owner"] == "n2"
     await wait_until(lambda: any(e["user"] == "doomed" for e in watcher.events["user-online"]), what="online")
+    # heard before the kill: the ack can reach the sender a loop step before the broadcast
+    # reaches Redis (the bus writes a turn's publishes one look at the sockets later), and a
+    # broadcast lost with its node is another test's (the domain's history fills that gap)
+    await wait_until(lambda: [m["text"] for m in watcher.events["said"]] == ["before"], what="'before' heard")
 
     victim.signal(signal.SIGKILL)
     killed_at = time.monotonic()
