@@ -49,20 +49,30 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         #: more redis-server arguments (``--replicaof``)
         self.extra = extra
+        self._started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--loglevel", "warning", *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.cli("PING") == "PONG":
-                return
-            time.sleep(0.02)
+        """Start (or restart, on the same port) and wait for PING. A first start whose port was
+        taken between `free_port` and here (another connection's local port) tries new ports."""
+        for _ in range(3):
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--loglevel", "warning", *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if self.cli("PING") == "PONG":
+                    self._started = True
+                    return
+                time.sleep(0.02)
+            if self.process.poll() is None or self._started:
+                break  # running but silent, or a restart: its port is the one clients know
+            self.port = free_port()
+            self.extra = tuple(str(free_port()) if previous == "--cluster-port" else arg
+                               for previous, arg in zip(("", *self.extra), self.extra, strict=False))
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
