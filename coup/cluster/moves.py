@@ -112,7 +112,10 @@ class SessionMoves:
         sio = cluster.sio
         if home is None or sio is None:
             return False
-        state = await self._ask(home, "move-take", sid=session.sid)
+        async with cluster.presence.moving_in():
+            state = await self._ask(home, "move-take", sid=session.sid)
+            if state.get("ok"):
+                cluster.presence.take_over(state["presence"])
         if not state.get("ok"):
             self._failed(session.sid, home, "move-take", state)
             return False
@@ -120,7 +123,6 @@ class SessionMoves:
         for value in state["queue"]:
             session.send(_decode_out(value))
         moved = [MovedSocket.from_json(v) for v in state["sockets"]]
-        cluster.presence.take_over(state["presence"])
         for info in moved:
             adapter = cluster.adapters.get(info.nsp)
             if adapter is not None:

@@ -271,8 +271,20 @@ class RedisPresence(PresenceGrace):
             self._gate.leave()
         return pairs
 
+    @contextlib.asynccontextmanager
+    async def moving_in(self) -> AsyncIterator[None]:
+        """Around asking another node for sockets and `take_over` of their entries: no re-sync
+        of ours is on its way meanwhile. One that read our view before `take_over` and reached
+        Redis after that node's `hand_over` would drop the moved entries (their users reported
+        offline)."""
+        await self._gate.enter()
+        try:
+            yield
+        finally:
+            self._gate.leave()
+
     def take_over(self, pairs: Iterable[list[str]]) -> None:
-        """Entries moved here by `hand_over` on the node the sockets came from."""
+        """Entries moved here by `hand_over` on the node the sockets came from (inside `moving_in`)."""
         for key, sid in pairs:
             self.local.setdefault(key, set()).add(sid)
 

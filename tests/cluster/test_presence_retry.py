@@ -131,3 +131,21 @@ async def test_a_detach_while_a_re_sync_is_on_its_way_is_not_undone_by_it(own_re
         assert await presence.online(["resync-race"]) == set()
     finally:
         await node.node.stop()
+
+
+async def test_a_re_sync_waits_for_sockets_moving_in(own_redis):
+    """Sockets moving in from another node (`moves.adopt`): that node moves their entries in
+    Redis, then this one takes them into its view. A re-sync that read the view in between
+    would drop them (their users reported offline); it waits, and then keeps them."""
+    node = await start_node(own_redis.url, "pr" + secrets.token_hex(3), "n0")
+    try:
+        presence: RedisPresence = node.node.sio.presence  # type: ignore[assignment]
+        async with presence.moving_in():
+            resync = asyncio.create_task(presence.resync())
+            await asyncio.sleep(0.1)
+            assert not resync.done()
+            presence.take_over([["moved-in", "s9"]])
+        await resync
+        assert await presence.online(["moved-in"]) == {"moved-in"}
+    finally:
+        await node.node.stop()
