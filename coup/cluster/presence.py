@@ -55,16 +55,19 @@ class _Gate:
         self._open = asyncio.Event()
         self._open.set()
 
-    async def enter(self) -> None:
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        """A transition (or a move) inside: others may run beside it, a re-sync may not."""
         while not self._open.is_set():
             await self._open.wait()
         self._running += 1
         self._idle.clear()
-
-    def leave(self) -> None:
-        self._running -= 1
-        if self._running == 0:
-            self._idle.set()
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
 
     @contextlib.asynccontextmanager
     async def alone(self, wait: float) -> AsyncIterator[None]:
@@ -119,22 +122,14 @@ class RedisPresence(PresenceGrace):
         return f"{self._calls_prefix}:{next(self._calls)}"
 
     async def _add(self, key: str, sid: str) -> bool:
-        await self._gate.enter()
-        try:
+        async with self._gate.shared():
             sids = self.local.get(key)
             first_here = not sids
             if sids is None:
                 sids = self.local[key] = set()
             sids.add(sid)
-            try:
-                return await self._transition(self._attach, key,
-                                              [sid, self.node_id, f"{key}\0{sid}", self._call_id()])
-            except RedisError as exc:
-                self._failed()
-                log.warning("presence attach of %s while redis is unreachable (%s)", key, exc)
-                return first_here
-        finally:
-            self._gate.leave()
+            return await self._run(self._attach, key, [sid, self.node_id, f"{key}\0{sid}", self._call_id()],
+                                   "attach", refused=first_here)
 
     async def _transition(self, script: AsyncScript, key: str, args: list[str]) -> bool:
         """Run a transition script; after a timeout, run it again.
@@ -154,22 +149,24 @@ class RedisPresence(PresenceGrace):
         raise AssertionError("unreachable")
 
     async def _remove(self, key: str, sid: str) -> bool:
-        await self._gate.enter()
-        try:
+        async with self._gate.shared():
             sids = self.local.get(key)
             if sids is not None:
                 sids.discard(sid)
                 if not sids:
                     del self.local[key]
-            try:
-                return await self._transition(self._detach, key,
-                                              [sid, f"{key}\0{sid}", self.node_id, self._call_id()])
-            except RedisError as exc:
-                self._failed()
-                log.warning("presence detach of %s while redis is unreachable (%s); re-synced later", key, exc)
-                return False
-        finally:
-            self._gate.leave()
+            return await self._run(self._detach, key, [sid, f"{key}\0{sid}", self.node_id, self._call_id()],
+                                   "detach", refused=False)
+
+    async def _run(self, script: AsyncScript, key: str, args: list[str], what: str, *, refused: bool) -> bool:
+        """`_transition`; when Redis does not take it, `refused` is the answer (this node's
+        guess) and Redis is re-synced soon (`_failed`)."""
+        try:
+            return await self._transition(script, key, args)
+        except RedisError as exc:
+            self._failed()
+            log.warning("presence %s of %s while redis is unreachable (%s); re-synced soon", what, key, exc)
+            return refused
 
     def _failed(self) -> None:
         """A transition Redis did not take: Redis is re-synced from this node's view soon, not
@@ -250,8 +247,7 @@ class RedisPresence(PresenceGrace):
         Returns the (key, sid) pairs, which the new node adds to its own view (`take_over`).
         """
         pairs: list[list[str]] = []
-        await self._gate.enter()
-        try:
+        async with self._gate.shared():
             for key in list(self.local):
                 here = self.local[key]
                 for sid in here & sids:
@@ -267,8 +263,6 @@ class RedisPresence(PresenceGrace):
                     # the new node's re-sync after the next outage repairs it; until then our death
                     # would report these keys offline (a user-offline too many, never one too few)
                     log.warning("moving presence of %d sockets to %s failed: %s", len(pairs), node, exc)
-        finally:
-            self._gate.leave()
         return pairs
 
     @contextlib.asynccontextmanager
@@ -277,11 +271,8 @@ class RedisPresence(PresenceGrace):
         of ours is on its way meanwhile. One that read our view before `take_over` and reached
         Redis after that node's `hand_over` would drop the moved entries (their users reported
         offline)."""
-        await self._gate.enter()
-        try:
+        async with self._gate.shared():
             yield
-        finally:
-            self._gate.leave()
 
     def take_over(self, pairs: Iterable[list[str]]) -> None:
         """Entries moved here by `hand_over` on the node the sockets came from (inside `moving_in`)."""
