@@ -361,29 +361,29 @@ async def redis_for(args: argparse.Namespace) -> AsyncIterator[str]:
             child.wait()
 
 
+def redis_pid(url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(url).info("server")["process_id"])
+
+
 class RecoveryLogs:
     """The main namespace's recovery logs (one per log group) on one Redis or a Redis Cluster."""
 
     def __init__(self, url: str, prefix: str, groups: int) -> None:
-        import redis
-
         from coup.cluster.options import ClusterOptions
-        from coup.redis_endpoint import redis_endpoint
+        from coup.redis_clients import sync_client
 
-        self.cluster = redis_endpoint(url).cluster
-        options = ClusterOptions(prefix=prefix, sharded=self.cluster, log_groups=groups)
+        self.url = url
+        options = ClusterOptions(prefix=prefix, log_groups=groups).for_url(url)
+        self.cluster = options.sharded
         self.keys = [options.nsp_key("rlog", "/", group=g) for g in range(options.groups)]
-        if self.cluster:
-            first = url.split("://", 1)[1].split(",")[0]
-            host, port = first.rsplit(":", 1)
-            self.client: Any = redis.RedisCluster(host=host, port=int(port))
-        else:
-            self.client = redis.Redis.from_url(url)
+        self.client: Any = sync_client(url)
 
     def redis_pids(self) -> dict[str, int]:
         """Each redis-server's pid, by name (``redis``; on a cluster ``redis0``, ``redis1``, ...)."""
         if not self.cluster:
-            return {"redis": int(self.client.info("server")["process_id"])}
+            return {"redis": redis_pid(self.url)}
         servers = self.client.info("server", target_nodes=self.client.get_primaries())
         return {f"redis{i}": int(info["process_id"]) for i, info in enumerate(servers.values())}
 
