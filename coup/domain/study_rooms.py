@@ -185,10 +185,11 @@ class StudyRooms:
         """Take socket `sid` (held by this node) out of the room (`gone`: it disconnected and is
         out already; `linger`: it dropped, so member-left waits for the presence grace and is
         announced by `_member_lost` only if none of the user's sockets is back by then)."""
-        if not await self.server.presence.detach(member_key(study_id, actor.id), sid, linger=linger) and gone:
+        last = await self.server.presence.detach(member_key(study_id, actor.id), sid, linger=linger)
+        if not last and gone:
             return {"ok": True, "studyId": study_id}  # another socket of the user holds the room, or lingers
         return await self._call(study_id, LEAVE, {"studyId": study_id, "userId": actor.id, "sid": sid,
-                                                  "gone": gone})
+                                                  "gone": gone, "last": last})
 
     async def forget_member(self, user_id: int, study_id: int, sid: str) -> None:
         """Socket `sid` (held by this node) was taken out of the room by its owner (`evict`):
@@ -333,7 +334,10 @@ class StudyRooms:
             await self.nsp.in_(sid).sockets_leave(room)
         present, complete = await self._users_in(study_id, sid)
         self._keep_present(study_id, frozenset(present) if complete else None, seen)
-        if user_id not in present:
+        # presence says whether this was the user's last socket in the room: another one may
+        # linger in its grace after a drop (it is in no room then, and comes back recovered
+        # without a member-joined) or sit on a node that did not answer in time
+        if user_id not in present and p.get("last", True):
             self._count_member("left")
             self.nsp.to(room).emit(ServerEvent.MEMBER_LEFT, {"studyId": study_id, "userId": user_id})
         return {"ok": True, "studyId": study_id}

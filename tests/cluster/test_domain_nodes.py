@@ -305,6 +305,23 @@ async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_b
         for person in (alice, bob, chloe):
             await wait_until(lambda p=person: [m["seq"] for m in p.events["message"]] == [sent["seq"]],
                              what=f"user {person.user_id} has the message once")
+
+        # Bob leaves with a second tab while the node of his first does not answer: the room's
+        # owner cannot see that tab, but presence counts it, so no member-left
+        bob_2 = await connect(users, BOB, other)
+        assert (await bob_2.call("join-study", {"studyId": STUDY}))["ok"] is True
+        stalled.signal(signal.SIGSTOP)
+        try:
+            left = await bob_2.call("leave-study", {"studyId": STUDY})
+        finally:
+            stalled.signal(signal.SIGCONT)
+        assert left["ok"] is True, left
+        assert owner.log_text().count(NOT_IN_TIME) == 3
+        marker = await alice.call("message", {"studyId": STUDY, "content": "after the leave",
+                                              "clientMessageId": "stall-2"})
+        await wait_until(lambda: any(m["seq"] == marker["seq"] for m in alice.events["message"]),
+                         what="alice has the message sent after the leave")
+        assert alice.count("member-left", BOB) == 0
         for node in nodes:
             assert "Traceback" not in node.log_text(), node.log_text()[-3000:]
     finally:

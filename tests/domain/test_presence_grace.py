@@ -81,6 +81,29 @@ async def test_not_back_within_the_grace_is_offline_once_it_ends(make_node: Node
     await alice.close()
 
 
+async def test_leaving_while_another_tab_lingers_waits_for_that_tab(make_node: NodeFactory) -> None:
+    """Bob has two tabs in the room; one drops (it is in no room now, but may come back within
+    the grace, recovered, with no member-joined), then he leaves with the other: he is not gone
+    from the room yet, so member-left waits until the grace of the dropped tab ends."""
+    node = await make_node(presence_grace=GRACE)
+    alice = await signed_in(node, ALICE)
+    bob_1 = await signed_in(node, BOB)
+    bob_2 = await signed_in(node, BOB)
+    await alice.wait("member-joined", lambda p: p["userId"] == BOB)
+    await drop(bob_1)
+    left = await bob_2.call("leave-study", {"studyId": STUDY})
+    assert left["ok"] is True, left
+    ack = await alice.call("message", {"studyId": STUDY, "content": "after the leave"})
+    await alice.wait("message", lambda p: p["id"] == ack["id"])  # the leave's broadcasts are in by then
+    print(f"\nwhat Alice heard about Bob after his leave, a tab lingering: {about(BOB, alice)}")
+    assert "member-left" not in about(BOB, alice)
+    await settled(node)  # the dropped tab did not come back
+    await alice.wait("member-left", lambda p: p["userId"] == BOB, timeout=5)
+    assert about(BOB, alice).count("member-left") == 1
+    for client in (alice, bob_2):
+        await asyncio.wait_for(client.close(), 5)
+
+
 async def test_leaving_on_purpose_is_announced_at_once(make_node: NodeFactory) -> None:
     node = await make_node(presence_grace=30.0)
     alice = await signed_in(node, ALICE)
