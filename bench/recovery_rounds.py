@@ -1,0 +1,118 @@
+"""The cluster chat scenario for several variants in alternating rounds, and what each adds.
+
+Single runs of `bench/cluster.sh` move by ±15 % on this machine, more than the effects looked
+for (the recovery log's cost, issue 12), so only many rounds in which every variant runs once,
+the order rotating, say anything. Each variant is a name and the environment it runs with;
+the first is the reference the others are compared with, round by round:
+
+    .venv/bin/python bench/recovery_rounds.py --rounds 4 \\
+        off=COUP_BENCH_RECOVERY_WINDOW=0 on=COUP_BENCH_RECOVERY_WINDOW=120
+    # a variant from another tree (its bench/cluster.sh, so its nodes run that tree's coup)
+    .venv/bin/python bench/recovery_rounds.py off=COUP_BENCH_RECOVERY_WINDOW=0 \\
+        other=COUP_BENCH_RECOVERY_WINDOW=120,TREE=/work/wt/other
+
+Prints, per round and variant, server CPU per delivered message (the harness's srv CPU % times
+10⁴ / deliveries per s), Redis's and the nodes' CPU per message a client sent, p50 and the
+harness's foreign CPU, then the medians and each variant's added CPU per delivery against
+the first (per round, and its median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    env: dict[str, str]
+
+    @property
+    def tree(self) -> Path:
+        return Path(self.env.get("TREE", str(HERE.parent)))
+
+
+@dataclass(frozen=True)
+class Figures:
+    per_delivery: float
+    redis: float
+    nodes: float
+    p50: float
+    foreign: float
+
+
+def parse_variant(text: str) -> Variant:
+    name, _, settings = text.partition("=")
+    env = dict(part.split("=", 1) for part in settings.split(",") if part)
+    return Variant(name, env)
+
+
+def figures(line: dict[str, Any]) -> Figures:
+    cluster = line.get("cluster", {})
+    messages = cluster.get("messages") or 1
+    return Figures(
+        per_delivery=line["server_cpu_pct"] * 1e4 / line["deliveries_per_s"],
+        redis=sum(cluster.get("redis_cpu_us") or [0]) / messages,
+        nodes=(cluster.get("nodes_proc") or {}).get("cpu_us", 0) / messages,
+        p50=line.get("p50_ms") or 0.0,
+        foreign=line.get("foreign_cpu_pct") or 0.0,
+    )
+
+
+def run(variant: Variant, duration: int) -> Figures:
+    env = {**os.environ, "SCENARIOS": "chat", "CHAT_CONFIGS": "coup-3", "LOADGEN_ARGS": f"--duration {duration}",
+           **{k: v for k, v in variant.env.items() if k != "TREE"}}
+    env.setdefault("COUP_BENCH_PYTHON", str(HERE.parent / ".venv" / "bin" / "python"))
+    done = subprocess.run(["bash", str(variant.tree / "bench" / "cluster.sh")], env=env, capture_output=True,
+                          text=True, check=False)
+    found = re.search(r"^results: (.+)$", done.stderr, re.M)
+    if found is None:
+        raise SystemExit(f"{variant.name}: no results\n{done.stderr[-2000:]}")
+    lines = [json.loads(raw) for raw in Path(found.group(1)).read_text().splitlines() if raw.strip()]
+    return figures(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+", type=parse_variant, help="NAME=VAR=VALUE[,VAR=VALUE...]")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=30, help="seconds of chat per run")
+    args = parser.parse_args()
+    variants: list[Variant] = args.variants
+    reference = variants[0].name
+    results: list[dict[str, Figures]] = []
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        results.append({v.name: run(v, args.duration) for v in order})
+        row = results[-1]
+        cells = [f"{v.name} {row[v.name].per_delivery:.1f} µs/deliv (Redis {row[v.name].redis:.1f}, nodes "
+                 f"{row[v.name].nodes:.0f} µs/msg; p50 {row[v.name].p50:.2f} ms; foreign {row[v.name].foreign:.0f} %)"
+                 for v in variants]
+        added = [f"{v.name} {100 * (row[v.name].per_delivery / row[reference].per_delivery - 1):+.1f} %"
+                 for v in variants[1:]]
+        print(f"round {r + 1} ({', '.join(v.name for v in order)}): " + "; ".join(cells) + " | " + ", ".join(added),
+              flush=True)
+    print("medians:")
+    for v in variants:
+        runs = [row[v.name] for row in results]
+        print(f"  {v.name}: {statistics.median(f.per_delivery for f in runs):.1f} µs per delivery, Redis "
+              f"{statistics.median(f.redis for f in runs):.1f} and nodes {statistics.median(f.nodes for f in runs):.1f}"
+              " µs per message")
+    for v in variants[1:]:
+        added = [100 * (row[v.name].per_delivery / row[reference].per_delivery - 1) for row in results]
+        print(f"  {v.name} against {reference}: {statistics.median(added):+.1f} % per delivery (rounds: "
+              + ", ".join(f"{a:+.1f}" for a in added) + ")")
+
+
+if __name__ == "__main__":
+    main()
