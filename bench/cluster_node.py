@@ -88,9 +88,15 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
     sio, nsp = node.sio, node.sio.main
     ids = itertools.count(1)
 
+    # COUP_BENCH_ONCE=1: each message carries a once key, as the domain's chat messages do
+    # (`StudyRooms` broadcasts `message:ID` once, so a resend after its owner died goes out once)
+    once = os.environ.get("COUP_BENCH_ONCE") == "1"
+
     async def message(room: str, payload: dict[str, Any]) -> Any:
-        nsp.to(room).emit("message", {
-            "id": next(ids), "content": payload.get("content"), "user": {"id": payload.get("sid")},
+        number = next(ids)
+        to = nsp.to(room).once(f"message:{args.node_id}:{number}") if once else nsp.to(room)
+        to.emit("message", {
+            "id": number, "content": payload.get("content"), "user": {"id": payload.get("sid")},
             "createdAt": datetime.datetime.now(datetime.UTC).isoformat()})
         return True
 
