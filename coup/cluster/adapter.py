@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import hiredis
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.envelope import (
@@ -47,7 +47,7 @@ from coup.cluster.options import ClusterOptions
 from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import ONCE_PUBLISH
+from coup.cluster.scripts import ONCE_MARK, ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout, FetchTimeout
 from coup.core.hold import Stamped
@@ -132,9 +132,9 @@ class RedisAdapter(RecoveryCalls):
     the others, and `SessionRecovery` over the Redis recovery log."""
 
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
-                 once: redis.Redis, request: Requester, inbox: Callable[[str], bytes],
+                 request: Requester, inbox: Callable[[str], bytes],
                  registry: dict[str, RedisAdapter], own: OwnBroadcasts[RedisAdapter]) -> None:
-        """`client` may retry idempotent commands, `once` never does; `inbox(node)` is a node's
+        """`client` may retry idempotent commands; `inbox(node)` is a node's
         channel; the adapter adds itself to `registry` (by namespace) while it serves; `own`
         gives the node's message ids and keeps its logged broadcasts until Redis hands them back."""
         self.nsp = nsp
@@ -170,7 +170,6 @@ class RedisAdapter(RecoveryCalls):
         #: sockets moving here: the message ids delivered to each while it joins its rooms
         self._adopting: dict[str, set[str]] = {}
         self._own = own
-        self._once_publish = once.register_script(ONCE_PUBLISH)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         registry[nsp.name] = self
@@ -276,11 +275,22 @@ class RedisAdapter(RecoveryCalls):
     async def _broadcast_once(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, data: bytes,
                               channels: list[bytes]) -> None:
         """A broadcast with a `once` key while the recovery log is off: Redis decides whether it
-        goes out (`ONCE_PUBLISH`); our sockets get it when it did, or when Redis is away."""
+        goes out; our sockets get it when it did, or when Redis is away. On one Redis the mark
+        and the publishes are one script call (`ONCE_PUBLISH`). On a Redis Cluster a script may
+        publish only on shard channels of its own key's slot (a PUBLISH from it never reaches a
+        shard channel's subscribers), so the key is marked (`ONCE_MARK`) and the broadcast then
+        goes out as any other does."""
+        key = self.options.key("once", self.nsp.name, opts.once)
+        window = int(ONCE_WINDOW * 1000)
         try:
-            sent = await self._once_publish(keys=[self.options.key("once", self.nsp.name, opts.once)],
-                                            args=[int(ONCE_WINDOW * 1000), data, *channels])
-        except RedisError as exc:
+            if self.options.sharded:
+                sent = await self.bus.script(ONCE_MARK, 1, key, window) == 1
+                if sent:
+                    for channel in channels:
+                        self.bus.publish_nowait(channel, data)
+            else:
+                sent = await self.bus.script(ONCE_PUBLISH, 1, key, window, data, *channels) == 1
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("broadcast %s not published (%s); delivered to this node's sockets only", opts.once, exc)
             sent = True
         if sent:

@@ -30,6 +30,7 @@ Guarantees and non-guarantees:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import secrets
@@ -582,6 +583,31 @@ class Bus:
         self._schedule_flush()
         return future
 
+    def script(self, script: str, *args: Any) -> asyncio.Future[Any]:
+        """`script` (``numkeys, keys..., args...``) after everything queued so far, to the
+        primary of its first key on a Redis Cluster: on the bus, so the calls of a loop turn go
+        out in one write with no redis-py pool checkout each (a quarter of a restore's CPU).
+        Sent as EVALSHA, and once more with its text when Redis lost it (a restart, a
+        failover); an error reply is raised."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if reply.done():
+                return
+            if future.cancelled() or future.exception() is not None:
+                reply.set_exception(future.exception() or RedisUnavailable("cancelled"))
+                return
+            result = future.result()
+            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
+                self.command("EVAL", script, *args).add_done_callback(done)
+            elif isinstance(result, hiredis.ReplyError):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+        self.command("EVALSHA", script_sha(script), *args).add_done_callback(done)
+        return reply
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -739,6 +765,11 @@ class _Deaf(Exception):
 
 #: commands whose first key follows the script and the key count
 _SCRIPT_CALLS = ("EVAL", "EVALSHA")
+
+
+def script_sha(script: str) -> str:
+    """What EVALSHA names `script` by."""
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _same_reply(to: asyncio.Future[Any], reply: asyncio.Future[Any]) -> None:

@@ -173,7 +173,7 @@ class Cluster:
 
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
-                            once=self.redis_once, request=self.request, inbox=self.inbox, registry=self.adapters,
+                            request=self.request, inbox=self.inbox, registry=self.adapters,
                             own=self.own)
 
     def _room_channel(self, room: str) -> bytes | None:

@@ -16,7 +16,6 @@ docs/architecture.md ("Connection state recovery across nodes") has the reasons 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -27,7 +26,7 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from coup.cluster.bus import Bus, channel_bytes
+from coup.cluster.bus import Bus, channel_bytes, script_sha
 from coup.cluster.envelope import decode_broadcast
 from coup.cluster.options import ClusterOptions
 from coup.cluster.resp import RedisUnavailable
@@ -50,10 +49,6 @@ _T = TypeVar("_T")
 #: decoded log entries a node keeps for replays (their count and their bytes); see `RedisRecoveryLog._decode`
 DECODED_ENTRIES = 4096
 DECODED_BYTES = 8 * 1024 * 1024
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def logged_out(packet: EncodedPacket, offset: int | None) -> Outbound:
@@ -162,7 +157,8 @@ class RedisRecoveryLog(Generic[_T]):
         self._log_publish = log_publish(self.window_ms, recovery.max_packets, recovery.max_bytes, origin_packets,
                                         origin_bytes, self.log_ttl_ms, int(ONCE_WINDOW * 1000), options.sharded)
         #: the namespace's logs: one, or one per log group (docs/cluster.md#redis-cluster)
-        self.groups = [_Group(g, options, namespace, node_id, _sha(self._log_publish)) for g in range(options.groups)]
+        sha = script_sha(self._log_publish)
+        self.groups = [_Group(g, options, namespace, node_id, sha) for g in range(options.groups)]
         self.log_key = self.groups[0].log_key
         self._keys = self.groups[0].keys
         self._by_slot = {group.slot: group for group in self.groups}
@@ -171,7 +167,7 @@ class RedisRecoveryLog(Generic[_T]):
         self.vector: tuple[int, ...] = (0,) * len(self.groups)
         self._parts = ["0"] * len(self.groups)
         self.stamp = ".".join(self._parts)
-        self._save_sha = _sha(SESSION_SAVE)
+        self._save_sha = script_sha(SESSION_SAVE)
         #: offset (with groups: (group, offset)) -> a log entry as replayed, oldest first
         self._decoded: dict[Any, tuple[BroadcastOptions, Outbound, EncodedPacket]] = {}
         self._decoded_bytes = 0
@@ -256,7 +252,7 @@ class RedisRecoveryLog(Generic[_T]):
         head was read comes back once every push up to the head was handled. Raises
         `RedisUnavailable`, a script's error, or `TimeoutError` when a marker is not heard."""
         if heads is None:
-            replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *log.keys, "", self.log_ttl_ms)
+            replies = await asyncio.gather(*(self.bus.script(LOG_HEAD, 2, *log.keys, "", self.log_ttl_ms)
                                              for log in self.groups))
             heads = {g: int(reply[0]) for g, reply in enumerate(replies)}
         behind = [(g, head) for g, head in heads.items() if head > self.vector[g]]
@@ -289,7 +285,7 @@ class RedisRecoveryLog(Generic[_T]):
         if not behind:
             return True
         try:
-            replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *self.groups[g].keys, "", self.log_ttl_ms)
+            replies = await asyncio.gather(*(self.bus.script(LOG_HEAD, 2, *self.groups[g].keys, "", self.log_ttl_ms)
                                              for g in behind))
             await self.sync({g: int(reply[0]) for g, reply in zip(behind, replies, strict=True)})
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
@@ -349,7 +345,7 @@ class RedisRecoveryLog(Generic[_T]):
         if not offset.isdigit():
             return None
         try:
-            reply = await self._script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
+            reply = await self.bus.script(LOG_READ, 2, *self._keys, offset, "1" if check_only else "0")
             if reply and len(reply) > 1 and not check_only:  # entries to replay (nothing missed: no copy to drop)
                 async with asyncio.timeout(self.options.probe_timeout):
                     await asyncio.shield(self.bus.heard_so_far(self.heard_on))  # shared by the restores of a turn
@@ -378,7 +374,7 @@ class RedisRecoveryLog(Generic[_T]):
             return None
         try:
             if check_only:
-                replies = await asyncio.gather(*(self._script(LOG_HEAD, 2, *log.keys, str(vector[log.index]),
+                replies = await asyncio.gather(*(self.bus.script(LOG_HEAD, 2, *log.keys, str(vector[log.index]),
                                                               self.log_ttl_ms) for log in self.groups))
                 if not all(int(reply[1]) for reply in replies):
                     return None
@@ -386,7 +382,7 @@ class RedisRecoveryLog(Generic[_T]):
                 return []
             wanted = sorted({0, *(self.options.group_of(room) for room in rooms)} if rooms is not None
                             else range(len(self.groups)))
-            replies = await asyncio.gather(*(self._script(LOG_READ, 2, *self.groups[g].keys, str(vector[g]), "0")
+            replies = await asyncio.gather(*(self.bus.script(LOG_READ, 2, *self.groups[g].keys, str(vector[g]), "0")
                                              for g in wanted))
             if not all(replies):
                 return None
@@ -421,30 +417,6 @@ class RedisRecoveryLog(Generic[_T]):
         while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
             self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
         return decoded
-
-    def _script(self, script: str, *args: Any) -> asyncio.Future[Any]:
-        """`script` on the bus (to the primary of its first key on a Redis Cluster): the
-        restores of a loop turn go out in one write, with no redis-py pool checkout each (a
-        quarter of a restore's CPU). The script's text once when Redis lost it; an error
-        reply is raised."""
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(future: asyncio.Future[Any]) -> None:
-            if reply.done():
-                return
-            if future.cancelled() or future.exception() is not None:
-                reply.set_exception(future.exception() or RedisUnavailable("cancelled"))
-                return
-            result = future.result()
-            if isinstance(result, hiredis.ReplyError) and str(result).startswith("NOSCRIPT"):
-                self.bus.command("EVAL", script, *args).add_done_callback(done)  # loaded again on reconnect
-            elif isinstance(result, hiredis.ReplyError):
-                reply.set_exception(result)
-            else:
-                reply.set_result(result)
-
-        self.bus.command("EVALSHA", _sha(script), *args).add_done_callback(done)
-        return reply
 
     # ------------------------------------------------------------------ session records
 
@@ -493,7 +465,7 @@ class RedisRecoveryLog(Generic[_T]):
         bus, so it shares a write with the log check `SessionRecovery.restore_session` asks
         for at the same time."""
         try:
-            raw = await self._script(SESSION_CLAIM, 1, self._session_key(pid))
+            raw = await self.bus.script(SESSION_CLAIM, 1, self._session_key(pid))
         except (RedisUnavailable, hiredis.ReplyError) as exc:
             log.warning("session %s not restored: redis %s", pid, exc)
             return None

@@ -494,3 +494,11 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 for c = 3, #ARGV do redis.call('PUBLISH', ARGV[c], ARGV[2]) end
 return 1
 """
+
+# KEYS: the once key; ARGV: its window (ms) -> 1 when this call marked it (the broadcast goes
+# out), 0 when one with the key went out within the window. On a Redis Cluster, where the
+# broadcast's shard channels need not share the key's slot, in place of `ONCE_PUBLISH`.
+ONCE_MARK = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+return 1
+"""

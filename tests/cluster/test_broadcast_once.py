@@ -1,7 +1,8 @@
 """A broadcast with a `once` key goes out once cluster-wide, whichever node repeats it
 (`coup.core.adapter.BroadcastOptions.once`: how a resent command's broadcast reaches every
 receiver exactly once), with the recovery log on (the log script decides) or off (its own
-script decides), and in one process (the memory adapter)."""
+script decides; on a Redis Cluster it marks the key and the broadcast goes out as any other),
+on one Redis and on a Redis Cluster, and in one process (the memory adapter)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from tests.cluster.conftest import Node, RedisServer, quiet, start_node
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
-@pytest_asyncio.fixture(params=["memory", "redis+recovery", "redis"])
+@pytest_asyncio.fixture(params=["memory", "redis+recovery", "redis", "cluster+recovery", "cluster"])
 async def two_nodes(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[list[Node]]:
+    url = request.getfixturevalue("shared_redis_cluster").url if request.param.startswith("cluster") \
+        else redis_server.url
     if request.param == "memory":
         single = await start_node(None, "", "solo")
         try:
@@ -27,8 +30,8 @@ async def two_nodes(request: pytest.FixtureRequest, redis_server: RedisServer) -
             await single.node.stop()
         return
     prefix = "o" + secrets.token_hex(4)
-    window = 120.0 if request.param == "redis+recovery" else 0.0
-    started = [await start_node(redis_server.url, prefix, f"n{i}", recovery_window=window) for i in range(2)]
+    window = 120.0 if request.param.endswith("+recovery") else 0.0
+    started = [await start_node(url, prefix, f"n{i}", recovery_window=window) for i in range(2)]
     logged = started[0].node.sio.of(NAMESPACE).adapter.recovery_log is not None  # type: ignore[attr-defined]
     assert logged is (window > 0)
     try:

@@ -262,6 +262,15 @@ async def test_sigkill_announces_member_left_for_the_rooms_its_sockets_held(redi
 NOT_IN_TIME = "not every node said in time"
 
 
+async def call_while_stopped(node: NodeProcess, user: User, event: str, data: Any) -> Any:
+    """`user`'s call made while `node` is stopped (SIGSTOP); the node goes on whatever happens."""
+    node.signal(signal.SIGSTOP)
+    try:
+        return await user.call(event, data)
+    finally:
+        node.signal(signal.SIGCONT)
+
+
 async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_but_fails_neither(
         redis_server, tmp_path: Path, users):
     """The room's owner asks every node which sockets are in the room (for a join; for a message
@@ -284,22 +293,14 @@ async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_b
         chloe = await connect(users, CHLOE, other)
         assert NOT_IN_TIME not in owner.log_text()
 
-        stalled.signal(signal.SIGSTOP)
-        try:
-            joined = await chloe.call("join-study", {"studyId": STUDY})
-        finally:
-            stalled.signal(signal.SIGCONT)
+        joined = await call_while_stopped(stalled, chloe, "join-study", {"studyId": STUDY})
         assert joined["ok"] is True, joined
         assert owner.log_text().count(NOT_IN_TIME) == 1
         await wait_until(lambda: bob.count("member-joined", CHLOE) == 1, what="bob hears of chloe once awake")
 
         # what the join saw was incomplete, so it was not kept: the message asks again
-        stalled.signal(signal.SIGSTOP)
-        try:
-            sent = await chloe.call("message", {"studyId": STUDY, "content": "while one node stalls",
-                                                "clientMessageId": "stall-1"})
-        finally:
-            stalled.signal(signal.SIGCONT)
+        sent = await call_while_stopped(stalled, chloe, "message", {
+            "studyId": STUDY, "content": "while one node stalls", "clientMessageId": "stall-1"})
         assert sent["ok"] is True, sent
         assert owner.log_text().count(NOT_IN_TIME) == 2
         for person in (alice, bob, chloe):
@@ -310,11 +311,7 @@ async def test_a_node_that_does_not_answer_in_time_delays_a_join_and_a_message_b
         # owner cannot see that tab, but presence counts it, so no member-left
         bob_2 = await connect(users, BOB, other)
         assert (await bob_2.call("join-study", {"studyId": STUDY}))["ok"] is True
-        stalled.signal(signal.SIGSTOP)
-        try:
-            left = await bob_2.call("leave-study", {"studyId": STUDY})
-        finally:
-            stalled.signal(signal.SIGCONT)
+        left = await call_while_stopped(stalled, bob_2, "leave-study", {"studyId": STUDY})
         assert left["ok"] is True, left
         assert owner.log_text().count(NOT_IN_TIME) == 3
         marker = await alice.call("message", {"studyId": STUDY, "content": "after the leave",
