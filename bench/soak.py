@@ -92,9 +92,11 @@ def seed(url: str, clients: int) -> dict[int, int]:
 
 
 class Server:
-    def __init__(self, workdir: Path, secret: str) -> None:
+    def __init__(self, workdir: Path, secret: str, probe: str = "") -> None:
         self.workdir = workdir
         self.secret = secret
+        #: a file `bench/soak_probe.py` writes to at every RSS sample (empty: no probe)
+        self.probe = probe
         self.port = _free_port()
         self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -103,8 +105,12 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COUP_", "REDIS_", "DATABASE_", "JWT_"))}
         env.update({"PYTHONPATH": str(ROOT), "DATABASE_URL": f"sqlite:///{self.workdir / 'coup.db'}",
                     "JWT_SECRET": self.secret, "COUP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        module = "coup"
+        if self.probe:
+            env["COUP_SOAK_PROBE"] = self.probe
+            module = "bench.soak_probe"
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "coup", "serve", "--demo", "--host", "127.0.0.1",
+            self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--demo", "--host", "127.0.0.1",
                                           "--port", str(self.port)], cwd=self.workdir, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
         wait_ready(self.port, self.log_path)
@@ -117,6 +123,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def probe_now(self) -> None:
+        """Ask `bench/soak_probe.py` for its figures (a second or so of the server's time)."""
+        if self.probe and self.proc is not None:
+            self.proc.send_signal(signal.SIGUSR1)
 
     def rss_mb(self) -> float:
         assert self.proc is not None
@@ -349,6 +360,7 @@ class Soak:
             await asyncio.sleep(min(30.0, end - time.monotonic()))
             print(f"t={time.monotonic() - started:.0f}s RSS {server.rss_mb():.1f} MB fds {server.fds()} "
                   f"sent {self.tally.sent} acked {self.tally.acked}", flush=True)
+            server.probe_now()
         rss_end = server.rss_mb()
         self.stopping.set()
         await asyncio.get_running_loop().run_in_executor(None, self.stop_hostile, hostile)
@@ -367,7 +379,7 @@ class Soak:
 async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="coup-soak-"))
     users = seed(f"sqlite:///{workdir / 'coup.db'}", args.clients)
-    server = Server(workdir, secrets.token_urlsafe(48))
+    server = Server(workdir, secrets.token_urlsafe(48), args.probe)
     server.start()
     load_start = os.getloadavg()
     try:
@@ -440,6 +452,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--warmup", type=float, default=180.0, help="seconds before the first figure")
     parser.add_argument("--hostile", type=int, default=3)
+    parser.add_argument("--probe", default="", help="run the server under bench/soak_probe.py, writing to this "
+                        "file at every RSS sample (object types and containers that grew)")
     parser.add_argument("--attack", type=int, default=0, help=argparse.SUPPRESS)  # the hostile process: port
     parser.add_argument("--secret", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
