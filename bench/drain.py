@@ -374,7 +374,6 @@ class RecoveryLogs:
         from coup.cluster.options import ClusterOptions
         from coup.redis_clients import sync_client
 
-        self.url = url
         options = ClusterOptions(prefix=prefix, log_groups=groups).for_url(url)
         self.cluster = options.sharded
         self.keys = [options.nsp_key("rlog", "/", group=g) for g in range(options.groups)]
@@ -383,7 +382,7 @@ class RecoveryLogs:
     def redis_pids(self) -> dict[str, int]:
         """Each redis-server's pid, by name (``redis``; on a cluster ``redis0``, ``redis1``, ...)."""
         if not self.cluster:
-            return {"redis": redis_pid(self.url)}
+            return {"redis": int(self.client.info("server")["process_id"])}
         servers = self.client.info("server", target_nodes=self.client.get_primaries())
         return {f"redis{i}": int(info["process_id"]) for i, info in enumerate(servers.values())}
 

@@ -47,7 +47,7 @@ from coup.cluster.options import ClusterOptions
 from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.recovery import RedisRecoveryLog, logged_out
 from coup.cluster.resp import RedisUnavailable
-from coup.cluster.scripts import ONCE_MARK, ONCE_PUBLISH
+from coup.cluster.scripts import ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout, FetchTimeout
 from coup.core.hold import Stamped
@@ -278,13 +278,13 @@ class RedisAdapter(RecoveryCalls):
         goes out; our sockets get it when it did, or when Redis is away. On one Redis the mark
         and the publishes are one script call (`ONCE_PUBLISH`). On a Redis Cluster a script may
         publish only on shard channels of its own key's slot (a PUBLISH from it never reaches a
-        shard channel's subscribers), so the key is marked (`ONCE_MARK`) and the broadcast then
-        goes out as any other does."""
+        shard channel's subscribers), so the script only marks the key (no channels) and the
+        broadcast then goes out as any other does."""
         key = self.options.key("once", self.nsp.name, opts.once)
         window = int(ONCE_WINDOW * 1000)
         try:
             if self.options.sharded:
-                sent = await self.bus.script(ONCE_MARK, 1, key, window) == 1
+                sent = await self.bus.script(ONCE_PUBLISH, 1, key, window, b"") == 1
                 if sent:
                     for channel in channels:
                         self.bus.publish_nowait(channel, data)

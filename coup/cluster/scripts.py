@@ -487,7 +487,8 @@ return 1
 """
 
 # A broadcast with a once key while the recovery log is off (`LOG_PUBLISH` does this with it):
-# published on the channels only if no broadcast with that key was in the last once_ms.
+# published on the channels only if no broadcast with that key was in the last once_ms. With no
+# channels it only marks the key (a Redis Cluster: the channels need not share its slot).
 # KEYS: the once key   ARGV: once_ms, data, channels...   -> 1 published, 0 a repeat
 ONCE_PUBLISH = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
@@ -495,10 +496,3 @@ for c = 3, #ARGV do redis.call('PUBLISH', ARGV[c], ARGV[2]) end
 return 1
 """
 
-# KEYS: the once key; ARGV: its window (ms) -> 1 when this call marked it (the broadcast goes
-# out), 0 when one with the key went out within the window. On a Redis Cluster, where the
-# broadcast's shard channels need not share the key's slot, in place of `ONCE_PUBLISH`.
-ONCE_MARK = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-return 1
-"""
