@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from coup.core.server import SocketServer
     from coup.core.socket import Socket
     from coup.engine.session import Session
+    from coup.engine.timers import TimerEntry
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class Client:
     """The `SessionHandler` of a Socket.IO connection; owns one socket per namespace."""
 
-    __slots__ = ("closed", "connecting", "decoder", "joined", "server", "session", "sockets")
+    __slots__ = ("closed", "connect_timer", "connecting", "decoder", "joined", "server", "session", "sockets")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -32,6 +33,9 @@ class Client:
         #: a namespace was joined at least once: the connect timeout no longer applies
         self.joined = False
         self.closed = False
+        #: the connect timeout's entry, cancelled once it no longer applies (a pending entry
+        #: would keep this client and its session in memory until the deadline)
+        self.connect_timer: TimerEntry | None = None
 
     def __repr__(self) -> str:
         return f"<Client {self.session.sid} {sorted(self.sockets)}>"
@@ -54,6 +58,7 @@ class Client:
         if not self.closed:  # runs twice when we close first (`close`), then the session ends
             self.closed = True
             self.server.client_closed(self)
+        self._stop_connect_timer()
         for socket in list(self.sockets.values()):
             socket.on_close(reason)
         self.sockets.clear()
@@ -89,6 +94,13 @@ class Client:
     def add(self, socket: Socket) -> None:
         self.sockets[socket.nsp.name] = socket
         self.joined = True
+        self._stop_connect_timer()
+
+    def _stop_connect_timer(self) -> None:
+        timer = self.connect_timer
+        if timer is not None:
+            timer.cancel()
+            self.connect_timer = None
 
     def remove(self, socket: Socket) -> None:
         if self.sockets.get(socket.nsp.name) is socket:

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from coup.engine.handshake import HandshakeInfo
-from coup.engine.transport import Transport, UpgradeTarget
+from coup.engine.transport import ClosedTransport, Transport, UpgradeTarget
 from coup.protocol import wire
 from coup.protocol.engineio import EnginePacket, EnginePacketType, decode_text
 from coup.protocol.errors import DecodeError
@@ -295,7 +295,12 @@ class Session:
         if self.upgrading is not None:
             self.upgrading.close(reason, graceful=False)
             self.upgrading = None
-        self.transport.close(reason, graceful=False)
+        transport = self.transport
+        transport.close(reason, graceful=False)
+        # the transport refers to this session too: a cycle only a full collection would
+        # free, and those are rare (coup.heap); without it, reference counting frees a
+        # closed connection as soon as its last callback is done
+        self.transport = ClosedTransport(transport.name)
         self.server.forget(self)
         handler = self.handler
         self.handler = None

@@ -35,6 +35,18 @@ class TimerTarget(Protocol):
     def on_timer(self, now: float) -> None: ...
 
 
+class _Nothing:
+    """The target of a cancelled entry (never run: the queue skips inactive entries)."""
+
+    __slots__ = ()
+
+    def on_timer(self, now: float) -> None:  # pragma: no cover - never called
+        pass
+
+
+_NOTHING = _Nothing()
+
+
 class TimerEntry:
     """One scheduled call; `cancel()` it when the deadline no longer applies."""
 
@@ -48,7 +60,10 @@ class TimerEntry:
         self.active = True
 
     def cancel(self) -> None:
+        """The entry stays in the heaps until it reaches the top (lazy deletion), but lets go
+        of its target now: a closed session must not wait a ping cycle to be freed."""
         self.active = False
+        self.target = _NOTHING
 
     def __repr__(self) -> str:
         return f"<TimerEntry {self.deadline:.3f}{'' if self.active else ' done'} {self.target!r}>"
@@ -100,8 +115,8 @@ class TimerQueue:
         while by_deadline and by_deadline[0][0] <= now:
             entry = heapq.heappop(by_deadline)[2]
             if entry.active:
-                entry.active = False
                 due.append(entry.target)
+                entry.cancel()  # it may stay in `_by_latest` a while
         self._ticking = True
         try:
             for target in due:

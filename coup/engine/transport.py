@@ -53,3 +53,19 @@ class NotUpgradable:
 
     def discard(self) -> list[Outbound]:
         return []
+
+
+class ClosedTransport(NotUpgradable):
+    """What a closed session keeps in place of its transport: the name (for whoever still
+    asks which transport it was on) and nothing to send to."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def send(self, out: Outbound) -> None:
+        pass
+
+    def close(self, reason: str, *, graceful: bool) -> None:
+        pass

@@ -97,7 +97,9 @@ class SockJSLink(NotUpgradable):
 
     def close(self, reason: str, *, graceful: bool) -> None:
         # SockJS sends what is queued before its close frame, so every close is graceful
-        self.bridge.shutdown(CLOSE_SERVER, reason, reason)
+        bridge = self.bridge
+        bridge.shutdown(CLOSE_SERVER, reason, reason)
+        bridge.core = None  # the core session is over (and the link with it: no cycle is left)
 
 
 class CoreBridge(SockJSConnection):  # type: ignore[misc]
@@ -106,7 +108,6 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
     def __init__(self, session: Any) -> None:
         super().__init__(session)
         self.context: BridgeContext = session.server.context
-        self.link = SockJSLink(self)
         self.core: Session | None = None
         self.state = BridgeState.AWAITING_AUTH
         self.namespace = "/"
@@ -133,7 +134,10 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
             xdomain="origin" in headers,
             extra={"transport": "sockjs", "sockjs_transport": self.session.transport_name},
         )
-        core = Session(engine.new_sid(), engine, handshake, self.link, engine.now())
+        # only the core session holds the link: with the bridge holding it too, the two would
+        # form a cycle that keeps the whole connection (the library's session, the request,
+        # the stream) in memory until a full collection, which a serving process seldom runs
+        core = Session(engine.new_sid(), engine, handshake, SockJSLink(self), engine.now())
         self.core = core
         engine.sessions[core.sid] = core
         if engine.metrics is not None:
@@ -183,7 +187,7 @@ class CoreBridge(SockJSConnection):  # type: ignore[misc]
             return
         self.closing = True
         if self.core is not None:
-            self.core.transport_closed(self.link, "transport close")
+            self.core.transport_closed(self.core.transport, "transport close")
 
     # ------------------------------------------------------------------ core side
 
