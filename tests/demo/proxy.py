@@ -19,9 +19,13 @@ from tornado.testing import bind_unused_port
 CONFIG = """\
 global
     maxconn 512
+    # one line per request (with how it ended) in the test's haproxy.log artifact
+    log stdout format raw local0 info
 
 defaults
     mode http
+    log global
+    option httplog
     # pass a browser's hang-up on to the node at once (as nginx does by default)
     option abortonclose
     timeout connect 5s
