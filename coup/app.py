@@ -322,14 +322,16 @@ class CoupNode:
         for service in self.services:
             await service.start()
         await self.sio.start()
-        # idle_connection_timeout is also Tornado's limit for reading a request head; a body
-        # must be in within body_timeout of its head, or the connection is closed
+        # Tornado has one limit for an idle keep-alive connection and its next request head
+        # (idle_connection_timeout), so a connection handed on to it gets the longer of the
+        # two; a body must be in within body_timeout of its head, or the connection is closed
         application = self.application()
         if self.cluster is not None:  # relayed requests run through the same routes
             self.cluster.tunnel.bind(application, self.origins)
         server = ArrivalHTTPServer(application, xheaders=False,
                                    max_body_size=self.settings.max_payload + 64 * 1024,
-                                   idle_connection_timeout=self.settings.head_timeout,
+                                   idle_connection_timeout=max(self.settings.head_timeout,
+                                                               self.settings.keepalive_timeout),
                                    body_timeout=self.settings.body_timeout)
         server.proxies = self.proxies
         if self.front_door:
@@ -339,6 +341,7 @@ class CoupNode:
                                 max_buffer=self.engine.options.max_buffered_bytes, metrics=self.metrics)
             door = FrontDoor(self.engine, self.origins, server, SOCKET_IO_PATH, proxies=self.proxies,
                              head_timeout=self.settings.head_timeout, body_timeout=self.settings.body_timeout,
+                             keepalive_timeout=self.settings.keepalive_timeout,
                              access=access, sockjs=sockjs)
             self._front_door = door
             self._listeners = await door.serve(sockets, backlog=self.settings.listen_backlog)

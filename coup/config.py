@@ -366,8 +366,14 @@ class Settings:
         "COUP_WS_COMPRESSION_THRESHOLD", 1024, _integer(0), "with compression on, messages shorter than this many "
         "bytes are sent uncompressed (Node's `perMessageDeflate.threshold`)", "general")
     head_timeout: float = setting(
-        "COUP_HEAD_TIMEOUT", 10.0, _number(0.05), "seconds a connection may take to send a request head, and may "
-        "stay idle between requests; a new connection that runs out of time gets `408` and is closed", "general")
+        "COUP_HEAD_TIMEOUT", 10.0, _number(0.05), "seconds a request head may take from its first byte (for a new "
+        "connection, from its opening); past it the client gets `408` and the connection is closed", "general")
+    keepalive_timeout: float = setting(
+        "COUP_KEEPALIVE_TIMEOUT", 10.0, _number(0.05), "seconds an HTTP connection may stay idle between two "
+        "requests before it is closed (Node's `keepAliveTimeout`). Behind a router that keeps its connections to "
+        "the app open (AWS ALB, Heroku Router 2.0, nginx `keepalive`), set it above the router's idle timeout: "
+        "otherwise the router may send a request on a connection this node is closing, and answer it `502`",
+        "general")
     body_timeout: float = setting(
         "COUP_BODY_TIMEOUT", 30.0, _number(0.05), "seconds a request may take to send its body once its head is "
         "in; then the connection is closed", "general")

@@ -49,12 +49,12 @@ _HEAD_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent
 class FrontDoor:
     """What the front-door protocols of one node share."""
 
-    __slots__ = ("body_timeout", "closing", "connections", "engine", "head_timeout", "http_server", "origins",
-                 "path", "polling", "proxies", "sockjs")
+    __slots__ = ("body_timeout", "closing", "connections", "engine", "head_timeout", "http_server",
+                 "keepalive_timeout", "origins", "path", "polling", "proxies", "sockjs")
 
     def __init__(self, engine: EngineServer, origins: OriginPolicy, http_server: HTTPServer,
                  path: str, *, proxies: TrustedProxies | None = None, head_timeout: float = 10.0,
-                 body_timeout: float = 10.0, access: AccessLog | None = None,
+                 body_timeout: float = 10.0, keepalive_timeout: float = 10.0, access: AccessLog | None = None,
                  sockjs: SockJSDoor | None = None) -> None:
         self.engine = engine
         self.origins = origins
@@ -62,8 +62,10 @@ class FrontDoor:
         self.path = path.rstrip("/") + "/"
         #: whose forwarded headers to believe (`coup.transports.proxies`); nobody's by default
         self.proxies = proxies or TrustedProxies()
-        #: seconds a connection has to send a request head (the first, or the next on keep-alive)
+        #: seconds a request head has from its first byte (a new connection's first: from its opening)
         self.head_timeout = head_timeout
+        #: seconds a connection may stay idle between two requests (Node's keepAliveTimeout)
+        self.keepalive_timeout = keepalive_timeout
         #: seconds a POST's body has to arrive after its head
         self.body_timeout = body_timeout
         #: long-polling requests served here, not by Tornado
@@ -329,7 +331,7 @@ class FrontDoorProtocol(asyncio.Protocol):
             self._release()
             transport.close()
         elif not self._buffer:
-            self._arm(self._door.head_timeout, idle=True)
+            self._arm(self._door.keepalive_timeout, idle=True)
 
     def _hand_on(self, buffer: bytes) -> None:
         transport = self._transport

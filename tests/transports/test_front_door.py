@@ -179,7 +179,8 @@ async def test_request_split_across_packets_and_pipelined_frame() -> None:
 async def test_unfinished_head_is_timed_out_and_others_are_served(front_door: bool) -> None:
     """A connection that never finishes its request head is closed; the node serves everyone else."""
     sock, port = bind_unused_port()
-    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3), front_door=front_door)
+    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3, keepalive_timeout=0.3),
+                    front_door=front_door)
     await node.start([sock])
     try:
         slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
@@ -201,7 +202,7 @@ async def test_unfinished_head_is_timed_out_and_others_are_served(front_door: bo
 async def test_idle_keep_alive_connection_is_closed() -> None:
     """After a complete request, a connection idle past the head timeout is closed by Tornado."""
     sock, port = bind_unused_port()
-    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3))
+    node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=0.3, keepalive_timeout=0.3))
     await node.start([sock])
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

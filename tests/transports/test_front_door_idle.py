@@ -51,14 +51,16 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         self.offset += seconds
 
 
-def on_stepped_loop(scenario: Callable[[SteppedLoop, CoupNode, int], Awaitable[None]]) -> None:
+def on_stepped_loop(scenario: Callable[[SteppedLoop, CoupNode, int], Awaitable[None]], *,
+                    keepalive_timeout: float = HEAD_TIMEOUT) -> None:
     """Run `scenario` with a front-door node (HEAD_TIMEOUT) on a `SteppedLoop`."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, SteppedLoop)
         sock, port = bind_unused_port()
-        node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=HEAD_TIMEOUT, body_timeout=HEAD_TIMEOUT))
+        node = CoupNode(settings_for_tests(recovery_window=0.0, head_timeout=HEAD_TIMEOUT, body_timeout=HEAD_TIMEOUT,
+                                           keepalive_timeout=keepalive_timeout))
         await node.start([sock])
         try:
             await scenario(loop, node, port)
@@ -132,3 +134,41 @@ def test_a_request_begun_before_the_idle_deadline_gets_the_whole_head_timeout() 
         assert await conn.closed()
 
     on_stepped_loop(scenario)
+
+
+def test_an_idle_connection_lasts_the_keepalive_timeout_not_the_head_timeout() -> None:
+    """Behind a router that keeps its connections to the app (AWS ALB, Heroku Router 2.0), the
+    app must not close an idle one before the router does, or the router may send a request on
+    it as it closes and answer that request 502: `COUP_KEEPALIVE_TIMEOUT` is set above the
+    router's idle timeout, while a request head keeps its own `COUP_HEAD_TIMEOUT`."""
+    keepalive = 6 * HEAD_TIMEOUT
+
+    async def scenario(loop: SteppedLoop, node: CoupNode, port: int) -> None:
+        conn = await Conn.open(port)
+        assert b'"sid":' in await conn.request("GET", PATH)
+        connection = the_connection(node)
+        loop.step(keepalive - 1)  # idle for far longer than a head may take (and the session's pings)
+        await asyncio.sleep(0.05)
+        assert b'"sid":' in await conn.request("GET", PATH)  # still open, and served
+        # a head begun after a long idle has its own HEAD_TIMEOUT, not what is left of the idle time
+        loop.step(keepalive - 1)
+        conn.writer.write(f"GET {PATH} HTTP/1.1\r\n".encode())
+        await eventually(lambda: bool(connection._buffer), "the head's first line read")
+        loop.step(HEAD_TIMEOUT + 1)
+        assert (await conn.answer()).startswith(b"HTTP/1.1 408 ")
+        assert await conn.closed()
+        # the same on a connection handed on to Tornado (not a polling request)
+        tornado = await Conn.open(port)
+        assert (await tornado.request("GET", "/healthz")).startswith(b"HTTP/1.1 200 ")
+        loop.step(keepalive - 1)
+        await asyncio.sleep(0.05)
+        assert (await tornado.request("GET", "/healthz")).startswith(b"HTTP/1.1 200 ")
+        tornado.close()
+        # and an idle connection is closed, without a word, once its keep-alive time is over
+        idle = await Conn.open(port)
+        assert b'"sid":' in await idle.request("GET", PATH)
+        await eventually(lambda: len(node._front_door.connections) == 1, "the idle connection on the door")
+        loop.step(keepalive + 1)
+        assert await idle.closed()
+
+    on_stepped_loop(scenario, keepalive_timeout=keepalive)

@@ -35,7 +35,7 @@ GOOD = "http://good.test"
 async def node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
     sock, port = bind_unused_port()
     node = CoupNode(settings_for_tests(recovery_window=0.0, allowed_origins=(GOOD,), max_payload=2000,
-                                       head_timeout=1.0, body_timeout=0.5),
+                                       head_timeout=1.0, body_timeout=0.5, keepalive_timeout=1.0),
                     front_door=request.param)
     await node.start([sock])
     running = RunningNode(node, port)
@@ -228,14 +228,14 @@ async def test_other_requests_go_to_tornado_mid_connection(node: RunningNode) ->
 
 @pytest.mark.asyncio
 async def test_late_body_and_idle_connection_are_closed(node: RunningNode) -> None:
-    """COUP_BODY_TIMEOUT for a body that stops coming, COUP_HEAD_TIMEOUT between two requests."""
+    """COUP_BODY_TIMEOUT for a body that stops coming, COUP_KEEPALIVE_TIMEOUT between two requests."""
     conn = await Conn.open(node.port)
     url = f"{PATH}&sid={_sid(await conn.request('GET', PATH))}"
     conn.writer.write(f"POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n40".encode())
     assert await conn.closed()  # after body_timeout (0.5 s), without an answer
     idle = await Conn.open(node.port)
     await idle.request("GET", PATH)
-    assert await idle.closed()  # after head_timeout (1 s) with no next request
+    assert await idle.closed()  # after keepalive_timeout (1 s) with no next request
 
 
 @pytest.mark.asyncio
