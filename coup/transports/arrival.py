@@ -80,3 +80,16 @@ def arrival_of(request: HTTPServerRequest) -> int | None:
     stream = getattr(request.connection, "stream", None)
     arrival = getattr(stream, "arrival", 0)
     return arrival if isinstance(arrival, int) and arrival > 0 else None
+
+
+def hung_up(request: HTTPServerRequest) -> bool:
+    """Did the client close `request`'s connection before its handler began to wait?
+
+    Tornado tells a handler that its client left (`on_connection_close`) only when the
+    connection closes while the handler waits. When the request and the close come in
+    together (a proxy passing on a browser tab that closed as it polled), the stream is
+    closed by the time the handler runs and nothing is said: a long-poll would wait, and
+    hold its session, until its next heartbeat found the connection gone.
+    """
+    stream = getattr(request.connection, "stream", None)
+    return stream is None or bool(stream.closed())

@@ -20,6 +20,7 @@ from coup.engine.server import EngineServer
 from coup.engine.session import Session, SessionState
 from coup.logs import AccessLog
 from coup.protocol.errors import PayloadTooLarge
+from coup.transports.arrival import hung_up
 from coup.transports.base import EngineRequestHandler, log_refusal, refusal_body
 from coup.transports.http1 import FrontRequest, response
 from coup.transports.origins import OriginPolicy
@@ -80,6 +81,8 @@ class PollingHandler(EngineRequestHandler):
         return None
 
     async def get(self) -> None:
+        if hung_up(self.request):
+            return  # the client left before we ran: nobody to open a session for or hold a poll for
         sid = self.get_query_argument("sid", None)
         try:
             if sid is None:

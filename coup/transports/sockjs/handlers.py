@@ -47,7 +47,7 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol
 
-from coup.transports.arrival import arrival_of
+from coup.transports.arrival import arrival_of, hung_up
 from coup.transports.sockjs import hixie76
 
 if TYPE_CHECKING:
@@ -266,6 +266,8 @@ class _TransportMixin(_ProtocolMixin):
 
     async def wait_finished(self) -> None:
         """Hold the handler until the answer is finished or the client hung up."""
+        if not self._finished and hung_up(self.request):
+            self.on_connection_close()  # gone before we waited: Tornado will not say so
         await self._finished_future()
 
     def _resolve(self) -> None:

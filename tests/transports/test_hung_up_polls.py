@@ -1,0 +1,101 @@
+"""A poll whose client hangs up as it is sent ends at once, also on a connection Tornado serves.
+
+Behind a proxy a browser tab that closes while it polls becomes a request followed at once by
+the close of the proxy's connection to the node (HAProxy's `abortonclose`, nginx by default).
+Tornado tells a handler its client left only if the connection closes while the handler
+waits; request and close read together said nothing, so the SockJS session kept that poll as
+its handler and never expired: the user stayed online (the demo test behind HAProxy failed
+that way, 1 run in ~16). The front door serves such polls itself, but a connection it handed
+on to Tornado (after any API request) stays Tornado's, and a proxy reuses its connections
+for every client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.conftest import RunningNode
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.timeout(30)
+
+#: well under SockJS's disconnect delay (5 s): the session must end because the poll ended
+PROMPTLY = 2.0
+
+
+class RawHttp:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, method: str, path: str) -> None:
+        length = "Content-Length: 0\r\n" if method == "POST" else ""
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}\r\n".encode())
+
+    async def answer(self) -> bytes:
+        """The body of the next answer (Content-Length or chunked)."""
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        if b"transfer-encoding: chunked" in head.lower():
+            body = b""
+            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                body += (await self.reader.readexactly(size + 2))[:-2]
+            await self.reader.readexactly(2)
+            return body
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        return await self.reader.readexactly(length)
+
+    def hang_up_after(self, method: str, path: str) -> None:
+        """The request and the close in one go: both are in before the node reads either."""
+        self.send(method, path)
+        self.writer.close()
+
+
+@asynccontextmanager
+async def connection(node: RunningNode, served_by: str) -> AsyncIterator[RawHttp]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    http = RawHttp(reader, writer)
+    if served_by == "tornado":  # any request the front door does not serve hands the connection on
+        http.send("GET", "/healthz")
+        assert await http.answer()
+    try:
+        yield http
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transport", ["xhr", "xhr_streaming"])
+@pytest.mark.parametrize("served_by", ["front door", "tornado"])
+async def test_a_sockjs_poll_hung_up_as_it_is_sent_ends_its_session(
+        node: RunningNode, served_by: str, transport: str) -> None:
+    sessions = node.node.engine.sessions
+    async with connection(node, "front door") as opener:
+        opener.send("POST", "/sockjs/000/hungup01/xhr")
+        assert await opener.answer() == b"o\n"
+    await eventually(lambda: len(sessions) == 1, "the SockJS session open")
+    async with connection(node, served_by) as http:
+        http.hang_up_after("POST", f"/sockjs/000/hungup01/{transport}")
+        await eventually(lambda: not sessions, "the session ended", timeout=PROMPTLY)
+
+
+@pytest.mark.asyncio
+async def test_an_engineio_poll_hung_up_as_it_is_sent_does_not_wait(node: RunningNode) -> None:
+    """Had it waited, the client's next poll would find one still waiting: "overlap from
+    client", and the reference's answer to that is the end of the session."""
+    async with connection(node, "front door") as opener:
+        opener.send("GET", "/socket.io/?EIO=4&transport=polling")
+        sid = json.loads((await opener.answer())[1:])["sid"]
+    path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    async with connection(node, "tornado") as http:
+        http.hang_up_after("GET", path)
+        await asyncio.sleep(0.2)  # the node has read both and run the handler
+    async with connection(node, "front door") as next_poll:
+        next_poll.send("GET", path)
+        await asyncio.sleep(0.2)
+        assert sid in node.node.engine.sessions and node.node.engine.sessions[sid].open
