@@ -92,7 +92,8 @@ async def test_closed_connections_are_freed_without_the_collector(
 
 
 @pytest.mark.asyncio
-async def test_a_dropped_websocket_is_freed_without_the_collector(node: RunningNode, collector_off: Counter[str]) -> None:
+async def test_a_dropped_websocket_is_freed_without_the_collector(
+        node: RunningNode, collector_off: Counter[str]) -> None:
     """A client that vanishes without a close frame (the common case on the internet)."""
     opened: list[Counter[str]] = []
     for _ in range(3):
