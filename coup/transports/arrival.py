@@ -91,5 +91,8 @@ def hung_up(request: HTTPServerRequest) -> bool:
     closed by the time the handler runs and nothing is said: a long-poll would wait, and
     hold its session, until its next heartbeat found the connection gone.
     """
-    stream = getattr(request.connection, "stream", None)
+    connection = request.connection
+    if not hasattr(connection, "stream"):  # not a socket of ours: a request relayed by another node
+        return getattr(connection, "closed", False) is True
+    stream = getattr(connection, "stream", None)  # Tornado's HTTP1Connection: None once closed
     return stream is None or bool(stream.closed())
