@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+import pytest_asyncio
 import socketio
+from tornado.testing import bind_unused_port
 
+from coup.app import CoupNode
 from coup.core.client import Client
 from coup.core.socket import Socket
 from coup.engine.polling import PollingTransport
@@ -27,6 +30,7 @@ from coup.engine.websocket import WebSocketTransport
 from coup.transports.sockjs.bridge import CoreBridge, SockJSLink
 from coup.transports.sockjs.session import SockJSSession
 from tests.conftest import RunningNode
+from tests.conftest import test_settings as settings_for_tests
 from tests.sioclient import SioClient
 from tests.waiting import eventually
 from tests.wsclient import RawWebSocket
@@ -35,6 +39,18 @@ TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "upgrade": ["p
 #: what one connection builds on the server, whatever its transport
 CONNECTION_TYPES = (Session, Client, Socket, WebSocketTransport, PollingTransport, CoreBridge, SockJSLink,
                     SockJSSession)
+
+
+@pytest_asyncio.fixture(params=["front door", "tornado only"])
+async def node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
+    """A node with its front door (connections start on our own protocol), or Tornado's server alone."""
+    sock, port = bind_unused_port()
+    coup_node = CoupNode(settings_for_tests(), front_door=request.param == "front door")
+    await coup_node.start([sock])
+    try:
+        yield RunningNode(coup_node, port)
+    finally:
+        await coup_node.stop()
 
 
 @pytest.fixture
