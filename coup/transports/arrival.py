@@ -13,6 +13,7 @@ handler can tell which of two requests the server had first.
 from __future__ import annotations
 
 import itertools
+import socket
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -96,3 +97,16 @@ def hung_up(request: HTTPServerRequest) -> bool:
         return getattr(connection, "closed", False) is True
     stream = getattr(connection, "stream", None)  # Tornado's HTTP1Connection: None once closed
     return stream is None or bool(stream.closed())
+
+
+def peer_gone(sock: socket.socket | None) -> bool:
+    """Has the peer of this connected socket closed or reset it? One non-blocking peek."""
+    if sock is None:
+        return False
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False  # open, with nothing to read
+    except OSError:
+        return True  # reset, or no longer connected
+    return data == b""  # the peer's FIN (bytes waiting mean it is still there)

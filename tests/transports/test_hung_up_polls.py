@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from tornado.ioloop import IOLoop
 
 from tests.conftest import RunningNode
 from tests.waiting import eventually
@@ -99,3 +102,27 @@ async def test_an_engineio_poll_hung_up_as_it_is_sent_does_not_wait(node: Runnin
         next_poll.send("GET", path)
         await asyncio.sleep(0.2)
         assert sid in node.node.engine.sessions and node.node.engine.sessions[sid].open
+
+
+@pytest.mark.asyncio
+async def test_a_sockjs_poll_whose_reset_went_unreported_ends_at_the_next_expiry_check(node: RunningNode) -> None:
+    """Behind HAProxy the loop once never reported the reset of a connection the front door
+    had handed on to Tornado (the demo test, 1 run in ~16): the poll held the session, and its
+    user stayed online, until the next heartbeat (25 s). Here the loop stops watching the
+    poll's socket before its client resets it; the session's expiry check (every 5 s while a
+    request holds it) asks the socket itself."""
+    sessions = node.node.engine.sessions
+    assert node.node.sockjs is not None
+    router = node.node.sockjs.router
+    async with connection(node, "tornado") as http:
+        http.send("POST", "/sockjs/000/missed01/xhr")
+        assert await http.answer() == b"o\n"
+        http.send("POST", "/sockjs/000/missed01/xhr")  # this poll holds the session
+        session = router.get_session("missed01")
+        await eventually(lambda: session.handler is not None, "the poll holding the session")
+        stream = session.handler.request.connection.stream
+        IOLoop.current().remove_handler(stream.socket.fileno())  # what the loop failed to do: watch it
+        raw = http.writer.get_extra_info("socket")
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        http.writer.transport.abort()  # a reset
+        await eventually(lambda: not sessions, "the session ended", timeout=5 + 1 + 2)

@@ -9,6 +9,7 @@
   protocol says ("the server must constantly serve the close message").
 * Messages still queued for the next flush go out before the close frame.
 * The close frame's reason is JSON-encoded (the library pasted it between quotes).
+* A request holding the session whose client is gone, with nobody told (`on_delete`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 from typing import Any
 
 from sockjs.tornado import session as sockjs_session
+
+from coup.transports.arrival import peer_gone
 
 ANOTHER_CONNECTION = "Another connection still open"
 
@@ -34,6 +37,21 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
     _pending_flush: bool
     #: the HTTP request that opened the session (its transport handler may be gone by on_open)
     request: Any = None
+
+    # ------------------------------------------------------------------ expiry
+
+    def on_delete(self, forced: bool) -> None:
+        """The library's expiry check: every `disconnect_delay` (5 s) while a request holds
+        the session it keeps the session, trusting the request to say when its client
+        leaves. A Tornado request does not always: behind HAProxy, a tab closed as it polled
+        reset a connection the front door had handed on, and the loop never reported it
+        (in 1 of ~16 runs of the demo test behind the proxy): the session, and its user's
+        presence, stayed until the next heartbeat failed to write (25 s). So the check asks
+        the socket itself; a dead one ends the request as its hang-up would have."""
+        handler = self.handler
+        if not forced and handler is not None and peer_gone(_socket_of(handler)):
+            handler.on_connection_close()
+        super().on_delete(forced)
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -121,3 +139,10 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
         if start_heartbeat:
             self.start_heartbeat()
         return True
+
+
+def _socket_of(handler: Any) -> Any:
+    """The socket under a Tornado transport handler (None for the front door's answers,
+    whose connection closes are always reported)."""
+    connection = getattr(getattr(handler, "request", None), "connection", None)
+    return getattr(getattr(connection, "stream", None), "socket", None)
