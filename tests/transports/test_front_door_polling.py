@@ -46,7 +46,8 @@ async def node(request: pytest.FixtureRequest) -> AsyncIterator[RunningNode]:
 
 
 class Conn:
-    """One client connection, requests written raw, answers read whole (Content-Length)."""
+    """One client connection, requests written raw, answers read whole (Content-Length, or a
+    chunked body, returned without its framing)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -62,6 +63,12 @@ class Conn:
 
     async def answer(self) -> bytes:
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        if b"\r\ntransfer-encoding: chunked\r\n" in head.lower():
+            body = b""
+            while size := int(await asyncio.wait_for(self.reader.readuntil(b"\r\n"), 5), 16):
+                body += (await asyncio.wait_for(self.reader.readexactly(size + 2), 5))[:-2]
+            await asyncio.wait_for(self.reader.readexactly(2), 5)  # the empty trailer
+            return head + body
         length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length:"))
         return head + await asyncio.wait_for(self.reader.readexactly(length), 5)

@@ -23,6 +23,7 @@ import pytest
 from tornado.ioloop import IOLoop
 
 from tests.conftest import RunningNode
+from tests.transports.test_front_door_polling import Conn
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -31,45 +32,21 @@ pytestmark = pytest.mark.timeout(30)
 PROMPTLY = 2.0
 
 
-class RawHttp:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def send(self, method: str, path: str) -> None:
-        length = "Content-Length: 0\r\n" if method == "POST" else ""
-        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}\r\n".encode())
-
-    async def answer(self) -> bytes:
-        """The body of the next answer (Content-Length or chunked)."""
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
-        if b"transfer-encoding: chunked" in head.lower():
-            body = b""
-            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
-                body += (await self.reader.readexactly(size + 2))[:-2]
-            await self.reader.readexactly(2)
-            return body
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
-        return await self.reader.readexactly(length)
-
-    def hang_up_after(self, method: str, path: str) -> None:
-        """The request and the close in one go: both are in before the node reads either."""
-        self.send(method, path)
-        self.writer.close()
+def hang_up_after(conn: Conn, method: str, target: str) -> None:
+    """The request and the close in one go: both are in before the node reads either."""
+    conn.send(method, target)
+    conn.close()
 
 
 @asynccontextmanager
-async def connection(node: RunningNode, served_by: str) -> AsyncIterator[RawHttp]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    http = RawHttp(reader, writer)
+async def connection(node: RunningNode, served_by: str) -> AsyncIterator[Conn]:
+    conn = await Conn.open(node.port)
     if served_by == "tornado":  # any request the front door does not serve hands the connection on
-        http.send("GET", "/healthz")
-        assert await http.answer()
+        assert (await conn.request("GET", "/healthz")).startswith(b"HTTP/1.1 200 ")
     try:
-        yield http
+        yield conn
     finally:
-        writer.close()
+        conn.close()
 
 
 @pytest.mark.asyncio
@@ -79,11 +56,10 @@ async def test_a_sockjs_poll_hung_up_as_it_is_sent_ends_its_session(
         node: RunningNode, served_by: str, transport: str) -> None:
     sessions = node.node.engine.sessions
     async with connection(node, "front door") as opener:
-        opener.send("POST", "/sockjs/000/hungup01/xhr")
-        assert await opener.answer() == b"o\n"
+        assert (await opener.request("POST", "/sockjs/000/hungup01/xhr")).endswith(b"\r\n\r\no\n")
     await eventually(lambda: len(sessions) == 1, "the SockJS session open")
     async with connection(node, served_by) as http:
-        http.hang_up_after("POST", f"/sockjs/000/hungup01/{transport}")
+        hang_up_after(http, "POST", f"/sockjs/000/hungup01/{transport}")
         await eventually(lambda: not sessions, "the session ended", timeout=PROMPTLY)
 
 
@@ -92,11 +68,11 @@ async def test_an_engineio_poll_hung_up_as_it_is_sent_does_not_wait(node: Runnin
     """Had it waited, the client's next poll would find one still waiting: "overlap from
     client", and the reference's answer to that is the end of the session."""
     async with connection(node, "front door") as opener:
-        opener.send("GET", "/socket.io/?EIO=4&transport=polling")
-        sid = json.loads((await opener.answer())[1:])["sid"]
+        opened = await opener.request("GET", "/socket.io/?EIO=4&transport=polling")
+        sid = json.loads(opened.split(b"\r\n\r\n", 1)[1][1:])["sid"]
     path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
     async with connection(node, "tornado") as http:
-        http.hang_up_after("GET", path)
+        hang_up_after(http, "GET", path)
         await asyncio.sleep(0.2)  # the node has read both and run the handler
     async with connection(node, "front door") as next_poll:
         next_poll.send("GET", path)
@@ -115,8 +91,7 @@ async def test_a_sockjs_poll_whose_reset_went_unreported_ends_at_the_next_expiry
     assert node.node.sockjs is not None
     router = node.node.sockjs.router
     async with connection(node, "tornado") as http:
-        http.send("POST", "/sockjs/000/missed01/xhr")
-        assert await http.answer() == b"o\n"
+        assert (await http.request("POST", "/sockjs/000/missed01/xhr")).endswith(b"\r\n\r\no\n")
         http.send("POST", "/sockjs/000/missed01/xhr")  # this poll holds the session
         session = router.get_session("missed01")
         await eventually(lambda: session.handler is not None, "the poll holding the session")
