@@ -99,9 +99,12 @@ def hung_up(request: HTTPServerRequest) -> bool:
     return stream is None or bool(stream.closed())
 
 
-def peer_gone(sock: socket.socket | None) -> bool:
-    """Has the peer of this connected socket closed or reset it? One non-blocking peek."""
-    if sock is None:
+def peer_gone(request: Any) -> bool:
+    """Has the client of a request Tornado serves closed or reset its connection, whether or
+    not the loop said so? One non-blocking peek at the socket (False for anything else: a
+    request relayed by another node, the front door's own answers)."""
+    sock = getattr(getattr(getattr(request, "connection", None), "stream", None), "socket", None)
+    if not isinstance(sock, socket.socket):
         return False
     try:
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)

@@ -49,7 +49,7 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
         presence, stayed until the next heartbeat failed to write (25 s). So the check asks
         the socket itself; a dead one ends the request as its hang-up would have."""
         handler = self.handler
-        if not forced and handler is not None and peer_gone(_socket_of(handler)):
+        if not forced and handler is not None and peer_gone(getattr(handler, "request", None)):
             handler.on_connection_close()
         super().on_delete(forced)
 
@@ -140,9 +140,3 @@ class SockJSSession(sockjs_session.Session):  # type: ignore[misc]
             self.start_heartbeat()
         return True
 
-
-def _socket_of(handler: Any) -> Any:
-    """The socket under a Tornado transport handler (None for the front door's answers,
-    whose connection closes are always reported)."""
-    connection = getattr(getattr(handler, "request", None), "connection", None)
-    return getattr(getattr(connection, "stream", None), "socket", None)
