@@ -158,8 +158,9 @@ class SocketServer:
         session.handler = client
         address = session.handshake.address
         self.connections_by_address[address] = self.connections_by_address.get(address, 0) + 1
-        client.connect_timer = self.engine.timers.schedule(self.engine.now() + self.options.connect_timeout, client,
-                                    slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
+        client.connect_timer = self.engine.timers.schedule(
+            self.engine.now() + self.options.connect_timeout, client,
+            slack=min(self.engine.options.timer_slack, self.options.connect_timeout / 10))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that is not lost to garbage collection and is cancelled on close."""
