@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import hiredis
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus, channel_bytes
 from coup.cluster.envelope import (
@@ -44,13 +45,14 @@ from coup.cluster.envelope import (
     encode_json,
 )
 from coup.cluster.options import ClusterOptions
+from coup.cluster.origin_log import OriginLog
 from coup.cluster.own_broadcasts import OwnBroadcasts
-from coup.cluster.recovery import RedisRecoveryLog, logged_out
+from coup.cluster.recovery import RedisRecoveryLog, RedisSessionStore, logged_out
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
 from coup.core.errors import AckTimeout, FetchTimeout
-from coup.core.hold import Stamped
+from coup.core.hold import OriginVector, Stamped, Vector
 from coup.core.recovery import RecoveryCalls, SessionRecovery
 from coup.core.replay_budget import current_origin
 from coup.protocol.socketio import EncodedPacket, SocketPacket, SocketPacketType, encode
@@ -133,10 +135,12 @@ class RedisAdapter(RecoveryCalls):
 
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
                  request: Requester, inbox: Callable[[str], bytes],
-                 registry: dict[str, RedisAdapter], own: OwnBroadcasts[RedisAdapter]) -> None:
+                 registry: dict[str, RedisAdapter], own: OwnBroadcasts[RedisAdapter],
+                 own_origins: set[int] | None = None) -> None:
         """`client` may retry idempotent commands; `inbox(node)` is a node's
         channel; the adapter adds itself to `registry` (by namespace) while it serves; `own`
-        gives the node's message ids and keeps its logged broadcasts until Redis hands them back."""
+        gives the node's message ids and keeps its logged broadcasts until Redis hands them back;
+        `own_origins` are the node's origins of the recovery log (`coup.cluster.origin_log`)."""
         self.nsp = nsp
         self.node_id = node_id
         self.options = options
@@ -154,12 +158,20 @@ class RedisAdapter(RecoveryCalls):
         #: Cluster our channel in the namespace's slot (the log script publishes in its slot only)
         self._own_channel = channel_bytes(options.nsp_key("n", nsp.name, node_id)) if options.sharded else bus.inbox
         recovery = nsp.server.options.recovery
-        #: the log and session records in Redis (None: recovery off)
-        self.recovery_log: RedisRecoveryLog[_Unsent] | None = None
+        #: the log and session records in Redis (None: recovery off): on one Redis the log the
+        #: nodes sequence (`OriginLog`), on a Redis Cluster the script's (docs/recovery.md)
+        self.recovery_log: RedisSessionStore | None = None
+        self._script_log: RedisRecoveryLog[_Unsent] | None = None
+        self._origin_log: OriginLog | None = None
         self.recovery: SessionRecovery | None = None
         if recovery is not None:
-            self.recovery_log = RedisRecoveryLog(bus, client, options, nsp.name, node_id, recovery,
-                                                 self._deliver_unsent, self._own_channel)
+            if options.sharded:
+                self.recovery_log = self._script_log = RedisRecoveryLog(
+                    bus, client, options, nsp.name, node_id, recovery, self._deliver_unsent, self._own_channel)
+            else:
+                self.recovery_log = self._origin_log = OriginLog(
+                    bus, client, options, nsp.name, node_id, recovery, self._own_channel,
+                    set() if own_origins is None else own_origins)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -192,8 +204,8 @@ class RedisAdapter(RecoveryCalls):
     def _own_channels(self) -> list[bytes]:
         """Our channels for logged broadcasts to our own sockets (and markers): one per log
         group; with one group our inbox on one Redis, on a Redis Cluster one in the log's slot."""
-        if self.recovery_log is not None and self._groups > 1:
-            return [group.own_channel for group in self.recovery_log.groups]
+        if self._script_log is not None and self._groups > 1:
+            return [group.own_channel for group in self._script_log.groups]
         return [] if self._own_channel == self.bus.inbox else [self._own_channel]
 
     # ------------------------------------------------------------------ lifecycle
@@ -203,9 +215,8 @@ class RedisAdapter(RecoveryCalls):
             self._started = True
             await self.bus.acquire([self.all_channel, *self._own_channels()])
             if self.recovery_log is not None:
-                if self.bus.ready:  # later (re)connections load them in `link_up`
-                    await self.recovery_log.load_scripts()
-                    await self.recovery_log.sync_all()
+                if self.bus.ready:  # later (re)connections do this in `link_up`
+                    await self._log_up()
                 self._refresher = asyncio.get_running_loop().create_task(self._refresh_sessions())
 
     async def close(self) -> None:
@@ -217,11 +228,25 @@ class RedisAdapter(RecoveryCalls):
     async def link_up(self) -> None:
         """After a (re)connection to Redis: a restarted Redis lost our scripts and records."""
         if self.recovery_log is not None:
-            await self.recovery_log.load_scripts()
             if self._started:  # our channels the markers travel on are subscribed (`init`)
-                await self.recovery_log.sync_all()
+                await self._log_up()
+            else:
+                await self.recovery_log.load_scripts()
             for sid in list(self.nsp.sockets):
                 self._save_session(sid)
+
+    async def _log_up(self) -> None:
+        """The log after a link-up: its scripts loaded; the offsets of the script log's groups
+        synced, or a new origin of the nodes' log (whose heads it syncs)."""
+        assert self.recovery_log is not None
+        await self.recovery_log.load_scripts()
+        if self._origin_log is not None:
+            try:
+                await self._origin_log.link_up()
+            except (RedisError, RedisUnavailable) as exc:
+                log.warning("recovery log: no origin taken (%s); broadcasts go out without offsets", exc)
+        elif self._script_log is not None:
+            await self._script_log.sync_all()
 
     # ------------------------------------------------------------------ membership
 
@@ -250,8 +275,11 @@ class RedisAdapter(RecoveryCalls):
 
     def broadcast(self, packet: SocketPacket, opts: BroadcastOptions) -> None:
         moved_away = opts.local and self._stubs and not opts.rooms.isdisjoint(self._stubs)
-        if self.recovery_log is not None and not moved_away:
-            self._broadcast_logged(packet, opts, self.recovery_log)
+        if self._origin_log is not None and not moved_away:
+            self._broadcast_sequenced(packet, opts, self._origin_log)
+            return
+        if self._script_log is not None and not moved_away:
+            self._broadcast_logged(packet, opts, self._script_log)
             return
         if opts.local:
             encoded = encode(packet)
@@ -300,8 +328,8 @@ class RedisAdapter(RecoveryCalls):
         """Where a broadcast is published: its rooms' channels, the namespace's, or (local, with
         the log: only we may hear it) our own (in log `group`)."""
         if opts.local:
-            return [self.recovery_log.groups[group].own_channel
-                    if self._groups > 1 and self.recovery_log is not None else self._own_channel]
+            return [self._script_log.groups[group].own_channel
+                    if self._groups > 1 and self._script_log is not None else self._own_channel]
         return [self.channel(room) for room in opts.rooms] if opts.rooms else [self.all_channel]
 
     def _parts(self, opts: BroadcastOptions) -> list[tuple[int, BroadcastOptions]]:
@@ -340,6 +368,58 @@ class RedisAdapter(RecoveryCalls):
             else:
                 self._deliver_unsent([(mid, encoded, part)])
 
+    def _broadcast_sequenced(self, packet: SocketPacket, opts: BroadcastOptions, log: OriginLog) -> None:
+        """With recovery on, on one Redis: numbered by this node, to our sockets at once, then
+        published and appended in the turn's transaction (`OriginLog.publish`). A resend of a
+        `once` broadcast asks Redis first whether the first went out."""
+        encoded = encode(packet)
+        stamp = packet.type is SocketPacketType.EVENT and packet.id is None
+        _, mid = self._own.next_mid()
+        channels = [] if opts.local else self._channels(opts)  # a local one is only appended
+        envelope = encode_broadcast(Broadcast(self.node_id, mid, self.nsp.name, tuple(opts.rooms),
+                                              tuple(opts.exclude), stamp, encoded))
+        if opts.once and not opts.first:
+            spawn_kept(self._tasks, self._resend(mid, encoded, opts, stamp, channels, envelope, log))
+            return
+        self._send_sequenced(mid, encoded, opts, stamp, channels, envelope, log)
+
+    def _send_sequenced(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
+                        channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
+        vector = log.publish(channels, current_origin.get(), envelope, opts.once) if stamp else None
+        if vector is None:  # not kept: as with recovery off (a once key still marked)
+            self._deliver_unsent([(mid, encoded, opts)])
+            for channel in channels:
+                self.bus.publish_nowait(channel, envelope)
+            if opts.once:
+                log.mark(opts.once)
+            return
+        entry = (log.origin or 0, log.number)
+        self._local.deliver(Stamped(encoded, entry, vector, log.stamp), opts)
+        if self._unsettled or self._adopting:
+            self._moving_sockets_heard(mid, encoded, [entry[0], entry[1], log.stamp], opts)
+
+    async def _resend(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
+                      channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
+        went_out = await log.went_out(opts.once)
+        if went_out is None:  # Redis is away: our sockets still get it
+            self._deliver_unsent([(mid, encoded, opts)])
+        elif not went_out:
+            self._send_sequenced(mid, encoded, opts, stamp, channels, envelope, log)
+
+    def on_sequenced(self, message: Broadcast, origin: int, number: int) -> None:
+        """Another node's broadcast, numbered `number` by its origin `origin`."""
+        log = self._origin_log
+        if log is None:  # recovery off here: as any broadcast
+            self.on_broadcast(message)
+            return
+        stamp = log.heard(origin, number)  # our number of the origin moves first, also for a copy dropped below
+        opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
+        if len(opts.rooms) > 1 and self._duplicate(message.mid):
+            return
+        self._local.deliver(Stamped(message.packet, (origin, number), log.vector, stamp), opts)
+        if self._unsettled or self._adopting:
+            self._moving_sockets_heard(message.mid, message.packet, [origin, number, stamp], opts)
+
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:
         """Broadcasts Redis did not take: this node's sockets still get them (without offset)."""
         for mid, encoded, opts in unsent:
@@ -356,11 +436,11 @@ class RedisAdapter(RecoveryCalls):
     def on_logged(self, mid: str, packet: EncodedPacket, opts: BroadcastOptions, offset: int | None,
                   channel: bytes = b"") -> None:
         """A broadcast as it arrived (or, one of ours through the recovery log, as we kept it)."""
-        if offset is not None and self._groups > 1 and self.recovery_log is not None:
+        if offset is not None and self._groups > 1 and self._script_log is not None:
             # log groups: this node's offset of the channel's group moves first (also for a
             # copy dropped below), and the packet carries the whole vector
             group = self.options.group_of_channel(channel)
-            log = self.recovery_log
+            log = self._script_log
             stamp = log.heard(group, offset)
             if len(opts.rooms) > 1 and self._duplicate(mid):
                 return
@@ -448,9 +528,11 @@ class RedisAdapter(RecoveryCalls):
         self.bus.release(stub.channels)
         stub.channels = []
         packets, stub.packets = stub.packets, []
-        if self._groups > 1 and self.recovery_log is not None:
-            # the offsets the socket may hold from us: its new node stamps nothing below them
-            packets.append(["", "", [], [-1, 0, list(self.recovery_log.vector)]])
+        # vector offsets: those the socket may hold from us; its new node stamps nothing below them
+        if self._origin_log is not None:
+            packets.append(["", "", [], [-1, 0, self._origin_log.stamp]])
+        elif self._groups > 1 and self._script_log is not None:
+            packets.append(["", "", [], [-1, 0, list(self._script_log.vector)]])
         return None if stub.overflowed else packets
 
     def expect_moved(self, sid: str) -> None:
@@ -463,17 +545,23 @@ class RedisAdapter(RecoveryCalls):
         return [_kept_out(_packet(text, attachments), offset)
                 for mid, text, attachments, offset in kept if not (mid and mid in heard) and _packet_kept(offset)]
 
-    async def floor_of(self, kept: list[list[Any]]) -> tuple[int, ...] | None:
-        """Log groups: the offsets the old node says the socket may hold (`settle`), once this
-        node's are at least those (so nothing it stamps for the socket is lower); None without
-        groups, or when this node could not catch up (it then stamps as it can)."""
-        if self._groups == 1 or self.recovery_log is None:
-            return None
-        floors = [tuple(offset[2]) for *_, offset in kept if isinstance(offset, list) and offset[0] == -1]
+    async def floor_of(self, kept: list[list[Any]]) -> Vector | None:
+        """Vector offsets: those the old node says the socket may hold (`settle`), once this
+        node's are at least those where it can (so nothing it stamps for the socket is lower);
+        None with scalar offsets."""
+        floors = [offset[2] for *_, offset in kept if isinstance(offset, list) and offset[0] == -1]
         if not floors:
             return None
-        await self.recovery_log.catch_up(floors[-1])
-        return floors[-1]
+        if self._origin_log is not None and isinstance(floors[-1], str):
+            vector = OriginVector.parse(floors[-1])
+            if vector is not None:
+                await self._origin_log.catch_up(vector)
+            return vector
+        if self._groups == 1 or self._script_log is None:
+            return None
+        floor = tuple(floors[-1])
+        await self._script_log.catch_up(floor)
+        return floor
 
     def on_forwarded(self, sid: str, kept: list[list[Any]]) -> None:
         """Packets from a handler that still ran on the node `sid` left."""
@@ -610,7 +698,10 @@ class RedisAdapter(RecoveryCalls):
             await asyncio.sleep(interval)
             if self.bus.ready:
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
-                await self.recovery_log.sync_all()
+                if self._origin_log is not None:
+                    await self._origin_log.sync_all()
+                elif self._script_log is not None:
+                    await self._script_log.sync_all()
 
     def expire_holds(self) -> None:
         if self._stubs:
@@ -619,7 +710,8 @@ class RedisAdapter(RecoveryCalls):
 
 
 #: what is kept with a broadcast for a moving socket: its offset, with log groups [group,
-#: offset, vector] ([-1, 0, vector]: no packet, the old node's offsets when it settled)
+#: offset, vector], with the nodes' log [origin, number, vector text] ([-1, 0, vector]: no
+#: packet, the old node's offsets when it settled)
 _Kept = int | list[Any] | None
 
 
@@ -629,6 +721,11 @@ def _packet_kept(offset: _Kept) -> bool:
 
 def _kept_out(packet: EncodedPacket, offset: _Kept) -> Outbound:
     """A kept broadcast as the socket's new node delivers it, with the stamp the old node gave it."""
+    if isinstance(offset, list) and isinstance(offset[2], str):  # [origin, number, vector text]
+        vector = OriginVector.parse(offset[2])
+        if vector is None:
+            return Outbound.message(packet)
+        return Stamped(packet, (int(offset[0]), int(offset[1])), vector)
     if isinstance(offset, list):
         return Stamped(packet, (int(offset[0]), int(offset[1])), tuple(int(v) for v in offset[2]))
     return logged_out(packet, int(offset) if offset else None)

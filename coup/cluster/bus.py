@@ -608,6 +608,30 @@ class Bus:
         self.command("EVALSHA", script_sha(script), *args).add_done_callback(done)
         return reply
 
+    def open_transaction(self) -> Transaction | None:
+        """This loop turn's open `Transaction` (one Redis only), or a new one: the caller adds
+        to it. None while disconnected (nothing is queued). Until something is queued after
+        it, the turn's plain `publish_nowait` calls join it in their order.
+
+        How the node-sequenced recovery log (`coup.cluster.origin_log`) publishes its
+        broadcasts and appends them in one step: a restore that subscribes, then reads the
+        log, finds every broadcast in the log or on its channels (or both), never neither."""
+        batch = self._open.get(_TX_KEY)
+        if batch is not None:
+            return cast(Transaction, batch[1])
+        pub = self._pub
+        if pub is None or pub.closed:
+            self._dropped()
+            return None
+        tx = Transaction()
+        batch = [None, tx, tx, 0]
+        self._open.clear()  # publishes queued after it fold into it (`_queue`) or start new batches
+        self._open[_TX_KEY] = batch
+        self._fold = tx.fold
+        self._outbox.append(batch)
+        self._schedule_flush()
+        return tx
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -661,10 +685,20 @@ class Bus:
         if not batches:
             return
         self._outbox, self._open, self._fold = [], {}, None
-        commands = [tuple(b[1]) if b[0] is None else ("PUBLISH", b[0], b[1][0] if len(b[1]) == 1
-                                                         else pack_batch(b[1])) for b in batches]
-        waiters: list[Waiter | None] = [b[2] for b in batches]
-        self.stats["published_messages"] += sum(len(b[1]) for b in batches if b[0] is not None)
+        commands: list[tuple[Any, ...]] = []
+        waiters: list[Waiter | None] = []
+        for b in batches:
+            if b[0] is not None:
+                commands.append(("PUBLISH", b[0], b[1][0] if len(b[1]) == 1 else pack_batch(b[1])))
+                self.stats["published_messages"] += len(b[1])
+            elif isinstance(b[1], Transaction):
+                inner = b[1].commands()
+                commands += inner
+                waiters += [None] * (len(inner) - 1)
+                self.stats["published_messages"] += b[1].messages
+            else:
+                commands.append(tuple(b[1]))
+            waiters.append(b[2])
         if self.sharded:
             self._write_sharded(batches, commands, waiters)
             return
@@ -757,6 +791,75 @@ class Bus:
                 self._mark_broken()
         finally:
             self._probes.pop(nonce, None)
+
+
+#: where this turn's open `Transaction` is named among the open batches (no channel is empty)
+_TX_KEY = b""
+
+
+class Transaction:
+    """One MULTI / EXEC of a loop turn: publishes (consecutive messages for one channel share a
+    PUBLISH, as `Bus.publish_nowait`'s batches do, without reordering messages across
+    channels), then the other commands (a log's RPUSH, a mark), atomically: no client of
+    Redis sees the publishes without the rest or the other way round.
+
+    It takes its EXEC reply itself (a `coup.cluster.resp.Waiter`: no future per turn) and
+    tells its `listeners` when the commands did not all run (the link broke, Redis refused)."""
+
+    __slots__ = ("_finished", "listeners", "messages", "publishes", "tail")
+
+    def __init__(self) -> None:
+        #: [channel, messages] in publish order
+        self.publishes: list[list[Any]] = []
+        self.tail: list[list[Any]] = []
+        self.messages = 0
+        self.listeners: list[Callable[[Any], None]] = []
+        self._finished = False
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, result: Any, /) -> None:
+        self._finished = True
+        if not isinstance(result, list) or any(isinstance(reply, hiredis.ReplyError) for reply in result):
+            self._fail(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._finished = True
+        self._fail(exception)
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    def _fail(self, reason: Any) -> None:
+        for listener in self.listeners:
+            listener(reason)
+
+    def publish(self, channel: bytes, data: bytes) -> None:
+        publishes = self.publishes
+        if publishes and publishes[-1][0] == channel:
+            publishes[-1][1].append(data)
+        else:
+            publishes.append([channel, [data]])
+        self.messages += 1
+
+    def fold(self, channel: bytes, data: bytes) -> bool:
+        """A plain publish of the turn queued while the transaction is open goes in it, in order."""
+        self.publish(channel, data)
+        return True
+
+    def command(self, *args: Any) -> list[Any]:
+        """A command after the publishes; its argument list, which the caller may still extend
+        this turn (one RPUSH for every entry of the turn)."""
+        command = list(args)
+        self.tail.append(command)
+        return command
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        return [("MULTI",),
+                *[("PUBLISH", channel, data[0] if len(data) == 1 else pack_batch(data))
+                  for channel, data in self.publishes],
+                *map(tuple, self.tail), ("EXEC",)]
 
 
 class _Deaf(Exception):

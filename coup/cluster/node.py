@@ -30,6 +30,7 @@ from coup.cluster.homes import SessionHomes
 from coup.cluster.leases import Leases
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
+from coup.cluster.origin_log import SEQUENCED, split_sequenced
 from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.presence import RedisPresence
 from coup.cluster.recovery import LOGGED, split_logged
@@ -159,6 +160,9 @@ class Cluster:
         self._own_broadcasts = origin_prefix(node_id)
         #: this node's message ids, and its logged broadcasts until Redis hands them back
         self.own: OwnBroadcasts[RedisAdapter] = OwnBroadcasts(node_id)
+        #: this node's origins of the recovery log (`coup.cluster.origin_log`): its own numbered
+        #: broadcasts, delivered when sent, come back with them
+        self.own_origins: set[int] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self.bus.fixed(channel_bytes(self.registry.announce_channel))
         self.bus.on_reconnect(self._link_up)
@@ -174,7 +178,7 @@ class Cluster:
     def adapter_factory(self, nsp: Namespace) -> RedisAdapter:
         return RedisAdapter(nsp, node_id=self.node_id, options=self.options, bus=self.bus, client=self.redis,
                             request=self.request, inbox=self.inbox, registry=self.adapters,
-                            own=self.own)
+                            own=self.own, own_origins=self.own_origins)
 
     def _room_channel(self, room: str) -> bytes | None:
         """The channel of `room` in the default namespace (where room commands' callers are)."""
@@ -352,7 +356,15 @@ class Cluster:
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         kind = data[:1]
-        if kind == LOGGED:  # through the recovery log: ours too, and with its offset
+        if kind == SEQUENCED:
+            origin, number, envelope = split_sequenced(data)
+            if origin in self.own_origins:
+                return  # delivered locally when it was sent
+            broadcast = decode_broadcast(envelope)
+            adapter = self.adapters.get(broadcast.nsp)
+            if adapter is not None:
+                adapter.on_sequenced(broadcast, origin, number)
+        elif kind == LOGGED:  # through the recovery log: ours too, and with its offset
             offset, envelope = split_logged(data)
             if offset is None and envelope[:1] != BROADCAST:
                 self._dispatch(channel, envelope)  # a plain message that rode with the broadcasts

@@ -129,8 +129,123 @@ def parse_vector(offset: str, groups: int) -> tuple[int, ...] | None:
     return tuple(int(part) for part in parts)
 
 
-class RedisRecoveryLog(Generic[_T]):
-    """The Redis half of one namespace's recovery: the log, and the session records.
+class RedisSessionStore:
+    """What both Redis recovery logs share: the session records, and the log entries a node
+    decoded for replays. A subclass is the log (`RedisRecoveryLog`, `coup.cluster.origin_log.OriginLog`)."""
+
+    def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
+                 namespace: str, node_id: str, recovery: RecoveryOptions, heard_on: bytes) -> None:
+        self.bus = bus
+        #: a channel of ours the log's pushes share a Redis with (see `after`)
+        self.heard_on = heard_on
+        self.client = client
+        self.options = options
+        self.namespace = namespace
+        self.node_id = node_id
+        self.recovery = recovery
+        self.window_ms = int(recovery.max_disconnection_duration * 1000)
+        #: how long the log outlives the last node that kept it alive (`refresh`): a minute
+        #: past the window, so a client of the last node gone can still come back within it
+        self.log_ttl_ms = self.window_ms + 60_000
+        self._save_sha = script_sha(SESSION_SAVE)
+        #: log entry key -> the entry as replayed, oldest first (`_decode`)
+        self._decoded: dict[Any, tuple[BroadcastOptions, Outbound, EncodedPacket]] = {}
+        self._decoded_bytes = 0
+
+    def log_keys(self) -> list[str]:
+        """The keys of the log `refresh` keeps alive."""
+        raise NotImplementedError
+
+    async def load_scripts(self) -> None:
+        """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
+        for script in self.scripts():
+            await self.client.script_load(script)
+
+    def scripts(self) -> list[str]:
+        return [SESSION_SAVE, SESSION_CLAIM]
+
+    def _decode(self, key: Any, entry: bytes, skip: int) -> tuple[BroadcastOptions, Outbound, EncodedPacket]:
+        """A raw log entry (its envelope after `skip` space-separated fields) as replayed, kept
+        for the next replays (`key`: its offset; a tuple for entries that replays stamp per
+        socket: (group, offset) or (origin, number)).
+
+        The clients of a drained node come back within a second or two, each asking for the
+        same tail of the log: decoding it once per node instead of once per client took the
+        replay from a quarter of the survivor's CPU to a few percent (bench/README.md, "A
+        drained node's clients coming back"). The same `Outbound` also keeps its encoded frame."""
+        at = -1
+        for _ in range(skip):
+            at = entry.index(b" ", at + 1)
+        message = decode_broadcast(entry[at + 1:])
+        opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
+        decoded = (opts, logged_out(message.packet, key if isinstance(key, int) else None), message.packet)
+        cache = self._decoded
+        cache[key] = decoded
+        self._decoded_bytes += decoded[1].size
+        while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
+            self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
+        return decoded
+
+    # ------------------------------------------------------------------ session records
+
+    def _session_key(self, pid: str) -> str:
+        return self.options.nsp_key("session", self.namespace, pid)
+
+    async def save(self, record: SessionRecord, mode: str) -> bool:
+        try:
+            return bool(await self.save_nowait(record, mode) == 1)
+        except RedisUnavailable as exc:
+            log.info("session %s not kept for recovery (redis: %s)", record.sid, exc)
+            return False
+
+    def save_nowait(self, record: SessionRecord, mode: str) -> asyncio.Future[Any]:
+        """Write `record` after everything this node published so far (ordered with them).
+
+        `mode`: "live" (its socket is connected here: create or refresh), "take" (it moved
+        here from another node: overwrite) or "left" (it disconnected here: refresh only if
+        still ours, another node may have restored it already)."""
+        stored = jsonutil.dumps({"sid": record.sid, "rooms": sorted(record.rooms), "data": record.data})
+        return self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(record.pid), self.node_id, stored,
+                                self.window_ms, mode)
+
+    async def refresh(self, pids: Iterable[str]) -> None:
+        """Keep the records of connected sockets alive (they expire a window after a crash),
+        and the log while any node lives (a minute past the window after the last one)."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in self.log_keys():
+                    pipe.pexpire(key, self.log_ttl_ms)
+                for pid in pids:
+                    pipe.pexpire(self._session_key(pid), self.window_ms)
+                await pipe.execute()
+        except RedisError as exc:
+            log.info("session records not refreshed: %s", exc)
+
+    async def discard(self, pid: str) -> None:
+        try:
+            await self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(pid), self.node_id, "", 0, "drop")
+        except RedisUnavailable:
+            pass  # it expires with the window
+
+    async def claim(self, pid: str) -> SessionRecord | None:
+        """Take the record of session `pid` (nobody else can restore it after this); on the
+        bus, so it shares a write with the log check `SessionRecovery.restore_session` asks
+        for at the same time."""
+        try:
+            raw = await self.bus.script(SESSION_CLAIM, 1, self._session_key(pid))
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            log.warning("session %s not restored: redis %s", pid, exc)
+            return None
+        if raw is None:
+            return None
+        _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
+        stored = jsonutil.loads(body.decode())
+        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]), dict(stored["data"]))
+
+
+class RedisRecoveryLog(RedisSessionStore, Generic[_T]):
+    """One namespace's recovery log appended by a script (`LOG_PUBLISH`), and the session records:
+    on a Redis Cluster, where `coup.cluster.origin_log` is not used (docs/recovery.md).
 
     `publish` takes a `token` per broadcast: if the script call fails (Redis went away),
     `on_unsent(tokens)` gets them back, so the node can still deliver them to its own sockets.
@@ -139,21 +254,10 @@ class RedisRecoveryLog(Generic[_T]):
     def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions,
                  on_unsent: Callable[[list[_T]], None], heard_on: bytes) -> None:
-        self.bus = bus
-        #: a channel of ours the log script's pushes share a Redis with (see `after`)
-        self.heard_on = heard_on
-        self.client = client
-        self.options = options
-        self.namespace = namespace
-        self.node_id = node_id
-        self.recovery = recovery
+        super().__init__(bus, client, options, namespace, node_id, recovery, heard_on)
         self.on_unsent = on_unsent
-        self.window_ms = int(recovery.max_disconnection_duration * 1000)
         origin_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
         origin_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
-        #: how long the log outlives the last node that kept it alive (`refresh`): a minute
-        #: past the window, so a client of the last node gone can still come back within it
-        self.log_ttl_ms = self.window_ms + 60_000
         self._log_publish = log_publish(self.window_ms, recovery.max_packets, recovery.max_bytes, origin_packets,
                                         origin_bytes, self.log_ttl_ms, int(ONCE_WINDOW * 1000), options.sharded)
         #: the namespace's logs: one, or one per log group (docs/cluster.md#redis-cluster)
@@ -167,19 +271,13 @@ class RedisRecoveryLog(Generic[_T]):
         self.vector: tuple[int, ...] = (0,) * len(self.groups)
         self._parts = ["0"] * len(self.groups)
         self.stamp = ".".join(self._parts)
-        self._save_sha = script_sha(SESSION_SAVE)
-        #: offset (with groups: (group, offset)) -> a log entry as replayed, oldest first
-        self._decoded: dict[Any, tuple[BroadcastOptions, Outbound, EncodedPacket]] = {}
-        self._decoded_bytes = 0
         #: origins refused since the last reset (each logged once)
         self._refused: set[bytes] = set()
         #: what the log costs: script calls and broadcasts they carried
         self.stats = {"calls": 0, "broadcasts": 0, "unsent": 0}
 
-    async def load_scripts(self) -> None:
-        """Called after every (re)connection: a restarted Redis has forgotten our scripts."""
-        for script in (self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM, LOG_HEAD):
-            await self.client.script_load(script)
+    def scripts(self) -> list[str]:
+        return [self._log_publish, SESSION_SAVE, LOG_READ, SESSION_CLAIM, LOG_HEAD]
 
     # ------------------------------------------------------------------ the log
 
@@ -357,7 +455,7 @@ class RedisRecoveryLog(Generic[_T]):
         first = int(reply[0])
         entries = []
         for i, entry in enumerate(reply[1:]):
-            opts, out, _packet = self._decoded.get(first + i) or self._decode(first + i, entry)
+            opts, out, _packet = self._decoded.get(first + i) or self._decode(first + i, entry, 2)
             entries.append((opts, out))
         return entries
 
@@ -395,82 +493,10 @@ class RedisRecoveryLog(Generic[_T]):
         for g, reply in zip(wanted, replies, strict=True):
             first = int(reply[0])
             for i, entry in enumerate(reply[1:]):
-                opts, _out, packet = self._decoded.get((g, first + i)) or self._decode((g, first + i), entry)
+                opts, _out, packet = self._decoded.get((g, first + i)) or self._decode((g, first + i), entry, 2)
                 known[g] = first + i
                 entries.append((opts, Stamped(packet, (g, first + i), tuple(known))))
         return entries
 
-    def _decode(self, key: Any, entry: bytes) -> tuple[BroadcastOptions, Outbound, EncodedPacket]:
-        """A raw log entry (``AT_MS SP ORIGIN SP ENVELOPE``) as replayed, kept for the next replays
-        (`key`: its offset, with log groups (group, offset): replays stamp it per socket).
-
-        The clients of a drained node come back within a second or two, each asking for the
-        same tail of the log: decoding it once per node instead of once per client took the
-        replay from a quarter of the survivor's CPU to a few percent (bench/README.md, "A
-        drained node's clients coming back"). The same `Outbound` also keeps its encoded frame."""
-        message = decode_broadcast(entry[entry.index(b" ", entry.index(b" ") + 1) + 1:])
-        opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
-        decoded = (opts, logged_out(message.packet, key if isinstance(key, int) else None), message.packet)
-        cache = self._decoded
-        cache[key] = decoded
-        self._decoded_bytes += decoded[1].size
-        while len(cache) > DECODED_ENTRIES or self._decoded_bytes > DECODED_BYTES:
-            self._decoded_bytes -= cache.pop(next(iter(cache)))[1].size
-        return decoded
-
-    # ------------------------------------------------------------------ session records
-
-    def _session_key(self, pid: str) -> str:
-        return self.options.nsp_key("session", self.namespace, pid)
-
-    async def save(self, record: SessionRecord, mode: str) -> bool:
-        try:
-            return bool(await self.save_nowait(record, mode) == 1)
-        except RedisUnavailable as exc:
-            log.info("session %s not kept for recovery (redis: %s)", record.sid, exc)
-            return False
-
-    def save_nowait(self, record: SessionRecord, mode: str) -> asyncio.Future[Any]:
-        """Write `record` after everything this node published so far (ordered with them).
-
-        `mode`: "live" (its socket is connected here: create or refresh), "take" (it moved
-        here from another node: overwrite) or "left" (it disconnected here: refresh only if
-        still ours, another node may have restored it already)."""
-        stored = jsonutil.dumps({"sid": record.sid, "rooms": sorted(record.rooms), "data": record.data})
-        return self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(record.pid), self.node_id, stored,
-                                self.window_ms, mode)
-
-    async def refresh(self, pids: Iterable[str]) -> None:
-        """Keep the records of connected sockets alive (they expire a window after a crash),
-        and the log while any node lives (a minute past the window after the last one)."""
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for group in self.groups:
-                    for key in group.keys:
-                        pipe.pexpire(key, self.log_ttl_ms)
-                for pid in pids:
-                    pipe.pexpire(self._session_key(pid), self.window_ms)
-                await pipe.execute()
-        except RedisError as exc:
-            log.info("session records not refreshed: %s", exc)
-
-    async def discard(self, pid: str) -> None:
-        try:
-            await self.bus.command("EVALSHA", self._save_sha, 1, self._session_key(pid), self.node_id, "", 0, "drop")
-        except RedisUnavailable:
-            pass  # it expires with the window
-
-    async def claim(self, pid: str) -> SessionRecord | None:
-        """Take the record of session `pid` (nobody else can restore it after this); on the
-        bus, so it shares a write with the log check `SessionRecovery.restore_session` asks
-        for at the same time."""
-        try:
-            raw = await self.bus.script(SESSION_CLAIM, 1, self._session_key(pid))
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
-            log.warning("session %s not restored: redis %s", pid, exc)
-            return None
-        if raw is None:
-            return None
-        _node, _, body = (raw.encode() if isinstance(raw, str) else raw).partition(b"\n")
-        stored = jsonutil.loads(body.decode())
-        return SessionRecord(str(stored["sid"]), pid, frozenset(stored["rooms"]), dict(stored["data"]))
+    def log_keys(self) -> list[str]:
+        return [key for group in self.groups for key in group.keys]

@@ -495,3 +495,53 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 for c = 3, #ARGV do redis.call('PUBLISH', ARGV[c], ARGV[2]) end
 return 1
 """
+
+# The node-sequenced recovery log (`coup.cluster.origin_log`): one list per origin (a node's
+# link-up), entries ``NUMBER SP AT_MS SP ORIGIN_SOCKET SP ENVELOPE`` numbered from 1 without gaps
+# (its node trims it, always keeping its newest entry, so the last entry names its head). Per
+# live origin (``live``: origin -> its expiry in ms, dropped here with its log once past it):
+# ARGV[2] = 'heads': {1, origin, head, 0, ...}; 'check': {0} when the epoch is not ARGV[1] or a
+# count or byte trim (``lost``: origin -> the last number it dropped) took an entry after the
+# client's vector (ARGV[4..]: origin, number pairs), else as 'heads'; 'read': as 'check', each
+# origin followed by its entries after the client's number.
+# KEYS: meta, live, lost   ARGV: epoch, mode, list key prefix, origin, number, ...
+ORIGIN_READ = """
+local mode = ARGV[2]
+if mode ~= 'heads' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {0} end
+local want = {}
+for i = 4, #ARGV, 2 do want[ARGV[i]] = tonumber(ARGV[i + 1]) end
+if mode ~= 'heads' then
+  local lost = redis.call('HGETALL', KEYS[3])
+  for i = 1, #lost, 2 do
+    if (want[lost[i]] or 0) < tonumber(lost[i + 1]) then return {0} end
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {1}
+local live = redis.call('HGETALL', KEYS[2])
+for i = 1, #live, 2 do
+  local origin = live[i]
+  local key = ARGV[3] .. origin
+  if tonumber(live[i + 1]) < now then
+    redis.call('HDEL', KEYS[2], origin)
+    redis.call('HDEL', KEYS[3], origin)
+    redis.call('DEL', key)
+  else
+    local last = redis.call('LINDEX', key, -1)
+    local head = last and tonumber(string.match(last, '^%d+')) or 0
+    table.insert(out, origin)
+    table.insert(out, head)
+    local entries = {}
+    if mode == 'read' and head > 0 then
+      local first = tonumber(string.match(redis.call('LINDEX', key, 0), '^%d+'))
+      local from = (want[origin] or 0) + 1 - first
+      if from < 0 then from = 0 end
+      if from <= head - first then entries = redis.call('LRANGE', key, from, -1) end
+    end
+    table.insert(out, #entries)
+    for _, entry in ipairs(entries) do table.insert(out, entry) end
+  end
+end
+return out
+"""

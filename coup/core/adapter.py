@@ -72,6 +72,9 @@ class BroadcastOptions:
     #: broadcasts again with the same key: it goes out only if the first never did (its node
     #: died in between), so every receiver gets it exactly once.
     once: str = ""
+    #: with `once`: this is the key's first broadcast (the command stored it just now), not a
+    #: repeat; a log that marks the key in the same step as the send need not ask first
+    first: bool = False
 
     def includes(self, socket_rooms: Iterable[str]) -> bool:
         """Would a socket in `socket_rooms` receive this broadcast?"""

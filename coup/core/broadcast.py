@@ -33,6 +33,7 @@ class BroadcastOperator:
             exclude=changes.get("exclude", self.opts.exclude),
             local=changes.get("local", self.opts.local),
             once=changes.get("once", self.opts.once),
+            first=changes.get("first", self.opts.first),
         )
         return BroadcastOperator(self.nsp, opts, changes.get("ack_timeout", self.ack_timeout))
 
@@ -48,9 +49,10 @@ class BroadcastOperator:
     def local(self) -> BroadcastOperator:
         return self._with(local=True)
 
-    def once(self, key: str) -> BroadcastOperator:
-        """Sent only if no broadcast with `key` was sent lately (`BroadcastOptions.once`)."""
-        return self._with(once=key)
+    def once(self, key: str, first: bool = False) -> BroadcastOperator:
+        """Sent only if no broadcast with `key` was sent lately (`BroadcastOptions.once`);
+        `first`: the caller knows none was (`BroadcastOptions.first`)."""
+        return self._with(once=key, first=first)
 
     def timeout(self, seconds: float) -> BroadcastOperator:
         return self._with(ack_timeout=seconds)

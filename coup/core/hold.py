@@ -34,35 +34,84 @@ class PacketSink(Protocol):
     def send(self, out: Outbound) -> None: ...
 
 
+class OriginVector:
+    """A recovery offset over the origins of a node-sequenced log (`coup.cluster.origin_log`):
+    per origin, the last number of it handled; `epoch` names the logs the numbers are of (a
+    Redis that lost them starts a new epoch, and an offset of the old one reads as gone).
+    Text: ``EPOCH~ORIGIN-NUMBER~...``; an origin it does not name counts as 0."""
+
+    __slots__ = ("counts", "epoch", "text")
+
+    def __init__(self, epoch: str, counts: dict[int, int]) -> None:
+        """`counts` is not changed afterwards (a vector is a value)."""
+        self.epoch = epoch
+        self.counts = counts
+        self.text = epoch + "".join([f"~{origin}-{number}" for origin, number in sorted(counts.items())])
+
+    @classmethod
+    def parse(cls, text: str) -> OriginVector | None:
+        epoch, *parts = text.split("~")
+        counts: dict[int, int] = {}
+        for part in parts:
+            origin, dash, number = part.partition("-")
+            if not (dash and origin.isdigit() and number.isdigit()):
+                return None
+            counts[int(origin)] = int(number)
+        return cls(epoch, counts) if epoch.isalnum() else None
+
+    def highest(self, other: OriginVector) -> OriginVector:
+        """The componentwise maximum (`other` when the epochs differ: the newer logs' numbers)."""
+        if other.epoch != self.epoch:
+            return other
+        counts = self.counts
+        if all(counts.get(origin, 0) >= number for origin, number in other.counts.items()):
+            return self
+        merged = dict(counts)
+        for origin, number in other.counts.items():
+            if number > merged.get(origin, 0):
+                merged[origin] = number
+        return OriginVector(self.epoch, merged)
+
+
+#: a vector offset: one per recovery log group (positional), or over origins
+Vector = tuple[int, ...] | OriginVector
+#: the log entry a `Stamped` packet is: (group, offset) or (origin, number)
+Entry = tuple[int, int]
+
+
+def highest(vector: Vector | None, other: Vector) -> Vector:
+    """The componentwise maximum of two vectors of one kind (`other` when they do not compare)."""
+    if isinstance(vector, OriginVector):
+        return vector.highest(other) if isinstance(other, OriginVector) else other
+    if vector is None or isinstance(other, OriginVector) or len(vector) != len(other):
+        return other
+    if all(v >= o for v, o in zip(vector, other, strict=True)):
+        return vector
+    return tuple(max(v, o) for v, o in zip(vector, other, strict=True))
+
+
 class Stamped(Outbound):
-    """A logged broadcast whose offset is a vector (one offset per recovery log group; see
-    docs/cluster.md#redis-cluster, "Log groups"): it names its log entry, (group, offset),
-    because its text differs between the live copy and a replayed one (their stamps do)."""
+    """A logged broadcast whose offset is a vector (one offset per recovery log group, see
+    docs/cluster.md#redis-cluster, "Log groups"; or over the origins of a node-sequenced log):
+    it names its log entry, because its text differs between the live copy and a replayed one
+    (their stamps do)."""
 
     __slots__ = ("entry", "source", "vector")
 
-    def __init__(self, packet: EncodedPacket, entry: tuple[int, int], vector: tuple[int, ...],
-                 stamp: str | None = None) -> None:
+    def __init__(self, packet: EncodedPacket, entry: Entry, vector: Vector, stamp: str | None = None) -> None:
         """`stamp`: `vector` as text when the caller has it (the live path builds it once per push)."""
-        text = stamp if stamp is not None else ".".join(map(str, vector))
-        super().__init__("4" + stamp_offset(packet.text, text), packet.attachments)
+        if stamp is None:
+            stamp = vector.text if isinstance(vector, OriginVector) else ".".join(map(str, vector))
+        super().__init__("4" + stamp_offset(packet.text, stamp), packet.attachments)
         self.source = packet
         self.entry = entry
         self.vector = vector
 
-    def at_least(self, floor: tuple[int, ...]) -> Stamped:
+    def at_least(self, floor: Vector) -> Stamped:
         """This packet stamped with the componentwise maximum of its vector and `floor`
         (itself when that changes nothing): what a client that holds `floor` may be given."""
-        vector = self.vector
-        if len(floor) != len(vector) or all(v >= f for v, f in zip(vector, floor, strict=True)):
-            return self
-        return Stamped(self.source, self.entry, tuple(max(v, f) for v, f in zip(vector, floor, strict=True)))
-
-
-def _highest(vector: tuple[int, ...] | None, other: tuple[int, ...]) -> tuple[int, ...]:
-    if vector is None or len(vector) != len(other):
-        return other
-    return tuple(max(v, o) for v, o in zip(vector, other, strict=True))
+        raised = highest(self.vector, floor) if isinstance(floor, type(self.vector)) else self.vector
+        return self if raised is self.vector else Stamped(self.source, self.entry, raised)
 
 
 class HeldPackets:
@@ -96,7 +145,7 @@ class HeldPackets:
             return
         self.packets.append(out)
 
-    def release(self, missed: Sequence[Outbound] = (), floor: tuple[int, ...] | None = None) -> None:
+    def release(self, missed: Sequence[Outbound] = (), floor: Vector | None = None) -> None:
         """Send a recovered client's `missed` packets, then the held ones: each once, in order.
 
         `missed` is everything stored after the client's offset up to now, so its tail is the
@@ -121,7 +170,7 @@ class HeldPackets:
         known = floor
         for out in missed:
             if isinstance(out, Stamped):
-                known = _highest(known, out.vector)
+                known = highest(known, out.vector)
             session.send(out)
         for out in held:
             if known is not None and isinstance(out, Stamped):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coup.core.client import Client
-from coup.core.hold import HeldPackets, PacketSink
+from coup.core.hold import HeldPackets, PacketSink, Vector
 from coup.core.socket import Socket
 from coup.protocol.wire import Outbound
 
@@ -104,9 +104,9 @@ async def take_in(server: SocketServer, session: Session, moved: Sequence[MovedS
     return sockets
 
 
-def release(socket: Socket, missed: Sequence[Outbound], floor: tuple[int, ...] | None = None) -> None:
+def release(socket: Socket, missed: Sequence[Outbound], floor: Vector | None = None) -> None:
     """Send what the old node kept for `socket` (`missed`), then what it got here meanwhile
-    (with log groups, none stamped below `floor`, the old node's offsets: `HeldPackets.release`)."""
+    (with vector offsets, none stamped below `floor`, the old node's offsets: `HeldPackets.release`)."""
     held = socket.sink
     socket.sink = socket.session
     if isinstance(held, HeldPackets):

@@ -474,7 +474,7 @@ class StudyRooms:
         # key, which goes out only if the first broadcast never did (the owner died between
         # storing and broadcasting), so every receiver gets the message once. Past the key's
         # window it is not tried again (nobody could tell whether it went out).
-        room = self.nsp.to(study_room(message["studyId"])).once(f"message:{message['id']}")
+        room = self.nsp.to(study_room(message["studyId"])).once(f"message:{message['id']}", first=outcome == "stored")
         if outcome == "stored":
             evict = set(result.get("evict", ()))
             if evict:  # before the broadcast: someone no longer a member must not read it

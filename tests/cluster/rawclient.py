@@ -13,15 +13,21 @@ from typing import Any
 
 import aiohttp
 
+from coup.core.hold import OriginVector
 from tests.cluster.cluster_testapp import NAMESPACE
 
 _PREFIX = NAMESPACE + ","
 
 
 def is_offset(value: object) -> bool:
-    """A recovery offset as the last argument of an event: digits, or with recovery log groups
-    one number per group joined by dots (docs/cluster.md#redis-cluster)."""
-    return isinstance(value, str) and bool(value) and all(part.isdigit() for part in value.split("."))
+    """A recovery offset as the last argument of an event: digits, with recovery log groups
+    one number per group joined by dots (docs/cluster.md#redis-cluster), or with the log the
+    nodes sequence a vector over origins (``EPOCH~ORIGIN-NUMBER...``, docs/recovery.md)."""
+    if not isinstance(value, str) or not value:
+        return False
+    if "~" in value:
+        return OriginVector.parse(value) is not None
+    return all(part.isdigit() for part in value.split("."))
 
 
 class RawClient:

@@ -15,12 +15,13 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 
 from coup.core.adapter import ONCE_WINDOW
+from coup.core.hold import OriginVector
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.conftest import NodeProcess, Peer, RedisServer, api, say_retrying, start_node, wait_until
 from tests.cluster.rawclient import RawClient
@@ -52,8 +53,21 @@ class Nodes:
     def session_key(self, pid: str) -> str:
         return f"{self.prefix}:session:{NAMESPACE}:{pid}"
 
-    def log_key(self) -> str:
-        return f"{self.prefix}:rlog:{NAMESPACE}"
+    def log_entries(self) -> list[bytes]:
+        """Every entry of the namespace's recovery log (one list per origin, docs/recovery.md)."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return [entry for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")
+                    for entry in client.lrange(key, 0, -1)]
+        finally:
+            client.close()
+
+    def log_ttls(self) -> list[int]:
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return [client.pttl(key) for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")]
+        finally:
+            client.close()
 
 
 @pytest_asyncio.fixture
@@ -200,7 +214,8 @@ async def test_a_redis_restart_makes_old_offsets_gone_and_new_ones_work(cluster,
     await say(sender, "study:1", "after restart")
     await wait_until(lambda: texts(steady)[-1:] == ["after restart"], what="a message after the restart")
     assert steady.offset is not None and stale_offset is not None
-    assert int(steady.offset) > int(stale_offset)  # a new log starts above every old offset
+    new, old = OriginVector.parse(steady.offset), OriginVector.parse(stale_offset)
+    assert new is not None and old is not None and new.epoch != old.epoch  # the new logs' offsets are their own
     pid, offset = steady.pid, steady.offset
     await steady.drop()
     await say(sender, "study:1", "missed")
@@ -229,14 +244,17 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
     await senders[0].call("emit", {"rooms": ["study:1"], "event": "said", "data": {"text": "marker"}})
     await wait_until(lambda: client.received("said")[-1:] == [{"text": "marker"}], what="the marker")
 
-    held = int(nodes.redis.cli("HGET", nodes.log_key() + ":m", "bytes"))
-    entries = int(nodes.redis.cli("LLEN", nodes.log_key()))
+    # entries: NUMBER SP AT_MS SP ORIGIN_SOCKET SP ENVELOPE; the bounds count envelope bytes
+    entries = [entry.split(b" ", 3) for entry in nodes.log_entries()]
+    held = sum(len(envelope) for *_, envelope in entries)
     assert 0 < held <= max_bytes
-    assert entries < 6 * 20  # trimmed: some of the 120 broadcasts are gone
-    assert int(nodes.redis.cli("PTTL", nodes.log_key())) > 0  # an idle log goes away
-    # one origin holds at most a quarter of the bytes: later senders' resume data stayed
-    origins = parse_hash(nodes.redis.cli("HGETALL", nodes.log_key() + ":m"))
-    assert all(int(v) <= max_bytes // 4 for k, v in origins.items() if k.startswith("b:"))
+    assert len(entries) < 6 * 20  # trimmed: some of the 120 broadcasts are gone
+    assert all(0 < ttl for ttl in nodes.log_ttls())  # an idle log goes away
+    # one origin socket holds at most a quarter of the bytes: later senders' resume data stayed
+    shares: dict[bytes, int] = {}
+    for _number, _at, origin, envelope in entries:
+        shares[origin] = shares.get(origin, 0) + len(envelope)
+    assert all(size <= max_bytes // 4 for origin, size in shares.items() if origin)
 
     # an offset whose followers were trimmed is "gone": a fresh session, not a partial replay
     pid = client.pid
@@ -244,11 +262,6 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
     back = raw()
     reply = await back.connect(a.url, {"user": "bounded", "pid": pid, "offset": first_offset})
     assert reply["sid"] != client.sid
-
-
-def parse_hash(text: str) -> dict[str, Any]:
-    lines = text.splitlines()
-    return dict(zip(lines[::2], lines[1::2], strict=True))
 
 
 async def test_the_stock_client_behind_a_router_comes_back_recovered_after_a_sigkill(cluster, peers, js_client):
@@ -305,12 +318,12 @@ async def test_the_nodes_keep_the_log_a_minute_past_a_long_window(own_redis):
     node = await start_node(own_redis.url, prefix, "n0", recovery_window=float(window_s))
     try:
         recovery_log = node.node.sio.of(NAMESPACE).adapter.recovery_log  # type: ignore[attr-defined]
-        log_key = f"{prefix}:rlog:{NAMESPACE}"
+        log_key = f"{prefix}:rlog:{NAMESPACE}:o:{recovery_log.origin}"
         node.node.sio.of(NAMESPACE).to("study:1").emit("said", {"text": "kept"})
         await wait_until(lambda: own_redis.cli("EXISTS", log_key) == "1", what="the log created")
         await recovery_log.refresh([])
         log_ttl_ms = (window_s + 60) * 1000
-        for key in (log_key, log_key + ":m"):
+        for key in (log_key, f"{prefix}:rlog:{NAMESPACE}:live", f"{prefix}:rlog:meta"):
             assert ONCE_WINDOW * 1000 < int(own_redis.cli("PTTL", key)) <= log_ttl_ms, key
     finally:
         await node.node.stop()

@@ -1,0 +1,442 @@
+"""Connection state recovery kept in Redis by a log the nodes sequence themselves (one Redis).
+
+Each node takes, per namespace, a new *origin* number at every link-up (never reused) and
+numbers its own broadcasts 1, 2, 3...: a broadcast goes to the node's own sockets at once, and
+is published and appended to the origin's own list in Redis in one MULTI / EXEC with the rest
+of the loop turn's broadcasts, so no reader sees one without the other. A socket's offset is
+a vector: per origin, the last number its node had handled (`coup.core.hold.OriginVector`).
+A client that comes back anywhere gets, per origin, the entries after its number in its
+rooms, merged by time. The node trims its own list (count, bytes, age, a share per origin
+socket: `coup.core.replay_budget`'s rules), always keeping its newest entry, so the list's
+last entry names its head.
+
+Why not the script log of `coup.cluster.recovery` (which this replaces on one Redis): a
+script call per turn and the wait for Redis to hand a node's own broadcasts back cost +22 %
+CPU per delivered chat message; this costs a few (docs/recovery.md has the reasons, the
+design and the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import hiredis
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from coup.cluster.bus import Bus, Transaction
+from coup.cluster.options import ClusterOptions
+from coup.cluster.recovery import RedisSessionStore
+from coup.cluster.resp import RedisUnavailable
+from coup.cluster.scripts import ORIGIN_READ
+from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
+from coup.core.hold import OriginVector, Stamped
+from coup.core.options import RecoveryOptions
+from coup.protocol.wire import Outbound
+
+log = logging.getLogger(__name__)
+
+#: first byte of a broadcast the origin log numbered: ``S ORIGIN - NUMBER SP ENVELOPE``
+SEQUENCED = b"S"
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    text = ""
+    while number:
+        number, digit = divmod(number, 36)
+        text = _DIGITS[digit] + text
+    return text or "0"
+
+
+def split_sequenced(data: bytes) -> tuple[int, int, bytes]:
+    """A numbered broadcast as published: its origin, its number and its envelope."""
+    space = data.index(b" ")
+    dash = data.index(b"-", 1, space)
+    return int(data[1:dash]), int(data[dash + 1:space]), data[space + 1:]
+
+
+class OriginLog(RedisSessionStore):
+    """One namespace's node-sequenced recovery log, and the session records (one Redis)."""
+
+    def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
+                 namespace: str, node_id: str, recovery: RecoveryOptions, heard_on: bytes,
+                 own_origins: set[int]) -> None:
+        """`own_origins`: this node's origins of every namespace (its own pushes are dropped by them)."""
+        super().__init__(bus, client, options, namespace, node_id, recovery, heard_on)
+        #: epoch and the origin counter (shared by every namespace); origins alive (-> expiry
+        #: in ms); per origin the last number a count or byte trim took; an origin's list
+        self.meta_key = options.key("rlog", "meta")
+        self.live_key = options.nsp_key("rlog", namespace, "live")
+        self.lost_key = options.nsp_key("rlog", namespace, "lost")
+        self.list_prefix = options.nsp_key("rlog", namespace, "o", "")
+        self.once_prefix = options.nsp_key("rlog", namespace, "once", "")
+        #: this node's origin since its last link-up (None until it has one: broadcasts then
+        #: go out without offsets) and the last number it gave
+        self.origin: int | None = None
+        self.epoch = ""
+        self.number = 0
+        self._prefix = b""
+        self._list_key = ""
+        #: per origin the last number this node handled (its own included), as the vector and
+        #: the text every packet is stamped with
+        self._counts: dict[int, int] = {}
+        self.vector = OriginVector("", {})
+        self.stamp = self.vector.text
+        #: the books of our list: (number, at_ms, bytes, origin socket), oldest first
+        self._books: deque[tuple[int, int, int, str]] = deque()
+        self._bytes = 0
+        #: per origin socket: [packets, bytes] it has in our list
+        self._shares: dict[str, list[int]] = {}
+        self._share_packets = max(1, int(recovery.max_packets * recovery.max_origin_share))
+        self._share_bytes = max(1, int(recovery.max_bytes * recovery.max_origin_share))
+        #: origin sockets refused since the last reset (each logged once)
+        self._refused: set[str] = set()
+        #: this turn's transaction, and the RPUSH in it our entries join
+        self._tx: Transaction | None = None
+        self._rpush: list[Any] = []
+        self._own_origins = own_origins
+        #: which of them are this log's
+        self._mine: set[int] = set()
+        #: what the log costs and does
+        self.stats = {"appended": 0, "unsent": 0, "trims": 0, "refused": 0}
+
+    def scripts(self) -> list[str]:
+        return [*super().scripts(), ORIGIN_READ]
+
+    async def refresh(self, pids: Iterable[str]) -> None:
+        """As every log's, and: entries past the window leave our list, and our origin stays live."""
+        self.trim_old()
+        await super().refresh(pids)
+        if self.origin is not None:
+            try:
+                await self._keep_alive(self.origin)
+            except RedisError as exc:
+                log.info("recovery log origin not kept alive: %s", exc)
+
+    def log_keys(self) -> list[str]:
+        keys = [self.meta_key, self.live_key, self.lost_key]
+        return [*keys, self._list_key] if self._list_key else keys
+
+    # ------------------------------------------------------------------ origins
+
+    async def link_up(self, relinked: bool = True) -> None:
+        """A new origin for this link (the last one may have numbers Redis never got), and
+        every live origin's head heard before anything is stamped with it (`sync_all`).
+
+        Our old origins stop being ours after a new link (`relinked`): no push of theirs comes
+        on it, and after a Redis restart their numbers are given again, to other nodes too.
+        After a failed append on the same link (`relinked` False) the old one's pushes may
+        still come, and are still ours."""
+        self.origin = None
+        candidate = _base36(int(time.time() * 1000))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(self.meta_key, "epoch", candidate)
+            pipe.hincrby(self.meta_key, "next", 1)
+            pipe.hget(self.meta_key, "epoch")
+            pipe.pexpire(self.meta_key, self.log_ttl_ms)
+            _, origin, epoch, _ = await pipe.execute()
+        epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        if epoch != self.epoch:  # a Redis that lost the logs: numbers of the old ones mean nothing
+            self.epoch = epoch
+            self._counts = {}
+        if relinked:
+            self._own_origins.difference_update(self._mine)
+            self._mine.clear()
+        self._mine.add(int(origin))
+        self._own_origins.add(int(origin))
+        self._books.clear()
+        self._bytes = 0
+        self._shares.clear()
+        self._list_key = self.list_prefix + str(origin)
+        await self._keep_alive(int(origin))
+        await self.sync_all()
+        self.number = 0
+        self._prefix = SEQUENCED + str(origin).encode() + b"-"
+        self.origin = int(origin)
+
+    async def _keep_alive(self, origin: int) -> None:
+        """Our origin stays live (readers look at its list) a log lifetime past this call."""
+        expires = int(time.time() * 1000) + self.log_ttl_ms
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(self.live_key, str(origin), expires)
+            pipe.pexpire(self.live_key, self.log_ttl_ms)
+            await pipe.execute()
+
+    def _failed(self, origin: int, reason: Any) -> None:
+        """A transaction of ours did not append (the link broke, Redis refused): our list has a
+        gap now, so this origin ends; broadcasts go out without offsets until the next one."""
+        if origin != self.origin:
+            return
+        log.warning("recovery log: appends of origin %d failed (%s); a new origin follows", origin, reason)
+        self.stats["unsent"] += 1
+        self.origin = None
+        if self.bus.ready:
+            asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await self.link_up(relinked=False)
+        except (RedisError, RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log: no new origin (%s); the next link-up takes one", exc)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, channels: Sequence[bytes], origin_socket: str | None, envelope: bytes,
+                once: str = "") -> OriginVector | None:
+        """Number a broadcast, publish it on `channels` and append it, in this turn's transaction
+        (with `once`: and mark its key, so a resend knows it went out). The stamp its
+        sockets here get; None when it is not kept (no origin, or the socket holds its share):
+        the caller sends it as with recovery off."""
+        origin = self.origin
+        if origin is None or not self._admit(origin_socket or "", len(envelope)):
+            return None
+        tx = self.bus.open_transaction()
+        if tx is None:
+            return None
+        if tx is not self._tx:  # the turn's first of ours: our entries go in one RPUSH
+            self._tx = tx
+            self._rpush = tx.command("RPUSH", self._list_key)
+            tx.listeners.append(partial(self._failed, origin))
+        self.number += 1
+        number = self.number
+        at_ms = int(time.time() * 1000)
+        message = self._prefix + str(number).encode() + b" " + envelope
+        for channel in channels:
+            tx.publish(channel, message)
+        self._rpush.append(b"%d %d %s %s" % (number, at_ms, (origin_socket or "").encode(), envelope))
+        if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
+            tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
+        if once:
+            tx.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000))
+        self._book(number, at_ms, len(envelope), origin_socket or "", tx)
+        self.stats["appended"] += 1
+        self._raise(origin, number)
+        return self.vector
+
+    def mark(self, once: str) -> None:
+        """A broadcast with `once` that is not kept went out: a resend must know it did."""
+        self.bus.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000)).add_done_callback(
+            _retrieved)
+
+    async def went_out(self, once: str) -> bool | None:
+        """Did a broadcast with `once` go out lately (a resend asks before it is numbered)? None
+        when Redis cannot say."""
+        try:
+            return bool(await self.bus.command("EXISTS", self.once_prefix + once))
+        except RedisUnavailable:
+            return None
+
+    def _admit(self, origin_socket: str, size: int) -> bool:
+        if not origin_socket:  # the server's own broadcasts: no share
+            return True
+        share = self._shares.get(origin_socket)
+        if share is None:
+            share = self._shares[origin_socket] = [0, 0]
+        if share[0] >= self._share_packets or share[1] + size > self._share_bytes:
+            self.stats["refused"] += 1
+            if origin_socket not in self._refused:
+                if len(self._refused) > 10_000:
+                    self._refused.clear()
+                self._refused.add(origin_socket)
+                log.warning("socket %s holds its share of the recovery log: its further broadcasts are not kept "
+                            "for replay", origin_socket)
+            return False
+        return True
+
+    def _book(self, number: int, at_ms: int, size: int, origin_socket: str, tx: Transaction) -> None:
+        """Count an entry; past the count or byte bound, trim a 64th below it in one LTRIM (and
+        say up to which number, so a client that needed it gets a fresh session)."""
+        books = self._books
+        books.append((number, at_ms, size, origin_socket))
+        self._bytes += size
+        if origin_socket:
+            share = self._shares[origin_socket]
+            share[0] += 1
+            share[1] += size
+        options = self.recovery
+        if len(books) <= options.max_packets and self._bytes <= options.max_bytes:
+            return
+        keep_packets = options.max_packets - options.max_packets // 64
+        keep_bytes = options.max_bytes - options.max_bytes // 64
+        dropped = self._drop_while(lambda: len(books) > keep_packets or self._bytes > keep_bytes)
+        tx.command("LTRIM", self._list_key, dropped[0], -1)
+        tx.command("HSET", self.lost_key, str(self.origin), dropped[1])
+        self.stats["trims"] += 1
+
+    def _drop_while(self, condition: Any) -> tuple[int, int]:
+        """Drop the oldest books while `condition()` holds, never the newest: how many, and the last number dropped."""
+        books = self._books
+        count = last = 0
+        while len(books) > 1 and condition():
+            last, _at, size, origin_socket = books.popleft()
+            self._bytes -= size
+            share = self._shares.get(origin_socket)
+            if share is not None:
+                share[0] -= 1
+                share[1] -= size
+                if not share[0]:
+                    del self._shares[origin_socket]
+            count += 1
+        return count, last
+
+    def trim_old(self) -> None:
+        """Entries older than the window leave our list (`refresh`). Not counted as lost: an
+        entry a client's node had not handled before its last packet came after it."""
+        horizon = int(time.time() * 1000) - self.window_ms
+        books = self._books
+        count, _ = self._drop_while(lambda: books[0][1] < horizon)
+        if count and self.origin is not None:
+            self.bus.command("LTRIM", self._list_key, count, -1).add_done_callback(_retrieved)
+
+    # ------------------------------------------------------------------ offsets
+
+    def _raise(self, origin: int, number: int) -> None:
+        counts = dict(self._counts)
+        counts[origin] = number
+        self._counts = counts
+        self.vector = OriginVector(self.epoch, counts)
+        self.stamp = self.vector.text
+
+    def heard(self, origin: int, number: int) -> str:
+        """Another node's broadcast `number` of `origin` is being handled: the stamp of its packet."""
+        if number > self._counts.get(origin, 0):
+            self._raise(origin, number)
+        return self.stamp
+
+    async def _read(self, mode: str, vector: OriginVector | None = None) -> list[Any] | None:
+        pairs: list[Any] = []
+        if vector is not None:
+            for origin, number in vector.counts.items():
+                pairs += (origin, number)
+        reply = await self.bus.script(ORIGIN_READ, 3, self.meta_key, self.live_key, self.lost_key,
+                                      vector.epoch if vector is not None else self.epoch, mode,
+                                      self.list_prefix, *pairs)
+        return None if not reply or reply[0] == 0 else reply
+
+    async def sync(self, heads: dict[int, int]) -> None:
+        """Make this node's number of each origin in `heads` at least that head: a marker
+        published on our channel after the heads were read comes back once every push up to
+        them was handled. Raises `RedisUnavailable` or `TimeoutError` (a marker not heard)."""
+        behind = {origin: head for origin, head in heads.items() if head > self._counts.get(origin, 0)}
+        if not behind:
+            return
+        marker = self.bus.heard_so_far(self.heard_on)
+        marker.add_done_callback(_retrieved)  # shared with other restores
+        async with asyncio.timeout(self.options.probe_timeout):
+            await asyncio.shield(marker)
+        counts = dict(self._counts)
+        for origin, head in behind.items():
+            counts[origin] = max(head, counts.get(origin, 0))
+        self._counts = counts
+        self.vector = OriginVector(self.epoch, counts)
+        self.stamp = self.vector.text
+
+    async def sync_all(self) -> None:
+        """Every live origin's head heard, and the origins whose logs are gone dropped: an
+        origin a stamp does not name counts as 0, so it must name every live one it heard of.
+        At each link-up and every quarter window (an origin whose rooms we do not hear would
+        otherwise keep an old number, which a trim then leaves behind)."""
+        try:
+            reply = await self._read("heads")
+            if reply is None:
+                return
+            heads = _heads(reply)
+            gone = [origin for origin in self._counts if origin not in heads and origin != self.origin]
+            if gone:
+                counts = {origin: n for origin, n in self._counts.items() if origin not in gone}
+                self._counts = counts
+                self.vector = OriginVector(self.epoch, counts)
+                self.stamp = self.vector.text
+            await self.sync(heads)
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log origins not synced (%s)", exc or "a marker not heard")
+
+    async def catch_up(self, floor: OriginVector) -> bool:
+        """Make this node's numbers at least `floor` (what another node gave a client) where the
+        logs have them, before its socket gets packets stamped here; False when that failed."""
+        if floor.epoch != self.epoch:
+            return False
+        if all(self._counts.get(origin, 0) >= number for origin, number in floor.counts.items()):
+            return True
+        try:
+            reply = await self._read("heads")
+            if reply is None:
+                return False
+            heads = _heads(reply)
+            await self.sync({origin: min(number, heads.get(origin, 0)) for origin, number in floor.counts.items()})
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log origins not caught up (%s)", exc or "a marker not heard")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ restores
+
+    async def after(self, offset: str, check_only: bool = False,
+                    rooms: frozenset[str] | None = None) -> list[tuple[BroadcastOptions, Outbound]] | None:
+        """Entries after the vector `offset` (to whom, as sockets get them), merged by time;
+        None when a trim took one of them, or the offset is not of these logs.
+
+        The check (before the socket joins its rooms) raises this node's numbers to the
+        client's where the logs have them, so nothing stamped here for it afterwards is lower
+        (a lower stamp would make the next restore replay what it has). A number above its
+        origin's head is a broadcast delivered before its node died with the append unsent:
+        nothing of that origin comes after it. The replay returns once this node has heard the
+        pushes of every entry read: a push handled after the replay went out would reach the
+        restored socket a second time (`coup.core.hold`)."""
+        vector = OriginVector.parse(offset)
+        if vector is None or vector.epoch != self.epoch or not vector.epoch:
+            return None
+        try:
+            reply = await self._read("check" if check_only else "read", vector)
+            if reply is None:
+                return None
+            heads = _heads(reply)
+            if check_only:
+                await self.sync({origin: min(number, heads.get(origin, 0)) for origin, number in vector.counts.items()})
+                return []
+            await self.sync(heads)
+        except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
+            log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
+            return None
+        found: list[list[tuple[int, int, int, bytes]]] = []
+        i = 1
+        while i < len(reply):
+            origin, count = int(reply[i]), int(reply[i + 2])
+            rows = []
+            for entry in reply[i + 3:i + 3 + count]:
+                number, _, rest = entry.partition(b" ")
+                at_ms = rest[:rest.index(b" ")]
+                rows.append((int(at_ms), origin, int(number), entry))
+            found.append(rows)
+            i += 3 + count
+        known = dict(vector.counts)
+        entries: list[tuple[BroadcastOptions, Outbound]] = []
+        for _at, origin, number, entry in heapq.merge(*found):
+            opts, _out, packet = self._decoded.get((origin, number)) or self._decode((origin, number), entry, 3)
+            known[origin] = number
+            entries.append((opts, Stamped(packet, (origin, number), OriginVector(vector.epoch, dict(known)))))
+        return entries
+
+
+def _heads(reply: list[Any]) -> dict[int, int]:
+    """Origin -> head from an `ORIGIN_READ` reply."""
+    heads = {}
+    i = 1
+    while i < len(reply):
+        heads[int(reply[i])] = int(reply[i + 1])
+        i += 3 + int(reply[i + 2])
+    return heads
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
