@@ -385,8 +385,8 @@ class RedisAdapter(RecoveryCalls):
 
     def _send_sequenced(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
                         channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
-        vector = log.publish(channels, current_origin.get(), envelope, opts.once) if stamp else None
-        if vector is None:  # not kept: as with recovery off (a once key still marked)
+        stamped = log.publish(channels, current_origin.get(), envelope, opts.once) if stamp else None
+        if stamped is None:  # not kept: as with recovery off (a once key still marked)
             self._deliver_unsent([(mid, encoded, opts)])
             for channel in channels:
                 self.bus.publish_nowait(channel, envelope)
@@ -394,9 +394,9 @@ class RedisAdapter(RecoveryCalls):
                 log.mark(opts.once)
             return
         entry = (log.origin or 0, log.number)
-        self._local.deliver(Stamped(encoded, entry, vector, log.stamp), opts)
+        self._local.deliver(Stamped(encoded, entry, None, stamped), opts)
         if self._unsettled or self._adopting:
-            self._moving_sockets_heard(mid, encoded, [entry[0], entry[1], log.stamp], opts)
+            self._moving_sockets_heard(mid, encoded, [entry[0], entry[1], stamped], opts)
 
     async def _resend(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
                       channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
@@ -416,7 +416,7 @@ class RedisAdapter(RecoveryCalls):
         opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
         if len(opts.rooms) > 1 and self._duplicate(message.mid):
             return
-        self._local.deliver(Stamped(message.packet, (origin, number), log.vector, stamp), opts)
+        self._local.deliver(Stamped(message.packet, (origin, number), None, stamp), opts)
         if self._unsettled or self._adopting:
             self._moving_sockets_heard(message.mid, message.packet, [origin, number, stamp], opts)
 

@@ -86,12 +86,14 @@ class OriginLog(RedisSessionStore):
         self.number = 0
         self._prefix = b""
         self._list_key = ""
-        #: per origin the last number this node handled (its own included), as the vector and
-        #: the text every packet is stamped with
+        #: per origin the last number this node handled (its own included), and as the text
+        #: every packet is stamped with (`coup.core.hold.OriginVector`, built part by part:
+        #: it changes with every broadcast sent or heard)
         self._counts: dict[int, int] = {}
-        self.vector = OriginVector("", {})
-        self.stamp = self.vector.text
-        #: the books of our list: (number, at_ms, bytes, origin socket), oldest first
+        self._parts: dict[int, str] = {}
+        self._order: list[int] = []
+        self.stamp = ""
+        #: the books of our list: (number, at_us, bytes, origin socket), oldest first
         self._books: deque[tuple[int, int, int, str]] = deque()
         self._bytes = 0
         #: per origin socket: [packets, bytes] it has in our list
@@ -147,7 +149,8 @@ class OriginLog(RedisSessionStore):
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if epoch != self.epoch:  # a Redis that lost the logs: numbers of the old ones mean nothing
             self.epoch = epoch
-            self._counts = {}
+            self._counts, self._parts, self._order = {}, {}, []
+            self.stamp = epoch
         if relinked:
             self._own_origins.difference_update(self._mine)
             self._mine.clear()
@@ -191,11 +194,11 @@ class OriginLog(RedisSessionStore):
     # ------------------------------------------------------------------ publishing
 
     def publish(self, channels: Sequence[bytes], origin_socket: str | None, envelope: bytes,
-                once: str = "") -> OriginVector | None:
+                once: str = "") -> str | None:
         """Number a broadcast, publish it on `channels` and append it, in this turn's transaction
         (with `once`: and mark its key, so a resend knows it went out). The stamp its
-        sockets here get; None when it is not kept (no origin, or the socket holds its share):
-        the caller sends it as with recovery off."""
+        sockets here get (its number is `number`); None when it is not kept (no origin, or the
+        socket holds its share): the caller sends it as with recovery off."""
         origin = self.origin
         if origin is None or not self._admit(origin_socket or "", len(envelope)):
             return None
@@ -208,19 +211,19 @@ class OriginLog(RedisSessionStore):
             tx.listeners.append(partial(self._failed, origin))
         self.number += 1
         number = self.number
-        at_ms = int(time.time() * 1000)
+        at_us = time.time_ns() // 1000
         message = self._prefix + str(number).encode() + b" " + envelope
         for channel in channels:
             tx.publish(channel, message)
-        self._rpush.append(b"%d %d %s %s" % (number, at_ms, (origin_socket or "").encode(), envelope))
+        self._rpush.append(b"%d %d %s %s" % (number, at_us, (origin_socket or "").encode(), envelope))
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
             tx.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000))
-        self._book(number, at_ms, len(envelope), origin_socket or "", tx)
+        self._book(number, at_us, len(envelope), origin_socket or "", tx)
         self.stats["appended"] += 1
         self._raise(origin, number)
-        return self.vector
+        return self.stamp
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
@@ -252,11 +255,11 @@ class OriginLog(RedisSessionStore):
             return False
         return True
 
-    def _book(self, number: int, at_ms: int, size: int, origin_socket: str, tx: Transaction) -> None:
+    def _book(self, number: int, at_us: int, size: int, origin_socket: str, tx: Transaction) -> None:
         """Count an entry; past the count or byte bound, trim a 64th below it in one LTRIM (and
         say up to which number, so a client that needed it gets a fresh session)."""
         books = self._books
-        books.append((number, at_ms, size, origin_socket))
+        books.append((number, at_us, size, origin_socket))
         self._bytes += size
         if origin_socket:
             share = self._shares[origin_socket]
@@ -291,7 +294,7 @@ class OriginLog(RedisSessionStore):
     def trim_old(self) -> None:
         """Entries older than the window leave our list (`refresh`). Not counted as lost: an
         entry a client's node had not handled before its last packet came after it."""
-        horizon = int(time.time() * 1000) - self.window_ms
+        horizon = time.time_ns() // 1000 - self.window_ms * 1000
         books = self._books
         count, _ = self._drop_while(lambda: books[0][1] < horizon)
         if count and self.origin is not None:
@@ -299,12 +302,25 @@ class OriginLog(RedisSessionStore):
 
     # ------------------------------------------------------------------ offsets
 
+    @property
+    def vector(self) -> OriginVector:
+        """This node's numbers as a value."""
+        return OriginVector(self.epoch, dict(self._counts))
+
     def _raise(self, origin: int, number: int) -> None:
-        counts = dict(self._counts)
+        counts = self._counts
+        if origin not in counts:
+            self._order = sorted([*counts, origin])
         counts[origin] = number
-        self._counts = counts
-        self.vector = OriginVector(self.epoch, counts)
-        self.stamp = self.vector.text
+        parts = self._parts
+        parts[origin] = f"~{origin}-{number}"
+        self.stamp = self.epoch + "".join([parts[o] for o in self._order])
+
+    def _drop(self, origins: Iterable[int]) -> None:
+        for origin in origins:
+            del self._counts[origin], self._parts[origin]
+        self._order = sorted(self._counts)
+        self.stamp = self.epoch + "".join([self._parts[o] for o in self._order])
 
     def heard(self, origin: int, number: int) -> str:
         """Another node's broadcast `number` of `origin` is being handled: the stamp of its packet."""
@@ -333,12 +349,9 @@ class OriginLog(RedisSessionStore):
         marker.add_done_callback(_retrieved)  # shared with other restores
         async with asyncio.timeout(self.options.probe_timeout):
             await asyncio.shield(marker)
-        counts = dict(self._counts)
         for origin, head in behind.items():
-            counts[origin] = max(head, counts.get(origin, 0))
-        self._counts = counts
-        self.vector = OriginVector(self.epoch, counts)
-        self.stamp = self.vector.text
+            if head > self._counts.get(origin, 0):
+                self._raise(origin, head)
 
     async def sync_all(self) -> None:
         """Every live origin's head heard, and the origins whose logs are gone dropped: an
@@ -352,10 +365,7 @@ class OriginLog(RedisSessionStore):
             heads = _heads(reply)
             gone = [origin for origin in self._counts if origin not in heads and origin != self.origin]
             if gone:
-                counts = {origin: n for origin, n in self._counts.items() if origin not in gone}
-                self._counts = counts
-                self.vector = OriginVector(self.epoch, counts)
-                self.stamp = self.vector.text
+                self._drop(gone)
             await self.sync(heads)
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
             log.warning("recovery log origins not synced (%s)", exc or "a marker not heard")
@@ -414,8 +424,8 @@ class OriginLog(RedisSessionStore):
             rows = []
             for entry in reply[i + 3:i + 3 + count]:
                 number, _, rest = entry.partition(b" ")
-                at_ms = rest[:rest.index(b" ")]
-                rows.append((int(at_ms), origin, int(number), entry))
+                at_us = rest[:rest.index(b" ")]
+                rows.append((int(at_us), origin, int(number), entry))
             found.append(rows)
             i += 3 + count
         known = dict(vector.counts)

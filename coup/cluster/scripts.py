@@ -497,7 +497,7 @@ return 1
 """
 
 # The node-sequenced recovery log (`coup.cluster.origin_log`): one list per origin (a node's
-# link-up), entries ``NUMBER SP AT_MS SP ORIGIN_SOCKET SP ENVELOPE`` numbered from 1 without gaps
+# link-up), entries ``NUMBER SP AT_US SP ORIGIN_SOCKET SP ENVELOPE`` numbered from 1 without gaps
 # (its node trims it, always keeping its newest entry, so the last entry names its head). Per
 # live origin (``live``: origin -> its expiry in ms, dropped here with its log once past it):
 # ARGV[2] = 'heads': {1, origin, head, 0, ...}; 'check': {0} when the epoch is not ARGV[1] or a

@@ -96,22 +96,33 @@ class Stamped(Outbound):
     it names its log entry, because its text differs between the live copy and a replayed one
     (their stamps do)."""
 
-    __slots__ = ("entry", "source", "vector")
+    __slots__ = ("_stamp", "_vector", "entry", "source")
 
-    def __init__(self, packet: EncodedPacket, entry: Entry, vector: Vector, stamp: str | None = None) -> None:
-        """`stamp`: `vector` as text when the caller has it (the live path builds it once per push)."""
+    def __init__(self, packet: EncodedPacket, entry: Entry, vector: Vector | None, stamp: str | None = None) -> None:
+        """`stamp`: `vector` as text when the caller has it (the live path builds it once per
+        push); with `vector` None, an `OriginVector`'s text, read only if `vector` is asked for
+        (a restore or a move: not on the live path)."""
         if stamp is None:
+            assert vector is not None
             stamp = vector.text if isinstance(vector, OriginVector) else ".".join(map(str, vector))
         super().__init__("4" + stamp_offset(packet.text, stamp), packet.attachments)
         self.source = packet
         self.entry = entry
-        self.vector = vector
+        self._vector = vector
+        self._stamp = stamp
+
+    @property
+    def vector(self) -> Vector:
+        if self._vector is None:
+            self._vector = OriginVector.parse(self._stamp) or OriginVector("", {})
+        return self._vector
 
     def at_least(self, floor: Vector) -> Stamped:
         """This packet stamped with the componentwise maximum of its vector and `floor`
         (itself when that changes nothing): what a client that holds `floor` may be given."""
-        raised = highest(self.vector, floor) if isinstance(floor, type(self.vector)) else self.vector
-        return self if raised is self.vector else Stamped(self.source, self.entry, raised)
+        vector = self.vector
+        raised = highest(vector, floor) if isinstance(floor, type(vector)) else vector
+        return self if raised is vector else Stamped(self.source, self.entry, raised)
 
 
 class HeldPackets:

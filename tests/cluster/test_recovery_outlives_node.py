@@ -244,7 +244,7 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
     await senders[0].call("emit", {"rooms": ["study:1"], "event": "said", "data": {"text": "marker"}})
     await wait_until(lambda: client.received("said")[-1:] == [{"text": "marker"}], what="the marker")
 
-    # entries: NUMBER SP AT_MS SP ORIGIN_SOCKET SP ENVELOPE; the bounds count envelope bytes
+    # entries: NUMBER SP AT_US SP ORIGIN_SOCKET SP ENVELOPE; the bounds count envelope bytes
     entries = [entry.split(b" ", 3) for entry in nodes.log_entries()]
     held = sum(len(envelope) for *_, envelope in entries)
     assert 0 < held <= max_bytes

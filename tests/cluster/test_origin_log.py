@@ -1,0 +1,203 @@
+"""The recovery log the nodes sequence themselves (`coup.cluster.origin_log`, one Redis): the
+cases its design has to get right beyond those every recovery test covers (docs/recovery.md,
+"A log the nodes sequence themselves")."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from coup.cluster.resp import RedisUnavailable
+from coup.core.hold import OriginVector
+from tests.cluster.cluster_testapp import NAMESPACE
+from tests.cluster.conftest import Node, RedisServer, quiet, session_stored, start_node, wait_until
+from tests.cluster.rawclient import RawClient
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+@pytest_asyncio.fixture
+async def two_nodes(own_redis: RedisServer) -> AsyncIterator[list[Node]]:
+    prefix = "o" + secrets.token_hex(3)
+    started = [await start_node(own_redis.url, prefix, f"n{i}") for i in range(2)]
+    yield started
+    for node in started:
+        await node.node.stop()
+
+
+def origin_log(node: Node) -> Any:
+    return node.node.sio.of(NAMESPACE).adapter.recovery_log  # type: ignore[attr-defined]
+
+
+@contextmanager
+def writes_lost(node: Node) -> Iterator[None]:
+    """Nothing `node` queues for Redis gets there meanwhile, as if it died before its write
+    (its waiters fail as on a broken link, so nothing of it hangs)."""
+    bus: Any = node.node.cluster.bus  # type: ignore[union-attr]
+    flush = bus._flush
+
+    def lost() -> None:
+        bus._flush_scheduled = False
+        batches, bus._outbox, bus._open, bus._fold = bus._outbox, [], {}, None
+        for batch in batches:
+            if batch[2] is not None and not batch[2].done():
+                batch[2].set_exception(RedisUnavailable("the node died before its write"))
+
+    bus._flush = lost
+    try:
+        yield
+    finally:
+        bus._flush = flush
+
+
+async def in_room(node: Node, user: str) -> RawClient:
+    client = RawClient()
+    await client.connect(node.url, {"user": user})
+    await client.call("join", {"room": "r"})
+    return client
+
+
+async def test_a_client_ahead_of_the_log_recovers_elsewhere(two_nodes, peers):
+    """Its node delivered a broadcast to it and died before the append reached Redis: the
+    client's number of that origin is above the log's head. It comes back on another node
+    recovered, with what the others sent meanwhile, once each; nobody else ever got the lost
+    broadcast, and later traffic reaches it with offsets that a next restore takes."""
+    a, b = two_nodes
+    sender = await peers("sender").connect(b.url)
+    await sender.call("join", {"room": "r"})
+    client = await in_room(a, "ahead")
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 1})
+    await wait_until(lambda: client.received("m") == [1], what="the first message")
+    await session_stored(a, client.pid)
+
+    origin = origin_log(a).origin
+    with writes_lost(a):
+        a.node.sio.of(NAMESPACE).to("r").emit("m", "never logged")
+        await wait_until(lambda: client.received("m") == [1, "never logged"], what="the local delivery")
+        pid, offset = client.pid, client.offset
+        assert offset is not None
+        vector = OriginVector.parse(offset)
+        assert vector is not None and vector.counts.get(origin, 0) >= 1  # ahead of the log's head
+        await client.drop()
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 2})  # missed while away
+
+    back = RawClient()
+    try:
+        reply = await back.connect(b.url, {"user": "ahead", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid  # recovered
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
+        await wait_until(lambda: back.received("m")[-1:] == [3], what="live traffic after the restore")
+        await quiet(b, back)
+        assert back.received("m") == [2, 3]
+        assert "never logged" not in sender.events["m"]  # it never left its node
+
+        # the offsets it holds now restore again, with nothing twice
+        pid, offset = back.pid, back.offset
+        await back.drop()
+        await session_stored(b, pid)
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 4})
+        again = RawClient()
+        try:
+            reply = await again.connect(a.url, {"user": "ahead", "pid": pid, "offset": offset})
+            assert reply["sid"] == client.sid
+            await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 5})
+            await wait_until(lambda: again.received("m")[-1:] == [5], what="live traffic after the second restore")
+            await quiet(a, again)
+            assert again.received("m") == [4, 5]
+        finally:
+            await again.close()
+    finally:
+        await back.close()
+        await client.close()
+
+
+async def test_an_origin_born_after_the_clients_last_packet_is_replayed_whole(own_redis, peers):
+    """A node that linked up after the client's last packet (its origin is in no offset the
+    client holds) broadcast to the client's room while it was away: the client gets those
+    entries and the other origins' ones, merged by time, once each."""
+    prefix = "o" + secrets.token_hex(3)
+    a = await start_node(own_redis.url, prefix, "n0")
+    late: Node | None = None
+    client = RawClient()
+    back = RawClient()
+    try:
+        sender_a = await peers("sender-a").connect(a.url)
+        client = await in_room(a, "early")
+        await sender_a.call("emit", {"rooms": ["r"], "event": "m", "data": "a1"})
+        await wait_until(lambda: client.received("m") == ["a1"], what="the first message")
+        pid, offset = client.pid, client.offset
+        await client.drop()
+        await session_stored(a, pid)
+
+        late = await start_node(own_redis.url, prefix, "n1")
+        assert origin_log(late).origin is not None
+        assert OriginVector.parse(offset or "") is not None
+        assert origin_log(late).origin not in OriginVector.parse(offset or "").counts  # type: ignore[union-attr]
+        sender_late = await peers("sender-late").connect(late.url)
+        for text in ("late1", "late2"):
+            await sender_late.call("emit", {"rooms": ["r"], "event": "m", "data": text})
+        await sender_a.call("emit", {"rooms": ["r"], "event": "m", "data": "a2"})
+        await sender_late.call("emit", {"rooms": ["r"], "event": "m", "data": "late3"})
+
+        reply = await back.connect(late.url, {"user": "early", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid
+        await wait_until(lambda: len(back.received("m")) >= 4, what="the replay")
+        await sender_a.call("emit", {"rooms": ["r"], "event": "m", "data": "live"})
+        await wait_until(lambda: back.received("m")[-1:] == ["live"], what="live traffic")
+        await quiet(late, back)
+        assert back.received("m") == ["late1", "late2", "a2", "late3", "live"]
+    finally:
+        await back.close()
+        await client.close()
+        if late is not None:
+            await late.node.stop()
+        await a.node.stop()
+
+
+async def test_a_component_a_count_trim_took_gives_a_fresh_session(two_nodes, peers, monkeypatch):
+    """The sending node's list is trimmed past one client's number of its origin (a bound of
+    20 entries): that client gets a fresh session, never a partial replay; a client whose
+    number is above the trim recovers everything after it."""
+    a, b = two_nodes
+    log = origin_log(b)
+    monkeypatch.setattr(log, "recovery", dataclasses.replace(log.recovery, max_packets=20))
+    sender = await peers("sender").connect(b.url)
+    early = await in_room(a, "early")
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 0})
+    await wait_until(lambda: early.received("m") == [0], what="the first message")
+    early_pid, early_offset = early.pid, early.offset
+    await early.drop()
+    await session_stored(a, early_pid)
+
+    for i in range(1, 30):
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": i})
+    recent = await in_room(a, "recent")
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 30})
+    await wait_until(lambda: recent.received("m") == [30], what="the recent client's message")
+    recent_pid, recent_offset = recent.pid, recent.offset
+    await recent.drop()
+    await session_stored(a, recent_pid)
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 31})
+    assert log.stats["trims"] >= 1
+
+    fresh, recovered = RawClient(), RawClient()
+    try:
+        reply = await fresh.connect(b.url, {"user": "early", "pid": early_pid, "offset": early_offset})
+        assert reply["sid"] != early.sid  # its followers were trimmed: a fresh session
+        reply = await recovered.connect(b.url, {"user": "recent", "pid": recent_pid, "offset": recent_offset})
+        assert reply["sid"] == recent.sid
+        await wait_until(lambda: recovered.received("m") == [31], what="the replay of what it missed")
+        await quiet(b, fresh, recovered)
+        assert fresh.received("m") == []
+        assert recovered.received("m") == [31]
+    finally:
+        await fresh.close()
+        await recovered.close()
+        await early.close()
+        await recent.close()
