@@ -323,7 +323,8 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"reconnect attempts: {sum(c.attempts for c in clients)}; "
                   f"all back and recovered within 5 s: {recovered == len(clients) and max(from_term) <= 5.0}")
             print(f"kernel TCP counters during the drain (machine-wide): {dropped_syn}")
-            print(f"recovery log entries: {sum(logged)} at the SIGTERM, {sum(log.lengths())} when all were back "
+            print(f"recovery log entries: {sum(logged.values())} at the SIGTERM, {sum(log.lengths().values())} "
+                  "when all were back "
                   f"({args.log_groups} log group(s)), appended meanwhile: {log.events_since(logged)}")
             first_try = min(c.marks["attempt"] for c in clients if "attempt" in c.marks)
             last_back = max(c.back_at for c in clients if c.back_at is not None)
@@ -368,7 +369,8 @@ def redis_pid(url: str) -> int:
 
 
 class RecoveryLogs:
-    """The main namespace's recovery logs (one per log group) on one Redis or a Redis Cluster."""
+    """The main namespace's recovery logs: one per origin on one Redis (`coup.cluster.origin_log`),
+    one per log group on a Redis Cluster."""
 
     def __init__(self, url: str, prefix: str, groups: int) -> None:
         from coup.cluster.options import ClusterOptions
@@ -377,7 +379,13 @@ class RecoveryLogs:
         options = ClusterOptions(prefix=prefix, log_groups=groups).for_url(url)
         self.cluster = options.sharded
         self.keys = [options.nsp_key("rlog", "/", group=g) for g in range(options.groups)]
+        self.origin_lists = None if self.cluster else options.nsp_key("rlog", "/", "o", "*")
         self.client: Any = sync_client(url)
+
+    def _keys(self) -> list[str]:
+        if self.origin_lists is None:
+            return self.keys
+        return sorted(key.decode() for key in self.client.keys(self.origin_lists))
 
     def redis_pids(self) -> dict[str, int]:
         """Each redis-server's pid, by name (``redis``; on a cluster ``redis0``, ``redis1``, ...)."""
@@ -386,17 +394,18 @@ class RecoveryLogs:
         servers = self.client.info("server", target_nodes=self.client.get_primaries())
         return {f"redis{i}": int(info["process_id"]) for i, info in enumerate(servers.values())}
 
-    def lengths(self) -> list[int]:
+    def lengths(self) -> dict[str, int]:
         """Entries in each log: what a restore reads past its offset (in the groups of its rooms)."""
-        return [int(self.client.llen(key)) for key in self.keys]
+        return {key: int(self.client.llen(key)) for key in self._keys()}
 
-    def events_since(self, start: list[int]) -> dict[str, int]:
-        """How many entries of each event name the logs hold past `start` (one index per log)."""
+    def events_since(self, start: dict[str, int]) -> dict[str, int]:
+        """How many entries of each event name the logs hold past `start` (an index per log; a
+        log not in it is read whole)."""
         import json
 
         names: dict[str, int] = {}
-        for key, first in zip(self.keys, start, strict=True):
-            for entry in self.client.lrange(key, first, -1):
+        for key in self._keys():
+            for entry in self.client.lrange(key, start.get(key, 0), -1):
                 text = entry.split(b"\n", 1)[1].decode()
                 name = str(json.loads(text[text.index("["):])[0])
                 names[name] = names.get(name, 0) + 1

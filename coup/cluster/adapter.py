@@ -15,11 +15,11 @@ Cluster-wide queries (fetch_sockets, remote join/leave/disconnect, broadcast wit
 published on the same channel as a broadcast to those rooms; PUBLISH returns how many nodes
 heard it, which is exactly how many replies to wait for.
 
-Connection-state recovery outlives the node (`coup.cluster.recovery`): with recovery on, a
-broadcast is appended to a per-namespace log in Redis by the script that publishes it, which
-gives it its offset, and every node, the sender too, delivers it when Redis hands it back.
-So an offset means the same everywhere and a client may come back on any node, also after
-its node was killed: the session record and the log are in Redis.
+Connection-state recovery outlives the node: with recovery on, a broadcast is numbered by its
+node, delivered to local members at once, and published and appended to the node's own log
+in Redis in one transaction (`coup.cluster.origin_log`; on a Redis Cluster the script of
+`coup.cluster.recovery` appends and publishes, and gives the offset). A client may come back
+on any node, also after its node was killed: the session record and the log are in Redis.
 """
 
 from __future__ import annotations

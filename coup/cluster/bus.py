@@ -616,6 +616,7 @@ class Bus:
         How the node-sequenced recovery log (`coup.cluster.origin_log`) publishes its
         broadcasts and appends them in one step: a restore that subscribes, then reads the
         log, finds every broadcast in the log or on its channels (or both), never neither."""
+        assert not self.sharded, "a transaction keeps to one slot: not on a Redis Cluster"
         batch = self._open.get(_TX_KEY)
         if batch is not None:
             return cast(Transaction, batch[1])
