@@ -94,7 +94,7 @@ def build(args: argparse.Namespace) -> tuple[CoupNode, dict[str, int]]:
 
     async def message(room: str, payload: dict[str, Any]) -> Any:
         number = next(ids)
-        to = nsp.to(room).once(f"message:{args.node_id}:{number}") if once else nsp.to(room)
+        to = nsp.to(room).once(f"message:{args.node_id}:{number}", first=True) if once else nsp.to(room)
         to.emit("message", {
             "id": number, "content": payload.get("content"), "user": {"id": payload.get("sid")},
             "createdAt": datetime.datetime.now(datetime.UTC).isoformat()})

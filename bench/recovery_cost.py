@@ -10,8 +10,9 @@ Each round sends M broadcasts, one per loop turn (chat traffic, not a burst), an
 every receiver has them. CPU is counted where it is spent: this process (user + system: the
 node's encode, publish or script call, the push read back and the writes to the sockets) and
 the redis-server (`INFO cpu` delta). Recovery off: the node delivers at once and publishes the
-envelope (its own copy comes back and is skipped). On: one `LOG_PUBLISH` call per loop turn,
-delivered when Redis pushes it back. Off and on alternate; the best round of each is printed,
+envelope (its own copy comes back and is skipped). On: the log the nodes sequence themselves
+(`coup.cluster.origin_log`): delivered at once too, published and appended in one MULTI / EXEC
+per loop turn (its own copy comes back and is skipped). Off and on alternate; the best round of each is printed,
 so foreign load on a shared machine weighs on both alike and mostly drops out.
 """
 
@@ -100,7 +101,8 @@ async def measure(url: str, client: redis.Redis, args: argparse.Namespace) -> tu
     finally:
         for rig in rigs.values():
             await rig.stop()
-    return best, int(client.llen(f"{rigs['on'].cluster.options.prefix}:rlog:/"))
+    lists = client.keys(f"{rigs['on'].cluster.options.prefix}:rlog:/:o:*")
+    return best, sum(int(client.llen(key)) for key in lists)
 
 
 def main() -> None:

@@ -391,7 +391,8 @@ class Settings:
         "Redis: a client may come back on any node, also after its node crashed or restarted", "general")
     recovery_max_bytes: int = setting(
         "COUP_RECOVERY_MAX_BYTES", 32 * 1024 * 1024, _integer(64 * 1024), "bytes of broadcasts kept for recovery "
-        "per namespace (also at most 50,000 packets; one socket's broadcasts at most a quarter of either)",
+        "per namespace, in a cluster on one Redis per node and namespace (also at most 50,000 packets; one "
+        "socket's broadcasts at most a quarter of either)",
         "general", shown_default="`33554432` (32 MiB)")
     presence_grace: float = setting(
         "COUP_PRESENCE_GRACE", 3.0, _number(), "seconds a user whose sockets all dropped stays online: one who is "

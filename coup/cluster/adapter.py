@@ -45,7 +45,7 @@ from coup.cluster.envelope import (
     encode_json,
 )
 from coup.cluster.options import ClusterOptions
-from coup.cluster.origin_log import OriginLog
+from coup.cluster.origin_log import OriginLog, OwnOrigins
 from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.recovery import RedisRecoveryLog, RedisSessionStore, logged_out
 from coup.cluster.resp import RedisUnavailable
@@ -136,7 +136,7 @@ class RedisAdapter(RecoveryCalls):
     def __init__(self, nsp: Namespace, *, node_id: str, options: ClusterOptions, bus: Bus, client: redis.Redis,
                  request: Requester, inbox: Callable[[str], bytes],
                  registry: dict[str, RedisAdapter], own: OwnBroadcasts[RedisAdapter],
-                 own_origins: set[int] | None = None) -> None:
+                 own_origins: OwnOrigins | None = None) -> None:
         """`client` may retry idempotent commands; `inbox(node)` is a node's
         channel; the adapter adds itself to `registry` (by namespace) while it serves; `own`
         gives the node's message ids and keeps its logged broadcasts until Redis hands them back;
@@ -171,7 +171,7 @@ class RedisAdapter(RecoveryCalls):
             else:
                 self.recovery_log = self._origin_log = OriginLog(
                     bus, client, options, nsp.name, node_id, recovery, self._own_channel,
-                    set() if own_origins is None else own_origins)
+                    OwnOrigins() if own_origins is None else own_origins)
             self.recovery = SessionRecovery(self.recovery_log, nsp, self._local.socket_rooms)
         self._refresher: asyncio.Task[None] | None = None
         self._seen: OrderedDict[str, float] = OrderedDict()

@@ -616,7 +616,6 @@ class Bus:
         How the node-sequenced recovery log (`coup.cluster.origin_log`) publishes its
         broadcasts and appends them in one step: a restore that subscribes, then reads the
         log, finds every broadcast in the log or on its channels (or both), never neither."""
-        assert not self.sharded, "a transaction keeps to one slot: not on a Redis Cluster"
         batch = self._open.get(_TX_KEY)
         if batch is not None:
             return cast(Transaction, batch[1])
@@ -624,6 +623,7 @@ class Bus:
         if pub is None or pub.closed:
             self._dropped()
             return None
+        assert not self.sharded, "a transaction keeps to one slot: not on a Redis Cluster"
         tx = Transaction()
         batch = [None, tx, tx, 0]
         self._open.clear()  # publishes queued after it fold into it (`_queue`) or start new batches
@@ -822,8 +822,13 @@ class Transaction:
 
     def set_result(self, result: Any, /) -> None:
         self._finished = True
-        if not isinstance(result, list) or any(isinstance(reply, hiredis.ReplyError) for reply in result):
+        if not isinstance(result, list):
             self._fail(result)
+            return
+        for reply in result:
+            if isinstance(reply, hiredis.ReplyError):
+                self._fail(result)
+                return
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._finished = True

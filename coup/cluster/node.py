@@ -30,7 +30,7 @@ from coup.cluster.homes import SessionHomes
 from coup.cluster.leases import Leases
 from coup.cluster.moves import SessionMoves
 from coup.cluster.options import ClusterOptions
-from coup.cluster.origin_log import SEQUENCED, split_sequenced
+from coup.cluster.origin_log import SEQUENCED, OwnOrigins, split_sequenced
 from coup.cluster.own_broadcasts import OwnBroadcasts
 from coup.cluster.presence import RedisPresence
 from coup.cluster.recovery import LOGGED, split_logged
@@ -162,7 +162,7 @@ class Cluster:
         self.own: OwnBroadcasts[RedisAdapter] = OwnBroadcasts(node_id)
         #: this node's origins of the recovery log (`coup.cluster.origin_log`): its own numbered
         #: broadcasts, delivered when sent, come back with them
-        self.own_origins: set[int] = set()
+        self.own_origins = OwnOrigins()
         self._maintenance: asyncio.Task[None] | None = None
         self.bus.fixed(channel_bytes(self.registry.announce_channel))
         self.bus.on_reconnect(self._link_up)
@@ -357,9 +357,9 @@ class Cluster:
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         kind = data[:1]
         if kind == SEQUENCED:
-            origin, number, envelope = split_sequenced(data)
-            if origin in self.own_origins:
+            if data.startswith(self.own_origins.prefixes):
                 return  # delivered locally when it was sent
+            origin, number, envelope = split_sequenced(data)
             broadcast = decode_broadcast(envelope)
             adapter = self.adapters.get(broadcast.nsp)
             if adapter is not None:

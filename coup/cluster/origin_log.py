@@ -57,6 +57,24 @@ def _base36(number: int) -> str:
     return text or "0"
 
 
+class OwnOrigins:
+    """This node's origins, of every namespace: its own numbered broadcasts come back with them
+    and were delivered here when sent. `prefixes` is how their messages start (one
+    ``bytes.startswith`` tells a push of ours, no parsing)."""
+
+    def __init__(self) -> None:
+        self._origins: set[int] = set()
+        self.prefixes: tuple[bytes, ...] = ()
+
+    def __contains__(self, origin: int) -> bool:
+        return origin in self._origins
+
+    def update(self, added: Iterable[int] = (), removed: Iterable[int] = ()) -> None:
+        self._origins.difference_update(removed)
+        self._origins.update(added)
+        self.prefixes = tuple(SEQUENCED + b"%d-" % origin for origin in sorted(self._origins))
+
+
 def split_sequenced(data: bytes) -> tuple[int, int, bytes]:
     """A numbered broadcast as published: its origin, its number and its envelope."""
     space = data.index(b" ")
@@ -69,7 +87,7 @@ class OriginLog(RedisSessionStore):
 
     def __init__(self, bus: Bus, client: redis.Redis, options: ClusterOptions,
                  namespace: str, node_id: str, recovery: RecoveryOptions, heard_on: bytes,
-                 own_origins: set[int]) -> None:
+                 own_origins: OwnOrigins) -> None:
         """`own_origins`: this node's origins of every namespace (its own pushes are dropped by them)."""
         super().__init__(bus, client, options, namespace, node_id, recovery, heard_on)
         #: epoch and the origin counter (shared by every namespace); origins alive (-> expiry
@@ -93,6 +111,8 @@ class OriginLog(RedisSessionStore):
         self._parts: dict[int, str] = {}
         self._order: list[int] = []
         self.stamp = ""
+        #: the stamp's text before and after our own origin's part (`publish` changes only that)
+        self._head = self._tail = ""
         #: the books of our list: (number, at_us, bytes, origin socket), oldest first
         self._books: deque[tuple[int, int, int, str]] = deque()
         self._bytes = 0
@@ -109,7 +129,7 @@ class OriginLog(RedisSessionStore):
         #: which of them are this log's
         self._mine: set[int] = set()
         #: what the log costs and does
-        self.stats = {"appended": 0, "unsent": 0, "trims": 0, "refused": 0}
+        self.stats = {"unsent": 0, "trims": 0, "refused": 0}
 
     def scripts(self) -> list[str]:
         return [*super().scripts(), ORIGIN_READ]
@@ -138,7 +158,7 @@ class OriginLog(RedisSessionStore):
         on it, and after a Redis restart their numbers are given again, to other nodes too.
         After a failed append on the same link (`relinked` False) the old one's pushes may
         still come, and are still ours."""
-        self.origin = None
+        self._disown()
         candidate = _base36(int(time.time() * 1000))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.meta_key, "epoch", candidate)
@@ -150,12 +170,13 @@ class OriginLog(RedisSessionStore):
         if epoch != self.epoch:  # a Redis that lost the logs: numbers of the old ones mean nothing
             self.epoch = epoch
             self._counts, self._parts, self._order = {}, {}, []
-            self.stamp = epoch
+            self.stamp = self._head = epoch
+            self._tail = ""
         if relinked:
-            self._own_origins.difference_update(self._mine)
+            self._own_origins.update(removed=self._mine)
             self._mine.clear()
         self._mine.add(int(origin))
-        self._own_origins.add(int(origin))
+        self._own_origins.update(added=[int(origin)])
         self._books.clear()
         self._bytes = 0
         self._shares.clear()
@@ -165,6 +186,15 @@ class OriginLog(RedisSessionStore):
         self.number = 0
         self._prefix = SEQUENCED + str(origin).encode() + b"-"
         self.origin = int(origin)
+        self._raise(self.origin, 0)
+
+    def _disown(self) -> None:
+        """Our origin ends (broadcasts go out without offsets until the next): its number stays
+        in the stamp as any other origin's."""
+        origin, self.origin = self.origin, None
+        if origin is not None and origin in self._counts:
+            self._parts[origin] = f"~{origin}-{self._counts[origin]}"
+        self._restamp()
 
     async def _keep_alive(self, origin: int) -> None:
         """Our origin stays live (readers look at its list) a log lifetime past this call."""
@@ -181,7 +211,7 @@ class OriginLog(RedisSessionStore):
             return
         log.warning("recovery log: appends of origin %d failed (%s); a new origin follows", origin, reason)
         self.stats["unsent"] += 1
-        self.origin = None
+        self._disown()
         if self.bus.ready:
             asyncio.get_running_loop().create_task(self._renew())
 
@@ -200,7 +230,10 @@ class OriginLog(RedisSessionStore):
         sockets here get (its number is `number`); None when it is not kept (no origin, or the
         socket holds its share): the caller sends it as with recovery off."""
         origin = self.origin
-        if origin is None or not self._admit(origin_socket or "", len(envelope)):
+        if origin is None:
+            return None
+        socket = origin_socket or ""
+        if socket and not self._admit(socket, len(envelope)):
             return None
         tx = self.bus.open_transaction()
         if tx is None:
@@ -209,21 +242,22 @@ class OriginLog(RedisSessionStore):
             self._tx = tx
             self._rpush = tx.command("RPUSH", self._list_key)
             tx.listeners.append(partial(self._failed, origin))
-        self.number += 1
-        number = self.number
+        number = self.number = self.number + 1
         at_us = time.time_ns() // 1000
-        message = self._prefix + str(number).encode() + b" " + envelope
+        digits = b"%d" % number
+        message = self._prefix + digits + b" " + envelope
         for channel in channels:
             tx.publish(channel, message)
-        self._rpush.append(b"%d %d %s %s" % (number, at_us, (origin_socket or "").encode(), envelope))
+        self._rpush.append(b"%s %d %s %s" % (digits, at_us, socket.encode(), envelope))
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
             tx.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000))
-        self._book(number, at_us, len(envelope), origin_socket or "", tx)
-        self.stats["appended"] += 1
-        self._raise(origin, number)
-        return self.stamp
+        self._book(number, at_us, len(envelope), socket, tx)
+        # only our own part of the stamp changes (`_restamp` keeps the rest around it)
+        self._counts[origin] = number
+        stamp = self.stamp = f"{self._head}~{origin}-{number}{self._tail}"
+        return stamp
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
@@ -239,8 +273,7 @@ class OriginLog(RedisSessionStore):
             return None
 
     def _admit(self, origin_socket: str, size: int) -> bool:
-        if not origin_socket:  # the server's own broadcasts: no share
-            return True
+        """May `origin_socket` (not empty: the server's own broadcasts have no share) add `size` bytes?"""
         share = self._shares.get(origin_socket)
         if share is None:
             share = self._shares[origin_socket] = [0, 0]
@@ -312,15 +345,28 @@ class OriginLog(RedisSessionStore):
         if origin not in counts:
             self._order = sorted([*counts, origin])
         counts[origin] = number
-        parts = self._parts
-        parts[origin] = f"~{origin}-{number}"
-        self.stamp = self.epoch + "".join([parts[o] for o in self._order])
+        if origin != self.origin:
+            self._parts[origin] = f"~{origin}-{number}"
+        self._restamp()
 
     def _drop(self, origins: Iterable[int]) -> None:
         for origin in origins:
-            del self._counts[origin], self._parts[origin]
+            del self._counts[origin]
+            self._parts.pop(origin, None)
         self._order = sorted(self._counts)
-        self.stamp = self.epoch + "".join([self._parts[o] for o in self._order])
+        self._restamp()
+
+    def _restamp(self) -> None:
+        """The stamp from the parts, in origin order, ours kept apart (`publish` changes it alone)."""
+        order, parts, own = self._order, self._parts, self.origin
+        if own is None or own not in self._counts:
+            self.stamp = self._head = self.epoch + "".join([parts[o] for o in order])
+            self._tail = ""
+            return
+        at = order.index(own)
+        self._head = self.epoch + "".join([parts[o] for o in order[:at]])
+        self._tail = "".join([parts[o] for o in order[at + 1:]])
+        self.stamp = f"{self._head}~{own}-{self._counts[own]}{self._tail}"
 
     def heard(self, origin: int, number: int) -> str:
         """Another node's broadcast `number` of `origin` is being handled: the stamp of its packet."""

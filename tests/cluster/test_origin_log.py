@@ -13,8 +13,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from coup.cluster.bus import Transaction
+from coup.cluster.options import ClusterOptions
+from coup.cluster.origin_log import OriginLog, OwnOrigins
 from coup.cluster.resp import RedisUnavailable
 from coup.core.hold import OriginVector
+from coup.core.options import RecoveryOptions
 from tests.cluster.cluster_testapp import NAMESPACE
 from tests.cluster.conftest import Node, RedisServer, quiet, session_stored, start_node, wait_until
 from tests.cluster.rawclient import RawClient
@@ -61,6 +65,16 @@ async def in_room(node: Node, user: str) -> RawClient:
     await client.connect(node.url, {"user": user})
     await client.call("join", {"room": "r"})
     return client
+
+
+async def away_after(node: Node, client: RawClient, sender: Any, data: int) -> tuple[str, str | None]:
+    """`client` on `node` gets message `data` from `sender`, then drops: its pid and offset."""
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": data})
+    await wait_until(lambda: client.received("m") == [data], what=f"message {data}")
+    pid, offset = client.pid, client.offset
+    await client.drop()
+    await session_stored(node, pid)
+    return pid, offset
 
 
 async def test_a_client_ahead_of_the_log_recovers_elsewhere(two_nodes, peers):
@@ -169,20 +183,11 @@ async def test_a_component_a_count_trim_took_gives_a_fresh_session(two_nodes, pe
     monkeypatch.setattr(log, "recovery", dataclasses.replace(log.recovery, max_packets=20))
     sender = await peers("sender").connect(b.url)
     early = await in_room(a, "early")
-    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 0})
-    await wait_until(lambda: early.received("m") == [0], what="the first message")
-    early_pid, early_offset = early.pid, early.offset
-    await early.drop()
-    await session_stored(a, early_pid)
-
+    early_pid, early_offset = await away_after(a, early, sender, 0)
     for i in range(1, 30):
         await sender.call("emit", {"rooms": ["r"], "event": "m", "data": i})
     recent = await in_room(a, "recent")
-    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 30})
-    await wait_until(lambda: recent.received("m") == [30], what="the recent client's message")
-    recent_pid, recent_offset = recent.pid, recent.offset
-    await recent.drop()
-    await session_stored(a, recent_pid)
+    recent_pid, recent_offset = await away_after(a, recent, sender, 30)
     await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 31})
     assert log.stats["trims"] >= 1
 
@@ -201,3 +206,47 @@ async def test_a_component_a_count_trim_took_gives_a_fresh_session(two_nodes, pe
         await recovered.close()
         await early.close()
         await recent.close()
+
+
+class _Bus:
+    """What `OriginLog.publish` asks of the bus, without Redis: one transaction per turn."""
+
+    def __init__(self) -> None:
+        self.tx = Transaction()
+
+    def open_transaction(self) -> Transaction:
+        return self.tx
+
+
+async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin():
+    """The stamp is built part by part (ours apart, so a broadcast of ours changes one part);
+    whatever happens, it must read as the node's numbers."""
+    log = OriginLog(_Bus(), None, ClusterOptions(prefix="t"), NAMESPACE, "n0", RecoveryOptions(),  # type: ignore[arg-type]
+                    b"inbox", OwnOrigins())
+    log.epoch = "ep"
+    log.origin, log._prefix, log._list_key = 5, b"S5-", "t:rlog:o:5"
+    log._raise(5, 0)
+
+    def check() -> None:
+        assert OriginVector.parse(log.stamp) is not None
+        assert OriginVector.parse(log.stamp).counts == log.vector.counts  # type: ignore[union-attr]
+
+    envelope = b'B["n0","n0:1","/",["r"],[],1]\n2["m",1]'
+    for step in range(20):
+        if step % 3 == 0:
+            log.heard(2 + step % 2 * 7, step)  # origins 2 and 9, on either side of ours
+        stamp = log.publish([b"t:r:r"], "sid", envelope)
+        assert stamp == log.stamp
+        check()
+    assert log.vector.counts == {2: 18, 5: 20, 9: 15}
+    log._disown()  # a failed append: origin 5 ends, its number stays
+    check()
+    log.origin, log._prefix, log.number = 11, b"S11-", 0  # as `link_up` leaves it
+    log._raise(11, 0)
+    log.publish([b"t:r:r"], "", envelope)
+    log.heard(9, 16)
+    check()
+    assert log.stamp == "ep~2-18~5-20~9-16~11-1"
+    log._drop([2])
+    check()
+    assert log.stamp == "ep~5-20~9-16~11-1"
