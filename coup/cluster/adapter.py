@@ -223,6 +223,8 @@ class RedisAdapter(RecoveryCalls):
         if self._tasks:  # broadcasts waiting for Redis's word go out (or not) before we stop
             await asyncio.wait(list(self._tasks), timeout=self.options.connect_timeout)
         await stop_tasks(self._refresher, *self._tasks)
+        if self._origin_log is not None:
+            await self._origin_log.close()
         self._registry.pop(self.nsp.name, None)
 
     async def link_up(self) -> None:

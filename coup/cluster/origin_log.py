@@ -40,6 +40,7 @@ from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
 from coup.core.hold import OriginVector, Stamped
 from coup.core.options import RecoveryOptions
 from coup.protocol.wire import Outbound
+from coup.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class OriginLog(RedisSessionStore):
         self._own_origins = own_origins
         #: which of them are this log's
         self._mine: set[int] = set()
+        #: a new origin being taken after a failed append (kept: the loop holds tasks weakly)
+        self._renewing: asyncio.Task[None] | None = None
         #: what the log costs and does
         self.stats = {"unsent": 0, "trims": 0, "refused": 0}
 
@@ -212,8 +215,11 @@ class OriginLog(RedisSessionStore):
         log.warning("recovery log: appends of origin %d failed (%s); a new origin follows", origin, reason)
         self.stats["unsent"] += 1
         self._disown()
-        if self.bus.ready:
-            asyncio.get_running_loop().create_task(self._renew())
+        if self.bus.ready and (self._renewing is None or self._renewing.done()):
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def close(self) -> None:
+        await stop_tasks(self._renewing)
 
     async def _renew(self) -> None:
         try:
