@@ -60,9 +60,9 @@ class OriginVector:
         return cls(epoch, counts) if epoch.isalnum() else None
 
     def highest(self, other: OriginVector) -> OriginVector:
-        """The componentwise maximum (`other` when the epochs differ: the newer logs' numbers)."""
+        """The componentwise maximum; of two epochs, the newer one's vector (the old logs are gone)."""
         if other.epoch != self.epoch:
-            return other
+            return other if _epoch_order(other.epoch) > _epoch_order(self.epoch) else self
         counts = self.counts
         if all(counts.get(origin, 0) >= number for origin, number in other.counts.items()):
             return self
@@ -71,6 +71,11 @@ class OriginVector:
             if number > merged.get(origin, 0):
                 merged[origin] = number
         return OriginVector(self.epoch, merged)
+
+
+def _epoch_order(epoch: str) -> int:
+    """Epochs are made from a clock (base 36): a later one is larger."""
+    return int(epoch, 36) if epoch else -1
 
 
 #: a vector offset: one per recovery log group (positional), or over origins

@@ -250,3 +250,14 @@ async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin
     log._drop([2])
     check()
     assert log.stamp == "ep~5-20~9-16~11-1"
+
+
+async def test_of_two_epochs_the_newer_vector_wins_either_way():
+    """A floor from before a Redis restart never lowers a packet of the new logs, nor the other way."""
+    old = OriginVector.parse("mx9j0000~3-40")
+    new = OriginVector.parse("mx9j2000~1-2")
+    assert old is not None and new is not None
+    assert old.highest(new) is new and new.highest(old) is new
+    assert OriginVector.parse("mx9j2000~1-2~4-9").highest(new).text == "mx9j2000~1-2~4-9"  # type: ignore[union-attr]
+    assert new.highest(OriginVector.parse("mx9j2000~1-5~7-1")).text == "mx9j2000~1-5~7-1"  # type: ignore[arg-type]
+    assert OriginVector.parse("mx9j2000~1-x") is None and OriginVector.parse("~1-2") is None
