@@ -47,9 +47,11 @@ from coup.engine.server import EngineServer  # noqa: E402
 class ClusterRig(FanoutRig):
     """`FanoutRig` on a cluster node: the room's broadcasts go through Redis."""
 
-    def __init__(self, n: int, url: str, recovery: bool) -> None:
+    def __init__(self, n: int, url: str, recovery: bool, prefix: str | None = None) -> None:
+        """`prefix`: the Redis prefix, for rigs that are nodes of one cluster (a new one by default)."""
         super().__init__(n)
-        self.cluster = Cluster(url, "b" + secrets.token_hex(2), ClusterOptions(prefix="b" + secrets.token_hex(3)))
+        self.cluster = Cluster(url, "b" + secrets.token_hex(2),
+                               ClusterOptions(prefix=prefix or "b" + secrets.token_hex(3)))
         self.engine = EngineServer(EngineOptions(sid_prefix=self.cluster.sid_prefix))
         self.sio = SocketServer(self.engine, ServerOptions(recovery=RecoveryOptions() if recovery else None),
                                 adapter_factory=self.cluster.adapter_factory, presence=self.cluster.presence,
