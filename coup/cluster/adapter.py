@@ -47,7 +47,7 @@ from coup.cluster.envelope import (
 from coup.cluster.options import ClusterOptions
 from coup.cluster.origin_log import OriginLog, OwnOrigins
 from coup.cluster.own_broadcasts import OwnBroadcasts
-from coup.cluster.recovery import RedisRecoveryLog, RedisSessionStore, logged_out
+from coup.cluster.recovery import RedisRecoveryLog, RedisSessionStore, logged_out, retrieved
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ONCE_PUBLISH
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions, LocalRooms, SocketInfo, gather_acks
@@ -685,7 +685,7 @@ class RedisAdapter(RecoveryCalls):
         if record is not None:
             # a socket moving here takes over the record its old node wrote
             self.recovery_log.save_nowait(record, "take" if sid in self._adopting else "live") \
-                .add_done_callback(_ignore_result)
+                .add_done_callback(retrieved)  # a lost write is re-done by the next refresh or re-sync
 
     async def _refresh_sessions(self) -> None:
         """Records of connected sockets live one window past their last refresh: a quarter window apart.
@@ -731,8 +731,3 @@ def _kept_out(packet: EncodedPacket, offset: _Kept) -> Outbound:
     if isinstance(offset, list):
         return Stamped(packet, (int(offset[0]), int(offset[1])), tuple(int(v) for v in offset[2]))
     return logged_out(packet, int(offset) if offset else None)
-
-
-def _ignore_result(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: a lost write is re-done by the next refresh or re-sync

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from coup.cluster.bus import Bus, Transaction
 from coup.cluster.options import ClusterOptions
-from coup.cluster.recovery import RedisSessionStore
+from coup.cluster.recovery import RedisSessionStore, retrieved
 from coup.cluster.resp import RedisUnavailable
 from coup.cluster.scripts import ORIGIN_READ
 from coup.core.adapter import ONCE_WINDOW, BroadcastOptions
@@ -268,7 +268,7 @@ class OriginLog(RedisSessionStore):
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
         self.bus.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000)).add_done_callback(
-            _retrieved)
+            retrieved)
 
     async def went_out(self, once: str) -> bool | None:
         """Did a broadcast with `once` go out lately (a resend asks before it is numbered)? None
@@ -337,7 +337,7 @@ class OriginLog(RedisSessionStore):
         books = self._books
         count, _ = self._drop_while(lambda: books[0][1] < horizon)
         if count and self.origin is not None:
-            self.bus.command("LTRIM", self._list_key, count, -1).add_done_callback(_retrieved)
+            self.bus.command("LTRIM", self._list_key, count, -1).add_done_callback(retrieved)
 
     # ------------------------------------------------------------------ offsets
 
@@ -398,7 +398,7 @@ class OriginLog(RedisSessionStore):
         if not behind:
             return
         marker = self.bus.heard_so_far(self.heard_on)
-        marker.add_done_callback(_retrieved)  # shared with other restores
+        marker.add_done_callback(retrieved)  # shared with other restores
         async with asyncio.timeout(self.options.probe_timeout):
             await asyncio.shield(marker)
         for origin, head in behind.items():
@@ -498,7 +498,3 @@ def _heads(reply: list[Any]) -> dict[int, int]:
         i += 3 + int(reply[i + 2])
     return heads
 
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -65,7 +65,9 @@ def split_logged(data: bytes) -> tuple[int | None, bytes]:
     return (int(data[1:space]) if space > 1 else None), data[space + 1:]
 
 
-def _retrieved(future: asyncio.Future[Any]) -> None:
+def retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future nobody awaits: its exception counts as retrieved (asyncio
+    would log it otherwise); what it was for is re-done or logged elsewhere."""
     if not future.cancelled():
         future.exception()
 
@@ -358,7 +360,7 @@ class RedisRecoveryLog(RedisSessionStore, Generic[_T]):
             return
         markers = [self.bus.heard_so_far(self.groups[g].own_channel) for g, _ in behind]
         for marker in markers:  # shared with other restores; a link that breaks later fails them unheard
-            marker.add_done_callback(_retrieved)
+            marker.add_done_callback(retrieved)
         async with asyncio.timeout(self.options.probe_timeout):
             await asyncio.gather(*(asyncio.shield(marker) for marker in markers))
         for g, head in behind:
