@@ -258,7 +258,7 @@ class OriginLog(RedisSessionStore):
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
-            tx.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000))
+            tx.command(*self._mark(once))
         self._book(number, at_us, len(envelope), socket, tx)
         # only our own part of the stamp changes (`_restamp` keeps the rest around it)
         self._counts[origin] = number
@@ -267,8 +267,11 @@ class OriginLog(RedisSessionStore):
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
-        self.bus.command("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000)).add_done_callback(
-            retrieved)
+        self.bus.command(*self._mark(once)).add_done_callback(retrieved)
+
+    def _mark(self, once: str) -> tuple[Any, ...]:
+        """The command that says a broadcast with `once` went out (`went_out` reads it)."""
+        return ("SET", self.once_prefix + once, "1", "PX", int(ONCE_WINDOW * 1000))
 
     async def went_out(self, once: str) -> bool | None:
         """Did a broadcast with `once` go out lately (a resend asks before it is numbered)? None
@@ -280,10 +283,8 @@ class OriginLog(RedisSessionStore):
 
     def _admit(self, origin_socket: str, size: int) -> bool:
         """May `origin_socket` (not empty: the server's own broadcasts have no share) add `size` bytes?"""
-        share = self._shares.get(origin_socket)
-        if share is None:
-            share = self._shares[origin_socket] = [0, 0]
-        if share[0] >= self._share_packets or share[1] + size > self._share_bytes:
+        packets, held = self._shares.get(origin_socket) or (0, 0)
+        if packets >= self._share_packets or held + size > self._share_bytes:
             self.stats["refused"] += 1
             if origin_socket not in self._refused:
                 if len(self._refused) > 10_000:
@@ -301,7 +302,7 @@ class OriginLog(RedisSessionStore):
         books.append((number, at_us, size, origin_socket))
         self._bytes += size
         if origin_socket:
-            share = self._shares[origin_socket]
+            share = self._shares.setdefault(origin_socket, [0, 0])
             share[0] += 1
             share[1] += size
         options = self.recovery
@@ -433,8 +434,7 @@ class OriginLog(RedisSessionStore):
             reply = await self._read("heads")
             if reply is None:
                 return False
-            heads = _heads(reply)
-            await self.sync({origin: min(number, heads.get(origin, 0)) for origin, number in floor.counts.items()})
+            await self.sync(_reachable(floor, _heads(reply)))
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
             log.warning("recovery log origins not caught up (%s)", exc or "a marker not heard")
             return False
@@ -463,23 +463,19 @@ class OriginLog(RedisSessionStore):
                 return None
             heads = _heads(reply)
             if check_only:
-                await self.sync({origin: min(number, heads.get(origin, 0)) for origin, number in vector.counts.items()})
+                await self.sync(_reachable(vector, heads))
                 return []
             await self.sync(heads)
         except (RedisUnavailable, hiredis.ReplyError, TimeoutError) as exc:
             log.warning("recovery log unreadable (%s): a fresh session instead", exc or "its pushes not heard")
             return None
         found: list[list[tuple[int, int, int, bytes]]] = []
-        i = 1
-        while i < len(reply):
-            origin, count = int(reply[i]), int(reply[i + 2])
+        for origin, _head, read in _origins(reply):
             rows = []
-            for entry in reply[i + 3:i + 3 + count]:
-                number, _, rest = entry.partition(b" ")
-                at_us = rest[:rest.index(b" ")]
-                rows.append((int(at_us), origin, int(number), entry))
+            for entry in read:
+                digits, _, rest = entry.partition(b" ")
+                rows.append((int(rest[:rest.index(b" ")]), origin, int(digits), entry))
             found.append(rows)
-            i += 3 + count
         known = dict(vector.counts)
         entries: list[tuple[BroadcastOptions, Outbound]] = []
         for _at, origin, number, entry in heapq.merge(*found):
@@ -489,12 +485,24 @@ class OriginLog(RedisSessionStore):
         return entries
 
 
-def _heads(reply: list[Any]) -> dict[int, int]:
-    """Origin -> head from an `ORIGIN_READ` reply."""
-    heads = {}
+def _origins(reply: list[Any]) -> list[tuple[int, int, list[bytes]]]:
+    """(origin, head, entries) of each live origin in an `ORIGIN_READ` reply."""
+    origins = []
     i = 1
     while i < len(reply):
-        heads[int(reply[i])] = int(reply[i + 1])
-        i += 3 + int(reply[i + 2])
-    return heads
+        count = int(reply[i + 2])
+        origins.append((int(reply[i]), int(reply[i + 1]), reply[i + 3:i + 3 + count]))
+        i += 3 + count
+    return origins
+
+
+def _heads(reply: list[Any]) -> dict[int, int]:
+    """Origin -> head from an `ORIGIN_READ` reply."""
+    return {origin: head for origin, head, _ in _origins(reply)}
+
+
+def _reachable(vector: OriginVector, heads: dict[int, int]) -> dict[int, int]:
+    """The numbers of `vector` as far as the logs have them (a number above its origin's head
+    is a broadcast whose append never reached Redis)."""
+    return {origin: min(number, heads.get(origin, 0)) for origin, number in vector.counts.items()}
 
