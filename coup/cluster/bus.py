@@ -621,8 +621,7 @@ class Bus:
             return cast(Transaction, batch[1])
         pub = self._pub
         if pub is None or pub.closed:
-            self._dropped()
-            return None
+            return None  # not counted as dropped here: the caller publishes without it, which counts
         assert not self.sharded, "a transaction keeps to one slot: not on a Redis Cluster"
         tx = Transaction()
         batch = [None, tx, tx, 0]
