@@ -53,19 +53,13 @@ class Nodes:
     def session_key(self, pid: str) -> str:
         return f"{self.prefix}:session:{NAMESPACE}:{pid}"
 
-    def log_entries(self) -> list[bytes]:
-        """Every entry of the namespace's recovery log (one list per origin, docs/recovery.md)."""
+    def log_lists(self) -> list[tuple[list[bytes], int]]:
+        """The namespace's recovery log, one list per origin (docs/recovery.md): each list's
+        entries and its time to live (ms)."""
         client = redis.Redis.from_url(self.redis.url)
         try:
-            return [entry for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")
-                    for entry in client.lrange(key, 0, -1)]
-        finally:
-            client.close()
-
-    def log_ttls(self) -> list[int]:
-        client = redis.Redis.from_url(self.redis.url)
-        try:
-            return [client.pttl(key) for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")]
+            return [(client.lrange(key, 0, -1), client.pttl(key))
+                    for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")]
         finally:
             client.close()
 
@@ -245,11 +239,12 @@ async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
     await wait_until(lambda: client.received("said")[-1:] == [{"text": "marker"}], what="the marker")
 
     # entries: NUMBER SP AT_US SP ORIGIN_SOCKET SP ENVELOPE; the bounds count envelope bytes
-    entries = [entry.split(b" ", 3) for entry in nodes.log_entries()]
+    lists = nodes.log_lists()
+    entries = [entry.split(b" ", 3) for listed, _ in lists for entry in listed]
     held = sum(len(envelope) for *_, envelope in entries)
     assert 0 < held <= max_bytes
     assert len(entries) < 6 * 20  # trimmed: some of the 120 broadcasts are gone
-    assert all(0 < ttl for ttl in nodes.log_ttls())  # an idle log goes away
+    assert all(0 < ttl for _, ttl in lists)  # an idle log goes away
     # one origin socket holds at most a quarter of the bytes: later senders' resume data stayed
     shares: dict[bytes, int] = {}
     for _number, _at, origin, envelope in entries:
