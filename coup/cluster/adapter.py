@@ -237,6 +237,11 @@ class RedisAdapter(RecoveryCalls):
             for sid in list(self.nsp.sockets):
                 self._save_session(sid)
 
+    def link_down(self) -> None:
+        """The link to Redis broke: see `OriginLog.link_down`."""
+        if self._origin_log is not None:
+            self._origin_log.link_down()
+
     async def _log_up(self) -> None:
         """The log after a link-up: its scripts loaded; the offsets of the script log's groups
         synced, or a new origin of the nodes' log (whose heads it syncs)."""

@@ -168,6 +168,7 @@ class Cluster:
         self.bus.on_reconnect(self._link_up)
         self.bus.on_down(self.registry.on_link_down)
         self.bus.on_down(self.tunnel.link_down)
+        self.bus.on_down(self._adapters_down)
         self.registry.on_lost = self.presence.report_lost
         self.registry.on_zombie = self._drop_local_sockets
         self.registry.on_ring_change.append(self._ring_changed)
@@ -267,6 +268,10 @@ class Cluster:
         await self.presence.resync()
         for adapter in list(self.adapters.values()):
             await adapter.link_up()
+
+    def _adapters_down(self) -> None:
+        for adapter in list(self.adapters.values()):
+            adapter.link_down()
 
     def _ring_changed(self, old: Ring, new: Ring) -> None:
         gone = set(old.nodes) - set(new.nodes)

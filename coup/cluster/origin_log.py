@@ -191,6 +191,13 @@ class OriginLog(RedisSessionStore):
         self.origin = int(origin)
         self._raise(self.origin, 0)
 
+    def link_down(self) -> None:
+        """The link broke: our origin ends at once. Until the next `link_up` takes a new one,
+        broadcasts go out without offsets. The reconnect hooks run on the new link before that
+        one, and what they broadcast (a restore's `user-online`) must not append to the old
+        origin's number in a Redis that may have restarted empty and give it again."""
+        self._disown()
+
     def _disown(self) -> None:
         """Our origin ends (broadcasts go out without offsets until the next): its number stays
         in the stamp as any other origin's."""

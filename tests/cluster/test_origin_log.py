@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 
 from coup.cluster.bus import Transaction
 from coup.cluster.options import ClusterOptions
@@ -206,6 +207,70 @@ async def test_a_component_a_count_trim_took_gives_a_fresh_session(two_nodes, pe
         await recovered.close()
         await early.close()
         await recent.close()
+
+
+async def test_a_broadcast_while_the_link_comes_back_takes_no_number_of_the_old_origin(own_redis, two_nodes, peers):
+    """Redis restarts empty. The reconnect hooks run on the new link before the log takes its
+    new origin, and what they broadcast (a restore's `user-online`) went out under the old
+    origin's next number: into a Redis whose counter gives that origin again, where the new
+    numbers then start below it and a client holding it misses what follows."""
+    a, b = two_nodes
+    sender = await peers("sender").connect(b.url)
+    await sender.call("join", {"room": "r"})
+    client = await in_room(a, "steady")
+    for data in (1, 2):  # a's origin has numbers above 1 before the restart
+        a.node.sio.of(NAMESPACE).to("r").emit("m", data)
+    await wait_until(lambda: client.received("m") == [1, 2], what="the first messages")
+    old_origin = origin_log(a).origin
+    bus: Any = a.node.cluster.bus  # type: ignore[union-attr]
+    broadcast: list[str | None] = []
+
+    async def while_linking() -> None:  # before every other hook: the node's own link-up
+        a.node.sio.of(NAMESPACE).to("r").emit("m", "while linking")
+        broadcast.append(origin_log(a).stamp)
+
+    bus._reconnect_hooks.insert(0, while_linking)
+    own_redis.kill()
+    own_redis.start()
+    await wait_until(lambda: broadcast and bus.ready and origin_log(a).origin is not None, timeout=15,
+                     what="a's link up again")
+    await wait_until(lambda: b.node.cluster.bus.ready and origin_log(b).origin is not None,  # type: ignore[union-attr]
+                     timeout=15, what="b's link up again")
+    await wait_until(lambda: client.received("m")[-1:] == ["while linking"], what="the local delivery")
+    assert old_origin is not None
+
+    await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
+    await wait_until(lambda: client.received("m")[-1:] == [3], what="a message after the restart")
+    # every list of the new Redis numbers its entries 1, 2, 3... (no number from before)
+    for entries, _ttl in _lists(own_redis, a):
+        numbers = [int(entry.split(b" ", 1)[0]) for entry in entries]
+        assert numbers == list(range(1, len(numbers) + 1))
+
+    pid, offset = client.pid, client.offset
+    await client.drop()
+    await session_stored(a, pid)
+    for data in (4, 5):
+        await sender.call("emit", {"rooms": ["r"], "event": "m", "data": data})
+    back = RawClient()
+    try:
+        reply = await back.connect(b.url, {"user": "steady", "pid": pid, "offset": offset})
+        assert reply["sid"] == client.sid
+        await wait_until(lambda: back.received("m") == [4, 5], what="what it missed")
+        await quiet(b, back)
+        assert back.received("m") == [4, 5]
+    finally:
+        await back.close()
+        await client.close()
+
+
+def _lists(server: RedisServer, node: Node) -> list[tuple[list[bytes], int]]:
+    """The namespace's origin lists in `server`, with their time to live."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return [(client.lrange(key, 0, -1), client.pttl(key))
+                for key in client.keys(origin_log(node).list_prefix + "*")]
+    finally:
+        client.close()
 
 
 class _Bus:
