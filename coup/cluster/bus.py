@@ -38,6 +38,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, cast
 
 import hiredis
@@ -795,6 +797,7 @@ class Bus:
 
 #: where this turn's open `Transaction` is named among the open batches (no channel is empty)
 _TX_KEY = b""
+_REPLY_ERROR = hiredis.ReplyError
 
 
 class Transaction:
@@ -806,31 +809,30 @@ class Transaction:
     It takes its EXEC reply itself (a `coup.cluster.resp.Waiter`: no future per turn) and
     tells its `listeners` when the commands did not all run (the link broke, Redis refused)."""
 
-    __slots__ = ("_finished", "listeners", "messages", "publishes", "tail")
+    __slots__ = ("_finished", "listeners", "messages", "publishes", "sealed", "tail")
 
     def __init__(self) -> None:
-        #: [channel, messages] in publish order
-        self.publishes: list[list[Any]] = []
+        #: (channel, message) in publish order (consecutive ones for one channel are batched
+        #: when it is written out: `commands`)
+        self.publishes: list[tuple[bytes, bytes]] = []
         self.tail: list[list[Any]] = []
         self.messages = 0
         self.listeners: list[Callable[[Any], None]] = []
         self._finished = False
+        #: written out (or failed): nothing may join it any more (`Bus.open_transaction` then
+        #: opens the next turn's). A caller may keep it and ask this instead of the bus.
+        self.sealed = False
 
     def done(self) -> bool:
         return self._finished
 
     def set_result(self, result: Any, /) -> None:
-        self._finished = True
-        if not isinstance(result, list):
+        self._finished = self.sealed = True
+        if type(result) is not list or _REPLY_ERROR in map(type, result):  # EXECABORT, or a command failed
             self._fail(result)
-            return
-        for reply in result:
-            if isinstance(reply, hiredis.ReplyError):
-                self._fail(result)
-                return
 
     def set_exception(self, exception: BaseException, /) -> None:
-        self._finished = True
+        self._finished = self.sealed = True
         self._fail(exception)
 
     def exception(self) -> BaseException | None:
@@ -841,12 +843,7 @@ class Transaction:
             listener(reason)
 
     def publish(self, channel: bytes, data: bytes) -> None:
-        publishes = self.publishes
-        if publishes and publishes[-1][0] == channel:
-            publishes[-1][1].append(data)
-        else:
-            publishes.append([channel, [data]])
-        self.messages += 1
+        self.publishes.append((channel, data))
 
     def fold(self, channel: bytes, data: bytes) -> bool:
         """A plain publish of the turn queued while the transaction is open goes in it, in order."""
@@ -861,10 +858,20 @@ class Transaction:
         return command
 
     def commands(self) -> list[tuple[Any, ...]]:
-        return [("MULTI",),
-                *[("PUBLISH", channel, data[0] if len(data) == 1 else pack_batch(data))
-                  for channel, data in self.publishes],
-                *map(tuple, self.tail), ("EXEC",)]
+        """Its commands, when it is written out: it is sealed."""
+        self.sealed = True
+        publishes = self.publishes
+        self.messages = len(publishes)
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        if len(publishes) == 1:  # the usual turn
+            commands.append(("PUBLISH", *publishes[0]))
+        else:
+            for channel, batch in groupby(publishes, itemgetter(0)):
+                messages = [data for _, data in batch]
+                commands.append(("PUBLISH", channel, messages[0] if len(messages) == 1 else pack_batch(messages)))
+        commands += map(tuple, self.tail)
+        commands.append(("EXEC",))
+        return commands
 
 
 class _Deaf(Exception):

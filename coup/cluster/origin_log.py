@@ -23,7 +23,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -78,9 +78,9 @@ class OwnOrigins:
 
 def split_sequenced(data: bytes) -> tuple[int, int, bytes]:
     """A numbered broadcast as published: its origin, its number and its envelope."""
-    space = data.index(b" ")
-    dash = data.index(b"-", 1, space)
-    return int(data[1:dash]), int(data[dash + 1:space]), data[space + 1:]
+    head, _, envelope = data.partition(b" ")
+    origin, _, number = head.partition(b"-")
+    return int(origin[1:]), int(number), envelope
 
 
 class OriginLog(RedisSessionStore):
@@ -106,14 +106,14 @@ class OriginLog(RedisSessionStore):
         self._prefix = b""
         self._list_key = ""
         #: per origin the last number this node handled (its own included), and as the text
-        #: every packet is stamped with (`coup.core.hold.OriginVector`, built part by part:
-        #: it changes with every broadcast sent or heard)
+        #: every packet is stamped with (`coup.core.hold.OriginVector`). It changes with every
+        #: broadcast sent or heard, so it is kept in pieces: the epoch, then ``~ORIGIN-NUMBER``
+        #: per origin in origin order (`_slots`: where each origin's piece is); a broadcast
+        #: changes one piece and joins them
         self._counts: dict[int, int] = {}
-        self._parts: dict[int, str] = {}
-        self._order: list[int] = []
+        self._pieces: list[str] = [""]
+        self._slots: dict[int, int] = {}
         self.stamp = ""
-        #: the stamp's text before and after our own origin's part (`publish` changes only that)
-        self._head = self._tail = ""
         #: the books of our list: (number, at_us, bytes, origin socket), oldest first
         self._books: deque[tuple[int, int, int, str]] = deque()
         self._bytes = 0
@@ -126,6 +126,7 @@ class OriginLog(RedisSessionStore):
         #: this turn's transaction, and the RPUSH in it our entries join
         self._tx: Transaction | None = None
         self._rpush: list[Any] = []
+        self._on_failed: Callable[[Any], None] = partial(self._failed, 0)
         self._own_origins = own_origins
         #: which of them are this log's
         self._mine: set[int] = set()
@@ -161,7 +162,7 @@ class OriginLog(RedisSessionStore):
         on it, and after a Redis restart their numbers are given again, to other nodes too.
         After a failed append on the same link (`relinked` False) the old one's pushes may
         still come, and are still ours."""
-        self._disown()
+        self.origin = None
         candidate = _base36(int(time.time() * 1000))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.meta_key, "epoch", candidate)
@@ -172,9 +173,8 @@ class OriginLog(RedisSessionStore):
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if epoch != self.epoch:  # a Redis that lost the logs: numbers of the old ones mean nothing
             self.epoch = epoch
-            self._counts, self._parts, self._order = {}, {}, []
-            self.stamp = self._head = epoch
-            self._tail = ""
+            self._counts = {}
+            self._rebuild()
         if relinked:
             self._own_origins.update(removed=self._mine)
             self._mine.clear()
@@ -187,6 +187,8 @@ class OriginLog(RedisSessionStore):
         await self._keep_alive(int(origin))
         await self.sync_all()
         self.number = 0
+        self._tx = None  # the turn's RPUSH of ours, if any, is the old origin's
+        self._on_failed = partial(self._failed, int(origin))
         self._prefix = SEQUENCED + str(origin).encode() + b"-"
         self.origin = int(origin)
         self._raise(self.origin, 0)
@@ -196,15 +198,7 @@ class OriginLog(RedisSessionStore):
         broadcasts go out without offsets. The reconnect hooks run on the new link before that
         one, and what they broadcast (a restore's `user-online`) must not append to the old
         origin's number in a Redis that may have restarted empty and give it again."""
-        self._disown()
-
-    def _disown(self) -> None:
-        """Our origin ends (broadcasts go out without offsets until the next): its number stays
-        in the stamp as any other origin's."""
-        origin, self.origin = self.origin, None
-        if origin is not None and origin in self._counts:
-            self._parts[origin] = f"~{origin}-{self._counts[origin]}"
-        self._restamp()
+        self.origin = None  # its number stays in the stamp as any other origin's
 
     async def _keep_alive(self, origin: int) -> None:
         """Our origin stays live (readers look at its list) a log lifetime past this call."""
@@ -221,7 +215,7 @@ class OriginLog(RedisSessionStore):
             return
         log.warning("recovery log: appends of origin %d failed (%s); a new origin follows", origin, reason)
         self.stats["unsent"] += 1
-        self._disown()
+        self.origin = None
         if self.bus.ready and (self._renewing is None or self._renewing.done()):
             self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
@@ -241,35 +235,57 @@ class OriginLog(RedisSessionStore):
         """Number a broadcast, publish it on `channels` and append it, in this turn's transaction
         (with `once`: and mark its key, so a resend knows it went out). The stamp its
         sockets here get (its number is `number`); None when it is not kept (no origin, or the
-        socket holds its share): the caller sends it as with recovery off."""
+        socket holds its share): the caller sends it as with recovery off.
+
+        On the path of every broadcast: what it does per broadcast is kept to the least (the
+        transaction and our RPUSH in it are looked up once per turn, the books inline)."""
         origin = self.origin
         if origin is None:
             return None
-        socket = origin_socket or ""
-        if socket and not self._admit(socket, len(envelope)):
-            return None
-        tx = self.bus.open_transaction()
-        if tx is None:
-            return None
-        if tx is not self._tx:  # the turn's first of ours: our entries go in one RPUSH
+        size = len(envelope)
+        share = None
+        if origin_socket:
+            share = self._shares.get(origin_socket)
+            if share is None:
+                share = [0, 0]
+            elif share[0] >= self._share_packets or share[1] + size > self._share_bytes:
+                self._refuse(origin_socket)
+                return None
+        tx = self._tx
+        if tx is None or tx.sealed:  # the turn's first of ours: our entries go in one RPUSH
+            tx = self.bus.open_transaction()
+            if tx is None:
+                return None
             self._tx = tx
             self._rpush = tx.command("RPUSH", self._list_key)
-            tx.listeners.append(partial(self._failed, origin))
+            tx.listeners.append(self._on_failed)
         number = self.number = self.number + 1
         at_us = time.time_ns() // 1000
         digits = b"%d" % number
         message = self._prefix + digits + b" " + envelope
         for channel in channels:
             tx.publish(channel, message)
+        socket = origin_socket or ""
         self._rpush.append(b"%s %d %s %s" % (digits, at_us, socket.encode(), envelope))
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
             tx.command(*self._mark(once))
-        self._book(number, at_us, len(envelope), socket, tx)
-        # only our own part of the stamp changes (`_restamp` keeps the rest around it)
+        # the books (`_trim`): the entry, the bytes, the origin socket's share
+        self._books.append((number, at_us, size, socket))
+        self._bytes += size
+        if share is not None:
+            if not share[0]:
+                self._shares[origin_socket] = share  # type: ignore[index]
+            share[0] += 1
+            share[1] += size
+        bounds = self.recovery
+        if len(self._books) > bounds.max_packets or self._bytes > bounds.max_bytes:
+            self._trim(tx)
         self._counts[origin] = number
-        stamp = self.stamp = f"{self._head}~{origin}-{number}{self._tail}"
+        pieces = self._pieces
+        pieces[self._slots[origin]] = f"~{origin}-{number}"
+        stamp = self.stamp = "".join(pieces)
         return stamp
 
     def mark(self, once: str) -> None:
@@ -288,33 +304,21 @@ class OriginLog(RedisSessionStore):
         except RedisUnavailable:
             return None
 
-    def _admit(self, origin_socket: str, size: int) -> bool:
-        """May `origin_socket` (not empty: the server's own broadcasts have no share) add `size` bytes?"""
-        packets, held = self._shares.get(origin_socket) or (0, 0)
-        if packets >= self._share_packets or held + size > self._share_bytes:
-            self.stats["refused"] += 1
-            if origin_socket not in self._refused:
-                if len(self._refused) > 10_000:
-                    self._refused.clear()
-                self._refused.add(origin_socket)
-                log.warning("socket %s holds its share of the recovery log: its further broadcasts are not kept "
-                            "for replay", origin_socket)
-            return False
-        return True
+    def _refuse(self, origin_socket: str) -> None:
+        """`origin_socket` holds its share (a quarter of the bounds): its broadcast is not kept."""
+        self.stats["refused"] += 1
+        if origin_socket not in self._refused:
+            if len(self._refused) > 10_000:
+                self._refused.clear()
+            self._refused.add(origin_socket)
+            log.warning("socket %s holds its share of the recovery log: its further broadcasts are not kept "
+                        "for replay", origin_socket)
 
-    def _book(self, number: int, at_us: int, size: int, origin_socket: str, tx: Transaction) -> None:
-        """Count an entry; past the count or byte bound, trim a 64th below it in one LTRIM (and
-        say up to which number, so a client that needed it gets a fresh session)."""
+    def _trim(self, tx: Transaction) -> None:
+        """Past the count or byte bound: trim a 64th below it in one LTRIM (and say up to which
+        number, so a client that needed it gets a fresh session)."""
         books = self._books
-        books.append((number, at_us, size, origin_socket))
-        self._bytes += size
-        if origin_socket:
-            share = self._shares.setdefault(origin_socket, [0, 0])
-            share[0] += 1
-            share[1] += size
         options = self.recovery
-        if len(books) <= options.max_packets and self._bytes <= options.max_bytes:
-            return
         keep_packets = options.max_packets - options.max_packets // 64
         keep_bytes = options.max_bytes - options.max_bytes // 64
         dropped = self._drop_while(lambda: len(books) > keep_packets or self._bytes > keep_bytes)
@@ -355,37 +359,42 @@ class OriginLog(RedisSessionStore):
         return OriginVector(self.epoch, dict(self._counts))
 
     def _raise(self, origin: int, number: int) -> None:
-        counts = self._counts
-        if origin not in counts:
-            self._order = sorted([*counts, origin])
-        counts[origin] = number
-        if origin != self.origin:
-            self._parts[origin] = f"~{origin}-{number}"
-        self._restamp()
+        """Our number of `origin` is `number` now (also a lower one, or a new origin)."""
+        self._counts[origin] = number
+        slot = self._slots.get(origin)
+        if slot is None:
+            self._rebuild()
+            return
+        pieces = self._pieces
+        pieces[slot] = f"~{origin}-{number}"
+        self.stamp = "".join(pieces)
 
     def _drop(self, origins: Iterable[int]) -> None:
         for origin in origins:
             del self._counts[origin]
-            self._parts.pop(origin, None)
-        self._order = sorted(self._counts)
-        self._restamp()
+        self._rebuild()
 
-    def _restamp(self) -> None:
-        """The stamp from the parts, in origin order, ours kept apart (`publish` changes it alone)."""
-        order, parts, own = self._order, self._parts, self.origin
-        if own is None or own not in self._counts:
-            self.stamp = self._head = self.epoch + "".join([parts[o] for o in order])
-            self._tail = ""
-            return
-        at = order.index(own)
-        self._head = self.epoch + "".join([parts[o] for o in order[:at]])
-        self._tail = "".join([parts[o] for o in order[at + 1:]])
-        self.stamp = f"{self._head}~{own}-{self._counts[own]}{self._tail}"
+    def _rebuild(self) -> None:
+        """The stamp's pieces anew, in origin order (an origin came or went, or a new epoch)."""
+        counts = self._counts
+        order = sorted(counts)
+        self._pieces = [self.epoch, *[f"~{origin}-{counts[origin]}" for origin in order]]
+        self._slots = {origin: i for i, origin in enumerate(order, 1)}
+        self.stamp = "".join(self._pieces)
 
     def heard(self, origin: int, number: int) -> str:
-        """Another node's broadcast `number` of `origin` is being handled: the stamp of its packet."""
-        if number > self._counts.get(origin, 0):
-            self._raise(origin, number)
+        """Another node's broadcast `number` of `origin` is being handled: the stamp of its
+        packet (on the path of every broadcast heard: the usual case changes one piece)."""
+        counts = self._counts
+        if number > counts.get(origin, 0):
+            counts[origin] = number
+            slot = self._slots.get(origin)
+            if slot is None:
+                self._rebuild()
+            else:
+                pieces = self._pieces
+                pieces[slot] = f"~{origin}-{number}"
+                self.stamp = "".join(pieces)
         return self.stamp
 
     async def _read(self, mode: str, vector: OriginVector | None = None) -> list[Any] | None:

@@ -304,7 +304,7 @@ async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin
         assert stamp == log.stamp
         check()
     assert log.vector.counts == {2: 18, 5: 20, 9: 15}
-    log._disown()  # a failed append: origin 5 ends, its number stays
+    log.link_down()  # origin 5 ends, its number stays
     check()
     log.origin, log._prefix, log.number = 11, b"S11-", 0  # as `link_up` leaves it
     log._raise(11, 0)
