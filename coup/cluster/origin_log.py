@@ -191,7 +191,8 @@ class OriginLog(RedisSessionStore):
         self._on_failed = partial(self._failed, int(origin))
         self._prefix = SEQUENCED + str(origin).encode() + b"-"
         self.origin = int(origin)
-        self._raise(self.origin, 0)
+        self._counts[self.origin] = 0
+        self._rebuild()
 
     def link_down(self) -> None:
         """The link broke: our origin ends at once. Until the next `link_up` takes a new one,
@@ -358,17 +359,6 @@ class OriginLog(RedisSessionStore):
         """This node's numbers as a value."""
         return OriginVector(self.epoch, dict(self._counts))
 
-    def _raise(self, origin: int, number: int) -> None:
-        """Our number of `origin` is `number` now (also a lower one, or a new origin)."""
-        self._counts[origin] = number
-        slot = self._slots.get(origin)
-        if slot is None:
-            self._rebuild()
-            return
-        pieces = self._pieces
-        pieces[slot] = f"~{origin}-{number}"
-        self.stamp = "".join(pieces)
-
     def _drop(self, origins: Iterable[int]) -> None:
         for origin in origins:
             del self._counts[origin]
@@ -383,8 +373,9 @@ class OriginLog(RedisSessionStore):
         self.stamp = "".join(self._pieces)
 
     def heard(self, origin: int, number: int) -> str:
-        """Another node's broadcast `number` of `origin` is being handled: the stamp of its
-        packet (on the path of every broadcast heard: the usual case changes one piece)."""
+        """Another node's broadcast `number` of `origin` is being handled (or a restore found
+        the origin's head there): our number of it rises to `number`. The stamp of its packet
+        (on the path of every broadcast heard: the usual case changes one piece)."""
         counts = self._counts
         if number > counts.get(origin, 0):
             counts[origin] = number
@@ -419,8 +410,7 @@ class OriginLog(RedisSessionStore):
         async with asyncio.timeout(self.options.probe_timeout):
             await asyncio.shield(marker)
         for origin, head in behind.items():
-            if head > self._counts.get(origin, 0):
-                self._raise(origin, head)
+            self.heard(origin, head)
 
     async def sync_all(self) -> None:
         """Every live origin's head heard, and the origins whose logs are gone dropped: an

@@ -167,19 +167,28 @@ class RespConnection(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         try:
-            while (reply := reader.gets()) is not False:
-                if type(reply) is hiredis.ReplyError and self.on_redirect is not None \
-                        and str(reply).startswith(_REDIRECTS):
-                    self.on_redirect(reply)
-                push = self._on_push
-                if push is not None:
+            push = self._on_push
+            if push is not None:
+                while (reply := reader.gets()) is not False:
+                    if type(reply) is _REPLY_ERROR:
+                        self._redirected(reply)
                     push(reply)
-                elif self._waiters:
-                    waiter = self._waiters.popleft()
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(reply)
+                return
+            # one pass per reply, most of them for nobody (a transaction's QUEUED, a publish's count)
+            waiters = self._waiters
+            while (reply := reader.gets()) is not False:
+                waiter = waiters.popleft() if waiters else None
+                if type(reply) is _REPLY_ERROR:
+                    self._redirected(reply)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
         except hiredis.ProtocolError:
             self._lost()
+
+    def _redirected(self, reply: hiredis.ReplyError) -> None:
+        """An error reply that says the Redis Cluster's slot map changed goes to `on_redirect` too."""
+        if self.on_redirect is not None and str(reply).startswith(_REDIRECTS):
+            self.on_redirect(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost()
@@ -235,6 +244,7 @@ class RespConnection(asyncio.Protocol):
 
 #: error replies that say a cluster's slot map changed (or is changing) under us
 _REDIRECTS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+_REPLY_ERROR = hiredis.ReplyError
 #: slots of a Redis Cluster
 SLOTS = 16384
 
