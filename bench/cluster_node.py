@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime
 import gc
 import itertools
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -175,6 +177,38 @@ def _profile_later(out: Path) -> None:
     loop.call_later(after + duration, stop)
 
 
+def _count_bytecodes_later(out: Path, counts: dict[str, int]) -> None:
+    """COUP_BENCH_BYTECODES=DIR: Python bytecodes run per function (`sys.settrace` opcode
+    events: the same figure in every run, where CPU seconds move by ±20 %) from
+    COUP_BENCH_BYTECODES_AFTER s after start (default 15) for COUP_BENCH_BYTECODES_FOR s
+    (default 20), with the client messages this node took meanwhile, written to DIR/<node id>.txt
+    (`bench/chat_bytecodes.py` runs it and compares). The node runs some 30 times slower meanwhile:
+    only for a light load."""
+    tally: collections.Counter[str] = collections.Counter()
+    first = [0]
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            tally[f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"] += 1
+        return trace
+
+    def start() -> None:
+        first[0] = counts["messages"]
+        sys.settrace(trace)
+
+    def stop() -> None:
+        sys.settrace(None)
+        lines = [f"messages {counts['messages'] - first[0]}", *(f"{n}\t{key}" for key, n in tally.most_common())]
+        out.write_text("\n".join(lines) + "\n")
+
+    loop = asyncio.get_running_loop()
+    after = float(os.environ.get("COUP_BENCH_BYTECODES_AFTER", "15"))
+    loop.call_later(after, start)
+    loop.call_later(after + float(os.environ.get("COUP_BENCH_BYTECODES_FOR", "20")), stop)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -185,7 +219,7 @@ async def main() -> None:
     args = parser.parse_args()
     if os.environ.get("COUP_BENCH_COALESCE_REDIS") == "1":
         coalesce_redis_writes()
-    node, _ = build(args)
+    node, counts = build(args)
     await node.start(bind_sockets(args.private_port, "127.0.0.1"))
 
     async def open_shared_port() -> None:  # through the front door, as CoupNode.start does
@@ -196,6 +230,9 @@ async def main() -> None:
     profile_dir = os.environ.get("COUP_BENCH_CPROFILE")
     if profile_dir:
         _profile_later(Path(profile_dir) / f"{args.node_id}.prof")
+    bytecodes_dir = os.environ.get("COUP_BENCH_BYTECODES")
+    if bytecodes_dir:
+        _count_bytecodes_later(Path(bytecodes_dir) / f"{args.node_id}.txt", counts)
     await serve_until_stopped(args.go, open_shared_port)
     await node.stop()
 

@@ -16,12 +16,21 @@ beside it.
 
 What this does not count: the client's own message reaching a node and its handler (the chat
 scenario's "off" has those too, so there the same added instructions are a smaller share).
+
+    .venv/bin/python bench/recovery_instructions.py --bytecodes   # seconds
+
+counts Python bytecodes instead (`sys.settrace` opcode events, the same rig in this process),
+per function, and prints the functions whose count per broadcast differs most between recovery
+off and on: where the added instructions are, which callgrind cannot name in Python code. Over
+the log's work the two figures went together (2026-12-05: 747 -> 604 added bytecodes,
++67.5k -> +48.5k added instructions).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import re
 import secrets
@@ -29,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 for path in (HERE.parent, HERE):  # the package, and the cluster benchmark's helpers
@@ -76,21 +87,68 @@ def _run(url: str, broadcasts: int, recovery: bool, client: object) -> tuple[int
         return int(match.group(1)), in_redis
 
 
+def _bytecodes(url: str, broadcasts: int, recovery: bool) -> collections.Counter[tuple[str, str]]:
+    """Bytecodes run per function (file:line name) by a child run, in this process."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts[(f"{Path(code.co_filename).name}:{code.co_firstlineno}", code.co_name)] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        asyncio.run(_child(url, broadcasts, recovery))
+    finally:
+        sys.settrace(None)
+    return counts
+
+
+def _compare_bytecodes(url: str, k1: int, k2: int, top: int) -> None:
+    per: dict[bool, dict[tuple[str, str], float]] = {}
+    for recovery in (False, True):
+        short, long = _bytecodes(url, k1, recovery), _bytecodes(url, k2, recovery)
+        per[recovery] = {key: (long[key] - short.get(key, 0)) / (k2 - k1) for key in long}
+    print_added({f"{name} ({where})": n for (where, name), n in per[False].items()},
+                {f"{name} ({where})": n for (where, name), n in per[True].items()}, "broadcast (both nodes)", top)
+
+
+def print_added(off: dict[str, float], on: dict[str, float], per: str, top: int) -> None:
+    """Bytecodes per `per` with recovery off and on, and the functions that differ most."""
+    total_off, total_on = sum(off.values()), sum(on.values())
+    print(f"bytecodes per {per}: off {total_off:,.0f}, on {total_on:,.0f}: "
+          f"added {total_on - total_off:,.0f} ({(total_on - total_off) / total_off * 100:+.1f} %)")
+    rows = sorted(((on.get(k, 0.0) - off.get(k, 0.0), k) for k in set(off) | set(on)), reverse=True)
+    print("  added  function (on minus off)")
+    for added, key in [*rows[:top], *rows[-max(3, top // 4):]]:
+        print(f"{added:7.1f}  {key}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--broadcasts", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--recovery", choices=("on", "off"), default="off", help=argparse.SUPPRESS)
-    parser.add_argument("--k1", type=int, default=200, help="broadcasts of the short run")
-    parser.add_argument("--k2", type=int, default=1200, help="broadcasts of the long run")
+    parser.add_argument("--k1", type=int, help="broadcasts of the short run (200; 100 with --bytecodes)")
+    parser.add_argument("--k2", type=int, help="broadcasts of the long run (1,200; 400 with --bytecodes)")
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count Python bytecodes per function instead (seconds; K = 100 and 400 unless given)")
+    parser.add_argument("--top", type=int, default=30, help="functions listed with --bytecodes")
     args = parser.parse_args()
     if args.child:
         asyncio.run(_child(args.child, args.broadcasts, args.recovery == "on"))
         return
+    args.k1 = args.k1 or (100 if args.bytecodes else 200)
+    args.k2 = args.k2 or (400 if args.bytecodes else 1200)
     children: list[subprocess.Popen[bytes]] = []
     try:
         client = start_redis(children, "--loglevel", "warning")
         url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}"
+        if args.bytecodes:
+            _compare_bytecodes(url, args.k1, args.k2, args.top)
+            return
         print(f"callgrind, two nodes in one process, a room of 2 (one member on each), "
               f"K = {args.k1} and {args.k2} broadcasts from the first node")
         per: dict[str, tuple[float, float]] = {}
