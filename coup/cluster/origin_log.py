@@ -246,10 +246,8 @@ class OriginLog(RedisSessionStore):
         size = len(envelope)
         share = None
         if origin_socket:
-            share = self._shares.get(origin_socket)
-            if share is None:
-                share = [0, 0]
-            elif share[0] >= self._share_packets or share[1] + size > self._share_bytes:
+            share = self._shares.get(origin_socket) or [0, 0]  # a new one is kept once booked
+            if share[0] >= self._share_packets or share[1] + size > self._share_bytes:  # also a first one too big
                 self._refuse(origin_socket)
                 return None
         tx = self._tx

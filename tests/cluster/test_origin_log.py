@@ -319,6 +319,27 @@ async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin
     assert log.stamp == "ep~5-20~9-16~11-1"
 
 
+async def test_a_socket_past_its_share_is_not_kept_also_with_its_first_broadcast():
+    """One origin socket may hold a quarter of the log's bytes and packets: a broadcast past that
+    goes out unkept (None), its first one too when it alone is bigger; nothing is left booked
+    for a refused socket, and the others' broadcasts are still kept."""
+    recovery = RecoveryOptions(max_packets=40, max_bytes=4000)
+    log = OriginLog(_Bus(), None, ClusterOptions(prefix="t"), NAMESPACE, "n0", recovery,  # type: ignore[arg-type]
+                    b"inbox", OwnOrigins())
+    log.epoch = "ep"
+    log.origin, log._prefix, log._list_key = 5, b"S5-", "t:rlog:o:5"
+    log._counts[5] = 0
+    log._rebuild()
+    small = b'B["n0","n0:1","/",["r"],[],1]\n2["m",1]'
+    assert log.publish([b"t:r:r"], "big", small + b" " * 1000) is None  # alone past 1000 bytes
+    assert "big" not in log._shares and log.stats["refused"] == 1
+    kept = [log.publish([b"t:r:r"], "chatty", small) for _ in range(12)]
+    assert all(kept[:10]) and kept[10:] == [None, None]  # 10 packets: a quarter of 40
+    assert log._shares["chatty"][0] == 10
+    assert log.publish([b"t:r:r"], "other", small) is not None
+    assert log.number == 11
+
+
 async def test_of_two_epochs_the_newer_vector_wins_either_way():
     """A floor from before a Redis restart never lowers a packet of the new logs, nor the other way."""
     old = OriginVector.parse("mx9j0000~3-40")
