@@ -797,7 +797,6 @@ class Bus:
 
 #: where this turn's open `Transaction` is named among the open batches (no channel is empty)
 _TX_KEY = b""
-_REPLY_ERROR = hiredis.ReplyError
 
 
 class Transaction:
@@ -828,7 +827,7 @@ class Transaction:
 
     def set_result(self, result: Any, /) -> None:
         self._finished = self.sealed = True
-        if type(result) is not list or _REPLY_ERROR in map(type, result):  # EXECABORT, or a command failed
+        if type(result) is not list or hiredis.ReplyError in map(type, result):  # EXECABORT, or a command failed
             self._fail(result)
 
     def set_exception(self, exception: BaseException, /) -> None:

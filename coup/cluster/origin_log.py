@@ -67,9 +67,6 @@ class OwnOrigins:
         self._origins: set[int] = set()
         self.prefixes: tuple[bytes, ...] = ()
 
-    def __contains__(self, origin: int) -> bool:
-        return origin in self._origins
-
     def update(self, added: Iterable[int] = (), removed: Iterable[int] = ()) -> None:
         self._origins.difference_update(removed)
         self._origins.update(added)
@@ -281,11 +278,7 @@ class OriginLog(RedisSessionStore):
         bounds = self.recovery
         if len(self._books) > bounds.max_packets or self._bytes > bounds.max_bytes:
             self._trim(tx)
-        self._counts[origin] = number
-        pieces = self._pieces
-        pieces[self._slots[origin]] = f"~{origin}-{number}"
-        stamp = self.stamp = "".join(pieces)
-        return stamp
+        return self.heard(origin, number)
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
@@ -371,9 +364,10 @@ class OriginLog(RedisSessionStore):
         self.stamp = "".join(self._pieces)
 
     def heard(self, origin: int, number: int) -> str:
-        """Another node's broadcast `number` of `origin` is being handled (or a restore found
-        the origin's head there): our number of it rises to `number`. The stamp of its packet
-        (on the path of every broadcast heard: the usual case changes one piece)."""
+        """Broadcast `number` of `origin` is being handled (another node's, or one we just
+        numbered), or a restore found the origin's head there: our number of it rises to
+        `number`. The stamp of its packet (on the path of every broadcast: the usual case
+        changes one piece)."""
         counts = self._counts
         if number > counts.get(origin, 0):
             counts[origin] = number

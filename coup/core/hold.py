@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from coup.protocol.socketio import EncodedPacket
+from coup.protocol.socketio import EncodedPacket, stamp_offset
 from coup.protocol.wire import Outbound
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ class Stamped(Outbound):
         if stamp is None:
             assert vector is not None
             stamp = vector.text if isinstance(vector, OriginVector) else ".".join(map(str, vector))
-        # `stamp_offset`'s text, written out: this runs for every broadcast a node sends or hears
-        Outbound.__init__(self, f'4{packet.text[:-1]},"{stamp}"]', packet.attachments)
+        Outbound.__init__(self, "4" + stamp_offset(packet.text, stamp), packet.attachments)
         self.source = packet
         self.entry = entry
         self._vector = vector
