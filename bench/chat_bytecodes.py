@@ -12,7 +12,7 @@ bytecodes it runs per function for a stretch of the chat phase (`COUP_BENCH_BYTE
 count differs most. Counting slows a node some 30 times, so the load is light (100 clients,
 0.3 messages per second each by default): a loop turn then holds one message, so what a node
 does once per turn (the recovery log's `MULTI` / `EXEC`) weighs more here than at full load.
-The counts move by about 1 % between runs (which node owns which room).
+The added count moves by up to ~15 % between runs of the same code (which node owns which room).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from recovery_instructions import print_added  # noqa: E402
+from bytecodes import print_added  # noqa: E402
 
 
 def run(mode_env: dict[str, str], out: Path, args: argparse.Namespace) -> None:

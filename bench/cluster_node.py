@@ -22,11 +22,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bytecodes import tracer
 from cluster_common import serve_until_stopped
 from tornado.netutil import bind_sockets
 from tornado.web import RequestHandler
@@ -187,16 +187,9 @@ def _count_bytecodes_later(out: Path, counts: dict[str, int]) -> None:
     tally: collections.Counter[str] = collections.Counter()
     first = [0]
 
-    def trace(frame: FrameType, event: str, arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            code = frame.f_code
-            tally[f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"] += 1
-        return trace
-
     def start() -> None:
         first[0] = counts["messages"]
-        sys.settrace(trace)
+        sys.settrace(tracer(tally))
 
     def stop() -> None:
         sys.settrace(None)

@@ -23,7 +23,8 @@ counts Python bytecodes instead (`sys.settrace` opcode events, the same rig in t
 per function, and prints the functions whose count per broadcast differs most between recovery
 off and on: where the added instructions are, which callgrind cannot name in Python code. Over
 the log's work the two figures went together (2026-12-05: 747 -> 604 added bytecodes,
-+67.5k -> +48.5k added instructions).
++67.5k -> +48.5k added instructions). The added count moves by ±40 between runs (timers and
+Redis replies fall differently): compare within one sitting.
 """
 
 from __future__ import annotations
@@ -38,14 +39,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 for path in (HERE.parent, HERE):  # the package, and the cluster benchmark's helpers
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from bytecodes import print_added, tracer  # noqa: E402
 from cluster_launch import start_redis  # noqa: E402
 from recovery_cost import ClusterRig, redis_cpu  # noqa: E402
 
@@ -87,43 +87,23 @@ def _run(url: str, broadcasts: int, recovery: bool, client: object) -> tuple[int
         return int(match.group(1)), in_redis
 
 
-def _bytecodes(url: str, broadcasts: int, recovery: bool) -> collections.Counter[tuple[str, str]]:
-    """Bytecodes run per function (file:line name) by a child run, in this process."""
-    counts: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    def trace(frame: FrameType, event: str, arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        if event == "opcode":
-            code = frame.f_code
-            counts[(f"{Path(code.co_filename).name}:{code.co_firstlineno}", code.co_name)] += 1
-        return trace
-
-    sys.settrace(trace)
+def _bytecodes(url: str, broadcasts: int, recovery: bool) -> collections.Counter[str]:
+    """Bytecodes run per function by a child run, in this process."""
+    tally: collections.Counter[str] = collections.Counter()
+    sys.settrace(tracer(tally))
     try:
         asyncio.run(_child(url, broadcasts, recovery))
     finally:
         sys.settrace(None)
-    return counts
+    return tally
 
 
 def _compare_bytecodes(url: str, k1: int, k2: int, top: int) -> None:
-    per: dict[bool, dict[tuple[str, str], float]] = {}
+    per: dict[bool, dict[str, float]] = {}
     for recovery in (False, True):
         short, long = _bytecodes(url, k1, recovery), _bytecodes(url, k2, recovery)
         per[recovery] = {key: (long[key] - short.get(key, 0)) / (k2 - k1) for key in long}
-    print_added({f"{name} ({where})": n for (where, name), n in per[False].items()},
-                {f"{name} ({where})": n for (where, name), n in per[True].items()}, "broadcast (both nodes)", top)
-
-
-def print_added(off: dict[str, float], on: dict[str, float], per: str, top: int) -> None:
-    """Bytecodes per `per` with recovery off and on, and the functions that differ most."""
-    total_off, total_on = sum(off.values()), sum(on.values())
-    print(f"bytecodes per {per}: off {total_off:,.0f}, on {total_on:,.0f}: "
-          f"added {total_on - total_off:,.0f} ({(total_on - total_off) / total_off * 100:+.1f} %)")
-    rows = sorted(((on.get(k, 0.0) - off.get(k, 0.0), k) for k in set(off) | set(on)), reverse=True)
-    print("  added  function (on minus off)")
-    for added, key in [*rows[:top], *rows[-max(3, top // 4):]]:
-        print(f"{added:7.1f}  {key}")
+    print_added(per[False], per[True], "broadcast (both nodes)", top)
 
 
 def main() -> None:
