@@ -86,6 +86,14 @@ class RedisServer:
                                 timeout=5)
         return result.stdout.strip()
 
+    def lists(self, pattern: str) -> list[tuple[list[bytes], int]]:
+        """Each list whose key matches `pattern`: its entries and its time to live (ms)."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            return [(client.lrange(key, 0, -1), client.pttl(key)) for key in client.keys(pattern)]
+        finally:
+            client.close()
+
 
 def _running_redis() -> Iterator[RedisServer]:
     require(shutil.which("redis-server") is not None, "redis-server")

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import redis
 
 from coup.cluster.bus import Transaction
 from coup.cluster.options import ClusterOptions
@@ -242,7 +241,7 @@ async def test_a_broadcast_while_the_link_comes_back_takes_no_number_of_the_old_
     await sender.call("emit", {"rooms": ["r"], "event": "m", "data": 3})
     await wait_until(lambda: client.received("m")[-1:] == [3], what="a message after the restart")
     # every list of the new Redis numbers its entries 1, 2, 3... (no number from before)
-    for entries, _ttl in _lists(own_redis, a):
+    for entries, _ttl in own_redis.lists(origin_log(a).list_prefix + "*"):
         numbers = [int(entry.split(b" ", 1)[0]) for entry in entries]
         assert numbers == list(range(1, len(numbers) + 1))
 
@@ -263,16 +262,6 @@ async def test_a_broadcast_while_the_link_comes_back_takes_no_number_of_the_old_
         await client.close()
 
 
-def _lists(server: RedisServer, node: Node) -> list[tuple[list[bytes], int]]:
-    """The namespace's origin lists in `server`, with their time to live."""
-    client = redis.Redis.from_url(server.url)
-    try:
-        return [(client.lrange(key, 0, -1), client.pttl(key))
-                for key in client.keys(origin_log(node).list_prefix + "*")]
-    finally:
-        client.close()
-
-
 class _Bus:
     """What `OriginLog.publish` asks of the bus, without Redis: one transaction per turn."""
 
@@ -283,15 +272,21 @@ class _Bus:
         return self.tx
 
 
-async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin():
-    """The stamp is kept in pieces (a broadcast sent or heard changes one); whatever happens,
-    it must read as the node's numbers."""
-    log = OriginLog(_Bus(), None, ClusterOptions(prefix="t"), NAMESPACE, "n0", RecoveryOptions(),  # type: ignore[arg-type]
-                    b"inbox", OwnOrigins())
+def _log_of_origin_5(recovery: RecoveryOptions | None = None) -> Any:
+    """An `OriginLog` without Redis, its origin 5 taken (as `link_up` leaves it) in epoch "ep"."""
+    log = OriginLog(_Bus(), None, ClusterOptions(prefix="t"), NAMESPACE, "n0",  # type: ignore[arg-type]
+                    recovery or RecoveryOptions(), b"inbox", OwnOrigins())
     log.epoch = "ep"
     log.origin, log._prefix, log._list_key = 5, b"S5-", "t:rlog:o:5"
     log._counts[5] = 0
     log._rebuild()
+    return log
+
+
+async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin():
+    """The stamp is kept in pieces (a broadcast sent or heard changes one); whatever happens,
+    it must read as the node's numbers."""
+    log = _log_of_origin_5()
 
     def check() -> None:
         assert OriginVector.parse(log.stamp) is not None
@@ -323,13 +318,7 @@ async def test_a_socket_past_its_share_is_not_kept_also_with_its_first_broadcast
     """One origin socket may hold a quarter of the log's bytes and packets: a broadcast past that
     goes out unkept (None), its first one too when it alone is bigger; nothing is left booked
     for a refused socket, and the others' broadcasts are still kept."""
-    recovery = RecoveryOptions(max_packets=40, max_bytes=4000)
-    log = OriginLog(_Bus(), None, ClusterOptions(prefix="t"), NAMESPACE, "n0", recovery,  # type: ignore[arg-type]
-                    b"inbox", OwnOrigins())
-    log.epoch = "ep"
-    log.origin, log._prefix, log._list_key = 5, b"S5-", "t:rlog:o:5"
-    log._counts[5] = 0
-    log._rebuild()
+    log = _log_of_origin_5(RecoveryOptions(max_packets=40, max_bytes=4000))
     small = b'B["n0","n0:1","/",["r"],[],1]\n2["m",1]'
     assert log.publish([b"t:r:r"], "big", small + b" " * 1000) is None  # alone past 1000 bytes
     assert "big" not in log._shares and log.stats["refused"] == 1

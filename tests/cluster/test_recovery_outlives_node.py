@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import redis
 
 from coup.core.adapter import ONCE_WINDOW
 from coup.core.hold import OriginVector
@@ -56,12 +55,7 @@ class Nodes:
     def log_lists(self) -> list[tuple[list[bytes], int]]:
         """The namespace's recovery log, one list per origin (docs/recovery.md): each list's
         entries and its time to live (ms)."""
-        client = redis.Redis.from_url(self.redis.url)
-        try:
-            return [(client.lrange(key, 0, -1), client.pttl(key))
-                    for key in client.keys(f"{self.prefix}:rlog:{NAMESPACE}:o:*")]
-        finally:
-            client.close()
+        return self.redis.lists(f"{self.prefix}:rlog:{NAMESPACE}:o:*")
 
 
 @pytest_asyncio.fixture
