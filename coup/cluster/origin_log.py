@@ -106,11 +106,13 @@ class OriginLog(RedisSessionStore):
         #: every packet is stamped with (`coup.core.hold.OriginVector`). It changes with every
         #: broadcast sent or heard, so it is kept in pieces: the epoch, then ``~ORIGIN-NUMBER``
         #: per origin in origin order (`_slots`: where each origin's piece is); a broadcast
-        #: changes one piece and joins them
+        #: changes one piece, and the pieces are joined when a packet is stamped (`stamp`: a
+        #: broadcast no socket here gets needs no text)
         self._counts: dict[int, int] = {}
         self._pieces: list[str] = [""]
         self._slots: dict[int, int] = {}
-        self.stamp = ""
+        #: the pieces joined (None: not since the last change)
+        self._stamp: str | None = ""
         #: the books of our list: (number, at_us, bytes, origin socket), oldest first
         self._books: deque[tuple[int, int, int, str]] = deque()
         self._bytes = 0
@@ -123,6 +125,7 @@ class OriginLog(RedisSessionStore):
         #: this turn's transaction, and the RPUSH in it our entries join
         self._tx: Transaction | None = None
         self._rpush: list[Any] = []
+        self._at_us = 0
         self._on_failed: Callable[[Any], None] = partial(self._failed, 0)
         self._own_origins = own_origins
         #: which of them are this log's
@@ -229,40 +232,42 @@ class OriginLog(RedisSessionStore):
     # ------------------------------------------------------------------ publishing
 
     def publish(self, channels: Sequence[bytes], origin_socket: str | None, envelope: bytes,
-                once: str = "") -> str | None:
+                once: str = "") -> bool:
         """Number a broadcast, publish it on `channels` and append it, in this turn's transaction
-        (with `once`: and mark its key, so a resend knows it went out). The stamp its
-        sockets here get (its number is `number`); None when it is not kept (no origin, or the
-        socket holds its share): the caller sends it as with recovery off.
+        (with `once`: and mark its key, so a resend knows it went out); its number is `number`
+        and its sockets here get it stamped with `stamp`. False when it is not kept (no origin,
+        or the socket holds its share): the caller sends it as with recovery off.
 
         On the path of every broadcast: what it does per broadcast is kept to the least (the
-        transaction and our RPUSH in it are looked up once per turn, the books inline)."""
+        transaction, our RPUSH in it and the time of its entries are taken once per turn; the
+        books inline; the stamp is joined only when a packet is stamped with it)."""
         origin = self.origin
         if origin is None:
-            return None
+            return False
         size = len(envelope)
         share = None
         if origin_socket:
             share = self._shares.get(origin_socket) or [0, 0]  # a new one is kept once booked
             if share[0] >= self._share_packets or share[1] + size > self._share_bytes:  # also a first one too big
                 self._refuse(origin_socket)
-                return None
+                return False
         tx = self._tx
         if tx is None or tx.sealed:  # the turn's first of ours: our entries go in one RPUSH
             tx = self.bus.open_transaction()
             if tx is None:
-                return None
+                return False
             self._tx = tx
             self._rpush = tx.command("RPUSH", self._list_key)
             tx.listeners.append(self._on_failed)
+            self._at_us = time.time_ns() // 1000  # the turn's entries share their time
         number = self.number = self.number + 1
-        at_us = time.time_ns() // 1000
-        digits = b"%d" % number
-        message = self._prefix + digits + b" " + envelope
+        at_us = self._at_us
+        message = b"%s%d %s" % (self._prefix, number, envelope)
+        publishes = tx.publishes
         for channel in channels:
-            tx.publish(channel, message)
+            publishes.append(("PUBLISH", channel, message))
         socket = origin_socket or ""
-        self._rpush.append(b"%s %d %s %s" % (digits, at_us, socket.encode(), envelope))
+        self._rpush.append(b"%d %d %s %s" % (number, at_us, socket.encode(), envelope))
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
@@ -278,7 +283,11 @@ class OriginLog(RedisSessionStore):
         bounds = self.recovery
         if len(self._books) > bounds.max_packets or self._bytes > bounds.max_bytes:
             self._trim(tx)
-        return self.heard(origin, number)
+        # our own number rises (no push of ours is heard: `heard`'s usual case, never lower)
+        self._counts[origin] = number
+        self._pieces[self._slots[origin]] = f"~{origin}-{number}"
+        self._stamp = None
+        return True
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
@@ -361,13 +370,12 @@ class OriginLog(RedisSessionStore):
         order = sorted(counts)
         self._pieces = [self.epoch, *[f"~{origin}-{counts[origin]}" for origin in order]]
         self._slots = {origin: i for i, origin in enumerate(order, 1)}
-        self.stamp = "".join(self._pieces)
+        self._stamp = None
 
-    def heard(self, origin: int, number: int) -> str:
-        """Broadcast `number` of `origin` is being handled (another node's, or one we just
-        numbered), or a restore found the origin's head there: our number of it rises to
-        `number`. The stamp of its packet (on the path of every broadcast: the usual case
-        changes one piece)."""
+    def heard(self, origin: int, number: int) -> None:
+        """Broadcast `number` of `origin` is being handled (another node's), or a restore found
+        the origin's head there: our number of it rises to `number` (on the path of every
+        broadcast: the usual case changes one piece of the stamp, joined when asked for)."""
         counts = self._counts
         if number > counts.get(origin, 0):
             counts[origin] = number
@@ -375,10 +383,16 @@ class OriginLog(RedisSessionStore):
             if slot is None:
                 self._rebuild()
             else:
-                pieces = self._pieces
-                pieces[slot] = f"~{origin}-{number}"
-                self.stamp = "".join(pieces)
-        return self.stamp
+                self._pieces[slot] = f"~{origin}-{number}"
+                self._stamp = None
+
+    @property
+    def stamp(self) -> str:
+        """This node's numbers as the text its packets are stamped with (`OriginVector`'s)."""
+        stamp = self._stamp
+        if stamp is None:
+            stamp = self._stamp = "".join(self._pieces)
+        return stamp
 
     async def _read(self, mode: str, vector: OriginVector | None = None) -> list[Any] | None:
         pairs: list[Any] = []

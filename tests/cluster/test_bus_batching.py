@@ -67,3 +67,27 @@ async def test_requests_to_a_channel_nobody_hears_are_told_so(links: tuple[Bus, 
     sender, _, _ = links
     nobody = channel_bytes("batching:n:gone")
     assert await asyncio.gather(sender.publish(nobody, b"J1"), sender.publish(nobody, b"J2")) == [0, 0]
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_batches_only_messages_for_one_channel_in_a_row(
+        links: tuple[Bus, Bus, list[bytes]]) -> None:
+    """A loop turn's transaction: consecutive messages for one channel travel as one PUBLISH,
+    none is reordered across channels, and its other commands run after them."""
+    sender, receiver, heard = links
+    a, b = channel_bytes("batching:r:a"), channel_bytes("batching:r:b")
+    await receiver.acquire([a, b])
+    await sender.command("DEL", "batching:list")
+    for channels, expected_pushes in (([a, b, a], 3), ([a, a, b, a, a], 3)):
+        pushes = receiver.stats["received"]
+        heard.clear()
+        tx = sender.open_transaction()
+        assert tx is not None
+        for i, channel in enumerate(channels):
+            tx.publish(channel, b"J%d" % i)
+        tx.command("RPUSH", "batching:list", str(len(channels)))
+        await eventually(lambda: len(heard) == len(channels))
+        assert heard == [b"J%d" % i for i in range(len(channels))]
+        assert receiver.stats["received"] - pushes == expected_pushes
+        assert tx.done()
+    assert await sender.command("LRANGE", "batching:list", 0, -1) == [b"3", b"5"]
