@@ -34,6 +34,7 @@ from tornado.web import RequestHandler
 from coup.app import SOCKET_IO_PATH, CoupNode
 from coup.config import Secret, Settings
 from coup.core import Socket
+from coup.heap import freeze_startup_heap
 from coup.transports.front_door import FrontDoor
 
 TOKEN = "bench-service-token-0123456789"
@@ -214,6 +215,11 @@ async def main() -> None:
         coalesce_redis_writes()
     node, counts = build(args)
     await node.start(bind_sockets(args.private_port, "127.0.0.1"))
+    if os.environ.get("COUP_BENCH_NO_FREEZE") != "1":
+        # as `coup serve` does: the start-up heap out of the collector, and its young generation
+        # collected every 10,000 allocations, not 700 (docs/operations.md). Until 2026-12-05 the
+        # cluster nodes ran with CPython's defaults: COUP_BENCH_NO_FREEZE=1 gives those figures
+        freeze_startup_heap()
 
     async def open_shared_port() -> None:  # through the front door, as CoupNode.start does
         assert node.http_server is not None
