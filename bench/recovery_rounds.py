@@ -3,7 +3,10 @@
 Single runs of `bench/cluster.sh` move by ±15 % on this machine, more than the effects looked
 for (the recovery log's cost, issue 12), so only many rounds in which every variant runs once,
 the order rotating, say anything. Each variant is a name and the environment it runs with;
-the first is the reference the others are compared with, round by round:
+the first is the reference the others are compared with, round by round. The order rotates,
+and every other cycle of rotations runs reversed, so that within a round each variant runs
+right after each other one equally often over 2 x (number of variants) rounds (a run can leave
+the next one a busier machine: with rotations only, three variants always ran in one succession):
 
     .venv/bin/python bench/recovery_rounds.py --rounds 4 \\
         off=COUP_BENCH_RECOVERY_WINDOW=0 on=COUP_BENCH_RECOVERY_WINDOW=120
@@ -93,6 +96,8 @@ def main() -> None:
     results: list[dict[str, Figures]] = []
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
+        if r // len(variants) % 2:  # every other cycle reversed: each variant follows each other one as often
+            order.reverse()
         results.append({v.name: run(v, args.duration) for v in order})
         row = results[-1]
         cells = [f"{v.name} {row[v.name].per_delivery:.1f} µs/deliv (Redis {row[v.name].redis:.1f}, nodes "

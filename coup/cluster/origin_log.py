@@ -76,8 +76,8 @@ class OwnOrigins:
 def split_sequenced(data: bytes) -> tuple[int, int, bytes]:
     """A numbered broadcast as published: its origin, its number and its envelope."""
     head, _, envelope = data.partition(b" ")
-    origin, _, number = head.partition(b"-")
-    return int(origin[1:]), int(number), envelope
+    origin, number = map(int, head[1:].split(b"-"))
+    return origin, number, envelope
 
 
 class OriginLog(RedisSessionStore):
@@ -273,15 +273,16 @@ class OriginLog(RedisSessionStore):
         if once:
             tx.command(*self._mark(once))
         # the books (`_trim`): the entry, the bytes, the origin socket's share
-        self._books.append((number, at_us, size, socket))
-        self._bytes += size
+        books = self._books
+        books.append((number, at_us, size, socket))
+        self._bytes = booked = self._bytes + size
         if share is not None:
             if not share[0]:
                 self._shares[origin_socket] = share  # type: ignore[index]
             share[0] += 1
             share[1] += size
         bounds = self.recovery
-        if len(self._books) > bounds.max_packets or self._bytes > bounds.max_bytes:
+        if booked > bounds.max_bytes or len(books) > bounds.max_packets:
             self._trim(tx)
         # our own number rises (no push of ours is heard: `heard`'s usual case, never lower)
         self._counts[origin] = number

@@ -85,8 +85,9 @@ async def test_a_transaction_batches_only_messages_for_one_channel_in_a_row(
         assert tx is not None
         for i, channel in enumerate(channels):
             tx.publish(channel, b"J%d" % i)
-        tx.command("RPUSH", "batching:list", str(len(channels)))
-        await eventually(lambda: len(heard) == len(channels))
+        count = len(channels)
+        tx.command("RPUSH", "batching:list", str(count))
+        await eventually(lambda count=count: len(heard) == count)
         assert heard == [b"J%d" % i for i in range(len(channels))]
         assert receiver.stats["received"] - pushes == expected_pushes
         assert tx.done()
