@@ -392,15 +392,18 @@ class RedisAdapter(RecoveryCalls):
 
     def _send_sequenced(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
                         channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
-        if not (stamp and log.publish(channels, current_origin.get(), envelope, opts.once)):
-            # not kept: as with recovery off (a once key still marked)
+        stamped = log.publish(channels, current_origin.get(), envelope, opts.once) if stamp else None
+        if stamped is None:  # not kept: as with recovery off (a once key still marked)
             self._deliver_unsent([(mid, encoded, opts)])
             for channel in channels:
                 self.bus.publish_nowait(channel, envelope)
             if opts.once:
                 log.mark(opts.once)
             return
-        self._deliver_numbered(mid, encoded, opts, log.origin or 0, log.number, log)
+        entry = (log.origin or 0, log.number)
+        self._local.deliver(Stamped(encoded, entry, None, stamped), opts)
+        if self._unsettled or self._adopting:
+            self._moving_sockets_heard(mid, encoded, [entry[0], entry[1], stamped], opts)
 
     async def _resend(self, mid: str, encoded: EncodedPacket, opts: BroadcastOptions, stamp: bool,
                       channels: list[bytes], envelope: bytes, log: OriginLog) -> None:
@@ -416,22 +419,13 @@ class RedisAdapter(RecoveryCalls):
         if log is None:  # recovery off here: as any broadcast
             self.on_broadcast(message)
             return
-        log.heard(origin, number)  # our number of the origin moves first, also for a copy dropped below
+        stamp = log.heard(origin, number)  # our number of the origin moves first, also for a copy dropped below
         opts = BroadcastOptions(frozenset(message.rooms), frozenset(message.exclude))
         if len(opts.rooms) > 1 and self._duplicate(message.mid):
             return
-        self._deliver_numbered(message.mid, message.packet, opts, origin, number, log)
-
-    def _deliver_numbered(self, mid: str, packet: EncodedPacket, opts: BroadcastOptions, origin: int, number: int,
-                          log: OriginLog) -> None:
-        """Broadcast `number` of `origin` (ours or another node's) to our sockets, stamped with
-        our numbers: its text is made only when a socket here gets it (at the sender, about
-        half of the chat broadcasts reach no socket of its own)."""
-        local = self._local
-        targets = local.local_targets(opts)
-        local.deliver_to(targets, Stamped(packet, (origin, number), None, log.stamp) if targets else None)
+        self._local.deliver(Stamped(message.packet, (origin, number), None, stamp), opts)
         if self._unsettled or self._adopting:
-            self._moving_sockets_heard(mid, packet, [origin, number, log.stamp], opts)
+            self._moving_sockets_heard(message.mid, message.packet, [origin, number, stamp], opts)
 
     def _deliver_unsent(self, unsent: list[_Unsent]) -> None:
         """Broadcasts Redis did not take: this node's sockets still get them (without offset)."""

@@ -811,10 +811,9 @@ class Transaction:
     __slots__ = ("_finished", "listeners", "messages", "publishes", "sealed", "tail")
 
     def __init__(self) -> None:
-        #: its PUBLISH commands in publish order (consecutive ones for one channel are batched
-        #: when it is written out: `commands`); a caller may append ``("PUBLISH", channel, data)``
-        #: itself, as `publish` does
-        self.publishes: list[tuple[str, bytes, bytes]] = []
+        #: (channel, message) in publish order (consecutive ones for one channel are batched
+        #: when it is written out: `commands`)
+        self.publishes: list[tuple[bytes, bytes]] = []
         self.tail: list[list[Any]] = []
         self.messages = 0
         self.listeners: list[Callable[[Any], None]] = []
@@ -843,7 +842,7 @@ class Transaction:
             listener(reason)
 
     def publish(self, channel: bytes, data: bytes) -> None:
-        self.publishes.append(("PUBLISH", channel, data))
+        self.publishes.append((channel, data))
 
     def fold(self, channel: bytes, data: bytes) -> bool:
         """A plain publish of the turn queued while the transaction is open goes in it, in order."""
@@ -862,20 +861,16 @@ class Transaction:
         self.sealed = True
         publishes = self.publishes
         self.messages = len(publishes)
-        if len(set(map(_CHANNEL, publishes))) == len(publishes):  # the usual turn: no channel twice
-            return [_MULTI, *publishes, *map(tuple, self.tail), _EXEC]
-        commands: list[tuple[Any, ...]] = [_MULTI]
-        for channel, batch in groupby(publishes, _CHANNEL):
-            messages = [data for _, _, data in batch]
-            commands.append(("PUBLISH", channel, messages[0] if len(messages) == 1 else pack_batch(messages)))
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        if len(publishes) == 1:  # the usual turn
+            commands.append(("PUBLISH", *publishes[0]))
+        else:
+            for channel, batch in groupby(publishes, itemgetter(0)):
+                messages = [data for _, data in batch]
+                commands.append(("PUBLISH", channel, messages[0] if len(messages) == 1 else pack_batch(messages)))
         commands += map(tuple, self.tail)
-        commands.append(_EXEC)
+        commands.append(("EXEC",))
         return commands
-
-
-_MULTI = ("MULTI",)
-_EXEC = ("EXEC",)
-_CHANNEL = itemgetter(1)
 
 
 class _Deaf(Exception):

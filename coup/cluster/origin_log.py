@@ -76,8 +76,8 @@ class OwnOrigins:
 def split_sequenced(data: bytes) -> tuple[int, int, bytes]:
     """A numbered broadcast as published: its origin, its number and its envelope."""
     head, _, envelope = data.partition(b" ")
-    origin, number = map(int, head[1:].split(b"-"))
-    return origin, number, envelope
+    origin, _, number = head.partition(b"-")
+    return int(origin[1:]), int(number), envelope
 
 
 class OriginLog(RedisSessionStore):
@@ -106,13 +106,11 @@ class OriginLog(RedisSessionStore):
         #: every packet is stamped with (`coup.core.hold.OriginVector`). It changes with every
         #: broadcast sent or heard, so it is kept in pieces: the epoch, then ``~ORIGIN-NUMBER``
         #: per origin in origin order (`_slots`: where each origin's piece is); a broadcast
-        #: changes one piece, and the pieces are joined when a packet is stamped (`stamp`: a
-        #: broadcast no socket here gets needs no text)
+        #: changes one piece and joins them
         self._counts: dict[int, int] = {}
         self._pieces: list[str] = [""]
         self._slots: dict[int, int] = {}
-        #: the pieces joined (None: not since the last change)
-        self._stamp: str | None = ""
+        self.stamp = ""
         #: the books of our list: (number, at_us, bytes, origin socket), oldest first
         self._books: deque[tuple[int, int, int, str]] = deque()
         self._bytes = 0
@@ -125,7 +123,6 @@ class OriginLog(RedisSessionStore):
         #: this turn's transaction, and the RPUSH in it our entries join
         self._tx: Transaction | None = None
         self._rpush: list[Any] = []
-        self._at_us = 0
         self._on_failed: Callable[[Any], None] = partial(self._failed, 0)
         self._own_origins = own_origins
         #: which of them are this log's
@@ -232,63 +229,56 @@ class OriginLog(RedisSessionStore):
     # ------------------------------------------------------------------ publishing
 
     def publish(self, channels: Sequence[bytes], origin_socket: str | None, envelope: bytes,
-                once: str = "") -> bool:
+                once: str = "") -> str | None:
         """Number a broadcast, publish it on `channels` and append it, in this turn's transaction
-        (with `once`: and mark its key, so a resend knows it went out); its number is `number`
-        and its sockets here get it stamped with `stamp`. False when it is not kept (no origin,
-        or the socket holds its share): the caller sends it as with recovery off.
+        (with `once`: and mark its key, so a resend knows it went out). The stamp its
+        sockets here get (its number is `number`); None when it is not kept (no origin, or the
+        socket holds its share): the caller sends it as with recovery off.
 
         On the path of every broadcast: what it does per broadcast is kept to the least (the
-        transaction, our RPUSH in it and the time of its entries are taken once per turn; the
-        books inline; the stamp is joined only when a packet is stamped with it)."""
+        transaction and our RPUSH in it are looked up once per turn, the books inline)."""
         origin = self.origin
         if origin is None:
-            return False
+            return None
         size = len(envelope)
         share = None
         if origin_socket:
             share = self._shares.get(origin_socket) or [0, 0]  # a new one is kept once booked
             if share[0] >= self._share_packets or share[1] + size > self._share_bytes:  # also a first one too big
                 self._refuse(origin_socket)
-                return False
+                return None
         tx = self._tx
         if tx is None or tx.sealed:  # the turn's first of ours: our entries go in one RPUSH
             tx = self.bus.open_transaction()
             if tx is None:
-                return False
+                return None
             self._tx = tx
             self._rpush = tx.command("RPUSH", self._list_key)
             tx.listeners.append(self._on_failed)
-            self._at_us = time.time_ns() // 1000  # the turn's entries share their time
         number = self.number = self.number + 1
-        at_us = self._at_us
-        message = b"%s%d %s" % (self._prefix, number, envelope)
-        publishes = tx.publishes
+        at_us = time.time_ns() // 1000
+        digits = b"%d" % number
+        message = self._prefix + digits + b" " + envelope
         for channel in channels:
-            publishes.append(("PUBLISH", channel, message))
+            tx.publish(channel, message)
         socket = origin_socket or ""
-        self._rpush.append(b"%d %d %s %s" % (number, at_us, socket.encode(), envelope))
+        self._rpush.append(b"%s %d %s %s" % (digits, at_us, socket.encode(), envelope))
         if number == 1:  # the list is made now: it expires unless kept alive (`refresh`), also when we die first
             tx.command("PEXPIRE", self._list_key, self.log_ttl_ms)
         if once:
             tx.command(*self._mark(once))
         # the books (`_trim`): the entry, the bytes, the origin socket's share
-        books = self._books
-        books.append((number, at_us, size, socket))
-        self._bytes = booked = self._bytes + size
+        self._books.append((number, at_us, size, socket))
+        self._bytes += size
         if share is not None:
             if not share[0]:
                 self._shares[origin_socket] = share  # type: ignore[index]
             share[0] += 1
             share[1] += size
         bounds = self.recovery
-        if booked > bounds.max_bytes or len(books) > bounds.max_packets:
+        if len(self._books) > bounds.max_packets or self._bytes > bounds.max_bytes:
             self._trim(tx)
-        # our own number rises (no push of ours is heard: `heard`'s usual case, never lower)
-        self._counts[origin] = number
-        self._pieces[self._slots[origin]] = f"~{origin}-{number}"
-        self._stamp = None
-        return True
+        return self.heard(origin, number)
 
     def mark(self, once: str) -> None:
         """A broadcast with `once` that is not kept went out: a resend must know it did."""
@@ -371,12 +361,13 @@ class OriginLog(RedisSessionStore):
         order = sorted(counts)
         self._pieces = [self.epoch, *[f"~{origin}-{counts[origin]}" for origin in order]]
         self._slots = {origin: i for i, origin in enumerate(order, 1)}
-        self._stamp = None
+        self.stamp = "".join(self._pieces)
 
-    def heard(self, origin: int, number: int) -> None:
-        """Broadcast `number` of `origin` is being handled (another node's), or a restore found
-        the origin's head there: our number of it rises to `number` (on the path of every
-        broadcast: the usual case changes one piece of the stamp, joined when asked for)."""
+    def heard(self, origin: int, number: int) -> str:
+        """Broadcast `number` of `origin` is being handled (another node's, or one we just
+        numbered), or a restore found the origin's head there: our number of it rises to
+        `number`. The stamp of its packet (on the path of every broadcast: the usual case
+        changes one piece)."""
         counts = self._counts
         if number > counts.get(origin, 0):
             counts[origin] = number
@@ -384,16 +375,10 @@ class OriginLog(RedisSessionStore):
             if slot is None:
                 self._rebuild()
             else:
-                self._pieces[slot] = f"~{origin}-{number}"
-                self._stamp = None
-
-    @property
-    def stamp(self) -> str:
-        """This node's numbers as the text its packets are stamped with (`OriginVector`'s)."""
-        stamp = self._stamp
-        if stamp is None:
-            stamp = self._stamp = "".join(self._pieces)
-        return stamp
+                pieces = self._pieces
+                pieces[slot] = f"~{origin}-{number}"
+                self.stamp = "".join(pieces)
+        return self.stamp
 
     async def _read(self, mode: str, vector: OriginVector | None = None) -> list[Any] | None:
         pairs: list[Any] = []

@@ -56,7 +56,7 @@ def logged_out(packet: EncodedPacket, offset: int | None) -> Outbound:
     same text live and replayed, which is how a replay and held packets drop each other's copies)."""
     if offset is None:
         return Outbound.message(packet)
-    return Outbound(stamp_offset(packet.text, offset, "4"), packet.attachments)
+    return Outbound("4" + stamp_offset(packet.text, offset), packet.attachments)
 
 
 def split_logged(data: bytes) -> tuple[int | None, bytes]:

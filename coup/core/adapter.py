@@ -250,20 +250,15 @@ class LocalRooms:
 
     def deliver(self, out: Outbound, opts: BroadcastOptions) -> None:
         """Hand already-encoded packets to every local receiver (the fan-out hot loop)."""
-        self.deliver_to(self.local_targets(opts), out)
-
-    def deliver_to(self, targets: Collection[str], out: Outbound | None) -> None:
-        """`out` to the local sockets `targets` (`local_targets`). A caller whose packet costs
-        something to make (a numbered broadcast's stamped text) makes it only when there are
-        targets, and passes None when there are none."""
         sockets = self.nsp.sockets
+        targets = self.local_targets(opts)
         metrics = self._metrics
         if metrics is not None:  # once per broadcast, not per receiver
             metrics.broadcast_receivers.observe(len(targets))
         for sid in targets:
             socket = sockets.get(sid)
             if socket is not None:
-                socket.sink.send(out)  # type: ignore[arg-type]  # None only without targets
+                socket.sink.send(out)
 
     def send_with_ack(self, packet: SocketPacket, opts: BroadcastOptions) -> list[asyncio.Future[Any]]:
         """Send to local receivers with one shared ack id; return one future per receiver."""

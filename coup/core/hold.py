@@ -110,7 +110,7 @@ class Stamped(Outbound):
         if stamp is None:
             assert vector is not None
             stamp = vector.text if isinstance(vector, OriginVector) else ".".join(map(str, vector))
-        Outbound.__init__(self, stamp_offset(packet.text, stamp, "4"), packet.attachments)
+        Outbound.__init__(self, "4" + stamp_offset(packet.text, stamp), packet.attachments)
         self.source = packet
         self.entry = entry
         self._vector = vector

@@ -143,13 +143,12 @@ def encode_event(namespace: str, args: list[Any] | tuple[Any, ...], ack_id: int 
     return encode(SocketPacket(SocketPacketType.EVENT, namespace, list(args), ack_id))
 
 
-def stamp_offset(text: str, offset: int | str, before: str = "") -> str:
+def stamp_offset(text: str, offset: int | str) -> str:
     """An encoded EVENT with a connection-state-recovery offset appended as its last argument,
     without re-encoding: its data is a JSON array, so its text ends with ``]`` and
     ``2["a",1]`` becomes ``2["a",1,"7"]`` (what `encode` gives for the packet with the offset).
-    `offset` is the recovery log's (an int) or log groups' vector as text (``"7.12"``);
-    `before` goes in front in the same copy (``4``, Engine.IO's MESSAGE: the text a session sends)."""
-    return f'{before}{text[:-1]},"{offset}"]'
+    `offset` is the recovery log's (an int) or log groups' vector as text (``"7.12"``)."""
+    return f'{text[:-1]},"{offset}"]'
 
 
 # ---------------------------------------------------------------------------- decode

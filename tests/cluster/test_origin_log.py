@@ -296,7 +296,8 @@ async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin
     for step in range(20):
         if step % 3 == 0:
             log.heard(2 + step % 2 * 7, step)  # origins 2 and 9, on either side of ours
-        assert log.publish([b"t:r:r"], "sid", envelope)
+        stamp = log.publish([b"t:r:r"], "sid", envelope)
+        assert stamp == log.stamp
         check()
     assert log.vector.counts == {2: 18, 5: 20, 9: 15}
     log.link_down()  # origin 5 ends, its number stays
@@ -315,16 +316,16 @@ async def test_the_stamp_is_the_vector_through_publishes_pushes_and_a_new_origin
 
 async def test_a_socket_past_its_share_is_not_kept_also_with_its_first_broadcast():
     """One origin socket may hold a quarter of the log's bytes and packets: a broadcast past that
-    goes out unkept (False), its first one too when it alone is bigger; nothing is left booked
+    goes out unkept (None), its first one too when it alone is bigger; nothing is left booked
     for a refused socket, and the others' broadcasts are still kept."""
     log = _log_of_origin_5(RecoveryOptions(max_packets=40, max_bytes=4000))
     small = b'B["n0","n0:1","/",["r"],[],1]\n2["m",1]'
-    assert log.publish([b"t:r:r"], "big", small + b" " * 1000) is False  # alone past 1000 bytes
+    assert log.publish([b"t:r:r"], "big", small + b" " * 1000) is None  # alone past 1000 bytes
     assert "big" not in log._shares and log.stats["refused"] == 1
     kept = [log.publish([b"t:r:r"], "chatty", small) for _ in range(12)]
-    assert all(kept[:10]) and kept[10:] == [False, False]  # 10 packets: a quarter of 40
+    assert all(kept[:10]) and kept[10:] == [None, None]  # 10 packets: a quarter of 40
     assert log._shares["chatty"][0] == 10
-    assert log.publish([b"t:r:r"], "other", small) is True
+    assert log.publish([b"t:r:r"], "other", small) is not None
     assert log.number == 11
 
 
