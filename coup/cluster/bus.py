@@ -687,7 +687,7 @@ class Bus:
         if not batches:
             return
         self._outbox, self._open, self._fold = [], {}, None
-        commands: list[tuple[Any, ...]] = []
+        commands: list[tuple[Any, ...] | bytes] = []
         waiters: list[Waiter | None] = []
         for b in batches:
             if b[0] is not None:
@@ -702,7 +702,8 @@ class Bus:
                 commands.append(tuple(b[1]))
             waiters.append(b[2])
         if self.sharded:
-            self._write_sharded(batches, commands, waiters)
+            # no transaction on a Redis Cluster (`open_transaction`): no command comes packed
+            self._write_sharded(batches, cast(list[tuple[Any, ...]], commands), waiters)
             return
         pub = self._pub
         try:
@@ -856,12 +857,12 @@ class Transaction:
         self.tail.append(command)
         return command
 
-    def commands(self) -> list[tuple[Any, ...]]:
-        """Its commands, when it is written out: it is sealed."""
+    def commands(self) -> list[tuple[Any, ...] | bytes]:
+        """Its commands, when it is written out: it is sealed. MULTI and EXEC come packed."""
         self.sealed = True
         publishes = self.publishes
         self.messages = len(publishes)
-        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        commands: list[tuple[Any, ...] | bytes] = [_MULTI]
         if len(publishes) == 1:  # the usual turn
             commands.append(("PUBLISH", *publishes[0]))
         else:
@@ -869,8 +870,13 @@ class Transaction:
                 messages = [data for _, data in batch]
                 commands.append(("PUBLISH", channel, messages[0] if len(messages) == 1 else pack_batch(messages)))
         commands += map(tuple, self.tail)
-        commands.append(("EXEC",))
+        commands.append(_EXEC)
         return commands
+
+
+#: a transaction's first and last command, packed once (`RespConnection.write` takes them as they are)
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
 
 
 class _Deaf(Exception):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import hiredis
@@ -215,13 +215,16 @@ class RespConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, commands: list[tuple[Any, ...]], waiters: list[Waiter | None]) -> None:
-        """Pipeline `commands`; each reply resolves the waiter at the same index (None: ignored)."""
+    def write(self, commands: Sequence[tuple[Any, ...] | bytes], waiters: list[Waiter | None]) -> None:
+        """Pipeline `commands`; each reply resolves the waiter at the same index (None: ignored).
+        A command may come packed already (bytes): a transaction's constant MULTI and EXEC,
+        which hiredis would pack anew every loop turn (a `sprintf` per argument)."""
         if self._closed or self._transport is None:
             raise RedisUnavailable("redis connection is closed")
         if self._on_push is None:
             self._waiters.extend(waiters)
-        self._transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+        pack = hiredis.pack_command
+        self._transport.write(b"".join([c if c.__class__ is bytes else pack(c) for c in commands]))  # type: ignore[arg-type]
 
     def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Any]]:
         """Write commands in one go; one future per reply (none in push mode)."""
