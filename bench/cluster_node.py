@@ -141,13 +141,13 @@ def coalesce_redis_writes() -> None:
         if not conn._closed and conn._transport is not None:
             conn._transport.write(b"".join(chunks))
 
-    def write(self: resp.RespConnection, commands: list[tuple[Any, ...]],
+    def write(self: resp.RespConnection, commands: list[tuple[Any, ...] | bytes],
               waiters: list[asyncio.Future[Any] | None]) -> None:
         if self._closed or self._transport is None:
             raise resp.RedisUnavailable("redis connection is closed")
         if self._on_push is None:
             self._waiters.extend(waiters)
-        data = b"".join([hiredis.pack_command(c) for c in commands])
+        data = b"".join([c if c.__class__ is bytes else hiredis.pack_command(c) for c in commands])  # as resp's
         chunks = pending.get(self)
         if chunks is None:
             pending[self] = [data]
