@@ -130,8 +130,6 @@ def coalesce_redis_writes() -> None:
     one SUBSCRIBE per connecting socket)."""
     import asyncio
 
-    import hiredis
-
     from coup.cluster import resp
 
     pending: dict[resp.RespConnection, list[bytes]] = {}
@@ -147,7 +145,7 @@ def coalesce_redis_writes() -> None:
             raise resp.RedisUnavailable("redis connection is closed")
         if self._on_push is None:
             self._waiters.extend(waiters)
-        data = b"".join([c if c.__class__ is bytes else hiredis.pack_command(c) for c in commands])  # as resp's
+        data = resp.pack_commands(commands)
         chunks = pending.get(self)
         if chunks is None:
             pending[self] = [data]

@@ -223,8 +223,7 @@ class RespConnection(asyncio.Protocol):
             raise RedisUnavailable("redis connection is closed")
         if self._on_push is None:
             self._waiters.extend(waiters)
-        pack = hiredis.pack_command
-        self._transport.write(b"".join([c if c.__class__ is bytes else pack(c) for c in commands]))  # type: ignore[arg-type]
+        self._transport.write(pack_commands(commands))
 
     def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Any]]:
         """Write commands in one go; one future per reply (none in push mode)."""
@@ -243,6 +242,12 @@ class RespConnection(asyncio.Protocol):
         """Drop the connection; pending replies fail and `on_lost` is not called."""
         self._on_lost = None
         self._lost()
+
+
+def pack_commands(commands: Sequence[tuple[Any, ...] | bytes]) -> bytes:
+    """`commands` in RESP, one after the other; a command given as bytes is packed already."""
+    pack = hiredis.pack_command
+    return b"".join([c if c.__class__ is bytes else pack(c) for c in commands])  # type: ignore[arg-type]
 
 
 #: error replies that say a cluster's slot map changed (or is changing) under us
