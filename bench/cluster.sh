@@ -8,6 +8,7 @@
 #   CONFIGS="coup-3 pysio-3" SCENARIOS=chat bench/cluster.sh
 #   SHARED_BENCH=/path/to/shared/bench bench/cluster.sh
 #   LOADGEN_ARGS="--duration 30" SCENARIOS=chat bench/cluster.sh   # extra load generator arguments
+#   CLUSTER_OUT=file.jsonl bench/cluster.sh  # JSON lines there (two runs at once: see bench/recovery_rounds.py --together)
 #
 # Every server process (Redis and all nodes) runs on the harness's server core (SERVER_CPU,
 # default 0), the generator on the other: 3 nodes cannot use more CPU than 1 here, so the
@@ -24,7 +25,7 @@ SCENARIOS="${SCENARIOS:-fanout chat}"
 CHAT_CONFIGS="${CHAT_CONFIGS:-coup-3 pysio-3}"
 PORT="${PORT_BASE:-27140}"
 mkdir -p "$BENCH_STATE/results/logs"
-OUT="$BENCH_STATE/results/cluster-$(date +%Y%m%d-%H%M%S).jsonl"
+OUT="${CLUSTER_OUT:-$BENCH_STATE/results/cluster-$(date +%Y%m%d-%H%M%S).jsonl}"
 STATS="$(mktemp)"
 
 for scen in $SCENARIOS; do
@@ -35,7 +36,7 @@ for scen in $SCENARIOS; do
     [ "$impl" = coupshard ] && { impl=coup; extra="--redis-shards ${REDIS_SHARDS:-3}"; }
     rm -f "$STATS"
     echo "== $cfg $scen" >&2
-    LINE=$(LABEL="$cfg" SERVER_LOG="$BENCH_STATE/results/logs/$cfg-$scen.log" \
+    LINE=$(LABEL="$cfg" SERVER_LOG="$BENCH_STATE/results/logs/$cfg-$scen-$PORT.log" \
       "$SHARED_BENCH/run.sh" "$PY $HERE/cluster_launch.py --impl $impl --nodes $n $extra --stats $STATS" \
       "$PORT" "$scen" ${LOADGEN_ARGS:-} | tail -n 1)
     PORT=$((PORT + 1))

@@ -14,6 +14,16 @@ the next one a busier machine: with rotations only, three variants always ran in
     .venv/bin/python bench/recovery_rounds.py off=COUP_BENCH_RECOVERY_WINDOW=0 \\
         other=COUP_BENCH_RECOVERY_WINDOW=120,TREE=/work/wt/other
 
+With ``--together`` a round's variants run at the same time, not in turns: each its own Redis,
+nodes and generator (other ports), the servers of both on the server core, started a second
+apart. A slow or fast spell of the machine then falls on both alike: two identical variants
+came out within ±3 % of each other per round while the level moved by a third between rounds,
+where rounds in turns move by ±15 % (bench/README.md, "Off and on at the same time"). The
+machine is busier so, and every figure higher than in a run alone; the comparison is what holds.
+
+    .venv/bin/python bench/recovery_rounds.py --together --rounds 30 \\
+        off=COUP_BENCH_RECOVERY_WINDOW=0 on=COUP_BENCH_RECOVERY_WINDOW=120
+
 Prints, per round and variant, server CPU per delivered message (the harness's srv CPU % times
 10⁴ / deliveries per s), Redis's and the nodes' CPU per message a client sent, p50 and the
 harness's foreign CPU, then the medians and each variant's added CPU per delivery against
@@ -28,6 +38,8 @@ import os
 import re
 import statistics
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,17 +84,41 @@ def figures(line: dict[str, Any]) -> Figures:
     )
 
 
-def run(variant: Variant, duration: int) -> Figures:
+def start(variant: Variant, duration: int, extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`variant`'s chat run (its tree's bench/cluster.sh), started."""
     env = {**os.environ, "SCENARIOS": "chat", "CHAT_CONFIGS": "coup-3", "LOADGEN_ARGS": f"--duration {duration}",
-           **{k: v for k, v in variant.env.items() if k != "TREE"}}
+           **{k: v for k, v in variant.env.items() if k != "TREE"}, **(extra or {})}
     env.setdefault("COUP_BENCH_PYTHON", str(HERE.parent / ".venv" / "bin" / "python"))
-    done = subprocess.run(["bash", str(variant.tree / "bench" / "cluster.sh")], env=env, capture_output=True,
-                          text=True, check=False)
-    found = re.search(r"^results: (.+)$", done.stderr, re.M)
+    return subprocess.Popen(["bash", str(variant.tree / "bench" / "cluster.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(variant: Variant, process: subprocess.Popen[str]) -> Figures:
+    """The figures of a run `start` began, once it ended."""
+    _, stderr = process.communicate()
+    found = re.search(r"^results: (.+)$", stderr, re.M)
     if found is None:
-        raise SystemExit(f"{variant.name}: no results\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{variant.name}: no results\n{stderr[-2000:]}")
     lines = [json.loads(raw) for raw in Path(found.group(1)).read_text().splitlines() if raw.strip()]
     return figures(lines[-1])
+
+
+def run(variant: Variant, duration: int) -> Figures:
+    return finish(variant, start(variant, duration))
+
+
+def together(order: list[Variant], duration: int, stagger: float, scratch: Path) -> dict[str, Figures]:
+    """Every variant's run at once (each its own Redis, nodes and generator, on the same cores),
+    started `stagger` s apart in `order`: a slow or fast spell of the machine then falls on all
+    of them alike, where in turns it falls on whichever ran then."""
+    started = []
+    for i, variant in enumerate(order):
+        if i:
+            time.sleep(stagger)
+        out = scratch / f"{variant.name}.jsonl"
+        out.unlink(missing_ok=True)
+        started.append((variant, start(variant, duration, {"PORT_BASE": str(27140 + 20 * i), "CLUSTER_OUT": str(out)})))
+    return {variant.name: finish(variant, process) for variant, process in started}
 
 
 def main() -> None:
@@ -90,6 +126,9 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", type=parse_variant, help="NAME=VAR=VALUE[,VAR=VALUE...]")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=30, help="seconds of chat per run")
+    parser.add_argument("--together", action="store_true",
+                        help="run a round's variants at the same time, not in turns (see `together`)")
+    parser.add_argument("--stagger", type=float, default=1.0, help="seconds between the starts with --together")
     args = parser.parse_args()
     variants: list[Variant] = args.variants
     reference = variants[0].name
@@ -98,7 +137,11 @@ def main() -> None:
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         if r // len(variants) % 2:  # every other cycle reversed: each variant follows each other one as often
             order.reverse()
-        results.append({v.name: run(v, args.duration) for v in order})
+        if args.together:
+            with tempfile.TemporaryDirectory() as scratch:
+                results.append(together(order, args.duration, args.stagger, Path(scratch)))
+        else:
+            results.append({v.name: run(v, args.duration) for v in order})
         row = results[-1]
         cells = [f"{v.name} {row[v.name].per_delivery:.1f} µs/deliv (Redis {row[v.name].redis:.1f}, nodes "
                  f"{row[v.name].nodes:.0f} µs/msg; p50 {row[v.name].p50:.2f} ms; foreign {row[v.name].foreign:.0f} %)"
@@ -117,6 +160,19 @@ def main() -> None:
         added = [100 * (row[v.name].per_delivery / row[reference].per_delivery - 1) for row in results]
         print(f"  {v.name} against {reference}: {statistics.median(added):+.1f} % per delivery (rounds: "
               + ", ".join(f"{a:+.1f}" for a in added) + ")")
+        low, high = median_interval(added)
+        print(f"    mean {statistics.mean(added):+.1f} %; a rough 95 % interval of the median "
+              f"{low:+.1f} to {high:+.1f} %")
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A rough 95 % interval of the median of `values`: the order statistics n/2 ∓ 0.98 √n
+    (the binomial's normal approximation; for 40 rounds the 14th and 27th)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    low = max(1, round(n / 2 - 0.98 * n ** 0.5))
+    high = min(n, round(n / 2 + 1 + 0.98 * n ** 0.5))
+    return ordered[low - 1], ordered[high - 1]
 
 
 if __name__ == "__main__":
