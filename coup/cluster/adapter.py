@@ -704,6 +704,8 @@ class RedisAdapter(RecoveryCalls):
         while True:
             await asyncio.sleep(interval)
             if self.bus.ready:
+                if self._origin_log is not None and await self._origin_log.epoch_lost():
+                    await self.link_up()  # a new origin, and our records written again
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
                 if self._origin_log is not None:
                     await self._origin_log.sync_all()

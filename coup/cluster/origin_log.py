@@ -66,6 +66,9 @@ class OwnOrigins:
     def __init__(self) -> None:
         self._origins: set[int] = set()
         self.prefixes: tuple[bytes, ...] = ()
+        #: the highest origin this node has heard of, of any namespace (they share one counter,
+        #: which, lost with the logs, restarts above it: `OriginLog.link_up`)
+        self.highest = 0
 
     def update(self, added: Iterable[int] = (), removed: Iterable[int] = ()) -> None:
         self._origins.difference_update(removed)
@@ -163,10 +166,13 @@ class OriginLog(RedisSessionStore):
         candidate = _base36(int(time.time() * 1000))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self.meta_key, "epoch", candidate)
+            # a counter lost with the logs (flushed, evicted) starts above every origin we
+            # heard of: a node still on the old epoch must not find its number given again
+            pipe.hsetnx(self.meta_key, "next", max(self._own_origins.highest, max(self._counts, default=0)))
             pipe.hincrby(self.meta_key, "next", 1)
             pipe.hget(self.meta_key, "epoch")
             pipe.pexpire(self.meta_key, self.log_ttl_ms)
-            _, origin, epoch, _ = await pipe.execute()
+            _, _, origin, epoch, _ = await pipe.execute()
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if epoch != self.epoch:  # a Redis that lost the logs: numbers of the old ones mean nothing
             self.epoch = epoch
@@ -197,6 +203,34 @@ class OriginLog(RedisSessionStore):
         one, and what they broadcast (a restore's `user-online`) must not append to the old
         origin's number in a Redis that may have restarted empty and give it again."""
         self.origin = None  # its number stays in the stamp as any other origin's
+
+    async def epoch_lost(self) -> bool:
+        """Has Redis lost our epoch while the link held (a FLUSHALL, or the log's keys evicted
+        under memory pressure: they all have a time to live)? Then no restore can read the
+        offsets we give, and the next origin taken is numbered from 1 again, possibly ours; the
+        caller takes a new origin (`link_up`). Before it returns True our origin has ended and
+        every push we published under it has come back (and was dropped as ours): after
+        `link_up` its number is no longer ours, and a late push of it would be delivered twice."""
+        if self.origin is None or not self.epoch:
+            return False
+        try:
+            epoch = await self.client.hget(self.meta_key, "epoch")
+        except RedisError as exc:
+            log.info("recovery log epoch not checked: %s", exc)
+            return False
+        if (epoch.decode() if isinstance(epoch, bytes) else epoch) == self.epoch:
+            return False
+        log.warning("recovery log: epoch %s is no longer in Redis (flushed, or evicted under memory pressure): "
+                    "offsets given so far cannot be restored; a new origin follows", self.epoch)
+        self.origin = None
+        marker = self.bus.heard_so_far(self.heard_on)
+        marker.add_done_callback(retrieved)
+        try:
+            async with asyncio.timeout(self.options.probe_timeout):
+                await asyncio.shield(marker)
+        except (RedisUnavailable, TimeoutError):
+            pass  # the link broke: its reconnect takes the new origin
+        return True
 
     async def _keep_alive(self, origin: int) -> None:
         """Our origin stays live (readers look at its list) a log lifetime past this call."""
@@ -362,6 +396,8 @@ class OriginLog(RedisSessionStore):
         self._pieces = [self.epoch, *[f"~{origin}-{counts[origin]}" for origin in order]]
         self._slots = {origin: i for i, origin in enumerate(order, 1)}
         self.stamp = "".join(self._pieces)
+        if order and order[-1] > self._own_origins.highest:
+            self._own_origins.highest = order[-1]
 
     def heard(self, origin: int, number: int) -> str:
         """Broadcast `number` of `origin` is being handled (another node's, or one we just

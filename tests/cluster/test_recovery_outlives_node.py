@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import redis
 
 from coup.core.adapter import ONCE_WINDOW
 from coup.core.hold import OriginVector
@@ -209,6 +210,69 @@ async def test_a_redis_restart_makes_old_offsets_gone_and_new_ones_work(cluster,
     await say(sender, "study:1", "missed")
     again = raw()
     reply = await again.connect(b.url, {"user": "steady", "pid": pid, "offset": offset})
+    assert reply["sid"] == steady.sid
+    await wait_until(lambda: texts(again) == ["missed"], what="the missed message")
+    await say(sender, "study:1", "marker")
+    await wait_until(lambda: texts(again) == ["missed", "marker"], what="the marker, once")
+
+
+async def test_the_log_lost_under_a_live_link_gives_a_new_epoch_and_no_origin_twice(cluster, peers, raw):
+    """A FLUSHALL, or the log's keys evicted under memory pressure (each has a time to live, so
+    ``volatile-lru`` may take them), while the nodes stay connected: each node takes a new
+    origin of a new epoch within a refresh (a quarter window), numbered above the origins it
+    knew. A node started meanwhile is not given a running node's number (that node would drop
+    its pushes as its own), and a client that drops afterwards is recovered again."""
+    nodes = cluster(COUP_RECOVERY_WINDOW="4")  # a refresh every second
+    a, b = await nodes.add(), await nodes.add()
+    await wait_ring([a, b], 2)
+    sender = await peers("sender").connect(b.url)
+    await sender.call("join", {"room": "study:1"})
+    steady = await client_in_rooms(a, raw, "steady")
+    old = None
+    for i in range(50):  # until A's stamp names B's origin too (A's refresh syncs it)
+        text = f"before {i}"
+        await say(sender, "study:1", text)
+        await wait_until(lambda text=text: texts(steady)[-1:] == [text], what="a message before")
+        old = OriginVector.parse(steady.offset or "")
+        if old is not None and len(old.counts) == 2:
+            break
+        await asyncio.sleep(0.2)
+    assert old is not None and len(old.counts) == 2
+    highest = max(old.counts)
+
+    client = redis.Redis.from_url(nodes.redis.url)
+    try:
+        lost = client.keys(f"{nodes.prefix}:rlog:*") + client.keys(f"{nodes.prefix}:session:*")
+        assert lost and all(client.pttl(key) > 0 for key in lost)  # what an eviction policy for keys with a TTL takes
+        client.delete(*lost)
+
+        def new_epoch() -> bool:
+            epoch = client.hget(f"{nodes.prefix}:rlog:meta", "epoch")
+            live = client.hkeys(f"{nodes.prefix}:rlog:{NAMESPACE}:live")
+            return epoch is not None and epoch.decode() != old.epoch \
+                and sum(int(origin) > highest for origin in live) == 2
+
+        await wait_until(new_epoch, timeout=10, what="both nodes on a new epoch, above the old origins")
+        await wait_until(lambda: client.exists(nodes.session_key(steady.pid)) == 1, timeout=10,
+                         what="the connected socket's record written again")
+    finally:
+        client.close()
+
+    c = await nodes.add()  # takes the next origin: none a running node holds
+    await wait_ring([a, b, c], 3)
+    on_c = await peers("on-c").connect(c.url)
+    await on_c.call("emit", {"rooms": ["study:1"], "event": "said", "data": {"text": "from c"}})
+    await wait_until(lambda: texts(steady)[-1:] == ["from c"], what="c's broadcast on a")
+    await say(sender, "study:1", "after")
+    await wait_until(lambda: texts(steady)[-1:] == ["after"], what="a message after the new epoch")
+    new = OriginVector.parse(steady.offset or "")
+    assert new is not None and new.epoch != old.epoch and len(new.counts) == 3
+
+    pid, offset = steady.pid, steady.offset
+    await steady.drop()
+    await say(sender, "study:1", "missed")
+    again = raw()
+    reply = await again.connect(a.url, {"user": "steady", "pid": pid, "offset": offset})
     assert reply["sid"] == steady.sid
     await wait_until(lambda: texts(again) == ["missed"], what="the missed message")
     await say(sender, "study:1", "marker")
