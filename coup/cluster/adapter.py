@@ -705,7 +705,10 @@ class RedisAdapter(RecoveryCalls):
             await asyncio.sleep(interval)
             if self.bus.ready:
                 if self._origin_log is not None and await self._origin_log.epoch_lost():
-                    await self.link_up()  # a new origin, and our records written again
+                    try:
+                        await self.link_up()  # a new origin, and our records written again
+                    except (RedisError, RedisUnavailable) as exc:
+                        log.warning("recovery log: no new epoch taken (%s); the next refresh tries again", exc)
                 await self.recovery_log.refresh(s.pid for s in list(self.nsp.sockets.values()) if s.pid is not None)
                 if self._origin_log is not None:
                     await self._origin_log.sync_all()

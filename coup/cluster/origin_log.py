@@ -211,7 +211,7 @@ class OriginLog(RedisSessionStore):
         caller takes a new origin (`link_up`). Before it returns True our origin has ended and
         every push we published under it has come back (and was dropped as ours): after
         `link_up` its number is no longer ours, and a late push of it would be delivered twice."""
-        if self.origin is None or not self.epoch:
+        if not self.epoch:
             return False
         try:
             epoch = await self.client.hget(self.meta_key, "epoch")
@@ -220,16 +220,17 @@ class OriginLog(RedisSessionStore):
             return False
         if (epoch.decode() if isinstance(epoch, bytes) else epoch) == self.epoch:
             return False
-        log.warning("recovery log: epoch %s is no longer in Redis (flushed, or evicted under memory pressure): "
-                    "offsets given so far cannot be restored; a new origin follows", self.epoch)
-        self.origin = None
-        marker = self.bus.heard_so_far(self.heard_on)
-        marker.add_done_callback(retrieved)
-        try:
-            async with asyncio.timeout(self.options.probe_timeout):
-                await asyncio.shield(marker)
-        except (RedisUnavailable, TimeoutError):
-            pass  # the link broke: its reconnect takes the new origin
+        if self.origin is not None:  # (None: a link-up after the last check failed, and is tried again)
+            log.warning("recovery log: epoch %s is no longer in Redis (flushed, or evicted under memory pressure): "
+                        "offsets given so far cannot be restored; a new origin follows", self.epoch)
+            self.origin = None
+            marker = self.bus.heard_so_far(self.heard_on)
+            marker.add_done_callback(retrieved)
+            try:
+                async with asyncio.timeout(self.options.probe_timeout):
+                    await asyncio.shield(marker)
+            except (RedisUnavailable, TimeoutError):
+                pass  # the link broke: its reconnect takes the new origin
         return True
 
     async def _keep_alive(self, origin: int) -> None:
