@@ -114,6 +114,21 @@ async def client_in_rooms(node: NodeProcess, raw: Callable[[], RawClient], user:
     return client
 
 
+async def dropped_and_recovered(client: RawClient, node: NodeProcess, sender: Peer,
+                                raw: Callable[[], RawClient], user: str) -> None:
+    """`client` (in study:1) drops, a message is said meanwhile, and it comes back on `node`
+    recovered: the missed message, then a marker, each once."""
+    pid, offset = client.pid, client.offset
+    await client.drop()
+    await say(sender, "study:1", "missed")
+    again = raw()
+    reply = await again.connect(node.url, {"user": user, "pid": pid, "offset": offset})
+    assert reply["sid"] == client.sid
+    await wait_until(lambda: texts(again) == ["missed"], what="the missed message")
+    await say(sender, "study:1", "marker")
+    await wait_until(lambda: texts(again) == ["missed", "marker"], what="the marker, once")
+
+
 async def listening_on_a(nodes: Nodes, peers: Callable[[str], Peer], raw: Callable[[], RawClient],
                          user: str) -> tuple[NodeProcess, NodeProcess, Peer, RawClient]:
     """Nodes A and B; a sender on B and `user`'s client on A in study:1, which got one message."""
@@ -205,15 +220,7 @@ async def test_a_redis_restart_makes_old_offsets_gone_and_new_ones_work(cluster,
     assert steady.offset is not None and stale_offset is not None
     new, old = OriginVector.parse(steady.offset), OriginVector.parse(stale_offset)
     assert new is not None and old is not None and new.epoch != old.epoch  # the new logs' offsets are their own
-    pid, offset = steady.pid, steady.offset
-    await steady.drop()
-    await say(sender, "study:1", "missed")
-    again = raw()
-    reply = await again.connect(b.url, {"user": "steady", "pid": pid, "offset": offset})
-    assert reply["sid"] == steady.sid
-    await wait_until(lambda: texts(again) == ["missed"], what="the missed message")
-    await say(sender, "study:1", "marker")
-    await wait_until(lambda: texts(again) == ["missed", "marker"], what="the marker, once")
+    await dropped_and_recovered(steady, b, sender, raw, "steady")
 
 
 async def test_the_log_lost_under_a_live_link_gives_a_new_epoch_and_no_origin_twice(cluster, peers, raw):
@@ -268,15 +275,7 @@ async def test_the_log_lost_under_a_live_link_gives_a_new_epoch_and_no_origin_tw
     new = OriginVector.parse(steady.offset or "")
     assert new is not None and new.epoch != old.epoch and len(new.counts) == 3
 
-    pid, offset = steady.pid, steady.offset
-    await steady.drop()
-    await say(sender, "study:1", "missed")
-    again = raw()
-    reply = await again.connect(a.url, {"user": "steady", "pid": pid, "offset": offset})
-    assert reply["sid"] == steady.sid
-    await wait_until(lambda: texts(again) == ["missed"], what="the missed message")
-    await say(sender, "study:1", "marker")
-    await wait_until(lambda: texts(again) == ["missed", "marker"], what="the marker, once")
+    await dropped_and_recovered(steady, a, sender, raw, "steady")
 
 
 async def test_the_log_in_redis_stays_within_its_bounds(cluster, peers, raw):
