@@ -117,8 +117,7 @@ def together(order: list[Variant], duration: int, stagger: float, scratch: Path)
     for i, variant in enumerate(order):
         if i:
             time.sleep(stagger)
-        out = scratch / f"{variant.name}.jsonl"
-        out.unlink(missing_ok=True)
+        out = scratch / f"{variant.name}.jsonl"  # a new directory each round: no earlier lines in it
         started.append((variant, start(variant, duration, {"PORT_BASE": str(27140 + 20 * i), "CLUSTER_OUT": str(out)})))
     return {variant.name: finish(variant, process) for variant, process in started}
 

@@ -168,7 +168,7 @@ class OriginLog(RedisSessionStore):
             pipe.hsetnx(self.meta_key, "epoch", candidate)
             # a counter lost with the logs (flushed, evicted) starts above every origin we
             # heard of: a node still on the old epoch must not find its number given again
-            pipe.hsetnx(self.meta_key, "next", max(self._own_origins.highest, max(self._counts, default=0)))
+            pipe.hsetnx(self.meta_key, "next", self._own_origins.highest)  # covers `_counts`: see `_rebuild`
             pipe.hincrby(self.meta_key, "next", 1)
             pipe.hget(self.meta_key, "epoch")
             pipe.pexpire(self.meta_key, self.log_ttl_ms)
@@ -224,11 +224,8 @@ class OriginLog(RedisSessionStore):
             log.warning("recovery log: epoch %s is no longer in Redis (flushed, or evicted under memory pressure): "
                         "offsets given so far cannot be restored; a new origin follows", self.epoch)
             self.origin = None
-            marker = self.bus.heard_so_far(self.heard_on)
-            marker.add_done_callback(retrieved)
             try:
-                async with asyncio.timeout(self.options.probe_timeout):
-                    await asyncio.shield(marker)
+                await self._heard_so_far()
             except (RedisUnavailable, TimeoutError):
                 pass  # the link broke: its reconnect takes the new origin
         return True
@@ -397,6 +394,7 @@ class OriginLog(RedisSessionStore):
         self._pieces = [self.epoch, *[f"~{origin}-{counts[origin]}" for origin in order]]
         self._slots = {origin: i for i, origin in enumerate(order, 1)}
         self.stamp = "".join(self._pieces)
+        # every origin that enters `_counts` comes through here (`heard`, `link_up`)
         if order and order[-1] > self._own_origins.highest:
             self._own_origins.highest = order[-1]
 
@@ -434,12 +432,17 @@ class OriginLog(RedisSessionStore):
         behind = {origin: head for origin, head in heads.items() if head > self._counts.get(origin, 0)}
         if not behind:
             return
-        marker = self.bus.heard_so_far(self.heard_on)
-        marker.add_done_callback(retrieved)  # shared with other restores
-        async with asyncio.timeout(self.options.probe_timeout):
-            await asyncio.shield(marker)
+        await self._heard_so_far()
         for origin, head in behind.items():
             self.heard(origin, head)
+
+    async def _heard_so_far(self) -> None:
+        """Every push Redis sent us before now has been handled (`Bus.heard_so_far` on our
+        channel). Raises `RedisUnavailable` or `TimeoutError` (the marker not heard)."""
+        marker = self.bus.heard_so_far(self.heard_on)
+        marker.add_done_callback(retrieved)  # shared with other waiters
+        async with asyncio.timeout(self.options.probe_timeout):
+            await asyncio.shield(marker)
 
     async def sync_all(self) -> None:
         """Every live origin's head heard, and the origins whose logs are gone dropped: an
